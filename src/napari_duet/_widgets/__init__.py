@@ -1,0 +1,1 @@
+"""napari dock widgets (the only part of the package that imports napari/Qt)."""

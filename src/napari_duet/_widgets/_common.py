@@ -1,0 +1,165 @@
+"""Pieces shared by the dock widgets: layer pickers, worker wiring, plots, errors."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import create_widget
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+from .._errors import DuetError
+
+if TYPE_CHECKING:
+    import napari
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for a notification: our own errors as they are, others with their type."""
+    if isinstance(exc, DuetError):
+        return str(exc)
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def notify_error(exc: BaseException, context: str = "") -> None:
+    """Show ``exc`` as a napari error notification (no traceback dump for user errors)."""
+    msg = error_message(exc)
+    if not isinstance(exc, DuetError):
+        traceback.print_exception(exc)  # unexpected: keep the details in the console
+    show_error(f"{context}: {msg}" if context else msg)
+
+
+def layer_picker(viewer: napari.viewer.Viewer, annotation, label: str, nullable: bool = False):
+    """A magicgui layer combobox kept in sync with the viewer's layer list.
+
+    Returns the magicgui widget; its ``.native`` is the Qt widget.
+    """
+    widget = create_widget(annotation=annotation, label=label, options={"nullable": nullable})
+    widget.reset_choices()
+    events = viewer.layers.events
+
+    def _refresh(*_):
+        widget.reset_choices()
+
+    for ev in (events.inserted, events.removed, events.reordered):
+        ev.connect(_refresh)
+    # Renames change the labels shown in the combobox.
+    events.inserted.connect(lambda e: e.value.events.name.connect(_refresh))
+    for layer in viewer.layers:
+        layer.events.name.connect(_refresh)
+    widget._duet_refresh = _refresh  # keep a reference for disconnecting
+    return widget
+
+
+def disconnect_picker(viewer, widget) -> None:
+    events = viewer.layers.events
+    for ev in (events.inserted, events.removed, events.reordered):
+        ev.disconnect(widget._duet_refresh)
+
+
+def start_engine_worker(
+    generator_function: Callable[..., Generator[Any, Any, Any]],
+    *args: Any,
+    desc: str,
+    total: int | None,
+    on_yield: Callable[[Any], None],
+    on_return: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    on_finish: Callable[[], None],
+):
+    """Run an engine generator in a napari thread worker with an Activity-dock progress bar.
+
+    ``on_yield`` runs on the GUI thread for every yielded state; Cancel is
+    ``worker.quit()``, which stops the generator at its next ``yield``.
+    """
+    progress = {"desc": desc}
+    if total:
+        progress["total"] = int(total)
+    connect = {"yielded": on_yield, "returned": on_return, "errored": on_error,
+               "finished": on_finish}
+    # create_worker needs the generator *function* to build a GeneratorWorker;
+    # an "errored" handler stops it from re-raising in the GUI thread.
+    worker = create_worker(generator_function, *args, _progress=progress, _connect=connect,
+                           _start_thread=False)
+    # napari also relays errors as notifications with a traceback; ours are one line.
+    relay = getattr(worker, "_relay_error", None)
+    if relay is not None:
+        try:
+            worker.errored.disconnect(relay)
+        except (TypeError, RuntimeError):
+            pass
+    worker.start()
+    return worker
+
+
+def set_or_add_layer(
+    viewer: napari.viewer.Viewer,
+    existing,
+    data: np.ndarray,
+    *,
+    kind: str,
+    name: str,
+    source=None,
+    **kwargs,
+):
+    """Update ``existing`` in place if it is still in the viewer, else add a new layer.
+
+    New layers take ``source``'s scale and translate so results overlay the input.
+    """
+    if existing is not None and existing in viewer.layers:
+        existing.data = data
+        if kind == "image" and kwargs.get("contrast", True):
+            existing.reset_contrast_limits()
+        return existing
+    kwargs.pop("contrast", None)
+    if source is not None:
+        nd = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+        kwargs.setdefault("scale", tuple(source.scale)[-nd:])
+        kwargs.setdefault("translate", tuple(source.translate)[-nd:])
+    add = viewer.add_labels if kind == "labels" else viewer.add_image
+    return add(data, name=name, **kwargs)
+
+
+class CurvePlot(QWidget):
+    """A small matplotlib plot of one or more curves (energy, losses)."""
+
+    def __init__(self, title: str, ylabel: str, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.canvas.setFixedHeight(170)
+        self.axes = self.figure.add_subplot(111)
+        self._title, self._ylabel = title, ylabel
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.curves: dict[str, list[float]] = {}
+        self.plot({})
+
+    def plot(self, curves: dict[str, list[float]], xlabel: str = "alternation") -> None:
+        self.curves = {k: list(v) for k, v in curves.items()}
+        ax = self.axes
+        ax.clear()
+        for name, values in self.curves.items():
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=name)
+        ax.set_title(self._title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(self._ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(self.curves) > 1:
+            ax.legend(fontsize=7)
+        self.canvas.draw_idle()
+
+
+def warn(msg: str) -> None:
+    show_warning(msg)

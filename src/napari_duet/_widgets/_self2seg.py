@@ -1,0 +1,468 @@
+"""Self2Seg dock widget: seed boxes, live alternations, cancel.
+
+The engine (:func:`napari_duet.self2seg.iter_self2seg`) runs in a napari
+thread worker; each yielded alternation updates the result layers in place.
+Everything the run needs (pixels, regions, scale) is captured when Run is
+pressed, so selecting or deleting layers meanwhile cannot redirect results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from napari.layers import Image, Shapes
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._io import write_json
+from .._versions import versions
+from ..devices import available_devices
+from ..self2seg._regions import validate_regions
+from ._common import (
+    CurvePlot,
+    layer_picker,
+    notify_error,
+    set_or_add_layer,
+    start_engine_worker,
+)
+from ._seeds import ROLE_COLORS, ROLE_FEATURE, role_features, role_names, seeds_to_regions
+
+if TYPE_CHECKING:
+    import napari
+
+SCOPES = ("current slice", "all slices")
+
+
+@dataclass
+class _Job:
+    """What one Run works on, captured at start."""
+
+    source_name: str
+    source_key: int
+    scale: tuple
+    translate: tuple
+    rgb: bool
+    full_shape: tuple  # source shape without the RGB channel axis
+    planes: list  # [(lead_index, plane, regions)]
+    config: Any
+    n_classes: int
+    results: dict = field(default_factory=dict)  # layer refs
+    reports: dict = field(default_factory=dict)  # lead_index -> report
+    last_alternation: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Self2SegWidget(QWidget):
+    """Joint denoising and segmentation of the chosen image, seeded by shapes."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        from ..self2seg import Self2SegConfig
+
+        self.viewer = napari_viewer
+        self.worker = None
+        self.job: _Job | None = None
+        self._results_by_source: dict[int, dict] = {}
+        self._last_reports: dict | None = None
+        defaults = {f.name: f.default for f in dataclasses.fields(Self2SegConfig)}
+
+        self.image_picker = layer_picker(napari_viewer, Image, "image")
+        self.seeds_picker = layer_picker(napari_viewer, Shapes, "seeds", nullable=True)
+        self.new_seeds_btn = QPushButton("New seeds layer")
+        self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
+        self.role = ComboBox(label="role of new shapes", choices=role_names(2))
+        self.n_classes = SpinBox(label="classes", value=defaults["n_classes"], min=2, max=8)
+        self.lam = FloatSpinBox(label="λ (0 = auto)", value=defaults["lam"] or 0.0, min=0.0,
+                                max=1e6, step=0.1)
+        self.max_alternations = SpinBox(label="max alternations",
+                                        value=defaults["max_alternations"], min=1, max=50)
+        self.experts = ComboBox(label="experts", choices=["cnn", "linear", "constant"],
+                                value=defaults["experts"])
+        self.expert_width = SpinBox(label="expert width", value=defaults["expert_width"],
+                                    min=1, max=256)
+        self.expert_steps = SpinBox(label="training steps", value=defaults["expert_steps"],
+                                    min=1, max=100000)
+        self.device = ComboBox(label="device", choices=["auto", *available_devices()],
+                               value="auto")
+        self.seed = SpinBox(label="seed", value=defaults["seed"], min=0, max=2**31 - 1)
+        self.invert = CheckBox(text="dark objects are foreground (automatic start)",
+                               value=bool(defaults["invert"]))
+        self.scope = ComboBox(label="slices", choices=list(SCOPES), value=SCOPES[0])
+        self._tooltips()
+
+        self.run_btn = QPushButton("Run")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.export_btn = QPushButton("Export report…")
+        self.export_btn.setEnabled(False)
+        self.status = QLabel("Draw foreground/background boxes, or run without seeds.")
+        self.status.setWordWrap(True)
+        self.plot = CurvePlot("Energy per alternation", "energy")
+
+        self._build_layout()
+        self.new_seeds_btn.clicked.connect(self.new_seeds_layer)
+        self.role.changed.connect(self._apply_role_default)
+        self.n_classes.changed.connect(self._on_classes_changed)
+        self.seeds_picker.changed.connect(lambda *_: self._apply_role_default())
+        self.image_picker.changed.connect(lambda *_: self._update_scope())
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.export_btn.clicked.connect(self._export_dialog)
+        self._update_scope()
+
+    # ------------------------------------------------------------------ layout
+    def _build_layout(self):
+        layout = QVBoxLayout(self)
+        data = QGroupBox("Data and seeds")
+        form = QFormLayout(data)
+        form.addRow("image", self.image_picker.native)
+        form.addRow("slices", self.scope.native)
+        form.addRow("seeds", self.seeds_picker.native)
+        row = QHBoxLayout()
+        row.addWidget(self.new_seeds_btn)
+        row.addWidget(self.role.native)
+        form.addRow(row)
+        layout.addWidget(data)
+        params = QGroupBox("Parameters")
+        pform = QFormLayout(params)
+        for w in (self.n_classes, self.lam, self.max_alternations, self.experts,
+                  self.expert_width, self.expert_steps, self.device, self.seed):
+            pform.addRow(w.label, w.native)
+        pform.addRow(self.invert.native)
+        layout.addWidget(params)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.cancel_btn)
+        buttons.addWidget(self.export_btn)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addStretch(1)
+
+    def _tooltips(self):
+        self.lam.tooltip = ("Weight of the boundary length (TV). 0 picks it from the data "
+                            "(robust scale of the residuals); larger = smoother masks.")
+        self.n_classes.tooltip = "Number of regions (2 = foreground/background)."
+        self.experts.tooltip = ("Region denoisers: cnn (Noise2Fast-style network), linear "
+                                "filter, or constant (classic Chan-Vese).")
+        self.expert_steps.tooltip = "Training steps per expert and alternation."
+        self.expert_width.tooltip = "Channels of the CNN experts' hidden layers."
+        self.scope.tooltip = "For stacks: segment the slice on screen, or every slice."
+
+    # ------------------------------------------------------------------- seeds
+    def new_seeds_layer(self) -> Shapes:
+        """Add a Shapes layer for seeds, tied to the image's scale, in rectangle mode."""
+        image = self.image_picker.value
+        k = self.n_classes.value
+        kwargs = {}
+        if image is not None:
+            kwargs = {"scale": tuple(image.scale)[-2:], "translate": tuple(image.translate)[-2:]}
+        layer = self.viewer.add_shapes(
+            ndim=2,
+            name="seeds",
+            features=role_features(k),
+            edge_color=ROLE_FEATURE,
+            edge_color_cycle=ROLE_COLORS[:k],
+            face_color="transparent",
+            edge_width=2,
+            **kwargs,
+        )
+        self.seeds_picker.reset_choices()
+        self.seeds_picker.value = layer
+        self._apply_role_default()
+        layer.mode = "add_rectangle"
+        self.viewer.layers.selection.active = layer
+        return layer
+
+    def _apply_role_default(self, *_):
+        layer = self.seeds_picker.value
+        if layer is None or self.role.value is None:
+            return
+        if ROLE_FEATURE not in layer.features or not hasattr(
+            layer.features[ROLE_FEATURE], "cat"
+        ):
+            self._retag(layer, self.n_classes.value)
+        layer.feature_defaults = {ROLE_FEATURE: self.role.value}
+        k = role_names(self.n_classes.value).index(self.role.value)
+        layer.current_edge_color = ROLE_COLORS[k % len(ROLE_COLORS)]
+
+    def _retag(self, layer: Shapes, k: int):
+        roles = list(layer.features[ROLE_FEATURE]) if ROLE_FEATURE in layer.features else (
+            ["foreground"] * len(layer.data))
+        layer.features = role_features(k, roles)
+        layer.edge_color_cycle = ROLE_COLORS[:k]
+        layer.edge_color = ROLE_FEATURE
+        layer.refresh_colors()
+
+    def _on_classes_changed(self, *_):
+        k = self.n_classes.value
+        current = self.role.value
+        self.role.choices = role_names(k)
+        if current in self.role.choices:
+            self.role.value = current
+        layer = self.seeds_picker.value
+        if layer is not None:
+            self._retag(layer, k)
+        self._apply_role_default()
+
+    def _update_scope(self):
+        image = self.image_picker.value
+        self.scope.enabled = image is not None and image.ndim > 2
+
+    # --------------------------------------------------------------------- run
+    def config(self):
+        """The engine configuration from the controls (raises DuetInputError)."""
+        from ..self2seg import Self2SegConfig
+
+        return Self2SegConfig(
+            n_classes=self.n_classes.value,
+            lam=self.lam.value or None,
+            max_alternations=self.max_alternations.value,
+            experts=self.experts.value,
+            expert_width=self.expert_width.value,
+            expert_steps=self.expert_steps.value,
+            device=self.device.value,
+            seed=self.seed.value,
+            invert=self.invert.value,
+        )
+
+    def _lead_indices(self, image: Image) -> list[tuple[int, ...]]:
+        n_lead = image.ndim - 2
+        if n_lead <= 0:
+            return [()]
+        shape = image.data.shape[:n_lead] if not image.multiscale else image.data[0].shape[:n_lead]
+        if self.scope.value == "all slices":
+            return list(np.ndindex(*shape))
+        point = image.world_to_data(self.viewer.dims.point)
+        return [tuple(int(np.clip(round(point[i]), 0, shape[i] - 1)) for i in range(n_lead))]
+
+    def run(self):
+        """Start Self2Seg on the chosen image (no-op while a run is going)."""
+        if self.worker is not None:
+            return
+        image = self.image_picker.value
+        if image is None:
+            notify_error(ValueError("choose an image layer first"), "Self2Seg")
+            return
+        try:
+            config = self.config()
+            job = self._make_job(image, config)
+        except Exception as exc:  # bad parameters or seeds: tell the user, keep going
+            notify_error(exc, "Self2Seg")
+            return
+        self.job = job
+        self._prepare_results(job)
+        # Create the result layers now (GUI work), so each alternation only swaps data.
+        self._show_results(job)
+        self.plot.plot({})
+        self._set_running(True)
+        self.status.setText(f"Running Self2Seg on {job.source_name}…")
+        total = len(job.planes) * config.max_alternations
+        self.worker = start_engine_worker(
+            _iterate_planes,
+            job.planes,
+            job.config,
+            desc=f"Self2Seg {job.source_name}",
+            total=total,
+            on_yield=self._on_yield,
+            on_return=self._on_return,
+            on_error=self._on_error,
+            on_finish=self._on_finish,
+        )
+
+    def _make_job(self, image: Image, config) -> _Job:
+        data = image.data[0] if image.multiscale else image.data
+        rgb = bool(image.rgb)
+        full_shape = tuple(data.shape[:-1] if rgb else data.shape)
+        if len(full_shape) < 2:
+            raise ValueError(f"{image.name} is not an image (shape {data.shape})")
+        yx = full_shape[-2:]
+        planes = []
+        notes: list[str] = []
+        for idx in self._lead_indices(image):
+            plane = np.asarray(data[idx]) if idx else np.asarray(data)
+            regions, n = seeds_to_regions(
+                self.seeds_picker.value, image, yx, config.n_classes, idx
+            )
+            notes += n
+            if regions is not None:
+                # Fail now, in the GUI thread, rather than after the worker started.
+                validate_regions(regions, yx, config.n_classes)
+            planes.append((idx, plane, regions))
+        for note in dict.fromkeys(notes):
+            show_warning(f"Self2Seg: {note}")
+        return _Job(
+            source_name=image.name,
+            source_key=id(image),
+            scale=tuple(image.scale),
+            translate=tuple(image.translate),
+            rgb=rgb,
+            full_shape=full_shape,
+            planes=planes,
+            config=config,
+            n_classes=config.n_classes,
+        )
+
+    def _prepare_results(self, job: _Job):
+        """Reuse this source's result layers (re-run replaces them) or plan new ones."""
+        previous = self._results_by_source.get(job.source_key, {})
+        k = job.n_classes
+        chan = (3,) if job.rgb else ()
+        arrays = {}
+        for key, shape, dtype in (
+            ("mask", job.full_shape, np.uint8),
+            ("denoised", job.full_shape + chan, np.float32),
+            *((f"expert{i}", job.full_shape + chan, np.float32) for i in range(k)),
+        ):
+            layer = previous.get(key)
+            if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
+                arrays[key] = np.array(layer.data, dtype=dtype, copy=True)
+            else:
+                arrays[key] = np.zeros(shape, dtype=dtype)
+                previous.pop(key, None)
+        job.results = {"layers": previous, "arrays": arrays}
+        self._results_by_source[job.source_key] = previous
+
+    def _set_running(self, running: bool):
+        self.run_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        self.export_btn.setEnabled(not running and bool(self._last_reports))
+
+    def cancel(self):
+        """Stop at the next alternation; the last finished state stays in the layers."""
+        if self.worker is not None:
+            self.status.setText("Cancelling after the current alternation…")
+            self.worker.quit()
+
+    # ------------------------------------------------------------ worker events
+    def _on_yield(self, item):
+        job = self.job
+        if job is None:
+            return
+        plane_no, idx, state, final = item
+        arrays = job.results["arrays"]
+        sl = idx if idx else ...
+        arrays["mask"][sl] = state.labels
+        arrays["denoised"][sl] = state.denoised
+        for i in range(job.n_classes):
+            arrays[f"expert{i}"][sl] = state.experts[i]
+        self._show_results(job)
+        if final:
+            job.reports[idx] = state.report()
+            return
+        job.last_alternation = state.alternation
+        self.plot.plot({"energy": state.energies})
+        where = f" (slice {idx}, {plane_no + 1}/{len(job.planes)})" if idx else ""
+        self.status.setText(
+            f"Alternation {state.alternation}/{state.max_alternations}{where}: "
+            f"energy {state.energy:.4g}, {state.elapsed:.1f} s"
+        )
+
+    def _show_results(self, job: _Job):
+        layers = job.results["layers"]
+        arrays = job.results["arrays"]
+        names = role_names(job.n_classes)
+        common = {"source": None, "scale": job.scale, "translate": job.translate}
+        if job.rgb:
+            common_img = dict(common, rgb=True)
+        else:
+            common_img = dict(common, colormap="gray")
+        layers["mask"] = set_or_add_layer(
+            self.viewer, layers.get("mask"), arrays["mask"], kind="labels",
+            name=f"{job.source_name} [Self2Seg mask]", opacity=0.5, **common,
+        )
+        for i in range(job.n_classes):
+            key = f"expert{i}"
+            layers[key] = set_or_add_layer(
+                self.viewer, layers.get(key), arrays[key], kind="image",
+                name=f"{job.source_name} [expert: {names[i]}]", visible=False, **common_img,
+            )
+        layers["denoised"] = set_or_add_layer(
+            self.viewer, layers.get("denoised"), arrays["denoised"], kind="image",
+            name=f"{job.source_name} [Self2Seg denoised]", **common_img,
+        )
+
+    def _on_return(self, summary):
+        job = self.job
+        if job is None:
+            return
+        self._last_reports = self._collect_reports(job)
+        secs = time.perf_counter() - job.started
+        self.status.setText(
+            f"Done: {len(job.planes)} plane(s) of {job.source_name} in {secs:.1f} s. "
+            + (summary or "")
+        )
+        show_info(f"Self2Seg finished on {job.source_name}")
+
+    def _collect_reports(self, job: _Job) -> dict:
+        return {
+            "source_layer": job.source_name,
+            "parameters": job.config.to_dict(),
+            "planes": {str(list(k)): v for k, v in job.reports.items()},
+            "versions": versions(),
+        }
+
+    def _on_error(self, exc: BaseException):
+        notify_error(exc, "Self2Seg")
+        if self.job is not None:
+            self.status.setText(f"Failed: {exc}")
+
+    def _on_finish(self):
+        job = self.job
+        worker = self.worker
+        self.worker = None
+        if job is not None and worker is not None and worker.abort_requested:
+            self.status.setText(
+                f"Cancelled after alternation {job.last_alternation}; the last state is kept."
+            )
+            if job.reports:
+                self._last_reports = self._collect_reports(job)
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ export
+    def export_report(self, path: str | Path) -> Path:
+        """Write the last run's report (parameters, energy history, timings) as JSON."""
+        if not self._last_reports:
+            raise ValueError("no finished run to export")
+        return write_json(path, self._last_reports)
+
+    def _export_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export Self2Seg report", "self2seg.json",
+                                              "JSON (*.json)")
+        if path:
+            try:
+                self.export_report(path)
+            except Exception as exc:
+                notify_error(exc, "Export")
+
+
+def _iterate_planes(planes, config):
+    """Run Self2Seg on each plane; yields (plane_no, index, state, is_final)."""
+    from ..self2seg import iter_self2seg
+
+    for n, (idx, plane, regions) in enumerate(planes):
+        gen = iter_self2seg(plane, regions, config)
+        while True:
+            try:
+                state = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield n, idx, state, False
+        yield n, idx, result, True
+    return f"{len(planes)} plane(s) segmented."

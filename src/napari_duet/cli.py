@@ -1,0 +1,74 @@
+"""The ``duet`` command line.
+
+Each engine registers its sub-command from its own ``_cli`` module, so this
+file only assembles the parser and turns user errors into exit code 2 with a
+one-line reason (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from ._errors import DuetError
+
+# Modules exposing ``register(subparsers)``; each sets ``func`` on its parser.
+_SUBCOMMAND_MODULES = (
+    "napari_duet.self2seg._cli",
+    "napari_duet.nsn2n._cli",
+    "napari_duet.denoisplit._cli",
+)
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage + message and exits 2 on bad arguments; keep it one line."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="duet",
+        description=(
+            "Self-supervised denoising jointly with segmentation (self2seg), "
+            "volume denoising from neighbouring slices (nsn2n) and image splitting (split)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"napari-duet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for mod_name in _SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:  # engine not shipped in this build
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``duet``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except DuetError as exc:
+        print(f"duet {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"duet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

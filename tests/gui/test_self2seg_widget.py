@@ -1,0 +1,288 @@
+"""Self2Seg dock widget in a real napari viewer (pytest-xvfb provides the screen)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_duet.metrics import dice
+from napari_duet.synthetic import synthetic_nuclei
+
+pytestmark = pytest.mark.gui
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 240_000  # ms; a small run takes a few seconds, CI machines are slow
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Record error notifications instead of showing them."""
+    seen: list[str] = []
+    from napari_duet._widgets import _common
+
+    monkeypatch.setattr(_common, "show_error", seen.append)
+    return seen
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")
+    # Fast settings: constant experts (convex Chan-Vese) except where a test needs CNNs.
+    w.experts.value = "constant"
+    w.expert_steps.value = 30
+    w.max_alternations.value = 3
+    w.device.value = "cpu"
+    return w
+
+
+def _wait(qtbot, w):
+    qtbot.waitUntil(lambda: w.worker is None, timeout=RUN_TIMEOUT)
+
+
+def _sample(viewer, shape=(96, 96), sigma=20.0, seed=3):
+    data = synthetic_nuclei(shape, noise_sigma=sigma, seed=seed)
+    layer = viewer.add_image(data.noisy, name="noisy", scale=(0.5, 0.5), translate=(3.0, -2.0))
+    return layer, data
+
+
+def test_widget_opens_from_manifest(widget):
+    from napari_duet._widgets._self2seg import Self2SegWidget
+
+    assert isinstance(widget, Self2SegWidget)
+    assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+
+def test_seed_roles_become_region_masks(widget):
+    from napari_duet._widgets._seeds import seeds_to_regions
+
+    viewer = widget.viewer
+    layer, _ = _sample(viewer, shape=(60, 80))
+    widget.image_picker.value = layer
+    seeds = widget.new_seeds_layer()
+    assert seeds.mode == "add_rectangle"
+    assert tuple(seeds.scale) == tuple(layer.scale)
+    widget.role.value = "foreground"
+    # Shapes live in the image's data coordinates because the seeds layer shares its transform.
+    seeds.add_rectangles(np.array([[10, 10], [20, 30]]))
+    widget.role.value = "background"
+    seeds.add_rectangles(np.array([[40, 50], [50, 70]]))
+    seeds.add_ellipses(np.array([[2, 60], [2, 76], [8, 76], [8, 60]]))
+    assert list(seeds.features["role"]) == ["foreground", "background", "background"]
+    # Role colours differ (edge colour shows the role).
+    assert not np.allclose(seeds.edge_color[0], seeds.edge_color[1])
+    regions, notes = seeds_to_regions(seeds, layer, (60, 80), 2)
+    assert notes == []
+    assert (regions[10:20, 10:30] == 2).all() and (regions[40:50, 50:70] == 1).all()
+    assert regions[5, 68] == 1 and regions[2, 60] == 0  # ellipse centre in, box corner out
+    assert (regions == 2).sum() == 200 and (regions == 1).sum() > 200
+    # Three classes: the seeds get re-tagged with valid roles; class 2 counts as region 3.
+    widget.n_classes.value = 3
+    assert widget.role.choices == ("background", "class 1", "class 2")
+    widget.role.value = "class 2"
+    seeds.add_polygons([np.array([[30, 5], [30, 15], [38, 10]])])
+    regions, _ = seeds_to_regions(seeds, layer, (60, 80), 3)
+    assert set(np.unique(regions)) == {0, 1, 2, 3}
+
+
+def test_run_updates_layers_live_and_segments(widget, qtbot):
+    viewer = widget.viewer
+    layer, data = _sample(viewer)
+    widget.image_picker.value = layer
+    widget.experts.value = "cnn"
+    updates = []
+    widget.status.setText("")
+    orig = widget._on_yield
+    widget._on_yield = lambda item: (updates.append(item[3]), orig(item))
+    # The worker connects to the bound method at start, so patch before Run.
+    widget.run()
+    assert widget.worker is not None and not widget.run_btn.isEnabled()
+    _wait(qtbot, widget)
+    assert updates.count(False) >= 2, "mask must update after each alternation"
+    mask_layer = viewer.layers["noisy [Self2Seg mask]"]
+    denoised = viewer.layers["noisy [Self2Seg denoised]"]
+    assert mask_layer.data.shape == data.mask.shape
+    assert dice(mask_layer.data == 1, data.mask) > 0.85
+    # Results overlay the source: same scale and translate.
+    assert tuple(mask_layer.scale) == tuple(layer.scale)
+    assert tuple(denoised.translate) == tuple(layer.translate)
+    clean = data.clean
+    err_noisy = np.mean((layer.data.astype(float) - clean) ** 2)
+    err_denoised = np.mean((denoised.data - clean) ** 2)
+    assert err_denoised < err_noisy
+    assert len(widget.plot.curves["energy"]) >= 2
+    assert widget.run_btn.isEnabled()
+    # Re-running replaces the results instead of adding layers.
+    n_layers = len(viewer.layers)
+    widget.run()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+
+
+@pytest.fixture
+def endless_engine(monkeypatch):
+    """The real engine, then its last state again and again: only Cancel can stop it."""
+    import napari_duet.self2seg as s2s
+
+    real = s2s.iter_self2seg
+    produced: list[float] = []  # when the worker produced each state
+
+    def endless(image, regions=None, config=None):
+        last = None
+        for state in real(image, regions, config):
+            last = state
+            produced.append(time.perf_counter())
+            yield state
+        while True:
+            time.sleep(0.05)
+            produced.append(time.perf_counter())
+            yield last
+
+    monkeypatch.setattr(s2s, "iter_self2seg", endless)
+    return produced
+
+
+def test_cancel_stops_within_one_alternation(widget, qtbot, endless_engine):
+    viewer = widget.viewer
+    layer, _ = _sample(viewer)
+    widget.image_picker.value = layer
+    cancelled_at = []
+
+    def on_yield(item):
+        if not cancelled_at:
+            cancelled_at.append(time.perf_counter())
+            widget.cancel()
+
+    widget.run()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    # At most the alternation already under way when Cancel was pressed completes.
+    after = [t for t in endless_engine if t > cancelled_at[0]]
+    assert len(after) <= 1
+    assert "Cancelled" in widget.status.text()
+    assert widget.run_btn.isEnabled()
+    assert viewer.layers["noisy [Self2Seg mask]"].data.any()
+
+
+def test_bad_seeds_notify_and_reenable(widget, qtbot, errors):
+    viewer = widget.viewer
+    layer, _ = _sample(viewer, shape=(40, 40))
+    widget.image_picker.value = layer
+    seeds = widget.new_seeds_layer()
+    widget.role.value = "foreground"
+    seeds.add_rectangles(np.array([[5, 5], [15, 15]]))  # no background seed
+    n_layers = len(viewer.layers)
+    widget.run()
+    if widget.worker is not None:
+        _wait(qtbot, widget)
+    assert errors and "Self2Seg" in errors[0]
+    assert "\n" not in errors[0]
+    assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+    assert len(viewer.layers) >= n_layers and layer in viewer.layers
+
+
+def test_no_image_notifies(widget, errors):
+    widget.run()
+    assert errors and "image" in errors[0]
+
+
+def test_removing_source_mid_run_does_not_crash(widget, qtbot, errors):
+    viewer = widget.viewer
+    layer, _ = _sample(viewer)
+    widget.image_picker.value = layer
+    other = viewer.add_image(np.zeros((10, 10)), name="other")
+
+    def on_yield(item):
+        if layer in viewer.layers:
+            viewer.layers.remove(layer)
+            widget.image_picker.value = other  # selecting another layer must not redirect
+
+    widget.run()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    assert not errors
+    assert "noisy [Self2Seg mask]" in viewer.layers
+    assert "other [Self2Seg mask]" not in viewer.layers
+
+
+def test_gui_stays_responsive(widget, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer = widget.viewer
+    layer, _ = _sample(viewer, shape=(128, 128))
+    widget.image_picker.value = layer
+    widget.experts.value = "cnn"  # torch training in the worker thread
+    stamps: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start()
+    widget.run()
+    _wait(qtbot, widget)
+    timer.stop()
+    gaps = np.diff(stamps)
+    worst = float(gaps.max())
+    print(f"worst GUI-thread gap during a run: {worst * 1000:.0f} ms over {len(stamps)} ticks")
+    # A frozen viewer (work on the GUI thread) shows gaps of seconds; allow CI jitter.
+    assert worst < 1.0
+
+
+def test_stack_current_and_all_slices(widget, qtbot):
+    viewer = widget.viewer
+    planes = [synthetic_nuclei((64, 64), noise_sigma=15, seed=s) for s in range(3)]
+    stack = np.stack([p.noisy for p in planes])
+    layer = viewer.add_image(stack, name="stack")
+    widget.image_picker.value = layer
+    assert widget.scope.enabled
+    viewer.dims.set_current_step(0, 1)
+    widget.scope.value = "current slice"
+    widget.run()
+    _wait(qtbot, widget)
+    mask = viewer.layers["stack [Self2Seg mask]"].data
+    assert mask.shape == stack.shape
+    assert mask[1].any() and not mask[0].any() and not mask[2].any()
+    assert dice(mask[1] == 1, planes[1].mask) > 0.8
+    widget.scope.value = "all slices"
+    widget.max_alternations.value = 2
+    widget.run()
+    _wait(qtbot, widget)
+    mask = viewer.layers["stack [Self2Seg mask]"].data
+    assert all(dice(mask[i] == 1, planes[i].mask) > 0.8 for i in range(3))
+
+
+def test_rgb_image(widget, qtbot):
+    viewer = widget.viewer
+    data = synthetic_nuclei((64, 64), noise_sigma=15, seed=5)
+    rgb = np.stack([data.noisy, data.noisy // 2, data.noisy], axis=-1)
+    layer = viewer.add_image(rgb, name="rgb", rgb=True)
+    widget.image_picker.value = layer
+    widget.run()
+    _wait(qtbot, widget)
+    assert viewer.layers["rgb [Self2Seg denoised]"].data.shape == rgb.shape
+    assert dice(viewer.layers["rgb [Self2Seg mask]"].data == 1, data.mask) > 0.8
+
+
+def test_export_report_and_screenshot(widget, qtbot, tmp_path):
+    viewer = widget.viewer
+    layer, _ = _sample(viewer)
+    widget.image_picker.value = layer
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.export_btn.isEnabled()
+    report = json.loads(widget.export_report(tmp_path / "r.json").read_text())
+    assert report["source_layer"] == "noisy"
+    assert report["parameters"]["n_classes"] == 2
+    (plane,) = report["planes"].values()
+    assert len(plane["energies"]) >= 1
+    out = ROOT / "screenshots"
+    out.mkdir(exist_ok=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.reset_view()
+    img = viewer.screenshot(str(out / "self2seg_widget.png"), canvas_only=False)
+    assert img.ndim == 3 and img.shape[0] > 300
+    # The canvas really shows something (not a blank, undrawn GL surface).
+    assert img[..., :3].std() > 5
