@@ -1,0 +1,116 @@
+"""NS-N2N dock widget in a real napari viewer (pytest-xvfb provides the screen)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+pytestmark = pytest.mark.gui
+RUN_TIMEOUT = 300_000
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    seen: list[str] = []
+    from napari_duet._widgets import _common
+
+    monkeypatch.setattr(_common, "show_error", seen.append)
+    return seen
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
+    w.iterations.value = 40
+    w.width.value = 8
+    w.device.value = "cpu"
+    return w
+
+
+def _volume(shape=(6, 40, 44), sigma=0.15, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = gaussian_filter(rng.random(shape), (2, 3, 3))
+    clean = (clean - clean.min()) / np.ptp(clean)
+    noisy = clean + rng.normal(0, sigma, shape)
+    return noisy.astype(np.float32), clean.astype(np.float32)
+
+
+def _wait(qtbot, w):
+    qtbot.waitUntil(lambda: w.worker is None, timeout=RUN_TIMEOUT)
+
+
+def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
+    viewer = widget.viewer
+    noisy, clean = _volume()
+    layer = viewer.add_image(noisy, name="stack", scale=(2.0, 0.5, 0.5), translate=(0, 1, 1))
+    widget.image_picker.value = layer
+    assert widget.axis.value == 0
+    yields = []
+    widget.train()
+    widget.worker.yielded.connect(lambda p: yields.append(p))
+    _wait(qtbot, widget)
+    assert sum(getattr(p, "stage", "") == "train" for p in yields) >= 2
+    assert any(getattr(p, "preview", None) is not None for p in yields)
+    assert "stack [NS-N2N preview]" in viewer.layers
+    out = viewer.layers["stack [NS-N2N denoised]"]
+    assert out.data.shape == noisy.shape and out.data.dtype == np.float32
+    assert tuple(out.scale) == tuple(layer.scale) and tuple(out.translate) == tuple(layer.translate)
+    assert "stack [NS-N2N uncertainty]" in viewer.layers
+    assert widget.plot.curves and widget.save_btn.isEnabled()
+    # Save, load into a fresh state, denoise another layer.
+    path = widget.save_model(tmp_path / "m.duet")
+    widget.model = None
+    assert widget.load_model(path)
+    other = viewer.add_image(_volume(seed=1)[0], name="other")
+    widget.image_picker.value = other
+    widget.denoise()
+    _wait(qtbot, widget)
+    assert viewer.layers["other [NS-N2N denoised]"].data.shape == other.data.shape
+
+
+def test_cancel_training(widget, qtbot):
+    viewer = widget.viewer
+    layer = viewer.add_image(_volume()[0], name="stack")
+    widget.image_picker.value = layer
+    widget.iterations.value = 100000
+    n = []
+
+    def on_yield(p):
+        n.append(p)
+        if len(n) == 5:
+            widget.cancel()
+
+    widget.train()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    assert "Cancelled" in widget.status.text()
+    assert "stack [NS-N2N denoised]" not in viewer.layers
+    assert widget.train_btn.isEnabled()
+
+
+def test_errors_are_notifications(widget, errors, tmp_path):
+    viewer = widget.viewer
+    flat = viewer.add_image(np.zeros((30, 30), np.float32), name="flat")
+    widget.image_picker.value = flat
+    widget.train()
+    assert errors and "2D" in errors[-1] and widget.worker is None
+    bad = tmp_path / "bad.duet"
+    bad.write_bytes(b"not a model")
+    assert not widget.load_model(bad)
+    assert "bad.duet" in errors[-1] and "\n" not in errors[-1]
+    assert widget.model is None and not widget.denoise_btn.isEnabled()
+    assert flat in viewer.layers
+
+
+def test_check_noise_and_weight_map(widget):
+    viewer = widget.viewer
+    layer = viewer.add_image(_volume()[0], name="stack")
+    widget.image_picker.value = layer
+    method, reason = widget.check_noise()
+    assert method in {"nsn2n", "noise2fast"} and reason
+    assert "Recommended" in widget.recommendation.text()
+    w = widget.show_weight_map()
+    assert w.data.shape == layer.data.shape[1:]
+    assert set(np.unique(w.data)) <= {0.0, 1.0}
