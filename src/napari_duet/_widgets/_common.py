@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import create_widget
-from napari.qt.threading import create_worker
+from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
@@ -18,8 +18,37 @@ if TYPE_CHECKING:
     import napari
 
 
+class EngineFailure(Exception):
+    """An engine error carried out of a worker (superqt drops RuntimeErrors silently)."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+class EngineWorker(GeneratorWorker):
+    """A generator worker that closes its generator in its own thread and reports all errors.
+
+    superqt leaves an aborted generator suspended, so context managers inside
+    the engine (``torch.no_grad()``, ``inference_mode()``) would keep their
+    thread-local state on the pool thread and break the next job there; and it
+    turns a RuntimeError (most torch errors) into a silent return with no
+    ``finished`` signal, which would leave the widget stuck.
+    """
+
+    def work(self):
+        try:
+            result = super().work()
+        finally:
+            self._gen.close()
+        if isinstance(result, RuntimeError):
+            raise EngineFailure(result)
+        return result
+
+
 def error_message(exc: BaseException) -> str:
     """One line for a notification: our own errors as they are, others with their type."""
+    exc = getattr(exc, "original", exc)
     if isinstance(exc, DuetError):
         return str(exc)
     text = (str(exc).strip().splitlines() or [""])[0]
@@ -29,6 +58,7 @@ def error_message(exc: BaseException) -> str:
 def notify_error(exc: BaseException, context: str = "") -> None:
     """Show ``exc`` as a napari error notification (no traceback dump for user errors)."""
     msg = error_message(exc)
+    exc = getattr(exc, "original", exc)
     if not isinstance(exc, DuetError):
         traceback.print_exception(exc)  # unexpected: keep the details in the console
     show_error(f"{context}: {msg}" if context else msg)
@@ -85,7 +115,7 @@ def start_engine_worker(
     # create_worker needs the generator *function* to build a GeneratorWorker;
     # an "errored" handler stops it from re-raising in the GUI thread.
     worker = create_worker(generator_function, *args, _progress=progress, _connect=connect,
-                           _start_thread=False)
+                           _start_thread=False, _worker_class=EngineWorker)
     # napari also relays errors as notifications with a traceback; ours are one line.
     relay = getattr(worker, "_relay_error", None)
     if relay is not None:

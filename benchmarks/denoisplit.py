@@ -1,0 +1,379 @@
+"""denoiSplit benchmark: splitting quality on real data, and speed.
+
+Quality (``fmd``): on ``../shared/data/fmd_confocal`` (actin ``BPAE_G`` +
+mitochondria ``BPAE_R``), train on the noisy acquisitions of the left three
+quarters and split the sum of the noisy right quarter; report each channel's
+range-invariant PSNR against the clean (averaged) images, for
+
+* the constant split (input x the channel's mean share in training),
+* splitting without denoising (Gaussian likelihood, μSplit KL),
+* denoiSplit (bootstrapped GMM noise models, denoiSplit KL).
+
+Speed: training throughput (patches/s), prediction speed (megapixels/s with
+N posterior samples, default 50), peak GPU memory, noise-model fit time.
+
+Usage::
+
+    python benchmarks/denoisplit.py --quick            # CPU smoke run, minutes
+    python benchmarks/denoisplit.py --device cuda      # the real numbers on a GPU
+
+Writes ``benchmarks/results/denoisplit_<time>.json`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "fmd_confocal"
+
+
+def _load_fmd():
+    import tifffile
+
+    if not DATA.is_dir():
+        return None
+    out = {}
+    for kind in ("noisy", "clean"):
+        for ch in ("G", "R"):
+            out[f"{kind}_{ch}"] = tifffile.imread(DATA / kind / f"BPAE_{ch}.tif").astype(
+                np.float32
+            )
+    return out
+
+
+def quality(args, results: dict) -> None:
+    from napari_duet.denoisplit import (
+        SplitConfig,
+        TrainConfig,
+        bootstrap_noise_model,
+        split_metrics,
+        train,
+    )
+
+    d = _load_fmd()
+    if d is None:
+        print(f"skipping quality: {DATA} not found")
+        return
+    w = d["noisy_G"].shape[1]
+    cut = 3 * w // 4
+    a_tr, b_tr = d["noisy_G"][:, :cut], d["noisy_R"][:, :cut]
+    test_in = d["noisy_G"][:, cut:] + d["noisy_R"][:, cut:]
+    clean = [d["clean_G"][:, cut:], d["clean_R"][:, cut:]]
+    cfg = SplitConfig.preset(args.config)
+    rows = {}
+
+    def score(name, pred, extra=None):
+        m = split_metrics(np.stack(pred), np.stack(clean), names=("actin", "mito"))
+        rows[name] = {f"{k}_{ch}": v for ch, d in m.items() for k, v in d.items()}
+        rows[name].update(extra or {})
+        r = rows[name]
+        print(f"  {name:40s} actin {r['ri_psnr_actin']:6.2f} dB (MS-SSIM "
+              f"{r['ri_ms_ssim_actin']:.3f})   mito {r['ri_psnr_mito']:6.2f} dB (MS-SSIM "
+              f"{r['ri_ms_ssim_mito']:.3f})")
+
+    share = float(a_tr.mean() / (a_tr.mean() + b_tr.mean()))
+    score("constant split", [test_in * share, test_in * (1 - share)])
+    score("input (sum) itself", [test_in, test_in])
+
+    t0 = time.perf_counter()
+    nms = []
+    for ch, arr in (("actin", a_tr), ("mito", b_tr)):
+        t = time.perf_counter()
+        nms.append(bootstrap_noise_model(arr, denoiser=args.denoiser, steps=args.n2f_steps,
+                                         device=args.device, seed=args.seed))
+        print(f"  noise model {ch}: {time.perf_counter() - t:.1f}s "
+              f"({nms[-1].info['source']}, fit {nms[-1].info['seconds']:.1f}s)")
+    results["noise_model_seconds"] = time.perf_counter() - t0
+    results["noise_model_fit_seconds"] = [nm.info["seconds"] for nm in nms]
+
+    variants = [
+        ("split, no denoising (gauss+μSplit KL)", dict(likelihood="gaussian", kl="musplit")),
+        ("denoiSplit (NM + denoiSplit KL)", dict(likelihood="noise_model", kl="denoisplit")),
+    ]
+    for name, kw in variants:
+        tc = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes,
+                         patch_size=args.patch_size, batch_size=args.batch_size,
+                         steps_per_epoch=args.steps_per_epoch, device=args.device,
+                         seed=args.seed, calib_samples=args.calib_samples, lr=args.lr, **kw)
+        t = time.perf_counter()
+        model = train(a_tr, b_tr, cfg, tc, noise_models=nms if kw["likelihood"] ==
+                      "noise_model" else None)
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        res = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
+        pred_s = time.perf_counter() - t
+        info = model.training
+        cal_eval = None
+        if model.calibration:
+            # Calibration quality on the test quarter against the clean images.
+            from napari_duet.denoisplit import calibration_stats
+
+            cal_eval = {}
+            for c, ch in enumerate(("actin", "mito")):
+                fitted = _ls_map(res.mean[c], clean[c])
+                k = model.calibration["scalar"][c]
+                cal_eval[ch] = {
+                    "ence_uncalibrated": calibration_stats(
+                        res.mean[c], res.std[c] / k, fitted)["ence"],
+                    "ence_calibrated": calibration_stats(res.mean[c], res.std[c],
+                                                         fitted)["ence"],
+                }
+        score(name, res.mean, {
+            "calibration_vs_clean": cal_eval,
+            "train_seconds": train_s, "predict_seconds": pred_s,
+            "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+            "steps_per_epoch": info["steps_per_epoch"],
+            "calibration_scalar": model.calibration["scalar"] if model.calibration else None,
+            "mean_calibrated_std": [float(res.std[c].mean()) for c in range(2)],
+            "rmse_vs_clean_after_ls_fit": [_ls_rmse(res.mean[c], clean[c]) for c in range(2)],
+        })
+    results["quality"] = rows
+    results["quality_setup"] = {
+        "train": f"noisy BPAE_G/BPAE_R columns 0..{cut}", "test": f"columns {cut}..{w}",
+        "samples": args.samples, "constant_share_actin": share,
+    }
+
+
+def synthetic(args, results: dict) -> None:
+    """Filaments vs. puncta with Poisson-Gaussian noise and known clean channels."""
+    from napari_duet.denoisplit import (
+        SplitConfig,
+        TrainConfig,
+        fit_noise_model,
+        split_metrics,
+        train,
+    )
+    from napari_duet.denoisplit._synthetic import synthetic_split
+
+    d = synthetic_split((2, 128, 128), seed=11)
+    nms = [fit_noise_model(c, n, device=args.device) for c, n in
+           ((d.clean_a, d.noisy_a), (d.clean_b, d.noisy_b))]
+    tc = TrainConfig(epochs=1000, max_minutes=args.synthetic_minutes, patch_size=32,
+                     batch_size=16, device=args.device, lr=3e-3, calib_samples=10,
+                     seed=args.seed)
+    model = train(d.noisy_a[:1], d.noisy_b[:1], SplitConfig.small(), tc, noise_models=nms)
+    inp = d.noisy_a[1] + d.noisy_b[1]
+    res = model.predict(inp, samples=20, tile=64)
+    clean = np.stack([d.clean_a[1], d.clean_b[1]])
+    share = float(d.noisy_a[0].mean() / (d.noisy_a[0] + d.noisy_b[0]).mean())
+    rows = {"denoiSplit": split_metrics(res.mean, clean, ("filaments", "puncta")),
+            "constant split": split_metrics(np.stack([inp * share, inp * (1 - share)]), clean,
+                                            ("filaments", "puncta"))}
+    for name, r in rows.items():
+        print(f"  {name:16s} filaments {r['filaments']['ri_psnr']:6.2f} dB   "
+              f"puncta {r['puncta']['ri_psnr']:6.2f} dB")
+    results["synthetic"] = rows
+
+
+def _ls_map(pred, ref):
+    """The clean image mapped into the prediction's intensity scale (least squares).
+
+    The averaged "clean" image has its own gain/offset; only after mapping it
+    onto the prediction's scale can errors be compared with the predicted std.
+    """
+    x = np.stack([ref.ravel(), np.ones(ref.size)], 1)
+    coef, *_ = np.linalg.lstsq(x, pred.ravel(), rcond=None)
+    return (x @ coef).reshape(ref.shape)
+
+
+def _ls_rmse(pred, ref):
+    x = np.stack([pred.ravel(), np.ones(pred.size)], 1)
+    coef, *_ = np.linalg.lstsq(x, ref.ravel(), rcond=None)
+    return float(np.sqrt(np.mean((x @ coef - ref.ravel()) ** 2)))
+
+
+def speed(args, results: dict) -> None:
+    import torch
+
+    from napari_duet.denoisplit import SplitConfig, SplitModel, TrainConfig
+    from napari_duet.denoisplit._data import PatchSampler
+    from napari_duet.denoisplit._losses import split_loss
+    from napari_duet.denoisplit._lvae import LadderVAE, count_parameters
+    from napari_duet.devices import resolve_device
+    from napari_duet.intensity import Normalizer
+    from napari_duet.noise_models import fit_noise_model
+
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+    cfg = SplitConfig.preset(args.speed_config)
+    p, bs = args.speed_patch, args.speed_batch
+    rng = np.random.default_rng(0)
+    out = {"device": str(dev), "config": args.speed_config, "patch": p, "batch": bs}
+
+    # Noise-model fit (one channel, reference settings on GPU).
+    s = rng.uniform(0, 5000, 1_000_000).astype(np.float32)
+    x = (rng.poisson(s / 10) * 10 + rng.normal(0, 50, s.size)).astype(np.float32)
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fit_noise_model(s, x, n_gaussian=3, n_coeff=2, device=str(dev))
+    out["noise_model_fit_seconds"] = time.perf_counter() - t
+
+    nm = fit_noise_model(s, x, n_gaussian=3, n_coeff=2, iterations=20, device=str(dev))
+    nms = [nm.to(dev), nm]
+    net = LadderVAE(cfg, p).to(dev)
+    out["parameters"] = count_parameters(net)
+    tc = TrainConfig(patch_size=p, batch_size=bs)
+    data = rng.uniform(0, 3000, size=(4, 2, max(256, 2 * p), max(256, 2 * p))).astype(
+        np.float32
+    )
+    norm = Normalizer(1500.0, 900.0)
+    sampler = PatchSampler(data, Normalizer(3000.0, 1300.0), [norm, norm], patch_size=p,
+                           device=dev, seed=0, augment=True)
+    opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
+    t_mean = torch.tensor([1500.0, 1500.0], device=dev)
+    t_std = torch.tensor([900.0, 900.0], device=dev)
+    sizes = [c * h * w for c, h, w in net.latent_shapes((p, p))]
+    params = list(net.parameters())
+
+    def step():
+        inp, tgt = sampler.sample(bs)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            o, kls = net(inp)
+        parts = split_loss(o.float(), [k.float() for k in kls], tgt, likelihood="noise_model",
+                           kl_form="denoisplit", latent_sizes=sizes, free_bits=1.0,
+                           kl_weight=1.0, noise_models=nms, target_mean=t_mean,
+                           target_std=t_std)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        ok = torch.isfinite(parts["loss"]).to(torch.float32)
+        grads = [q.grad for q in params if q.grad is not None]
+        torch._foreach_mul_(grads, ok)
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        opt.step()
+
+    net.train()
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(args.train_steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        out["peak_gpu_memory_train_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    out["train_patches_per_second"] = args.train_steps * bs / (time.perf_counter() - t)
+    del tc
+
+    model = SplitModel(net.eval(), cfg, patch_size=p, input_norm=Normalizer(3000.0, 1300.0),
+                       target_norms=[norm, norm], noise_models=nms)
+    img = rng.uniform(0, 6000, size=(args.predict_size,) * 2).astype(np.float32)
+    model.predict(img[:p, :p], samples=2, tile=args.tile, batch_size=args.predict_batch)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    model.predict(img, samples=args.speed_samples, tile=args.tile,
+                  batch_size=args.predict_batch)
+    if cuda:
+        torch.cuda.synchronize()
+        out["peak_gpu_memory_predict_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    secs = time.perf_counter() - t
+    out.update(predict_image=args.predict_size, predict_samples=args.speed_samples,
+               tile=args.tile or 2 * p, predict_seconds=secs,
+               predict_megapixels_per_second=img.size / 1e6 / secs)
+    results["speed"] = out
+    for k, v in out.items():
+        print(f"  {k:32s} {v:.4g}" if isinstance(v, float) else f"  {k:32s} {v}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small, short CPU run")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is fastest on a busy machine)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="also run the synthetic filaments-vs-puncta split")
+    ap.add_argument("--synthetic-minutes", type=float, default=2.0)
+    ap.add_argument("--config", default=None, help="network for quality: small|default")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--steps-per-epoch", type=int, default=None)
+    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--patch-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adamax learning rate (quality)")
+    ap.add_argument("--samples", type=int, default=None, help="MMSE samples for quality")
+    ap.add_argument("--calib-samples", type=int, default=None)
+    ap.add_argument("--denoiser", default="auto", help="noise-model bootstrap denoiser")
+    ap.add_argument("--n2f-steps", type=int, default=None)
+    ap.add_argument("--speed-config", default=None)
+    ap.add_argument("--speed-patch", type=int, default=None)
+    ap.add_argument("--speed-batch", type=int, default=None)
+    ap.add_argument("--train-steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--predict-size", type=int, default=None)
+    ap.add_argument("--speed-samples", type=int, default=50)
+    ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--predict-batch", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_duet.devices import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = resolve_device(args.device).type == "cuda"
+    quick = args.quick
+    defaults = dict(
+        config="small" if quick or not cuda else "default",
+        epochs=4 if quick else (400 if cuda else 30),
+        steps_per_epoch=25 if quick else None,
+        max_minutes=4.0 if quick else (60.0 if cuda else 15.0),
+        patch_size=64 if quick or not cuda else 128,
+        batch_size=16 if quick or not cuda else 32,
+        samples=10 if quick else 50,
+        calib_samples=4 if quick else 20,
+        n2f_steps=100 if quick else None,
+        speed_config="default",
+        speed_patch=64 if quick or not cuda else 128,
+        speed_batch=8 if not cuda else 32,
+        train_steps=3 if quick else (50 if cuda else 10),
+        warmup=1 if not cuda else 10,
+        predict_size=128 if not cuda else 1024,
+        predict_batch=32 if not cuda else 256,
+    )
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if quick and args.speed_samples == 50 and not cuda:
+        args.speed_samples = 10
+    results: dict = {"args": vars(args), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "torch_threads": torch.get_num_threads()}
+    from napari_duet._versions import versions
+
+    results["versions"] = versions()
+    if not args.skip_quality:
+        print("quality (range-invariant PSNR vs clean, right quarter of FMD confocal BPAE):")
+        quality(args, results)
+    if args.synthetic or args.quick:
+        print("synthetic (filaments vs puncta, 128x128, RI-PSNR vs clean):")
+        synthetic(args, results)
+    if not args.skip_speed:
+        print("speed:")
+        speed(args, results)
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"denoisplit_{time.strftime('%Y%m%d_%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

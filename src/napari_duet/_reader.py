@@ -1,0 +1,48 @@
+"""npe2 reader for napari-duet model files (``*.duet``).
+
+Dropping a model file on the viewer docks the widget that uses it (denoiSplit
+or NS-N2N) and loads the model there; no layer is added.  A damaged or foreign
+file gives a notification from that widget and changes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WIDGETS = {"denoisplit": "Split (denoiSplit)", "nsn2n": "Slice denoising (NS-N2N)"}
+
+
+def get_reader(path):
+    """Return a reader for a single ``.duet`` file, else None."""
+    if isinstance(path, list | tuple):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if Path(str(path)).suffix.lower() != ".duet":
+        return None
+    return open_model_file
+
+
+def model_kind(path) -> str | None:
+    """The engine a model file belongs to, or None if its header is unreadable."""
+    from ._errors import ModelFileError
+    from .modelfile import read_model_header
+
+    try:
+        return read_model_header(path)["kind"]
+    except ModelFileError:
+        return None
+
+
+def open_model_file(path):
+    """Dock the matching widget and load the model into it."""
+    import napari
+
+    if isinstance(path, list | tuple):
+        path = path[0]
+    viewer = napari.current_viewer()
+    kind = model_kind(path)
+    widget_name = WIDGETS.get(kind or "", WIDGETS["denoisplit"])
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", widget_name)
+    widget.load_model(path)
+    return [(None,)]

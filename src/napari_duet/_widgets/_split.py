@@ -1,0 +1,471 @@
+"""denoiSplit dock widget: "Split (denoiSplit)".
+
+Split tab: load a model, split an image layer into its two structures with
+posterior samples and calibrated uncertainty.  Train tab: train a model from
+two layers (noisy acquisitions of each structure) with live losses, or copy
+the equivalent ``duet split train`` command for a GPU server.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from napari.layers import Image
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QPixmap
+from qtpy.QtWidgets import (
+    QDialog,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._errors import DuetInputError
+from ..devices import available_devices
+from ._common import CurvePlot, layer_picker, notify_error, set_or_add_layer, start_engine_worker
+from ._models import load_model_or_notify
+
+if TYPE_CHECKING:
+    import napari
+
+CHANNEL_COLORMAPS = ("green", "magenta")
+UNCERTAINTY_LEGEND = (
+    "Uncertainty layers show the calibrated posterior std: the expected error of the "
+    "split, in the channel's intensity units (about 68% of errors are smaller)."
+)
+_PLOT_EVERY_S = 0.5
+
+
+@dataclass
+class _Job:
+    kind: str  # "split" or "train"
+    source_name: str = ""
+    scale: tuple = ()
+    translate: tuple = ()
+    started: float = field(default_factory=time.perf_counter)
+    losses: dict = field(default_factory=dict)
+    last_plot: float = 0.0
+
+
+class SplitWidget(QWidget):
+    """Split one noisy superimposed image into two denoised structures."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
+        super().__init__(parent)
+        from ..denoisplit import TrainConfig
+
+        self.viewer = napari_viewer
+        self.model = None
+        self.model_path: Path | None = None
+        self.worker = None
+        self.job: _Job | None = None
+        self._results: dict[str, Any] = {}
+        devices = ["auto", *available_devices()]
+
+        # Split tab
+        self.image_picker = layer_picker(napari_viewer, Image, "image")
+        self.samples = SpinBox(label="posterior samples", value=20, min=1, max=1000)
+        self.tile = SpinBox(label="tile (0 = auto)", value=0, min=0, max=8192)
+        self.batch_size = SpinBox(label="batch size", value=32, min=1, max=4096)
+        self.keep_samples = CheckBox(text="add posterior samples as layers", value=True)
+        self.device = ComboBox(label="device", choices=devices, value="auto")
+        self.load_btn = QPushButton("Load model…")
+        self.split_btn = QPushButton("Split")
+        self.split_btn.setEnabled(False)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.calib_btn = QPushButton("Calibration plot")
+        self.nm_btn = QPushButton("Noise-model plots")
+        for b in (self.calib_btn, self.nm_btn):
+            b.setEnabled(False)
+        self.model_info = QLabel("No model loaded.")
+        self.model_info.setWordWrap(True)
+        self.legend = QLabel(UNCERTAINTY_LEGEND)
+        self.legend.setWordWrap(True)
+
+        # Train tab
+        d = TrainConfig()
+        self.train_a = layer_picker(napari_viewer, Image, "structure A")
+        self.train_b = layer_picker(napari_viewer, Image, "structure B")
+        self.net_config = ComboBox(label="network", choices=["small", "default"], value="small")
+        self.epochs = SpinBox(label="epochs", value=min(d.epochs, 20), min=1, max=100000)
+        self.max_minutes = FloatSpinBox(label="max minutes (0 = none)", value=0.0, min=0,
+                                        max=100000)
+        self.patch_size = SpinBox(label="patch size", value=d.patch_size, min=16, max=1024,
+                                  step=16)
+        self.train_batch = SpinBox(label="batch size", value=d.batch_size, min=1, max=1024)
+        self.train_device = ComboBox(label="device", choices=devices, value="auto")
+        self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1)
+        self.bootstrap = ComboBox(label="noise models", value="noise2fast", choices=[
+            ("bootstrap with Noise2Fast", "noise2fast"),
+            ("bootstrap with smoothing (fast)", "smooth")])
+        self.bootstrap.tooltip = ("Noise models are fitted to (denoised, noisy) pairs of the "
+                                  "training layers; Noise2Fast gives better signal estimates.")
+        self.train_btn = QPushButton("Train")
+        self.train_cancel_btn = QPushButton("Cancel")
+        self.train_cancel_btn.setEnabled(False)
+        self.save_btn = QPushButton("Save model…")
+        self.save_btn.setEnabled(False)
+        self.command = QLineEdit()
+        self.command.setReadOnly(True)
+        self.command.setToolTip("The same training on the command line (e.g. on a GPU server)")
+        self.plot = CurvePlot("Training losses", "loss")
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.status = QLabel("Load a model to split images, or train one in the Train tab.")
+        self.status.setWordWrap(True)
+        self._build_layout()
+
+        self.load_btn.clicked.connect(self._load_dialog)
+        self.split_btn.clicked.connect(self.split)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.train_cancel_btn.clicked.connect(self.cancel)
+        self.calib_btn.clicked.connect(lambda: self._show_png(self.calibration_png()))
+        self.nm_btn.clicked.connect(lambda: [self._show_png(p) for p in self.noise_model_pngs()])
+        self.train_btn.clicked.connect(self.train)
+        self.save_btn.clicked.connect(self._save_dialog)
+        for w in (self.train_a, self.train_b, self.net_config, self.epochs, self.max_minutes,
+                  self.patch_size, self.train_batch, self.seed, self.train_device):
+            w.changed.connect(self._update_command)
+        self._update_command()
+
+    def _build_layout(self):
+        tabs = QTabWidget()
+        split = QWidget()
+        s = QVBoxLayout(split)
+        mbox = QGroupBox("Model")
+        mrow = QVBoxLayout(mbox)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_btn)
+        buttons.addWidget(self.calib_btn)
+        buttons.addWidget(self.nm_btn)
+        mrow.addLayout(buttons)
+        mrow.addWidget(self.model_info)
+        s.addWidget(mbox)
+        form = QFormLayout()
+        form.addRow("image", self.image_picker.native)
+        for w in (self.samples, self.tile, self.batch_size, self.device):
+            form.addRow(w.label, w.native)
+        form.addRow(self.keep_samples.native)
+        s.addLayout(form)
+        run = QHBoxLayout()
+        run.addWidget(self.split_btn)
+        run.addWidget(self.cancel_btn)
+        s.addLayout(run)
+        s.addWidget(self.legend)
+        s.addStretch(1)
+        tabs.addTab(split, "Split")
+
+        train = QWidget()
+        t = QVBoxLayout(train)
+        tform = QFormLayout()
+        tform.addRow("structure A", self.train_a.native)
+        tform.addRow("structure B", self.train_b.native)
+        for w in (self.net_config, self.epochs, self.max_minutes, self.patch_size,
+                  self.train_batch, self.train_device, self.seed, self.bootstrap):
+            tform.addRow(w.label, w.native)
+        t.addLayout(tform)
+        trow = QHBoxLayout()
+        trow.addWidget(self.train_btn)
+        trow.addWidget(self.train_cancel_btn)
+        trow.addWidget(self.save_btn)
+        t.addLayout(trow)
+        t.addWidget(QLabel("Command line equivalent:"))
+        t.addWidget(self.command)
+        t.addWidget(self.plot)
+        t.addStretch(1)
+        tabs.addTab(train, "Train")
+        self.tabs = tabs
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+
+    # ------------------------------------------------------------------ models
+    def load_model(self, path: str | Path) -> bool:
+        """Load a denoiSplit model; a bad file gives a notification and changes nothing."""
+        from ..denoisplit import SplitModel
+
+        model = load_model_or_notify(SplitModel.load, path, self.device.value, "Split")
+        if model is None:
+            return False
+        self._set_model(model, Path(path))
+        return True
+
+    def _set_model(self, model, path: Path | None):
+        self.model, self.model_path = model, path
+        meta = model.metadata()
+        names = " / ".join(meta["channel_names"])
+        shape = meta.get("training_data_shape")
+        lines = [
+            f"<b>{path.name if path else 'trained in this session'}</b>: channels {names}",
+            f"trained on {shape if shape else 'unknown'} pixels, patch {meta['patch_size']}",
+            "noise models: " + ("yes" if meta["noise_models"] else "no (Gaussian likelihood)"),
+            "calibration: " + ("yes, std is calibrated" if meta["calibration"]
+                               else "no, std is not calibrated"),
+        ]
+        self.model_info.setText("<br>".join(lines))
+        self.calib_btn.setEnabled(bool(meta["calibration"]))
+        self.nm_btn.setEnabled(bool(meta["noise_models"]))
+        self._set_running(self.worker is not None)
+
+    def calibration_png(self) -> Path | None:
+        """Write the model's RMV-vs-RMSE plot to a temporary PNG."""
+        from ..denoisplit import calibration_plot
+
+        cal = getattr(self.model, "calibration", None)
+        if not cal or not cal.get("stats_after"):
+            notify_error(DuetInputError("this model has no calibration data"), "Split")
+            return None
+        out = Path(tempfile.mkdtemp(prefix="duet-")) / "calibration.png"
+        return calibration_plot(cal["stats_after"], out, tuple(self.model.channel_names),
+                                title="Calibration (RMSE vs RMV)")
+
+    def noise_model_pngs(self) -> list[Path]:
+        nms = getattr(self.model, "noise_models", None) or []
+        tmp = Path(tempfile.mkdtemp(prefix="duet-"))
+        return [nm.plot(tmp / f"noise_model_{name}.png")
+                for nm, name in zip(nms, self.model.channel_names, strict=False)]
+
+    def _show_png(self, path: Path | None):
+        if path is None:
+            return
+        dialog = QDialog(self)
+        dialog.setWindowTitle(path.stem.replace("_", " "))
+        label = QLabel()
+        label.setPixmap(QPixmap(str(path)))
+        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        QVBoxLayout(dialog).addWidget(label)
+        dialog.show()
+
+    def _load_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Load denoiSplit model", "",
+                                              "napari-duet model (*.duet);;All files (*)")
+        if path:
+            self.load_model(path)
+
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save denoiSplit model", "split.duet",
+                                              "napari-duet model (*.duet)")
+        if path:
+            try:
+                self.model.save(path)
+                self.model_path = Path(path)
+            except Exception as exc:
+                notify_error(exc, "Save model")
+
+    # -------------------------------------------------------------------- split
+    def split(self):
+        """Split the chosen layer in a worker (frame by frame for stacks)."""
+        if self.worker is not None:
+            return
+        layer = self.image_picker.value
+        try:
+            if self.model is None:
+                raise DuetInputError("load or train a model first")
+            if layer is None:
+                raise DuetInputError("choose an image layer first")
+            if layer.rgb:
+                raise DuetInputError(f"{layer.name} is RGB: split a single-channel image")
+            data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+            if data.ndim not in (2, 3):
+                raise DuetInputError(
+                    f"{layer.name} has {data.ndim} dimensions: use a 2D image or a stack")
+        except Exception as exc:
+            notify_error(exc, "Split")
+            return
+        self.job = _Job("split", layer.name, tuple(layer.scale), tuple(layer.translate))
+        self.status.setText(f"Splitting {layer.name}…")
+        self._start(
+            self.model.iter_predict, data,
+            samples=self.samples.value, tile=self.tile.value or None,
+            batch_size=self.batch_size.value, return_samples=self.keep_samples.value,
+        )
+
+    def _start(self, fn, *args, **kwargs):
+        self.progress.setValue(0)
+        self._set_running(True)
+        self.worker = start_engine_worker(
+            _call_generator, fn, args, kwargs, desc=f"denoiSplit {self.job.kind}", total=None,
+            on_yield=self._on_yield, on_return=self._on_return, on_error=self._on_error,
+            on_finish=self._on_finish,
+        )
+
+    def cancel(self):
+        if self.worker is not None:
+            self.status.setText("Cancelling…")
+            self.worker.quit()
+
+    def _set_running(self, running: bool):
+        has_model = self.model is not None
+        self.split_btn.setEnabled(not running and has_model)
+        self.load_btn.setEnabled(not running)
+        self.train_btn.setEnabled(not running)
+        self.save_btn.setEnabled(not running and has_model)
+        self.cancel_btn.setEnabled(running)
+        self.train_cancel_btn.setEnabled(running)
+
+    def _on_yield(self, p):
+        job = self.job
+        if job is None:
+            return
+        if job.kind == "split":
+            self.progress.setValue(int(1000 * p.done / max(p.total, 1)))
+            self.status.setText(f"Split: {p.done}/{p.total} tiles, {p.elapsed:.0f} s")
+            return
+        total = max(p.epochs * p.steps_per_epoch, 1)
+        self.progress.setValue(int(1000 * min(1.0, (p.epoch * p.steps_per_epoch + p.step) / total)))
+        for k, v in p.losses.items():
+            job.losses.setdefault(k, []).append(v)
+        now = time.perf_counter()
+        if now - job.last_plot > _PLOT_EVERY_S:
+            job.last_plot = now
+            self.plot.plot(job.losses, xlabel="logged step")
+            val = f", validation {p.val_loss:.4g}" if p.val_loss is not None else ""
+            eta = f", ETA {p.eta:.0f} s" if p.eta else ""
+            self.status.setText(f"{p.phase}: epoch {p.epoch + 1}/{p.epochs}, step {p.step}"
+                                f"{val}{eta}")
+
+    def _on_return(self, result):
+        job = self.job
+        if job is None:
+            return
+        if job.kind == "train":
+            self._set_model(result, None)
+            show_info("denoiSplit training finished: the model is ready to split")
+            self.status.setText(f"Trained in {time.perf_counter() - job.started:.0f} s.")
+            return
+        self._show_split(job, result)
+        self.status.setText(
+            f"Split {job.source_name} in {time.perf_counter() - job.started:.1f} s"
+            + (" (std calibrated)." if result.calibrated else " (std not calibrated)."))
+
+    def _show_split(self, job: _Job, result):
+        names = self.model.channel_names
+        scale, translate = job.scale, job.translate
+        added = {}
+        for c in range(2):
+            base = f"{job.source_name} [{names[c]}]"
+            added[base] = self._put(base, result.mean[c], colormap=CHANNEL_COLORMAPS[c],
+                                    blending="additive", scale=scale, translate=translate)
+            std = self._put(f"{base} uncertainty", result.std[c], colormap="magma",
+                            blending="additive", opacity=0.6, visible=False, scale=scale,
+                            translate=translate)
+            std.metadata["description"] = UNCERTAINTY_LEGEND
+            if result.samples is not None:
+                smp = result.samples[:, c]
+                s_scale = (1.0, *scale)
+                s_trans = (0.0, *translate)
+                self._put(f"{base} samples", smp, colormap=CHANNEL_COLORMAPS[c],
+                          visible=False, scale=s_scale, translate=s_trans)
+                if smp.shape[0] > 1:
+                    diff = smp[0] - smp[1]
+                    lim = float(np.abs(diff).max()) or 1.0
+                    self._put(f"{base} sample difference", diff, colormap="PiYG",
+                              contrast_limits=(-lim, lim), visible=False, scale=scale,
+                              translate=translate)
+        return added
+
+    def _put(self, name: str, data, **kwargs):
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if existing is not None and existing.data.shape != data.shape:
+            self.viewer.layers.remove(existing)
+            existing = None
+        layer = set_or_add_layer(self.viewer, existing, data, kind="image", name=name,
+                                 contrast="contrast_limits" not in kwargs, **kwargs)
+        self._results[name] = layer
+        return layer
+
+    def _on_error(self, exc: BaseException):
+        notify_error(exc, "denoiSplit")
+        self.status.setText(f"Failed: {exc}")
+
+    def _on_finish(self):
+        worker, job = self.worker, self.job
+        self.worker = None
+        if worker is not None and worker.abort_requested and job is not None:
+            self.status.setText(f"Cancelled ({job.kind}); nothing was changed.")
+        self._set_running(False)
+
+    # -------------------------------------------------------------------- train
+    def train_configs(self):
+        from ..denoisplit import SplitConfig, TrainConfig
+
+        net = SplitConfig.small() if self.net_config.value == "small" else SplitConfig.default()
+        tc = TrainConfig(
+            epochs=self.epochs.value, max_minutes=self.max_minutes.value or None,
+            patch_size=self.patch_size.value, batch_size=self.train_batch.value,
+            device=self.train_device.value, seed=self.seed.value,
+        )
+        return net, tc
+
+    def train(self):
+        """Train on the two chosen layers in a worker."""
+        if self.worker is not None:
+            return
+        from ..denoisplit import iter_train
+
+        a, b = self.train_a.value, self.train_b.value
+        try:
+            if a is None or b is None:
+                raise DuetInputError("choose the layers of structure A and structure B")
+            if a is b:
+                raise DuetInputError("structure A and B must be different layers")
+            net, tc = self.train_configs()
+            da, db = np.asarray(a.data), np.asarray(b.data)
+            if da.shape != db.shape:
+                raise DuetInputError(
+                    f"A and B must have the same shape, got {da.shape} and {db.shape}")
+        except Exception as exc:
+            notify_error(exc, "denoiSplit training")
+            return
+        self.job = _Job("train", a.name)
+        self.plot.plot({})
+        self.status.setText("Training…")
+        self._start(iter_train, da, db, net, tc, channel_names=(a.name, b.name),
+                    bootstrap_kwargs=self.bootstrap_kwargs())
+
+    def bootstrap_kwargs(self) -> dict:
+        """How the noise models are bootstrapped from the training layers."""
+        return {"denoiser": self.bootstrap.value}
+
+    def _update_command(self, *_):
+        a, b = self.train_a.value, self.train_b.value
+        parts = [
+            "duet", "split", "train",
+            "--channel-a", f"{a.name if a else 'A'}.tif",
+            "--channel-b", f"{b.name if b else 'B'}.tif",
+            "-o", "model.duet",
+            "--config", self.net_config.value,
+            "--epochs", str(self.epochs.value),
+            "--patch-size", str(self.patch_size.value),
+            "--batch-size", str(self.train_batch.value),
+            "--seed", str(self.seed.value),
+            "--device", "cuda",
+        ]
+        if self.max_minutes.value:
+            parts += ["--max-minutes", f"{self.max_minutes.value:g}"]
+        self.command.setText(shlex.join(parts))
+
+
+def _call_generator(fn, args, kwargs):
+    """Delegate to an engine generator (lets keyword arguments pass through create_worker)."""
+    return (yield from fn(*args, **kwargs))

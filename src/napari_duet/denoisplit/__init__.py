@@ -1,0 +1,42 @@
+"""denoiSplit: split a superposition of two structures and denoise them jointly.
+
+A ladder VAE sees the sum of two noisy single-structure acquisitions and
+learns to give back each structure's clean signal, through one pixel noise
+model per structure (Ashesh & Jug, denoiSplit, 2024).  Posterior sampling
+gives an MMSE estimate and a per-pixel std, which a calibration fitted on
+held-out data turns into an error estimate.
+
+torch is imported only when a function needs it.
+"""
+
+from ..noise_models import (
+    GaussianMixtureNoiseModel,
+    bootstrap_noise_model,
+    fit_noise_model,
+)
+from ._calibration import calibration_plot, calibration_stats, fit_calibration
+from ._config import SplitConfig, TrainConfig
+from ._metrics import ms_ssim, split_metrics
+from ._model import SplitModel
+from ._predict import PredictProgress, SplitResult
+from ._train import TrainProgress, calibrate_on, iter_train, train
+
+__all__ = [
+    "GaussianMixtureNoiseModel",
+    "PredictProgress",
+    "SplitConfig",
+    "SplitModel",
+    "SplitResult",
+    "TrainConfig",
+    "TrainProgress",
+    "bootstrap_noise_model",
+    "calibrate_on",
+    "calibration_plot",
+    "calibration_stats",
+    "fit_calibration",
+    "fit_noise_model",
+    "iter_train",
+    "ms_ssim",
+    "split_metrics",
+    "train",
+]

@@ -1,0 +1,208 @@
+"""Network and training configuration of the splitting engine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .._errors import DuetInputError
+
+LIKELIHOODS = ("noise_model", "gaussian")
+KL_FORMS = ("denoisplit", "musplit")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Architecture of the LVAE ("Variational Splitting Encoder-Decoder").
+
+    Parameters
+    ----------
+    n_levels : int
+        Hierarchy levels; each halves the resolution, so images and tiles are
+        padded to multiples of ``2**n_levels``.
+    z_dims : int
+        Latent channels per level.
+    filters : int
+        Feature channels of the deterministic path.
+    blocks_per_level : int
+        Gated residual blocks per level (bottom-up and top-down).
+    dropout : float
+        Dropout inside residual blocks.
+    batchnorm : bool
+        BatchNorm in residual blocks.
+    learn_top_prior : bool
+        Learnable mean and log-variance of the top level's prior.
+    stochastic_skip : bool
+        Merge each level's latent features with the deterministic path.
+    var_clip_max : float
+        Upper clip of latent log-variances.
+    logvar_lower_bound : float
+        Lower bound of the predicted pixel log-variance (Gaussian likelihood).
+    predict_logvar : bool
+        Output a pixel-wise log-variance per channel (set by the Gaussian
+        likelihood; the noise-model likelihood needs none).
+    """
+
+    n_levels: int = 4
+    z_dims: int = 128
+    filters: int = 64
+    blocks_per_level: int = 1
+    dropout: float = 0.1
+    batchnorm: bool = True
+    learn_top_prior: bool = True
+    stochastic_skip: bool = True
+    var_clip_max: float = 20.0
+    logvar_lower_bound: float = -5.0
+    predict_logvar: bool = False
+
+    def __post_init__(self):
+        for name in ("n_levels", "z_dims", "filters", "blocks_per_level"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise DuetInputError(f"SplitConfig.{name} must be a positive integer, got {v!r}")
+        if self.n_levels > 7:
+            raise DuetInputError("SplitConfig.n_levels must be at most 7")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise DuetInputError(f"SplitConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def multiple(self) -> int:
+        """Image sizes the network accepts are multiples of this."""
+        return 2**self.n_levels
+
+    @classmethod
+    def default(cls) -> SplitConfig:
+        """The denoiSplit paper network (4 levels, 4x128 latents, 64 filters; ~3.0 M params)."""
+        return cls()
+
+    @classmethod
+    def small(cls) -> SplitConfig:
+        """A small network for tests and CPUs (3 levels, 16 latents, 24 filters)."""
+        return cls(n_levels=3, z_dims=16, filters=24, dropout=0.0)
+
+    @classmethod
+    def preset(cls, name: str) -> SplitConfig:
+        if name == "default":
+            return cls.default()
+        if name == "small":
+            return cls.small()
+        raise DuetInputError(f"unknown network config {name!r}: use small or default")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SplitConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise DuetInputError(f"unknown SplitConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (defaults follow the denoiSplit paper where they apply).
+
+    Parameters
+    ----------
+    epochs : int
+        Maximum number of epochs.
+    max_minutes : float, optional
+        Wall-clock budget; training stops after the epoch that exceeds it.
+    patch_size : int
+        Training patch side (a multiple of ``2**n_levels``).
+    batch_size : int
+        Patches per step.
+    steps_per_epoch : int, optional
+        Default: about four passes over the training pixels per epoch,
+        clipped to 10..500 steps.
+    lr : float
+        Adamax learning rate.
+    seed : int
+        Seed for initialisation, patches, split and sampling.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    likelihood : {"noise_model", "gaussian"}
+        Reconstruction through the two GMM noise models (denoiSplit), or a
+        Gaussian with predicted pixel variance (data without noise models).
+    kl : {"denoisplit", "musplit"}
+        Per-level summed KL with free bits (denoiSplit) or per-level averaged
+        KL (μSplit).
+    free_bits : float
+        Free bits of the denoiSplit KL (per sample and level, nats).
+    kl_weight : float
+        Weight of the KL term.
+    val_fraction : float
+        Share of the data held out for validation and calibration.
+    lr_patience, lr_factor : int, float
+        ReduceLROnPlateau on the validation loss.
+    early_stopping : int
+        Stop after this many epochs without a better validation loss.
+    grad_clip : float
+        Gradient-norm clip (0 disables).
+    augment : bool
+        Random flips and 90° rotations of training patches.
+    mixed_precision : bool
+        bfloat16 autocast on CUDA (ignored on other devices).
+    calibrate : bool
+        Fit the std calibration on the validation split after training.
+    calib_samples : int
+        Posterior samples used for calibration.
+    log_every : int
+        Steps between loss read-outs (each costs a device sync).
+    checkpoint_path : str, optional
+        Also write the best model (by validation loss) to this file.
+    """
+
+    epochs: int = 100
+    max_minutes: float | None = None
+    patch_size: int = 64
+    batch_size: int = 32
+    steps_per_epoch: int | None = None
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    likelihood: str = "noise_model"
+    kl: str = "denoisplit"
+    free_bits: float = 1.0
+    kl_weight: float = 1.0
+    val_fraction: float = 0.15
+    lr_patience: int = 30
+    lr_factor: float = 0.5
+    early_stopping: int = 200
+    grad_clip: float = 0.5
+    augment: bool = True
+    mixed_precision: bool = True
+    calibrate: bool = True
+    calib_samples: int = 20
+    log_every: int = 20
+    checkpoint_path: str | None = None
+
+    def __post_init__(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise DuetInputError(
+                f"unknown likelihood {self.likelihood!r}: use {' or '.join(LIKELIHOODS)}"
+            )
+        if self.kl not in KL_FORMS:
+            raise DuetInputError(f"unknown KL form {self.kl!r}: use {' or '.join(KL_FORMS)}")
+        for name in ("epochs", "patch_size", "batch_size", "calib_samples", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise DuetInputError(f"{name} must be a positive integer, got {v!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise DuetInputError("steps_per_epoch must be >= 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise DuetInputError("max_minutes must be > 0")
+        if not 0.0 < self.val_fraction < 0.9:
+            raise DuetInputError("val_fraction must be between 0 and 0.9")
+        if self.lr <= 0 or self.free_bits < 0 or self.kl_weight < 0 or self.grad_clip < 0:
+            raise DuetInputError("lr must be > 0; free_bits, kl_weight, grad_clip >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,297 @@
+"""A trained splitting model: network, normalisation, noise models, calibration."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import DuetInputError, ModelFileError
+from .._progress import run_to_end
+from ..intensity import Normalizer
+from ..noise_models import GaussianMixtureNoiseModel
+from ._calibration import apply_calibration
+from ._config import SplitConfig
+from ._data import as_frames
+from ._predict import PredictProgress, SplitResult, tiled_sampling
+
+KIND = "denoisplit"
+_NM_PREFIX = ("noise_model_a.", "noise_model_b.")
+
+
+class SplitModel:
+    """A trained denoiSplit model.
+
+    Build it with :func:`~napari_duet.denoisplit.train` or :meth:`load`.
+    Predictions come back in the training data's intensity scale.
+    """
+
+    def __init__(
+        self,
+        net,
+        config: SplitConfig,
+        *,
+        patch_size: int,
+        input_norm: Normalizer,
+        target_norms: list[Normalizer],
+        noise_models: list[GaussianMixtureNoiseModel] | None = None,
+        calibration: dict | None = None,
+        channel_names: tuple[str, str] = ("A", "B"),
+        training: dict[str, Any] | None = None,
+    ):
+        self.net = net
+        self.config = config
+        self.patch_size = int(patch_size)
+        self.input_norm = input_norm
+        self.target_norms = list(target_norms)
+        self.noise_models = noise_models
+        self.calibration = calibration
+        self.channel_names = tuple(channel_names)
+        self.training = dict(training or {})
+
+    @property
+    def device(self):
+        return next(self.net.parameters()).device
+
+    # ------------------------------------------------------------------ I/O
+    def metadata(self) -> dict[str, Any]:
+        """Channel names, training data size, noise models and calibration present."""
+        return {
+            "kind": KIND,
+            "channel_names": list(self.channel_names),
+            "config": self.config.to_dict(),
+            "patch_size": self.patch_size,
+            "training_data_shape": self.training.get("data_shape"),
+            "training": self.training,
+            "noise_models": self.noise_models is not None,
+            "noise_model_info": [nm.info for nm in self.noise_models]
+            if self.noise_models else None,
+            "calibration": self.calibration is not None,
+            "calibration_scalar": self.calibration["scalar"] if self.calibration else None,
+            "calibration_linear": self.calibration["linear"] if self.calibration else None,
+            "input_normalizer": self.input_norm.to_dict(),
+            "target_normalizers": [n.to_dict() for n in self.target_norms],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one model file (safetensors + JSON header, kind ``"denoisplit"``)."""
+        from ..modelfile import save_model_file
+
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        nm_cfg = None
+        if self.noise_models is not None:
+            nm_cfg = []
+            for nm, prefix in zip(self.noise_models, _NM_PREFIX, strict=True):
+                cfg, tens = nm.to_file_parts(prefix)
+                nm_cfg.append(cfg)
+                tensors.update(tens)
+        extra = {
+            "patch_size": self.patch_size,
+            "input_normalizer": self.input_norm.to_dict(),
+            "target_normalizers": [n.to_dict() for n in self.target_norms],
+            "noise_models": nm_cfg,
+            "calibration": _calibration_for_file(self.calibration),
+            "channel_names": list(self.channel_names),
+            "training": self.training,
+        }
+        return save_model_file(path, kind=KIND, config=self.config.to_dict(), tensors=tensors,
+                               extra=extra)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> SplitModel:
+        """Load a model file; foreign or damaged files raise ModelFileError."""
+        from ..devices import resolve_device
+        from ..modelfile import load_model_file
+        from ._lvae import LadderVAE
+
+        name = Path(path).name
+        mf = load_model_file(path, kind=KIND)
+        try:
+            cfg = SplitConfig.from_dict(mf.config)
+            ex = mf.extra
+            net = LadderVAE(cfg, int(ex["patch_size"]))
+            state = {k[4:]: v for k, v in mf.tensors.items() if k.startswith("net.")}
+            net.load_state_dict(state, strict=True)
+            nms = None
+            if ex.get("noise_models"):
+                nms = [
+                    GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, p, name=name)
+                    for c, p in zip(ex["noise_models"], _NM_PREFIX, strict=True)
+                ]
+            model = cls(
+                net,
+                cfg,
+                patch_size=int(ex["patch_size"]),
+                input_norm=Normalizer.from_dict(ex["input_normalizer"]),
+                target_norms=[Normalizer.from_dict(d) for d in ex["target_normalizers"]],
+                noise_models=nms,
+                calibration=ex.get("calibration"),
+                channel_names=tuple(ex.get("channel_names", ("A", "B"))),
+                training=ex.get("training", {}),
+            )
+        except ModelFileError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError, DuetInputError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
+            raise ModelFileError(f"{name} is a damaged denoiSplit model ({reason})") from None
+        return model.to(resolve_device(device))
+
+    def to(self, device) -> SplitModel:
+        import torch
+
+        device = torch.device(device)
+        # NHWC lets cuDNN use tensor cores for the 64-channel convolutions.
+        fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.net.to(device=device, memory_format=fmt)
+        if self.noise_models:
+            for nm in self.noise_models:
+                nm.to(device)
+        return self
+
+    # ------------------------------------------------------------ prediction
+    def iter_predict(
+        self,
+        image,
+        *,
+        samples: int = 50,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int = 64,
+        return_samples: bool = False,
+        calibration: str = "scalar",
+        deterministic: bool = False,
+        seed: int = 0,
+    ) -> Generator[PredictProgress, None, SplitResult]:
+        """Split ``image`` (Y, X) or a stack (F, Y, X), frame by frame, in tiles.
+
+        Parameters
+        ----------
+        image : array-like
+            The superposition (sum) of the two structures, same scale as A + B
+            in training.
+        samples : int
+            Posterior samples per tile (MMSE = their mean, std = their spread).
+        tile : int, optional
+            Tile side (rounded up to a multiple of ``2**n_levels``); default
+            twice the training patch.
+        overlap : int, optional
+            Margin dropped on each tile side; default tile // 4 (the inner
+            half is kept, as in the paper's 128 / 64 tiling).
+        batch_size : int
+            Network passes per batch (tiles x samples); bounds memory.
+        return_samples : bool
+            Also return the (N, 2, ...) samples.
+        calibration : {"scalar", "linear", "none"}
+            Which stored calibration to apply to the std.
+        deterministic : bool
+            Use the posterior means of the latents instead of samples (one
+            pass per tile; std is zero). For tests and previews.
+        seed : int
+            Seed of the latent sampling.
+
+        Yields
+        ------
+        PredictProgress
+        Returns
+        -------
+        SplitResult
+        """
+        import torch
+
+        if samples < 1 or batch_size < 1:
+            raise DuetInputError("samples and batch_size must be >= 1")
+        frames = as_frames(image, "image")
+        m = self.config.multiple
+        tile = 2 * self.patch_size if tile is None else int(tile)
+        if tile < m:
+            raise DuetInputError(f"tile must be at least {m}")
+        tile = -(-tile // m) * m
+        overlap = tile // 4 if overlap is None else int(overlap)
+        if not 0 <= overlap < tile / 2:
+            raise DuetInputError("overlap must be >= 0 and below half the tile")
+        n_pass = 1 if deterministic else samples
+        x = self.input_norm.forward(frames)
+        net, dev = self.net, self.device
+        use_amp = dev.type == "cuda"
+        net.eval()
+
+        def net_fn(inp):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                out, _ = net(inp, compute_kl=False, sample=not deterministic)
+            return out
+
+        t0 = time.perf_counter()
+        cuda_ids = []
+        if dev.type == "cuda":
+            cuda_ids = [dev.index if dev.index is not None else torch.cuda.current_device()]
+        with torch.inference_mode(), torch.random.fork_rng(devices=cuda_ids):
+            torch.manual_seed(int(seed))
+            gen = tiled_sampling(
+                net_fn, x, samples=n_pass, tile=tile, overlap=overlap, multiple=m,
+                batch_size=batch_size, device=dev, out_channels=net.out_channels,
+                return_samples=return_samples and not deterministic,
+            )
+            while True:
+                try:
+                    done, total = next(gen)
+                except StopIteration as stop:
+                    raw = stop.value
+                    break
+                yield PredictProgress(done, total, time.perf_counter() - t0)
+        result = self._finish(raw, frames, np.ndim(image) == 2, samples=n_pass,
+                              calibration=calibration)
+        result.info.update(
+            tile=tile, overlap=overlap, batch_size=batch_size, seconds=time.perf_counter() - t0,
+            device=str(dev), deterministic=deterministic,
+        )
+        return result
+
+    def predict(self, image, **kwargs) -> SplitResult:
+        """Run :meth:`iter_predict` to the end (same parameters)."""
+        return run_to_end(self.iter_predict(image, **kwargs))
+
+    def _finish(self, raw, frames, was_2d, *, samples, calibration) -> SplitResult:
+        import torch
+
+        tn = self.target_norms
+        mean = np.stack([tn[c].inverse(raw["mean"][c]) for c in range(2)])
+        std = np.stack([tn[c].inverse_scale(raw["std"][c]) for c in range(2)])
+        smp = None
+        if raw["samples"] is not None:
+            smp = np.stack([tn[c].inverse(raw["samples"][:, c]) for c in range(2)], axis=1)
+        if self.config.predict_logvar:
+            # Mean predicted log-variance is the aleatoric noise of each channel.
+            noise_std = np.stack(
+                [tn[c].inverse_scale(np.exp(0.5 * raw["mean"][2 + c])) for c in range(2)]
+            )
+        elif self.noise_models:
+            with torch.no_grad():
+                noise_std = np.stack([self.noise_models[c].std(mean[c]) for c in range(2)])
+        else:
+            noise_std = None
+        calibrated = self.calibration is not None and calibration != "none"
+        std = apply_calibration(std, self.calibration if calibrated else None, calibration)
+        if was_2d:
+            mean, std = mean[:, 0], std[:, 0]
+            smp = None if smp is None else smp[:, :, 0]
+            noise_std = None if noise_std is None else noise_std[:, 0]
+        return SplitResult(
+            mean=mean.astype(np.float32),
+            std=std.astype(np.float32),
+            samples=smp,
+            noise_std=None if noise_std is None else noise_std.astype(np.float32),
+            calibrated=calibrated,
+            info={"samples": samples, "channel_names": list(self.channel_names),
+                  "calibration_mode": calibration if calibrated else "none"},
+        )
+
+
+def _calibration_for_file(cal: dict | None) -> dict | None:
+    """Keep what prediction needs plus the evaluation bins (JSON-safe floats)."""
+    if cal is None:
+        return None
+    return {k: v for k, v in cal.items()}

@@ -1,0 +1,41 @@
+"""Neighboring Slice Noise2Noise (NS-N2N): self-supervised denoising of one volume.
+
+Neighbouring slices of a stack (or frames of a time-lapse) show nearly the same
+structure with independent noise, so each is a Noise2Noise target for the
+other wherever they match.  See ``docs/nsn2n.md`` for the algorithm, the
+choices made where re-implementations disagree, and measured results.
+
+Typical use::
+
+    from napari_duet.nsn2n import NSN2NConfig, train
+    result = train(volume, axis=0, config=NSN2NConfig(iterations=1000))
+    result.denoised, result.uncertainty, result.matched_fraction
+    result.model.save("stack.duet")
+"""
+
+from ._config import NSN2NConfig
+from ._diagnostics import (
+    matched_fraction,
+    noise_correlation,
+    recommend_method,
+    slice_similarity,
+    weight_map,
+)
+from ._model import DenoiseProgress, DenoiseResult, NSN2NModel
+from ._train import NSN2NProgress, TrainResult, iter_train, train
+
+__all__ = [
+    "DenoiseProgress",
+    "DenoiseResult",
+    "NSN2NConfig",
+    "NSN2NModel",
+    "NSN2NProgress",
+    "TrainResult",
+    "iter_train",
+    "matched_fraction",
+    "noise_correlation",
+    "recommend_method",
+    "slice_similarity",
+    "train",
+    "weight_map",
+]

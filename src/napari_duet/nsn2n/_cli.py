@@ -1,0 +1,125 @@
+"""``duet nsn2n``: train NS-N2N on a volume (or apply a saved model) from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..devices import DEVICE_CHOICES
+
+
+def register(subparsers) -> None:
+    """Add the ``nsn2n`` sub-command to the ``duet`` parser."""
+    p = subparsers.add_parser(
+        "nsn2n",
+        help="denoise a volume or time-lapse from its neighbouring slices (NS-N2N)",
+        description=(
+            "Neighboring Slice Noise2Noise: trains a 2D U-Net on pairs of neighbouring slices "
+            "of VOLUME (where they match) and writes the denoised volume, float32, same shape "
+            "and intensity scale as VOLUME. With --model, only applies a saved model."
+        ),
+    )
+    p.add_argument("volume", metavar="VOLUME", help="input stack (TIFF or any image file, 3D+)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tif",
+                   help="denoised volume (TIFF, float32); a JSON report is written beside it")
+    p.add_argument("--axis", type=int, default=0, metavar="A",
+                   help="slice axis: z of a stack or t of a time-lapse (default 0)")
+    p.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="training steps (default 1000)")
+    p.add_argument("--width", type=int, default=None, metavar="W",
+                   help="U-Net width, feature channels of the first level (default 16)")
+    p.add_argument("--guide", choices=("gaussian", "bilateral", "nlm"), default=None,
+                   help="low-pass filter of the guide images (default gaussian; nlm as in the "
+                   "paper, slow)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="matching threshold on normalised guide differences (default: automatic)")
+    p.add_argument("--save-model", metavar="M", default=None,
+                   help="write the trained model to this file (.duet)")
+    p.add_argument("--model", metavar="M", default=None,
+                   help="apply this saved model instead of training")
+    p.add_argument("--uncertainty", metavar="U.tif", default=None,
+                   help="also write the uncertainty map (spread over flips/rotations)")
+    p.add_argument("--no-tta", action="store_true",
+                   help="one prediction per slice: faster, no uncertainty map")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="where to compute (default auto: CUDA, MPS, else CPU)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def _report_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``duet nsn2n``; returns the exit code (errors raise DuetError -> exit 2)."""
+    import numpy as np
+
+    from .._errors import DuetInputError
+    from .._io import read_image, write_json, write_tiff
+    from .._versions import versions
+    from ._config import NSN2NConfig
+    from ._diagnostics import noise_correlation, recommend_method
+    from ._model import NSN2NModel
+    from ._train import train
+    from ._volume import layout_for
+
+    out = Path(args.output)
+    if args.model and args.save_model:
+        raise DuetInputError("--model applies a saved model; --save-model needs training")
+    volume = read_image(args.volume)
+    layout_for(volume.shape, args.axis)  # fail fast, before loading a model or training
+    tta = not args.no_tta
+    t0 = time.perf_counter()
+    log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+
+    if args.model:
+        model = NSN2NModel.load(args.model, device=args.device)
+        log(f"applying {args.model} to {args.volume} {volume.shape}")
+        res = model.denoise(volume, axis=args.axis, tta=tta)
+        denoised, unc = res.denoised, res.uncertainty
+        report = {
+            "method": "nsn2n", "mode": "apply", "model": str(args.model),
+            "config": model.config.to_dict(), "model_info": model.info,
+            "versions": versions(),
+        }
+    else:
+        changes = {"device": args.device, "seed": args.seed, "tta": tta}
+        for name in ("iterations", "width", "guide", "tau"):
+            if getattr(args, name) is not None:
+                changes[name] = getattr(args, name)
+        config = NSN2NConfig().replace(**changes)
+        step = max(1, config.iterations // 10)
+
+        def progress(p) -> None:
+            if p.stage == "train" and (p.iteration % step == 0 or p.iteration == 1):
+                terms = " ".join(f"{k}={v:.4g}" for k, v in p.losses.items())
+                log(f"[{p.iteration}/{p.iterations}] {terms} matched={p.matched_fraction:.2f} "
+                    f"eta={p.eta:.0f}s")
+
+        log(f"training NS-N2N on {args.volume} {volume.shape}, axis {args.axis}")
+        result = train(volume, axis=args.axis, config=config, callback=progress)
+        denoised, unc = result.denoised, result.uncertainty
+        report = {"mode": "train", **result.report()}
+        for w in result.warnings:
+            log(f"warning: {w}")
+        if args.save_model:
+            result.model.save(args.save_model)
+            report["saved_model"] = str(args.save_model)
+        method, reason = recommend_method(volume, axis=args.axis)
+        report["noise_correlation"] = noise_correlation(volume, axis=args.axis)
+        report["recommendation"] = {"method": method, "reason": reason}
+        log(f"recommendation: {method} ({reason})")
+
+    write_tiff(out, np.asarray(denoised, dtype=np.float32))
+    if args.uncertainty and unc is not None:
+        write_tiff(args.uncertainty, np.asarray(unc, dtype=np.float32))
+    report.update({"input": str(args.volume), "input_shape": list(volume.shape),
+                   "input_dtype": str(volume.dtype), "axis": args.axis, "output": str(out),
+                   "seconds": time.perf_counter() - t0})
+    write_json(_report_path(out), report)
+    log(f"wrote {out} and {_report_path(out)} in {time.perf_counter() - t0:.1f}s")
+    return 0

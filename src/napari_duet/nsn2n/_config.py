@@ -1,0 +1,144 @@
+"""Configuration of an NS-N2N run (validated, frozen, JSON round-trippable)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .._errors import DuetInputError
+
+GUIDES = ("gaussian", "bilateral", "nlm")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class NSN2NConfig:
+    """Parameters of NS-N2N training and inference.
+
+    Parameters
+    ----------
+    iterations : int
+        Optimiser steps.  Each step sees ``batch_size`` pairs of neighbouring slices.
+    width : int
+        Feature channels of the U-Net's first level (doubled per level).
+    depth : int
+        Down-sampling levels of the U-Net.
+    lr : float
+        Peak learning rate.
+    optimizer : {"adam", "adamw"}
+        Optimiser; ``weight_decay`` applies to AdamW only.
+    weight_decay : float
+        AdamW weight decay.
+    schedule : {"cosine", "constant"}
+        Learning-rate schedule (cosine decays to 1 % of ``lr``, after a short warm-up).
+    batch_size : int
+        Slice pairs per step.
+    crop_size : int
+        Side of the random square crops (clipped to the slice size).
+    guide : {"gaussian", "bilateral", "nlm"}
+        Low-pass filter for the guide images, always followed by a median filter.
+        ``nlm`` is the paper's choice (slow on large slices); ``gaussian`` is fast.
+    guide_sigma : float
+        Gaussian sigma in pixels (``gaussian``), spatial sigma (``bilateral``).
+    median_size : int
+        Side of the median filter applied to the low-pass image (paper: 5).
+    tau : float or None
+        Threshold on |guide_i - guide_(i+1)| in normalised units.  None: set
+        automatically to ``tau_factor`` times the robust noise level of the guide
+        differences.
+    tau_factor : float
+        Multiplier of the automatic threshold.
+    lambda_rc, lambda_ic : float
+        Weights of the regional-consistency and inter-slice-continuity losses.
+    residual : bool
+        The network predicts the noise and subtracts it (``x - net(x)``).
+    preview_every : int
+        Yield a denoised preview slice every this many iterations (0: never).
+    preview_index : int or None
+        Slice shown in previews (None: the middle slice).
+    tta : bool
+        Test-time augmentation at inference (8 flips/rotations): output is their
+        mean and the uncertainty their spread.
+    tile : int
+        Tile side for inference on large slices.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    seed : int
+        Seed for crops, augmentations and weights.
+    """
+
+    iterations: int = 1000
+    width: int = 16
+    depth: int = 2
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"
+    batch_size: int = 8
+    crop_size: int = 64
+    guide: str = "gaussian"
+    guide_sigma: float = 2.0
+    median_size: int = 5
+    tau: float | None = None
+    tau_factor: float = 3.0
+    lambda_rc: float = 0.5
+    lambda_ic: float = 1.0
+    residual: bool = True
+    preview_every: int = 50
+    preview_index: int | None = None
+    tta: bool = True
+    tile: int = 512
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise DuetInputError(msg)
+
+        need(isinstance(self.iterations, int) and self.iterations >= 1,
+             f"iterations must be a positive integer, got {self.iterations!r}")
+        need(isinstance(self.width, int) and 1 <= self.width <= 512,
+             f"width must be an integer in 1..512, got {self.width!r}")
+        need(isinstance(self.depth, int) and 0 <= self.depth <= 6,
+             f"depth must be an integer in 0..6, got {self.depth!r}")
+        need(self.lr > 0, f"lr must be positive, got {self.lr!r}")
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.weight_decay >= 0, "weight_decay must be >= 0")
+        need(self.schedule in SCHEDULES,
+             f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be a positive integer, got {self.batch_size!r}")
+        need(isinstance(self.crop_size, int) and self.crop_size >= 8,
+             f"crop_size must be an integer >= 8, got {self.crop_size!r}")
+        need(self.guide in GUIDES,
+             f"guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
+        need(self.guide_sigma > 0, "guide_sigma must be positive")
+        need(isinstance(self.median_size, int) and self.median_size >= 1,
+             "median_size must be a positive integer (1 disables the median)")
+        need(self.tau is None or self.tau > 0, f"tau must be positive or None, got {self.tau!r}")
+        need(self.tau_factor > 0, "tau_factor must be positive")
+        need(self.lambda_rc >= 0 and self.lambda_ic >= 0, "lambda_rc and lambda_ic must be >= 0")
+        need(isinstance(self.preview_every, int) and self.preview_every >= 0,
+             "preview_every must be an integer >= 0 (0 disables previews)")
+        need(self.preview_index is None or isinstance(self.preview_index, int),
+             "preview_index must be an integer or None")
+        need(isinstance(self.tile, int) and self.tile >= 32, "tile must be an integer >= 32")
+        need(isinstance(self.device, str) and bool(self.device), "device must be a string")
+        need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NSN2NConfig:
+        """Build from a dict; unknown keys (from newer versions) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> NSN2NConfig:
+        """Copy with some fields changed (validated again)."""
+        return NSN2NConfig.from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,165 @@
+"""Diagnostics for users: weight maps, in-plane noise correlation, method advice.
+
+NS-N2N's premise is noise independent *between* slices; its advantage over
+single-image (blind-spot / Noise2Fast-style) denoisers is noise correlated
+*within* a slice, which those cannot remove.  On pixel-independent noise a
+single-image denoiser is usually as good or better, so the widget shows
+:func:`recommend_method`'s advice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .._errors import DuetInputError
+from ._config import NSN2NConfig
+from ._guide import guide_stack
+from ._volume import prepare
+from ._weights import auto_tau, guide_similarity, weight_maps
+
+# Lag-1 in-plane correlation of the noise above which single-image denoisers
+# fail (white noise: ~0; white noise blurred with sigma 1 px: ~0.78).
+CORRELATED_NOISE = 0.25
+# Mean matched fraction below which neighbouring slices are too different.
+LOW_MATCH = 0.3
+# Median correlation of neighbouring guides below which slices are unrelated.
+LOW_SIMILARITY = 0.25
+_MAX_PAIRS = 16
+_HIGHPASS_SIGMA = 3.0
+
+
+def weight_map(
+    volume, axis: int = 0, index: int = 0, config: NSN2NConfig | None = None
+) -> np.ndarray:
+    """Matched-region map W for the slice pair (``index``, ``index + 1``).
+
+    The threshold is fitted on the whole stack, as in training.  For arrays with
+    extra axes (channels, ...) the first stack is used.
+
+    Returns
+    -------
+    ndarray
+        (Y, X) float32 in {0, 1}: 1 where the two slices match.
+    """
+    config = config or NSN2NConfig()
+    layout, stacks, _ = prepare(volume, axis)
+    n_z = stacks.shape[1]
+    if not isinstance(index, int | np.integer) or not 0 <= index < n_z - 1:
+        raise DuetInputError(f"pair index must be in 0..{n_z - 2}, got {index!r}")
+    guides = guide_stack(stacks[0], config)
+    w, _ = weight_maps(guides, config)
+    return w[int(index)]
+
+
+def _pair_subset(n_z: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n_z - 2, min(n_z - 1, _MAX_PAIRS)).round().astype(int))
+
+
+def _lag1(d: np.ndarray, m: np.ndarray) -> float:
+    """Lag-1 autocorrelation of ``d`` over pixels where both neighbours are matched."""
+    num = den = 0.0
+    for a, b, ma, mb in (
+        (d[:, 1:], d[:, :-1], m[:, 1:], m[:, :-1]),
+        (d[1:], d[:-1], m[1:], m[:-1]),
+    ):
+        mm = ma * mb
+        num += float(np.sum(a * b * mm))
+        den += 0.5 * float(np.sum((a * a + b * b) * mm))
+    return num / den if den > 0 else float("nan")
+
+
+def _sampled_pairs(stack: np.ndarray, config: NSN2NConfig):
+    """Up to 16 evenly spaced pairs: indices, guide differences, tau, guide correlations."""
+    idx = _pair_subset(stack.shape[0])
+    ga = guide_stack(stack[idx], config)
+    gb = guide_stack(stack[idx + 1], config)
+    gd = np.abs(gb - ga)
+    tau = config.tau if config.tau is not None else auto_tau(gd, config.tau_factor)
+    sims = [float(guide_similarity(np.stack([a, b]))[0]) for a, b in zip(ga, gb, strict=True)]
+    return idx, gd, tau, sims
+
+
+def noise_correlation(volume, axis: int = 0, config: NSN2NConfig | None = None) -> float:
+    """Estimate the in-plane lag-1 correlation of the noise (between -1 and 1).
+
+    Differences of neighbouring slices cancel the structure where the slices
+    match (weight map W) and keep the noise, whose in-plane correlation is
+    measured after a mild high-pass (averaged over x and y shifts of one pixel,
+    median over up to 16 pairs).  About 0 for pixel-independent noise; clearly positive (>= 0.25)
+    for noise correlated within slices, where NS-N2N beats single-image
+    denoisers.
+    """
+    config = config or NSN2NConfig()
+    _, stacks, _ = prepare(volume, axis)
+    vals = []
+    for stack in stacks:
+        idx, gd, tau, _ = _sampled_pairs(stack, config)
+        for k, z in enumerate(idx):
+            d = stack[z + 1] - stack[z]
+            # Remove what is left of slowly varying structure (it would look like
+            # correlated noise); white noise stays nearly uncorrelated after this.
+            d = d - ndimage.gaussian_filter(d, _HIGHPASS_SIGMA, mode="reflect")
+            vals.append(_lag1(d, (gd[k] <= tau).astype(np.float32)))
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def matched_fraction(volume, axis: int = 0, config: NSN2NConfig | None = None) -> float:
+    """Mean of W over (up to 16 evenly spaced) neighbouring pairs."""
+    config = config or NSN2NConfig()
+    _, stacks, _ = prepare(volume, axis)
+    fr = []
+    for stack in stacks:
+        _, gd, tau, _ = _sampled_pairs(stack, config)
+        fr.append(float(np.mean(gd <= tau)))
+    return float(np.mean(fr))
+
+
+def slice_similarity(volume, axis: int = 0, config: NSN2NConfig | None = None) -> float:
+    """Median correlation of neighbouring guide images (1: alike, 0: unrelated slices).
+
+    The automatic ``tau`` adapts to the differences between slices, so the
+    matched fraction stays high even when every slice is different; this
+    measure catches slice spacings far larger than the structures.
+    """
+    config = config or NSN2NConfig()
+    _, stacks, _ = prepare(volume, axis)
+    sims = []
+    for stack in stacks:
+        sims += _sampled_pairs(stack, config)[3]
+    return float(np.median(sims))
+
+
+def recommend_method(
+    volume, axis: int = 0, config: NSN2NConfig | None = None
+) -> tuple[str, str]:
+    """Recommend NS-N2N or a single-image denoiser for this volume.
+
+    Returns
+    -------
+    method : str
+        ``"nsn2n"`` or ``"noise2fast"`` (any single-image self-supervised
+        denoiser fits in the second case).
+    reason : str
+        One line the widget shows.
+    """
+    rho = noise_correlation(volume, axis, config)
+    frac = matched_fraction(volume, axis, config)
+    sim = slice_similarity(volume, axis, config)
+    if sim < LOW_SIMILARITY:
+        return ("noise2fast",
+                f"neighbouring slices are barely alike (correlation {sim:.2f}; slice spacing "
+                "too large?): a single-image denoiser such as Noise2Fast fits better")
+    if frac < LOW_MATCH:
+        return ("noise2fast",
+                f"only {frac:.0%} of pixels match between neighbouring slices (large spacing "
+                "or motion): a single-image denoiser such as Noise2Fast is safer")
+    if np.isfinite(rho) and rho >= CORRELATED_NOISE:
+        return ("nsn2n",
+                f"noise is correlated within slices (lag-1 correlation {rho:.2f}) and "
+                f"{frac:.0%} of pixels match between slices: NS-N2N removes such noise, "
+                "single-image denoisers cannot")
+    return ("noise2fast",
+            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}): "
+            "single-image denoisers such as Noise2Fast are as good or better here")

@@ -1,0 +1,23 @@
+"""Self2Seg: single-image self-supervised joint segmentation and denoising.
+
+Gruber et al., arXiv 2309.10511.  Region "experts" (constant, linear filter or
+a small Noise2Fast CNN) are trained on the current regions; the mask is then
+updated by a convex Chan-Vese/TV energy whose data terms are the experts'
+squared residuals; the two steps alternate.  See ``docs/self2seg.md``.
+"""
+
+from ._baselines import convex_chan_vese, sequential_n2f_chan_vese
+from ._config import Self2SegConfig
+from ._engine import Self2SegResult, Self2SegState, iter_self2seg, self2seg
+from ._regions import boxes_to_regions
+
+__all__ = [
+    "Self2SegConfig",
+    "Self2SegState",
+    "Self2SegResult",
+    "iter_self2seg",
+    "self2seg",
+    "boxes_to_regions",
+    "convex_chan_vese",
+    "sequential_n2f_chan_vese",
+]

@@ -1,0 +1,225 @@
+"""Parameters of Self2Seg, validated once when the configuration is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import DuetInputError
+
+EXPERT_CHOICES = ("cnn", "linear", "constant")
+INIT_CHOICES = ("auto", "threshold", "otsu")
+
+
+@dataclass(frozen=True)
+class Self2SegConfig:
+    """All parameters of a Self2Seg run.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of regions K >= 2 (one expert each).  For K = 2 class 0 is the
+        background and class 1 the foreground.
+    lam : float or None
+        Weight of the total-variation (boundary length) term.  ``None``
+        (default) sets it automatically, relative to the data: ``lam_scale``
+        times a robust scale (1.4826 * median absolute deviation) of the
+        first data-term difference ``g = r_bg - r_fg`` (pairwise differences
+        for K > 2).  A float is a *multiplier* of that robust scale, so the
+        same value works for any intensity range (``lam=2`` = twice as smooth
+        as the default).
+    lam_scale : float
+        Multiplier used when ``lam`` is None.
+    lam_noise : float
+        The robust scale is ``max(MAD(g), lam_noise * s_noise)`` where
+        ``s_noise`` is the estimated noise std of ``g`` (from a robust noise
+        estimate of the image and the experts' difference), so lambda grows
+        with the noise level; 0 uses the MAD alone.
+    experts : {"cnn", "linear", "constant"}
+        Expert type for every region: a small Noise2Fast CNN, a linear filter
+        (exact least squares), or a constant (= convex Chan-Vese).
+    max_alternations : int
+        Maximum number of (experts, mask) alternations.
+    expert_width : int
+        Feature channels of the CNN experts (the linear expert's kernel size
+        is ``linear_size``).
+    expert_depth : int
+        Number of 3x3 convolutions of the CNN experts.
+    expert_steps : int
+        Training budget (Adam steps) of a fresh CNN: the shared whole-image
+        Noise2Fast pre-training (``shared_pretrain``), or each expert's first
+        training otherwise.
+    expert_steps_warm : int
+        Training steps per expert and alternation once it has weights
+        (warm start).
+    shared_pretrain : bool
+        Pre-train one CNN on the whole image and start every region expert
+        from it: each region then only specialises, so small regions do not
+        starve and each expert denoises its region at least as well as
+        whole-image Noise2Fast.
+    finetune_lr_factor : float
+        Learning-rate factor when a region expert specialises the shared
+        pre-trained CNN (a smaller step keeps what it learnt).
+    batch_size, crop : int
+        Training batch: ``batch_size`` random ``crop`` x ``crop`` crops of the
+        squeezed checkerboard phases, centred on pixels of the expert's
+        region (so cost does not grow with image size).
+    lr : float
+        Adam learning rate.
+    patience : int
+        Early stopping: stop an expert's training after this many steps
+        without a new best validation loss.
+    n_average : int
+        Number of last prediction snapshots averaged (Noise2Fast averages its
+        last predictions to reduce variance).
+    linear_size : int
+        Kernel size of the linear-filter expert (odd).
+    filter_size : int
+        Box filter applied to residuals before squaring (0 or 1 = off).  It
+        averages the noise out of the residual so the data term measures
+        model error, not noise (reference §12: essential at high noise).
+    mu_scale : float
+        Mask prior weight ``mu`` (paper eq. 10, ``mu ||u - u_prev||^2``) as a
+        multiple of the robust scale; 0 disables it.
+    clamp_experts : bool
+        Clip each expert's output to the intensity range it saw in its own
+        region (1st-99th percentile of the box-smoothed image there), so a
+        foreground expert cannot also model the background (collapse guard).
+    max_fraction_change : float
+        Safeguard: reject a mask update that changes any region's area by
+        more than this factor (or empties it); the previous mask is kept.
+    stop_ratio : float
+        Paper's stop rule: stop when the relative energy decrease falls below
+        ``stop_ratio`` times the previous relative decrease.
+    stop_changed : float
+        Also stop when fewer than this fraction of pixels changed label.
+    init : {"auto", "threshold", "otsu"}
+        Automatic initialisation when no regions are given: ``auto`` (=
+        ``otsu``) smooths with a Gaussian (``init_sigma``) and applies
+        (multi-)Otsu; ``threshold`` is the paper's 0.5 threshold of the
+        min-max normalised (smoothed) image.
+    init_sigma : float
+        Gaussian smoothing (pixels) before the automatic threshold.
+    invert : bool
+        Automatic initialisation only: make the darker region the foreground
+        (class order reversed for K > 2).
+    warmup_constant : bool
+        Run the first alternation with constant experts (a convex Chan-Vese
+        step) before training the chosen experts on its mask.
+    solver_tol : float
+        Mask solver stopping tolerance (duality gap per pixel for two
+        classes, primal change for K > 2).
+    solver_max_iter : int
+        Mask solver iteration cap.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps`` (CNN experts only).
+    seed : int
+        Seed of all random choices (deterministic on the CPU).
+    threads : int or None
+        Torch CPU threads (None: leave torch's setting).
+    """
+
+    n_classes: int = 2
+    lam: float | None = None
+    lam_scale: float = 1.0
+    lam_noise: float = 3.0
+    experts: str = "cnn"
+    max_alternations: int = 4
+    expert_width: int = 16
+    expert_depth: int = 5
+    expert_steps: int = 200
+    expert_steps_warm: int = 60
+    shared_pretrain: bool = True
+    finetune_lr_factor: float = 0.3
+    batch_size: int = 8
+    crop: int = 32
+    lr: float = 1e-3
+    patience: int = 50
+    n_average: int = 3
+    linear_size: int = 9
+    filter_size: int = 5
+    mu_scale: float = 0.5
+    clamp_experts: bool = True
+    max_fraction_change: float = 3.0
+    stop_ratio: float = 0.15
+    stop_changed: float = 0.002
+    init: str = "auto"
+    init_sigma: float = 2.0
+    invert: bool = False
+    warmup_constant: bool = True
+    solver_tol: float = 1e-4
+    solver_max_iter: int = 500
+    device: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self):
+        def bad(msg: str):
+            raise DuetInputError(msg)
+
+        # Accept numpy integers (e.g. from widgets) but store plain ints.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool | int):
+                object.__setattr__(self, f.name, int(v))
+
+        if not isinstance(self.n_classes, int) or self.n_classes < 2:
+            bad(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
+        if self.n_classes > 16:
+            bad(f"n_classes must be <= 16, got {self.n_classes}")
+        if self.lam is not None and not (float(self.lam) > 0):
+            bad(f"lam must be > 0 (or None for automatic), got {self.lam!r}")
+        if not self.lam_scale > 0:
+            bad(f"lam_scale must be > 0, got {self.lam_scale!r}")
+        if self.experts not in EXPERT_CHOICES:
+            bad(f"experts must be one of {', '.join(EXPERT_CHOICES)}, got {self.experts!r}")
+        if self.init not in INIT_CHOICES:
+            bad(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
+        for name in ("max_alternations", "expert_width", "expert_depth", "expert_steps",
+                     "batch_size", "crop", "n_average", "linear_size", "solver_max_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                bad(f"{name} must be a positive integer, got {value!r}")
+        for name in ("expert_steps_warm", "patience", "filter_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                bad(f"{name} must be a non-negative integer, got {value!r}")
+        if self.expert_depth < 2:
+            bad(f"expert_depth must be >= 2, got {self.expert_depth}")
+        if self.crop < 8:
+            bad(f"crop must be >= 8, got {self.crop}")
+        if self.linear_size % 2 == 0:
+            bad(f"linear_size must be odd, got {self.linear_size}")
+        for name in ("lr", "solver_tol", "finetune_lr_factor"):
+            if not getattr(self, name) > 0:
+                bad(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("lam_noise", "mu_scale", "init_sigma", "stop_ratio", "stop_changed"):
+            if not getattr(self, name) >= 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.max_fraction_change > 1:
+            bad(f"max_fraction_change must be > 1, got {self.max_fraction_change!r}")
+        if not isinstance(self.seed, int):
+            bad(f"seed must be an integer, got {self.seed!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            bad(f"threads must be a positive integer or None, got {self.threads!r}")
+        if not isinstance(self.device, str) or not self.device:
+            bad(f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all parameters (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self2SegConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise DuetInputError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise DuetInputError(f"unknown Self2Seg parameter(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> Self2SegConfig:
+        """Copy with some parameters changed (validated again)."""
+        return dataclasses.replace(self, **changes)

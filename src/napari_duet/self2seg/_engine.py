@@ -1,0 +1,447 @@
+"""The Self2Seg alternation, written as a generator (one state per alternation).
+
+Each alternation (a) fits one expert per region on the current regions and
+(b) updates the mask by minimising the convex energy with the experts'
+filtered squared residuals as data terms (:mod:`._solver`).  The energy
+
+    E(labels) = sum_k sum_{labels == k} r_k + lam * TV_K(labels)
+
+is evaluated with the experts in use after every alternation.  It cannot
+increase: new experts are kept only if they do not raise the energy of the
+current mask, and a mask update is kept only if it lowers the energy (the
+mask-prior term only restricts how far the mask moves).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .._errors import DuetInputError
+from .._progress import run_to_end
+from ..intensity import Normalizer, as_float_image, fit_normalizer
+from ._config import Self2SegConfig
+from ._experts import ExpertOutput, box_filter, make_expert
+from ._regions import auto_labels, validate_regions
+from ._solver import potts_energy, solve_binary, solve_multiclass
+
+__all__ = ["Self2SegState", "Self2SegResult", "iter_self2seg", "self2seg", "prepare_image"]
+
+_MIN_SIDE = 8
+
+
+@dataclass
+class Self2SegState:
+    """Snapshot yielded after every alternation (arrays in the input's intensity scale)."""
+
+    alternation: int
+    max_alternations: int
+    labels: np.ndarray  # (Y, X) uint8
+    u: np.ndarray  # (K, Y, X) float32
+    experts: np.ndarray  # (K, Y, X) or (K, Y, X, C) float32
+    denoised: np.ndarray  # (Y, X) or (Y, X, C) float32
+    energy: float
+    energies: list[float]
+    elapsed: float
+
+
+@dataclass
+class Self2SegResult:
+    """Final result of a Self2Seg run."""
+
+    labels: np.ndarray
+    u: np.ndarray
+    experts: np.ndarray
+    denoised: np.ndarray
+    energies: list[float]
+    alternations: int
+    stop_reason: str
+    timings: dict
+    config: Self2SegConfig
+    image_shape: tuple = ()
+    image_dtype: str = ""
+    lam: float = float("nan")
+    mu: float = 0.0
+    scale: float = float("nan")
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Foreground mask (labels == 1) for two classes; labels > 0 otherwise."""
+        return self.labels > 0
+
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable summary: parameters, energies, timings, versions, image info."""
+        from .._versions import versions
+
+        counts = np.bincount(self.labels.ravel(), minlength=self.config.n_classes)
+        return {
+            "method": "self2seg",
+            "parameters": self.config.to_dict(),
+            "resolved": {"lam": float(self.lam), "mu": float(self.mu),
+                         "robust_scale": float(self.scale)},
+            "image": {"shape": [int(s) for s in self.image_shape], "dtype": self.image_dtype},
+            "energies": [float(e) for e in self.energies],
+            "alternations": int(self.alternations),
+            "stop_reason": self.stop_reason,
+            "class_fractions": [float(c) / self.labels.size for c in counts],
+            "history": self.history,
+            "timings": {k: (float(v) if np.isscalar(v) else v) for k, v in self.timings.items()},
+            "versions": versions(),
+        }
+
+
+def prepare_image(image) -> tuple[np.ndarray, Normalizer, bool]:
+    """Validate a 2D grey or RGB(A) image; return ``(f (C,Y,X) normalised, normalizer, rgb)``.
+
+    The normaliser maps the 0.1/99.9 percentiles to 0/1 (one map for all
+    channels, so colours keep their ratios).
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    rgb = False
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3]
+        rgb = True
+    elif arr.ndim != 2:
+        raise DuetInputError(
+            f"Self2Seg needs a 2D grey (Y, X) or RGB (Y, X, 3) image, got shape {arr.shape}; "
+            "for a stack, run it on each 2D slice"
+        )
+    x = as_float_image(arr, name="image")
+    if min(x.shape[:2]) < _MIN_SIDE:
+        raise DuetInputError(f"image {x.shape[:2]} is too small: both sides must be >= {_MIN_SIDE}")
+    norm = fit_normalizer(x, mode="percentile", low=0.1, high=99.9)
+    f = norm.forward(x)
+    f = np.moveaxis(f, -1, 0) if rgb else f[None]
+    return np.ascontiguousarray(f, dtype=np.float32), norm, rgb
+
+
+def _robust_scale(r: np.ndarray) -> float:
+    """1.4826 * MAD of the pairwise data-term differences (mean over class pairs)."""
+    k = r.shape[0]
+    vals = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            g = (r[i] - r[j]).ravel()
+            vals.append(1.4826 * float(np.median(np.abs(g - np.median(g)))))
+    s = float(np.mean(vals))
+    if not s > 0:  # degenerate (e.g. piecewise-constant noise-free image)
+        s = float(np.mean([np.std(r[i] - r[j]) for i in range(k) for j in range(i + 1, k)]))
+    return s if s > 0 else 1e-6
+
+
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def estimate_noise(f: np.ndarray) -> float:
+    """Robust white-noise std of a (C, Y, X) image (median form of Immerkaer's estimator)."""
+    vals = []
+    for ch in f:
+        lap = ndi.convolve(ch, _IMMERKAER, mode="reflect")
+        vals.append(1.4826 * float(np.median(np.abs(lap))) / 6.0)  # ||kernel|| = 6
+    return float(np.mean(vals))
+
+
+def _noise_scale(outs: list[ExpertOutput], sigma_n: float, filter_size: int) -> float:
+    """Noise std of the data-term difference ``g = r_j - r_i``.
+
+    With residuals ``e = box(f - D)`` sharing the same noise ``n``,
+    ``g = e_j^2 - e_i^2`` carries the noise ``2 (D_i - D_j) n``, of std
+    ``2 |D_i - D_j| sigma_n / F`` after an F x F box filter.
+    """
+    k = len(outs)
+    vals = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            diff = np.sqrt(((outs[i].blind - outs[j].blind) ** 2).sum(axis=0))
+            vals.append(2.0 * float(np.median(diff)) * sigma_n / max(1, filter_size))
+    return float(np.mean(vals))
+
+
+def _data_terms(f: np.ndarray, outs: list[ExpertOutput], filter_size: int) -> np.ndarray:
+    """Per-class data term: channel-summed squared box-filtered blind residual."""
+    r = np.empty((len(outs),) + f.shape[1:], np.float32)
+    for k, out in enumerate(outs):
+        res = box_filter(f - out.blind, filter_size)
+        r[k] = (res * res).sum(axis=0)
+    return r
+
+
+def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    return (labels[None] == np.arange(k, dtype=labels.dtype)[:, None, None]).astype(np.float32)
+
+
+def _train_mask(labels: np.ndarray, k: int, erode: bool) -> np.ndarray:
+    """Region used to train expert ``k``: the class, eroded by one pixel when that leaves
+    enough of it, so experts do not learn the blurred boundary of the other region."""
+    m = labels == k
+    if erode:
+        e = ndi.binary_erosion(m, iterations=1, border_value=1)
+        if e.sum() >= max(64, 0.25 * m.sum()):
+            return e
+    return m
+
+
+def iter_self2seg(
+    image, regions=None, config: Self2SegConfig | None = None
+) -> Generator[Self2SegState, None, Self2SegResult]:
+    """Run Self2Seg, yielding a :class:`Self2SegState` after every alternation.
+
+    Parameters
+    ----------
+    image : array (Y, X) or (Y, X, 3|4)
+        Grey image of any dtype, or RGB(A) (alpha dropped).
+    regions : int array (Y, X), optional
+        Seed regions: 0 = unassigned, ``k + 1`` = seed pixel of class ``k``
+        (for two classes 1 = background seed, 2 = foreground seed); see
+        :func:`boxes_to_regions`.  None: automatic initialisation.
+    config : Self2SegConfig, optional
+
+    Returns
+    -------
+    Self2SegResult
+        As the generator's return value (use :func:`self2seg` to get it).
+
+    Notes
+    -----
+    Stopping iteration between yields (``gen.close()`` or just dropping it)
+    leaves nothing running: all work happens inside ``next()``.
+    """
+    cfg = config if config is not None else Self2SegConfig()
+    if not isinstance(cfg, Self2SegConfig):
+        raise DuetInputError("config must be a Self2SegConfig")
+    t_start = time.perf_counter()
+    arr = np.asarray(image)
+    f, norm, rgb = prepare_image(arr)
+    n_ch, h, w = f.shape
+    k_cls = cfg.n_classes
+
+    if regions is not None:
+        seeds = validate_regions(regions, (h, w), k_cls)
+        init_masks = [seeds == k + 1 for k in range(k_cls)]
+        labels = None  # no mask yet: the first update is free (no prior)
+    else:
+        seeds = None
+        labels = auto_labels(f.mean(axis=0), k_cls, method=cfg.init, sigma=cfg.init_sigma,
+                             invert=cfg.invert)
+        init_masks = [labels == k for k in range(k_cls)]
+        for k, m in enumerate(init_masks):
+            if not m.any():
+                raise DuetInputError(f"automatic initialisation left class {k} empty; give boxes")
+
+    torch_mod = None
+    device = None
+    old_threads = None
+    needs_torch = cfg.experts == "cnn"
+    if needs_torch:
+        import torch as torch_mod
+
+        from ..devices import resolve_device
+
+        device = resolve_device(cfg.device)
+        if cfg.threads is not None:
+            old_threads = torch_mod.get_num_threads()
+            torch_mod.set_num_threads(cfg.threads)
+
+    timings: dict[str, Any] = {"prepare": time.perf_counter() - t_start, "experts": 0.0,
+                               "masks": 0.0, "per_alternation": []}
+    history: list[dict] = []
+    energies: list[float] = []
+    experts_obj: dict[tuple[str, int], Any] = {}
+    outs: list[ExpertOutput] | None = None
+    r: np.ndarray | None = None
+    lam = mu = scale = None
+    p_warm = None
+    u_relaxed = None
+    stop_reason = "max_alternations"
+    it = 0
+    try:
+        for it in range(1, cfg.max_alternations + 1):
+            t_alt = time.perf_counter()
+            kind = cfg.experts
+            if cfg.warmup_constant and it == 1 and cfg.experts != "constant":
+                kind = "constant"
+            # -- (a) experts ---------------------------------------------------
+            new_outs = []
+            infos = []
+            for k in range(k_cls):
+                if labels is None or it == 1:
+                    m = init_masks[k]
+                else:
+                    m = _train_mask(labels, k, erode=kind != "constant")
+                if not m.any():
+                    raise DuetInputError(f"class {k} has no pixels to train its expert on")
+                key = (kind, k)
+                if key not in experts_obj:
+                    experts_obj[key] = make_expert(kind, channels=n_ch, config=cfg, device=device,
+                                                   seed=cfg.seed * 1009 + k)
+                    if kind == "cnn" and cfg.shared_pretrain:
+                        if "base" not in experts_obj:
+                            # One Noise2Fast denoiser of the whole image, which every region
+                            # expert then specialises: small regions get a good start.
+                            base = make_expert("cnn", channels=n_ch, config=cfg, device=device,
+                                               seed=cfg.seed * 1009 + 997)
+                            base.fit(f, np.ones((h, w), bool), steps=cfg.expert_steps)
+                            experts_obj["base"] = base
+                        experts_obj[key].load_weights_from(experts_obj["base"],
+                                                           cfg.finetune_lr_factor)
+                steps = cfg.expert_steps if experts_obj[key].__dict__.get("total_steps", 0) == 0 \
+                    else cfg.expert_steps_warm
+                try:
+                    out = experts_obj[key].fit(f, m, steps=max(1, steps))
+                except ValueError as exc:
+                    raise DuetInputError(f"cannot train the class {k} expert: {exc}") from None
+                new_outs.append(out)
+                infos.append(out.info)
+            r_new = _data_terms(f, new_outs, cfg.filter_size)
+            if lam is None:
+                # lambda relative to the data: the larger of the spread of g (signal) and
+                # lam_noise x the std of g's noise, so noise blobs cost more at high noise.
+                mad = _robust_scale(r_new)
+                s_noise = _noise_scale(new_outs, estimate_noise(f), cfg.filter_size)
+                scale = max(mad, cfg.lam_noise * s_noise)
+                timings["scale_mad"], timings["scale_noise"] = mad, s_noise
+                mult = cfg.lam if cfg.lam is not None else cfg.lam_scale
+                lam = float(mult) * scale
+                mu = float(cfg.mu_scale) * scale
+            accepted_experts = True
+            e_cur = None  # energy of the current labels with the experts in use
+            if r is not None and labels is not None:
+                e_old = energies[-1]  # same labels, same experts, same lambda
+                e_new = potts_energy(r_new, labels, lam)
+                accepted_experts = e_new <= e_old
+                e_cur = e_new if accepted_experts else e_old
+            elif labels is not None:
+                e_cur = potts_energy(r_new, labels, lam)
+            if accepted_experts:
+                outs, r = new_outs, r_new
+            t_exp = time.perf_counter() - t_alt
+            timings["experts"] += t_exp
+
+            # -- (b) mask ------------------------------------------------------
+            t_mask = time.perf_counter()
+            prior = labels if (labels is not None and mu > 0) else None
+            if k_cls == 2:
+                g = r[0] - r[1]
+                if prior is not None:
+                    g = g + mu * (2.0 * (prior == 1) - 1.0)
+                fg, rof_res = solve_binary(g, lam, p0=p_warm, tol=cfg.solver_tol,
+                                           max_iter=cfg.solver_max_iter)
+                p_warm = rof_res.p
+                cand = fg.astype(np.uint8)
+                solver_iters = rof_res.iterations
+                cand_u = None
+            else:
+                d = r.copy()
+                if prior is not None:
+                    d += 0.5 * mu * (1.0 - 2.0 * _one_hot(prior, k_cls))
+                mres = solve_multiclass(d, lam, u0=u_relaxed, tol=cfg.solver_tol,
+                                        max_iter=cfg.solver_max_iter)
+                cand = np.argmax(mres.u, axis=0).astype(np.uint8)
+                cand_u = mres.u
+                solver_iters = mres.iterations
+            if seeds is not None and labels is None:
+                # First update from boxes: a class the solver emptied keeps its seeds.
+                for k in range(k_cls):
+                    if not (cand == k).any():
+                        cand[seeds == k + 1] = k
+            accepted_mask, why = True, ""
+            e_cand = potts_energy(r, cand, lam)
+            if labels is not None:
+                a_old = np.bincount(labels.ravel(), minlength=k_cls).astype(float)
+                a_new = np.bincount(cand.ravel(), minlength=k_cls).astype(float)
+                ratio = np.maximum(a_new, 1) / np.maximum(a_old, 1)
+                if (a_new == 0).any():
+                    accepted_mask, why = False, "a region would vanish"
+                elif (ratio > cfg.max_fraction_change).any() or \
+                        (ratio < 1 / cfg.max_fraction_change).any():
+                    accepted_mask, why = False, "a region's area would change too much"
+                elif e_cand > e_cur:
+                    accepted_mask, why = False, "energy would increase"
+            changed = 1.0 if labels is None else float(np.mean(cand != labels))
+            if accepted_mask:
+                labels = cand
+                if cand_u is not None:
+                    u_relaxed = cand_u
+            else:
+                changed = 0.0
+            t_m = time.perf_counter() - t_mask
+            timings["masks"] += t_m
+            energy = e_cand if accepted_mask else e_cur
+            energies.append(float(energy))
+            timings["per_alternation"].append(
+                {"experts_s": t_exp, "mask_s": t_m, "solver_iterations": int(solver_iters)})
+            history.append({
+                "alternation": it, "expert_kind": kind, "experts_accepted": bool(accepted_experts),
+                "mask_accepted": bool(accepted_mask), "mask_rejected_because": why,
+                "changed_fraction": changed, "energy": float(energy),
+                "expert_info": infos,
+            })
+            state = _make_state(it, cfg, labels, u_relaxed if k_cls > 2 else None, outs, norm,
+                                rgb, energy, energies, time.perf_counter() - t_start)
+            yield state
+
+            # -- stop rule -------------------------------------------------------
+            # Kind switch (warm-up -> learned experts) is not a convergence sign.
+            switched = cfg.warmup_constant and it == 1 and cfg.experts != "constant"
+            if it >= 2 and changed < cfg.stop_changed and not switched:
+                stop_reason = "mask converged"
+                break
+            if len(energies) >= 3 and not (cfg.warmup_constant and it == 2):
+                d_prev = (energies[-3] - energies[-2]) / max(abs(energies[-3]), 1e-12)
+                d_cur = (energies[-2] - energies[-1]) / max(abs(energies[-2]), 1e-12)
+                if d_cur <= 0 or d_cur < cfg.stop_ratio * d_prev:
+                    stop_reason = "energy decrease below stop_ratio of the previous one"
+                    break
+    finally:
+        if old_threads is not None and torch_mod is not None:
+            torch_mod.set_num_threads(old_threads)
+        experts_obj.clear()
+
+    timings["total"] = time.perf_counter() - t_start
+    final = _make_state(it, cfg, labels, u_relaxed if k_cls > 2 else None, outs, norm, rgb,
+                        energies[-1], energies, timings["total"])
+    return Self2SegResult(
+        labels=final.labels, u=final.u, experts=final.experts, denoised=final.denoised,
+        energies=list(energies), alternations=it, stop_reason=stop_reason, timings=timings,
+        config=cfg, image_shape=tuple(arr.shape), image_dtype=str(arr.dtype), lam=float(lam),
+        mu=float(mu), scale=float(scale), history=history,
+    )
+
+
+def _make_state(it, cfg, labels, u_relaxed, outs, norm, rgb, energy, energies, elapsed):
+    k_cls = cfg.n_classes
+    onehot = _one_hot(labels, k_cls)
+    u = onehot if u_relaxed is None else u_relaxed.astype(np.float32)
+    full = np.stack([o.full for o in outs])  # (K, C, Y, X) normalised
+    composite = (onehot[:, None] * full).sum(axis=0)  # (C, Y, X)
+    if rgb:
+        experts = norm.inverse(np.moveaxis(full, 1, -1))
+        denoised = norm.inverse(np.moveaxis(composite, 0, -1))
+    else:
+        experts = norm.inverse(full[:, 0])
+        denoised = norm.inverse(composite[0])
+    return Self2SegState(
+        alternation=it, max_alternations=cfg.max_alternations, labels=labels.astype(np.uint8),
+        u=u, experts=experts.astype(np.float32), denoised=denoised.astype(np.float32),
+        energy=float(energy), energies=list(energies), elapsed=float(elapsed),
+    )
+
+
+def self2seg(
+    image, regions=None, config: Self2SegConfig | None = None,
+    callback: Callable[[Self2SegState], None] | None = None,
+) -> Self2SegResult:
+    """Run :func:`iter_self2seg` to the end and return its :class:`Self2SegResult`.
+
+    ``callback`` is called with every :class:`Self2SegState` (e.g. to print
+    the energy per alternation).
+    """
+    return run_to_end(iter_self2seg(image, regions, config), callback)

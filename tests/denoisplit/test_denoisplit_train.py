@@ -1,0 +1,139 @@
+"""Training: the split beats the constant split, calibration helps, models round-trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_duet import DuetInputError
+from napari_duet.denoisplit import (
+    SplitConfig,
+    SplitModel,
+    TrainConfig,
+    TrainProgress,
+    fit_noise_model,
+    iter_train,
+    train,
+)
+from napari_duet.denoisplit._calibration import calibration_stats
+from napari_duet.denoisplit._synthetic import synthetic_split
+from napari_duet.metrics import range_invariant_psnr
+
+
+def _fast(**kw) -> TrainConfig:
+    base = dict(epochs=1, patch_size=16, batch_size=4, steps_per_epoch=3, device="cpu",
+                calib_samples=2, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    d = synthetic_split((96, 96), seed=3)
+    nms = [fit_noise_model(c, n, iterations=150, batch_size=10_000, device="cpu")
+           for c, n in ((d.clean_a, d.noisy_a), (d.clean_b, d.noisy_b))]
+    cfg = SplitConfig(n_levels=2, z_dims=8, filters=16, dropout=0.0)
+    tc = TrainConfig(epochs=5, patch_size=32, batch_size=8, steps_per_epoch=40, device="cpu",
+                     calib_samples=8, lr=3e-3, log_every=1000)
+    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms)
+    inp = d.noisy_a + d.noisy_b
+    res = model.predict(inp, samples=8, tile=32, batch_size=32)
+    return d, model, res
+
+
+@pytest.mark.slow
+def test_split_beats_constant_split(trained):
+    d, model, res = trained
+    inp = d.noisy_a + d.noisy_b
+    share = d.noisy_a.mean() / inp.mean()
+    for c, (clean, s) in enumerate(((d.clean_a, share), (d.clean_b, 1 - share))):
+        split = range_invariant_psnr(res.mean[c], clean)
+        const = range_invariant_psnr(inp * s, clean)
+        assert split > const + 1.5, (c, split, const)
+
+
+@pytest.mark.slow
+def test_calibration_reduces_miscalibration_against_clean_truth(trained):
+    d, model, res = trained
+    assert res.calibrated and model.calibration["noise_aware"]
+    for c, clean in enumerate((d.clean_a, d.clean_b)):
+        raw_std = res.std[c] / model.calibration["scalar"][c]
+        before = calibration_stats(res.mean[c], raw_std, clean)["ence"]
+        after = calibration_stats(res.mean[c], res.std[c], clean)["ence"]
+        assert after < before, (c, before, after)
+
+
+@pytest.mark.slow
+def test_save_load_roundtrip(trained, tmp_path):
+    d, model, _ = trained
+    path = model.save(tmp_path / "m.duet")
+    back = SplitModel.load(path, device="cpu")
+    meta = back.metadata()
+    assert meta["noise_models"] and meta["calibration"]
+    assert meta["training_data_shape"] == [96, 96]
+    assert meta["channel_names"] == ["A", "B"]
+    img = d.noisy_a + d.noisy_b
+    a = model.predict(img, deterministic=True, tile=32)
+    b = back.predict(img, deterministic=True, tile=32)
+    np.testing.assert_allclose(a.mean, b.mean, atol=1e-5)
+    c = model.predict(img, samples=3, tile=32, seed=5)
+    e = back.predict(img, samples=3, tile=32, seed=5)
+    np.testing.assert_allclose(c.std, e.std, atol=1e-5)
+
+
+def test_iter_train_progress_and_cancel(tiny_config):
+    d = synthetic_split((40, 40), seed=0)
+    gen = iter_train(d.noisy_a, d.noisy_b, tiny_config,
+                     _fast(epochs=3, likelihood="gaussian", kl="musplit"))
+    first = next(gen)
+    assert isinstance(first, TrainProgress) and first.phase == "train"
+    assert (first.epoch, first.step, first.epochs, first.steps_per_epoch) == (1, 1, 3, 3)
+    assert set(first.losses) == {"loss", "recons", "kl"} and first.val_loss is None
+    gen.close()  # cancellation: the generator stops at the next yield
+
+
+def test_gaussian_likelihood_trains_and_calibrates(tiny_config):
+    d = synthetic_split((40, 40), seed=0)
+    seen = []
+    model = train(d.noisy_a, d.noisy_b, tiny_config, _fast(likelihood="gaussian", kl="musplit"),
+                  callback=seen.append)
+    assert model.config.predict_logvar and model.noise_models is None
+    assert seen[-1].phase == "calibrate" and seen[-2].val_loss is not None
+    assert model.calibration is not None and not model.calibration["noise_aware"]
+    res = model.predict(d.noisy_a + d.noisy_b, samples=2, tile=16)
+    assert res.noise_std is not None and np.all(res.noise_std > 0)
+
+
+def test_bootstraps_noise_models_when_missing(tiny_config, tmp_path):
+    d = synthetic_split((2, 32, 32), seed=0)
+    ckpt = tmp_path / "best.duet"
+    model = train(d.noisy_a, d.noisy_b, tiny_config,
+                  _fast(calibrate=False, checkpoint_path=str(ckpt)),
+                  bootstrap_kwargs={"denoiser": "smooth", "iterations": 30,
+                                    "batch_size": 2000})
+    assert len(model.noise_models) == 2
+    assert model.noise_models[0].info["source"] == "bootstrap:smooth"
+    assert model.calibration is None
+    assert SplitModel.load(ckpt).metadata()["noise_models"]
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "patch"),
+    [((32, 32), (32, 30), 16), ((20, 40), (20, 40), 32), ((32, 32), (32, 32), 14),
+     ((2, 2, 32, 32), (2, 2, 32, 32), 16)],
+)
+def test_bad_input_raises(tiny_config, a_shape, b_shape, patch):
+    with pytest.raises(DuetInputError):
+        next(iter_train(np.ones(a_shape), np.ones(b_shape), tiny_config,
+                        _fast(patch_size=patch, likelihood="gaussian")))
+
+
+def test_train_config_validation():
+    with pytest.raises(DuetInputError):
+        TrainConfig(likelihood="poisson")
+    with pytest.raises(DuetInputError):
+        TrainConfig(kl="analytic")
+    with pytest.raises(DuetInputError):
+        TrainConfig(epochs=0)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()

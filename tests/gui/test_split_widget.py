@@ -1,0 +1,182 @@
+"""Split (denoiSplit) dock widget in a real napari viewer, with a tiny model trained here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 300_000
+FAST_BOOTSTRAP = {"denoiser": "smooth", "iterations": 60}
+
+
+def _tiny_configs(epochs=2):
+    from napari_duet.denoisplit import SplitConfig, TrainConfig
+
+    net = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0)
+    tc = TrainConfig(epochs=epochs, steps_per_epoch=4, patch_size=32, batch_size=4,
+                     device="cpu", calib_samples=4, log_every=1)
+    return net, tc
+
+
+@pytest.fixture(scope="module")
+def data():
+    from napari_duet.denoisplit._synthetic import synthetic_split
+
+    return synthetic_split((64, 64), seed=2)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, data):
+    from napari_duet.denoisplit import train
+
+    net, tc = _tiny_configs()
+    model = train(data.noisy_a, data.noisy_b, net, tc, channel_names=("actin", "mito"),
+                  bootstrap_kwargs=FAST_BOOTSTRAP)
+    return model.save(tmp_path_factory.mktemp("model") / "tiny.duet")
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    seen: list[str] = []
+    from napari_duet._widgets import _common
+
+    monkeypatch.setattr(_common, "show_error", seen.append)
+    return seen
+
+
+def _wait(qtbot, w):
+    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT)
+
+
+def test_drop_model_docks_widget_and_splits(make_napari_viewer, qtbot, model_path, data):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data.noisy_a + data.noisy_b, name="mix", scale=(0.3, 0.3),
+                             translate=(5, 5))
+    n_layers = len(viewer.layers)
+    viewer.open(str(model_path), plugin="napari-duet")  # what drag-and-drop does
+    assert len(viewer.layers) == n_layers  # a model adds no layer
+    widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
+    assert widget.model is not None
+    info = widget.model_info.text()
+    assert "actin" in info and "mito" in info and "calibration" in info
+    widget.image_picker.value = image
+    widget.samples.value = 5
+    widget.device.value = "cpu"
+    widget.split()
+    _wait(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    for ch in ("actin", "mito"):
+        base = f"mix [{ch}]"
+        assert viewer.layers[base].data.shape == image.data.shape
+        assert viewer.layers[base].blending == "additive"
+        assert tuple(viewer.layers[base].scale) == tuple(image.scale)
+        assert viewer.layers[f"{base} uncertainty"].data.min() >= 0
+        samples = viewer.layers[f"{base} samples"]
+        assert samples.data.shape == (5, *image.data.shape)  # the slider has N entries
+        assert f"{base} sample difference" in names
+    assert viewer.layers["mix [actin]"].colormap.name != viewer.layers["mix [mito]"].colormap.name
+    # Calibration and noise-model plots can be produced from the widget.
+    assert widget.calibration_png().stat().st_size > 1000
+    assert len(widget.noise_model_pngs()) == 2
+
+
+def test_stack_split_and_cancel(make_napari_viewer, qtbot, model_path, data):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
+    assert widget.load_model(model_path)
+    mix = data.noisy_a + data.noisy_b
+    stack = viewer.add_image(np.stack([mix, mix[::-1], mix[:, ::-1]]), name="stack")
+    widget.image_picker.value = stack
+    widget.samples.value = 2
+    widget.split()
+    _wait(qtbot, widget)
+    assert viewer.layers["stack [actin]"].data.shape == stack.data.shape
+    assert viewer.layers["stack [actin] samples"].data.shape == (2, *stack.data.shape)
+    # Cancel: a long split stops early and adds nothing new.
+    widget.samples.value = 400
+    widget.tile.value = 32
+    widget.batch_size.value = 8
+    big = viewer.add_image(np.tile(mix, (2, 2)), name="big")
+    widget.image_picker.value = big
+    seen = []
+
+    def on_yield(p):
+        seen.append(p)
+        if len(seen) == 1:
+            widget.cancel()
+
+    widget.split()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    assert "Cancelled" in widget.status.text()
+    assert "big [actin]" not in viewer.layers
+    assert seen[-1].done < seen[-1].total
+
+
+def test_corrupted_model_changes_nothing(make_napari_viewer, model_path, errors, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
+    assert widget.load_model(model_path)
+    before = widget.model
+    bad = tmp_path / "broken.duet"
+    bad.write_bytes(model_path.read_bytes()[:200])
+    n_layers = len(viewer.layers)
+    assert not widget.load_model(bad)
+    assert errors and "broken.duet" in errors[-1] and "\n" not in errors[-1]
+    assert widget.model is before and len(viewer.layers) == n_layers
+    # Dropping the broken file on the viewer also just notifies.
+    viewer.open(str(bad), plugin="napari-duet")
+    assert len(viewer.layers) == n_layers and "broken.duet" in errors[-1]
+
+
+def test_nsn2n_model_file_opens_nsn2n_widget(make_napari_viewer, tmp_path):
+    from napari_duet.nsn2n import NSN2NConfig, train
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((4, 24, 24)).astype(np.float32)
+    result = train(vol, 0, NSN2NConfig(iterations=2, width=4, tta=False, device="cpu",
+                                       crop_size=16, batch_size=2))
+    path = result.model.save(tmp_path / "n.duet")
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-duet")
+    widget = viewer.window.dock_widgets["Slice denoising (NS-N2N) (napari-duet)"]
+    assert widget.model is not None and widget.denoise_btn.isEnabled()
+
+
+def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
+    a = viewer.add_image(data.noisy_a, name="actin")
+    b = viewer.add_image(data.noisy_b, name="mito")
+    widget.train_a.value, widget.train_b.value = a, b
+    widget.epochs.value = 7
+    cmd = widget.command.text()
+    assert cmd.startswith("duet split train --channel-a actin.tif --channel-b mito.tif")
+    assert "--epochs 7" in cmd
+    monkeypatch.setattr(widget, "train_configs", lambda: _tiny_configs(epochs=1))
+    monkeypatch.setattr(widget, "bootstrap_kwargs", lambda: FAST_BOOTSTRAP)
+    widget.train()
+    _wait(qtbot, widget)
+    assert widget.model is not None and widget.split_btn.isEnabled()
+    assert widget.plot.curves
+    assert "actin" in widget.model_info.text()
+
+
+def test_split_screenshot(make_napari_viewer, qtbot, model_path, data):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
+    widget.load_model(model_path)
+    image = viewer.add_image(data.noisy_a + data.noisy_b, name="mix")
+    widget.image_picker.value = image
+    widget.samples.value = 4
+    widget.split()
+    _wait(qtbot, widget)
+    image.visible = False
+    out = ROOT / "screenshots"
+    out.mkdir(exist_ok=True)
+    shot = viewer.screenshot(str(out / "split_widget.png"), canvas_only=False)
+    assert shot[..., :3].std() > 5
