@@ -57,13 +57,83 @@ def self2seg(out: Path) -> Path:
     return path
 
 
+def nsn2n(out: Path) -> Path:
+    """NS-N2N widget after training on a synthetic stack with in-plane correlated noise."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    clean = gaussian_filter(rng.random((16, 128, 128)), (2, 4, 4))
+    clean = (clean - clean.min()) / np.ptp(clean)
+    noise = gaussian_filter(rng.normal(size=clean.shape), (0, 1, 1))
+    noisy = (clean + 0.1 * noise / noise.std()).astype(np.float32)
+    viewer = napari.Viewer(title="napari-duet: NS-N2N")
+    viewer.window._qt_window.resize(1500, 950)
+    layer = viewer.add_image(noisy, name="noisy stack")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
+    widget.image_picker.value = layer
+    widget.iterations.value = 300
+    widget.device.value = "cpu"
+    widget.check_noise()
+    widget.train()
+    _wait_for(widget, QApplication.instance())
+    viewer.layers["noisy stack [NS-N2N uncertainty]"].visible = False
+    viewer.dims.set_current_step(0, 8)
+    viewer.grid.enabled = True
+    path = out / "nsn2n_widget.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    viewer.close()
+    return path
+
+
+def split(out: Path) -> Path:
+    """Split widget after splitting synthetic filaments + puncta with a model trained here."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_duet.denoisplit import SplitConfig, TrainConfig, train
+    from napari_duet.denoisplit._synthetic import synthetic_split
+
+    data = synthetic_split((192, 192), seed=1)
+    model = train(data.noisy_a, data.noisy_b, SplitConfig.small(),
+                  TrainConfig(epochs=6, steps_per_epoch=40, patch_size=64, batch_size=8,
+                              device="cpu"),
+                  channel_names=("filaments", "puncta"))
+    model_path = out / "_split_demo.duet"
+    model.save(model_path)
+    viewer = napari.Viewer(title="napari-duet: denoiSplit")
+    viewer.window._qt_window.resize(1500, 950)
+    mix = viewer.add_image(data.noisy_a + data.noisy_b, name="superimposed")
+    viewer.open(str(model_path), plugin="napari-duet")
+    widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
+    widget.image_picker.value = mix
+    widget.samples.value = 10
+    widget.split()
+    _wait_for(widget, QApplication.instance())
+    mix.visible = False
+    model_path.unlink()
+    path = out / "split_widget.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    viewer.close()
+    return path
+
+
+SHOTS = {"self2seg": self2seg, "nsn2n": nsn2n, "split": split}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(HERE / "images"))
+    parser.add_argument("which", nargs="*", help=f"any of {', '.join(SHOTS)} (default: all)")
     args = parser.parse_args()
+    unknown = set(args.which) - set(SHOTS)
+    if unknown:
+        parser.error(f"unknown screenshot(s): {', '.join(sorted(unknown))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(self2seg(out))
+    for name in args.which or SHOTS:
+        print(SHOTS[name](out))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,9 @@ def test_io_round_trip_and_errors(tmp_path):
     x = np.arange(20, dtype=np.uint16).reshape(4, 5)
     write_tiff(tmp_path / "a" / "x.tif", x)
     np.testing.assert_array_equal(read_image(tmp_path / "a" / "x.tif"), x)
+    x4 = np.arange(2 * 2 * 3 * 5, dtype=np.float32).reshape(2, 2, 3, 5)
+    write_tiff(tmp_path / "x4.tif", x4)
+    np.testing.assert_array_equal(read_image(tmp_path / "x4.tif"), x4)
     with pytest.raises(DuetInputError, match="not found"):
         read_image(tmp_path / "nope.tif")
     junk = tmp_path / "junk.tif"

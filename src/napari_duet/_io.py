@@ -42,12 +42,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, **metadata: Any) -> Path:
-    """Write ``array`` as a TIFF, creating parent folders."""
+    """Write ``array`` as a TIFF, creating parent folders; any number of dimensions round-trips."""
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(str(path), np.asarray(array), metadata=metadata or None)
+    # A metadata dict (even empty) makes tifffile record the shape, so (N, 2, Y, X) reads back
+    # as (N, 2, Y, X) rather than (2N, Y, X).
+    tifffile.imwrite(str(path), np.asarray(array), metadata=dict(metadata))
     return path
 
 

@@ -177,3 +177,45 @@ def test_sequential_baseline_denoises_then_segments():
     assert res.denoised.shape == img.shape and "noise2fast" in res.timings
     # The whole-image denoiser removed noise in the flat background.
     assert np.std(res.denoised[~mask]) < 0.6 * np.std(img[~mask])
+
+
+def dim_and_bright_disks(noise, seed=0):
+    """Bright disks and one dim disk (0.3) on a flat background, Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    img = np.zeros((64, 64), np.float32)
+    mask = np.zeros((64, 64), bool)
+    dim = (yy - 46) ** 2 + (xx - 46) ** 2 <= 64
+    for cy, cx, r, a in [(16, 16, 8, 1.0), (16, 46, 8, 1.1), (46, 16, 8, 0.9), (46, 46, 8, 0.3)]:
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[d] = a
+        mask |= d
+    return img + rng.normal(0, noise, img.shape).astype(np.float32), mask, dim
+
+
+def test_automatic_filter_size_follows_the_noise_level():
+    clean, _, _ = dim_and_bright_disks(0.02)
+    noisy, _, _ = dim_and_bright_disks(0.4)
+    cfg = Self2SegConfig(experts="constant")
+    res_clean = convex_chan_vese(clean, cfg)
+    res_noisy = convex_chan_vese(noisy, cfg)
+    assert res_clean.filter_size == 1 and res_noisy.filter_size == 3
+    assert res_noisy.report()["resolved"]["filter_size"] == 3
+    assert res_noisy.report()["parameters"]["filter_size"] is None
+    # An explicit size is used as given.
+    assert convex_chan_vese(clean, cfg.replace(filter_size=5)).filter_size == 5
+    with pytest.raises(DuetInputError):
+        Self2SegConfig(filter_size=-1)
+
+
+def test_region_variance_keeps_dim_objects_that_chan_vese_drops():
+    img, mask, dim = dim_and_bright_disks(0.02)
+    cfg = Self2SegConfig(experts="constant")
+    cv = convex_chan_vese(img, cfg.replace(region_variance=False))
+    rv = convex_chan_vese(img, cfg)
+    # Chan-Vese's midpoint threshold (about 0.5) gives the dim disk (0.3) to the background;
+    # the wide foreground intensity spread of the Gaussian-likelihood term keeps it.
+    assert (cv.labels[dim] == 1).mean() < 0.2
+    assert (rv.labels[dim] == 1).mean() > 0.9
+    assert dice(rv.labels == 1, mask) > 0.95 > dice(cv.labels == 1, mask)
+    assert all(b <= a + 1e-6 for a, b in zip(rv.energies, rv.energies[1:], strict=False))

@@ -176,6 +176,8 @@ class CurvePlot(QWidget):
         self.plot({})
 
     def plot(self, curves: dict[str, list[float]], xlabel: str = "alternation") -> None:
+        from matplotlib.ticker import MaxNLocator
+
         self.curves = {k: list(v) for k, v in curves.items()}
         ax = self.axes
         ax.clear()
@@ -186,6 +188,7 @@ class CurvePlot(QWidget):
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(self._ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(self.curves) > 1:
             ax.legend(fontsize=7)
         self.canvas.draw_idle()

@@ -87,7 +87,7 @@ class Self2SegWidget(QWidget):
         self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
         self.role = ComboBox(label="role of new shapes", choices=role_names(2))
         self.n_classes = SpinBox(label="classes", value=defaults["n_classes"], min=2, max=8)
-        self.lam = FloatSpinBox(label="λ (0 = auto)", value=defaults["lam"] or 0.0, min=0.0,
+        self.lam = FloatSpinBox(label="λ scale (0 = auto)", value=defaults["lam"] or 0.0, min=0.0,
                                 max=1e6, step=0.1)
         self.max_alternations = SpinBox(label="max alternations",
                                         value=defaults["max_alternations"], min=1, max=50)
@@ -155,8 +155,9 @@ class Self2SegWidget(QWidget):
         layout.addStretch(1)
 
     def _tooltips(self):
-        self.lam.tooltip = ("Weight of the boundary length (TV). 0 picks it from the data "
-                            "(robust scale of the residuals); larger = smoother masks.")
+        self.lam.tooltip = ("Boundary-length (TV) weight as a multiple of a data-relative scale "
+                            "(robust spread of the experts' residuals). 0 = automatic (1.0); "
+                            "2 = twice as smooth.")
         self.n_classes.tooltip = "Number of regions (2 = foreground/background)."
         self.experts.tooltip = ("Region denoisers: cnn (Noise2Fast-style network), linear "
                                 "filter, or constant (classic Chan-Vese).")
@@ -382,9 +383,10 @@ class Self2SegWidget(QWidget):
             common_img = dict(common, rgb=True)
         else:
             common_img = dict(common, colormap="gray")
-        layers["mask"] = set_or_add_layer(
-            self.viewer, layers.get("mask"), arrays["mask"], kind="labels",
-            name=f"{job.source_name} [Self2Seg mask]", opacity=0.5, **common,
+        # Creation order = stacking order: denoised at the bottom, the mask on top.
+        layers["denoised"] = set_or_add_layer(
+            self.viewer, layers.get("denoised"), arrays["denoised"], kind="image",
+            name=f"{job.source_name} [Self2Seg denoised]", **common_img,
         )
         for i in range(job.n_classes):
             key = f"expert{i}"
@@ -392,9 +394,9 @@ class Self2SegWidget(QWidget):
                 self.viewer, layers.get(key), arrays[key], kind="image",
                 name=f"{job.source_name} [expert: {names[i]}]", visible=False, **common_img,
             )
-        layers["denoised"] = set_or_add_layer(
-            self.viewer, layers.get("denoised"), arrays["denoised"], kind="image",
-            name=f"{job.source_name} [Self2Seg denoised]", **common_img,
+        layers["mask"] = set_or_add_layer(
+            self.viewer, layers.get("mask"), arrays["mask"], kind="labels",
+            name=f"{job.source_name} [Self2Seg mask]", opacity=0.5, **common,
         )
 
     def _on_return(self, summary):
@@ -404,8 +406,7 @@ class Self2SegWidget(QWidget):
         self._last_reports = self._collect_reports(job)
         secs = time.perf_counter() - job.started
         self.status.setText(
-            f"Done: {len(job.planes)} plane(s) of {job.source_name} in {secs:.1f} s. "
-            + (summary or "")
+            f"Done: {len(job.planes)} plane(s) of {job.source_name} in {secs:.1f} s."
         )
         show_info(f"Self2Seg finished on {job.source_name}")
 
@@ -465,4 +466,4 @@ def _iterate_planes(planes, config):
                 break
             yield n, idx, state, False
         yield n, idx, result, True
-    return f"{len(planes)} plane(s) segmented."
+    return len(planes)

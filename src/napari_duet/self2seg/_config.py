@@ -76,10 +76,23 @@ class Self2SegConfig:
         last predictions to reduce variance).
     linear_size : int
         Kernel size of the linear-filter expert (odd).
-    filter_size : int
+    filter_size : int or None
         Box filter applied to residuals before squaring (0 or 1 = off).  It
         averages the noise out of the residual so the data term measures
-        model error, not noise (reference §12: essential at high noise).
+        model error, not noise (reference §12: essential at high noise), but
+        it also blurs the data term across edges.  ``None`` (default) picks
+        it from the image: the smallest odd size F <= 3 for which the
+        initial regions' contrast, measured against the filtered noise,
+        reaches ``filter_snr`` at the midpoint between the two levels
+        (``delta * F / (2 * sigma_noise) >= filter_snr``), i.e. 1 for clean
+        images and 3 for noisy ones.
+    filter_snr : float
+        Required z-score of the midpoint threshold for the automatic filter
+        size.
+    region_variance : bool
+        Data term as a Gaussian likelihood per region: ``e^2 / v_k + log v_k``
+        with ``v_k`` the mean filtered squared residual of region ``k`` (its
+        maximum-likelihood variance) instead of ``e^2`` (Chan-Vese).
     mu_scale : float
         Mask prior weight ``mu`` (paper eq. 10, ``mu ||u - u_prev||^2``) as a
         multiple of the robust scale; 0 disables it.
@@ -139,7 +152,9 @@ class Self2SegConfig:
     patience: int = 50
     n_average: int = 3
     linear_size: int = 9
-    filter_size: int = 5
+    filter_size: int | None = None
+    filter_snr: float = 2.0
+    region_variance: bool = True
     mu_scale: float = 0.5
     clamp_experts: bool = True
     max_fraction_change: float = 3.0
@@ -182,7 +197,12 @@ class Self2SegConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 bad(f"{name} must be a positive integer, got {value!r}")
-        for name in ("expert_steps_warm", "patience", "filter_size"):
+        if self.filter_size is not None and (not isinstance(self.filter_size, int)
+                                             or self.filter_size < 0):
+            bad(f"filter_size must be a non-negative integer or None, got {self.filter_size!r}")
+        if not self.filter_snr > 0:
+            bad(f"filter_snr must be > 0, got {self.filter_snr!r}")
+        for name in ("expert_steps_warm", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 bad(f"{name} must be a non-negative integer, got {value!r}")

@@ -69,6 +69,8 @@ class Self2SegResult:
     mu: float = 0.0
     scale: float = float("nan")
     history: list[dict] = field(default_factory=list)
+    filter_size: int = 0
+    noise_sigma: float = float("nan")
 
     @property
     def mask(self) -> np.ndarray:
@@ -84,7 +86,9 @@ class Self2SegResult:
             "method": "self2seg",
             "parameters": self.config.to_dict(),
             "resolved": {"lam": float(self.lam), "mu": float(self.mu),
-                         "robust_scale": float(self.scale)},
+                         "robust_scale": float(self.scale),
+                         "filter_size": int(self.filter_size),
+                         "noise_sigma": float(self.noise_sigma)},
             "image": {"shape": [int(s) for s in self.image_shape], "dtype": self.image_dtype},
             "energies": [float(e) for e in self.energies],
             "alternations": int(self.alternations),
@@ -149,29 +153,73 @@ def estimate_noise(f: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
-def _noise_scale(outs: list[ExpertOutput], sigma_n: float, filter_size: int) -> float:
+def _noise_scale(f: np.ndarray, outs: list[ExpertOutput], sigma_n: float, filter_size: int,
+                 variances: np.ndarray | None = None) -> float:
     """Noise std of the data-term difference ``g = r_j - r_i``.
 
-    With residuals ``e = box(f - D)`` sharing the same noise ``n``,
-    ``g = e_j^2 - e_i^2`` carries the noise ``2 (D_i - D_j) n``, of std
-    ``2 |D_i - D_j| sigma_n / F`` after an F x F box filter.
+    With residuals ``e = box(f - D)`` sharing the same noise ``n`` (std
+    ``sigma_n / F`` after an F x F box filter) and data terms ``e^2 / v``,
+    ``g = e_j^2 / v_j - e_i^2 / v_i`` carries the noise
+    ``2 (e_j / v_j - e_i / v_i) n``.  With ``v = 1`` this is
+    ``2 |D_i - D_j| sigma_n / F``.
     """
     k = len(outs)
+    v = np.ones(k, np.float32) if variances is None else np.asarray(variances, np.float32)
+    res = [box_filter(f - o.blind, filter_size) / v[i] for i, o in enumerate(outs)]
     vals = []
     for i in range(k):
         for j in range(i + 1, k):
-            diff = np.sqrt(((outs[i].blind - outs[j].blind) ** 2).sum(axis=0))
+            diff = np.sqrt(((res[j] - res[i]) ** 2).sum(axis=0))
             vals.append(2.0 * float(np.median(diff)) * sigma_n / max(1, filter_size))
     return float(np.mean(vals))
 
 
-def _data_terms(f: np.ndarray, outs: list[ExpertOutput], filter_size: int) -> np.ndarray:
-    """Per-class data term: channel-summed squared box-filtered blind residual."""
+def _data_terms(f: np.ndarray, outs: list[ExpertOutput], filter_size: int,
+                masks: list[np.ndarray] | None = None,
+                var_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-class data term from the channel-summed squared box-filtered blind residual ``e^2``.
+
+    Without ``masks``: ``r_k = e_k^2`` (Chan-Vese).  With ``masks`` (region
+    variance, a Gaussian likelihood per region): ``r_k = e_k^2 / v_k + log v_k``
+    with ``v_k`` the mean of ``e_k^2`` over region ``k`` (its maximum-likelihood
+    variance, at least ``var_floor``).  A region whose intensities spread
+    more (nuclei of varied brightness) then claims the pixels between the
+    two levels that a fixed midpoint threshold gives away.
+
+    Returns ``(r, v)``; ``v`` is None without masks.
+    """
     r = np.empty((len(outs),) + f.shape[1:], np.float32)
     for k, out in enumerate(outs):
         res = box_filter(f - out.blind, filter_size)
         r[k] = (res * res).sum(axis=0)
-    return r
+    if masks is None:
+        return r, None
+    v = np.array([max(float(r[k][m].mean()) if m.any() else 0.0, var_floor, 1e-12)
+                  for k, m in enumerate(masks)], np.float32)
+    for k in range(len(outs)):
+        r[k] = r[k] / v[k] + np.float32(np.log(v[k]))
+    return r, v
+
+
+def auto_filter_size(f: np.ndarray, masks: list[np.ndarray], sigma_n: float,
+                     z: float = 2.0, max_size: int = 3) -> int:
+    """Smallest odd box size F <= ``max_size`` with ``delta * F / (2 sigma_n) >= z``.
+
+    ``delta`` is the smallest difference between the (channel-mean) intensity
+    means of two initial regions adjacent in brightness; ``delta / 2`` is the
+    distance of the midpoint threshold from either level and ``sigma_n / F``
+    the noise left after an F x F box filter.  Clean images get no filter
+    (sharp data term at edges), noisy ones a 3 x 3 box.
+    """
+    g = f.mean(axis=0)
+    means = sorted(float(g[m].mean()) for m in masks if m.any())
+    if len(means) < 2 or not sigma_n > 0:
+        return 1
+    delta = min(b - a for a, b in zip(means[:-1], means[1:], strict=True))
+    size = 1
+    while size < max_size and delta * size / (2.0 * sigma_n) < z:
+        size += 2
+    return size
 
 
 def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
@@ -236,6 +284,11 @@ def iter_self2seg(
             if not m.any():
                 raise DuetInputError(f"automatic initialisation left class {k} empty; give boxes")
 
+    sigma_n = estimate_noise(f)
+    user_cfg = cfg
+    if cfg.filter_size is None:
+        cfg = cfg.replace(filter_size=auto_filter_size(f, init_masks, sigma_n, cfg.filter_snr))
+
     torch_mod = None
     device = None
     old_threads = None
@@ -271,6 +324,7 @@ def iter_self2seg(
             # -- (a) experts ---------------------------------------------------
             new_outs = []
             infos = []
+            regions_k = []
             for k in range(k_cls):
                 if labels is None or it == 1:
                     m = init_masks[k]
@@ -278,6 +332,7 @@ def iter_self2seg(
                     m = _train_mask(labels, k, erode=kind != "constant")
                 if not m.any():
                     raise DuetInputError(f"class {k} has no pixels to train its expert on")
+                regions_k.append(init_masks[k] if (labels is None or it == 1) else labels == k)
                 key = (kind, k)
                 if key not in experts_obj:
                     experts_obj[key] = make_expert(kind, channels=n_ch, config=cfg, device=device,
@@ -300,12 +355,15 @@ def iter_self2seg(
                     raise DuetInputError(f"cannot train the class {k} expert: {exc}") from None
                 new_outs.append(out)
                 infos.append(out.info)
-            r_new = _data_terms(f, new_outs, cfg.filter_size)
+            # Floor of a region's variance: the filtered noise alone (F x F box).
+            var_floor = n_ch * (sigma_n / max(1, cfg.filter_size)) ** 2
+            r_new, v_new = _data_terms(f, new_outs, cfg.filter_size,
+                                       regions_k if cfg.region_variance else None, var_floor)
             if lam is None:
                 # lambda relative to the data: the larger of the spread of g (signal) and
                 # lam_noise x the std of g's noise, so noise blobs cost more at high noise.
                 mad = _robust_scale(r_new)
-                s_noise = _noise_scale(new_outs, estimate_noise(f), cfg.filter_size)
+                s_noise = _noise_scale(f, new_outs, sigma_n, cfg.filter_size, v_new)
                 scale = max(mad, cfg.lam_noise * s_noise)
                 timings["scale_mad"], timings["scale_noise"] = mad, s_noise
                 mult = cfg.lam if cfg.lam is not None else cfg.lam_scale
@@ -411,8 +469,9 @@ def iter_self2seg(
     return Self2SegResult(
         labels=final.labels, u=final.u, experts=final.experts, denoised=final.denoised,
         energies=list(energies), alternations=it, stop_reason=stop_reason, timings=timings,
-        config=cfg, image_shape=tuple(arr.shape), image_dtype=str(arr.dtype), lam=float(lam),
-        mu=float(mu), scale=float(scale), history=history,
+        config=user_cfg, image_shape=tuple(arr.shape), image_dtype=str(arr.dtype),
+        lam=float(lam), mu=float(mu), scale=float(scale), history=history,
+        filter_size=int(cfg.filter_size), noise_sigma=float(sigma_n),
     )
 
 
