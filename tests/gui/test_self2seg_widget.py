@@ -280,7 +280,6 @@ def test_export_report_and_screenshot(widget, qtbot, tmp_path):
     assert len(plane["energies"]) >= 1
     out = ROOT / "screenshots"
     out.mkdir(exist_ok=True)
-    viewer.window._qt_window.resize(1400, 900)
     viewer.reset_view()
     img = viewer.screenshot(str(out / "self2seg_widget.png"), canvas_only=False)
     assert img.ndim == 3 and img.shape[0] > 300

@@ -359,6 +359,7 @@ class SplitWidget(QWidget):
             + (" (std calibrated)." if result.calibrated else " (std not calibrated)."))
 
     def _show_split(self, job: _Job, result):
+        n_before = len(self.viewer.layers)
         names = self.model.channel_names
         scale, translate = job.scale, job.translate
         added = {}
@@ -382,6 +383,8 @@ class SplitWidget(QWidget):
                     self._put(f"{base} sample difference", diff, colormap="PiYG",
                               contrast_limits=(-lim, lim), visible=False, scale=scale,
                               translate=translate)
+        if len(self.viewer.layers) != n_before:
+            self.viewer.reset_view()  # the sample axis adds a slider; frame the new layers
         return added
 
     def _put(self, name: str, data, **kwargs):

@@ -28,12 +28,21 @@ def sequential_n2f_chan_vese(
 ) -> Self2SegResult:
     """Sequential approach: Noise2Fast on the whole image, then convex Chan-Vese on its output.
 
+    Unless ``config`` sets ``filter_size``, the segmentation step is classic
+    Chan-Vese (``filter_size=5``, ``region_variance=False``): the noise-level
+    rules of the defaults misread an already denoised image.
+
     The returned ``denoised`` and ``experts`` are the Noise2Fast output (one
     denoiser for the whole image); the timings include the denoising.
     """
     from ..noise2fast import noise2fast
 
     cfg = (config or Self2SegConfig()).replace(experts="constant")
+    if cfg.filter_size is None:
+        # The input of the segmentation is already denoised, so the rules that read the
+        # noise level off the image (filter size, region variances) do not apply: use
+        # classic Chan-Vese with the 5x5 residual filter, as before.
+        cfg = cfg.replace(filter_size=5, region_variance=False)
     t0 = time.perf_counter()
     arr = np.asarray(image)
     den = noise2fast(arr[..., :3] if arr.ndim == 3 else arr, steps=n2f_steps,
