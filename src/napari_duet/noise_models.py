@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import DuetInputError, ModelFileError
+from ._plotting import save_figure
 
 if TYPE_CHECKING:
     import torch
@@ -289,12 +290,7 @@ class GaussianMixtureNoiseModel:
                 ax.plot(x_c, row, ".", color=line.get_color(), ms=3)
         ax.set(title="slices (line: model, dots: data)", xlabel="observation x", ylabel="p(x|s)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 def _pairs(signal, observation) -> tuple[np.ndarray, np.ndarray]:

@@ -11,15 +11,6 @@ RUN_TIMEOUT = 300_000
 
 
 @pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    from napari_duet._widgets import _common
-
-    monkeypatch.setattr(_common, "show_error", seen.append)
-    return seen
-
-
-@pytest.fixture
 def widget(make_napari_viewer):
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")

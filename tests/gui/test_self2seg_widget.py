@@ -19,16 +19,6 @@ RUN_TIMEOUT = 240_000  # ms; a small run takes a few seconds, CI machines are sl
 
 
 @pytest.fixture
-def errors(monkeypatch):
-    """Record error notifications instead of showing them."""
-    seen: list[str] = []
-    from napari_duet._widgets import _common
-
-    monkeypatch.setattr(_common, "show_error", seen.append)
-    return seen
-
-
-@pytest.fixture
 def widget(make_napari_viewer):
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")

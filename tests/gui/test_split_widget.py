@@ -39,15 +39,6 @@ def model_path(tmp_path_factory, data):
     return model.save(tmp_path_factory.mktemp("model") / "tiny.duet")
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    from napari_duet._widgets import _common
-
-    monkeypatch.setattr(_common, "show_error", seen.append)
-    return seen
-
-
 def _wait(qtbot, w):
     qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT)
 

@@ -30,6 +30,11 @@ def test_recommendation_follows_the_noise():
     # strong correlated noise must not make similar slices look unrelated
     assert slice_similarity(add_noise(clean, 0.2, correlated=True)) > 0.4
     method, reason = recommend_method(add_noise(clean, 0.1))
+    assert method == "nsn2n" and "pixel-independent" in reason
+    from napari_duet.nsn2n import NSN2NConfig
+
+    # pixel-independent noise and slices matching only in part: single-image method
+    method, reason = recommend_method(add_noise(clean, 0.1), config=NSN2NConfig(tau=0.01))
     assert method == "noise2fast" and "pixel-independent" in reason
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import DuetInputError
+from .._plotting import save_figure
 
 
 def _flat(*arrays):
@@ -171,9 +172,4 @@ def calibration_plot(stats: list[dict], path: str | os.PathLike,
     ax.plot([0, top], [0, top], "k--", lw=1, label="ideal")
     ax.set(xlabel="RMV (predicted std)", ylabel="RMSE", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

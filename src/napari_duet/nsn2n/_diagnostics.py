@@ -25,6 +25,8 @@ CORRELATED_NOISE = 0.25
 LOW_MATCH = 0.3
 # Median correlation of neighbouring guides below which slices are unrelated.
 LOW_SIMILARITY = 0.25
+# Matched fraction above which NS-N2N is preferred even for pixel-independent noise.
+WELL_MATCHED = 0.8
 _MAX_PAIRS = 16
 _HIGHPASS_SIGMA = 3.0
 
@@ -160,6 +162,14 @@ def recommend_method(
                 f"noise is correlated within slices (lag-1 correlation {rho:.2f}) and "
                 f"{frac:.0%} of pixels match between slices: NS-N2N removes such noise, "
                 "single-image denoisers cannot")
+    if frac >= WELL_MATCHED and sim >= 0.5:
+        # Measured (docs/nsn2n.md): with well-matched slices NS-N2N tied with or beat
+        # slice-wise Noise2Fast on white noise too.
+        return ("nsn2n",
+                f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}), "
+                f"so Noise2Fast also works, but {frac:.0%} of pixels match between slices: "
+                "NS-N2N measured as good or better there")
     return ("noise2fast",
-            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}): "
-            "single-image denoisers such as Noise2Fast are as good or better here")
+            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}) and "
+            f"slices match only in part ({frac:.0%}): a single-image denoiser such as "
+            "Noise2Fast is as good or better here")
