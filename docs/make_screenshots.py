@@ -73,14 +73,16 @@ def nsn2n(out: Path) -> Path:
     layer = viewer.add_image(noisy, name="noisy stack")
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
     widget.image_picker.value = layer
-    widget.iterations.value = 300
+    widget.iterations.value = 200
     widget.device.value = "cpu"
     widget.check_noise()
     widget.train()
     _wait_for(widget, QApplication.instance())
     viewer.layers["noisy stack [NS-N2N uncertainty]"].visible = False
+    viewer.layers.remove("noisy stack [NS-N2N preview]")
+    viewer.layers["noisy stack"].visible = False
     viewer.dims.set_current_step(0, 8)
-    viewer.grid.enabled = True
+    viewer.reset_view()
     path = out / "nsn2n_widget.png"
     viewer.screenshot(str(path), canvas_only=False)
     viewer.close()

@@ -183,7 +183,9 @@ class CurvePlot(QWidget):
         ax.clear()
         for name, values in self.curves.items():
             if values:
-                ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=name)
+                marker = "o" if len(values) <= 30 else None  # markers only for short curves
+                ax.plot(np.arange(1, len(values) + 1), values, marker=marker, ms=3, lw=1,
+                        label=name)
         ax.set_title(self._title, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(self._ylabel, fontsize=8)
