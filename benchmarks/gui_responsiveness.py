@@ -68,8 +68,8 @@ def main() -> None:
             viewer.close()
             QApplication.quit()
 
+    widget.run()  # set-up on the GUI thread (layers, torch warm-up), then the worker runs
     timer.start()
-    widget.run()
     poll = QTimer()
     poll.setInterval(100)
     poll.timeout.connect(check)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,22 @@ class EngineWorker(GeneratorWorker):
         if isinstance(result, RuntimeError):
             raise EngineFailure(result)
         return result
+
+
+@functools.cache
+def warm_up_torch() -> None:
+    """Take torch's lazy first-use imports (an optimiser step pulls in hundreds of modules).
+
+    Imports hold the GIL; done inside a worker they stall the viewer for
+    0.1-0.4 s at a time.  Called on the GUI thread when a run starts, once per
+    session.
+    """
+    import torch
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    (p * p).sum().backward()
+    opt.step()
 
 
 def error_message(exc: BaseException) -> str:

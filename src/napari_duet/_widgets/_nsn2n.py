@@ -29,7 +29,14 @@ from qtpy.QtWidgets import (
 )
 
 from ..devices import available_devices
-from ._common import CurvePlot, layer_picker, notify_error, set_or_add_layer, start_engine_worker
+from ._common import (
+    CurvePlot,
+    layer_picker,
+    notify_error,
+    set_or_add_layer,
+    start_engine_worker,
+    warm_up_torch,
+)
 from ._models import load_model_or_notify
 
 if TYPE_CHECKING:
@@ -275,6 +282,7 @@ class NSN2NWidget(QWidget):
         except Exception as exc:
             notify_error(exc, "NS-N2N")
             return
+        warm_up_torch()
         self.status.setText(f"Training NS-N2N on {layer.name}…")
         self._start("train", layer, iter_train, volume, vaxis, config)
 

@@ -39,6 +39,7 @@ from ._common import (
     notify_error,
     set_or_add_layer,
     start_engine_worker,
+    warm_up_torch,
 )
 from ._seeds import ROLE_COLORS, ROLE_FEATURE, role_features, role_names, seeds_to_regions
 
@@ -267,6 +268,8 @@ class Self2SegWidget(QWidget):
             notify_error(exc, "Self2Seg")
             return
         self.job = job
+        if config.experts != "constant":
+            warm_up_torch()
         self._prepare_results(job)
         # Create the result layers now (GUI work), so each alternation only swaps data.
         self._show_results(job)

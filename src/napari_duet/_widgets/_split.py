@@ -38,7 +38,14 @@ from qtpy.QtWidgets import (
 
 from .._errors import DuetInputError
 from ..devices import available_devices
-from ._common import CurvePlot, layer_picker, notify_error, set_or_add_layer, start_engine_worker
+from ._common import (
+    CurvePlot,
+    layer_picker,
+    notify_error,
+    set_or_add_layer,
+    start_engine_worker,
+    warm_up_torch,
+)
 from ._models import load_model_or_notify
 
 if TYPE_CHECKING:
@@ -440,6 +447,7 @@ class SplitWidget(QWidget):
         except Exception as exc:
             notify_error(exc, "denoiSplit training")
             return
+        warm_up_torch()
         self.job = _Job("train", a.name)
         self.plot.plot({})
         self.status.setText("Training…")
