@@ -81,6 +81,32 @@ def notify_error(exc: BaseException, context: str = "") -> None:
     show_error(f"{context}: {msg}" if context else msg)
 
 
+class EngineRunnerMixin:
+    """Worker lifecycle shared by the dock widgets (mix in before QWidget).
+
+    Widgets set ``context`` (notification prefix) and have ``worker``, ``job``
+    and a ``status`` label.
+    """
+
+    context = "napari-duet"
+    cancel_message = "Cancelling…"
+
+    def cancel(self):
+        """Stop the running job at its next step (``worker.quit()``)."""
+        if self.worker is not None:
+            self.status.setText(self.cancel_message)
+            self.worker.quit()
+
+    def _on_error(self, exc: BaseException):
+        notify_error(exc, self.context)
+        self.status.setText(f"Failed: {error_message(exc)}")
+
+    def _take_worker(self) -> bool:
+        """Forget the finished worker; True if it stopped because of Cancel."""
+        worker, self.worker = self.worker, None
+        return worker is not None and worker.abort_requested and self.job is not None
+
+
 def layer_picker(viewer: napari.viewer.Viewer, annotation, label: str, nullable: bool = False):
     """A magicgui layer combobox kept in sync with the viewer's layer list.
 

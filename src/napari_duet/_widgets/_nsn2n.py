@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 from ..devices import available_devices
 from ._common import (
     CurvePlot,
+    EngineRunnerMixin,
     layer_picker,
     notify_error,
     set_or_add_layer,
@@ -72,8 +73,10 @@ def from_volume(arr: np.ndarray, rgb: bool) -> np.ndarray:
     return np.moveaxis(arr, 0, -1) if rgb else arr
 
 
-class NSN2NWidget(QWidget):
+class NSN2NWidget(EngineRunnerMixin, QWidget):
     """Train NS-N2N on a stack or time-lapse, or apply a saved model."""
+
+    context = "NS-N2N"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
@@ -302,11 +305,6 @@ class NSN2NWidget(QWidget):
         self.status.setText(f"Denoising {layer.name}…")
         self._start("denoise", layer, self.model.iter_denoise, volume, vaxis, self.tta.value)
 
-    def cancel(self):
-        if self.worker is not None:
-            self.status.setText("Cancelling…")
-            self.worker.quit()
-
     def _set_running(self, running: bool):
         self.train_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
@@ -385,15 +383,9 @@ class NSN2NWidget(QWidget):
                 name=f"{job.source_name} [NS-N2N uncertainty]", colormap="magma",
                 blending="additive", opacity=0.6, scale=job.scale, translate=job.translate)
 
-    def _on_error(self, exc: BaseException):
-        notify_error(exc, "NS-N2N")
-        self.status.setText(f"Failed: {exc}")
-
     def _on_finish(self):
-        worker, job = self.worker, self.job
-        self.worker = None
-        if worker is not None and worker.abort_requested and job is not None:
-            self.status.setText(f"Cancelled ({job.kind}); input layers are unchanged.")
+        if self._take_worker():
+            self.status.setText(f"Cancelled ({self.job.kind}); input layers are unchanged.")
         self._set_running(False)
 
     # ------------------------------------------------------------------ models

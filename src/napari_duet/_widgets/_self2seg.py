@@ -35,6 +35,7 @@ from ..devices import available_devices
 from ..self2seg._regions import validate_regions
 from ._common import (
     CurvePlot,
+    EngineRunnerMixin,
     layer_picker,
     notify_error,
     set_or_add_layer,
@@ -68,8 +69,11 @@ class _Job:
     started: float = field(default_factory=time.perf_counter)
 
 
-class Self2SegWidget(QWidget):
+class Self2SegWidget(EngineRunnerMixin, QWidget):
     """Joint denoising and segmentation of the chosen image, seeded by shapes."""
+
+    context = "Self2Seg"
+    cancel_message = "Cancelling after the current alternation…"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
@@ -347,12 +351,6 @@ class Self2SegWidget(QWidget):
         self.cancel_btn.setEnabled(running)
         self.export_btn.setEnabled(not running and bool(self._last_reports))
 
-    def cancel(self):
-        """Stop at the next alternation; the last finished state stays in the layers."""
-        if self.worker is not None:
-            self.status.setText("Cancelling after the current alternation…")
-            self.worker.quit()
-
     # ------------------------------------------------------------ worker events
     def _on_yield(self, item):
         job = self.job
@@ -421,16 +419,9 @@ class Self2SegWidget(QWidget):
             "versions": versions(),
         }
 
-    def _on_error(self, exc: BaseException):
-        notify_error(exc, "Self2Seg")
-        if self.job is not None:
-            self.status.setText(f"Failed: {exc}")
-
     def _on_finish(self):
         job = self.job
-        worker = self.worker
-        self.worker = None
-        if job is not None and worker is not None and worker.abort_requested:
+        if self._take_worker():
             self.status.setText(
                 f"Cancelled after alternation {job.last_alternation}; the last state is kept."
             )

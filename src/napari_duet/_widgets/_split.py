@@ -40,6 +40,7 @@ from .._errors import DuetInputError
 from ..devices import available_devices
 from ._common import (
     CurvePlot,
+    EngineRunnerMixin,
     layer_picker,
     notify_error,
     set_or_add_layer,
@@ -70,8 +71,10 @@ class _Job:
     last_plot: float = 0.0
 
 
-class SplitWidget(QWidget):
+class SplitWidget(EngineRunnerMixin, QWidget):
     """Split one noisy superimposed image into two denoised structures."""
+
+    context = "denoiSplit"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
@@ -316,11 +319,6 @@ class SplitWidget(QWidget):
             on_finish=self._on_finish,
         )
 
-    def cancel(self):
-        if self.worker is not None:
-            self.status.setText("Cancelling…")
-            self.worker.quit()
-
     def _set_running(self, running: bool):
         has_model = self.model is not None
         self.split_btn.setEnabled(not running and has_model)
@@ -404,15 +402,9 @@ class SplitWidget(QWidget):
         self._results[name] = layer
         return layer
 
-    def _on_error(self, exc: BaseException):
-        notify_error(exc, "denoiSplit")
-        self.status.setText(f"Failed: {exc}")
-
     def _on_finish(self):
-        worker, job = self.worker, self.job
-        self.worker = None
-        if worker is not None and worker.abort_requested and job is not None:
-            self.status.setText(f"Cancelled ({job.kind}); nothing was changed.")
+        if self._take_worker():
+            self.status.setText(f"Cancelled ({self.job.kind}); nothing was changed.")
         self._set_running(False)
 
     # -------------------------------------------------------------------- train
