@@ -96,13 +96,16 @@ def gauss_otsu(img: np.ndarray) -> np.ndarray:
     return s > threshold_otsu(s)
 
 
-def run_set(name, items, sigmas, methods, quick):
+def run_set(name, items, sigmas, methods, quick, device="cpu"):
     from napari_duet.metrics import dice, psnr
     from napari_duet.noise2fast import noise2fast
     from napari_duet.self2seg import Self2SegConfig, convex_chan_vese, self2seg
 
     rows = []
-    cfg = Self2SegConfig(device="cpu")
+    cfg = Self2SegConfig(device=device)
+    if device != "cpu":
+        # Take the device's one-off start-up (context, kernels) out of the timings.
+        self2seg(items[0][1][:64, :64], config=cfg.replace(max_alternations=2))
     for sigma in sigmas:
         noisy = add_noise([img for _, img, _ in items], sigma)
         for (iname, clean, fg), f in zip(items, noisy, strict=True):
@@ -126,7 +129,7 @@ def run_set(name, items, sigmas, methods, quick):
                 row.update(lin_dice=dice(res.labels == 1, fg))
             if "seq" in methods:
                 t = time.perf_counter()
-                den = noise2fast(f, steps=300, device="cpu", seed=0)
+                den = noise2fast(f, steps=300, device=device, seed=0)
                 t_den = time.perf_counter() - t
                 res = convex_chan_vese(den, config=cfg)
                 row.update(seq_dice=dice(res.labels == 1, fg), seq_s=time.perf_counter() - t,
@@ -202,6 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-synthetic", action="store_true", help="skip the held-out synthetic set")
     ap.add_argument("--n-synthetic", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (CNN experts)")
     ap.add_argument("--summarise", metavar="JSON", default=None,
                     help="only print the table of an earlier results file")
     args = ap.parse_args(argv)
@@ -220,23 +224,26 @@ def main(argv=None) -> int:
             print(f"skipping real images: {DATA} not found (needs ../shared/data)")
         else:
             print("== real nuclei2d ==", flush=True)
-            rows += run_set("real nuclei2d", load_real(), sigmas, args.methods, args.quick)
+            rows += run_set("real nuclei2d", load_real(), sigmas, args.methods, args.quick,
+                            args.device)
     if not args.no_synthetic:
         print("== synthetic held-out ==", flush=True)
         synth = []
         for i in range(args.n_synthetic):
             img, m = synthetic_nuclei(5000 + i)
             synth.append((f"synth{i}", img, m))
-        rows += run_set("synthetic held-out", synth, sigmas, args.methods, args.quick)
+        rows += run_set("synthetic held-out", synth, sigmas, args.methods, args.quick,
+                            args.device)
     mask_t = time_mask_update()
     table = summarise(rows, args.methods)
     print(table)
     print(f"\nmask update (ROF route, cold start) at 256x256: {mask_t:.3f} s")
-    print(f"CPU: {os.cpu_count()} cores, torch threads {args.threads}, "
+    print(f"device {args.device}; CPU: {os.cpu_count()} cores, torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / (args.out or f"self2seg_{time.strftime('%Y%m%d_%H%M%S')}.json")
     out.write_text(json.dumps({"rows": rows, "table": table, "mask_update_256_s": mask_t,
+                               "device": args.device,
                                "load_average": os.getloadavg()}, indent=1, default=str))
     print(f"wrote {out}")
     return 0

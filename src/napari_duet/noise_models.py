@@ -394,18 +394,21 @@ def fit_noise_model(
     xt = torch.as_tensor(x, device=dev)
     n = st.numel()
     bs = min(batch_size, n)
-    opt = torch.optim.Adam([weight], lr=lr)
-    idx_gen = torch.Generator(device=dev).manual_seed(int(seed) + 1)
-    loss_sum = torch.zeros((), device=dev)
     tail = max(1, min(50, iterations // 10))
-    for it in range(iterations):
-        idx = torch.randint(0, n, (bs,), device=dev, generator=idx_gen)
-        loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if it >= iterations - tail:  # average the last steps, without a sync per step
-            loss_sum += loss.detach()
+    if dev.type == "cuda":
+        loss_sum = _fit_cuda_graph(model, weight, st, xt, bs, lr, iterations, tail, seed)
+    else:
+        opt = torch.optim.Adam([weight], lr=lr)
+        idx_gen = torch.Generator(device=dev).manual_seed(int(seed) + 1)
+        loss_sum = torch.zeros((), device=dev)
+        for it in range(iterations):
+            idx = torch.randint(0, n, (bs,), device=dev, generator=idx_gen)
+            loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if it >= iterations - tail:  # average the last steps, without a sync per step
+                loss_sum += loss.detach()
     model.weight = weight.detach()
     final_nll = float(loss_sum) / tail
     hist, s_edges, x_edges = _histogram(s, x)
@@ -413,6 +416,56 @@ def fit_noise_model(
     info = NoiseModelFitInfo(source, int(n), int(iterations), time.perf_counter() - t0, final_nll)
     model.info = dict(info.__dict__)
     return model.to("cpu")
+
+
+def _fit_cuda_graph(model, weight, st, xt, bs: int, lr: float, iterations: int, tail: int,
+                    seed: int):
+    """Adam steps of the fit replayed as one CUDA graph (returns the summed tail loss).
+
+    A step touches a few hundred thousand numbers in some fifty kernels, so
+    launching them from Python costs far more than running them; a captured
+    graph launches a whole step at once.  Minibatches are consecutive windows
+    of one random permutation of the pairs (sampling without replacement),
+    which needs no random numbers inside the graph.
+    """
+    import torch
+
+    n = st.numel()
+    gen = torch.Generator(device=st.device).manual_seed(int(seed) + 1)
+    perm = torch.randperm(n, device=st.device, generator=gen)
+    st, xt = st[perm].contiguous(), xt[perm].contiguous()
+    window = torch.arange(bs, device=st.device)
+    offset = torch.zeros((), dtype=torch.long, device=st.device)
+    opt = torch.optim.Adam([weight], lr=lr, capturable=True)
+
+    def step():
+        idx = (window + offset) % n
+        loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+        offset.add_(bs).remainder_(n)
+        return loss.detach()
+
+    warm = min(3, iterations)
+    side = torch.cuda.Stream(device=st.device)
+    side.wait_stream(torch.cuda.current_stream(st.device))
+    loss_sum = torch.zeros((), device=st.device)
+    with torch.cuda.stream(side):
+        for it in range(warm):  # allocates the gradient and Adam's state outside the graph
+            loss = step()
+            if it >= iterations - tail:
+                loss_sum += loss
+    torch.cuda.current_stream(st.device).wait_stream(side)
+    if iterations > warm:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = step()
+        for it in range(warm, iterations):
+            graph.replay()
+            if it >= iterations - tail:
+                loss_sum += static_loss
+    return loss_sum
 
 
 def _histogram(s: np.ndarray, x: np.ndarray):

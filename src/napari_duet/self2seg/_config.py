@@ -59,6 +59,14 @@ class Self2SegConfig:
         from it: each region then only specialises, so small regions do not
         starve and each expert denoises its region at least as well as
         whole-image Noise2Fast.
+    ensemble_shared : bool
+        With ``shared_pretrain``: each CNN expert's denoising (not its data
+        term) is the average of its own prediction and that of the shared
+        whole-image network it started from.  Fine-tuning on a region moves
+        the expert by a few noisy steps; averaging with its starting point
+        cancels much of that variance (a snapshot ensemble), so the composite
+        denoising beats whole-image Noise2Fast, while the data term keeps
+        each expert's own, region-specific prediction.
     finetune_lr_factor : float
         Learning-rate factor when a region expert specialises the shared
         pre-trained CNN (a smaller step keeps what it learnt).
@@ -145,6 +153,7 @@ class Self2SegConfig:
     expert_steps: int = 200
     expert_steps_warm: int = 60
     shared_pretrain: bool = True
+    ensemble_shared: bool = True
     finetune_lr_factor: float = 0.3
     batch_size: int = 8
     crop: int = 32

@@ -343,8 +343,10 @@ def iter_self2seg(
                             # expert then specialises: small regions get a good start.
                             base = make_expert("cnn", channels=n_ch, config=cfg, device=device,
                                                seed=cfg.seed * 1009 + 997)
-                            base.fit(f, np.ones((h, w), bool), steps=cfg.expert_steps)
+                            base_out = base.fit(f, np.ones((h, w), bool),
+                                                steps=cfg.expert_steps)
                             experts_obj["base"] = base
+                            experts_obj["base_full"] = base_out.full
                         experts_obj[key].load_weights_from(experts_obj["base"],
                                                            cfg.finetune_lr_factor)
                 steps = cfg.expert_steps if experts_obj[key].__dict__.get("total_steps", 0) == 0 \
@@ -353,6 +355,8 @@ def iter_self2seg(
                     out = experts_obj[key].fit(f, m, steps=max(1, steps))
                 except ValueError as exc:
                     raise DuetInputError(f"cannot train the class {k} expert: {exc}") from None
+                if kind == "cnn" and cfg.ensemble_shared and "base_full" in experts_obj:
+                    out.full = 0.5 * (out.full + experts_obj["base_full"])
                 new_outs.append(out)
                 infos.append(out.info)
             # Floor of a region's variance: the filtered noise alone (F x F box).

@@ -85,7 +85,9 @@ def div(p: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out[..., -1, :] = -py[..., -2, :]
     if nx > 1:
         out[..., :, 0] += px[..., :, 0]
-        out[..., :, 1:-1] += px[..., :, 1:-1] - px[..., :, :-2]
+        inner = out[..., :, 1:-1]
+        np.add(inner, px[..., :, 1:-1], out=inner)
+        np.subtract(inner, px[..., :, :-2], out=inner)
         out[..., :, -1] -= px[..., :, -2]
     return out
 
@@ -97,10 +99,20 @@ def tv(u: np.ndarray) -> float:
     return float(np.sqrt(g[0] * g[0] + g[1] * g[1]).sum(dtype=np.float64))
 
 
-def _project_ball(p: np.ndarray, radius: float) -> None:
-    """Project each (py, px) pair onto the l2 ball of ``radius`` (in place)."""
-    nrm = np.sqrt(p[0] * p[0] + p[1] * p[1])
-    nrm /= radius
+def _project_ball(p: np.ndarray, radius: float, buf: np.ndarray | None = None) -> None:
+    """Project each (py, px) pair onto the l2 ball of ``radius`` (in place).
+
+    ``buf``: optional (2, ...) scratch array shaped like ``p``.
+    """
+    if buf is None:
+        buf = np.empty_like(p)
+    nrm, tmp = buf[0], buf[1]
+    np.multiply(p[0], p[0], out=nrm)
+    np.multiply(p[1], p[1], out=tmp)
+    nrm += tmp
+    np.sqrt(nrm, out=nrm)
+    if radius != 1.0:
+        nrm /= radius
     np.maximum(nrm, 1.0, out=nrm)
     p /= nrm
 
@@ -145,24 +157,35 @@ def rof(
     _project_ball(p, 1.0)
     w = v + div(p)
     wbar = w.copy()
+    w_old = np.empty_like(w)
     tau = sigma = _STEP
+    # Preallocated buffers: the loop runs hundreds of times on small arrays, where
+    # NumPy's temporaries cost as much as the arithmetic.
     gbuf = np.empty_like(p)
+    pbuf = np.empty_like(p)
     dbuf = np.empty_like(v)
     n = v.size
     gap = np.inf
     it = 0
     for it in range(1, max_iter + 1):
         grad(wbar, out=gbuf)
-        gbuf *= sigma
+        gbuf *= np.float32(sigma)
         p += gbuf
-        _project_ball(p, 1.0)
-        w_old = w
+        _project_ball(p, 1.0, pbuf)
+        w, w_old = w_old, w
         div(p, out=dbuf)
-        w = (w_old + tau * (dbuf + v)) / (1.0 + tau)
+        # w = (w_old + tau * (div p + v)) / (1 + tau)
+        dbuf += v
+        dbuf *= np.float32(tau)
+        np.add(w_old, dbuf, out=w)
+        w /= np.float32(1.0 + tau)
         theta = 1.0 / np.sqrt(1.0 + 2.0 * tau)  # strong convexity constant 1
         tau *= theta
         sigma /= theta
-        wbar = w + theta * (w - w_old)
+        # wbar = w + theta * (w - w_old)
+        np.subtract(w, w_old, out=wbar)
+        wbar *= np.float32(theta)
+        wbar += w
         if it % check_every == 0 or it == max_iter:
             gap = _rof_gap(v, w, p) / n
             if gap < tol:

@@ -1,0 +1,216 @@
+"""Where the GPU time of denoiSplit goes: noise-model fit, training step, prediction.
+
+Usage (on a GPU machine)::
+
+    python benchmarks/profile_gpu.py [--parts fit train predict] [--profile]
+
+Prints seconds, throughput and, with ``--profile``, the top kernels/operators
+of each part (torch.profiler), so a change can be judged on one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def sync():
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def part_fit(args, out):
+    import torch
+
+    from napari_duet.noise_models import fit_noise_model
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 5000, 1_000_000).astype(np.float32)
+    x = (rng.poisson(s / 10) * 10 + rng.normal(0, 50, s.size)).astype(np.float32)
+    fit_noise_model(s, x, iterations=20, device="cuda")  # start-up
+    sync()
+    t = time.perf_counter()
+    nm = fit_noise_model(s, x, device="cuda")
+    out["fit_graph_s"] = time.perf_counter() - t
+    import napari_duet.noise_models as nmod
+
+    def eager(model, weight, st, xt, bs, lr, iterations, tail, seed):
+        opt = torch.optim.Adam([weight], lr=lr)
+        gen = torch.Generator(device=st.device).manual_seed(seed + 1)
+        loss_sum = torch.zeros((), device=st.device)
+        for it in range(iterations):
+            idx = torch.randint(0, st.numel(), (bs,), device=st.device, generator=gen)
+            loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if it >= iterations - tail:
+                loss_sum += loss.detach()
+        return loss_sum
+
+    graphed, nmod._fit_cuda_graph = nmod._fit_cuda_graph, eager
+    try:
+        t = time.perf_counter()
+        ref = fit_noise_model(s, x, device="cuda")
+        out["fit_eager_s"] = time.perf_counter() - t
+    finally:
+        nmod._fit_cuda_graph = graphed
+    st, xt = torch.as_tensor(s[:200_000]), torch.as_tensor(x[:200_000])
+    for name, m in (("graph", nm), ("eager", ref)):
+        out[f"fit_{name}_nll"] = float(-m.log_likelihood(xt, st).mean())
+        out[f"fit_{name}_std_at_1000_4000"] = m.std(np.array([1000.0, 4000.0])).tolist()
+    out["fit_true_std_at_1000_4000"] = [float(np.sqrt(10 * 1000 + 2500)),
+                                        float(np.sqrt(10 * 4000 + 2500))]
+
+
+def _train_setup(p, bs, compile_net=False):
+    import torch
+
+    from napari_duet.denoisplit import SplitConfig
+    from napari_duet.denoisplit._data import PatchSampler
+    from napari_duet.denoisplit._losses import split_loss
+    from napari_duet.denoisplit._lvae import LadderVAE
+    from napari_duet.intensity import Normalizer
+    from napari_duet.noise_models import fit_noise_model
+
+    dev = torch.device("cuda")
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 5000, 100_000).astype(np.float32)
+    x = (rng.poisson(s / 10) * 10 + rng.normal(0, 50, s.size)).astype(np.float32)
+    nm = fit_noise_model(s, x, iterations=20, device="cuda").to(dev)
+    nms = [nm, nm]
+    cfg = SplitConfig.preset("default")
+    net = LadderVAE(cfg, p).to(dev).to(memory_format=torch.channels_last)
+    fwd = torch.compile(net) if compile_net else net
+    data = rng.uniform(0, 3000, size=(4, 2, 512, 512)).astype(np.float32)
+    norm = Normalizer(1500.0, 900.0)
+    sampler = PatchSampler(data, Normalizer(3000.0, 1300.0), [norm, norm], patch_size=p,
+                           device=dev, seed=0, augment=True)
+    opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
+    t_mean = torch.tensor([1500.0, 1500.0], device=dev)
+    t_std = torch.tensor([900.0, 900.0], device=dev)
+    sizes = [c * h * w for c, h, w in net.latent_shapes((p, p))]
+    params = list(net.parameters())
+
+    def step():
+        inp, tgt = sampler.sample(bs)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            o, kls = fwd(inp)
+        parts = split_loss(o.float(), [k.float() for k in kls], tgt, likelihood="noise_model",
+                           kl_form="denoisplit", latent_sizes=sizes, free_bits=1.0,
+                           kl_weight=1.0, noise_models=nms, target_mean=t_mean,
+                           target_std=t_std)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        ok = torch.isfinite(parts["loss"]).to(torch.float32)
+        grads = [q.grad for q in params if q.grad is not None]
+        torch._foreach_mul_(grads, ok)
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        opt.step()
+
+    return step, len(params)
+
+
+def _profile(fn, n, label, out, rows=18):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        sync()
+    ka = prof.key_averages()
+    cuda_total = sum(e.self_device_time_total for e in ka) / 1e3 / n
+    out[f"{label}_kernel_ms_per_call"] = cuda_total
+    print(f"--- {label}: GPU kernel time {cuda_total:.1f} ms per call")
+    print(ka.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))
+    del torch
+
+
+def part_train(args, out):
+    for p, bs, comp in ((128, 32, False), (128, 64, False), (128, 32, True)):
+        label = f"train_p{p}_b{bs}{'_compiled' if comp else ''}"
+        t = time.perf_counter()
+        step, n_params = _train_setup(p, bs, comp)
+        for _ in range(5):
+            step()
+        sync()
+        out[f"{label}_setup_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        n = 30
+        for _ in range(n):
+            step()
+        sync()
+        dt = (time.perf_counter() - t) / n
+        out[f"{label}_ms_per_step"] = dt * 1e3
+        out[f"{label}_patches_per_s"] = bs / dt
+        out["param_tensors"] = n_params
+        print(f"{label}: {dt * 1e3:.1f} ms/step, {bs / dt:.0f} patches/s", flush=True)
+        if args.profile and not comp and bs == 32:
+            _profile(step, 5, label, out)
+
+
+def part_predict(args, out):
+    import torch
+
+    from napari_duet.denoisplit import SplitConfig, SplitModel
+    from napari_duet.denoisplit._lvae import LadderVAE
+    from napari_duet.intensity import Normalizer
+    from napari_duet.noise_models import fit_noise_model
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 5000, 100_000).astype(np.float32)
+    x = (rng.poisson(s / 10) * 10 + rng.normal(0, 50, s.size)).astype(np.float32)
+    nm = fit_noise_model(s, x, iterations=20, device="cuda")
+    cfg = SplitConfig.preset("default")
+    net = LadderVAE(cfg, 128).to("cuda").to(memory_format=torch.channels_last).eval()
+    norm = Normalizer(1500.0, 900.0)
+    model = SplitModel(net, cfg, patch_size=128, input_norm=Normalizer(3000.0, 1300.0),
+                       target_norms=[norm, norm], noise_models=[nm, nm])
+    img = rng.uniform(0, 6000, size=(1024, 1024)).astype(np.float32)
+    model.predict(img[:256, :256], samples=2, tile=256, batch_size=64)
+    for tile, overlap, bs in ((256, 64, 256), (256, 64, 128), (512, 64, 64), (384, 64, 128)):
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        model.predict(img, samples=50, tile=tile, overlap=overlap, batch_size=bs)
+        sync()
+        dt = time.perf_counter() - t
+        label = f"predict_t{tile}_o{overlap}_b{bs}"
+        out[f"{label}_mpx_per_s"] = img.size / 1e6 / dt
+        out[f"{label}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"{label}: {dt:.2f} s, {img.size / 1e6 / dt:.3f} MP/s, "
+              f"peak {out[f'{label}_peak_gib']:.1f} GiB", flush=True)
+    if args.profile:
+        small = img[:512, :512]
+        _profile(lambda: model.predict(small, samples=50, tile=256, overlap=64,
+                                       batch_size=256), 1, "predict_512px", out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="+", default=["fit", "train", "predict"])
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    out: dict = {}
+    for part in args.parts:
+        print(f"=== {part}", flush=True)
+        {"fit": part_fit, "train": part_train, "predict": part_predict}[part](args, out)
+    for k, v in out.items():
+        print(f"  {k:44s} {v}")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
