@@ -73,8 +73,8 @@ def _train_setup(p, bs, compile_net=False):
 
     from napari_duet.denoisplit import SplitConfig
     from napari_duet.denoisplit._data import PatchSampler
-    from napari_duet.denoisplit._losses import split_loss
     from napari_duet.denoisplit._lvae import LadderVAE
+    from napari_duet.denoisplit._train import make_train_step
     from napari_duet.intensity import Normalizer
     from napari_duet.noise_models import fit_noise_model
 
@@ -92,29 +92,14 @@ def _train_setup(p, bs, compile_net=False):
     sampler = PatchSampler(data, Normalizer(3000.0, 1300.0), [norm, norm], patch_size=p,
                            device=dev, seed=0, augment=True)
     opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
-    t_mean = torch.tensor([1500.0, 1500.0], device=dev)
-    t_std = torch.tensor([900.0, 900.0], device=dev)
     sizes = [c * h * w for c, h, w in net.latent_shapes((p, p))]
+    loss_kw = dict(likelihood="noise_model", kl_form="denoisplit", latent_sizes=sizes,
+                   free_bits=1.0, kl_weight=1.0, noise_models=nms,
+                   target_mean=torch.tensor([1500.0, 1500.0], device=dev),
+                   target_std=torch.tensor([900.0, 900.0], device=dev))
     params = list(net.parameters())
-
-    def step():
-        inp, tgt = sampler.sample(bs)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            o, kls = fwd(inp)
-        parts = split_loss(o.float(), [k.float() for k in kls], tgt, likelihood="noise_model",
-                           kl_form="denoisplit", latent_sizes=sizes, free_bits=1.0,
-                           kl_weight=1.0, noise_models=nms, target_mean=t_mean,
-                           target_std=t_std)
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        ok = torch.isfinite(parts["loss"]).to(torch.float32)
-        grads = [q.grad for q in params if q.grad is not None]
-        torch._foreach_mul_(grads, ok)
-        for g in grads:
-            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-        torch.nn.utils.clip_grad_norm_(params, 0.5)
-        opt.step()
-
+    step = make_train_step(fwd, opt, sampler, batch_size=bs, loss_kw=loss_kw, use_amp=True,
+                           grad_clip=0.5)
     return step, len(params)
 
 

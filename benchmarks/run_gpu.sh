@@ -2,6 +2,7 @@
 # Everything that needs a GPU, in one go: the CUDA tests, then each engine's GPU figures.
 #
 # Usage: bash benchmarks/run_gpu.sh OUTDIR [tests] [nsn2n] [denoisplit] [self2seg] [self2seg-quick]
+#                                          [denoisplit-quality]
 #
 # Runs from the repository root with a python3 that has torch (CUDA), numpy, scipy,
 # scikit-image, tifffile, safetensors and matplotlib; the package is taken from src/
@@ -30,8 +31,10 @@ for part in $parts; do
         self2seg) python3 benchmarks/self2seg.py --device cuda --methods self2seg seq ;;
         self2seg-quick) python3 benchmarks/self2seg.py --device cuda --quick --no-synthetic \
             --methods self2seg seq ;;
+        denoisplit-quality) python3 benchmarks/denoisplit.py --device cuda --skip-speed \
+            --max-minutes "${DUET_GPU_MINUTES:-3}" ;;
         *) echo "unknown part: $part" ;;
     esac 2>&1 | tee -a "$log"
+    cp benchmarks/results/*.json "$out"/ 2>/dev/null  # after each part: a later one may time out
 done
-cp benchmarks/results/*.json "$out"/ 2>/dev/null
 ls "$out"

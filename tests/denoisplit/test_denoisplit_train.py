@@ -137,3 +137,33 @@ def test_train_config_validation():
     with pytest.raises(DuetInputError):
         TrainConfig(epochs=0)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_flat_grads_match_per_tensor_clipping_and_zero_non_finite_batches():
+    from napari_duet.denoisplit._train import FlatGrads
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 9, 9).to(memory_format=torch.channels_last)
+    ref = [q.detach().clone() for q in net.parameters()]
+    loss = (net(x) ** 2).sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+    expected = [q.grad.clone() for q in net.parameters()]
+
+    grads = FlatGrads(net.parameters())
+    assert net[0].weight.grad.is_contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # accumulates into the same buffer after zero()
+        grads.zero()
+        loss = (net(x) ** 2).sum()
+        loss.backward()
+        assert bool(grads.sanitise(loss, 0.5))
+    for q, e in zip(net.parameters(), expected, strict=True):
+        torch.testing.assert_close(q.grad, e)
+    grads.zero()
+    bad = (net(x) ** 2).sum() * float("nan")
+    bad.backward()
+    assert not bool(grads.sanitise(bad, 0.5))
+    assert float(grads.flat.abs().sum()) == 0.0
+    assert all(torch.equal(q, r) for q, r in zip(net.parameters(), ref, strict=True))

@@ -92,7 +92,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.samples = SpinBox(label="posterior samples", value=20, min=1, max=1000)
         self.tile = SpinBox(label="tile (0 = auto)", value=0, min=0, max=8192)
-        self.batch_size = SpinBox(label="batch size", value=32, min=1, max=4096)
+        self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=4096)
         self.keep_samples = CheckBox(text="add posterior samples as layers", value=True)
         self.device = ComboBox(label="device", choices=devices, value="auto")
         self.load_btn = QPushButton("Load model…")
@@ -307,7 +307,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self._start(
             self.model.iter_predict, data,
             samples=self.samples.value, tile=self.tile.value or None,
-            batch_size=self.batch_size.value, return_samples=self.keep_samples.value,
+            batch_size=self.batch_size.value or None, return_samples=self.keep_samples.value,
         )
 
     def _start(self, fn, *args, **kwargs):

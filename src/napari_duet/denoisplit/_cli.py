@@ -75,9 +75,10 @@ def register(subparsers) -> None:
                     help="posterior samples per tile (default 50); samples.tif is written "
                     "when > 1")
     pr.add_argument("--tile", type=int, default=None,
-                    help="tile side in pixels (default: twice the training patch)")
-    pr.add_argument("--batch-size", type=int, default=64,
-                    help="network passes per batch, tiles x samples (default 64)")
+                    help="tile side in pixels (default: 512 or twice the training patch)")
+    pr.add_argument("--batch-size", type=int, default=None,
+                    help="network passes per batch, tiles x samples (default: from the "
+                    "memory free on the device)")
     pr.add_argument("--calibration", choices=("scalar", "linear", "none"), default="scalar",
                     help="std calibration to apply when the model has one (default scalar)")
     pr.add_argument("--device", choices=_DEVICES, default="auto",
