@@ -120,7 +120,8 @@ def _profile(fn, n, label, out, rows=18):
 
 
 def part_train(args, out):
-    for p, bs, comp in ((128, 32, False), (128, 64, False), (128, 32, True)):
+    cases = [(128, 32, False), (128, 64, False)] + ([] if args.no_compile else [(128, 32, True)])
+    for p, bs, comp in cases:
         label = f"train_p{p}_b{bs}{'_compiled' if comp else ''}"
         t = time.perf_counter()
         step, n_params = _train_setup(p, bs, comp)
@@ -183,6 +184,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["fit", "train", "predict"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile case")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out: dict = {}

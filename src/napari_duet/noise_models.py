@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import DuetInputError, ModelFileError
+from ._errors import DuetError, DuetInputError, ModelFileError
 from ._plotting import save_figure
 
 if TYPE_CHECKING:
@@ -120,6 +120,13 @@ class GaussianMixtureNoiseModel:
 
         Returns three tensors shaped ``signal.shape + (K,)``.
         """
+
+        means, var, log_alpha = self._mixture(signal, weight)
+        return means, var, log_alpha.exp()
+
+    def _mixture(self, signal: torch.Tensor, weight: torch.Tensor | None = None):
+        """Means, variances and *log* weights (log-softmax: finite gradients even when
+        a component's weight underflows to zero, which ``log(softmax)`` turns into NaN)."""
         import torch
 
         w = self.weight if weight is None else weight
@@ -130,9 +137,9 @@ class GaussianMixtureNoiseModel:
         powers = t.unsqueeze(-1) ** torch.arange(w.shape[1], device=t.device, dtype=t.dtype)
         means = powers @ w[:k].T
         var = (powers @ torch.exp(w[k : 2 * k]).T).clamp_min(self.min_sigma)
-        alpha = torch.softmax(powers @ w[2 * k :].T, dim=-1)
-        means = means - (alpha * means).sum(-1, keepdim=True) + signal.unsqueeze(-1)
-        return means, var, alpha
+        log_alpha = torch.log_softmax(powers @ w[2 * k :].T, dim=-1)
+        means = means - (log_alpha.exp() * means).sum(-1, keepdim=True) + signal.unsqueeze(-1)
+        return means, var, log_alpha
 
     def log_likelihood(
         self, observation: torch.Tensor, signal: torch.Tensor, weight: torch.Tensor | None = None
@@ -143,10 +150,10 @@ class GaussianMixtureNoiseModel:
         """
         import torch
 
-        means, var, alpha = self.mixture_parameters(signal, weight)
+        means, var, log_alpha = self._mixture(signal, weight)
         x = observation.to(torch.float32).unsqueeze(-1)
         log_comp = -0.5 * ((x - means) ** 2 / var + torch.log(var) + math.log(2 * math.pi))
-        lp = torch.logsumexp(torch.log(alpha) + log_comp, dim=-1)
+        lp = torch.logsumexp(log_alpha + log_comp, dim=-1)
         return torch.logaddexp(lp, torch.full_like(lp, _LOG_FLOOR))
 
     def likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
@@ -406,11 +413,15 @@ def fit_noise_model(
             loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            weight.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # a bad step is skipped
             opt.step()
             if it >= iterations - tail:  # average the last steps, without a sync per step
                 loss_sum += loss.detach()
     model.weight = weight.detach()
     final_nll = float(loss_sum) / tail
+    if not (bool(torch.isfinite(model.weight).all()) and math.isfinite(final_nll)):
+        raise DuetError("the noise-model fit diverged (non-finite parameters); try fewer "
+                        "iterations, a smaller learning rate or fewer Gaussians")
     hist, s_edges, x_edges = _histogram(s, x)
     model.hist, model.hist_edges = hist, (s_edges, x_edges)
     info = NoiseModelFitInfo(source, int(n), int(iterations), time.perf_counter() - t0, final_nll)
@@ -443,6 +454,7 @@ def _fit_cuda_graph(model, weight, st, xt, bs: int, lr: float, iterations: int, 
         loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
         opt.zero_grad(set_to_none=False)
         loss.backward()
+        weight.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # a bad step is skipped
         opt.step()
         offset.add_(bs).remainder_(n)
         return loss.detach()

@@ -100,3 +100,18 @@ def test_bootstrap_with_noise2fast():
                                batch_size=2000, device="cpu")
     assert nm.info["source"] == "bootstrap:noise2fast"
     assert np.all(np.isfinite(nm.std([200.0, 600.0])))
+
+
+def test_gradient_stays_finite_when_a_component_weight_underflows():
+    # Found on a GPU fit of real data: alpha logits of -48 to +58 per unit signal made one
+    # component's weight exactly 0, and log(softmax) turned its gradient into NaN.
+    w = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0],
+                      [3.0, 1.0], [3.0, 1.0], [3.0, 1.0],
+                      [2.7, -80.0], [0.2, 60.0], [0.1, 90.0]], requires_grad=True)
+    nm = GaussianMixtureNoiseModel(w.detach(), 0.0, 100.0, 0.25)
+    sig = torch.linspace(0, 100, 50)
+    loss = -nm.log_likelihood(sig + 3.0, sig, weight=w).mean()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(w.grad).all()
+    _, _, alpha = nm.mixture_parameters(sig)
+    assert float(alpha.min()) == 0.0  # the case that used to break
