@@ -71,3 +71,27 @@ def test_cancel_closes_generator_in_worker_thread(qtbot):
     _start(qtbot, probe, events2)
     qtbot.waitUntil(lambda: ("finish", None) in events2, timeout=10_000)
     assert seen == [True]
+
+
+def test_existing_objects_leave_the_garbage_collector_only_while_a_run_lasts(qtbot):
+    import gc
+
+    events, frozen_during = [], []
+
+    def short():
+        for i in range(3):
+            time.sleep(0.01)
+            yield i
+
+    def longer():
+        for i in range(30):
+            time.sleep(0.01)
+            yield i
+
+    assert gc.get_freeze_count() == 0
+    _start(qtbot, longer, [])  # two runs at once: unfrozen only after both
+    worker = _start(qtbot, short, events)
+    worker.yielded.connect(lambda _: frozen_during.append(gc.get_freeze_count()))
+    qtbot.waitUntil(lambda: ("finish", None) in events, timeout=10_000)
+    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=10_000)
+    assert frozen_during and min(frozen_during) > 1000

@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
 
 from ..devices import available_devices
 from ._common import (
-    CurvePlot,
     EngineRunnerMixin,
     layer_picker,
     notify_error,
@@ -38,6 +37,7 @@ from ._common import (
     start_engine_worker,
     warm_up_torch,
 )
+from ._curves import CurvePlot
 from ._models import load_model_or_notify
 
 if TYPE_CHECKING:

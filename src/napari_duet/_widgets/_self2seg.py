@@ -34,14 +34,16 @@ from .._versions import versions
 from ..devices import available_devices
 from ..self2seg._regions import validate_regions
 from ._common import (
-    CurvePlot,
     EngineRunnerMixin,
+    StagedUpdates,
     layer_picker,
     notify_error,
+    paint_pending,
     set_or_add_layer,
     start_engine_worker,
     warm_up_torch,
 )
+from ._curves import CurvePlot
 from ._seeds import ROLE_COLORS, ROLE_FEATURE, role_features, role_names, seeds_to_regions
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.status = QLabel("Draw foreground/background boxes, or run without seeds.")
         self.status.setWordWrap(True)
         self.plot = CurvePlot("Energy per alternation", "energy")
+        self._updates = StagedUpdates()
 
         self._build_layout()
         self.new_seeds_btn.clicked.connect(self.new_seeds_layer)
@@ -280,6 +283,9 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.plot.plot({})
         self._set_running(True)
         self.status.setText(f"Running Self2Seg on {job.source_name}…")
+        # Paint the new layers once before the worker competes for the CPU: the first
+        # draw of a new layer type (shader set-up) is the longest single GUI task.
+        paint_pending()
         total = len(job.planes) * config.max_alternations
         self.worker = start_engine_worker(
             _iterate_planes,
@@ -363,12 +369,14 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         arrays["denoised"][sl] = state.denoised
         for i in range(job.n_classes):
             arrays[f"expert{i}"][sl] = state.experts[i]
-        self._show_results(job)
+        energies = list(state.energies)
+        self._updates.submit([*self._result_steps(job),
+                              lambda: self.plot.plot({"energy": energies})])
         if final:
+            self._updates.flush()
             job.reports[idx] = state.report()
             return
         job.last_alternation = state.alternation
-        self.plot.plot({"energy": state.energies})
         where = f" (slice {idx}, {plane_no + 1}/{len(job.planes)})" if idx else ""
         self.status.setText(
             f"Alternation {state.alternation}/{state.max_alternations}{where}: "
@@ -376,6 +384,11 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         )
 
     def _show_results(self, job: _Job):
+        for step in self._result_steps(job):
+            step()
+
+    def _result_steps(self, job: _Job) -> list:
+        """One callable per result layer, each adding or refreshing that layer."""
         layers = job.results["layers"]
         arrays = job.results["arrays"]
         names = role_names(job.n_classes)
@@ -384,21 +397,21 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             common_img = dict(common, rgb=True)
         else:
             common_img = dict(common, colormap="gray")
+
+        def step(key, kind, name, **kw):
+            def run():
+                layers[key] = set_or_add_layer(self.viewer, layers.get(key), arrays[key],
+                                               kind=kind, name=name, **kw)
+            return run
+
         # Creation order = stacking order: denoised at the bottom, the mask on top.
-        layers["denoised"] = set_or_add_layer(
-            self.viewer, layers.get("denoised"), arrays["denoised"], kind="image",
-            name=f"{job.source_name} [Self2Seg denoised]", **common_img,
-        )
-        for i in range(job.n_classes):
-            key = f"expert{i}"
-            layers[key] = set_or_add_layer(
-                self.viewer, layers.get(key), arrays[key], kind="image",
-                name=f"{job.source_name} [expert: {names[i]}]", visible=False, **common_img,
-            )
-        layers["mask"] = set_or_add_layer(
-            self.viewer, layers.get("mask"), arrays["mask"], kind="labels",
-            name=f"{job.source_name} [Self2Seg mask]", opacity=0.5, **common,
-        )
+        steps = [step("denoised", "image", f"{job.source_name} [Self2Seg denoised]",
+                      **common_img)]
+        steps += [step(f"expert{i}", "image", f"{job.source_name} [expert: {names[i]}]",
+                       visible=False, **common_img) for i in range(job.n_classes)]
+        steps.append(step("mask", "labels", f"{job.source_name} [Self2Seg mask]", opacity=0.5,
+                          **common))
+        return steps
 
     def _on_return(self, summary):
         job = self.job
@@ -421,6 +434,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
 
     def _on_finish(self):
         job = self.job
+        self._updates.flush()  # the last completed state, also after Cancel
         if self._take_worker():
             self.status.setText(
                 f"Cancelled after alternation {job.last_alternation}; the last state is kept."

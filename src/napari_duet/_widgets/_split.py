@@ -39,7 +39,6 @@ from qtpy.QtWidgets import (
 from .._errors import DuetInputError
 from ..devices import available_devices
 from ._common import (
-    CurvePlot,
     EngineRunnerMixin,
     layer_picker,
     notify_error,
@@ -47,6 +46,7 @@ from ._common import (
     start_engine_worker,
     warm_up_torch,
 )
+from ._curves import CurvePlot
 from ._models import load_model_or_notify
 
 if TYPE_CHECKING:
@@ -354,6 +354,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         if job is None:
             return
         if job.kind == "train":
+            self.plot.plot(job.losses, xlabel="logged step")  # the last, unthrottled
             self._set_model(result, None)
             show_info("denoiSplit training finished: the model is ready to split")
             self.status.setText(f"Trained in {time.perf_counter() - job.started:.0f} s.")
