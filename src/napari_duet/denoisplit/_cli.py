@@ -75,7 +75,8 @@ def register(subparsers) -> None:
                     help="posterior samples per tile (default 50); samples.tif is written "
                     "when > 1")
     pr.add_argument("--tile", type=int, default=None,
-                    help="tile side in pixels (default: 512 or twice the training patch)")
+                    help="tile side in pixels (default: the size that computes the fewest "
+                    "pixels, up to 1024; a frame that fits is computed untiled)")
     pr.add_argument("--batch-size", type=int, default=None,
                     help="network passes per batch, tiles x samples (default: from the "
                     "memory free on the device)")

@@ -23,6 +23,41 @@ KIND = "denoisplit"
 _NM_PREFIX = ("noise_model_a.", "noise_model_b.")
 
 
+def _pass_budget(filters: int, device) -> tuple[float, int]:
+    """(bytes available for one batch, activation bytes per pixel and pass)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.5 * free, 24 * filters
+    return 1e9, 48 * filters
+
+
+def default_tile(shape: tuple[int, int], patch: int, overlap: int, multiple: int, filters: int,
+                 device) -> int:
+    """The tile side that computes the fewest pixels for a frame of ``shape``.
+
+    Every tile loses ``overlap`` pixels on each inner side, so small tiles
+    compute a pixel several times (4x for 256-px tiles with a 64-px margin).
+    Candidates run from twice the patch up to 1024 px, or what one pass of
+    the network can hold in the batch budget; a frame that fits in one tile
+    is computed once, untiled.
+    """
+    from ..tiling import count_tiles
+
+    budget, per_px = _pass_budget(filters, device)
+    largest = int(min(1024, (budget / per_px) ** 0.5)) // multiple * multiple
+    smallest = -(-max(2 * patch, 2 * overlap + multiple) // multiple) * multiple
+    largest = max(largest, smallest)
+    h, w = (-(-n // multiple) * multiple for n in shape)
+    best = None
+    for t in range(smallest, largest + 1, multiple):
+        cost = count_tiles((h, w), t, overlap) * min(t, h) * min(t, w)
+        if best is None or cost < best[0]:
+            best = (cost, t)
+    return best[1]
+
+
 def default_batch_size(tile: int, filters: int, device) -> int:
     """Network passes per prediction batch for ``tile``-px tiles.
 
@@ -31,14 +66,8 @@ def default_batch_size(tile: int, filters: int, device) -> int:
     filters, on an H100), twice that in float32.  A CPU gets about 1 GB; a GPU
     up to half its free memory.
     """
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget, per_pass = 0.5 * free, 24 * filters * tile * tile
-    else:
-        budget, per_pass = 1e9, 48 * filters * tile * tile
-    return int(max(1, min(256, budget // per_pass)))
+    budget, per_px = _pass_budget(filters, device)
+    return int(max(1, min(256, budget // (per_px * tile * tile))))
 
 
 class SplitModel:
@@ -194,8 +223,9 @@ class SplitModel:
         samples : int
             Posterior samples per tile (MMSE = their mean, std = their spread).
         tile : int, optional
-            Tile side (rounded up to a multiple of ``2**n_levels``); default
-            ``max(512, 2 * patch)``.  Larger tiles waste less on margins.
+            Tile side (rounded up to a multiple of ``2**n_levels``); default:
+            the size that computes the fewest pixels (:func:`default_tile`),
+            up to 1024 px, so that a frame that fits is computed untiled.
         overlap : int, optional
             Margin dropped on each tile side; default half the training patch
             (the paper's 128-px tiles on a 64-px grid keep a quarter of the
@@ -227,10 +257,13 @@ class SplitModel:
             raise DuetInputError("samples and batch_size must be >= 1")
         frames = as_frames(image, "image")
         m = self.config.multiple
-        tile = max(512, 2 * self.patch_size) if tile is None else int(tile)
+        if tile is None:
+            overlap = self.patch_size // 2 if overlap is None else int(overlap)
+            tile = default_tile(frames.shape[-2:], self.patch_size, overlap, m,
+                                self.config.filters, self.device)
         if tile < m:
             raise DuetInputError(f"tile must be at least {m}")
-        tile = -(-tile // m) * m
+        tile = -(-int(tile) // m) * m
         overlap = min(self.patch_size // 2, tile // 4) if overlap is None else int(overlap)
         if not 0 <= overlap < tile / 2:
             raise DuetInputError("overlap must be >= 0 and below half the tile")
