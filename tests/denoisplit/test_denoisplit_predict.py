@@ -104,3 +104,22 @@ def test_predict_rejects_bad_arguments(tiny_config):
         model.predict(np.zeros((16, 16)), samples=0)
     with pytest.raises(DuetInputError):
         model.predict(np.zeros((16, 16)), tile=16, overlap=8)
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (512, 384), (1024, 1024), (300, 5000)])
+def test_default_tile_computes_fewest_pixels_and_fits_memory(shape):
+    from napari_duet.denoisplit._model import default_batch_size, default_tile
+    from napari_duet.tiling import count_tiles
+
+    dev = torch.device("cpu")
+    tile = default_tile(shape, 64, 32, 8, 64, dev)
+    assert tile % 8 == 0 and 128 <= tile <= 1024
+
+    def work(t):
+        return count_tiles(shape, t, 32) * min(t, shape[0]) * min(t, shape[1])
+
+    assert work(tile) <= work(128)  # never worse than the paper's 2 x patch tiles
+    if max(shape) <= 512:
+        assert work(tile) == shape[0] * shape[1]  # fits: computed untiled
+    side = min(tile, max(shape))
+    assert default_batch_size(side, 64, dev) * 48 * 64 * side * side <= 1e9
