@@ -193,9 +193,7 @@ def speed(args, results: dict) -> None:
     import torch
 
     from napari_duet.denoisplit import SplitConfig, SplitModel, TrainConfig
-    from napari_duet.denoisplit._data import PatchSampler
     from napari_duet.denoisplit._lvae import LadderVAE, count_parameters
-    from napari_duet.denoisplit._train import make_train_step
     from napari_duet.devices import resolve_device
     from napari_duet.intensity import Normalizer
     from napari_duet.noise_models import fit_noise_model
@@ -225,20 +223,8 @@ def speed(args, results: dict) -> None:
         net = net.to(memory_format=torch.channels_last)  # as in training
     out["parameters"] = count_parameters(net)
     tc = TrainConfig(patch_size=p, batch_size=bs)
-    data = rng.uniform(0, 3000, size=(4, 2, max(256, 2 * p), max(256, 2 * p))).astype(
-        np.float32
-    )
+    step = synthetic_train_step(net, p, bs, nms, rng, side=max(256, 2 * p))
     norm = Normalizer(1500.0, 900.0)
-    sampler = PatchSampler(data, Normalizer(3000.0, 1300.0), [norm, norm], patch_size=p,
-                           device=dev, seed=0, augment=True)
-    opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
-    sizes = [c * h * w for c, h, w in net.latent_shapes((p, p))]
-    loss_kw = dict(likelihood="noise_model", kl_form="denoisplit", latent_sizes=sizes,
-                   free_bits=1.0, kl_weight=1.0, noise_models=nms,
-                   target_mean=torch.tensor([1500.0, 1500.0], device=dev),
-                   target_std=torch.tensor([900.0, 900.0], device=dev))
-    step = make_train_step(net, opt, sampler, batch_size=bs, loss_kw=loss_kw, use_amp=cuda,
-                           grad_clip=0.5)
     net.train()
     for _ in range(args.warmup):
         step()
@@ -275,6 +261,29 @@ def speed(args, results: dict) -> None:
     results["speed"] = out
     for k, v in out.items():
         print(f"  {k:32s} {v:.4g}" if isinstance(v, float) else f"  {k:32s} {v}")
+
+
+def synthetic_train_step(net, p: int, bs: int, nms, rng, side: int, forward=None):
+    """The training step of ``iter_train`` on random data (for timing), as a function."""
+    import torch
+
+    from napari_duet.denoisplit._data import PatchSampler
+    from napari_duet.denoisplit._train import make_train_step
+    from napari_duet.intensity import Normalizer
+
+    dev = next(net.parameters()).device
+    data = rng.uniform(0, 3000, size=(4, 2, side, side)).astype(np.float32)
+    norm = Normalizer(1500.0, 900.0)
+    sampler = PatchSampler(data, Normalizer(3000.0, 1300.0), [norm, norm], patch_size=p,
+                           device=dev, seed=0, augment=True)
+    opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
+    sizes = [c * h * w for c, h, w in net.latent_shapes((p, p))]
+    loss_kw = dict(likelihood="noise_model", kl_form="denoisplit", latent_sizes=sizes,
+                   free_bits=1.0, kl_weight=1.0, noise_models=nms,
+                   target_mean=torch.tensor([1500.0, 1500.0], device=dev),
+                   target_std=torch.tensor([900.0, 900.0], device=dev))
+    return make_train_step(forward or net, opt, sampler, batch_size=bs, loss_kw=loss_kw,
+                           use_amp=dev.type == "cuda", grad_clip=0.5)
 
 
 def main(argv=None) -> int:

@@ -71,36 +71,20 @@ def part_fit(args, out):
 def _train_setup(p, bs, compile_net=False):
     import torch
 
+    from denoisplit import synthetic_train_step
     from napari_duet.denoisplit import SplitConfig
-    from napari_duet.denoisplit._data import PatchSampler
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.denoisplit._train import make_train_step
-    from napari_duet.intensity import Normalizer
     from napari_duet.noise_models import fit_noise_model
 
-    dev = torch.device("cuda")
     rng = np.random.default_rng(0)
     s = rng.uniform(0, 5000, 100_000).astype(np.float32)
     x = (rng.poisson(s / 10) * 10 + rng.normal(0, 50, s.size)).astype(np.float32)
-    nm = fit_noise_model(s, x, iterations=20, device="cuda").to(dev)
-    nms = [nm, nm]
-    cfg = SplitConfig.preset("default")
-    net = LadderVAE(cfg, p).to(dev).to(memory_format=torch.channels_last)
-    fwd = torch.compile(net) if compile_net else net
-    data = rng.uniform(0, 3000, size=(4, 2, 512, 512)).astype(np.float32)
-    norm = Normalizer(1500.0, 900.0)
-    sampler = PatchSampler(data, Normalizer(3000.0, 1300.0), [norm, norm], patch_size=p,
-                           device=dev, seed=0, augment=True)
-    opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
-    sizes = [c * h * w for c, h, w in net.latent_shapes((p, p))]
-    loss_kw = dict(likelihood="noise_model", kl_form="denoisplit", latent_sizes=sizes,
-                   free_bits=1.0, kl_weight=1.0, noise_models=nms,
-                   target_mean=torch.tensor([1500.0, 1500.0], device=dev),
-                   target_std=torch.tensor([900.0, 900.0], device=dev))
-    params = list(net.parameters())
-    step = make_train_step(fwd, opt, sampler, batch_size=bs, loss_kw=loss_kw, use_amp=True,
-                           grad_clip=0.5)
-    return step, len(params)
+    nm = fit_noise_model(s, x, iterations=20, device="cuda").to("cuda")
+    net = LadderVAE(SplitConfig.preset("default"), p).to("cuda")
+    net = net.to(memory_format=torch.channels_last)
+    fwd = torch.compile(net) if compile_net else None
+    step = synthetic_train_step(net, p, bs, [nm, nm], rng, side=512, forward=fwd)
+    return step, len(list(net.parameters()))
 
 
 def _profile(fn, n, label, out, rows=18):
