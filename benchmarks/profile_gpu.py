@@ -39,27 +39,18 @@ def part_fit(args, out):
     out["fit_graph_s"] = time.perf_counter() - t
     import napari_duet.noise_models as nmod
 
-    def eager(model, weight, st, xt, bs, lr, iterations, tail, seed):
-        opt = torch.optim.Adam([weight], lr=lr)
-        gen = torch.Generator(device=st.device).manual_seed(seed + 1)
-        loss_sum = torch.zeros((), device=st.device)
-        for it in range(iterations):
-            idx = torch.randint(0, st.numel(), (bs,), device=st.device, generator=gen)
-            loss = -model.log_likelihood(xt[idx], st[idx], weight=weight).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if it >= iterations - tail:
-                loss_sum += loss.detach()
-        return loss_sum
+    graphed = nmod._fit_steps
 
-    graphed, nmod._fit_cuda_graph = nmod._fit_cuda_graph, eager
+    def eager(*args, graph, **kwargs):  # the same steps on the GPU, launched from Python
+        return graphed(*args, graph=False, **kwargs)
+
+    nmod._fit_steps = eager
     try:
         t = time.perf_counter()
         ref = fit_noise_model(s, x, device="cuda")
         out["fit_eager_s"] = time.perf_counter() - t
     finally:
-        nmod._fit_cuda_graph = graphed
+        nmod._fit_steps = graphed
     st, xt = torch.as_tensor(s[:200_000]), torch.as_tensor(x[:200_000])
     for name, m in (("graph", nm), ("eager", ref)):
         out[f"fit_{name}_nll"] = float(-m.log_likelihood(xt, st).mean())

@@ -51,7 +51,11 @@ def self2seg(out: Path) -> Path:
     _wait_for(widget, QApplication.instance())
     viewer.layers["nuclei ground truth"].visible = False
     viewer.reset_view()
-    path = out / "self2seg_widget.png"
+    return _save(viewer, out / "self2seg_widget.png")
+
+
+def _save(viewer, path: Path) -> Path:
+    """Screenshot of the whole window (canvas and docks), then close the viewer."""
     viewer.screenshot(str(path), canvas_only=False)
     viewer.close()
     return path
@@ -83,10 +87,7 @@ def nsn2n(out: Path) -> Path:
     viewer.layers["noisy stack"].visible = False
     viewer.dims.set_current_step(0, 8)
     viewer.reset_view()
-    path = out / "nsn2n_widget.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    viewer.close()
-    return path
+    return _save(viewer, out / "nsn2n_widget.png")
 
 
 def split(out: Path) -> Path:
@@ -115,10 +116,7 @@ def split(out: Path) -> Path:
     _wait_for(widget, QApplication.instance())
     mix.visible = False
     model_path.unlink()
-    path = out / "split_widget.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    viewer.close()
-    return path
+    return _save(viewer, out / "split_widget.png")
 
 
 SHOTS = {"self2seg": self2seg, "nsn2n": nsn2n, "split": split}

@@ -257,14 +257,15 @@ class SplitModel:
             raise DuetInputError("samples and batch_size must be >= 1")
         frames = as_frames(image, "image")
         m = self.config.multiple
+        margin = self.patch_size // 2 if overlap is None else int(overlap)
         if tile is None:
-            overlap = self.patch_size // 2 if overlap is None else int(overlap)
-            tile = default_tile(frames.shape[-2:], self.patch_size, overlap, m,
+            tile = default_tile(frames.shape[-2:], self.patch_size, margin, m,
                                 self.config.filters, self.device)
         if tile < m:
             raise DuetInputError(f"tile must be at least {m}")
         tile = -(-int(tile) // m) * m
-        overlap = min(self.patch_size // 2, tile // 4) if overlap is None else int(overlap)
+        # A small tile given by the caller keeps at least its inner half.
+        overlap = min(margin, tile // 4) if overlap is None else margin
         if not 0 <= overlap < tile / 2:
             raise DuetInputError("overlap must be >= 0 and below half the tile")
         if batch_size is None:

@@ -57,12 +57,11 @@ class FlatGrads:
     def __init__(self, params):
         import torch
 
-        self.params = [q for q in params if q.requires_grad]
-        total = sum(q.numel() for q in self.params)
-        ref = self.params[0]
-        self.flat = torch.zeros(total, dtype=ref.dtype, device=ref.device)
+        params = [q for q in params if q.requires_grad]
+        total = sum(q.numel() for q in params)
+        self.flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
         offset = 0
-        for q in self.params:
+        for q in params:
             # The parameter's own strides (channels-last weights stay channels-last).
             q.grad = self.flat.as_strided(q.size(), q.stride(), offset)
             offset += q.numel()
