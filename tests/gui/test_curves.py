@@ -21,6 +21,14 @@ def test_nice_ticks_are_round_and_inside_the_range(lo, hi):
         assert any(np.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
 
 
+def test_tick_labels_tell_close_ticks_apart():
+    from napari_duet._widgets._curves import nice_ticks, tick_labels
+
+    labels = tick_labels(nice_ticks(-33695.9, -33650.2))  # energies differing in digit 4
+    assert len(set(labels)) == len(labels) >= 2
+    assert tick_labels([0.0, 0.5, 1.0]) == ["0", "0.5", "1"]
+
+
 def test_curves_are_painted_in_their_colours(qtbot):
     from qtpy.QtGui import QColor
 

@@ -35,6 +35,15 @@ def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return ticks
 
 
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Shortest ``g`` formatting (at least 3 digits) that tells all ticks apart."""
+    for digits in range(3, 13):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
 class CurvePlot(QWidget):
     """One or more curves against their index (energy per alternation, losses).
 
@@ -82,7 +91,7 @@ class CurvePlot(QWidget):
         right, top, bottom = _MARGINS
         ranges = self._ranges()
         yticks = nice_ticks(*ranges[1]) if ranges is not None else []
-        labels = [f"{t:.4g}" for t in yticks]
+        labels = tick_labels(yticks)
         metrics = QFontMetrics(small)
         left = 22 + max((metrics.horizontalAdvance(t) for t in labels), default=20)
         area = QRectF(left, top, max(10, self.width() - left - right),
