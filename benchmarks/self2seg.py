@@ -12,7 +12,14 @@ order.  Held-out check: synthetic nuclei-like images with known masks and
 varied sizes, contrasts, foreground fractions, textures and backgrounds
 (generated here with fixed seeds; never used to choose parameters).
 
-All methods run with default parameters and no boxes.  Timings are wall
+Also a sparse, dim nuclei set (:func:`napari_duet.synthetic.sparse_dim_nuclei`,
+the low-signal collapse check) and, with ``--textures``, two-texture images
+with one seed box per region.  Anchors: BM3D (``pip install
+'napari-duet[bench]'``) with the true sigma and with sigma estimated
+(``skimage.restoration.estimate_sigma``), each followed by Otsu's threshold;
+Gaussian(2) + Otsu; the fair sequential Noise2Fast -> Chan-Vese.
+
+All methods run with default parameters and no boxes (textures: one box each).  Timings are wall
 clock on this machine (say how contended it was when quoting them).
 """
 
@@ -96,10 +103,31 @@ def gauss_otsu(img: np.ndarray) -> np.ndarray:
     return s > threshold_otsu(s)
 
 
+def bm3d_denoise(noisy: np.ndarray, sigma: float | None) -> tuple[np.ndarray, float]:
+    """BM3D (benchmark-only extra ``bench``) with the true sigma, or estimated when None."""
+    if not hasattr(np, "trapz"):  # bm3d 4.0.3 still calls np.trapz, gone in numpy 2
+        setattr(np, "trapz", np.trapezoid)  # noqa: B010
+    import bm3d
+    from skimage.restoration import estimate_sigma
+
+    s = float(estimate_sigma(noisy)) if sigma is None else float(sigma)
+    return bm3d.bm3d(noisy.astype(np.float64), s).astype(np.float32), s
+
+
+def otsu(img: np.ndarray) -> np.ndarray:
+    from skimage.filters import threshold_otsu
+
+    return img > threshold_otsu(img)
+
+
 def run_set(name, items, sigmas, methods, quick, device="cpu"):
     from napari_duet.metrics import dice, psnr
-    from napari_duet.noise2fast import noise2fast
-    from napari_duet.self2seg import Self2SegConfig, convex_chan_vese, self2seg
+    from napari_duet.self2seg import (
+        Self2SegConfig,
+        convex_chan_vese,
+        self2seg,
+        sequential_n2f_chan_vese,
+    )
 
     rows = []
     cfg = Self2SegConfig(device=device)
@@ -118,6 +146,7 @@ def run_set(name, items, sigmas, methods, quick, device="cpu"):
                 row.update(s2s_dice=dice(res.labels == 1, fg), s2s_s=dt, s2s_s_per_mpx=dt / mpx,
                            s2s_alt=res.alternations, s2s_psnr=psnr(res.denoised, clean, 255.0),
                            s2s_mask_s=max(a["mask_s"] for a in res.timings["per_alternation"]),
+                           s2s_experts_s=res.timings["experts"], s2s_masks_s=res.timings["masks"],
                            s2s_hist=[(h["expert_kind"], h["experts_accepted"],
                                       h["mask_accepted"]) for h in res.history])
             if "cv" in methods:
@@ -128,12 +157,20 @@ def run_set(name, items, sigmas, methods, quick, device="cpu"):
                 res = self2seg(f, config=cfg.replace(experts="linear"))
                 row.update(lin_dice=dice(res.labels == 1, fg))
             if "seq" in methods:
+                # Fair sequential baseline: Noise2Fast, then Chan-Vese with the data-term
+                # rules of a denoised image (5x5 residual filter, no region variances).
                 t = time.perf_counter()
-                den = noise2fast(f, steps=300, device=device, seed=0)
-                t_den = time.perf_counter() - t
-                res = convex_chan_vese(den, config=cfg)
+                res = sequential_n2f_chan_vese(f, config=cfg)
                 row.update(seq_dice=dice(res.labels == 1, fg), seq_s=time.perf_counter() - t,
-                           n2f_psnr=psnr(den, clean, 255.0), n2f_s=t_den)
+                           n2f_psnr=psnr(res.denoised, clean, 255.0),
+                           n2f_s=res.timings["noise2fast"])
+            if "bm3d" in methods:
+                for key, s_in in (("bm3d", float(sigma)), ("bm3d_est", None)):
+                    t = time.perf_counter()
+                    den, s_used = bm3d_denoise(f, s_in)
+                    row.update({f"{key}_dice": dice(otsu(den), fg),
+                                f"{key}_psnr": psnr(den, clean, 255.0),
+                                f"{key}_s": time.perf_counter() - t, f"{key}_sigma": s_used})
             if "otsu" in methods:
                 row.update(otsu_dice=dice(gauss_otsu(f), fg))
             rows.append(row)
@@ -145,15 +182,52 @@ def run_set(name, items, sigmas, methods, quick, device="cpu"):
     return rows
 
 
+def run_textures(quick: bool) -> list[dict]:
+    """Two textures of equal mean and std, one 30x30 seed box per region (issue 10)."""
+    from napari_duet.metrics import dice
+    from napari_duet.self2seg import (
+        Self2SegConfig,
+        boxes_to_regions,
+        convex_chan_vese,
+        self2seg,
+    )
+    from napari_duet.synthetic import two_textures
+
+    pairs = [("grating", "blobs"), ("fine", "coarse"), ("horizontal", "vertical"),
+             ("blobs", "grating"), ("coarse", "fine"), ("vertical", "horizontal")]
+    rows = []
+    print("== textures (one box per region) ==", flush=True)
+    for seed in range(1 if quick else 3):
+        for a, b in pairs:
+            img, truth, fb, bb = two_textures(a, b, (192, 192), seed=seed)
+            reg = boxes_to_regions(img.shape, [fb], [bb])
+            t = time.perf_counter()
+            ours = dice(self2seg(img, reg, Self2SegConfig(device="cpu")).labels == 1, truth)
+            dt = time.perf_counter() - t
+            cv = dice(convex_chan_vese(img, regions=reg).labels == 1, truth)
+            rows.append({"set": "textures", "image": f"{a}/{b}/{seed}", "s2s_dice": ours,
+                         "cv_dice": cv, "s2s_s": dt})
+            print(f"  {a}/{b} seed {seed}: Self2Seg {ours:.3f}  const CV {cv:.3f}  {dt:.1f} s",
+                  flush=True)
+    d = [r["s2s_dice"] for r in rows]
+    c = [r["cv_dice"] for r in rows]
+    print(f"  textures: Self2Seg mean {np.mean(d):.3f} min {np.min(d):.3f}; "
+          f"const CV mean {np.mean(c):.3f}", flush=True)
+    return rows
+
+
 def summarise(rows, methods):
-    keys = [("s2s_dice", "Self2Seg"), ("cv_dice", "const CV"), ("lin_dice", "linear"),
-            ("seq_dice", "N2F->CV"), ("otsu_dice", "Gauss+Otsu")]
+    rows = [r for r in rows if "sigma" in r]
+    keys = [("s2s_dice", "Self2Seg"), ("bm3d_dice", "BM3D(true s)+Otsu"),
+            ("bm3d_est_dice", "BM3D(est s)+Otsu"), ("cv_dice", "const CV"),
+            ("lin_dice", "linear"), ("seq_dice", "N2F->CV"), ("otsu_dice", "Gauss+Otsu")]
     keys = [k for k in keys if any(k[0] in r for r in rows)]
     lines = []
     for set_name in dict.fromkeys(r["set"] for r in rows):
         lines.append(f"\n== {set_name} ==")
         head = "sigma | " + " | ".join(f"{lab} mean/min" for _, lab in keys)
-        head += " | PSNR s2s / N2F | s/img | s/Mpx | max mask update s at 256^2 (all sizes, s/Mpx)"
+        head += (" | PSNR s2s / BM3D / N2F | s/img | s/Mpx | expert/mask s per img"
+                 " | max mask update s at 256^2 (all sizes, s/Mpx)")
         lines.append(head)
         for sigma in dict.fromkeys(r["sigma"] for r in rows if r["set"] == set_name):
             rs = [r for r in rows if r["set"] == set_name and r["sigma"] == sigma]
@@ -163,14 +237,18 @@ def summarise(rows, methods):
                 cells.append(f"{np.mean(v):.3f}/{np.min(v):.3f}" if v else "-")
             ps = [r.get("s2s_psnr") for r in rs if "s2s_psnr" in r]
             pn = [r.get("n2f_psnr") for r in rs if "n2f_psnr" in r]
+            pb = [r.get("bm3d_psnr") for r in rs if "bm3d_psnr" in r]
+            te = [r["s2s_experts_s"] for r in rs if "s2s_experts_s" in r]
+            tk = [r["s2s_masks_s"] for r in rs if "s2s_masks_s" in r]
             tt = [r["s2s_s"] for r in rs if "s2s_s" in r]
             tm = [r["s2s_s_per_mpx"] for r in rs if "s2s_s_per_mpx" in r]
             mk = [r["s2s_mask_s"] for r in rs if "s2s_mask_s" in r and r["shape"] == [256, 256]]
             mk_mpx = [r["s2s_mask_s"] / (np.prod(r["shape"]) / 1e6) for r in rs
                       if "s2s_mask_s" in r]
-            cells.append(f"{np.mean(ps):.2f} / {np.mean(pn):.2f}" if ps and pn else "-")
+            cells.append(" / ".join(f"{np.mean(v):.2f}" if v else "-" for v in (ps, pb, pn)))
             cells.append(f"{np.mean(tt):.1f}" if tt else "-")
             cells.append(f"{np.mean(tm):.0f}" if tm else "-")
+            cells.append(f"{np.mean(te):.1f}/{np.mean(tk):.2f}" if te else "-")
             cells.append((f"{np.max(mk):.3f}" if mk else "-")
                          + (f" ({np.median(mk_mpx):.2f})" if mk_mpx else ""))
             lines.append(f"{sigma:5} | " + " | ".join(cells))
@@ -199,11 +277,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one image per noise level")
     ap.add_argument("--out", default=None, help="JSON file name (under benchmarks/results/)")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[10, 30, 50])
-    ap.add_argument("--methods", nargs="+", default=["self2seg", "cv", "seq", "otsu"],
-                    choices=["self2seg", "cv", "linear", "seq", "otsu"])
+    ap.add_argument("--methods", nargs="+", default=["self2seg", "bm3d", "cv", "seq", "otsu"],
+                    choices=["self2seg", "bm3d", "cv", "linear", "seq", "otsu"],
+                    help="bm3d needs the benchmark extra: pip install 'napari-duet[bench]'")
     ap.add_argument("--no-real", action="store_true", help="skip the real nuclei images")
     ap.add_argument("--no-synthetic", action="store_true", help="skip the held-out synthetic set")
     ap.add_argument("--n-synthetic", type=int, default=6)
+    ap.add_argument("--no-sparse", action="store_true",
+                    help="skip the sparse, dim nuclei set (the low-signal collapse check)")
+    ap.add_argument("--textures", action="store_true",
+                    help="also run the two-texture set (one seed box per region)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (CNN experts)")
     ap.add_argument("--summarise", metavar="JSON", default=None,
@@ -234,6 +317,15 @@ def main(argv=None) -> int:
             synth.append((f"synth{i}", img, m))
         rows += run_set("synthetic held-out", synth, sigmas, args.methods, args.quick,
                             args.device)
+    if not args.no_sparse:
+        from napari_duet.synthetic import sparse_dim_nuclei
+
+        print("== sparse dim nuclei ==", flush=True)
+        sparse = [(f"sparse{i}",) + sparse_dim_nuclei(7000 + i) for i in range(args.n_synthetic)]
+        rows += run_set("sparse dim nuclei", sparse, sigmas, args.methods, args.quick,
+                        args.device)
+    if args.textures:
+        rows += run_textures(args.quick)
     mask_t = time_mask_update()
     table = summarise(rows, args.methods)
     print(table)

@@ -16,3 +16,41 @@ class DuetInputError(DuetError, ValueError):
 
 class ModelFileError(DuetError):
     """A model file is missing, corrupted, foreign or of another kind."""
+
+
+_OOM_MARKERS = ("out of memory", "DefaultCPUAllocator: can't allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for running out of host or device memory.
+
+    Covers :class:`MemoryError` (numpy's ``_ArrayMemoryError`` included),
+    ``torch.OutOfMemoryError`` and torch ``RuntimeError``s that report an
+    allocation failure (CUDA/MPS "out of memory", the CPU allocator).
+    """
+    exc = getattr(exc, "original", exc)  # widgets wrap worker errors
+    if isinstance(exc, MemoryError):
+        return True
+    if type(exc).__name__ == "OutOfMemoryError":  # torch, without importing it
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        return any(m.lower() in text.lower() for m in _OOM_MARKERS)
+    return False
+
+
+def out_of_memory_message(exc: BaseException, *,
+                          tile: str = "--tile, where the command has it",
+                          device: str = "--device cpu, or a GPU with more memory") -> str:
+    """One line saying that memory ran out, the allocator's reason, and what to change.
+
+    ``tile`` and ``device`` say how to pick smaller tiles and another device
+    (the CLI options by default; widgets name their settings).
+    """
+    exc = getattr(exc, "original", exc)
+    detail = (str(exc).strip().splitlines() or [""])[0].strip()
+    if len(detail) > 100:
+        detail = detail[:97] + "..."
+    why = f" ({detail})" if detail else ""
+    return (f"out of memory{why}: use a smaller image (crop or bin it, or fewer planes), "
+            f"smaller tiles ({tile}), or another device ({device})")

@@ -1,8 +1,8 @@
 """The ``duet`` command line.
 
 Each engine registers its sub-command from its own ``_cli`` module, so this
-file only assembles the parser and turns user errors into exit code 2 with a
-one-line reason (never a traceback).
+file only assembles the parser and turns user errors, and running out of memory,
+into exit code 2 with a one-line reason (never a traceback).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from ._errors import DuetError
+from ._errors import DuetError, is_out_of_memory, out_of_memory_message
 
 # Modules exposing ``register(subparsers)``; each sets ``func`` on its parser.
 _SUBCOMMAND_MODULES = (
@@ -68,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"duet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        # Running out of host or device memory is the user's to fix (smaller input or
+        # tiles, another device): one line, no traceback.  Other RuntimeErrors are bugs.
+        if not is_out_of_memory(exc):
+            raise
+        print(f"duet {args.command}: error: {out_of_memory_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -79,3 +79,98 @@ def synthetic_nuclei(
     noisy = clean + rng.normal(0.0, noise_sigma, size=shape).astype(np.float32)
     noisy = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
     return SyntheticNuclei(noisy, clean, mask.astype(np.uint8), float(noise_sigma))
+
+
+TEXTURES = ("grating", "blobs", "fine", "coarse", "horizontal", "vertical")
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() + 1e-12)
+
+
+def texture(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A zero-mean, unit-std texture: ``grating`` (oriented stripes, wandering phase),
+    ``blobs`` (isotropic, correlation length 2 px), ``fine``/``coarse`` (correlation
+    lengths 0.8/3 px), ``horizontal``/``vertical`` (anisotropic filtered noise)."""
+    from scipy import ndimage as ndi
+
+    noise = rng.normal(size=shape)
+    if kind == "grating":
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+        theta, period = rng.uniform(0, np.pi), rng.uniform(5, 8)
+        phase = ndi.gaussian_filter(rng.normal(size=shape), 8) * 20
+        return _standardise(np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta))
+                                   / period + phase))
+    sigmas = {"blobs": 2.0, "fine": 0.8, "coarse": 3.0, "horizontal": (0.7, 4.0),
+              "vertical": (4.0, 0.7)}
+    if kind not in sigmas:
+        raise ValueError(f"unknown texture {kind!r}; choose from {', '.join(TEXTURES)}")
+    return _standardise(ndi.gaussian_filter(noise, sigmas[kind]))
+
+
+def two_textures(
+    inside: str, outside: str, shape: tuple[int, int] = (128, 128), *, noise: float = 0.5,
+    seed: int = 0, box: int = 30,
+) -> tuple[np.ndarray, np.ndarray, tuple, tuple]:
+    """Two textures of equal mean and std in large smooth regions, plus Gaussian noise.
+
+    Returns ``(image, mask, fg_box, bg_box)``: ``mask`` is True where
+    ``inside`` is, each box (y0, x0, y1, x1) of ``box`` px lies inside one
+    region.  ``noise`` is the noise std relative to the textures' std.  Mean
+    and variance carry no information, so intensity-based (constant-expert)
+    Chan-Vese is near chance.
+    """
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.normal(size=shape), min(shape) / 5, mode="wrap")
+    mask = field > np.quantile(field, rng.uniform(0.35, 0.65))
+    clean = np.where(mask, texture(inside, shape, rng), texture(outside, shape, rng))
+    img = 100.0 + 20.0 * (clean + noise * rng.normal(size=shape))
+
+    def box_in(region: np.ndarray) -> tuple[int, int, int, int]:
+        core = ndi.binary_erosion(region, iterations=box // 2 + 1, border_value=0)
+        if not core.any():
+            raise ValueError("region too small for the seed box; use a larger shape")
+        ys, xs = np.nonzero(core)
+        i = int(rng.integers(ys.size))
+        y0, x0 = int(ys[i]) - box // 2, int(xs[i]) - box // 2
+        return (y0, x0, y0 + box, x0 + box)
+
+    return img.astype(np.float32), mask, box_in(mask), box_in(~mask)
+
+
+def sparse_dim_nuclei(seed: int = 0, shape: tuple[int, int] = (192, 256)
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Small (radius 3-7 px), dim (25-50 grey levels) and sparse (3-12 %) nuclei.
+
+    The hard case of noisy nuclei images: at high noise Otsu's threshold of a
+    smoothed image falls inside the background's noise.  Returns the clean
+    8-bit-scale image (float32) and its foreground mask.
+    """
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = np.zeros((h, w), bool)
+    clean = np.zeros((h, w), np.float32)
+    target, r_mean = rng.uniform(0.03, 0.12), rng.uniform(3, 7)
+    bg, contrast = rng.uniform(5, 30), rng.uniform(25, 50)
+    for _ in range(2000):
+        if mask.mean() >= target:
+            break
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        a = r_mean * rng.uniform(0.7, 1.3)
+        b = a * rng.uniform(0.7, 1.0)
+        t = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dy * np.cos(t) + dx * np.sin(t)) / a
+        v = (-dy * np.sin(t) + dx * np.cos(t)) / b
+        e = u * u + v * v <= 1
+        if (e & mask).any():
+            continue
+        clean = np.where(e, contrast * rng.uniform(0.6, 1.2), clean)
+        mask |= e
+    img = ndi.gaussian_filter(bg + clean, 0.7)
+    return np.clip(img, 0, 255).astype(np.float32), mask

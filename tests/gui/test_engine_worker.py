@@ -35,7 +35,10 @@ def test_runtime_error_is_reported_and_finishes(qtbot):
     assert errors and "out of memory" in str(errors[0])
     from napari_duet._widgets._common import error_message
 
-    assert error_message(errors[0]) == "RuntimeError: CUDA out of memory (simulated)"
+    # Running out of memory says what to change (one line), not just the exception type.
+    msg = error_message(errors[0])
+    assert msg.startswith("out of memory (CUDA out of memory (simulated)): use a smaller image")
+    assert "\n" not in msg and "device setting" in msg
     assert not worker.is_running
 
 

@@ -275,3 +275,57 @@ def test_export_report_and_screenshot(widget, qtbot, tmp_path):
     assert img.ndim == 3 and img.shape[0] > 300
     # The canvas really shows something (not a blank, undrawn GL surface).
     assert img[..., :3].std() > 5
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_out_of_memory_becomes_a_notification(widget, qtbot, errors, monkeypatch, kind):
+    """MemoryError and torch's allocator errors (a RuntimeError) end in one notification."""
+    import napari_duet.self2seg as s2s
+
+    def oom(image, regions=None, config=None):
+        if kind == "numpy":
+            np.empty((2**60,), np.float32)
+        else:
+            import torch
+
+            torch.empty((2**60,), dtype=torch.float32)
+        yield  # pragma: no cover - never reached
+
+    monkeypatch.setattr(s2s, "iter_self2seg", oom)
+    layer, _ = _sample(widget.viewer, shape=(40, 40))
+    widget.image_picker.value = layer
+    widget.run()
+    _wait(qtbot, widget)
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("Self2Seg: out of memory")
+    assert "device setting" in errors[0]
+    assert widget.status.text().startswith("Failed: out of memory")
+    assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+
+def test_painted_labels_serve_as_seeds(widget, qtbot, errors):
+    """A Labels layer painted with seed classes (k + 1 = class k) seeds the run, and its
+    pixels train the experts from the first alternation (issue 10)."""
+    viewer = widget.viewer
+    layer, data = _sample(viewer, shape=(64, 64))
+    paint = np.zeros((64, 64), np.uint8)
+    fg = data.mask.astype(bool)
+    from scipy import ndimage as ndi
+
+    paint[ndi.binary_erosion(fg, iterations=2)] = 2
+    paint[:6, :] = 1
+    labels = viewer.add_labels(paint, name="painted", scale=layer.scale)
+    widget.image_picker.value = layer
+    widget.seed_labels_picker.value = labels
+    job = widget._make_job(layer, widget.config())
+    np.testing.assert_array_equal(job.regions, paint)
+    widget.run()
+    _wait(qtbot, widget)
+    assert not errors
+    mask = widget.job.results["arrays"]["mask"]
+    assert dice(mask == 1, fg) > 0.8
+    # A Labels layer of another shape is refused with a message, not a traceback.
+    viewer.layers.remove(labels)
+    widget.seed_labels_picker.value = viewer.add_labels(np.zeros((10, 10), np.uint8))
+    widget.run()
+    assert widget.worker is None and any("painted seeds" in e for e in errors)

@@ -14,7 +14,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
-from .._errors import DuetError
+from .._errors import DuetError, is_out_of_memory, out_of_memory_message
 
 if TYPE_CHECKING:
     import napari
@@ -65,19 +65,28 @@ def warm_up_torch() -> None:
 
 
 def error_message(exc: BaseException) -> str:
-    """One line for a notification: our own errors as they are, others with their type."""
+    """One line for a notification: our own errors as they are, running out of memory with
+    what to change, others with their type."""
     exc = getattr(exc, "original", exc)
     if isinstance(exc, DuetError):
         return str(exc)
+    if is_out_of_memory(exc):
+        return out_of_memory_message(exc, tile="the tile setting, where there is one",
+                                     device="the device setting, or a GPU with more memory")
     text = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def notify_error(exc: BaseException, context: str = "") -> None:
-    """Show ``exc`` as a napari error notification (no traceback dump for user errors)."""
+    """Show ``exc`` as a napari error notification.
+
+    User errors (:class:`DuetError`) and running out of memory (what to change
+    is in the message) print no traceback; anything else also dumps one to the
+    console.
+    """
     msg = error_message(exc)
     exc = getattr(exc, "original", exc)
-    if not isinstance(exc, DuetError):
+    if not isinstance(exc, DuetError) and not is_out_of_memory(exc):
         traceback.print_exception(exc)  # unexpected: keep the details in the console
     show_error(f"{context}: {msg}" if context else msg)
 

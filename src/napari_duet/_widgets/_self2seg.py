@@ -1,7 +1,8 @@
 """Self2Seg dock widget: seed boxes, live alternations, cancel.
 
-The engine (:func:`napari_duet.self2seg.iter_self2seg`) runs in a napari
-thread worker; each yielded alternation updates the result layers in place.
+The engine (:func:`napari_duet.self2seg.iter_self2seg_stack`, plane by plane)
+runs in a napari thread worker; each yielded alternation updates the result
+layers in place.
 Everything the run needs (pixels, regions, scale) is captured when Run is
 pressed, so selecting or deleting layers meanwhile cannot redirect results.
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
-from napari.layers import Image, Shapes
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -62,7 +63,9 @@ class _Job:
     translate: tuple
     rgb: bool
     full_shape: tuple  # source shape without the RGB channel axis
-    planes: list  # [(lead_index, plane, regions)]
+    stack: Any  # what the engine runs on: the source's data (all slices) or one plane
+    regions: np.ndarray | None  # seeds for ``stack`` (per plane for all slices) or None
+    indices: list  # source index (leading axes) of each plane the engine runs, in order
     config: Any
     n_classes: int
     results: dict = field(default_factory=dict)  # layer refs
@@ -90,6 +93,8 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
 
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.seeds_picker = layer_picker(napari_viewer, Shapes, "seeds", nullable=True)
+        self.seed_labels_picker = layer_picker(napari_viewer, Labels, "painted seeds",
+                                               nullable=True)
         self.new_seeds_btn = QPushButton("New seeds layer")
         self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
         self.role = ComboBox(label="role of new shapes", choices=role_names(2))
@@ -141,6 +146,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         form.addRow("image", self.image_picker.native)
         form.addRow("slices", self.scope.native)
         form.addRow("seeds", self.seeds_picker.native)
+        form.addRow("painted seeds", self.seed_labels_picker.native)
         row = QHBoxLayout()
         row.addWidget(self.new_seeds_btn)
         row.addWidget(self.role.native)
@@ -172,6 +178,9 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.expert_steps.tooltip = "Training steps per expert and alternation."
         self.expert_width.tooltip = "Channels of the CNN experts' hidden layers."
         self.scope.tooltip = "For stacks: segment the slice on screen, or every slice."
+        self.seed_labels_picker.tooltip = (
+            "A Labels layer painted with seeds: label 1 = background, 2 = foreground "
+            "(k + 1 = class k); 0 = unlabelled. Boxes on the seeds layer are painted over it.")
 
     # ------------------------------------------------------------------- seeds
     def new_seeds_layer(self) -> Shapes:
@@ -286,11 +295,14 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         # Paint the new layers once before the worker competes for the CPU: the first
         # draw of a new layer type (shader set-up) is the longest single GUI task.
         paint_pending()
-        total = len(job.planes) * config.max_alternations
+        total = len(job.indices) * config.max_alternations
         self.worker = start_engine_worker(
             _iterate_planes,
-            job.planes,
+            job.stack,
+            job.regions,
             job.config,
+            job.rgb,
+            job.indices,
             desc=f"Self2Seg {job.source_name}",
             total=total,
             on_yield=self._on_yield,
@@ -306,20 +318,40 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         if len(full_shape) < 2:
             raise ValueError(f"{image.name} is not an image (shape {data.shape})")
         yx = full_shape[-2:]
-        planes = []
+        indices = self._lead_indices(image)
+        per_plane = []
         notes: list[str] = []
-        for idx in self._lead_indices(image):
-            plane = np.asarray(data[idx]) if idx else np.asarray(data)
+        for idx in indices:
             regions, n = seeds_to_regions(
                 self.seeds_picker.value, image, yx, config.n_classes, idx
             )
             notes += n
+            painted = _painted_seeds(self.seed_labels_picker.value, yx, idx)
+            if painted is not None:
+                if regions is not None:  # boxes are drawn over the painted seeds
+                    painted = np.where(regions > 0, regions, painted)
+                regions = painted if painted.any() else regions
             if regions is not None:
                 # Fail now, in the GUI thread, rather than after the worker started.
                 validate_regions(regions, yx, config.n_classes)
-            planes.append((idx, plane, regions))
+            per_plane.append(regions)
         for note in dict.fromkeys(notes):
             show_warning(f"Self2Seg: {note}")
+        if len(full_shape) > 2 and self.scope.value == "all slices":
+            # The whole stack; the engine reads one plane at a time, in the order of
+            # ``indices`` (C order of the leading axes).  Slices without seeds start
+            # automatically (all-zero seeds).
+            stack = data
+            regions = None
+            if any(r is not None for r in per_plane):
+                regions = np.zeros(full_shape, np.uint8)
+                for idx, r in zip(indices, per_plane, strict=True):
+                    if r is not None:
+                        regions[idx] = r
+        else:
+            (idx,) = indices
+            stack = np.asarray(data[idx]) if idx else data
+            regions = per_plane[0]
         return _Job(
             source_name=image.name,
             source_key=id(image),
@@ -327,7 +359,9 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             translate=tuple(image.translate),
             rgb=rgb,
             full_shape=full_shape,
-            planes=planes,
+            stack=stack,
+            regions=regions,
+            indices=indices,
             config=config,
             n_classes=config.n_classes,
         )
@@ -377,7 +411,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             job.reports[idx] = state.report()
             return
         job.last_alternation = state.alternation
-        where = f" (slice {idx}, {plane_no + 1}/{len(job.planes)})" if idx else ""
+        where = f" (slice {idx}, {plane_no + 1}/{len(job.indices)})" if idx else ""
         self.status.setText(
             f"Alternation {state.alternation}/{state.max_alternations}{where}: "
             f"energy {state.energy:.4g}, {state.elapsed:.1f} s"
@@ -420,7 +454,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self._last_reports = self._collect_reports(job)
         secs = time.perf_counter() - job.started
         self.status.setText(
-            f"Done: {len(job.planes)} plane(s) of {job.source_name} in {secs:.1f} s."
+            f"Done: {len(job.indices)} plane(s) of {job.source_name} in {secs:.1f} s."
         )
         show_info(f"Self2Seg finished on {job.source_name}")
 
@@ -460,18 +494,44 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
                 notify_error(exc, "Export")
 
 
-def _iterate_planes(planes, config):
-    """Run Self2Seg on each plane; yields (plane_no, index, state, is_final)."""
-    from ..self2seg import iter_self2seg
+def _painted_seeds(layer: Labels | None, yx: tuple, idx: tuple) -> np.ndarray | None:
+    """Seed image of one plane from a painted Labels layer (None when there is none).
 
-    for n, (idx, plane, regions) in enumerate(planes):
-        gen = iter_self2seg(plane, regions, config)
+    The layer is either 2D (the same seeds for every slice) or has the image's
+    leading axes; its label values are the seed classes (k + 1 = class k).
+    """
+    if layer is None:
+        return None
+    data = layer.data[0] if layer.multiscale else layer.data
+    if data.ndim > 2:
+        if len(idx) != data.ndim - 2:
+            raise ValueError(f"painted seeds {layer.name!r} have shape {data.shape}; "
+                             f"they need the image's plane shape {yx} or its stack shape")
+        data = data[idx]
+    plane = np.asarray(data)
+    if plane.shape != tuple(yx):
+        raise ValueError(f"painted seeds {layer.name!r} have plane shape {plane.shape}, "
+                         f"the image {tuple(yx)}: paint seeds on a Labels layer of the "
+                         "image's shape")
+    return plane.astype(np.int64)
+
+
+def _iterate_planes(stack, regions, config, rgb, indices):
+    """Run :func:`iter_self2seg_stack`; yields ``(plane_no, index, state, is_final)``.
+
+    ``index`` is the plane's index in the source layer (``indices[plane_no]``);
+    the final item of a plane carries its :class:`Self2SegResult`.
+    """
+    from ..self2seg import iter_self2seg_stack
+
+    gen = iter_self2seg_stack(stack, regions, config, rgb=rgb)
+    try:
         while True:
             try:
-                state = next(gen)
+                item = next(gen)
             except StopIteration as stop:
-                result = stop.value
-                break
-            yield n, idx, state, False
-        yield n, idx, result, True
-    return len(planes)
+                return stop.value
+            state = item.result if item.done else item.state
+            yield item.plane, indices[item.plane], state, item.done
+    finally:
+        gen.close()  # on Cancel: the engine stops at once, in this thread

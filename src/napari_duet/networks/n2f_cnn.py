@@ -41,5 +41,16 @@ class N2FNet(nn.Module):
         layers.append(nn.Conv2d(cin, out_channels, 3, padding=1, padding_mode="reflect"))
         self.body = nn.Sequential(*layers)
 
+    @property
+    def halo(self) -> int:
+        """Pixels from a border within which that border's padding changes the output.
+
+        Each 3x3 convolution (padding 1) reaches one pixel further, so an
+        output pixel at least ``depth`` pixels from a tile's edge equals the
+        one computed on the whole image: tiles that overlap by this much and
+        drop it reproduce whole-image inference exactly.
+        """
+        return sum(m.padding[0] * m.dilation[0] for m in self.body if isinstance(m, nn.Conv2d))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

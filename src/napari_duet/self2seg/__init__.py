@@ -10,6 +10,12 @@ from ._baselines import convex_chan_vese, sequential_n2f_chan_vese
 from ._config import Self2SegConfig
 from ._engine import Self2SegResult, Self2SegState, iter_self2seg, self2seg
 from ._regions import boxes_to_regions
+from ._stack import (
+    Self2SegStackResult,
+    Self2SegStackState,
+    iter_self2seg_stack,
+    self2seg_stack,
+)
 
 __all__ = [
     "Self2SegConfig",
@@ -17,6 +23,10 @@ __all__ = [
     "Self2SegResult",
     "iter_self2seg",
     "self2seg",
+    "Self2SegStackState",
+    "Self2SegStackResult",
+    "iter_self2seg_stack",
+    "self2seg_stack",
     "boxes_to_regions",
     "convex_chan_vese",
     "sequential_n2f_chan_vese",

@@ -18,16 +18,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``self2seg`` sub-command to ``duet``."""
     p = subparsers.add_parser(
         "self2seg",
-        help="segment and denoise one image jointly (Self2Seg)",
+        help="segment and denoise an image or a stack jointly (Self2Seg)",
         description=(
             "Self2Seg: split a 2D grey or RGB image into regions while training one "
-            "self-supervised denoising expert per region. Writes mask.tif, denoised.tif, "
-            "expert_<k>.tif and report.json to OUTDIR. Without boxes the regions are "
-            "initialised automatically (brighter region = foreground)."
+            "self-supervised denoising expert per region. A stack (Z, Y, X), (T, Z, Y, X), ... "
+            "or (..., Y, X, 3) is segmented plane by plane with the same settings. Writes "
+            "mask.tif, denoised.tif, expert_<k>.tif (each with the input's shape, axes and "
+            "pixel size) and report.json to OUTDIR. Seeds come from boxes or from a label "
+            "image (--regions); without seeds the regions are initialised automatically "
+            "(brighter region = foreground)."
         ),
     )
     p.add_argument("image", metavar="IMAGE",
-                   help="input image: a TIFF or any format scikit-image reads (2D grey or RGB)")
+                   help="input image: a TIFF or any format scikit-image reads (2D grey or "
+                        "RGB, or a stack of them; a last axis of 3 or 4 is colour)")
     p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR",
                    help="output folder (created if needed)")
     p.add_argument("--fg-box", action="append", nargs=4, type=float, default=[],
@@ -39,6 +43,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--class-box", action="append", nargs=5, type=float, default=[],
                    metavar=("K", "Y0", "X0", "Y1", "X1"),
                    help="box of class K (0..classes-1) for multi-class runs (repeatable)")
+    p.add_argument("--regions", default=None, metavar="LABELS",
+                   help="seeds from a label image (e.g. a napari Labels layer saved as TIFF): "
+                        "0 = unlabelled, k+1 = class k (two classes: 1 background, "
+                        "2 foreground); (Y, X) for every plane, or one per plane with the "
+                        "stack's shape, where a plane without labels starts automatically. "
+                        "Not together with the box options")
     p.add_argument("--lam", type=float, default=None, metavar="L",
                    help="boundary smoothness as a multiple of the data's robust scale "
                         "(default: automatic = 1; larger = smoother masks)")
@@ -63,12 +73,19 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import read_image, write_json, write_tiff
+    from .._io import read_image, read_pixel_info, write_json, write_tiff
     from ._config import Self2SegConfig
     from ._engine import self2seg
     from ._regions import boxes_to_regions
+    from ._stack import self2seg_stack, stack_layout
 
+    any_box = bool(args.fg_box or args.bg_box or args.class_box)
+    if args.regions is not None and any_box:
+        raise DuetInputError("give seeds either as --regions or as boxes "
+                             "(--fg-box/--bg-box/--class-box), not both")
     image = read_image(args.image)
+    pixel_info = read_pixel_info(args.image)
+    lead, plane, _ = stack_layout(np.shape(image))
     changes = {"n_classes": args.classes, "lam": args.lam, "device": args.device,
                "seed": args.seed, "invert": args.invert}
     if args.experts is not None:
@@ -80,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = Self2SegConfig(**changes)
 
     regions = None
-    if args.fg_box or args.bg_box or args.class_box:
+    if args.regions is not None:
+        regions = read_image(args.regions)
+    elif any_box:
         if (args.fg_box or args.bg_box) and args.classes != 2:
             raise DuetInputError("--fg-box/--bg-box are for two classes; use --class-box K ...")
         class_boxes: dict[int, list] = {}
@@ -88,25 +107,41 @@ def run(args: argparse.Namespace) -> int:
             if not float(k).is_integer() or not 0 <= int(k) < args.classes:
                 raise DuetInputError(f"--class-box class {k:g} must be in 0..{args.classes - 1}")
             class_boxes.setdefault(int(k), []).append(box)
-        regions = boxes_to_regions(np.shape(image), [_box(b) for b in args.fg_box],
+        # One set of boxes for every plane of a stack.
+        regions = boxes_to_regions(plane, [_box(b) for b in args.fg_box],
                                    [_box(b) for b in args.bg_box], class_boxes)
 
     def progress(state):
-        if not args.quiet:
-            print(f"alternation {state.alternation}/{state.max_alternations}: "
-                  f"energy {state.energy:.6g}, {state.elapsed:.1f} s", flush=True)
+        if args.quiet:
+            return
+        where = ""
+        if hasattr(state, "n_planes"):  # a stack: Self2SegStackState
+            if state.done:
+                return
+            where = f"plane {state.plane + 1}/{state.n_planes} {state.index}: "
+            state = state.state
+        print(f"{where}alternation {state.alternation}/{state.max_alternations}: "
+              f"energy {state.energy:.6g}, {state.elapsed:.1f} s", flush=True)
 
-    res = self2seg(image, regions, cfg, callback=progress)
+    if lead:
+        res = self2seg_stack(image, regions, cfg, callback=progress)
+        summary = f"{len(res.indices)} plane(s)"
+    else:
+        res = self2seg(image, regions, cfg, callback=progress)
+        summary = f"stopped after {res.alternations} alternation(s) ({res.stop_reason})"
     out = Path(args.outdir)
-    write_tiff(out / "mask.tif", res.labels.astype(np.uint8))
-    write_tiff(out / "denoised.tif", res.denoised.astype(np.float32))
+    write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
+    write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
     for k in range(res.experts.shape[0]):
-        write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32))
+        write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32),
+                   pixel_info=pixel_info)
     report = res.report()
     report["input"] = str(args.image)
     report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
+    report["regions"] = None if args.regions is None else str(args.regions)
+    if pixel_info:
+        report["pixel_info"] = pixel_info
     write_json(out / "report.json", report)
     if not args.quiet:
-        print(f"stopped after {res.alternations} alternation(s) ({res.stop_reason}); "
-              f"wrote {out}/mask.tif, denoised.tif, expert_*.tif, report.json")
+        print(f"{summary}; wrote {out}/mask.tif, denoised.tif, expert_*.tif, report.json")
     return 0

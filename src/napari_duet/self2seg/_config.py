@@ -123,12 +123,30 @@ class Self2SegConfig:
         min-max normalised (smoothed) image.
     init_sigma : float
         Gaussian smoothing (pixels) before the automatic threshold.
+    init_noise_floor : float
+        Automatic start: the threshold stays at least this many robust
+        standard deviations of the smoothed background above the
+        background's mode (0 = plain Otsu) when more than half of what
+        lies above Otsu's threshold is what the background's noise alone
+        puts there (a cut through the noise, not between two regions), so
+        that a sparse, dim image at high noise does not start from noise
+        blobs.
     invert : bool
         Automatic initialisation only: make the darker region the foreground
         (class order reversed for K > 2).
     warmup_constant : bool
-        Run the first alternation with constant experts (a convex Chan-Vese
-        step) before training the chosen experts on its mask.
+        Automatic start only: run the first alternation with constant experts
+        (a convex Chan-Vese step) before training the chosen experts on its
+        mask.  With seeds the chosen experts always train on the seeds from
+        the first alternation (the seeds are what the user taught).
+    local_energy : bool or None
+        Data term as the local energy of the residual, ``box(e^2)`` (square,
+        then average), instead of ``box(e)^2``.  Both read intensity
+        differences alike, but only the local energy sees errors that average
+        to zero, i.e. a texture the expert cannot predict.  ``None``
+        (default): on with seeds (regions may differ by texture alone), off
+        for the automatic start (its regions come from an intensity
+        threshold, and on noisy nuclei ``box(e)^2`` measured slightly better).
     solver_tol : float
         Mask solver stopping tolerance (duality gap per pixel for two
         classes, primal change for K > 2).
@@ -171,8 +189,10 @@ class Self2SegConfig:
     stop_changed: float = 0.002
     init: str = "auto"
     init_sigma: float = 2.0
+    init_noise_floor: float = 1.5
     invert: bool = False
     warmup_constant: bool = True
+    local_energy: bool | None = None
     solver_tol: float = 1e-4
     solver_max_iter: int = 500
     device: str = "auto"
@@ -224,7 +244,8 @@ class Self2SegConfig:
         for name in ("lr", "solver_tol", "finetune_lr_factor"):
             if not getattr(self, name) > 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lam_noise", "mu_scale", "init_sigma", "stop_ratio", "stop_changed"):
+        for name in ("lam_noise", "mu_scale", "init_sigma", "init_noise_floor", "stop_ratio",
+                     "stop_changed"):
             if not getattr(self, name) >= 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.max_fraction_change > 1:

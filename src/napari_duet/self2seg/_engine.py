@@ -71,6 +71,7 @@ class Self2SegResult:
     history: list[dict] = field(default_factory=list)
     filter_size: int = 0
     noise_sigma: float = float("nan")
+    local_energy: bool = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -88,6 +89,7 @@ class Self2SegResult:
             "resolved": {"lam": float(self.lam), "mu": float(self.mu),
                          "robust_scale": float(self.scale),
                          "filter_size": int(self.filter_size),
+                         "local_energy": bool(self.local_energy),
                          "noise_sigma": float(self.noise_sigma)},
             "image": {"shape": [int(s) for s in self.image_shape], "dtype": self.image_dtype},
             "energies": [float(e) for e in self.energies],
@@ -176,7 +178,8 @@ def _noise_scale(f: np.ndarray, outs: list[ExpertOutput], sigma_n: float, filter
 
 def _data_terms(f: np.ndarray, outs: list[ExpertOutput], filter_size: int,
                 masks: list[np.ndarray] | None = None,
-                var_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+                var_floor: float = 0.0,
+                local_energy: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-class data term from the channel-summed squared box-filtered blind residual ``e^2``.
 
     Without ``masks``: ``r_k = e_k^2`` (Chan-Vese).  With ``masks`` (region
@@ -190,8 +193,14 @@ def _data_terms(f: np.ndarray, outs: list[ExpertOutput], filter_size: int,
     """
     r = np.empty((len(outs),) + f.shape[1:], np.float32)
     for k, out in enumerate(outs):
-        res = box_filter(f - out.blind, filter_size)
-        r[k] = (res * res).sum(axis=0)
+        res = f - out.blind
+        if local_energy:
+            # Square, then average: zero-mean errors (a texture the expert cannot
+            # predict) still count, where averaging first would cancel them.
+            r[k] = box_filter((res * res).sum(axis=0), filter_size)
+        else:
+            res = box_filter(res, filter_size)
+            r[k] = (res * res).sum(axis=0)
     if masks is None:
         return r, None
     v = np.array([max(float(r[k][m].mean()) if m.any() else 0.0, var_floor, 1e-12)
@@ -278,7 +287,7 @@ def iter_self2seg(
     else:
         seeds = None
         labels = auto_labels(f.mean(axis=0), k_cls, method=cfg.init, sigma=cfg.init_sigma,
-                             invert=cfg.invert)
+                             invert=cfg.invert, noise_floor=cfg.init_noise_floor)
         init_masks = [labels == k for k in range(k_cls)]
         for k, m in enumerate(init_masks):
             if not m.any():
@@ -286,6 +295,11 @@ def iter_self2seg(
 
     sigma_n = estimate_noise(f)
     user_cfg = cfg
+    # The constant warm-up is for the automatic start only: with seeds, the learned
+    # experts train on the user's seeds from the first alternation.
+    warmup = cfg.warmup_constant and seeds is None and cfg.experts != "constant"
+    if cfg.local_energy is None:
+        cfg = cfg.replace(local_energy=seeds is not None)
     if cfg.filter_size is None:
         cfg = cfg.replace(filter_size=auto_filter_size(f, init_masks, sigma_n, cfg.filter_snr))
 
@@ -319,7 +333,7 @@ def iter_self2seg(
         for it in range(1, cfg.max_alternations + 1):
             t_alt = time.perf_counter()
             kind = cfg.experts
-            if cfg.warmup_constant and it == 1 and cfg.experts != "constant":
+            if warmup and it == 1:
                 kind = "constant"
             # -- (a) experts ---------------------------------------------------
             new_outs = []
@@ -330,6 +344,10 @@ def iter_self2seg(
                     m = init_masks[k]
                 else:
                     m = _train_mask(labels, k, erode=kind != "constant")
+                    if seeds is not None:
+                        # The user's seeds stay in their expert's training region,
+                        # and never in another's, whatever the mask did.
+                        m = (m & ((seeds == 0) | (seeds == k + 1))) | (seeds == k + 1)
                 if not m.any():
                     raise DuetInputError(f"class {k} has no pixels to train its expert on")
                 regions_k.append(init_masks[k] if (labels is None or it == 1) else labels == k)
@@ -360,9 +378,12 @@ def iter_self2seg(
                 new_outs.append(out)
                 infos.append(out.info)
             # Floor of a region's variance: the filtered noise alone (F x F box).
-            var_floor = n_ch * (sigma_n / max(1, cfg.filter_size)) ** 2
+            var_floor = n_ch * sigma_n ** 2
+            if not cfg.local_energy:
+                var_floor /= max(1, cfg.filter_size) ** 2
             r_new, v_new = _data_terms(f, new_outs, cfg.filter_size,
-                                       regions_k if cfg.region_variance else None, var_floor)
+                                       regions_k if cfg.region_variance else None, var_floor,
+                                       cfg.local_energy)
             if lam is None:
                 # lambda relative to the data: the larger of the spread of g (signal) and
                 # lam_noise x the std of g's noise, so noise blobs cost more at high noise.
@@ -452,11 +473,11 @@ def iter_self2seg(
 
             # -- stop rule -------------------------------------------------------
             # Kind switch (warm-up -> learned experts) is not a convergence sign.
-            switched = cfg.warmup_constant and it == 1 and cfg.experts != "constant"
+            switched = warmup and it == 1
             if it >= 2 and changed < cfg.stop_changed and not switched:
                 stop_reason = "mask converged"
                 break
-            if len(energies) >= 3 and not (cfg.warmup_constant and it == 2):
+            if len(energies) >= 3 and not (warmup and it == 2):
                 d_prev = (energies[-3] - energies[-2]) / max(abs(energies[-3]), 1e-12)
                 d_cur = (energies[-2] - energies[-1]) / max(abs(energies[-2]), 1e-12)
                 if d_cur <= 0 or d_cur < cfg.stop_ratio * d_prev:
@@ -476,6 +497,7 @@ def iter_self2seg(
         config=user_cfg, image_shape=tuple(arr.shape), image_dtype=str(arr.dtype),
         lam=float(lam), mu=float(mu), scale=float(scale), history=history,
         filter_size=int(cfg.filter_size), noise_sigma=float(sigma_n),
+        local_energy=bool(cfg.local_energy),
     )
 
 

@@ -20,10 +20,29 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..tiling import apply_tiled
 from ._checkerboard import blind_prediction, checkerboard_split, even_crop
 
 __all__ = ["ExpertOutput", "ConstantExpert", "LinearExpert", "CNNExpert", "box_filter",
-           "make_expert"]
+           "make_expert", "inference_tile"]
+
+#: Memory one inference tile may take (about three ``width``-channel activations).
+INFERENCE_BYTES = 256 * 2**20
+
+
+def inference_tile(net, budget_bytes: int = INFERENCE_BYTES) -> int:
+    """Tile side for whole-image predictions of an N2F network: 128..1024 px.
+
+    At inference a 3x3 convolution holds its input, the padded input and its
+    output, about ``3 * width * side**2`` float32 values; the side is chosen
+    so this stays within ``budget_bytes`` (1024 px at width 16, 256 px at
+    width 256), in multiples of 64.
+    """
+    from torch import nn
+
+    width = max(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d))
+    side = int(np.sqrt(budget_bytes / (3 * 4 * width))) // 64 * 64
+    return int(min(1024, max(128, side)))
 
 
 def box_filter(x: np.ndarray, size: int) -> np.ndarray:
@@ -153,6 +172,8 @@ class CNNExpert:
     """
 
     kind = "cnn"
+    #: Tile side of whole-image predictions; None: :func:`inference_tile` (set per instance).
+    tile: int | None = None
 
     def __init__(self, channels: int = 1, width: int = 16, depth: int = 5, lr: float = 1e-3,
                  batch_size: int = 8, crop: int = 40, patience: int = 50, n_average: int = 3,
@@ -275,19 +296,31 @@ class CNNExpert:
         blind = np.zeros_like(f, dtype=np.float32)
         full = np.zeros_like(f, dtype=np.float32)
 
-        def run(img: np.ndarray) -> np.ndarray:
+        # Tiled, so memory stays bounded on large images; tiles overlap by the network's
+        # halo and drop it, which reproduces whole-image inference (reflect padding at
+        # the image border included) up to float rounding.
+        halo = self.net.halo
+        tile = max(int(self.tile or inference_tile(self.net)), 4 * halo)
+
+        def run_tile(img: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 t = torch.from_numpy(np.ascontiguousarray(img[None], dtype=np.float32))
                 return self.net(t.to(self.device))[0].cpu().numpy()
 
-        for snap in snapshots or [current]:
-            self.net.load_state_dict(snap)
-            blind += blind_prediction(f, run)
-            full += run(f)
-        n = max(1, len(snapshots))
+        def run(img: np.ndarray) -> np.ndarray:
+            return apply_tiled(run_tile, img, tile=tile, overlap=halo)
+
+        if snapshots:
+            # One network with the snapshots' mean weights: they lie a few steps apart
+            # at the end of training, where averaging weights and averaging predictions
+            # agree closely, at a third of the inference cost for three snapshots.
+            self.net.load_state_dict({k: torch.stack([s[k] for s in snapshots]).mean(dim=0)
+                                      for k in current})
+        blind += blind_prediction(f, run)
+        full += run(f)
         self.net.load_state_dict(current)
         self.net.train()
-        return blind / n, full / n
+        return blind, full
 
 
 def make_expert(kind: str, *, channels: int, config, device, seed: int):

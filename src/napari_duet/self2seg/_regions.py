@@ -12,6 +12,10 @@ __all__ = ["boxes_to_regions", "validate_regions", "auto_labels"]
 
 Box = Sequence[float]
 
+# Share of an initial foreground that, when explained by background noise alone, marks
+# the threshold as a cut through the noise.
+_NOISE_SHARE = 0.5
+
 
 def _check_box(box: Box, shape: tuple[int, int], what: str) -> tuple[int, int, int, int]:
     try:
@@ -118,6 +122,7 @@ def auto_labels(
     method: str = "auto",
     sigma: float = 2.0,
     invert: bool = False,
+    noise_floor: float = 0.0,
 ) -> np.ndarray:
     """Automatic initial labels of a grey image.
 
@@ -125,6 +130,13 @@ def auto_labels(
     ``threshold``: 0.5 on the min-max normalised smoothed image (the paper's
     rule; K > 2 uses equally spaced thresholds).  Class indices increase with
     brightness (the brightest region is the foreground), reversed if ``invert``.
+
+    ``noise_floor`` > 0 keeps the lowest threshold at least ``noise_floor``
+    robust standard deviations of the smoothed background above its mode
+    (below it with ``invert``).  On a sparse, dim, noisy image Otsu's
+    threshold falls inside the background's noise and the initial
+    foreground is mostly noise blobs, which no later step recovers from; a
+    level the background's own noise reaches only rarely cannot.
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_multiotsu, threshold_otsu
@@ -146,7 +158,59 @@ def auto_labels(
         except ValueError as exc:
             raise DuetInputError(f"cannot initialise {n_classes} classes automatically: {exc}") \
                 from None
+    if noise_floor > 0:
+        thresholds = _apply_noise_floor(g, thresholds, noise_floor, invert)
     labels = np.digitize(g, thresholds).astype(np.uint8)
     if invert:
         labels = (n_classes - 1 - labels).astype(np.uint8)
     return labels
+
+
+def background_level(g: np.ndarray) -> tuple[float, float]:
+    """Mode of ``g`` and the robust std of the values on the mode's darker side.
+
+    The darker side of the histogram's main peak is (almost) background
+    alone, so its spread measures the background's noise even when bright
+    objects cover part of the image.
+    """
+    v = np.asarray(g, np.float32).ravel()
+    hist, edges = np.histogram(v, bins=256)
+    from scipy import ndimage as ndi
+
+    smooth = ndi.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    mode = float(0.5 * (edges[np.argmax(smooth)] + edges[np.argmax(smooth) + 1]))
+    below = mode - v[v < mode]
+    spread = 1.4826 * float(np.median(below)) if below.size else 0.0
+    return mode, spread
+
+
+def _mostly_noise(g: np.ndarray, t: float, mode: float, spread: float) -> bool:
+    """True when most pixels above ``t`` are what the background's noise alone puts there.
+
+    With a Gaussian background N(mode, spread^2), a fraction
+    ``Q((t - mode) / spread)`` of the image lies above ``t`` by noise alone;
+    when that is more than half of what does lie above ``t``, the threshold
+    cut the background's noise, not the image into two regions.
+    """
+    from scipy.special import ndtr
+
+    above = float(np.mean(g > t))
+    if above == 0.0 or not spread > 0:
+        return False
+    return float(ndtr(-(t - mode) / spread)) > _NOISE_SHARE * above
+
+
+def _apply_noise_floor(g: np.ndarray, thresholds: np.ndarray, z: float,
+                       invert: bool) -> np.ndarray:
+    t = np.array(thresholds, np.float32)
+    if invert:
+        # Dark foreground: the highest threshold separates it from the (bright) background.
+        mode, spread = background_level(-g)
+        if mode < -float(t[-1]) and _mostly_noise(-g, -float(t[-1]), mode, spread):
+            t[-1] = min(float(t[-1]), -(mode + z * spread))
+    else:
+        mode, spread = background_level(g)
+        if mode < float(t[0]) and _mostly_noise(g, float(t[0]), mode, spread):
+            t[0] = max(float(t[0]), mode + z * spread)
+    return np.sort(t)
+
