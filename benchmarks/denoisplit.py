@@ -1,13 +1,17 @@
 """denoiSplit benchmark: splitting quality on real data, and speed.
 
-Quality (``fmd``): on ``../shared/data/fmd_confocal`` (actin ``BPAE_G`` +
-mitochondria ``BPAE_R``), train on the noisy acquisitions of the left three
-quarters and split the sum of the noisy right quarter; report each channel's
-range-invariant PSNR against the clean (averaged) images, for
+Quality (``fmd``): on ``../shared/data/fmd_confocal`` (``--structures``: actin
+``BPAE_G``, mitochondria ``BPAE_R``, nuclei ``BPAE_B``; two or three), train
+on the noisy acquisitions of the left three quarters and split the sum of the
+noisy right quarter; report each channel's range-invariant PSNR against the
+clean (averaged) images, for
 
 * the constant split (input x the channel's mean share in training),
+* the noisy single acquisition of that channel (what imaging it alone gives),
 * splitting without denoising (Gaussian likelihood, μSplit KL),
-* denoiSplit (bootstrapped GMM noise models, denoiSplit KL).
+* denoiSplit (bootstrapped GMM noise models, denoiSplit KL), optionally with
+  lateral context (``--lateral-context 1,3``) and the tile-seam error
+  (``--seams``).
 
 Speed: training throughput (patches/s), prediction speed (megapixels/s with
 N posterior samples, default 50), peak GPU memory, noise-model fit time.
@@ -16,6 +20,7 @@ Usage::
 
     python benchmarks/denoisplit.py --quick            # CPU smoke run, minutes
     python benchmarks/denoisplit.py --device cuda      # the real numbers on a GPU
+    python benchmarks/denoisplit.py --skip-speed --structures G,R,B --max-minutes 15
 
 Writes ``benchmarks/results/denoisplit_<time>.json`` (git-ignored).
 """
@@ -34,14 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fmd_confocal"
 
 
-def _load_fmd():
+STRUCTURES = {"G": "actin", "R": "mito", "B": "nuclei"}
+
+
+def _load_fmd(letters=("G", "R")):
     import tifffile
 
     if not DATA.is_dir():
         return None
     out = {}
     for kind in ("noisy", "clean"):
-        for ch in ("G", "R"):
+        for ch in letters:
             out[f"{kind}_{ch}"] = tifffile.imread(DATA / kind / f"BPAE_{ch}.tif").astype(
                 np.float32
             )
@@ -49,6 +57,7 @@ def _load_fmd():
 
 
 def quality(args, results: dict) -> None:
+    """Per channel: constant split, Gaussian-likelihood split, denoiSplit, noisy acquisition."""
     from napari_duet.denoisplit import (
         SplitConfig,
         TrainConfig,
@@ -56,55 +65,66 @@ def quality(args, results: dict) -> None:
         split_metrics,
         train,
     )
+    from napari_duet.metrics import range_invariant_psnr
 
-    d = _load_fmd()
+    letters = tuple(args.structures.split(","))
+    names = tuple(STRUCTURES[x] for x in letters)
+    d = _load_fmd(letters)
     if d is None:
         print(f"skipping quality: {DATA} not found")
         return
-    w = d["noisy_G"].shape[1]
+    w = d[f"noisy_{letters[0]}"].shape[1]
     cut = 3 * w // 4
-    a_tr, b_tr = d["noisy_G"][:, :cut], d["noisy_R"][:, :cut]
-    test_in = d["noisy_G"][:, cut:] + d["noisy_R"][:, cut:]
-    clean = [d["clean_G"][:, cut:], d["clean_R"][:, cut:]]
-    cfg = SplitConfig.preset(args.config)
+    train_ch = [d[f"noisy_{x}"][:, :cut] for x in letters]
+    test_noisy = [d[f"noisy_{x}"][:, cut:] for x in letters]
+    test_in = np.sum(test_noisy, axis=0)
+    clean = [d[f"clean_{x}"][:, cut:] for x in letters]
     rows = {}
 
     def score(name, pred, extra=None):
-        m = split_metrics(np.stack(pred), np.stack(clean), names=("actin", "mito"))
-        rows[name] = {f"{k}_{ch}": v for ch, d in m.items() for k, v in d.items()}
+        m = split_metrics(np.stack(pred), np.stack(clean), names=names)
+        rows[name] = {f"{k}_{ch}": v for ch, dd in m.items() for k, v in dd.items()}
         rows[name].update(extra or {})
         r = rows[name]
-        print(f"  {name:40s} actin {r['ri_psnr_actin']:6.2f} dB (MS-SSIM "
-              f"{r['ri_ms_ssim_actin']:.3f})   mito {r['ri_psnr_mito']:6.2f} dB (MS-SSIM "
-              f"{r['ri_ms_ssim_mito']:.3f})")
+        print(f"  {name:44s} " + "   ".join(
+            f"{ch} {r[f'ri_psnr_{ch}']:6.2f} dB ({r[f'ri_ms_ssim_{ch}']:.3f})" for ch in names))
 
-    share = float(a_tr.mean() / (a_tr.mean() + b_tr.mean()))
-    score("constant split", [test_in * share, test_in * (1 - share)])
-    score("input (sum) itself", [test_in, test_in])
+    total = float(np.sum([c.mean() for c in train_ch]))
+    shares = [float(c.mean()) / total for c in train_ch]
+    score("constant split", [test_in * s for s in shares])
+    rows["noisy single acquisition"] = {
+        f"ri_psnr_{ch}": range_invariant_psnr(x, c)
+        for ch, x, c in zip(names, test_noisy, clean, strict=True)}
+    print(f"  {'noisy single acquisition':44s} " + "   ".join(
+        f"{ch} {rows['noisy single acquisition'][f'ri_psnr_{ch}']:6.2f} dB" for ch in names))
 
     t0 = time.perf_counter()
     nms = []
-    for ch, arr in (("actin", a_tr), ("mito", b_tr)):
+    for ch, arr in zip(names, train_ch, strict=True):
         t = time.perf_counter()
         nms.append(bootstrap_noise_model(arr, denoiser=args.denoiser, steps=args.n2f_steps,
                                          device=args.device, seed=args.seed))
         print(f"  noise model {ch}: {time.perf_counter() - t:.1f}s "
               f"({nms[-1].info['source']}, fit {nms[-1].info['seconds']:.1f}s)")
     results["noise_model_seconds"] = time.perf_counter() - t0
-    results["noise_model_fit_seconds"] = [nm.info["seconds"] for nm in nms]
 
-    variants = [
-        ("split, no denoising (gauss+μSplit KL)", dict(likelihood="gaussian", kl="musplit")),
-        ("denoiSplit (NM + denoiSplit KL)", dict(likelihood="noise_model", kl="denoisplit")),
-    ]
-    for name, kw in variants:
+    variants = []
+    if not args.skip_gaussian:
+        variants.append(("split, no denoising (gauss+μSplit KL)",
+                         dict(likelihood="gaussian", kl="musplit"), 1))
+    for lc in (int(x) for x in args.lateral_context.split(",")):
+        tag = "" if lc == 1 else f", lateral context {lc}"
+        variants.append((f"denoiSplit (NM + denoiSplit KL{tag})",
+                         dict(likelihood="noise_model", kl="denoisplit"), lc))
+    for name, kw, lc in variants:
+        cfg = SplitConfig.preset(args.config, n_channels=len(letters), multiscale_count=lc)
         tc = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes,
                          patch_size=args.patch_size, batch_size=args.batch_size,
                          steps_per_epoch=args.steps_per_epoch, device=args.device,
                          seed=args.seed, calib_samples=args.calib_samples, lr=args.lr, **kw)
         t = time.perf_counter()
-        model = train(a_tr, b_tr, cfg, tc, noise_models=nms if kw["likelihood"] ==
-                      "noise_model" else None)
+        model = train(train_ch, cfg, tc, noise_models=nms if kw["likelihood"] ==
+                      "noise_model" else None, channel_names=names)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         res = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
@@ -116,7 +136,7 @@ def quality(args, results: dict) -> None:
             from napari_duet.denoisplit import calibration_stats
 
             cal_eval = {}
-            for c, ch in enumerate(("actin", "mito")):
+            for c, ch in enumerate(names):
                 fitted = _ls_map(res.mean[c], clean[c])
                 k = model.calibration["scalar"][c]
                 cal_eval[ch] = {
@@ -125,20 +145,70 @@ def quality(args, results: dict) -> None:
                     "ence_calibrated": calibration_stats(res.mean[c], res.std[c],
                                                          fitted)["ence"],
                 }
-        score(name, res.mean, {
+        extra = {
             "calibration_vs_clean": cal_eval,
             "train_seconds": train_s, "predict_seconds": pred_s,
             "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
             "steps_per_epoch": info["steps_per_epoch"],
+            "n_parameters": info["n_parameters"],
             "calibration_scalar": model.calibration["scalar"] if model.calibration else None,
-            "mean_calibrated_std": [float(res.std[c].mean()) for c in range(2)],
-            "rmse_vs_clean_after_ls_fit": [_ls_rmse(res.mean[c], clean[c]) for c in range(2)],
-        })
+            "mean_calibrated_std": [float(res.std[c].mean()) for c in range(len(names))],
+            "rmse_vs_clean_after_ls_fit": [_ls_rmse(res.mean[c], clean[c])
+                                           for c in range(len(names))],
+        }
+        score(name, res.mean, extra)
+        if args.save_models:
+            model.save(Path(args.save_models) / f"fmd_{'_'.join(names)}_{kw['likelihood']}"
+                       f"_lc{lc}.duet")
+        if args.seams and kw["likelihood"] == "noise_model":
+            rows[name]["seams"] = seams(model, test_in, clean, res, args)
     results["quality"] = rows
     results["quality_setup"] = {
-        "train": f"noisy BPAE_G/BPAE_R columns 0..{cut}", "test": f"columns {cut}..{w}",
-        "samples": args.samples, "constant_share_actin": share,
+        "structures": list(names),
+        "train": f"noisy BPAE_{'/'.join(letters)} columns 0..{cut}",
+        "test": f"columns {cut}..{w}", "samples": args.samples, "constant_shares": shares,
+        "config": args.config, "max_minutes": args.max_minutes,
     }
+
+
+def seams(model, test_in, clean, untiled, args) -> dict:
+    """Tile-seam error of ``model``: tiles of 2x the patch, margins of patch/2 and 0.
+
+    For each margin: the MMSE of tiled prediction against the clean images
+    (the error users see; the untiled MMSE at the same seams is the
+    content-only baseline), and the deterministic (latent means) tiled
+    prediction against the deterministic untiled one (the pure tiling
+    effect, without sampling noise).
+    """
+    from napari_duet.denoisplit import seam_metrics, split_metrics, tile_seams
+
+    p = model.patch_size
+    ref = np.stack(clean)
+    det_whole = model.predict(test_in, deterministic=True, batch_size=args.predict_batch)
+    out = {}
+    for margin in (p // 2, 0):
+        kw = dict(tile=2 * p, overlap=margin, batch_size=args.predict_batch)
+        tiled = model.predict(test_in, samples=args.samples, **kw)
+        det = model.predict(test_in, deterministic=True, **kw)
+        sy, sx = tile_seams(test_in.shape, tiled.info["tile"], tiled.info["overlap"],
+                            model.config.multiple)
+        r = {
+            "tile": tiled.info["tile"], "overlap": tiled.info["overlap"],
+            "vs_clean": seam_metrics(tiled.mean, ref, sy, sx),
+            "vs_clean_untiled": seam_metrics(untiled.mean, ref, sy, sx),
+            "deterministic_vs_untiled": seam_metrics(det.mean, det_whole.mean, sy, sx),
+            "tiled_ri_psnr": {k: v["ri_psnr"] for k, v in split_metrics(
+                tiled.mean, ref, names=model.channel_names).items()},
+        }
+        out[f"margin_{margin}"] = r
+        vc, vu, dv = r["vs_clean"], r["vs_clean_untiled"], r["deterministic_vs_untiled"]
+        print(f"    seams (tile {r['tile']}, margin {r['overlap']}): vs clean RMSE seam/interior "
+              f"x{vc['rmse_ratio']:.3f} (untiled x{vu['rmse_ratio']:.3f}), jump "
+              f"x{vc['jump_ratio']:.3f} (untiled x{vu['jump_ratio']:.3f}); deterministic vs "
+              f"untiled RMSE seam {dv['rmse_seam']:.3f} / interior {dv['rmse_interior']:.3f}, "
+              f"jump x{dv['jump_ratio']:.2f}; tiled RI-PSNR " + " ".join(
+                  f"{v:.2f}" for v in r["tiled_ri_psnr"].values()))
+    return out
 
 
 def synthetic(args, results: dict) -> None:
@@ -299,6 +369,17 @@ def main(argv=None) -> int:
                     help="also run the synthetic filaments-vs-puncta split")
     ap.add_argument("--synthetic-minutes", type=float, default=2.0)
     ap.add_argument("--config", default=None, help="network for quality: small|default")
+    ap.add_argument("--structures", default="G,R",
+                    help="FMD channels to superimpose, in order: G (actin), R (mito), "
+                    "B (nuclei); e.g. G,R or G,R,B")
+    ap.add_argument("--lateral-context", default="1",
+                    help="multiscale counts of the denoiSplit models, e.g. 1 or 1,3")
+    ap.add_argument("--seams", action="store_true",
+                    help="measure the error at tile seams against the tile interior")
+    ap.add_argument("--save-models", default=None, metavar="DIR",
+                    help="also write each trained quality model to DIR")
+    ap.add_argument("--skip-gaussian", action="store_true",
+                    help="skip the Gaussian-likelihood (no denoising) split")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--max-minutes", type=float, default=None)

@@ -171,3 +171,50 @@ def test_split_screenshot(make_napari_viewer, qtbot, model_path, data):
     out.mkdir(exist_ok=True)
     shot = viewer.screenshot(str(out / "split_widget.png"), canvas_only=False)
     assert shot[..., :3].std() > 5
+
+
+def test_three_structures_train_and_split(make_napari_viewer, qtbot, monkeypatch):
+    from napari_duet.denoisplit._synthetic import synthetic_multi
+
+    d = synthetic_multi((64, 64), 3, seed=2)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
+    layers = [viewer.add_image(x, name=n) for x, n in zip(d.noisy, ("actin", "mito", "nuc"),
+                                                            strict=True)]
+    assert widget.train_pickers[2].native.isHidden()  # two structures by default
+    widget.n_structures.value = 3
+    assert not widget.train_pickers[2].native.isHidden()
+    assert widget.train_pickers[3].native.isHidden()
+    for picker, layer in zip(widget.train_pickers, layers, strict=False):
+        picker.value = layer
+    widget.lateral_context.value = True
+    cmd = widget.command.text()
+    assert "--channel actin.tif --channel mito.tif --channel nuc.tif" in cmd
+    assert "--channel-a" not in cmd and "--lateral-context 3" in cmd
+    net, _ = widget.train_configs()
+    assert net.n_channels == 3 and net.multiscale_count == 3
+    widget.lateral_context.value = False
+    # The same layer twice is refused with a notification.
+    widget.train_pickers[2].value = layers[0]
+    widget.train()
+    assert widget.worker is None and widget.model is None
+    widget.train_pickers[2].value = layers[2]
+    monkeypatch.setattr(widget, "train_configs", lambda: _tiny_configs(epochs=1))
+    monkeypatch.setattr(widget, "bootstrap_kwargs", lambda: FAST_BOOTSTRAP)
+    widget.train()
+    _wait(qtbot, widget)
+    assert widget.model is not None and widget.model.n_channels == 3
+    assert "3 channels" in widget.model_info.text()
+    mix = viewer.add_image(d.noisy.sum(0), name="mix")
+    widget.image_picker.value = mix
+    widget.samples.value = 3
+    widget.split()
+    _wait(qtbot, widget)
+    cmaps = set()
+    for ch in ("actin", "mito", "nuc"):
+        base = f"mix [{ch}]"
+        assert viewer.layers[base].data.shape == mix.data.shape
+        cmaps.add(viewer.layers[base].colormap.name)
+        assert viewer.layers[f"{base} uncertainty"].data.min() >= 0
+        assert viewer.layers[f"{base} samples"].data.shape == (3, *mix.data.shape)
+    assert len(cmaps) == 3

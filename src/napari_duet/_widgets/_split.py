@@ -1,8 +1,8 @@
 """denoiSplit dock widget: "Split (denoiSplit)".
 
-Split tab: load a model, split an image layer into its two structures with
+Split tab: load a model, split an image layer into its 2 to 4 structures with
 posterior samples and calibrated uncertainty.  Train tab: train a model from
-two layers (noisy acquisitions of each structure) with live losses, or copy
+2 to 4 layers (noisy acquisitions of each structure) with live losses, or copy
 the equivalent ``duet split train`` command for a GPU server.
 """
 
@@ -52,7 +52,8 @@ from ._models import load_model_or_notify
 if TYPE_CHECKING:
     import napari
 
-CHANNEL_COLORMAPS = ("green", "magenta")
+CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow")
+MAX_STRUCTURES = len(CHANNEL_COLORMAPS)
 UNCERTAINTY_LEGEND = (
     "Uncertainty layers show the calibrated posterior std: the expected error of the "
     "split, in the channel's intensity units (about 68% of errors are smaller)."
@@ -72,7 +73,7 @@ class _Job:
 
 
 class SplitWidget(EngineRunnerMixin, QWidget):
-    """Split one noisy superimposed image into two denoised structures."""
+    """Split one noisy superimposed image into 2 to 4 denoised structures."""
 
     context = "denoiSplit"
 
@@ -111,8 +112,16 @@ class SplitWidget(EngineRunnerMixin, QWidget):
 
         # Train tab
         d = TrainConfig()
-        self.train_a = layer_picker(napari_viewer, Image, "structure A")
-        self.train_b = layer_picker(napari_viewer, Image, "structure B")
+        self.n_structures = SpinBox(label="structures", value=2, min=2, max=MAX_STRUCTURES)
+        self.n_structures.tooltip = "How many structures the image is split into (2 to 4)"
+        self.train_pickers = [layer_picker(napari_viewer, Image, f"structure {chr(65 + c)}")
+                              for c in range(MAX_STRUCTURES)]
+        self.train_a, self.train_b = self.train_pickers[:2]
+        self.lateral_context = CheckBox(text="lateral context (coarser context inputs)",
+                                        value=False)
+        self.lateral_context.tooltip = (
+            "Feed the network two lower-resolution views around each patch (μSplit's lateral "
+            "contextualisation); slower per step.")
         self.net_config = ComboBox(label="network", choices=["small", "default"], value="small")
         self.epochs = SpinBox(label="epochs", value=min(d.epochs, 20), min=1, max=100000)
         self.max_minutes = FloatSpinBox(label="max minutes (0 = none)", value=0.0, min=0,
@@ -151,10 +160,12 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.nm_btn.clicked.connect(lambda: [self._show_png(p) for p in self.noise_model_pngs()])
         self.train_btn.clicked.connect(self.train)
         self.save_btn.clicked.connect(self._save_dialog)
-        for w in (self.train_a, self.train_b, self.net_config, self.epochs, self.max_minutes,
-                  self.patch_size, self.train_batch, self.seed, self.train_device):
+        for w in (*self.train_pickers, self.net_config, self.epochs, self.max_minutes,
+                  self.patch_size, self.train_batch, self.seed, self.train_device,
+                  self.lateral_context):
             w.changed.connect(self._update_command)
-        self._update_command()
+        self.n_structures.changed.connect(self._on_n_structures)
+        self._on_n_structures()
 
     def _build_layout(self):
         tabs = QTabWidget()
@@ -186,11 +197,16 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         train = QWidget()
         t = QVBoxLayout(train)
         tform = QFormLayout()
-        tform.addRow("structure A", self.train_a.native)
-        tform.addRow("structure B", self.train_b.native)
+        tform.addRow(self.n_structures.label, self.n_structures.native)
+        self._picker_labels = []
+        for c, picker in enumerate(self.train_pickers):
+            label = QLabel(f"structure {chr(65 + c)}")
+            self._picker_labels.append(label)
+            tform.addRow(label, picker.native)
         for w in (self.net_config, self.epochs, self.max_minutes, self.patch_size,
                   self.train_batch, self.train_device, self.seed, self.bootstrap):
             tform.addRow(w.label, w.native)
+        tform.addRow(self.lateral_context.native)
         t.addLayout(tform)
         trow = QHBoxLayout()
         trow.addWidget(self.train_btn)
@@ -225,9 +241,12 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         meta = model.metadata()
         names = " / ".join(meta["channel_names"])
         shape = meta.get("training_data_shape")
+        lc = meta.get("lateral_context") or 0
         lines = [
-            f"<b>{path.name if path else 'trained in this session'}</b>: channels {names}",
-            f"trained on {shape if shape else 'unknown'} pixels, patch {meta['patch_size']}",
+            f"<b>{path.name if path else 'trained in this session'}</b>: "
+            f"{meta['n_channels']} channels {names}",
+            f"trained on {shape if shape else 'unknown'} pixels, patch {meta['patch_size']}"
+            + (f", lateral context ({lc} coarser inputs)" if lc else ""),
             "noise models: " + ("yes" if meta["noise_models"] else "no (Gaussian likelihood)"),
             "calibration: " + ("yes, std is calibrated" if meta["calibration"]
                                else "no, std is not calibrated"),
@@ -369,9 +388,10 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         names = self.model.channel_names
         scale, translate = job.scale, job.translate
         added = {}
-        for c in range(2):
+        for c in range(result.mean.shape[0]):
+            cmap = CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)]
             base = f"{job.source_name} [{names[c]}]"
-            added[base] = self._put(base, result.mean[c], colormap=CHANNEL_COLORMAPS[c],
+            added[base] = self._put(base, result.mean[c], colormap=cmap,
                                     blending="additive", scale=scale, translate=translate)
             std = self._put(f"{base} uncertainty", result.std[c], colormap="magma",
                             blending="additive", opacity=0.6, visible=False, scale=scale,
@@ -381,7 +401,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
                 smp = result.samples[:, c]
                 s_scale = (1.0, *scale)
                 s_trans = (0.0, *translate)
-                self._put(f"{base} samples", smp, colormap=CHANNEL_COLORMAPS[c],
+                self._put(f"{base} samples", smp, colormap=cmap,
                           visible=False, scale=s_scale, translate=s_trans)
                 if smp.shape[0] > 1:
                     diff = smp[0] - smp[1]
@@ -409,42 +429,72 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self._set_running(False)
 
     # -------------------------------------------------------------------- train
-    def train_configs(self):
-        from ..denoisplit import SplitConfig, TrainConfig
+    def _on_n_structures(self, *_):
+        """Show as many layer pickers as structures."""
+        n = self.n_structures.value
+        for c, (picker, label) in enumerate(zip(self.train_pickers, self._picker_labels,
+                                                strict=True)):
+            picker.native.setVisible(c < n)
+            label.setVisible(c < n)
+        self._update_command()
 
-        net = SplitConfig.small() if self.net_config.value == "small" else SplitConfig.default()
-        tc = TrainConfig(
+    def train_layers(self) -> list:
+        """The chosen layer of each structure, in order (None where none is chosen)."""
+        return [p.value for p in self.train_pickers[: self.n_structures.value]]
+
+    def train_configs(self):
+        from ..denoisplit import SplitConfig
+
+        name = "small" if self.net_config.value == "small" else "default"
+        net = SplitConfig.preset(
+            name, n_channels=self.n_structures.value,
+            multiscale_count=self._lateral_count(name) if self.lateral_context.value else 1)
+        return net, self._train_config()
+
+    @staticmethod
+    def _lateral_count(name: str) -> int:
+        from ..denoisplit import SplitConfig
+
+        return min(3, SplitConfig.preset(name).n_levels)
+
+    def _train_config(self):
+        from ..denoisplit import TrainConfig
+
+        return TrainConfig(
             epochs=self.epochs.value, max_minutes=self.max_minutes.value or None,
             patch_size=self.patch_size.value, batch_size=self.train_batch.value,
             device=self.train_device.value, seed=self.seed.value,
         )
-        return net, tc
 
     def train(self):
-        """Train on the two chosen layers in a worker."""
+        """Train on the chosen layers (one per structure) in a worker."""
         if self.worker is not None:
             return
         from ..denoisplit import iter_train
 
-        a, b = self.train_a.value, self.train_b.value
+        layers = self.train_layers()
+        letters = [chr(65 + c) for c in range(len(layers))]
         try:
-            if a is None or b is None:
-                raise DuetInputError("choose the layers of structure A and structure B")
-            if a is b:
-                raise DuetInputError("structure A and B must be different layers")
+            missing = [x for x, layer in zip(letters, layers, strict=True) if layer is None]
+            if missing:
+                raise DuetInputError("choose the layer of structure " + ", ".join(missing))
+            if len({id(layer) for layer in layers}) != len(layers):
+                raise DuetInputError("each structure needs a different layer")
             net, tc = self.train_configs()
-            da, db = np.asarray(a.data), np.asarray(b.data)
-            if da.shape != db.shape:
-                raise DuetInputError(
-                    f"A and B must have the same shape, got {da.shape} and {db.shape}")
+            data = [np.asarray(layer.data) for layer in layers]
+            for x, d in zip(letters[1:], data[1:], strict=True):
+                if d.shape != data[0].shape:
+                    raise DuetInputError(f"all structures must have the same shape: A is "
+                                         f"{data[0].shape}, {x} is {d.shape}")
         except Exception as exc:
             notify_error(exc, "denoiSplit training")
             return
         warm_up_torch()
-        self.job = _Job("train", a.name)
+        self.job = _Job("train", layers[0].name)
         self.plot.plot({})
         self.status.setText("Training…")
-        self._start(iter_train, da, db, net, tc, channel_names=(a.name, b.name),
+        self._start(iter_train, data, net, tc,
+                    channel_names=tuple(layer.name for layer in layers),
                     bootstrap_kwargs=self.bootstrap_kwargs())
 
     def bootstrap_kwargs(self) -> dict:
@@ -452,11 +502,17 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         return {"denoiser": self.bootstrap.value}
 
     def _update_command(self, *_):
-        a, b = self.train_a.value, self.train_b.value
+        if not hasattr(self, "_picker_labels"):
+            return
+        layers = self.train_layers()
+        files = [f"{layer.name if layer else chr(65 + c)}.tif"
+                 for c, layer in enumerate(layers)]
+        if len(files) == 2:
+            chans = ["--channel-a", files[0], "--channel-b", files[1]]
+        else:
+            chans = [x for f in files for x in ("--channel", f)]
         parts = [
-            "duet", "split", "train",
-            "--channel-a", f"{a.name if a else 'A'}.tif",
-            "--channel-b", f"{b.name if b else 'B'}.tif",
+            "duet", "split", "train", *chans,
             "-o", "model.duet",
             "--config", self.net_config.value,
             "--epochs", str(self.epochs.value),
@@ -467,6 +523,8 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         ]
         if self.max_minutes.value:
             parts += ["--max-minutes", f"{self.max_minutes.value:g}"]
+        if self.lateral_context.value:
+            parts += ["--lateral-context", str(self._lateral_count(self.net_config.value))]
         self.command.setText(shlex.join(parts))
 
 

@@ -1,8 +1,9 @@
-"""denoiSplit: split a superposition of two structures and denoise them jointly.
+"""denoiSplit: split a superposition of 2 to 4 structures and denoise them jointly.
 
-A ladder VAE sees the sum of two noisy single-structure acquisitions and
-learns to give back each structure's clean signal, through one pixel noise
-model per structure (Ashesh & Jug, denoiSplit, 2024).  Posterior sampling
+A ladder VAE sees the sum of noisy single-structure acquisitions and learns
+to give back each structure's clean signal, through one pixel noise model
+per structure (Ashesh & Jug, denoiSplit, 2024; N structures and optional
+lateral context as in μSplit / MicroSplit).  Posterior sampling
 gives an MMSE estimate and a per-pixel std, which a calibration fitted on
 held-out data turns into an error estimate.
 
@@ -16,9 +17,9 @@ from ..noise_models import (
 )
 from ._calibration import calibration_plot, calibration_stats, fit_calibration
 from ._config import SplitConfig, TrainConfig
-from ._metrics import ms_ssim, split_metrics
+from ._metrics import ms_ssim, seam_metrics, split_metrics
 from ._model import SplitModel
-from ._predict import PredictProgress, SplitResult
+from ._predict import PredictProgress, SplitResult, tile_seams
 from ._train import TrainProgress, calibrate_on, iter_train, train
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "fit_noise_model",
     "iter_train",
     "ms_ssim",
+    "seam_metrics",
     "split_metrics",
+    "tile_seams",
     "train",
 ]

@@ -103,22 +103,23 @@ def fit_calibration(mean, std, target, noise_var=None, num_bins: int = 30) -> di
     Parameters
     ----------
     mean, std, target : array-like
-        (2, ...) MMSE prediction, uncalibrated sample std and target.
+        (C, ...) MMSE prediction, uncalibrated sample std and target, one
+        entry per channel (C = 2 to 4).
     noise_var : array-like, optional
-        (2, ...) noise variance of the target (noisy targets).
+        (C, ...) noise variance of the target (noisy targets).
 
     Returns
     -------
     dict
-        ``{"scalar": [k_a, k_b], "linear": [[a, b], [a, b]],
+        ``{"scalar": [k_a, k_b, ...], "linear": [[a, b], [a, b], ...],
         "stats_before": [...], "stats_after": [...]}`` (stats: see
         :func:`calibration_stats`, after = with the scalar applied).
     """
     mean, std, target = (np.asarray(x) for x in (mean, std, target))
-    if not (mean.shape == std.shape == target.shape) or mean.shape[0] != 2:
-        raise DuetInputError("calibration needs (2, ...) mean, std and target of equal shape")
+    if not (mean.shape == std.shape == target.shape) or mean.ndim < 2:
+        raise DuetInputError("calibration needs (C, ...) mean, std and target of equal shape")
     out = {"scalar": [], "linear": [], "stats_before": [], "stats_after": []}
-    for c in range(2):
+    for c in range(mean.shape[0]):
         nv = None if noise_var is None else np.asarray(noise_var)[c]
         k = fit_scalar_calibration(mean[c], std[c], target[c], nv)
         before = calibration_stats(mean[c], std[c], target[c], noise_var=nv, num_bins=num_bins)
@@ -132,7 +133,7 @@ def fit_calibration(mean, std, target, noise_var=None, num_bins: int = 30) -> di
 
 
 def apply_calibration(std: np.ndarray, calibration: dict | None, mode: str = "scalar"):
-    """Calibrated std (2, ...) from the uncalibrated one; ``mode`` scalar, linear or none."""
+    """Calibrated std (C, ...) from the uncalibrated one; ``mode`` scalar, linear or none."""
     if calibration is None or mode == "none":
         return std
     out = np.empty_like(std)
@@ -148,7 +149,7 @@ def apply_calibration(std: np.ndarray, calibration: dict | None, mode: str = "sc
 
 
 def calibration_plot(stats: list[dict], path: str | os.PathLike,
-                     channel_names: tuple[str, str] = ("A", "B"),
+                     channel_names: tuple[str, ...] = ("A", "B", "C", "D"),
                      title: str = "RMSE vs RMV") -> Path:
     """Plot RMSE against RMV per channel (ideal: the diagonal) to a PNG.
 

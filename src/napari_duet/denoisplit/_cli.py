@@ -16,27 +16,37 @@ def register(subparsers) -> None:
     """Add the ``split`` and ``noise-model`` commands to the ``duet`` parser."""
     split = subparsers.add_parser(
         "split",
-        help="split a superposition of two structures and denoise them (denoiSplit)",
-        description="Train a denoiSplit model on two noisy single-structure acquisitions, "
+        help="split a superposition of 2 to 4 structures and denoise them (denoiSplit)",
+        description="Train a denoiSplit model on 2 to 4 noisy single-structure acquisitions, "
         "or split an image with a trained model.",
     )
     ssub = split.add_subparsers(dest="split_command", metavar="SUBCOMMAND",
                                 parser_class=type(split))
     split.set_defaults(func=lambda args: _usage(split))
 
-    tr = ssub.add_parser("train", help="train a splitting model on channels A and B",
-                         description="Train on two noisy acquisitions A and B (images or "
-                         "stacks); the network input is A + B.")
-    tr.add_argument("--channel-a", required=True, metavar="A.tif",
-                    help="noisy acquisition of the first structure (Y,X) or (N,Y,X)")
-    tr.add_argument("--channel-b", required=True, metavar="B.tif",
-                    help="noisy acquisition of the second structure, same shape as A")
+    tr = ssub.add_parser("train", help="train a splitting model on 2 to 4 channels",
+                         description="Train on noisy acquisitions of 2 to 4 structures "
+                         "(images or stacks, same shape); the network input is their sum. "
+                         "Give --channel once per structure, in order, or --channel-a and "
+                         "--channel-b for two.")
+    tr.add_argument("--channel", action="append", default=None, metavar="FILE",
+                    help="noisy acquisition of one structure (Y,X) or (N,Y,X); repeat 2 to 4 "
+                    "times, in the order of the output channels")
+    tr.add_argument("--channel-a", metavar="A.tif",
+                    help="first of two structures (same as the first --channel)")
+    tr.add_argument("--channel-b", metavar="B.tif",
+                    help="second of two structures, same shape as A")
     tr.add_argument("-o", "--output", required=True, metavar="MODEL",
                     help="model file to write (.duet); a calibration plot (PNG) goes beside it")
+    tr.add_argument("--noise-model", action="append", default=None, metavar="NM",
+                    help="noise model of one channel (from 'duet noise-model fit'), repeated "
+                    "in the order of --channel; bootstrapped from the data when omitted")
     tr.add_argument("--noise-model-a", metavar="NM",
-                    help="noise model of A (from 'duet noise-model fit'); bootstrapped "
-                    "from the data when omitted")
+                    help="noise model of A (with --channel-a/--channel-b)")
     tr.add_argument("--noise-model-b", metavar="NM", help="noise model of B (see above)")
+    tr.add_argument("--lateral-context", type=int, default=None, metavar="M",
+                    help="multiscale count: 1 = off, M = the image plus M-1 coarser context "
+                    "inputs (at most the number of levels; default: the config's)")
     tr.add_argument("--likelihood", choices=("noise_model", "gaussian"), default="noise_model",
                     help="reconstruction likelihood: GMM noise models (denoiSplit, default) "
                     "or Gaussian with predicted variance (no noise models)")
@@ -69,8 +79,9 @@ def register(subparsers) -> None:
     pr.add_argument("image", metavar="IMAGE", help="superposition to split, (Y,X) or (N,Y,X)")
     pr.add_argument("--model", required=True, metavar="MODEL", help="model file (.duet)")
     pr.add_argument("-o", "--output", required=True, metavar="OUTDIR",
-                    help="folder for a.tif, b.tif, std_a.tif, std_b.tif, samples.tif, "
-                    "report.json")
+                    help="folder for mmse.tif and std.tif ((C,Y,X), or (T,C,Y,X) for a "
+                    "stack), samples.tif, report.json; two-channel models also write a.tif, "
+                    "b.tif, std_a.tif, std_b.tif")
     pr.add_argument("--samples", type=int, default=50,
                     help="posterior samples per tile (default 50); samples.tif is written "
                     "when > 1")
@@ -127,27 +138,65 @@ def _load_nm(path):
     return GaussianMixtureNoiseModel.load(path)
 
 
+def _channel_args(args) -> tuple[list[str], list[str] | None]:
+    """The channel files and noise-model files in order, from either option style."""
+    from ._config import MAX_CHANNELS, MIN_CHANNELS
+
+    pair = (args.channel_a, args.channel_b)
+    nm_pair = (args.noise_model_a, args.noise_model_b)
+    if args.channel and any(p is not None for p in pair):
+        raise DuetInputError("give either --channel (repeated) or --channel-a/--channel-b")
+    if args.channel:
+        files = list(args.channel)
+    else:
+        if None in pair:
+            raise DuetInputError("give --channel once per structure (2 to 4), or both "
+                                 "--channel-a and --channel-b")
+        files = list(pair)
+    if not MIN_CHANNELS <= len(files) <= MAX_CHANNELS:
+        raise DuetInputError(f"give {MIN_CHANNELS} to {MAX_CHANNELS} channels, got "
+                             f"{len(files)}")
+    if args.noise_model and any(p is not None for p in nm_pair):
+        raise DuetInputError("give either --noise-model (repeated) or "
+                             "--noise-model-a/--noise-model-b")
+    if any(p is not None for p in nm_pair):
+        if None in nm_pair:
+            raise DuetInputError("give both --noise-model-a and --noise-model-b, or neither")
+        nm_files = list(nm_pair)
+    else:
+        nm_files = list(args.noise_model) if args.noise_model else None
+    if nm_files is not None and len(nm_files) != len(files):
+        raise DuetInputError(f"give one noise model per channel: {len(files)} channels, "
+                             f"{len(nm_files)} noise models")
+    return files, nm_files
+
+
+def _channel_names(files: list[str]) -> tuple[str, ...]:
+    """File stems, made unique (a_1, a_2) when two files share a stem."""
+    stems = [Path(f).stem for f in files]
+    return tuple(f"{s}_{i + 1}" if stems.count(s) > 1 else s for i, s in enumerate(stems))
+
+
 def _train(args) -> int:
     from .._io import read_image
     from ._config import SplitConfig, TrainConfig
     from ._train import iter_train
 
-    if (args.noise_model_a is None) != (args.noise_model_b is None):
-        raise DuetInputError("give both --noise-model-a and --noise-model-b, or neither")
-    a = read_image(args.channel_a)
-    b = read_image(args.channel_b)
-    nms = None
-    if args.noise_model_a is not None:
-        nms = [_load_nm(args.noise_model_a), _load_nm(args.noise_model_b)]
-    cfg = SplitConfig.preset(args.config)
+    files, nm_files = _channel_args(args)
+    channels = [read_image(f) for f in files]
+    nms = None if nm_files is None else [_load_nm(f) for f in nm_files]
+    over = {"n_channels": len(files)}
+    if args.lateral_context is not None:
+        over["multiscale_count"] = args.lateral_context
+    cfg = SplitConfig.preset(args.config, **over)
     tc = TrainConfig(
         epochs=args.epochs, max_minutes=args.max_minutes, patch_size=args.patch_size,
         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
         device=args.device, likelihood=args.likelihood, kl=args.kl,
         calibrate=not args.no_calibration,
     )
-    names = (Path(args.channel_a).stem, Path(args.channel_b).stem)
-    gen = iter_train(a, b, cfg, tc, nms, channel_names=names,
+    names = _channel_names(files)
+    gen = iter_train(channels, cfg, tc, nms, channel_names=names,
                      bootstrap_kwargs={"denoiser": args.denoiser})
     last_epoch = None
     while True:
@@ -196,15 +245,29 @@ def _predict(args) -> int:
                         seed=args.seed)
     seconds = time.perf_counter() - t0
     out = Path(args.output)
-    write_tiff(out / "a.tif", res.mean[0].astype(np.float32))
-    write_tiff(out / "b.tif", res.mean[1].astype(np.float32))
-    write_tiff(out / "std_a.tif", res.std[0].astype(np.float32))
-    write_tiff(out / "std_b.tif", res.std[1].astype(np.float32))
+    stack = res.mean.ndim == 4  # (C, T, Y, X)
+    files = {}
+
+    def put(name, arr, axes=None):
+        kw = {"axes": axes} if axes else {}
+        write_tiff(out / name, np.ascontiguousarray(arr, dtype=np.float32), **kw)
+        files[name] = list(arr.shape)
+
+    # Channels on their own axis: (C, Y, X), or (T, C, Y, X) for a stack of frames.
+    put("mmse.tif", np.moveaxis(res.mean, 0, 1) if stack else res.mean,
+        "TCYX" if stack else "CYX")
+    put("std.tif", np.moveaxis(res.std, 0, 1) if stack else res.std,
+        "TCYX" if stack else "CYX")
+    if model.n_channels == 2:
+        put("a.tif", res.mean[0])
+        put("b.tif", res.mean[1])
+        put("std_a.tif", res.std[0])
+        put("std_b.tif", res.std[1])
     if res.samples is not None and args.samples > 1:
-        # Axes metadata keeps the (N, 2, ...) shape when the file is read back.
-        axes = "ICYX" if res.samples.ndim == 4 else "ICTYX"
-        write_tiff(out / "samples.tif", res.samples.astype(np.float32), axes=axes)
+        # Axes metadata keeps the (N, C, ...) shape when the file is read back.
+        put("samples.tif", res.samples, "ICYX" if res.samples.ndim == 4 else "ICTYX")
     report = res.report()
+    report["files"] = files
     report.update(image=str(args.image), model=str(args.model), seconds=seconds,
                   megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
                   model_metadata=model.metadata())

@@ -9,6 +9,7 @@ from .._errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
 KL_FORMS = ("denoisplit", "musplit")
+MIN_CHANNELS, MAX_CHANNELS = 2, 4
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,13 @@ class SplitConfig:
     predict_logvar : bool
         Output a pixel-wise log-variance per channel (set by the Gaussian
         likelihood; the noise-model likelihood needs none).
+    n_channels : int
+        Structures to split the input into (2 to 4): one output head each.
+    multiscale_count : int
+        Lateral context: 1 (off) or the input plus ``multiscale_count - 1``
+        coarser context inputs, each the same number of pixels as the patch,
+        centred on it, from the image downsampled 2x, 4x, ... (μSplit's
+        lateral contextualisation).  At most ``n_levels``.
     """
 
     n_levels: int = 4
@@ -54,9 +62,12 @@ class SplitConfig:
     var_clip_max: float = 20.0
     logvar_lower_bound: float = -5.0
     predict_logvar: bool = False
+    n_channels: int = 2
+    multiscale_count: int = 1
 
     def __post_init__(self):
-        for name in ("n_levels", "z_dims", "filters", "blocks_per_level"):
+        for name in ("n_levels", "z_dims", "filters", "blocks_per_level", "n_channels",
+                     "multiscale_count"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise DuetInputError(f"SplitConfig.{name} must be a positive integer, got {v!r}")
@@ -64,11 +75,29 @@ class SplitConfig:
             raise DuetInputError("SplitConfig.n_levels must be at most 7")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise DuetInputError(f"SplitConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not MIN_CHANNELS <= self.n_channels <= MAX_CHANNELS:
+            raise DuetInputError(
+                f"SplitConfig.n_channels must be {MIN_CHANNELS} to {MAX_CHANNELS}, "
+                f"got {self.n_channels}")
+        if self.multiscale_count > self.n_levels:
+            raise DuetInputError(
+                f"SplitConfig.multiscale_count ({self.multiscale_count}) must be at most "
+                f"n_levels ({self.n_levels})")
+
+    @property
+    def context_count(self) -> int:
+        """Number of lateral-context inputs (0 when off)."""
+        return self.multiscale_count - 1
 
     @property
     def multiple(self) -> int:
-        """Image sizes the network accepts are multiples of this."""
-        return 2**self.n_levels
+        """Image sizes the network accepts are multiples of this.
+
+        ``2**n_levels``; twice that with lateral context, so that the
+        patch stays on the pixel grid of every level of the context's
+        larger extent.
+        """
+        return 2 ** (self.n_levels + (1 if self.multiscale_count > 1 else 0))
 
     @classmethod
     def default(cls) -> SplitConfig:
@@ -81,12 +110,17 @@ class SplitConfig:
         return cls(n_levels=3, z_dims=16, filters=24, dropout=0.0)
 
     @classmethod
-    def preset(cls, name: str) -> SplitConfig:
+    def preset(cls, name: str, **overrides) -> SplitConfig:
+        """``"small"`` or ``"default"``, with fields such as ``n_channels`` overridden."""
+        from dataclasses import replace
+
         if name == "default":
-            return cls.default()
-        if name == "small":
-            return cls.small()
-        raise DuetInputError(f"unknown network config {name!r}: use small or default")
+            cfg = cls.default()
+        elif name == "small":
+            cfg = cls.small()
+        else:
+            raise DuetInputError(f"unknown network config {name!r}: use small or default")
+        return replace(cfg, **overrides) if overrides else cfg
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

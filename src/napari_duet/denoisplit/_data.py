@@ -28,7 +28,7 @@ def as_frames(image, name: str) -> np.ndarray:
 
 @dataclass
 class SplitData:
-    """Raw training and validation data, channels stacked: (frames, 2, Y, X)."""
+    """Raw training and validation data, channels stacked: (frames, N, Y, X)."""
 
     train: np.ndarray
     val: np.ndarray
@@ -38,24 +38,32 @@ class SplitData:
 
 
 def prepare_data(
-    channel_a, channel_b, *, patch_size: int, val_fraction: float, rng: np.random.Generator
+    *channels, patch_size: int, val_fraction: float, rng: np.random.Generator
 ) -> SplitData:
-    """Check A and B, then hold out validation frames (stacks) or a strip (images)."""
-    a = as_frames(channel_a, "channel A")
-    b = as_frames(channel_b, "channel B")
-    if a.shape != b.shape:
+    """Check the N channels, then hold out validation frames (stacks) or a strip (images)."""
+    from ._config import MAX_CHANNELS, MIN_CHANNELS
+
+    if not MIN_CHANNELS <= len(channels) <= MAX_CHANNELS:
         raise DuetInputError(
-            f"channel A {tuple(np.shape(channel_a))} and channel B "
-            f"{tuple(np.shape(channel_b))} must have the same shape"
-        )
+            f"give {MIN_CHANNELS} to {MAX_CHANNELS} channels (one noisy acquisition per "
+            f"structure), got {len(channels)}")
+    labels = [f"channel {channel_letter(c)}" for c in range(len(channels))]
+    arrs = [as_frames(ch, lab) for ch, lab in zip(channels, labels, strict=True)]
+    a = arrs[0]
+    for ch, arr, lab in zip(channels[1:], arrs[1:], labels[1:], strict=True):
+        if arr.shape != a.shape:
+            raise DuetInputError(
+                f"channel A {tuple(np.shape(channels[0]))} and {lab} "
+                f"{tuple(np.shape(ch))} must have the same shape"
+            )
     n, h, w = a.shape
     if h < patch_size or w < patch_size:
         raise DuetInputError(
             f"images ({h}x{w}) are smaller than the patch size {patch_size}; "
             f"use a patch size of at most {min(h, w)} (a multiple of the network's stride)"
         )
-    given = tuple(np.shape(channel_a))
-    data = np.stack([a, b], axis=1)  # (N, 2, Y, X)
+    given = tuple(np.shape(channels[0]))
+    data = np.stack(arrs, axis=1)  # (frames, N, Y, X)
     if n >= _MIN_FRAMES_FOR_FRAME_SPLIT:
         n_val = max(1, round(val_fraction * n))
         val_idx = np.linspace(0, n - 1, n_val).round().astype(int)
@@ -74,8 +82,13 @@ def prepare_data(
     return SplitData(data, val, True, "region", given)
 
 
+def channel_letter(c: int) -> str:
+    """"A", "B", "C", ... for channel index ``c``."""
+    return chr(ord("A") + c)
+
+
 def fit_normalizers(train: np.ndarray) -> tuple[Normalizer, list[Normalizer]]:
-    """Mean/std of the input (A + B) and of each channel, from the training data."""
+    """Mean/std of the input (the sum of the channels) and of each channel."""
     def meanstd(x):
         sd = float(x.std())
         return Normalizer(offset=float(x.mean()), scale=sd if sd > 1e-12 else 1.0)
@@ -88,35 +101,115 @@ def default_steps_per_epoch(train: np.ndarray, patch_size: int, batch_size: int)
     return int(np.clip(math.ceil(4 * pixels / (patch_size**2 * batch_size)), 10, 500))
 
 
+def _reflect_index(idx, n: int):
+    """Mirror indices into 0..n-1 (numpy "reflect" padding, any overhang)."""
+    import torch
+
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    j = idx.remainder(period)
+    return torch.where(j < n, j, period - j)
+
+
+def context_inputs(frames, f, y0, x0, hw: tuple[int, int], count: int):
+    """Lateral-context inputs of patches: (B, count, h, w).
+
+    Input k (1..count) covers 2^k times the patch's extent, centred on the
+    patch, averaged over 2^k x 2^k blocks, so it has the patch's pixel count.
+    Pixels outside the frame are mirrored.
+
+    Parameters
+    ----------
+    frames : torch.Tensor
+        (F, Y, X) normalised input frames.
+    f, y0, x0 : torch.Tensor
+        (B,) frame index and top-left corner of each patch.
+    hw : (int, int)
+        Patch size (multiples of ``2**(count + 1)``).
+    count : int
+        Number of context inputs.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    h, w = hw
+    _, ny, nx = frames.shape
+    out = []
+    for k in range(1, count + 1):
+        s = 2**k
+        ay = torch.arange(s * h, device=frames.device)
+        ax = torch.arange(s * w, device=frames.device)
+        ry = _reflect_index(y0[:, None] + (h // 2 - s * h // 2) + ay, ny)
+        rx = _reflect_index(x0[:, None] + (w // 2 - s * w // 2) + ax, nx)
+        region = frames[f[:, None, None], ry[:, :, None], rx[:, None, :]]
+        out.append(F.avg_pool2d(region[:, None], s))
+    return torch.cat(out, dim=1)
+
+
 class PatchSampler:
     """Random patches with flips and transposes, gathered on the device in one op.
 
-    Holds the raw (frames, 2, Y, X) data as a tensor and normalises patches
+    Holds the raw (frames, N, Y, X) data as a tensor and normalises patches
     as they are drawn, so no per-patch Python work or host sync is needed.
+    With ``context > 0`` the input also carries that many lateral-context
+    channels (see :func:`context_inputs`), flipped with the patch.
     """
 
     def __init__(self, data: np.ndarray, input_norm, target_norms, *, patch_size: int,
-                 device, seed: int, augment: bool):
+                 device, seed: int, augment: bool, context: int = 0):
         import torch
 
         self.torch = torch
         self.data = torch.as_tensor(data, device=device)
+        self.n = self.data.shape[1]
         self.p = patch_size
         self.augment = augment
         self.device = device
+        self.context = int(context)
         self.gen = torch.Generator(device=device).manual_seed(int(seed))
         self.in_off = float(input_norm.offset)
         self.in_scale = float(input_norm.scale)
-        self.t_off = torch.tensor([n.offset for n in target_norms], device=device).view(1, 2, 1, 1)
-        self.t_scale = torch.tensor([n.scale for n in target_norms], device=device).view(
-            1, 2, 1, 1
+        n = self.n
+        self.t_off = torch.tensor([q.offset for q in target_norms], device=device).view(1, n, 1, 1)
+        self.t_scale = torch.tensor([q.scale for q in target_norms], device=device).view(
+            1, n, 1, 1
         )
         self.ar = torch.arange(patch_size, device=device)
+        self.inputs = None
+        if self.context:
+            self.inputs = (self.data.sum(dim=1) - self.in_off) / self.in_scale  # (F, Y, X)
 
     def normalise(self, raw):
-        """(B, 2, P, P) raw channels -> (input (B, 1, P, P), target (B, 2, P, P))."""
+        """(B, N, P, P) raw channels -> (input (B, 1, P, P), target (B, N, P, P))."""
         inp = (raw.sum(dim=1, keepdim=True) - self.in_off) / self.in_scale
         tgt = (raw - self.t_off) / self.t_scale
+        return inp, tgt
+
+    def _gather(self, f, y0, x0, flips=None):
+        torch, p = self.torch, self.p
+        batch = f.shape[0]
+        ry = self.ar.expand(batch, p)
+        rx = ry
+        if flips is not None:
+            fy, fx, _ = flips
+            ry = torch.where(fy[:, None], p - 1 - self.ar, self.ar)
+            rx = torch.where(fx[:, None], p - 1 - self.ar, self.ar)
+        iy = (y0[:, None] + ry)[:, :, None]
+        ix = (x0[:, None] + rx)[:, None, :]
+        raw = self.data[f[:, None, None], :, iy, ix].permute(0, 3, 1, 2)  # (B, N, P, P)
+        if flips is not None:
+            # Flips plus an optional transpose give all 8 rotations/reflections.
+            raw = torch.where(flips[2][:, None, None, None], raw.transpose(-1, -2), raw)
+        inp, tgt = self.normalise(raw)
+        if self.context:
+            ctx = context_inputs(self.inputs, f, y0, x0, (p, p), self.context)
+            if flips is not None:
+                fy, fx, tr = (m[:, None, None, None] for m in flips)
+                ctx = torch.where(fy, ctx.flip(-2), ctx)
+                ctx = torch.where(fx, ctx.flip(-1), ctx)
+                ctx = torch.where(tr, ctx.transpose(-1, -2), ctx)
+            inp = torch.cat([inp, ctx], dim=1)
         return inp, tgt
 
     def sample(self, batch: int):
@@ -126,29 +219,30 @@ class PatchSampler:
         f = torch.randint(0, n, (batch,), generator=g, device=dev)
         y0 = torch.randint(0, h - p + 1, (batch,), generator=g, device=dev)
         x0 = torch.randint(0, w - p + 1, (batch,), generator=g, device=dev)
-        ry = self.ar.expand(batch, p)
-        rx = ry
+        flips = None
         if self.augment:
-            fy, fx, tr = (torch.rand((3, batch), generator=g, device=dev) < 0.5).unbind(0)
-            ry = torch.where(fy[:, None], p - 1 - self.ar, self.ar)
-            rx = torch.where(fx[:, None], p - 1 - self.ar, self.ar)
-        iy = (y0[:, None] + ry)[:, :, None]
-        ix = (x0[:, None] + rx)[:, None, :]
-        raw = self.data[f[:, None, None], :, iy, ix].permute(0, 3, 1, 2)  # (B, 2, P, P)
-        if self.augment:
-            # Flips plus an optional transpose give all 8 rotations/reflections.
-            raw = torch.where(tr[:, None, None, None], raw.transpose(-1, -2), raw)
-        return self.normalise(raw)
+            flips = (torch.rand((3, batch), generator=g, device=dev) < 0.5).unbind(0)
+        return self._gather(f, y0, x0, flips)
+
+    def patches_at(self, positions: np.ndarray):
+        """Unaugmented patches at ``positions`` (rows of frame, y0, x0)."""
+        pos = self.torch.as_tensor(np.asarray(positions), device=self.device).long()
+        return self._gather(pos[:, 0], pos[:, 1], pos[:, 2])
+
+
+def validation_positions(val: np.ndarray, patch_size: int) -> np.ndarray:
+    """(frame, y0, x0) of non-overlapping validation patches, at most 64, evenly chosen."""
+    n, _, h, w = val.shape
+    pos = [(i, y, x) for i in range(n) for y in range(0, h - patch_size + 1, patch_size)
+           for x in range(0, w - patch_size + 1, patch_size)]
+    if len(pos) > _MAX_VAL_PATCHES:
+        keep = np.linspace(0, len(pos) - 1, _MAX_VAL_PATCHES).round().astype(int)
+        pos = [pos[i] for i in keep]
+    return np.asarray(pos, dtype=np.int64)
 
 
 def validation_patches(val: np.ndarray, patch_size: int) -> np.ndarray:
-    """Non-overlapping patches of the validation data, at most 64, evenly chosen."""
-    n, _, h, w = val.shape
-    ys = list(range(0, h - patch_size + 1, patch_size))
-    xs = list(range(0, w - patch_size + 1, patch_size))
-    patches = [val[i, :, y : y + patch_size, x : x + patch_size]
-               for i in range(n) for y in ys for x in xs]
-    if len(patches) > _MAX_VAL_PATCHES:
-        keep = np.linspace(0, len(patches) - 1, _MAX_VAL_PATCHES).round().astype(int)
-        patches = [patches[i] for i in keep]
-    return np.stack(patches)
+    """The raw (P, N, patch, patch) patches at :func:`validation_positions`."""
+    p = patch_size
+    return np.stack([val[i, :, y : y + p, x : x + p]
+                     for i, y, x in validation_positions(val, p)])

@@ -53,10 +53,10 @@ def noise_model_nll(
 ) -> torch.Tensor:
     """Mean −log p(target | pred) under each channel's GMM noise model.
 
-    ``pred`` and ``target`` are (B, 2, H, W) in normalised target space;
+    ``pred`` and ``target`` are (B, N, H, W) in normalised target space;
     they are taken back to the noise models' raw intensities first (the
     Jacobian only shifts the loss by a constant).  ``target_mean`` and
-    ``target_std`` are (2,) tensors.
+    ``target_std`` are (N,) tensors.  Channels weigh equally.
     """
     mu = target_mean.view(1, -1, 1, 1)
     sd = target_std.view(1, -1, 1, 1)
@@ -71,7 +71,7 @@ def noise_model_nll(
 def gaussian_nll(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean Gaussian −log-likelihood with predicted pixel log-variance.
 
-    ``pred`` is (B, 4, H, W): two means then two log-variances.
+    ``pred`` is (B, 2N, H, W): N means then N log-variances.
     """
     mean, logvar = pred.float().chunk(2, dim=1)
     target = target.float()
@@ -94,7 +94,8 @@ def split_loss(
 ) -> dict[str, torch.Tensor]:
     """Total loss and its parts (tensors; read them out only now and then)."""
     if likelihood == "noise_model":
-        recons = noise_model_nll(pred[:, :2], target, noise_models, target_mean, target_std)
+        n = target.shape[1]
+        recons = noise_model_nll(pred[:, :n], target, noise_models, target_mean, target_std)
     else:
         recons = gaussian_nll(pred, target)
     if kls is None:

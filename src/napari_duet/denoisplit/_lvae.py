@@ -1,11 +1,22 @@
-"""The ladder VAE that splits one image into two (denoiSplit's network).
+"""The ladder VAE that splits one image into N structures (denoiSplit's network).
 
 Bottom-up, each level halves the resolution and stores its features; top-down,
 each level infers a latent z from the merged bottom-up features and the
 level above (q), samples it, and compares q with the prior p of the level
 above (the top level's prior is learnable).  The last top-down features give
-the two output channels (and, for a Gaussian likelihood, their pixel
+the N output channels (and, for a Gaussian likelihood, their pixel
 log-variances).
+
+Lateral context (``multiscale_count > 1``): context input k (k = 1, 2, ...)
+has as many pixels as the patch, centred on it, at 2^k times its pixel size,
+so it sees 2^k times the patch's field of view.  Each goes through its own
+small branch and is merged into the bottom-up path at the level of the same
+pixel size: the primary features are zero-padded to the context's extent and
+merged, and the bottom-up path keeps that larger extent from then on, so its
+deeper levels see what lies outside the patch.  Each level's features are
+cropped back to the patch's own extent before the top-down path, so latents,
+KL and the top prior are those of the plain network (the KL is computed over
+the patch only).
 
 This module imports torch at import time; the package imports it lazily.
 """
@@ -150,13 +161,40 @@ class TopDownLevel(nn.Module):
         return self.up(out), kl
 
 
+class ContextBranch(nn.Module):
+    """Conv5x5, ELU and residual blocks on one lateral-context input."""
+
+    def __init__(self, cfg: SplitConfig):
+        super().__init__()
+        c = cfg.filters
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 5, padding=2),
+            nn.ELU(),
+            *[ResidualBlock(c, cfg.dropout, cfg.batchnorm) for _ in range(cfg.blocks_per_level)],
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _pad_centre(x: torch.Tensor, hw) -> torch.Tensor:
+    """Zero-pad ``x`` symmetrically to spatial size ``hw``."""
+    dy, dx = hw[0] - x.shape[-2], hw[1] - x.shape[-1]
+    return F.pad(x, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2))
+
+
+def _crop_centre(x: torch.Tensor, hw) -> torch.Tensor:
+    y0, x0 = (x.shape[-2] - hw[0]) // 2, (x.shape[-1] - hw[1]) // 2
+    return x[..., y0 : y0 + hw[0], x0 : x0 + hw[1]]
+
+
 def _fit_prior(p: torch.Tensor, hw) -> torch.Tensor:
     reps = (math.ceil(hw[0] / p.shape[-2]), math.ceil(hw[1] / p.shape[-1]))
     return p.repeat(1, 1, *reps)[..., : hw[0], : hw[1]]
 
 
 class LadderVAE(nn.Module):
-    """Hierarchical VAE with two output channels.
+    """Hierarchical VAE with ``cfg.n_channels`` output channels.
 
     Parameters
     ----------
@@ -170,7 +208,7 @@ class LadderVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         c = cfg.filters
-        top = patch_size // cfg.multiple
+        top = patch_size // 2**cfg.n_levels
         if top < 1 or patch_size % cfg.multiple:
             raise ValueError(f"patch size {patch_size} must be a multiple of {cfg.multiple}")
         self.first = nn.Sequential(
@@ -188,17 +226,32 @@ class LadderVAE(nn.Module):
             ]
         )
         self.final = ResidualBlock(c, cfg.dropout, cfg.batchnorm)
-        self.out_channels = 4 if cfg.predict_logvar else 2
+        n = cfg.n_channels
+        self.n_channels = n
+        self.out_channels = 2 * n if cfg.predict_logvar else n
         self.output = nn.Conv2d(c, self.out_channels, 3, padding=1)
+        if cfg.context_count:
+            # Only built with lateral context, so plain models keep their state-dict keys.
+            self.context = nn.ModuleList([ContextBranch(cfg) for _ in range(cfg.context_count)])
+            self.context_merge = nn.ModuleList(
+                [MergeLayer(c, cfg) for _ in range(cfg.context_count)])
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: the image plus its lateral-context inputs."""
+        return self.cfg.multiscale_count
 
     def forward(self, x: torch.Tensor, *, compute_kl: bool = True, sample: bool = True):
-        """Split ``x`` (B, 1, H, W), H and W multiples of ``2**n_levels``.
+        """Split ``x`` (B, M, H, W), H and W multiples of ``cfg.multiple``.
+
+        Channel 0 is the image; channels 1..M-1 are the lateral-context
+        inputs (M = ``multiscale_count``, see :func:`._data.context_inputs`).
 
         Returns
         -------
         out : torch.Tensor
-            (B, 2, H, W) channel predictions, or (B, 4, H, W) with the
-            log-variances in channels 2-3 when ``predict_logvar``.
+            (B, N, H, W) channel predictions, or (B, 2N, H, W) with the
+            log-variances in channels N..2N-1 when ``predict_logvar``.
         kl : list of torch.Tensor or None
             Per-level (B,) KL, summed over each level's latent elements,
             ordered bottom (finest) to top.
@@ -206,11 +259,19 @@ class LadderVAE(nn.Module):
         m = self.cfg.multiple
         if x.shape[-1] % m or x.shape[-2] % m:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {m}")
-        h = self.first(x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the network takes {self.in_channels} input channel(s) "
+                             f"(image + lateral context), got {x.shape[1]}")
+        hw = x.shape[-2:]
+        n_ctx = self.cfg.context_count
+        h = self.first(x[:, :1])
         bu = []
-        for level in self.bottom_up:
+        for i, level in enumerate(self.bottom_up):
             h = level(h)
-            bu.append(h)
+            if i < n_ctx:
+                g = self.context[i](x[:, i + 1 : i + 2])
+                h = self.context_merge[i](_pad_centre(h, g.shape[-2:]), g)
+            bu.append(_crop_centre(h, (hw[0] >> (i + 1), hw[1] >> (i + 1))) if n_ctx else h)
         above = None
         kls: list[torch.Tensor] = []
         for i in reversed(range(self.cfg.n_levels)):

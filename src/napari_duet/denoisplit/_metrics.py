@@ -65,20 +65,28 @@ def ms_ssim(pred: np.ndarray, ref: np.ndarray, data_range: float | None = None,
     return float(np.prod(vals**w))
 
 
-def split_metrics(pred, clean, names: tuple[str, str] = ("A", "B")) -> dict[str, dict]:
+def split_metrics(pred, clean, names: tuple[str, ...] | None = None) -> dict[str, dict]:
     """Per channel: range-invariant PSNR, SSIM and MS-SSIM (frames averaged).
 
     Parameters
     ----------
     pred, clean : array-like
-        (2, Y, X) or (2, F, Y, X) prediction and clean reference.
+        (C, Y, X) or (C, F, Y, X) prediction and clean reference.
+    names : sequence of str, optional
+        One per channel (default A, B, C, ...).
     """
     from skimage.metrics import structural_similarity
 
     pred = np.asarray(pred, np.float64)
     clean = np.asarray(clean, np.float64)
-    if pred.shape != clean.shape or pred.shape[0] != 2:
-        raise ValueError(f"need (2, ...) arrays of the same shape, got {pred.shape}, "
+    if names is None:
+        from ._data import channel_letter
+
+        names = tuple(channel_letter(c) for c in range(pred.shape[0]))
+    if (pred.shape != clean.shape or pred.ndim not in (3, 4) or pred.shape[0] != len(names)
+            or pred.shape[0] < 2):
+        raise ValueError(f"need (C, ...) arrays of the same shape, C = {len(names)}, got "
+                         f"{pred.shape}, "
                          f"{clean.shape}")
     out = {}
     for c, name in enumerate(names):
@@ -93,4 +101,75 @@ def split_metrics(pred, clean, names: tuple[str, str] = ("A", "B")) -> dict[str,
                          ms_ssim(x, r, data_range=rng)))
         psnr, ssim, msssim = np.mean(rows, axis=0)
         out[name] = {"ri_psnr": float(psnr), "ri_ssim": float(ssim), "ri_ms_ssim": float(msssim)}
+    return out
+
+
+def seam_metrics(pred, reference, seams_y, seams_x, *, width: int = 2) -> dict[str, float]:
+    """Tiling artefacts: the error at tile seams against the error inside tiles.
+
+    The prediction is first fitted to the reference by least squares (gain
+    and offset), as the range-invariant metrics do.  Then, with e the error:
+
+    * ``rmse_seam`` / ``rmse_interior``: RMS of e within ``width`` pixels of a
+      seam, and elsewhere;
+    * ``jump_seam`` / ``jump_interior``: mean |step of e| between neighbouring
+      rows (columns) across a seam, and between all other neighbouring rows
+      (columns) at least ``width`` pixels from a seam.  A visible seam is a
+      step in the error; ``jump_ratio`` = seam / interior is 1 without one.
+
+    Parameters
+    ----------
+    pred, reference : array-like
+        (Y, X) images (or (C, Y, X): channels are pooled).
+    seams_y, seams_x : sequence of int
+        Seam rows and columns (the first row/column of the next tile), e.g.
+        from :func:`._predict.tile_seams`.
+    """
+    p = np.asarray(pred, np.float64)
+    r = np.asarray(reference, np.float64)
+    if p.shape != r.shape:
+        raise ValueError(f"pred {p.shape} and reference {r.shape} differ in shape")
+    if p.ndim == 2:
+        p, r = p[None], r[None]
+    errs = []
+    for pc, rc in zip(p, r, strict=True):
+        x = np.stack([pc.ravel(), np.ones(pc.size)], 1)
+        coef, *_ = np.linalg.lstsq(x, rc.ravel(), rcond=None)
+        errs.append((x @ coef).reshape(pc.shape) - rc)
+    e = np.stack(errs)  # (C, Y, X)
+    h, w = e.shape[-2:]
+    near_y = np.zeros(h, bool)
+    near_x = np.zeros(w, bool)
+    for s in seams_y:
+        near_y[max(0, s - width) : s + width] = True
+    for s in seams_x:
+        near_x[max(0, s - width) : s + width] = True
+    band = near_y[:, None] | near_x[None, :]
+    band = np.broadcast_to(band, e.shape)
+    # Steps between row y-1 and y (index y-1 of the diff), and likewise for columns.
+    dy = np.abs(np.diff(e, axis=-2))
+    dx = np.abs(np.diff(e, axis=-1))
+    seam_rows = np.zeros(h - 1, bool)
+    seam_cols = np.zeros(w - 1, bool)
+    for s in seams_y:
+        seam_rows[s - 1] = True
+    for s in seams_x:
+        seam_cols[s - 1] = True
+    seam_steps = np.concatenate([dy[..., seam_rows, :].ravel(), dx[..., seam_cols].ravel()])
+    inner_steps = np.concatenate([dy[..., ~near_y[1:] & ~near_y[:-1], :].ravel(),
+                                  dx[..., ~near_x[1:] & ~near_x[:-1]].ravel()])
+
+    def rms(a):
+        return float(np.sqrt(np.mean(a**2))) if a.size else float("nan")
+
+    def mean(a):
+        return float(np.mean(a)) if a.size else float("nan")
+
+    out = {
+        "rmse_seam": rms(e[band]), "rmse_interior": rms(e[~band]),
+        "jump_seam": mean(seam_steps), "jump_interior": mean(inner_steps),
+        "n_seams": len(seams_y) + len(seams_x),
+    }
+    out["rmse_ratio"] = out["rmse_seam"] / max(out["rmse_interior"], 1e-12)
+    out["jump_ratio"] = out["jump_seam"] / max(out["jump_interior"], 1e-12)
     return out

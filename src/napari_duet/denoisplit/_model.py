@@ -20,7 +20,17 @@ from ._data import as_frames
 from ._predict import PredictProgress, SplitResult, tiled_sampling
 
 KIND = "denoisplit"
-_NM_PREFIX = ("noise_model_a.", "noise_model_b.")
+
+
+def _nm_prefix(c: int) -> str:
+    """Tensor-name prefix of channel c's noise model: noise_model_a., _b., _c., _d."""
+    return f"noise_model_{chr(ord('a') + c)}."
+
+
+def default_channel_names(n: int) -> tuple[str, ...]:
+    from ._data import channel_letter
+
+    return tuple(channel_letter(c) for c in range(n))
 
 
 def _pass_budget(filters: int, device) -> tuple[float, int]:
@@ -87,7 +97,7 @@ class SplitModel:
         target_norms: list[Normalizer],
         noise_models: list[GaussianMixtureNoiseModel] | None = None,
         calibration: dict | None = None,
-        channel_names: tuple[str, str] = ("A", "B"),
+        channel_names: tuple[str, ...] | None = None,
         training: dict[str, Any] | None = None,
     ):
         self.net = net
@@ -97,8 +107,22 @@ class SplitModel:
         self.target_norms = list(target_norms)
         self.noise_models = noise_models
         self.calibration = calibration
-        self.channel_names = tuple(channel_names)
+        n = config.n_channels
+        names = tuple(channel_names) if channel_names else default_channel_names(n)
+        if len(names) != n or len(target_norms) != n:
+            raise DuetInputError(
+                f"a {n}-channel model needs {n} channel names and target normalisers, got "
+                f"{len(names)} and {len(target_norms)}")
+        if noise_models is not None and len(noise_models) != n:
+            raise DuetInputError(f"a {n}-channel model needs {n} noise models, "
+                                 f"got {len(noise_models)}")
+        self.channel_names = names
         self.training = dict(training or {})
+
+    @property
+    def n_channels(self) -> int:
+        """Number of structures the model splits an image into."""
+        return self.config.n_channels
 
     @property
     def device(self):
@@ -109,7 +133,9 @@ class SplitModel:
         """Channel names, training data size, noise models and calibration present."""
         return {
             "kind": KIND,
+            "n_channels": self.n_channels,
             "channel_names": list(self.channel_names),
+            "lateral_context": self.config.context_count,
             "config": self.config.to_dict(),
             "patch_size": self.patch_size,
             "training_data_shape": self.training.get("data_shape"),
@@ -132,8 +158,8 @@ class SplitModel:
         nm_cfg = None
         if self.noise_models is not None:
             nm_cfg = []
-            for nm, prefix in zip(self.noise_models, _NM_PREFIX, strict=True):
-                cfg, tens = nm.to_file_parts(prefix)
+            for c, nm in enumerate(self.noise_models):
+                cfg, tens = nm.to_file_parts(_nm_prefix(c))
                 nm_cfg.append(cfg)
                 tensors.update(tens)
         extra = {
@@ -164,10 +190,16 @@ class SplitModel:
             state = {k[4:]: v for k, v in mf.tensors.items() if k.startswith("net.")}
             net.load_state_dict(state, strict=True)
             nms = None
+            # Files written before N-channel support hold two channels, no n_channels
+            # field (SplitConfig defaults to 2) and noise models a and b.
             if ex.get("noise_models"):
+                if len(ex["noise_models"]) != cfg.n_channels:
+                    raise ValueError(f"{len(ex['noise_models'])} noise models for "
+                                     f"{cfg.n_channels} channels")
                 nms = [
-                    GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, p, name=name)
-                    for c, p in zip(ex["noise_models"], _NM_PREFIX, strict=True)
+                    GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, _nm_prefix(i),
+                                                              name=name)
+                    for i, c in enumerate(ex["noise_models"])
                 ]
             model = cls(
                 net,
@@ -177,7 +209,8 @@ class SplitModel:
                 target_norms=[Normalizer.from_dict(d) for d in ex["target_normalizers"]],
                 noise_models=nms,
                 calibration=ex.get("calibration"),
-                channel_names=tuple(ex.get("channel_names", ("A", "B"))),
+                channel_names=tuple(ex.get("channel_names") or
+                                    default_channel_names(cfg.n_channels)),
                 training=ex.get("training", {}),
             )
         except ModelFileError:
@@ -218,8 +251,8 @@ class SplitModel:
         Parameters
         ----------
         image : array-like
-            The superposition (sum) of the two structures, same scale as A + B
-            in training.
+            The superposition (sum) of the structures, same scale as the sum
+            of the training channels.
         samples : int
             Posterior samples per tile (MMSE = their mean, std = their spread).
         tile : int, optional
@@ -235,7 +268,7 @@ class SplitModel:
             Default: about 1 GB of activations on a CPU, up to half the free
             memory on a GPU (see :func:`default_batch_size`).
         return_samples : bool
-            Also return the (N, 2, ...) samples.
+            Also return the (N, C, ...) samples.
         calibration : {"scalar", "linear", "none"}
             Which stored calibration to apply to the std.
         deterministic : bool
@@ -292,6 +325,7 @@ class SplitModel:
                 net_fn, x, samples=n_pass, tile=tile, overlap=overlap, multiple=m,
                 batch_size=batch_size, device=dev, out_channels=net.out_channels,
                 return_samples=return_samples and not deterministic,
+                context=self.config.context_count,
             )
             while True:
                 try:
@@ -316,19 +350,20 @@ class SplitModel:
         import torch
 
         tn = self.target_norms
-        mean = np.stack([tn[c].inverse(raw["mean"][c]) for c in range(2)])
-        std = np.stack([tn[c].inverse_scale(raw["std"][c]) for c in range(2)])
+        n = self.n_channels
+        mean = np.stack([tn[c].inverse(raw["mean"][c]) for c in range(n)])
+        std = np.stack([tn[c].inverse_scale(raw["std"][c]) for c in range(n)])
         smp = None
         if raw["samples"] is not None:
-            smp = np.stack([tn[c].inverse(raw["samples"][:, c]) for c in range(2)], axis=1)
+            smp = np.stack([tn[c].inverse(raw["samples"][:, c]) for c in range(n)], axis=1)
         if self.config.predict_logvar:
             # Mean predicted log-variance is the aleatoric noise of each channel.
             noise_std = np.stack(
-                [tn[c].inverse_scale(np.exp(0.5 * raw["mean"][2 + c])) for c in range(2)]
+                [tn[c].inverse_scale(np.exp(0.5 * raw["mean"][n + c])) for c in range(n)]
             )
         elif self.noise_models:
             with torch.no_grad():
-                noise_std = np.stack([self.noise_models[c].std(mean[c]) for c in range(2)])
+                noise_std = np.stack([self.noise_models[c].std(mean[c]) for c in range(n)])
         else:
             noise_std = None
         calibrated = self.calibration is not None and calibration != "none"

@@ -34,14 +34,14 @@ class SplitResult:
     Attributes
     ----------
     mean : numpy.ndarray
-        (2, ...) MMSE estimate of each channel, float32.
+        (C, ...) MMSE estimate of each of the C channels, float32.
     std : numpy.ndarray
-        (2, ...) per-pixel std of the posterior samples, calibrated when the
+        (C, ...) per-pixel std of the posterior samples, calibrated when the
         model has a calibration (see ``calibrated``).
     samples : numpy.ndarray or None
-        (N, 2, ...) posterior samples when requested.
+        (N, C, ...) posterior samples when requested.
     noise_std : numpy.ndarray or None
-        (2, ...) expected noise std of a noisy acquisition of each channel
+        (C, ...) expected noise std of a noisy acquisition of each channel
         (noise models at the MMSE, or the Gaussian likelihood's variance).
     calibrated : bool
         Whether ``std`` has the model's calibration applied.
@@ -56,11 +56,20 @@ class SplitResult:
     calibrated: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def channel_names(self) -> list[str]:
+        """One name per channel (from the model; A, B, C, ... by default)."""
+        from ._data import channel_letter
+
+        names = list(self.info.get("channel_names") or [])
+        n = self.mean.shape[0]
+        return names[:n] + [channel_letter(c) for c in range(len(names), n)]
+
     def report(self) -> dict[str, Any]:
         """JSON-ready summary (shapes, settings, per-channel statistics)."""
-        chans = self.info.get("channel_names", ["A", "B"])
+        chans = self.channel_names
         per_channel = {}
-        for c, name in enumerate(chans[:2]):
+        for c, name in enumerate(chans):
             per_channel[name] = {
                 "mean_intensity": float(self.mean[c].mean()),
                 "mean_std": float(self.std[c].mean()),
@@ -70,6 +79,8 @@ class SplitResult:
                 per_channel[name]["mean_noise_std"] = float(self.noise_std[c].mean())
         return {
             "shape": list(self.mean.shape[1:]),
+            "n_channels": len(chans),
+            "channel_names": list(chans),
             "samples": int(self.info.get("samples", 0)),
             "std_calibrated": bool(self.calibrated),
             "channels": per_channel,
@@ -89,10 +100,13 @@ def tiled_sampling(
     device,
     out_channels: int,
     return_samples: bool,
+    context: int = 0,
 ) -> Generator[tuple[int, int], None, dict]:
     """Run ``net_fn`` over (F, Y, X) normalised frames tile by tile, N samples each.
 
-    ``net_fn`` maps a (b, 1, T, T) tensor to (b, out_channels, T, T).
+    ``net_fn`` maps a (b, 1 + context, T, T) tensor to (b, out_channels, T, T);
+    with ``context`` > 0, channels 1.. are each tile's lateral-context inputs
+    (:func:`._data.context_inputs`, taken from the whole frame).
     Yields ``(tiles done, tiles total)``; returns a dict of numpy arrays in
     normalised units: ``mean`` and ``std`` (C, F, Y, X) (C = out_channels;
     std from N samples, unbiased; zero for N = 1) and ``samples``
@@ -117,18 +131,40 @@ def tiled_sampling(
         # Work items: (tile index, sample index), tile-major so tiles finish in order.
         items = [(t, k) for t in range(len(tiles)) for k in range(samples)]
         pending: dict[int, list] = {}
+        # Each tile's input is built once, reused by its samples, dropped when it is done.
+        tile_inputs: dict[int, torch.Tensor] = {}
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            inp = torch.stack([frame_t[tiles[t].read] for t, _ in chunk])[:, None]
+            for t, _ in chunk:
+                if t not in tile_inputs:
+                    tile_inputs[t] = _tile_input(frame_t, tiles[t], context)
+            inp = torch.stack([tile_inputs[t] for t, _ in chunk])
             out = net_fn(inp).float()
             for j, (t, _) in enumerate(chunk):
                 pending.setdefault(t, []).append(out[j])
             for t in [t for t, outs in pending.items() if len(outs) == samples]:
                 outs = torch.stack(pending.pop(t))  # (N, C, T, T)
+                tile_inputs.pop(t, None)
                 _write_tile(tiles[t], outs, crop, f, mean, std, smp)
                 done += 1
             yield done, total
     return {"mean": mean, "std": std, "samples": smp}
+
+
+def _tile_input(frame_t, tile, context: int):
+    """(1 + context, T, T) network input of one tile: the tile and its lateral context."""
+    import torch
+
+    from ._data import context_inputs
+
+    x = frame_t[tile.read][None]
+    if context:
+        ry, rx = tile.read
+        pos = torch.tensor([0, ry.start, rx.start], device=frame_t.device)
+        ctx = context_inputs(frame_t[None], pos[:1], pos[1:2], pos[2:], tuple(x.shape[-2:]),
+                             context)[0]
+        x = torch.cat([x, ctx], dim=0)
+    return x
 
 
 def _write_tile(tile, outs, crop, f, mean, std, smp):
@@ -159,3 +195,23 @@ def _write_tile(tile, outs, crop, f, mean, std, smp):
 
 def elapsed_since(t0: float) -> float:
     return time.perf_counter() - t0
+
+
+def tile_seams(shape: tuple[int, int], tile: int, overlap: int,
+               multiple: int) -> tuple[list[int], list[int]]:
+    """Rows and columns where the kept parts of neighbouring tiles meet.
+
+    For an image of ``shape`` predicted with ``tile`` / ``overlap`` by a
+    network taking multiples of ``multiple`` (as :meth:`SplitModel.predict`
+    does: pad to the multiple, tile, crop): each seam is the first row (or
+    column) written by the next tile, in image coordinates.
+    """
+    from ..tiling import _axis_tiles
+
+    seams = []
+    for n in shape:
+        padded = -(-int(n) // multiple) * multiple
+        before = (padded - n) // 2
+        starts = [w.start for _, _, w in _axis_tiles(padded, tile, overlap)][1:]
+        seams.append([s - before for s in starts if 0 < s - before < n])
+    return seams[0], seams[1]

@@ -13,13 +13,13 @@ import numpy as np
 from .._errors import DuetInputError
 from .._progress import run_to_end
 from ..noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
-from ._config import SplitConfig, TrainConfig
+from ._config import MAX_CHANNELS, MIN_CHANNELS, SplitConfig, TrainConfig
 from ._data import (
     PatchSampler,
     default_steps_per_epoch,
     fit_normalizers,
     prepare_data,
-    validation_patches,
+    validation_positions,
 )
 from ._model import SplitModel
 
@@ -109,34 +109,54 @@ def make_train_step(net, opt, sampler: PatchSampler, *, batch_size: int, loss_kw
     return step
 
 
+def _channels_and_rest(args) -> tuple[list, tuple]:
+    """Split positional arguments into the channels and (config, train_config, noise_models).
+
+    New form: ``(channels_list, config, train_config, noise_models)``; the
+    older ``(channel_a, channel_b, config, ...)`` form still works: leading
+    arrays up to the first config (or None) are the channels.
+    """
+    if not args:
+        raise DuetInputError("give the noisy acquisitions of 2 to 4 structures")
+    if isinstance(args[0], list | tuple):
+        return list(args[0]), tuple(args[1:])
+    n = 0
+    while n < len(args) and args[n] is not None and not isinstance(
+            args[n], SplitConfig | TrainConfig):
+        n += 1
+    return list(args[:n]), tuple(args[n:])
+
+
 def iter_train(
-    channel_a,
-    channel_b,
+    *args,
     config: SplitConfig | None = None,
     train_config: TrainConfig | None = None,
     noise_models: Sequence[GaussianMixtureNoiseModel] | None = None,
-    *,
-    channel_names: tuple[str, str] = ("A", "B"),
+    channel_names: Sequence[str] | None = None,
     bootstrap_kwargs: dict | None = None,
 ) -> Generator[TrainProgress, None, SplitModel]:
-    """Train a splitting model on two noisy single-structure acquisitions.
+    """Train a splitting model on N noisy single-structure acquisitions (N = 2 to 4).
 
-    The network sees ``A + B`` and learns to give back A and B (each through
-    its noise model, so it learns their clean signals).
+    The network sees their sum and learns to give back each structure (each
+    through its noise model, so it learns their clean signals).  Call it as
+    ``iter_train([a, b, c], config, train_config, noise_models)`` or, for two
+    channels, ``iter_train(a, b, config, train_config, noise_models)``.
 
     Parameters
     ----------
-    channel_a, channel_b : array-like
-        (Y, X) images or (N, Y, X) stacks of the two structures, same shape.
+    channels : list of array-like
+        (Y, X) images or (F, Y, X) stacks of the structures, all the same
+        shape, in the order of the output channels.
     config : SplitConfig, optional
-        Network (default: :meth:`SplitConfig.default`).
+        Network (default: :meth:`SplitConfig.default`); its ``n_channels`` is
+        set to the number of channels given.
     train_config : TrainConfig, optional
         Training settings (default: :class:`TrainConfig()`).
-    noise_models : pair of GaussianMixtureNoiseModel, optional
-        Noise models of A and B; bootstrapped from the data when missing and
-        the likelihood is ``"noise_model"``.
-    channel_names : (str, str)
-        Stored in the model.
+    noise_models : sequence of GaussianMixtureNoiseModel, optional
+        One per channel, in order; bootstrapped from the data when missing
+        and the likelihood is ``"noise_model"``.
+    channel_names : sequence of str, optional
+        Stored in the model (default A, B, C, ...).
     bootstrap_kwargs : dict, optional
         Passed to :func:`~napari_duet.noise_models.bootstrap_noise_model`.
 
@@ -149,6 +169,14 @@ def iter_train(
         The best model by validation loss, calibrated on the validation data
         when ``train_config.calibrate``.
     """
+    channels, rest = _channels_and_rest(args)
+    if len(rest) > 3:
+        raise TypeError("iter_train takes channels, config, train_config, noise_models")
+    given = dict(zip(("config", "train_config", "noise_models"), rest, strict=False))
+    config = given.get("config", config)
+    train_config = given.get("train_config", train_config)
+    noise_models = given.get("noise_models", noise_models)
+
     import torch
 
     from ..devices import resolve_device, seed_everything
@@ -157,6 +185,16 @@ def iter_train(
 
     cfg = config or SplitConfig.default()
     tc = train_config or TrainConfig()
+    n_ch = len(channels)
+    if not MIN_CHANNELS <= n_ch <= MAX_CHANNELS:
+        raise DuetInputError(f"give {MIN_CHANNELS} to {MAX_CHANNELS} channels (one noisy "
+                             f"acquisition per structure), got {n_ch}")
+    if cfg.n_channels != n_ch:
+        cfg = replace(cfg, n_channels=n_ch)
+    names = tuple(channel_names) if channel_names else tuple(
+        chr(ord("A") + c) for c in range(n_ch))
+    if len(names) != n_ch:
+        raise DuetInputError(f"{len(names)} channel names for {n_ch} channels")
     if tc.likelihood == "gaussian" and not cfg.predict_logvar:
         cfg = replace(cfg, predict_logvar=True)
     elif tc.likelihood == "noise_model" and cfg.predict_logvar:
@@ -169,7 +207,7 @@ def iter_train(
     device = resolve_device(tc.device)
     rng = seed_everything(tc.seed)
     t0 = time.perf_counter()
-    data = prepare_data(channel_a, channel_b, patch_size=tc.patch_size,
+    data = prepare_data(*channels, patch_size=tc.patch_size,
                         val_fraction=tc.val_fraction, rng=rng)
     input_norm, target_norms = fit_normalizers(data.train)
 
@@ -178,18 +216,19 @@ def iter_train(
     if tc.likelihood == "noise_model":
         if noise_models is None:
             nms = []
-            for c in range(2):
+            for c in range(n_ch):
                 yield TrainProgress(0, tc.epochs, 0, 0, elapsed=time.perf_counter() - t0,
                                     phase="noise_model")
-                frames = _channel_frames(channel_a if c == 0 else channel_b)
+                frames = _channel_frames(channels[c])
                 kw = {"device": tc.device, "seed": tc.seed, **(bootstrap_kwargs or {})}
                 nms.append(bootstrap_noise_model(frames, **kw))
         else:
             nms = list(noise_models)
-            if len(nms) != 2 or not all(
+            if len(nms) != n_ch or not all(
                 isinstance(n, GaussianMixtureNoiseModel) for n in nms
             ):
-                raise DuetInputError("noise_models must be two GaussianMixtureNoiseModel")
+                raise DuetInputError(
+                    f"noise_models must be {n_ch} GaussianMixtureNoiseModel, one per channel")
         for nm in nms:
             nm.to(device)
 
@@ -204,9 +243,13 @@ def iter_train(
     )
     use_amp = tc.mixed_precision and device.type == "cuda"
     sampler = PatchSampler(data.train, input_norm, target_norms, patch_size=tc.patch_size,
-                           device=device, seed=tc.seed, augment=tc.augment)
-    val_raw = torch.as_tensor(validation_patches(data.val, tc.patch_size), device=device)
-    val_inp, val_tgt = sampler.normalise(val_raw)
+                           device=device, seed=tc.seed, augment=tc.augment,
+                           context=cfg.context_count)
+    val_sampler = PatchSampler(data.val, input_norm, target_norms, patch_size=tc.patch_size,
+                               device=device, seed=tc.seed, augment=False,
+                               context=cfg.context_count)
+    val_inp, val_tgt = val_sampler.patches_at(validation_positions(data.val, tc.patch_size))
+    del val_sampler
     steps = tc.steps_per_epoch or default_steps_per_epoch(data.train, tc.patch_size,
                                                           tc.batch_size)
     t_mean = torch.tensor([n.offset for n in target_norms], device=device)
@@ -276,7 +319,7 @@ def iter_train(
             bad_epochs = 0
             if tc.checkpoint_path:
                 _checkpoint(net, best[1], cfg, tc, input_norm, target_norms, nms,
-                            channel_names, data, epoch)
+                            names, data, epoch)
         else:
             bad_epochs += 1
         yield TrainProgress(epoch, tc.epochs, steps, steps, dict(losses), val_loss,
@@ -303,7 +346,7 @@ def iter_train(
     }
     model = SplitModel(net, cfg, patch_size=tc.patch_size, input_norm=input_norm,
                        target_norms=target_norms, noise_models=nms,
-                       channel_names=channel_names, training=training)
+                       channel_names=names, training=training)
     if tc.calibrate:
         yield TrainProgress(epochs_run, tc.epochs, steps, steps, dict(losses), val_loss,
                             time.perf_counter() - t0, None, "calibrate",
@@ -322,7 +365,7 @@ def _channel_frames(x) -> np.ndarray:
 
 def calibrate_on(model: SplitModel, val: np.ndarray, *, samples: int = 20, seed: int = 0,
                  batch_size: int = 32) -> dict:
-    """Fit the std calibration of ``model`` on held-out noisy data (frames, 2, Y, X).
+    """Fit the std calibration of ``model`` on held-out noisy data (frames, N, Y, X).
 
     With noise models, the noise variance of the noisy targets is accounted
     for (see :mod:`._calibration`), so the calibrated std estimates the error
@@ -334,7 +377,7 @@ def calibrate_on(model: SplitModel, val: np.ndarray, *, samples: int = 20, seed:
     inp = val.sum(axis=1)
     res = model.predict(inp, samples=max(samples, 2), batch_size=batch_size,
                         calibration="none", seed=seed, tile=2 * model.patch_size)
-    target = np.moveaxis(val, 1, 0)  # (2, F, Y, X)
+    target = np.moveaxis(val, 1, 0)  # (N, F, Y, X)
     mean = res.mean[:, None] if res.mean.ndim == 3 else res.mean
     std = res.std[:, None] if res.std.ndim == 3 else res.std
     nv = None
@@ -369,11 +412,6 @@ def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data,
                    ).save(tc.checkpoint_path)
 
 
-def train(channel_a, channel_b, config: SplitConfig | None = None,
-          train_config: TrainConfig | None = None, noise_models=None, *,
-          callback=None, **kwargs) -> SplitModel:
-    """Run :func:`iter_train` to the end; ``callback`` gets every TrainProgress."""
-    return run_to_end(
-        iter_train(channel_a, channel_b, config, train_config, noise_models, **kwargs),
-        callback,
-    )
+def train(*args, callback=None, **kwargs) -> SplitModel:
+    """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every TrainProgress."""
+    return run_to_end(iter_train(*args, **kwargs), callback)
