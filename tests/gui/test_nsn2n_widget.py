@@ -100,8 +100,40 @@ def test_check_noise_and_weight_map(widget):
     layer = viewer.add_image(_volume()[0], name="stack")
     widget.image_picker.value = layer
     method, reason = widget.check_noise()
-    assert method in {"nsn2n", "noise2fast"} and reason
+    assert method in {"nsn2n", "bm4d", "noise2fast"} and reason
     assert "Recommended" in widget.recommendation.text()
+    # every slice pair is listed and plotted
+    assert len(widget.pairs) == layer.data.shape[0] - 1
+    assert widget.pair_plot.isVisibleTo(widget) and widget.pairs_label.text()
     w = widget.show_weight_map()
     assert w.data.shape == layer.data.shape[1:]
     assert set(np.unique(w.data)) <= {0.0, 1.0}
+
+
+def test_time_lapse_with_motion_shows_the_poor_pair(widget):
+    """Frames 0-3 still, then the content jumps: the pair (3, 4) is named."""
+    viewer = widget.viewer
+    clean = _volume(shape=(8, 48, 48), sigma=0.0)[1]
+    clean = np.repeat(clean[:1], 8, axis=0)
+    clean[4:] = np.roll(clean[4:], 12, axis=2)
+    noisy = clean + np.random.default_rng(0).normal(0, 0.05, clean.shape).astype(np.float32)
+    layer = viewer.add_image(noisy, name="movie")
+    widget.image_picker.value = layer
+    widget.check_noise()
+    assert "3-4" in widget.pairs_label.text()
+    verdicts = [p["verdict"] for p in widget.pairs]
+    assert verdicts[3] != "good" and verdicts.count("good") == len(verdicts) - 1
+
+
+def test_budget_and_auto_fields_map_to_the_config(widget):
+    widget.iterations.value = 0
+    widget.budget.value = 0
+    widget.width.value = 0
+    cfg = widget.config()
+    assert cfg.iterations is None and cfg.budget == "auto" and cfg.width is None
+    assert cfg.context == "2.5d"
+    widget.budget.value = 30
+    widget.iterations.value = 12
+    widget.context.value = "2d"
+    cfg = widget.config()
+    assert (cfg.budget, cfg.iterations, cfg.context) == (30, 12, "2d")

@@ -29,13 +29,52 @@ def test_recommendation_follows_the_noise():
     assert method == "nsn2n" and "\n" not in reason
     # strong correlated noise must not make similar slices look unrelated
     assert slice_similarity(add_noise(clean, 0.2, correlated=True)) > 0.4
+    # pixel-independent noise: BM4D measured better (benchmarks/nsn2n.py)
     method, reason = recommend_method(add_noise(clean, 0.1))
-    assert method == "nsn2n" and "pixel-independent" in reason
+    assert method == "bm4d" and "pixel-independent" in reason
     from napari_duet.nsn2n import NSN2NConfig
 
-    # pixel-independent noise and slices matching only in part: single-image method
-    method, reason = recommend_method(add_noise(clean, 0.1), config=NSN2NConfig(tau=0.01))
-    assert method == "noise2fast" and "pixel-independent" in reason
+    # slices hardly matching: a single-image method, whatever the noise
+    method, reason = recommend_method(add_noise(clean, 0.1, correlated=True),
+                                      config=NSN2NConfig(tau=0.002))
+    assert method == "noise2fast" and "match" in reason
+
+
+def test_recommendation_rule_thresholds(monkeypatch):
+    """The rule itself, on measured values: correlation, matched fraction, similarity."""
+    from napari_duet.nsn2n import _diagnostics as d
+
+    def rule(rho, frac, sim):
+        monkeypatch.setattr(d, "noise_correlation", lambda *a, **k: rho)
+        monkeypatch.setattr(d, "matched_fraction", lambda *a, **k: frac)
+        monkeypatch.setattr(d, "slice_similarity", lambda *a, **k: sim)
+        return d.recommend_method(None)
+
+    assert rule(0.6, 0.9, 0.95)[0] == "nsn2n"      # correlated noise, thin slices
+    assert rule(0.6, 0.9, 0.6)[0] == "nsn2n"       # correlated noise, thick slices
+    assert rule(0.0, 0.95, 0.98)[0] == "bm4d"      # white noise, thin slices
+    white_thick = rule(0.0, 0.9, 0.6)
+    assert white_thick[0] == "bm4d" and "thick" in white_thick[1]
+    assert rule(0.6, 0.2, 0.9)[0] == "noise2fast"  # slices hardly match
+    assert rule(0.6, 0.9, 0.1)[0] == "noise2fast"  # unrelated slices
+
+
+def test_pair_diagnostics_flag_the_moving_pairs():
+    """A time-lapse where the content jumps between frames 3 and 4 (motion)."""
+    from napari_duet.nsn2n import pair_diagnostics, summarize_pairs
+
+    clean = _smooth_clean()[:8]
+    clean[4:] = np.roll(clean[4:], 9, axis=2)
+    pairs = pair_diagnostics(add_noise(clean, 0.05))
+    assert [p["pair"] for p in pairs] == [[z, z + 1] for z in range(7)]
+    moved = pairs[3]
+    others = [p["matched"] for i, p in enumerate(pairs) if i != 3]
+    assert moved["matched"] < min(others) - 0.1
+    assert moved["verdict"] != "good"
+    assert all(p["verdict"] == "good" for i, p in enumerate(pairs) if i != 3)
+    line = summarize_pairs(pairs)
+    assert "3-4" in line and "\n" not in line
+    assert summarize_pairs([p for i, p in enumerate(pairs) if i != 3]) == ""
 
 
 def test_unrelated_slices_recommend_single_image_method():

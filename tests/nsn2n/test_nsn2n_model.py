@@ -62,3 +62,30 @@ def test_foreign_and_wrong_kind_files(tmp_path):
         NSN2NModel.load(bad)
     with pytest.raises(ModelFileError, match="not found"):
         NSN2NModel.load(tmp_path / "missing.duet")
+
+
+def test_model_files_from_before_the_25d_network_load_as_2d(tmp_path):
+    """Old files: no 'context' in the config, a plain UNet2D in 'network'."""
+    from nsn2n_synth import FAST
+
+    from napari_duet.nsn2n import NSN2NConfig, train
+
+    noisy = add_noise(make_clean(5, 24, 24))
+    res = train(noisy, config=NSN2NConfig(**{**FAST, "context": "2d", "iterations": 3}))
+    cfg = res.model.config.to_dict()
+    del cfg["context"], cfg["budget"]  # fields that did not exist then
+    cfg["iterations"] = 3
+    path = save_model_file(tmp_path / "old.duet", kind="nsn2n", config=cfg,
+                           tensors=dict(res.model.net.state_dict()),
+                           extra={"network": res.model.net.config(), "normalizers": []})
+    old = NSN2NModel.load(path, device="cpu")
+    assert old.config.context == "2d" and not old.is_context
+    np.testing.assert_allclose(old.denoise(noisy, tta=False).denoised,
+                               res.model.denoise(noisy, tta=False).denoised, atol=1e-5)
+
+
+def test_25d_model_round_trip(trained, tmp_path):
+    model = trained[0].model
+    assert model.is_context and model.net.config()["arch"] == "nsn2n-context"
+    loaded = NSN2NModel.load(model.save(tmp_path / "m.duet"), device="cpu")
+    assert loaded.is_context and loaded.config.context == "2.5d"

@@ -91,8 +91,10 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
 
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.axis = ComboBox(label="slice axis", choices=[])
-        self.iterations = SpinBox(label="iterations", value=d.iterations, min=1, max=1_000_000)
-        self.width = SpinBox(label="network width", value=d.width, min=4, max=256)
+        self.budget = SpinBox(label="time budget (s)", value=0, min=0, max=86_400)
+        self.iterations = SpinBox(label="iterations", value=0, min=0, max=1_000_000)
+        self.width = SpinBox(label="network width", value=0, min=0, max=256)
+        self.context = ComboBox(label="network input", choices=["2.5d", "2d"], value=d.context)
         self.guide = ComboBox(label="guide filter", choices=["gaussian", "nlm"], value=d.guide)
         self.lambda_rc = FloatSpinBox(label="λ regional consistency", value=d.lambda_rc,
                                       min=0, max=100, step=0.1)
@@ -103,7 +105,13 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
                                value="auto")
         self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1)
         self.show_uncertainty = CheckBox(text="show uncertainty overlay", value=True)
-        self.iterations.tooltip = "Optimiser steps (more = better, slower)."
+        self.budget.tooltip = ("Training time in seconds; 0 = auto (by device and volume size: "
+                               "about 4 min on a CPU for 48 x 256 x 256, 40 s on a GPU).")
+        self.iterations.tooltip = ("Exact number of optimiser steps (reproducible); 0 = train "
+                                   "for the time budget.")
+        self.width.tooltip = "U-Net width; 0 = auto (24 on a CPU, 48 on a GPU)."
+        self.context.tooltip = ("2.5d: neighbouring slices are inputs too, split so that no "
+                                "target is an input (better); 2d: the paper's one-slice network.")
         self.guide.tooltip = "Low-pass filter for the guide images: gaussian (fast) or nlm."
 
         self.check_btn = QPushButton("Check noise")
@@ -122,6 +130,11 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         self.model_label = QLabel("No model loaded.")
         self.recommendation = QLabel("")
         self.recommendation.setWordWrap(True)
+        self.pairs_label = QLabel("")
+        self.pairs_label.setWordWrap(True)
+        self.pair_plot = CurvePlot("Matched fraction per slice pair", "matched")
+        self.pair_plot.setVisible(False)
+        self.pairs: list[dict] = []
         self.status = QLabel("Choose a stack or time-lapse and press Train & denoise.")
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
@@ -150,11 +163,13 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         row.addWidget(self.weights_btn)
         form.addRow(row)
         form.addRow(self.recommendation)
+        form.addRow(self.pairs_label)
+        form.addRow(self.pair_plot)
         layout.addWidget(data)
         params = QGroupBox("Training")
         pform = QFormLayout(params)
-        for w in (self.iterations, self.width, self.guide, self.lambda_rc, self.lambda_ic,
-                  self.device, self.seed):
+        for w in (self.budget, self.iterations, self.context, self.width, self.guide,
+                  self.lambda_rc, self.lambda_ic, self.device, self.seed):
             pform.addRow(w.label, w.native)
         pform.addRow(self.tta.native)
         pform.addRow(self.show_uncertainty.native)
@@ -195,13 +210,15 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
     def config(self):
         from ..nsn2n import NSN2NConfig
 
+        iters = self.iterations.value or None
         return NSN2NConfig(
-            iterations=self.iterations.value, width=self.width.value, guide=self.guide.value,
+            iterations=iters, budget=self.budget.value or "auto",
+            width=self.width.value or None, context=self.context.value, guide=self.guide.value,
             lambda_rc=self.lambda_rc.value, lambda_ic=self.lambda_ic.value,
             tta=self.tta.value, device=self.device.value, seed=self.seed.value,
             preview_index=self._current_index(),
-            # About 20 previews per run, whatever its length.
-            preview_every=max(1, self.iterations.value // 20),
+            # About 20 previews per run with fixed steps; every 50 steps with a budget.
+            preview_every=max(1, iters // 20) if iters else 50,
         )
 
     def _layer_and_axis(self) -> tuple[Image, int]:
@@ -225,19 +242,34 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
 
     # ------------------------------------------------------------ diagnostics
     def check_noise(self):
-        """Recommend NS-N2N or a single-image denoiser for the chosen volume."""
-        from ..nsn2n import recommend_method
+        """Recommend NS-N2N, BM4D or a single-image denoiser; show the pairs' matching."""
+        from ..nsn2n import pair_diagnostics, recommend_method
 
         try:
             layer, axis = self._layer_and_axis()
             volume, axis, _ = as_volume(layer, axis)
             method, reason = recommend_method(volume, axis)
+            pairs = pair_diagnostics(volume, axis)
         except Exception as exc:
             notify_error(exc, "NS-N2N")
             return None
-        name = "NS-N2N" if method == "nsn2n" else "a single-image denoiser (Noise2Fast)"
+        name = {"nsn2n": "NS-N2N", "bm4d": "BM4D (not part of napari-duet)"}.get(
+            method, "a single-image denoiser (Noise2Fast)")
         self.recommendation.setText(f"Recommended: {name}. {reason}.")
+        self.show_pairs(pairs)
         return method, reason
+
+    def show_pairs(self, pairs: list[dict]) -> None:
+        """Plot the matched fraction of every slice pair (first stack) and name poor pairs."""
+        from ..nsn2n import summarize_pairs
+
+        self.pairs = pairs
+        first = [p["matched"] for p in pairs if p["stack"] == 0]
+        self.pair_plot.setVisible(bool(first))
+        self.pair_plot.plot({"matched": first}, xlabel="pair (z, z+1)")
+        line = summarize_pairs(pairs)
+        self.pairs_label.setText(line + "." if line else
+                                 f"All {len(pairs)} slice pairs match well.")
 
     def show_weight_map(self):
         """Add/update a layer with W for the slice on screen and the next one."""
@@ -356,14 +388,19 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
             self.model = result.model
             self.model_label.setText("Model: trained on " + job.source_name)
             self.plot.plot(result.loss_history, xlabel="iteration")
+            if result.pairs:
+                self.show_pairs(result.pairs)
             for w in result.warnings:
                 show_warning(f"NS-N2N: {w}")
         denoised = from_volume(result.denoised, job.rgb)
         unc = None if result.uncertainty is None else from_volume(result.uncertainty, job.rgb)
         self._show_result(job, denoised, unc)
         secs = time.perf_counter() - job.started
-        extra = (f"; matched fraction {result.matched_fraction:.0%}"
-                 if job.kind == "train" else "")
+        extra = ""
+        if job.kind == "train":
+            info = result.model.info
+            extra = (f"; matched fraction {result.matched_fraction:.0%}; "
+                     f"{info.get('iterations_done')} steps, width {info.get('width')}")
         self.status.setText(f"Done in {secs:.1f} s{extra}.")
         show_info(f"NS-N2N finished on {job.source_name}")
 

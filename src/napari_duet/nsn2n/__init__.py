@@ -8,7 +8,8 @@ choices made where re-implementations disagree, and measured results.
 Typical use::
 
     from napari_duet.nsn2n import NSN2NConfig, train
-    result = train(volume, axis=0, config=NSN2NConfig(iterations=1000))
+    result = train(volume, axis=0, config=NSN2NConfig())   # time budget by device
+    result = train(volume, axis=0, config=NSN2NConfig(iterations=2000))  # fixed steps
     result.denoised, result.uncertainty, result.matched_fraction
     result.model.save("stack.duet")
 """
@@ -17,12 +18,14 @@ from ._config import NSN2NConfig
 from ._diagnostics import (
     matched_fraction,
     noise_correlation,
+    pair_diagnostics,
     recommend_method,
     slice_similarity,
+    summarize_pairs,
     weight_map,
 )
 from ._model import DenoiseProgress, DenoiseResult, NSN2NModel
-from ._train import NSN2NProgress, TrainResult, iter_train, train
+from ._train import NSN2NProgress, TrainResult, iter_train, resolve_budget, train
 
 __all__ = [
     "DenoiseProgress",
@@ -34,8 +37,11 @@ __all__ = [
     "iter_train",
     "matched_fraction",
     "noise_correlation",
+    "pair_diagnostics",
     "recommend_method",
+    "resolve_budget",
     "slice_similarity",
+    "summarize_pairs",
     "train",
     "weight_map",
 ]

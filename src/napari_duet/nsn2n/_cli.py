@@ -16,9 +16,11 @@ def register(subparsers) -> None:
         "nsn2n",
         help="denoise a volume or time-lapse from its neighbouring slices (NS-N2N)",
         description=(
-            "Neighboring Slice Noise2Noise: trains a 2D U-Net on pairs of neighbouring slices "
-            "of VOLUME (where they match) and writes the denoised volume, float32, same shape "
-            "and intensity scale as VOLUME. With --model, only applies a saved model."
+            "Neighboring Slice Noise2Noise: trains a U-Net on neighbouring slices of VOLUME "
+            "(where they match) and writes the denoised volume, float32, same shape and "
+            "intensity scale as VOLUME. Training runs for a time budget (default: by device "
+            "and volume size, about 4 minutes on a CPU for 48 x 256 x 256). With --model, "
+            "only applies a saved model."
         ),
     )
     p.add_argument("volume", metavar="VOLUME", help="input stack (TIFF or any image file, 3D+)")
@@ -26,10 +28,17 @@ def register(subparsers) -> None:
                    help="denoised volume (TIFF, float32); a JSON report is written beside it")
     p.add_argument("--axis", type=int, default=0, metavar="A",
                    help="slice axis: z of a stack or t of a time-lapse (default 0)")
+    p.add_argument("--budget", default=None, metavar="SECONDS",
+                   help="training time in seconds, or 'auto' (default: by device and volume "
+                   "size; the resolved value is in the report)")
     p.add_argument("--iterations", type=int, default=None, metavar="N",
-                   help="training steps (default 1000)")
+                   help="exactly N training steps instead of a time budget (reproducible)")
     p.add_argument("--width", type=int, default=None, metavar="W",
-                   help="U-Net width, feature channels of the first level (default 16)")
+                   help="U-Net width, feature channels of the first level (default: by "
+                   "device, 24 on a CPU, 48 on a GPU)")
+    p.add_argument("--context", choices=("2.5d", "2d"), default=None,
+                   help="2.5d (default): neighbouring slices are inputs too, split so that "
+                   "no target is an input; 2d: the paper's one-slice network")
     p.add_argument("--guide", choices=("gaussian", "bilateral", "nlm"), default=None,
                    help="low-pass filter of the guide images (default gaussian; nlm as in the "
                    "paper, slow)")
@@ -62,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from .._io import read_image, write_json, write_tiff
     from .._versions import versions
     from ._config import NSN2NConfig
-    from ._diagnostics import noise_correlation, recommend_method
+    from ._diagnostics import noise_correlation, recommend_method, summarize_pairs
     from ._model import NSN2NModel
     from ._train import train
     from ._volume import layout_for
@@ -88,16 +97,24 @@ def run(args: argparse.Namespace) -> int:
         }
     else:
         changes = {"device": args.device, "seed": args.seed, "tta": tta}
-        for name in ("iterations", "width", "guide", "tau"):
+        for name in ("iterations", "width", "guide", "tau", "context"):
             if getattr(args, name) is not None:
                 changes[name] = getattr(args, name)
+        if args.budget is not None and args.budget != "auto":
+            try:
+                changes["budget"] = float(args.budget)
+            except ValueError:
+                raise DuetInputError(
+                    f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
+                ) from None
         config = NSN2NConfig().replace(**changes)
-        step = max(1, config.iterations // 10)
+        last_log = [0.0]
 
         def progress(p) -> None:
-            if p.stage == "train" and (p.iteration % step == 0 or p.iteration == 1):
+            if p.stage == "train" and (p.iteration == 1 or p.elapsed - last_log[0] >= 15):
+                last_log[0] = p.elapsed
                 terms = " ".join(f"{k}={v:.4g}" for k, v in p.losses.items())
-                log(f"[{p.iteration}/{p.iterations}] {terms} matched={p.matched_fraction:.2f} "
+                log(f"[{p.iteration}/~{p.iterations}] {terms} matched={p.matched_fraction:.2f} "
                     f"eta={p.eta:.0f}s")
 
         log(f"training NS-N2N on {args.volume} {volume.shape}, axis {args.axis}")
@@ -106,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
         report = {"mode": "train", **result.report()}
         for w in result.warnings:
             log(f"warning: {w}")
+        info = result.model.info
+        log(f"trained {info.get('iterations_done')} steps in {result.timings['train']:.0f}s "
+            f"(budget {info.get('budget_s')}, width {info.get('width')}, "
+            f"{info.get('context')}, {info.get('device')})")
+        pairs_line = summarize_pairs(result.pairs)
+        if pairs_line:
+            log(pairs_line)
         if args.save_model:
             result.model.save(args.save_model)
             report["saved_model"] = str(args.save_model)

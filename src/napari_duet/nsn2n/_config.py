@@ -10,6 +10,7 @@ from .._errors import DuetInputError
 GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
+CONTEXTS = ("2.5d", "2d")
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,21 @@ class NSN2NConfig:
 
     Parameters
     ----------
-    iterations : int
-        Optimiser steps.  Each step sees ``batch_size`` pairs of neighbouring slices.
-    width : int
-        Feature channels of the U-Net's first level (doubled per level).
+    context : {"2.5d", "2d"}
+        ``"2.5d"`` (default): the network also sees neighbouring slices, split by
+        parity so that no target slice is ever an input (see ``_context.py``), and
+        both splits are averaged at inference.  ``"2d"``: the paper's pair form
+        (one slice in, a neighbour as target, with the RC and IC losses).
+    iterations : int or None
+        Optimiser steps.  None (default): train for ``budget`` seconds.  With a
+        number and ``budget="auto"``, exactly that many steps (reproducible).
+    budget : "auto" or float
+        Training time in seconds.  ``"auto"``: by device and volume size (see
+        :func:`resolve_budget`); on a CPU about 4 minutes for 48 x 256^2.  A
+        number is a hard limit, also when ``iterations`` is set.
+    width : int or None
+        Feature channels of the U-Net's first level (doubled per level).  None:
+        by device (24 on a CPU, 48 on a GPU for ``"2.5d"``; 16 for ``"2d"``).
     depth : int
         Down-sampling levels of the U-Net.
     lr : float
@@ -50,9 +62,11 @@ class NSN2NConfig:
     tau_factor : float
         Multiplier of the automatic threshold.
     lambda_rc, lambda_ic : float
-        Weights of the regional-consistency and inter-slice-continuity losses.
+        Weights of the regional-consistency and inter-slice-continuity losses
+        (``context="2d"`` only).
     residual : bool
-        The network predicts the noise and subtracts it (``x - net(x)``).
+        The network predicts the noise and subtracts it (``x - net(x)``;
+        ``context="2d"`` only: the 2.5D network always adds a correction to a base image).
     preview_every : int
         Yield a denoised preview slice every this many iterations (0: never).
     preview_index : int or None
@@ -68,8 +82,10 @@ class NSN2NConfig:
         Seed for crops, augmentations and weights.
     """
 
-    iterations: int = 1000
-    width: int = 16
+    context: str = "2.5d"
+    iterations: int | None = None
+    budget: float | str = "auto"
+    width: int | None = None
     depth: int = 2
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -97,10 +113,18 @@ class NSN2NConfig:
             if not cond:
                 raise DuetInputError(msg)
 
-        need(isinstance(self.iterations, int) and self.iterations >= 1,
-             f"iterations must be a positive integer, got {self.iterations!r}")
-        need(isinstance(self.width, int) and 1 <= self.width <= 512,
-             f"width must be an integer in 1..512, got {self.width!r}")
+        need(self.context in CONTEXTS,
+             f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
+        need(self.iterations is None or (isinstance(self.iterations, int)
+                                         and not isinstance(self.iterations, bool)
+                                         and self.iterations >= 1),
+             f"iterations must be a positive integer or None, got {self.iterations!r}")
+        need(self.budget == "auto" or (isinstance(self.budget, int | float)
+                                       and not isinstance(self.budget, bool)
+                                       and self.budget > 0),
+             f"budget must be 'auto' or a positive number of seconds, got {self.budget!r}")
+        need(self.width is None or (isinstance(self.width, int) and 1 <= self.width <= 512),
+             f"width must be an integer in 1..512 or None, got {self.width!r}")
         need(isinstance(self.depth, int) and 0 <= self.depth <= 6,
              f"depth must be an integer in 0..6, got {self.depth!r}")
         need(self.lr > 0, f"lr must be positive, got {self.lr!r}")

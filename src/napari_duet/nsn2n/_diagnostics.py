@@ -1,10 +1,13 @@
 """Diagnostics for users: weight maps, in-plane noise correlation, method advice.
 
 NS-N2N's premise is noise independent *between* slices; its advantage over
-single-image (blind-spot / Noise2Fast-style) denoisers is noise correlated
-*within* a slice, which those cannot remove.  On pixel-independent noise a
-single-image denoiser is usually as good or better, so the widget shows
-:func:`recommend_method`'s advice.
+single-image (blind-spot / Noise2Fast-style) denoisers and over BM4D run with
+an estimated noise level is noise correlated *within* a slice, which those
+cannot tell from signal.  On pixel-independent noise BM4D (which then
+estimates the noise level correctly) measured better than NS-N2N on a CPU
+budget, so :func:`recommend_method` says so; the widget and the CLI report
+show its advice, and :func:`pair_diagnostics` gives it pair by pair (time-lapses
+with motion, anisotropic stacks).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ CORRELATED_NOISE = 0.25
 LOW_MATCH = 0.3
 # Median correlation of neighbouring guides below which slices are unrelated.
 LOW_SIMILARITY = 0.25
-# Matched fraction above which NS-N2N is preferred even for pixel-independent noise.
-WELL_MATCHED = 0.8
+# A pair with fewer matched pixels is shown as "partial" (motion, thick section).
+PARTIAL_PAIR = 0.5
+# Guide correlation above which slices count as thin (finely sampled).
+THIN_SLICES = 0.9
 _MAX_PAIRS = 16
 _HIGHPASS_SIGMA = 3.0
 
@@ -133,18 +138,74 @@ def slice_similarity(volume, axis: int = 0, config: NSN2NConfig | None = None) -
     return float(np.median(sims))
 
 
+def pair_diagnostics(volume, axis: int = 0, config: NSN2NConfig | None = None) -> list[dict]:
+    """Matched fraction, guide similarity and a verdict for *every* neighbouring pair.
+
+    For time-lapses with motion and anisotropic stacks the pairs differ: some
+    match almost everywhere, others hardly at all (a fast movement, a thick
+    section).  NS-N2N learns only from matched pixels and, at inference, uses
+    the neighbours only where they match, so poor pairs cost quality locally but
+    do not break training.
+
+    Returns
+    -------
+    list of dict
+        One per pair, in stack order: ``stack``, ``pair`` (z, z+1),
+        ``matched`` (fraction of W = 1), ``similarity`` (guide correlation) and
+        ``verdict``: ``"good"``, ``"partial"`` (under 50 % matched: motion or
+        a structure starting/ending) or ``"unrelated"`` (similarity under 0.25).
+    """
+    config = config or NSN2NConfig()
+    _, stacks, _ = prepare(volume, axis)
+    out = []
+    for s, stack in enumerate(stacks):
+        guides = guide_stack(stack, config)
+        w, _ = weight_maps(guides, config)
+        sims = guide_similarity(guides)
+        for z in range(stack.shape[0] - 1):
+            frac = float(w[z].mean())
+            sim = float(sims[z])
+            verdict = ("unrelated" if sim < LOW_SIMILARITY
+                       else "partial" if frac < PARTIAL_PAIR else "good")
+            out.append({"stack": s, "pair": [z, z + 1], "matched": round(frac, 4),
+                        "similarity": round(sim, 4), "verdict": verdict})
+    return out
+
+
+def summarize_pairs(pairs: list[dict]) -> str:
+    """One line naming the pairs that are not ``good`` (empty if all are)."""
+    bad = [p for p in pairs if p["verdict"] != "good"]
+    if not bad:
+        return ""
+    names = ", ".join(f"{p['pair'][0]}-{p['pair'][1]} ({p['verdict']}, {p['matched']:.0%})"
+                      for p in bad[:8])
+    more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    return (f"{len(bad)} of {len(pairs)} slice pairs match poorly: {names}{more}; there "
+            "NS-N2N relies on the slice itself (motion or thick sections)")
+
+
 def recommend_method(
     volume, axis: int = 0, config: NSN2NConfig | None = None
 ) -> tuple[str, str]:
-    """Recommend NS-N2N or a single-image denoiser for this volume.
+    """Recommend NS-N2N, BM4D or a single-image denoiser for this volume.
+
+    The rule follows the benchmark (``docs/nsn2n.md``, "When to use what"):
+
+    * slices unrelated, or matching under 30 %: a single-image denoiser
+      (``"noise2fast"``);
+    * noise correlated within slices (lag-1 >= 0.25): ``"nsn2n"``; BM4D/BM3D
+      with an estimated noise level then barely denoise (they read the
+      correlated noise as signal);
+    * pixel-independent noise: ``"bm4d"`` (benchmark: BM4D ahead of NS-N2N on
+      a CPU budget on every white-noise volume, thin or thick slices);
+      NS-N2N is the fallback when BM4D is not at hand.
 
     Returns
     -------
     method : str
-        ``"nsn2n"`` or ``"noise2fast"`` (any single-image self-supervised
-        denoiser fits in the second case).
+        ``"nsn2n"``, ``"bm4d"`` or ``"noise2fast"``.
     reason : str
-        One line the widget shows.
+        One line the widget and the CLI report show.
     """
     rho = noise_correlation(volume, axis, config)
     frac = matched_fraction(volume, axis, config)
@@ -160,16 +221,11 @@ def recommend_method(
     if np.isfinite(rho) and rho >= CORRELATED_NOISE:
         return ("nsn2n",
                 f"noise is correlated within slices (lag-1 correlation {rho:.2f}) and "
-                f"{frac:.0%} of pixels match between slices: NS-N2N removes such noise, "
-                "single-image denoisers cannot")
-    if frac >= WELL_MATCHED and sim >= 0.5:
-        # Measured (docs/nsn2n.md): with well-matched slices NS-N2N tied with or beat
-        # slice-wise Noise2Fast on white noise too.
-        return ("nsn2n",
-                f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}), "
-                f"so Noise2Fast also works, but {frac:.0%} of pixels match between slices: "
-                "NS-N2N measured as good or better there")
-    return ("noise2fast",
-            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}) and "
-            f"slices match only in part ({frac:.0%}): a single-image denoiser such as "
-            "Noise2Fast is as good or better here")
+                f"{frac:.0%} of pixels match between slices: NS-N2N removes such noise; "
+                "BM4D with an estimated noise level and single-image denoisers cannot")
+    thick = "" if sim >= THIN_SLICES else " even on these thick slices"
+    return ("bm4d",
+            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}): "
+            f"BM4D (pip install bm4d; noise level from skimage.restoration.estimate_sigma) "
+            f"measured better than NS-N2N on such noise{thick}; NS-N2N still denoises "
+            f"({frac:.0%} of pixels match) if BM4D is not at hand")

@@ -135,8 +135,9 @@ class NSN2NModel:
         done = 0
         with torch.inference_mode():
             for s, stack in enumerate(stacks):
-                for z, img in enumerate(stack):
-                    mean, std = self._predict_slice(img, tta)
+                w = self.pair_weights(stack) if self.is_context else None
+                for z in range(stack.shape[0]):
+                    mean, std = self.predict_stack_slice(stack, z, w, tta)
                     out[s, z] = norms[s].inverse(mean)
                     if unc is not None:
                         unc[s, z] = norms[s].inverse_scale(std)
@@ -151,12 +152,73 @@ class NSN2NModel:
         """Denoise a volume (see :meth:`iter_denoise`)."""
         return run_to_end(self.iter_denoise(volume, axis=axis, tta=tta))
 
+    @property
+    def is_context(self) -> bool:
+        """True for the 2.5D network (neighbouring slices as input)."""
+        return getattr(self.net, "arch", None) == "nsn2n-context"
+
+    def pair_weights(self, stack: np.ndarray) -> np.ndarray:
+        """Matched-region maps W of a normalised (Z, Y, X) stack (threshold fitted to it)."""
+        from ._guide import guide_stack
+        from ._weights import weight_maps
+
+        return weight_maps(guide_stack(stack, self.config), self.config)[0]
+
     def predict_normalized(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Denoise one normalised (Y, X) slice; returns normalised float32."""
+        """Denoise one normalised (Y, X) slice with the 2D network; returns normalised float32.
+
+        For the 2.5D network use :meth:`predict_stack_slice` (it needs the neighbours);
+        here the slice is treated as a stack of identical slices.
+        """
         import torch
 
+        img = np.asarray(image, np.float32)
         with torch.inference_mode():
-            return self._predict_slice(np.asarray(image, np.float32), tta)[0]
+            if self.is_context:
+                return self.predict_stack_slice(np.stack([img] * 3), 1, None, tta)[0]
+            return self._predict_slice(img, tta)[0]
+
+    def predict_stack_slice(
+        self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Denoise slice ``z`` of a normalised (Z, Y, X) stack: mean and TTA spread.
+
+        For the 2.5D network both parity modes run; their mean is taken where
+        slice z matches its neighbours (``w``, pair maps), the ``self`` mode's
+        prediction elsewhere (the ``gap`` mode cannot see what only slice z shows).
+        """
+        import torch
+
+        from ._context import context_input, slice_match
+
+        with torch.inference_mode():
+            if not self.is_context:
+                return self._predict_slice(np.asarray(stack[z], np.float32), tta)
+            preds = {}
+            for mode in ("self", "gap"):
+                preds[mode] = self._predict_all(context_input(stack, z, mode), tta)
+        m = slice_match(w, z, stack.shape[0], stack.shape[1:])
+        p_self, p_gap = preds["self"], preds["gap"]
+        mean = m * 0.5 * (p_self.mean(0) + p_gap.mean(0)) + (1 - m) * p_self.mean(0)
+        # Uncertainty: spread of all predictions of both modes.  Their errors come
+        # from different slices' noise, so their disagreement tracks the local
+        # error; where the slices do not match it is large, as it should be.
+        std = np.concatenate([p_self, p_gap]).std(axis=0)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def _predict_all(self, img: np.ndarray, tta: bool) -> np.ndarray:
+        """Predictions (T, Y, X) for each flip/rotation of a (C, Y, X) input."""
+        transforms = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
+        preds: list = [None] * len(transforms)
+        for parity in (0, 1):
+            idx = [n for n, t in enumerate(transforms) if t[0] % 2 == parity]
+            if not idx:
+                continue
+            batch = np.stack([_dihedral(img, *transforms[n]) for n in idx])
+            res = self._forward(batch)
+            for n, r in zip(idx, res, strict=True):
+                preds[n] = _undihedral(r, *transforms[n])
+        return np.stack(preds).astype(np.float32)
 
     def _predict_slice(self, img: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
         transforms = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
@@ -175,24 +237,27 @@ class NSN2NModel:
         return mean, std
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Run the network on (B, Y, X); tiled when a slice exceeds the tile size."""
+        """Run the network on (B, Y, X) or (B, C, Y, X), tiled above the tile size."""
         import torch
 
         from ..networks.unet import predict_2d
 
-        b, h, w = batch.shape
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        b, _, h, w = batch.shape
         tile = self.config.tile
         if h > tile or w > tile:
             return np.stack([
                 predict_2d(self.net, im, device=self.device, tile=tile,
-                           overlap=min(32, tile // 4))
+                           overlap=min(32, tile // 4))[0]
                 for im in batch
             ])
         chunk = max(1, _PIXEL_BUDGET // (h * w))
         outs = []
         for i in range(0, b, chunk):
-            t = torch.from_numpy(np.ascontiguousarray(batch[i : i + chunk]))[:, None]
-            outs.append(self.net(t.to(self.device))[:, 0].float().cpu().numpy())
+            t = torch.from_numpy(np.ascontiguousarray(batch[i : i + chunk]))
+            with torch.inference_mode():
+                outs.append(self.net(t.to(self.device))[:, 0].float().cpu().numpy())
         return np.concatenate(outs)
 
     # ------------------------------------------------------------------ files
@@ -221,14 +286,19 @@ class NSN2NModel:
             If the file is missing, corrupted, foreign or of another kind.
         """
         from ..devices import resolve_device
-        from ..networks.unet import UNet2D
+        from ._context import build_net
 
         dev = resolve_device(device)
         mf = load_model_file(path, kind=KIND, device="cpu")
         name = Path(path).name
         try:
-            config = NSN2NConfig.from_dict(mf.config)
-            net = UNet2D(**mf.extra["network"])
+            network = mf.extra["network"]
+            cfg = dict(mf.config)
+            if network.get("arch") != "nsn2n-context":
+                # Files written before the 2.5D network hold the paper's 2D U-Net.
+                cfg["context"] = "2d"
+            config = NSN2NConfig.from_dict(cfg)
+            net = build_net(network)
             net.load_state_dict(mf.tensors, strict=True)
             norms = [Normalizer.from_dict(d) for d in mf.extra.get("normalizers", [])]
         except ModelFileError:
