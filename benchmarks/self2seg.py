@@ -54,6 +54,8 @@ def synthetic_nuclei(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A nuclei-like 8-bit image with a known mask (varied statistics per seed)."""
     from scipy import ndimage as ndi
 
+    from napari_duet.synthetic import random_ellipse
+
     rng = np.random.default_rng(seed)
     h = int(rng.choice([128, 192, 256, 320]))
     w = int(rng.choice([128, 192, 256, 384]))
@@ -67,19 +69,12 @@ def synthetic_nuclei(seed: int) -> tuple[np.ndarray, np.ndarray]:
     tries = 0
     while mask.mean() < target and tries < 400:
         tries += 1
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        a = r_mean * rng.uniform(0.6, 1.4)
-        b = a * rng.uniform(0.6, 1.0)
-        t = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dy * np.cos(t) + dx * np.sin(t)) / a
-        v = (-dy * np.sin(t) + dx * np.cos(t)) / b
-        e = u * u + v * v <= 1
+        e, rho2 = random_ellipse(yy, xx, rng, r_mean)
         if (e & mask).sum() > 0.2 * e.sum():
             continue
         inten = contrast * rng.uniform(0.45, 1.0)
         # Brighter rim or centre and some texture inside the nucleus.
-        prof = 1 + rng.uniform(-0.3, 0.3) * (1 - np.clip(u * u + v * v, 0, 1))
+        prof = 1 + rng.uniform(-0.3, 0.3) * (1 - np.clip(rho2, 0, 1))
         clean = np.where(e & ~mask, inten * prof, clean)
         mask |= e
     tex = ndi.gaussian_filter(rng.normal(size=(h, w)), 2.0)
@@ -184,6 +179,8 @@ def run_set(name, items, sigmas, methods, quick, device="cpu"):
 
 def run_textures(quick: bool) -> list[dict]:
     """Two textures of equal mean and std, one 30x30 seed box per region (issue 10)."""
+    from skimage import data
+
     from napari_duet.metrics import dice
     from napari_duet.self2seg import (
         Self2SegConfig,
@@ -195,24 +192,30 @@ def run_textures(quick: bool) -> list[dict]:
 
     pairs = [("grating", "blobs"), ("fine", "coarse"), ("horizontal", "vertical"),
              ("blobs", "grating"), ("coarse", "fine"), ("vertical", "horizontal")]
+    # Held-out: photographs of textures shipped with scikit-image (never used to tune).
+    photos = {n: getattr(data, n)() for n in ("brick", "grass", "gravel")}
+    pairs += [(a, b) for a in photos for b in photos if a != b]
     rows = []
     print("== textures (one box per region) ==", flush=True)
     for seed in range(1 if quick else 3):
         for a, b in pairs:
-            img, truth, fb, bb = two_textures(a, b, (192, 192), seed=seed)
+            img, truth, fb, bb = two_textures(photos.get(a, a), photos.get(b, b), (192, 192),
+                                              seed=seed)
             reg = boxes_to_regions(img.shape, [fb], [bb])
             t = time.perf_counter()
             ours = dice(self2seg(img, reg, Self2SegConfig(device="cpu")).labels == 1, truth)
             dt = time.perf_counter() - t
             cv = dice(convex_chan_vese(img, regions=reg).labels == 1, truth)
-            rows.append({"set": "textures", "image": f"{a}/{b}/{seed}", "s2s_dice": ours,
-                         "cv_dice": cv, "s2s_s": dt})
+            kind = "photo" if a in photos else "generated"
+            rows.append({"set": f"textures ({kind})", "image": f"{a}/{b}/{seed}",
+                         "s2s_dice": ours, "cv_dice": cv, "s2s_s": dt})
             print(f"  {a}/{b} seed {seed}: Self2Seg {ours:.3f}  const CV {cv:.3f}  {dt:.1f} s",
                   flush=True)
-    d = [r["s2s_dice"] for r in rows]
-    c = [r["cv_dice"] for r in rows]
-    print(f"  textures: Self2Seg mean {np.mean(d):.3f} min {np.min(d):.3f}; "
-          f"const CV mean {np.mean(c):.3f}", flush=True)
+    for kind in ("generated", "photo"):
+        d = [r["s2s_dice"] for r in rows if r["set"] == f"textures ({kind})"]
+        c = [r["cv_dice"] for r in rows if r["set"] == f"textures ({kind})"]
+        print(f"  textures ({kind}): Self2Seg mean {np.mean(d):.3f} min {np.min(d):.3f}; "
+              f"const CV mean {np.mean(c):.3f} min {np.min(c):.3f}", flush=True)
     return rows
 
 

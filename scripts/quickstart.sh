@@ -60,6 +60,9 @@ case "$mode" in
   test)
     .venv/bin/ruff check src tests benchmarks scripts docs
     .venv/bin/npe2 validate napari-duet
+    # Architecture contracts (pyproject.toml [tool.importlinter]): Qt-free core, independent
+    # method packages, shared modules that never reach into a method package.
+    .venv/bin/lint-imports
     # pytest-xvfb starts a virtual screen for the GUI tests (offscreen Qt cannot draw layers).
     exec .venv/bin/python -m pytest "$@"
     ;;

@@ -38,6 +38,20 @@ def test_self2seg_on_cuda_matches_cpu_quality():
     assert dice(again.labels == 1, gpu.labels == 1) > 0.99
 
 
+def test_self2seg_mask_solver_on_cuda_matches_numpy():
+    from scipy import ndimage as ndi
+
+    from napari_duet.self2seg._solver import solve_binary
+
+    rng = np.random.default_rng(4)
+    g = (ndi.gaussian_filter(rng.normal(size=(256, 256)), 3) * 30
+         + rng.normal(size=(256, 256))).astype(np.float32)
+    m_np, r_np = solve_binary(g, 2.0, tol=1e-5)
+    m_gpu, r_gpu = solve_binary(g, 2.0, tol=1e-5, device=torch.device("cuda"))
+    assert abs(r_gpu.iterations - r_np.iterations) <= 15
+    assert np.mean(m_np != m_gpu) < 1e-3
+
+
 def test_noise2fast_on_cuda_denoises():
     from napari_duet.metrics import psnr
     from napari_duet.noise2fast import noise2fast

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +122,32 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, *,
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON with numpy values converted, creating parent folders."""
+    """Write strict JSON with numpy values converted, creating parent folders.
+
+    NaN and infinities (a metric of an empty region, a diverged loss) are
+    written as ``null``: Python's default bare ``NaN`` is not JSON, and strict
+    parsers (browsers, jq, most languages) reject the whole file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    text = json.dumps(strict_jsonable(obj), indent=2, allow_nan=False, default=_jsonable)
+    path.write_text(text + "\n")
     return path
+
+
+def strict_jsonable(obj: Any) -> Any:
+    """``obj`` with numpy values as Python ones and non-finite floats as None."""
+    if isinstance(obj, dict):
+        return {k: strict_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _jsonable(value: Any):
@@ -135,3 +158,448 @@ def _jsonable(value: Any):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------- large images
+# Lazy reading (OME-Zarr, plain zarr, TIFF through tifffile's zarr interface) and
+# chunked OME-Zarr writing, for data larger than memory.  zarr is imported only here.
+
+NGFF_VERSIONS = ("0.4", "0.5")
+_AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+# TIFF axis letters (tifffile) -> NGFF axis names; other letters keep their own name.
+_TIFF_AXES = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Axes, physical pixel size and units of an image, one entry per dimension.
+
+    ``axes`` are NGFF names (``"t"``, ``"c"``, ``"z"``, ``"y"``, ``"x"``, or the
+    file's own), ``scale`` the pixel size along each axis (1.0 when unknown),
+    ``units`` NGFF unit names or None.
+    """
+
+    axes: tuple[str, ...]
+    scale: tuple[float, ...]
+    units: tuple[str | None, ...]
+
+    @classmethod
+    def default(cls, ndim: int) -> ImageMeta:
+        """Axes guessed from the number of dimensions, unit pixel size."""
+        names = ("t", "c", "z", "y", "x")
+        axes = names[-ndim:] if ndim <= 5 else tuple(f"dim_{i}" for i in range(ndim - 5)) + names
+        return cls(tuple(axes), (1.0,) * ndim, (None,) * ndim)
+
+    def pixel_info(self) -> dict[str, Any]:
+        """The TIFF ``pixel_info`` for :func:`write_tiff` (axes, resolution, spacing, unit)."""
+        info: dict[str, Any] = {"axes": "".join(
+            {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(a, "Q") for a in self.axes)}
+        if "y" in self.axes and "x" in self.axes:
+            sy, sx = self.scale[self.axes.index("y")], self.scale[self.axes.index("x")]
+            if (sx, sy) != (1.0, 1.0) and sx > 0 and sy > 0:
+                info["resolution"] = (1.0 / sx, 1.0 / sy)
+                info["resolutionunit"] = 1
+        if "z" in self.axes and self.scale[self.axes.index("z")] != 1.0:
+            info["spacing"] = self.scale[self.axes.index("z")]
+        unit = next((u for a, u in zip(self.axes, self.units, strict=True)
+                     if u and a in "xyz"), None)
+        if unit:
+            info["unit"] = {"micrometer": "um"}.get(unit, unit)
+        return info
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """True for ``*.zarr`` paths (including ``*.ome.zarr``)."""
+    return str(path).rstrip("/\\").lower().endswith(".zarr")
+
+
+def is_tiff_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in (".tif", ".tiff")
+
+
+def open_image(path: str | os.PathLike):
+    """Open an image for reading without loading it when the format allows.
+
+    OME-Zarr (NGFF 0.4/0.5: level 0 of the first multiscale image) and plain
+    zarr arrays give a read-only zarr array; TIFF/OME-TIFF give a zarr array over
+    the file (tifffile's zarr interface, pages read on access); other formats
+    scikit-image reads are read into memory.
+
+    Returns
+    -------
+    array, ImageMeta
+        The array (index it to read) and its axes, pixel size and units.
+
+    Raises
+    ------
+    DuetInputError
+        Missing file, unreadable data or metadata, unsupported dtype.
+    """
+    path = Path(path)
+    if is_zarr_path(path):
+        arr, meta = _open_zarr(path)
+    elif is_tiff_path(path):
+        arr, meta = _open_tiff(path)
+    else:
+        arr = read_image(path)
+        meta = ImageMeta.default(arr.ndim)
+    if np.dtype(arr.dtype).kind not in "biuf" or 0 in arr.shape or len(arr.shape) == 0:
+        raise DuetInputError(f"{path.name} holds no usable image data (dtype {arr.dtype})")
+    return arr, meta
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
+def _open_tiff(path: Path):
+    import tifffile
+    import zarr
+
+    if not path.is_file():
+        raise DuetInputError(f"image file not found: {path}")
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            tiff_axes = str(series.axes)
+            ome_sizes = _ome_physical_sizes(tif) if tif.is_ome else {}
+        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+        arr = zarr.open_array(store, mode="r")
+    except Exception as exc:
+        raise DuetInputError(f"cannot read {path.name} as an image: {_reason(exc)}") from None
+    axes = tuple(_TIFF_AXES.get(a, a.lower()) for a in tiff_axes)
+    if len(axes) != arr.ndim or len(set(axes)) != len(axes):
+        axes = ImageMeta.default(arr.ndim).axes
+    scale, units = [1.0] * arr.ndim, [None] * arr.ndim
+    info = read_pixel_info(path)
+    if "resolution" in info:
+        rx, ry = info["resolution"]
+        for name, r in (("x", rx), ("y", ry)):
+            if name in axes and r > 0:
+                scale[axes.index(name)] = 1.0 / float(r)
+    if "spacing" in info and "z" in axes:
+        scale[axes.index("z")] = float(info["spacing"])
+    unit = info.get("unit")
+    for name, (size, u) in ome_sizes.items():
+        if name in axes:
+            scale[axes.index(name)] = size
+            units[axes.index(name)] = u
+    if unit and not ome_sizes:
+        unit = {"um": "micrometer", "µm": "micrometer", "\\u00B5m": "micrometer",
+                "micron": "micrometer", "nm": "nanometer"}.get(str(unit), str(unit))
+        for name in "zyx":
+            if name in axes:
+                units[axes.index(name)] = unit
+    return arr, ImageMeta(axes, tuple(scale), tuple(units))
+
+
+def _ome_physical_sizes(tif) -> dict[str, tuple[float, str | None]]:
+    """PhysicalSize{X,Y,Z} of the first OME image: {axis: (size, unit)}."""
+    import tifffile
+
+    try:
+        ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
+        image = ome["Image"][0] if isinstance(ome["Image"], list) else ome["Image"]
+        pixels = image["Pixels"]
+    except Exception:
+        return {}
+    units = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}
+    out = {}
+    for name in "xyz":
+        size = pixels.get(f"PhysicalSize{name.upper()}")
+        if size is not None:
+            unit = pixels.get(f"PhysicalSize{name.upper()}Unit", "µm")
+            out[name] = (float(size), units.get(str(unit), str(unit)))
+    return out
+
+
+def _multiscales(attrs: dict) -> list | None:
+    """The NGFF ``multiscales`` list of a group's attributes (0.5: under ``ome``)."""
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and isinstance(ome.get("multiscales"), list):
+        return ome["multiscales"]
+    ms = attrs.get("multiscales")
+    return ms if isinstance(ms, list) else None
+
+
+def _scale_of(transforms) -> list[float] | None:
+    for t in transforms or []:
+        if isinstance(t, dict) and t.get("type") == "scale":
+            return [float(v) for v in t["scale"]]
+    return None
+
+
+def _open_zarr(path: Path):
+    import zarr
+
+    if not path.exists():
+        raise DuetInputError(f"image file not found: {path}")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise DuetInputError(f"cannot read {path.name} as zarr: {_reason(exc)}") from None
+    if isinstance(node, zarr.Array):
+        return node, ImageMeta.default(node.ndim)
+    ms = _multiscales(dict(node.attrs))
+    if not ms:
+        raise DuetInputError(f"{path.name} is a zarr group without NGFF multiscales metadata")
+    try:
+        image = ms[0]
+        ds0 = image["datasets"][0]
+        arr = node[str(ds0["path"])]
+        axes_raw = image.get("axes") or []
+        axes = tuple(a["name"] if isinstance(a, dict) else str(a) for a in axes_raw)
+        units = tuple(a.get("unit") if isinstance(a, dict) else None for a in axes_raw)
+        scale = _scale_of(ds0.get("coordinateTransformations")) or [1.0] * arr.ndim
+        outer = _scale_of(image.get("coordinateTransformations"))
+        if outer:
+            scale = [a * b for a, b in zip(scale, outer, strict=True)]
+    except Exception as exc:
+        raise DuetInputError(f"{path.name} has unreadable NGFF metadata: {_reason(exc)}") from None
+    if not isinstance(arr, zarr.Array):
+        raise DuetInputError(f"{path.name}: multiscale dataset {ds0['path']!r} is not an array")
+    if len(axes) != arr.ndim:
+        default = ImageMeta.default(arr.ndim)
+        axes, units = default.axes, default.units
+    if len(scale) != arr.ndim:
+        scale = [1.0] * arr.ndim
+    return arr, ImageMeta(axes, tuple(float(s) for s in scale), tuple(units))
+
+
+def _ngff_axes(meta: ImageMeta) -> list[dict[str, Any]]:
+    out = []
+    for name, unit in zip(meta.axes, meta.units, strict=True):
+        ax: dict[str, Any] = {"name": name}
+        if name in _AXIS_TYPES:
+            ax["type"] = _AXIS_TYPES[name]
+        if unit and ax.get("type") in ("space", "time"):
+            ax["unit"] = unit
+        out.append(ax)
+    return out
+
+
+def _plane_axes(meta: ImageMeta) -> tuple[int, int]:
+    """The two axes the pyramid halves: y and x when named, else the last two."""
+    if "y" in meta.axes and "x" in meta.axes:
+        return meta.axes.index("y"), meta.axes.index("x")
+    n = len(meta.axes)
+    return n - 2, n - 1
+
+
+def _level_scale(meta: ImageMeta, level: int) -> tuple[list[float], list[float]]:
+    scale, trans = list(meta.scale), [0.0] * len(meta.scale)
+    for a in _plane_axes(meta):
+        scale[a] = meta.scale[a] * 2**level
+        trans[a] = meta.scale[a] * (2**level - 1) / 2
+    return scale, trans
+
+
+def _set_ngff_metadata(group, meta: ImageMeta, n_levels: int, version: str,
+                       name: str = "image") -> None:
+    datasets = []
+    for level in range(n_levels):
+        scale, trans = _level_scale(meta, level)
+        ct: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+        if any(trans):
+            ct.append({"type": "translation", "translation": trans})
+        datasets.append({"path": str(level), "coordinateTransformations": ct})
+    ms = {"name": name, "axes": _ngff_axes(meta), "datasets": datasets,
+          "type": "mean" if n_levels > 1 else None}
+    ms = {k: v for k, v in ms.items() if v is not None}
+    if version == "0.4":
+        group.attrs["multiscales"] = [{"version": "0.4", **ms}]
+    else:
+        ome = dict(group.attrs.get("ome") or {})
+        ome.update({"version": "0.5", "multiscales": [ms]})
+        group.attrs["ome"] = ome
+
+
+def default_chunks(shape: tuple[int, ...], meta: ImageMeta | None = None,
+                   plane: int = 512, depth: int = 16) -> tuple[int, ...]:
+    """Chunks for an OME-Zarr level: up to ``plane`` px in y/x, ``depth`` in z, 1 elsewhere."""
+    meta = meta or ImageMeta.default(len(shape))
+    py, px = _plane_axes(meta)
+    out = []
+    for a, n in enumerate(shape):
+        if a in (py, px):
+            out.append(min(n, plane))
+        elif meta.axes[a] == "z":
+            out.append(min(n, depth))
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def create_ome_zarr(path: str | os.PathLike, shape: tuple[int, ...], dtype, meta: ImageMeta, *,
+                    chunks: tuple[int, ...] | None = None, version: str = "0.5",
+                    attributes: dict[str, Any] | None = None):
+    """Create an OME-Zarr image (level 0 only, zeros) to be filled chunk by chunk.
+
+    Returns the zarr array of level 0; :func:`build_pyramid` adds the lower
+    resolutions once it is filled.  ``version`` "0.5" writes zarr v3, "0.4" zarr v2.
+    """
+    import zarr
+
+    if version not in NGFF_VERSIONS:
+        raise DuetInputError(f"NGFF version must be one of {NGFF_VERSIONS}, got {version!r}")
+    if len(meta.axes) != len(shape):
+        raise DuetInputError(f"{len(meta.axes)} axes for a {len(shape)}D image")
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(path), mode="w", zarr_format=3 if version == "0.5" else 2)
+        kwargs: dict[str, Any] = {}
+        if version == "0.5":
+            kwargs["dimension_names"] = list(meta.axes)
+        else:
+            kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        arr = group.create_array(
+            "0", shape=tuple(int(s) for s in shape), dtype=np.dtype(dtype),
+            chunks=tuple(chunks or default_chunks(tuple(shape), meta)), fill_value=0, **kwargs)
+        _set_ngff_metadata(group, meta, 1, version)
+        for k, v in (attributes or {}).items():
+            group.attrs[k] = strict_jsonable(v)
+    except DuetInputError:
+        raise
+    except OSError as exc:
+        raise DuetInputError(f"cannot write {path}: {_reason(exc)}") from None
+    return arr
+
+
+def ngff_version(group) -> str:
+    """NGFF version of an OME-Zarr group written by :func:`create_ome_zarr`."""
+    return "0.5" if isinstance(group.attrs.get("ome"), dict) else "0.4"
+
+
+def auto_levels(shape: tuple[int, ...], meta: ImageMeta, max_levels: int = 4,
+                min_size: int = 256) -> int:
+    """Pyramid levels: halve y/x while the plane is larger than ``min_size`` (at most 4)."""
+    py, px = _plane_axes(meta)
+    n, size = 1, max(shape[py], shape[px])
+    while n < max_levels and size > min_size:
+        size = (size + 1) // 2
+        n += 1
+    return n
+
+
+def _halve(block: np.ndarray, axes: tuple[int, int], dtype) -> np.ndarray:
+    """Mean of 2x2 blocks over ``axes`` (odd sizes: the last row/column is repeated)."""
+    x = block.astype(np.float64)
+    for a in axes:
+        if x.shape[a] % 2:
+            edge = np.take(x, [-1], axis=a)
+            x = np.concatenate([x, edge], axis=a)
+        n = x.shape[a] // 2
+        x = np.take(x, np.arange(0, 2 * n, 2), axis=a) + np.take(x, np.arange(1, 2 * n, 2), axis=a)
+        x = x / 2
+    if np.dtype(dtype).kind in "iub":
+        x = np.rint(x)
+    return x.astype(dtype)
+
+
+def build_pyramid(path: str | os.PathLike, levels: int | None = None) -> int:
+    """Add lower resolutions (y/x halved per level, 2x2 mean) to an OME-Zarr image.
+
+    Reads level 0 block by block (bounded memory), writes levels ``1..levels-1``
+    and lists them in the NGFF metadata.  ``levels`` None: :func:`auto_levels`.
+    Returns the number of levels.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    version = ngff_version(group)
+    _, meta = _open_zarr(Path(path))
+    src = group["0"]
+    levels = auto_levels(src.shape, meta) if levels is None else max(1, int(levels))
+    py, px = _plane_axes(meta)
+    fmt = group.metadata.zarr_format
+    for level in range(1, levels):
+        shape = list(src.shape)
+        for a in (py, px):
+            shape[a] = (shape[a] + 1) // 2
+        chunks = tuple(min(c, s) for c, s in zip(src.chunks, shape, strict=True))
+        kwargs: dict[str, Any] = {}
+        if fmt == 3:
+            kwargs["dimension_names"] = list(meta.axes)
+        else:
+            kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        dst = group.create_array(str(level), shape=tuple(shape), dtype=src.dtype, chunks=chunks,
+                                 fill_value=0, overwrite=True, **kwargs)
+        lead = [a for a in range(src.ndim) if a not in (py, px)]
+        if not lead:
+            dst[...] = _halve(src[...], (py, px), src.dtype)
+        else:
+            # Blocks along the last leading axis, one chunk deep; every index of the others.
+            blk_axis = lead[-1]
+            step = src.chunks[blk_axis]
+            for idx in np.ndindex(*[src.shape[a] for a in lead[:-1]]):
+                for b0 in range(0, src.shape[blk_axis], step):
+                    sel: list[Any] = [slice(None)] * src.ndim
+                    for a, i in zip(lead[:-1], idx, strict=True):
+                        sel[a] = slice(i, i + 1)
+                    sel[blk_axis] = slice(b0, min(b0 + step, src.shape[blk_axis]))
+                    dst[tuple(sel)] = _halve(np.asarray(src[tuple(sel)]), (py, px), src.dtype)
+        src = dst
+    _set_ngff_metadata(group, meta, levels, version)
+    return levels
+
+
+def write_ome_zarr(path: str | os.PathLike, array, meta: ImageMeta | None = None, *,
+                   chunks: tuple[int, ...] | None = None, levels: int | None = None,
+                   version: str = "0.5") -> Path:
+    """Write an array (numpy or any array-like, copied block by block) as OME-Zarr.
+
+    ``meta`` gives axes, pixel size and units (default: guessed from the number of
+    dimensions); ``levels`` the pyramid depth (default :func:`auto_levels`).
+    """
+    meta = meta or ImageMeta.default(len(array.shape))
+    dst = create_ome_zarr(path, tuple(array.shape), array.dtype, meta, chunks=chunks,
+                          version=version)
+    if len(array.shape) < 3:
+        dst[...] = np.asarray(array[...])
+    else:
+        step = dst.chunks[0]
+        for b0 in range(0, array.shape[0], step):
+            dst[b0:b0 + step] = np.asarray(array[b0:b0 + step])
+    build_pyramid(path, levels)
+    return Path(path)
+
+
+def write_tiff_blocks(path: str | os.PathLike, array, *, pixel_info: dict[str, Any] | None = None,
+                      bigtiff: bool | None = None) -> Path:
+    """Write an array-like (e.g. a zarr array) as a TIFF plane by plane (bounded memory).
+
+    BigTIFF when the data exceed 2 GiB (or ``bigtiff`` says so); keeps
+    ``pixel_info`` (see :func:`write_tiff`).
+    """
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape, dtype = tuple(array.shape), np.dtype(array.dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if bigtiff is None:
+        bigtiff = nbytes > 2**31
+    info = pixel_info or {}
+    metadata: dict[str, Any] = {}
+    if info.get("axes") and len(info["axes"]) == len(shape):
+        metadata["axes"] = info["axes"]
+    for key in ("spacing", "unit"):
+        if key in info:
+            metadata[key] = info[key]
+    kwargs: dict[str, Any] = {}
+    if "resolution" in info:
+        kwargs["resolution"] = tuple(info["resolution"])
+        kwargs["resolutionunit"] = info.get("resolutionunit", 1)
+
+    def planes():
+        lead = shape[:-2]
+        if not lead:
+            yield np.ascontiguousarray(np.asarray(array[...]), dtype)
+            return
+        for idx in np.ndindex(*lead):
+            yield np.ascontiguousarray(np.asarray(array[idx]), dtype)
+
+    tifffile.imwrite(str(path), data=planes(), shape=shape, dtype=dtype, bigtiff=bigtiff,
+                     photometric="minisblack", metadata=metadata, **kwargs)
+    return path

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 KIND = "noise_model"
 _LOG_FLOOR = math.log(1e-10)  # the reference adds 1e-10 to p(x|s); keeps log finite
 _HIST_BINS = 96
+_MAX_GAUSSIANS, _MAX_COEFFS = 64, 32  # bounds of a noise model read from a file
 
 
 @dataclass
@@ -197,15 +198,41 @@ class GaussianMixtureNoiseModel:
             )
         return config, tensors
 
+    @staticmethod
+    def file_shapes(config: dict, prefix: str = "") -> dict[str, tuple[int, ...] | None]:
+        """Tensors a model file holds for a noise model with ``config`` (name to shape).
+
+        The histogram tensors are optional (None).  Raises ValueError for sizes
+        out of bounds, so a header cannot ask for a huge model.
+        """
+        from .modelfile import file_int
+
+        if not isinstance(config, dict):
+            raise ValueError(f"noise-model entry must be a mapping, got {type(config).__name__}")
+        k = file_int(config.get("n_gaussian"), f"{prefix}n_gaussian", 1, _MAX_GAUSSIANS)
+        n = file_int(config.get("n_coeff"), f"{prefix}n_coeff", 1, _MAX_COEFFS)
+        return {f"{prefix}weight": (3 * k, n), f"{prefix}hist": None,
+                f"{prefix}hist_signal_edges": None, f"{prefix}hist_obs_edges": None}
+
     @classmethod
     def from_file_parts(
         cls, config: dict, tensors: dict, prefix: str = "", name: str = "model file"
     ) -> GaussianMixtureNoiseModel:
+        from .modelfile import check_finite_tensors, file_number
+
         try:
+            shapes = cls.file_shapes(config, prefix)
             weight = tensors[f"{prefix}weight"]
-            k, n = int(config["n_gaussian"]), int(config["n_coeff"])
-            if tuple(weight.shape) != (3 * k, n):
-                raise ValueError(f"weight shape {tuple(weight.shape)} != {(3 * k, n)}")
+            if tuple(weight.shape) != shapes[f"{prefix}weight"]:
+                raise ValueError(f"weight shape {tuple(weight.shape)} != "
+                                 f"{shapes[f'{prefix}weight']}")
+            check_finite_tensors({k: tensors[k] for k in shapes if k in tensors}, name=name)
+            # NaN or inf here makes every likelihood NaN (training skips every
+            # batch); a variance floor of zero lets a component collapse.
+            min_signal = file_number(config.get("min_signal"), f"{prefix}min_signal")
+            max_signal = file_number(config.get("max_signal"), f"{prefix}max_signal")
+            min_sigma = file_number(config.get("min_sigma"), f"{prefix}min_sigma",
+                                    positive=True)
             hist = tensors.get(f"{prefix}hist")
             edges = None
             if hist is not None:
@@ -216,9 +243,9 @@ class GaussianMixtureNoiseModel:
                 hist = hist.cpu().numpy()
             return cls(
                 weight.cpu(),
-                float(config["min_signal"]),
-                float(config["max_signal"]),
-                float(config["min_sigma"]),
+                min_signal,
+                max_signal,
+                min_sigma,
                 hist=hist,
                 hist_edges=edges,
                 info=config.get("info", {}),
@@ -238,8 +265,16 @@ class GaussianMixtureNoiseModel:
         """Read a noise model; foreign or damaged files raise ModelFileError."""
         from .modelfile import load_model_file
 
-        mf = load_model_file(path, kind=KIND)
-        return cls.from_file_parts(mf.config, mf.tensors, name=Path(path).name)
+        name = Path(path).name
+
+        def expect(header: dict) -> dict:
+            try:
+                return cls.file_shapes(header["config"])
+            except ValueError as exc:
+                raise ModelFileError(f"{name} holds a damaged noise model ({exc})") from None
+
+        mf = load_model_file(path, kind=KIND, expect=expect, what="noise model")
+        return cls.from_file_parts(mf.config, mf.tensors, name=name)
 
     # ------------------------------------------------------------------- plot
     def plot(self, path: str | os.PathLike, signals: list[float] | None = None) -> Path:

@@ -109,23 +109,36 @@ def texture(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> np.n
 
 
 def two_textures(
-    inside: str, outside: str, shape: tuple[int, int] = (128, 128), *, noise: float = 0.5,
-    seed: int = 0, box: int = 30,
+    inside: str | np.ndarray, outside: str | np.ndarray, shape: tuple[int, int] = (128, 128),
+    *, noise: float = 0.5, seed: int = 0, box: int = 30,
 ) -> tuple[np.ndarray, np.ndarray, tuple, tuple]:
     """Two textures of equal mean and std in large smooth regions, plus Gaussian noise.
 
-    Returns ``(image, mask, fg_box, bg_box)``: ``mask`` is True where
-    ``inside`` is, each box (y0, x0, y1, x1) of ``box`` px lies inside one
-    region.  ``noise`` is the noise std relative to the textures' std.  Mean
-    and variance carry no information, so intensity-based (constant-expert)
-    Chan-Vese is near chance.
+    ``inside`` and ``outside`` are names of :func:`texture` or grey images
+    of at least ``shape`` (e.g. photographs of textures; a random crop is
+    used, standardised to zero mean and unit std).  Returns ``(image, mask,
+    fg_box, bg_box)``: ``mask`` is True where ``inside`` is, each box (y0,
+    x0, y1, x1) of ``box`` px lies inside one region.  ``noise`` is the
+    noise std relative to the textures' std.  Mean and variance carry no
+    information, so intensity-based (constant-expert) Chan-Vese is near
+    chance.
     """
     from scipy import ndimage as ndi
 
     rng = np.random.default_rng(seed)
     field = ndi.gaussian_filter(rng.normal(size=shape), min(shape) / 5, mode="wrap")
     mask = field > np.quantile(field, rng.uniform(0.35, 0.65))
-    clean = np.where(mask, texture(inside, shape, rng), texture(outside, shape, rng))
+    def pick(t) -> np.ndarray:
+        if isinstance(t, str):
+            return texture(t, shape, rng)
+        t = np.asarray(t, np.float64)
+        if t.shape[0] < shape[0] or t.shape[1] < shape[1]:
+            raise ValueError(f"texture image {t.shape} is smaller than {shape}")
+        y0 = int(rng.integers(t.shape[0] - shape[0] + 1))
+        x0 = int(rng.integers(t.shape[1] - shape[1] + 1))
+        return _standardise(t[y0:y0 + shape[0], x0:x0 + shape[1]])
+
+    clean = np.where(mask, pick(inside), pick(outside))
     img = 100.0 + 20.0 * (clean + noise * rng.normal(size=shape))
 
     def box_in(region: np.ndarray) -> tuple[int, int, int, int]:
@@ -138,6 +151,26 @@ def two_textures(
         return (y0, x0, y0 + box, x0 + box)
 
     return img.astype(np.float32), mask, box_in(mask), box_in(~mask)
+
+
+def random_ellipse(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, r_mean: float,
+                   size: tuple[float, float] = (0.6, 1.4), aspect: tuple[float, float] = (0.6, 1.0)
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A randomly placed, sized and oriented ellipse on the grid ``(yy, xx)``.
+
+    Returns its mask and the squared normalised radius ``rho2`` (0 at the
+    centre, 1 on the outline) for intensity profiles.
+    """
+    h, w = yy.shape
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    a = r_mean * rng.uniform(*size)
+    b = a * rng.uniform(*aspect)
+    t = rng.uniform(0, np.pi)
+    dy, dx = yy - cy, xx - cx
+    u = (dy * np.cos(t) + dx * np.sin(t)) / a
+    v = (-dy * np.sin(t) + dx * np.cos(t)) / b
+    rho2 = u * u + v * v
+    return rho2 <= 1, rho2
 
 
 def sparse_dim_nuclei(seed: int = 0, shape: tuple[int, int] = (192, 256)
@@ -160,14 +193,7 @@ def sparse_dim_nuclei(seed: int = 0, shape: tuple[int, int] = (192, 256)
     for _ in range(2000):
         if mask.mean() >= target:
             break
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        a = r_mean * rng.uniform(0.7, 1.3)
-        b = a * rng.uniform(0.7, 1.0)
-        t = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dy * np.cos(t) + dx * np.sin(t)) / a
-        v = (-dy * np.sin(t) + dx * np.cos(t)) / b
-        e = u * u + v * v <= 1
+        e, _ = random_ellipse(yy, xx, rng, r_mean, (0.7, 1.3), (0.7, 1.0))
         if (e & mask).any():
             continue
         clean = np.where(e, contrast * rng.uniform(0.6, 1.2), clean)

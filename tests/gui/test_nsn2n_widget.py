@@ -39,16 +39,21 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.image_picker.value = layer
     assert widget.axis.value == 0
     yields = []
+    assert widget.show_weight_map() is not None
     widget.train()
     widget.worker.yielded.connect(lambda p: yields.append(p))
     _wait(qtbot, widget)
+    assert "stack [NS-N2N weight map]" not in viewer.layers  # helpers go with the run
     assert sum(getattr(p, "stage", "") == "train" for p in yields) >= 2
     assert any(getattr(p, "preview", None) is not None for p in yields)
-    assert "stack [NS-N2N preview]" in viewer.layers
+    assert any(getattr(p, "eta", 0) > 0 for p in yields if getattr(p, "stage", "") == "train")
+    # The preview helped while training; it goes away with the run.
+    assert "stack [NS-N2N preview]" not in viewer.layers
     out = viewer.layers["stack [NS-N2N denoised]"]
     assert out.data.shape == noisy.shape and out.data.dtype == np.float32
     assert tuple(out.scale) == tuple(layer.scale) and tuple(out.translate) == tuple(layer.translate)
     assert "stack [NS-N2N uncertainty]" in viewer.layers
+    assert not viewer.layers["stack [NS-N2N uncertainty]"].visible  # not over the result
     assert widget.plot.curves and widget.save_btn.isEnabled()
     # Save, load into a fresh state, denoise another layer.
     path = widget.save_model(tmp_path / "m.duet")
@@ -137,3 +142,34 @@ def test_budget_and_auto_fields_map_to_the_config(widget):
     widget.context.value = "2d"
     cfg = widget.config()
     assert (cfg.budget, cfg.iterations, cfg.context) == (30, 12, "2d")
+
+
+
+def test_threads_setting_applies_during_the_run(widget, qtbot, monkeypatch):
+    import torch
+
+    import napari_duet.nsn2n as nsn2n
+
+    assert widget.threads.value == 1  # the default with napari open
+    before = torch.get_num_threads()
+    widget.threads.value = 2 if before == 1 else 1
+    widget.iterations.value = 3
+    widget.image_picker.value = widget.viewer.add_image(_volume((4, 24, 24))[0], name="t")
+    seen = []
+    real = nsn2n.iter_train
+
+    def spy(*args, **kwargs):  # runs in the worker thread (OpenMP settings are per thread)
+        gen = real(*args, **kwargs)
+        while True:
+            seen.append(torch.get_num_threads())
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield item
+
+    monkeypatch.setattr(nsn2n, "iter_train", spy)
+    widget.train()
+    _wait(qtbot, widget)
+    assert seen and set(seen) == {widget.threads.value}
+    assert torch.get_num_threads() == before

@@ -87,14 +87,16 @@ def test_run_updates_layers_live_and_segments(widget, qtbot):
     updates = []
     widget.status.setText("")
     orig = widget._on_yield
-    widget._on_yield = lambda item: (updates.append(item[3]), orig(item))
+    widget._on_yield = lambda item: (
+        updates.append(item[3]) if type(item[2]).__name__ == "Self2SegState" else None,
+        orig(item))
     # The worker connects to the bound method at start, so patch before Run.
     widget.run()
     assert widget.worker is not None and not widget.run_btn.isEnabled()
     _wait(qtbot, widget)
     assert updates.count(False) >= 2, "mask must update after each alternation"
-    mask_layer = viewer.layers["noisy [Self2Seg mask]"]
-    denoised = viewer.layers["noisy [Self2Seg denoised]"]
+    mask_layer = viewer.layers["noisy S2S mask"]
+    denoised = viewer.layers["noisy S2S denoised"]
     assert mask_layer.data.shape == data.mask.shape
     assert dice(mask_layer.data == 1, data.mask) > 0.85
     # Results overlay the source: same scale and translate.
@@ -121,9 +123,9 @@ def endless_engine(monkeypatch):
     real = s2s.iter_self2seg
     produced: list[float] = []  # when the worker produced each state
 
-    def endless(image, regions=None, config=None):
+    def endless(image, regions=None, config=None, **kwargs):
         last = None
-        for state in real(image, regions, config):
+        for state in real(image, regions, config):  # states only
             last = state
             produced.append(time.perf_counter())
             yield state
@@ -155,7 +157,7 @@ def test_cancel_stops_within_one_alternation(widget, qtbot, endless_engine):
     assert len(after) <= 1
     assert "Cancelled" in widget.status.text()
     assert widget.run_btn.isEnabled()
-    assert viewer.layers["noisy [Self2Seg mask]"].data.any()
+    assert viewer.layers["noisy S2S mask"].data.any()
 
 
 def test_bad_seeds_notify_and_reenable(widget, qtbot, errors):
@@ -195,8 +197,8 @@ def test_removing_source_mid_run_does_not_crash(widget, qtbot, errors):
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
     assert not errors
-    assert "noisy [Self2Seg mask]" in viewer.layers
-    assert "other [Self2Seg mask]" not in viewer.layers
+    assert "noisy S2S mask" in viewer.layers
+    assert "other S2S mask" not in viewer.layers
 
 
 def test_gui_stays_responsive(widget, qtbot):
@@ -232,7 +234,7 @@ def test_stack_current_and_all_slices(widget, qtbot):
     widget.scope.value = "current slice"
     widget.run()
     _wait(qtbot, widget)
-    mask = viewer.layers["stack [Self2Seg mask]"].data
+    mask = viewer.layers["stack S2S mask"].data
     assert mask.shape == stack.shape
     assert mask[1].any() and not mask[0].any() and not mask[2].any()
     assert dice(mask[1] == 1, planes[1].mask) > 0.8
@@ -240,7 +242,7 @@ def test_stack_current_and_all_slices(widget, qtbot):
     widget.max_alternations.value = 2
     widget.run()
     _wait(qtbot, widget)
-    mask = viewer.layers["stack [Self2Seg mask]"].data
+    mask = viewer.layers["stack S2S mask"].data
     assert all(dice(mask[i] == 1, planes[i].mask) > 0.8 for i in range(3))
 
 
@@ -252,8 +254,8 @@ def test_rgb_image(widget, qtbot):
     widget.image_picker.value = layer
     widget.run()
     _wait(qtbot, widget)
-    assert viewer.layers["rgb [Self2Seg denoised]"].data.shape == rgb.shape
-    assert dice(viewer.layers["rgb [Self2Seg mask]"].data == 1, data.mask) > 0.8
+    assert viewer.layers["rgb S2S denoised"].data.shape == rgb.shape
+    assert dice(viewer.layers["rgb S2S mask"].data == 1, data.mask) > 0.8
 
 
 def test_export_report_and_screenshot(widget, qtbot, tmp_path):
@@ -282,7 +284,7 @@ def test_out_of_memory_becomes_a_notification(widget, qtbot, errors, monkeypatch
     """MemoryError and torch's allocator errors (a RuntimeError) end in one notification."""
     import napari_duet.self2seg as s2s
 
-    def oom(image, regions=None, config=None):
+    def oom(image, regions=None, config=None, **kwargs):
         if kind == "numpy":
             np.empty((2**60,), np.float32)
         else:
@@ -329,3 +331,150 @@ def test_painted_labels_serve_as_seeds(widget, qtbot, errors):
     widget.seed_labels_picker.value = viewer.add_labels(np.zeros((10, 10), np.uint8))
     widget.run()
     assert widget.worker is None and any("painted seeds" in e for e in errors)
+
+
+def test_failed_run_leaves_no_layers(widget, qtbot, errors, monkeypatch):
+    """A run that fails before its first alternation removes the result layers it added."""
+    import napari_duet.self2seg as s2s
+    from napari_duet._errors import DuetInputError
+
+    def failing(image, regions=None, config=None, **kwargs):
+        time.sleep(0.2)
+        raise DuetInputError("no luck")
+        yield  # pragma: no cover - never reached
+
+    monkeypatch.setattr(s2s, "iter_self2seg", failing)
+    layer, _ = _sample(widget.viewer, shape=(40, 40))
+    widget.image_picker.value = layer
+    names = [ly.name for ly in widget.viewer.layers]
+    widget.run()
+    _wait(qtbot, widget)
+    assert errors and "no luck" in errors[0]
+    assert [ly.name for ly in widget.viewer.layers] == names
+    assert widget.status.text().startswith("Failed")
+    assert widget.run_btn.isEnabled()
+
+
+def test_expert_layers_get_contrast_from_their_data(widget, qtbot):
+    """Hidden expert layers (and the denoised one) show their data's range, not solid white."""
+    layer, _ = _sample(widget.viewer)
+    widget.image_picker.value = layer
+    widget.experts.value = "linear"  # fast, and not constant
+    widget.run()
+    _wait(qtbot, widget)
+    job = widget.job
+    for key in ("expert0", "expert1", "denoised"):
+        result = job.results["layers"][key]
+        data = np.asarray(result.data)
+        assert data.max() > 10  # intensities in the input's scale, far above 1
+        np.testing.assert_allclose(result.contrast_limits, (data.min(), data.max()), rtol=1e-5)
+    assert not job.results["layers"]["expert0"].visible
+
+
+def _cnn_widget(widget, shape=(64, 64), steps=200):
+    layer, data = _sample(widget.viewer, shape=shape)
+    widget.image_picker.value = layer
+    widget.experts.value = "cnn"
+    widget.expert_steps.value = steps
+    widget.max_alternations.value = 2
+    return layer, data
+
+
+def test_progress_advances_within_an_alternation(widget, qtbot):
+    from napari_duet.self2seg import Self2SegProgress
+
+    _cnn_widget(widget, steps=150)
+    seen = []  # (kind, alternation, progress bar, status)
+
+    def on_yield(item):
+        state = item[2]
+        kind = "progress" if isinstance(state, Self2SegProgress) else "state"
+        alternation = getattr(state, "alternation", None)  # the final item is a result
+        seen.append((kind, alternation, widget.progress.value(), widget.status.text()))
+
+    widget.run()
+    widget.worker.yielded.connect(on_yield)  # after the widget's own handler
+    _wait(qtbot, widget)
+    # Alternation 2 trains CNN experts: several progress events before its state,
+    # with the bar and the training step moving forward.
+    inside = [s for s in seen if s[1] == 2 and s[0] == "progress"]
+    assert len(inside) >= 3
+    bars = [s[2] for s in inside]
+    assert bars == sorted(bars) and bars[-1] > bars[0]
+    assert any("training experts, step" in s[3] for s in inside)
+    assert any("updating the mask" in s[3] for s in inside)
+    assert widget.progress.value() == 1000
+
+
+def test_cancel_takes_effect_within_seconds(widget, qtbot):
+    """Cancel in the middle of a long expert training stops the worker within ~5 s."""
+    from napari_duet.self2seg import Self2SegProgress
+
+    _cnn_widget(widget, shape=(96, 96), steps=20000)
+    widget.max_alternations.value = 3
+    # No early stopping: alternation 2 alone would train for minutes.
+    make_config = widget.config
+    widget.config = lambda: make_config().replace(patience=0)
+    pressed = []
+
+    def on_yield(item):
+        state = item[2]
+        if (not pressed and isinstance(state, Self2SegProgress) and state.stage == "experts"
+                and state.alternation == 2 and state.step >= 20):
+            pressed.append(time.perf_counter())
+            widget.cancel()
+
+    widget.run()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    stopped = time.perf_counter()
+    assert pressed, "no progress event arrived during the expert training"
+    print(f"Cancel took {stopped - pressed[0]:.2f} s")
+    assert stopped - pressed[0] < 5.0
+    assert "Cancelled during alternation 2" in widget.status.text()
+    # The first alternation's result is kept.
+    assert widget.viewer.layers["noisy S2S mask"].data.any()
+    assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+
+def test_save_results_writes_every_result_and_the_seeds(widget, qtbot, tmp_path):
+    import tifffile
+
+    viewer = widget.viewer
+    layer, _ = _sample(viewer, shape=(64, 64))
+    widget.image_picker.value = layer
+    seeds = widget.new_seeds_layer()
+    assert seeds.ndim == layer.ndim and widget.role.value == "foreground"
+    seeds.add_rectangles(np.array([[30, 30], [34, 34]]))
+    widget.role.value = "background"
+    seeds.add_rectangles(np.array([[0, 0], [4, 60]]))
+    assert not widget.save_btn.isEnabled()
+    widget.run()
+    _wait(qtbot, widget)
+    assert widget.save_btn.isEnabled()
+    paths = widget.save_results(tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == ["noisy_denoised.tif", "noisy_expert_background.tif",
+                     "noisy_expert_foreground.tif", "noisy_mask.tif", "noisy_seeds.tif",
+                     "noisy_self2seg.json"]
+    mask = tifffile.imread(tmp_path / "out" / "noisy_mask.tif")
+    np.testing.assert_array_equal(mask, widget.job.results["layers"]["mask"].data)
+    seeds_img = tifffile.imread(tmp_path / "out" / "noisy_seeds.tif")
+    assert seeds_img[32, 32] == 2 and seeds_img[1, 10] == 1
+
+
+def test_new_seeds_layer_matches_a_stack(widget):
+    stack = widget.viewer.add_image(np.zeros((3, 32, 40), np.float32), name="stack",
+                                    scale=(2.0, 0.5, 0.5))
+    widget.image_picker.value = stack
+    seeds = widget.new_seeds_layer()
+    assert seeds.ndim == 3 and tuple(seeds.scale) == (2.0, 0.5, 0.5)
+
+
+def test_result_names_are_short():
+    from napari_duet._widgets._common import result_name
+
+    assert result_name("cells", "S2S mask") == "cells S2S mask"
+    long = result_name("C1-2024_03_experiment_12_final.tif", "S2S mask")
+    assert len(long) == 16 + len(" S2S mask") and long.endswith("l.tif S2S mask")
+    assert long.startswith("C1-2024_03") and "…" in long

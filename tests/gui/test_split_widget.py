@@ -148,13 +148,38 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
     cmd = widget.command.text()
     assert cmd.startswith("duet split train --channel-a actin.tif --channel-b mito.tif")
     assert "--epochs 7" in cmd
-    monkeypatch.setattr(widget, "train_configs", lambda: _tiny_configs(epochs=1))
+    monkeypatch.setattr(widget, "train_configs", lambda: _tiny_configs(epochs=2))
     monkeypatch.setattr(widget, "bootstrap_kwargs", lambda: FAST_BOOTSTRAP)
+    seen = []  # (phase, epoch, step, progress bar, status) after the widget's handler
     widget.train()
+    widget.worker.yielded.connect(lambda p: seen.append(
+        (p.phase, p.epoch, p.step, widget.progress.value(), widget.status.text())))
     _wait(qtbot, widget)
     assert widget.model is not None and widget.split_btn.isEnabled()
     assert widget.plot.curves
     assert "actin" in widget.model_info.text()
+    # Real epoch/step progress: 1-based epochs, never past the last, a bar that moves.
+    train = [x for x in seen if x[0] == "train"]
+    bars = [x[3] for x in train]
+    assert bars == sorted(bars) and bars[0] < 500 and bars[-1] == 1000
+    assert any("epoch 1/2" in x[4] for x in train)
+    assert not any("epoch 3/2" in x[4] or "epoch 0/" in x[4] for x in seen)
+
+
+def test_model_info_says_when_calibration_or_split_is_poor():
+    from napari_duet._widgets._split import calibration_line, split_worse_line
+
+    names = ("actin", "mito")
+    good = {"stats_after": [{"ence": 0.05}, {"ence": 0.1}], "rmse": [1.0, 2.0],
+            "naive_rmse": [3.0, 4.0]}
+    assert calibration_line(good, names).startswith("calibration: yes")
+    assert split_worse_line(good, names) == ""
+    bad = {"stats_after": [{"ence": 0.05}, {"ence": 0.8}], "rmse": [1.0, 5.0],
+           "naive_rmse": [3.0, 4.0]}
+    line = calibration_line(bad, names)
+    assert "poor" in line and "mito 0.80" in line and "calibrated" not in line
+    assert "mito" in split_worse_line(bad, names) and "actin" not in split_worse_line(bad, names)
+    assert calibration_line(None, names) == "calibration: no, std is not calibrated"
 
 
 def test_split_screenshot(make_napari_viewer, qtbot, model_path, data):

@@ -161,3 +161,25 @@ def test_low_match_warning_for_unrelated_slices():
     assert res.matched_fraction < 0.5
     assert any("match" in w for w in res.warnings)
     assert any("alike" in w for w in res.warnings)
+
+
+def test_etas_come_from_measured_times():
+    """ETAs are finite from the first step (the denoising part measured before training,
+    not guessed from the step time) and fall to the denoising time at the last step."""
+    import math
+    import time
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0.5, 0.1, (4, 32, 32)).astype(np.float32)
+    cfg = NSN2NConfig(**{**FAST, "iterations": 30, "crop_size": 16, "preview_every": 0})
+    etas, times = [], []
+    for p in iter_train(vol, 0, cfg):
+        if p.stage == "train":
+            etas.append(p.eta)
+            times.append(time.perf_counter())
+    end = time.perf_counter()
+    assert len(etas) == 30
+    assert all(math.isfinite(e) and e >= 0 for e in etas)
+    assert etas[-1] <= etas[1]
+    # Not wildly off (the old first ETA was 16x the real time); generous for busy CI.
+    assert etas[1] < 10 * (end - times[1]) + 1.0

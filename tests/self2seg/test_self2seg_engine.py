@@ -235,3 +235,52 @@ def test_ensembled_expert_denoising_beats_each_expert_alone():
         np.testing.assert_array_equal(ens.labels, alone.labels)
         gains.append(psnr(ens.denoised, s.clean, 255.0) - psnr(alone.denoised, s.clean, 255.0))
     assert np.mean(gains) > 0.2, gains
+
+
+def test_progress_events_within_alternations_change_nothing(monkeypatch):
+    """``progress=True`` adds Self2SegProgress events between the states (expert steps,
+    then the mask); the states and the result stay bit-identical."""
+    from napari_duet.self2seg import Self2SegProgress, _engine, iter_self2seg_stack
+
+    monkeypatch.setattr(_engine, "PROGRESS_INTERVAL", 0.0)  # every 10 steps
+    img, _ = blobs()
+    cfg = Self2SegConfig(max_alternations=3, **FAST)
+    plain = self2seg(img, config=cfg)
+    items = []
+    gen = iter_self2seg(img, config=cfg, progress=True)
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            with_events = stop.value
+            break
+    for a, b in ((plain.labels, with_events.labels), (plain.experts, with_events.experts),
+                 (plain.denoised, with_events.denoised)):
+        np.testing.assert_array_equal(a, b)
+    assert plain.energies == with_events.energies
+    states = [x for x in items if isinstance(x, Self2SegState)]
+    assert len(states) == with_events.alternations
+    events = [x for x in items if isinstance(x, Self2SegProgress)]
+    # Alternation 2 trains CNN experts: its step count rises, then the mask follows.
+    alt2 = [e for e in events if e.alternation == 2]
+    steps = [e.step for e in alt2 if e.stage == "experts"]
+    assert len(steps) >= 3 and steps == sorted(steps) and steps[-1] > steps[0]
+    assert alt2[-1].stage == "mask"
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+    # The stack runner passes them on, with the plane set.
+    stack_items = list(_take(iter_self2seg_stack(np.stack([img, img]), config=cfg,
+                                                 progress=True)))
+    planes = {e.plane for e in stack_items if isinstance(e, Self2SegProgress)}
+    assert planes == {0, 1}
+    assert all(e.n_planes == 2 for e in stack_items if isinstance(e, Self2SegProgress))
+    # Without progress, consumers see states only.
+    assert all(isinstance(x, Self2SegState) for x in _take(iter_self2seg(img, config=cfg)))
+
+
+def _take(gen):
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration:
+            return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import traceback
+import warnings
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -223,15 +224,61 @@ def set_or_add_layer(
     if existing is not None and existing in viewer.layers:
         existing.data = data
         if kind == "image" and kwargs.get("contrast", True):
-            existing.reset_contrast_limits()
+            set_data_contrast(existing, data)
         return existing
-    kwargs.pop("contrast", None)
+    contrast = kwargs.pop("contrast", True)
     if source is not None:
         nd = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
         kwargs.setdefault("scale", tuple(source.scale)[-nd:])
         kwargs.setdefault("translate", tuple(source.translate)[-nd:])
-    add = viewer.add_labels if kind == "labels" else viewer.add_image
-    return add(data, name=name, **kwargs)
+    if kind == "labels":
+        return viewer.add_labels(data, name=name, **kwargs)
+    if contrast and "contrast_limits" not in kwargs:
+        limits = data_limits(data)
+        if limits is not None:
+            kwargs["contrast_limits"] = limits
+    return viewer.add_image(data, name=name, **kwargs)
+
+
+def data_limits(data) -> tuple[float, float] | None:
+    """(min, max) of the finite values of ``data``; None when there are none."""
+    arr = np.asarray(data)
+    if arr.size == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN data
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            return None
+        lo, hi = float(finite.min()), float(finite.max())
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def set_data_contrast(layer, data) -> None:
+    """Contrast limits of an image layer from its whole data (min to max).
+
+    napari's ``reset_contrast_limits`` reads the current slice, which a
+    hidden layer does not update: hidden result layers kept the limits of
+    their first (empty) data and showed solid white.
+    """
+    limits = data_limits(data)
+    if limits is None:
+        return
+    layer.contrast_limits_range = limits
+    layer.contrast_limits = limits
+
+
+def result_name(source: str, what: str, limit: int = 16) -> str:
+    """``"<source> <what>"``, a long source name shortened in the middle to ``limit``
+    characters, so the layer list shows what a result is."""
+    if len(source) > limit:
+        head = (limit - 1) * 2 // 3
+        source = source[:head] + "…" + source[-(limit - 1 - head):]
+    return f"{source} {what}"
 
 
 def paint_pending() -> None:

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..devices import available_devices
+from ..devices import available_devices, max_threads, resolve_threads, run_with_threads
 from ._common import (
     EngineRunnerMixin,
     layer_picker,
@@ -84,6 +84,7 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
 
         self.viewer = napari_viewer
         self.worker = None
+        self._helper_layers: set[str] = set()  # preview, weight maps: removed after a run
         self.job: _Job | None = None
         self.model = None
         self._results: dict[int, dict] = {}
@@ -104,7 +105,10 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         self.device = ComboBox(label="device", choices=["auto", *available_devices()],
                                value="auto")
         self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1)
-        self.show_uncertainty = CheckBox(text="show uncertainty overlay", value=True)
+        self.threads = SpinBox(label="CPU threads",
+                               value=resolve_threads("auto", napari_open=True),
+                               min=1, max=max_threads())
+        self.show_uncertainty = CheckBox(text="add uncertainty layer (hidden)", value=True)
         self.budget.tooltip = ("Training time in seconds; 0 = auto (by device and volume size: "
                                "about 4 min on a CPU for 48 x 256 x 256, 40 s on a GPU).")
         self.iterations.tooltip = ("Exact number of optimiser steps (reproducible); 0 = train "
@@ -169,7 +173,7 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         params = QGroupBox("Training")
         pform = QFormLayout(params)
         for w in (self.budget, self.iterations, self.context, self.width, self.guide,
-                  self.lambda_rc, self.lambda_ic, self.device, self.seed):
+                  self.lambda_rc, self.lambda_ic, self.device, self.seed, self.threads):
             pform.addRow(w.label, w.native)
         pform.addRow(self.tta.native)
         pform.addRow(self.show_uncertainty.native)
@@ -285,6 +289,7 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
             return None
         name = f"{layer.name} [NS-N2N weight map]"
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        self._helper_layers.add(name)  # removed after the next run
         return set_or_add_layer(
             self.viewer, existing, w, kind="image", name=name, colormap="green",
             blending="additive", opacity=0.4, contrast_limits=(0, 1), contrast=False,
@@ -299,7 +304,8 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         self.progress.setValue(0)
         self._set_running(True)
         self.worker = start_engine_worker(
-            gen_function, *args, desc=f"NS-N2N {kind} {layer.name}", total=None,
+            run_with_threads, self.threads.value, gen_function, *args,
+            desc=f"NS-N2N {kind} {layer.name}", total=None,
             on_yield=self._on_yield, on_return=self._on_return, on_error=self._on_error,
             on_finish=self._on_finish,
         )
@@ -350,7 +356,7 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
             return
         if job.kind == "denoise":
             self.progress.setValue(int(1000 * p.done / max(p.total, 1)))
-            self.status.setText(f"Denoised {p.done}/{p.total} slices, ETA {p.eta:.0f} s")
+            self.status.setText(f"Denoised {p.done}/{p.total} slices, {_eta(p.eta)}")
             return
         if p.stage == "train":
             frac = 0.05 + 0.85 * p.iteration / max(p.iterations, 1)
@@ -370,11 +376,12 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
             losses = ", ".join(f"{k} {v:.4g}" for k, v in p.losses.items())
             self.status.setText(
                 f"{p.stage}: iteration {p.iteration}/{p.iterations}  {losses}  "
-                f"matched {p.matched_fraction:.0%}  ETA {p.eta:.0f} s")
+                f"matched {p.matched_fraction:.0%}  {_eta(p.eta)}")
 
     def _show_preview(self, job: _Job, preview: np.ndarray, index: int):
         name = f"{job.source_name} [NS-N2N preview]"
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        self._helper_layers.add(name)  # removed after the run
         rgb_scale = job.scale[-2:]
         set_or_add_layer(self.viewer, existing, preview, kind="image", name=name,
                          colormap="gray", scale=rgb_scale, translate=job.translate[-2:])
@@ -418,12 +425,21 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
             layers["uncertainty"] = set_or_add_layer(
                 self.viewer, layers.get("uncertainty"), unc, kind="image",
                 name=f"{job.source_name} [NS-N2N uncertainty]", colormap="magma",
-                blending="additive", opacity=0.6, scale=job.scale, translate=job.translate)
+                blending="additive", opacity=0.6, scale=job.scale, translate=job.translate,
+                visible=False)  # available, but not drawn over the result
 
     def _on_finish(self):
         if self._take_worker():
             self.status.setText(f"Cancelled ({self.job.kind}); input layers are unchanged.")
+        self._remove_helper_layers()
         self._set_running(False)
+
+    def _remove_helper_layers(self):
+        """Remove the preview and weight-map layers: they only help while setting up/training."""
+        names, self._helper_layers = self._helper_layers, set()
+        for name in names:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
 
     # ------------------------------------------------------------------ models
     def save_model(self, path: str | Path) -> Path:
@@ -457,3 +473,8 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
                                               "napari-duet model (*.duet);;All files (*)")
         if path:
             self.load_model(path)
+
+
+def _eta(seconds: float) -> str:
+    """"ETA 12 s", or "ETA …" while the time per step is not measured yet."""
+    return f"ETA {seconds:.0f} s" if np.isfinite(seconds) else "ETA …"

@@ -2,7 +2,9 @@
 
 The engine (:func:`napari_duet.self2seg.iter_self2seg_stack`, plane by plane)
 runs in a napari thread worker; each yielded alternation updates the result
-layers in place.
+layers in place, and the engine's progress events within an alternation
+(expert training steps, the mask update) move the progress bar and let Cancel
+act within a fraction of a second.
 Everything the run needs (pixels, regions, scale) is captured when Run is
 pressed, so selecting or deleting layers meanwhile cannot redirect results.
 """
@@ -25,14 +27,16 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from .._io import write_json
+from .._io import write_json, write_tiff
 from .._versions import versions
-from ..devices import available_devices
+from ..devices import available_devices, max_threads, resolve_threads
+from ..self2seg._engine import Self2SegProgress
 from ..self2seg._regions import validate_regions
 from ._common import (
     EngineRunnerMixin,
@@ -40,6 +44,7 @@ from ._common import (
     layer_picker,
     notify_error,
     paint_pending,
+    result_name,
     set_or_add_layer,
     start_engine_worker,
     warm_up_torch,
@@ -71,6 +76,8 @@ class _Job:
     results: dict = field(default_factory=dict)  # layer refs
     reports: dict = field(default_factory=dict)  # lead_index -> report
     last_alternation: int = 0
+    states: int = 0  # alternation states received
+    new_layers: list = field(default_factory=list)  # result layers this run added
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -78,7 +85,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
     """Joint denoising and segmentation of the chosen image, seeded by shapes."""
 
     context = "Self2Seg"
-    cancel_message = "Cancelling after the current alternation…"
+    cancel_message = "Cancelling…"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
@@ -97,7 +104,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
                                                nullable=True)
         self.new_seeds_btn = QPushButton("New seeds layer")
         self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
-        self.role = ComboBox(label="role of new shapes", choices=role_names(2))
+        self.role = ComboBox(label="new boxes are", choices=role_names(2), value="foreground")
         self.n_classes = SpinBox(label="classes", value=defaults["n_classes"], min=2, max=8)
         self.lam = FloatSpinBox(label="λ scale (0 = auto)", value=defaults["lam"] or 0.0, min=0.0,
                                 max=1e6, step=0.1)
@@ -112,6 +119,9 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.device = ComboBox(label="device", choices=["auto", *available_devices()],
                                value="auto")
         self.seed = SpinBox(label="seed", value=defaults["seed"], min=0, max=2**31 - 1)
+        self.threads = SpinBox(label="CPU threads",
+                               value=resolve_threads("auto", napari_open=True),
+                               min=1, max=max_threads())
         self.invert = CheckBox(text="dark objects are foreground (automatic start)",
                                value=bool(defaults["invert"]))
         self.scope = ComboBox(label="slices", choices=list(SCOPES), value=SCOPES[0])
@@ -122,6 +132,13 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.cancel_btn.setEnabled(False)
         self.export_btn = QPushButton("Export report…")
         self.export_btn.setEnabled(False)
+        self.save_btn = QPushButton("Save results…")
+        self.save_btn.setToolTip("Write the mask, denoised image, experts, seeds and report "
+                                 "of the last run into a folder (TIFF + JSON)")
+        self.save_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
         self.status = QLabel("Draw foreground/background boxes, or run without seeds.")
         self.status.setWordWrap(True)
         self.plot = CurvePlot("Energy per alternation", "energy")
@@ -136,6 +153,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.run_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_btn.clicked.connect(self._export_dialog)
+        self.save_btn.clicked.connect(self._save_dialog)
         self._update_scope()
 
     # ------------------------------------------------------------------ layout
@@ -147,15 +165,14 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         form.addRow("slices", self.scope.native)
         form.addRow("seeds", self.seeds_picker.native)
         form.addRow("painted seeds", self.seed_labels_picker.native)
-        row = QHBoxLayout()
-        row.addWidget(self.new_seeds_btn)
-        row.addWidget(self.role.native)
-        form.addRow(row)
+        form.addRow(self.new_seeds_btn)
+        form.addRow("new boxes are", self.role.native)
         layout.addWidget(data)
         params = QGroupBox("Parameters")
         pform = QFormLayout(params)
         for w in (self.n_classes, self.lam, self.max_alternations, self.experts,
-                  self.expert_width, self.expert_steps, self.device, self.seed):
+                  self.expert_width, self.expert_steps, self.device, self.seed,
+                  self.threads):
             pform.addRow(w.label, w.native)
         pform.addRow(self.invert.native)
         layout.addWidget(params)
@@ -163,7 +180,9 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         buttons.addWidget(self.run_btn)
         buttons.addWidget(self.cancel_btn)
         buttons.addWidget(self.export_btn)
+        buttons.addWidget(self.save_btn)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
         layout.addStretch(1)
@@ -178,20 +197,22 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.expert_steps.tooltip = "Training steps per expert and alternation."
         self.expert_width.tooltip = "Channels of the CNN experts' hidden layers."
         self.scope.tooltip = "For stacks: segment the slice on screen, or every slice."
+        self.role.tooltip = "Role of the next boxes drawn on the seeds layer."
         self.seed_labels_picker.tooltip = (
             "A Labels layer painted with seeds: label 1 = background, 2 = foreground "
             "(k + 1 = class k); 0 = unlabelled. Boxes on the seeds layer are painted over it.")
 
     # ------------------------------------------------------------------- seeds
     def new_seeds_layer(self) -> Shapes:
-        """Add a Shapes layer for seeds, tied to the image's scale, in rectangle mode."""
+        """Add a Shapes layer for seeds in rectangle mode, with the image's dimensions
+        (boxes drawn on a slice of a stack seed that slice), scale and translate."""
         image = self.image_picker.value
         k = self.n_classes.value
-        kwargs = {}
+        kwargs = {"ndim": 2}
         if image is not None:
-            kwargs = {"scale": tuple(image.scale)[-2:], "translate": tuple(image.translate)[-2:]}
+            kwargs = {"ndim": image.ndim, "scale": tuple(image.scale),
+                      "translate": tuple(image.translate)}
         layer = self.viewer.add_shapes(
-            ndim=2,
             name="seeds",
             features=role_features(k),
             edge_color=ROLE_FEATURE,
@@ -257,6 +278,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             device=self.device.value,
             seed=self.seed.value,
             invert=self.invert.value,
+            threads=self.threads.value,
         )
 
     def _lead_indices(self, image: Image) -> list[tuple[int, ...]]:
@@ -287,15 +309,17 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         if config.experts != "constant":
             warm_up_torch()
         self._prepare_results(job)
+        before = set(map(id, job.results["layers"].values()))
         # Create the result layers now (GUI work), so each alternation only swaps data.
         self._show_results(job)
+        job.new_layers = [ly for ly in job.results["layers"].values() if id(ly) not in before]
         self.plot.plot({})
         self._set_running(True)
+        self.progress.setValue(0)
         self.status.setText(f"Running Self2Seg on {job.source_name}…")
         # Paint the new layers once before the worker competes for the CPU: the first
         # draw of a new layer type (shader set-up) is the longest single GUI task.
         paint_pending()
-        total = len(job.indices) * config.max_alternations
         self.worker = start_engine_worker(
             _iterate_planes,
             job.stack,
@@ -304,7 +328,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             job.rgb,
             job.indices,
             desc=f"Self2Seg {job.source_name}",
-            total=total,
+            total=None,  # the engine also yields progress within alternations
             on_yield=self._on_yield,
             on_return=self._on_return,
             on_error=self._on_error,
@@ -390,6 +414,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.export_btn.setEnabled(not running and bool(self._last_reports))
+        self.save_btn.setEnabled(not running and bool(self._saved_layers()))
 
     # ------------------------------------------------------------ worker events
     def _on_yield(self, item):
@@ -397,6 +422,18 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         if job is None:
             return
         plane_no, idx, state, final = item
+        where = f" (slice {idx}, {plane_no + 1}/{len(job.indices)})" if idx else ""
+        if isinstance(state, Self2SegProgress):
+            self.progress.setValue(int(1000 * min(1.0, state.fraction)))
+            if state.stage == "experts":
+                what = (f"training experts, step {state.step}/{state.total_steps}"
+                        if state.total_steps > 1 else "fitting experts")
+            else:
+                what = "updating the mask"
+            self.status.setText(f"Alternation {state.alternation}/{state.max_alternations}"
+                                f"{where}: {what}, {state.elapsed:.1f} s")
+            return
+        job.states += 1
         arrays = job.results["arrays"]
         sl = idx if idx else ...
         arrays["mask"][sl] = state.labels
@@ -411,7 +448,8 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             job.reports[idx] = state.report()
             return
         job.last_alternation = state.alternation
-        where = f" (slice {idx}, {plane_no + 1}/{len(job.indices)})" if idx else ""
+        self.progress.setValue(int(1000 * (plane_no + state.alternation / max(
+            state.max_alternations, 1)) / max(len(job.indices), 1)))
         self.status.setText(
             f"Alternation {state.alternation}/{state.max_alternations}{where}: "
             f"energy {state.energy:.4g}, {state.elapsed:.1f} s"
@@ -439,12 +477,15 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             return run
 
         # Creation order = stacking order: denoised at the bottom, the mask on top.
-        steps = [step("denoised", "image", f"{job.source_name} [Self2Seg denoised]",
+        # Short names ("cells S2S mask"), so the layer list can show them whole.
+        short = {"background": "bg", "foreground": "fg"}
+        steps = [step("denoised", "image", result_name(job.source_name, "S2S denoised"),
                       **common_img)]
-        steps += [step(f"expert{i}", "image", f"{job.source_name} [expert: {names[i]}]",
+        steps += [step(f"expert{i}", "image",
+                       result_name(job.source_name, f"S2S {short.get(names[i], names[i])} expert"),
                        visible=False, **common_img) for i in range(job.n_classes)]
-        steps.append(step("mask", "labels", f"{job.source_name} [Self2Seg mask]", opacity=0.5,
-                          **common))
+        steps.append(step("mask", "labels", result_name(job.source_name, "S2S mask"),
+                          opacity=0.5, **common))
         return steps
 
     def _on_return(self, summary):
@@ -453,6 +494,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             return
         self._last_reports = self._collect_reports(job)
         secs = time.perf_counter() - job.started
+        self.progress.setValue(1000)
         self.status.setText(
             f"Done: {len(job.indices)} plane(s) of {job.source_name} in {secs:.1f} s."
         )
@@ -466,15 +508,36 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             "versions": versions(),
         }
 
+    def _on_error(self, exc: BaseException):
+        super()._on_error(exc)
+        self._drop_empty_results()
+
+    def _drop_empty_results(self):
+        """Remove the result layers this run added while they hold no result yet."""
+        job = self.job
+        if job is None or job.states:
+            return
+        self._updates.flush()
+        for layer in job.new_layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        kept = job.results["layers"]
+        for key in [k for k, ly in kept.items() if any(ly is n for n in job.new_layers)]:
+            del kept[key]
+        job.new_layers = []
+
     def _on_finish(self):
         job = self.job
         self._updates.flush()  # the last completed state, also after Cancel
         if self._take_worker():
-            self.status.setText(
-                f"Cancelled after alternation {job.last_alternation}; the last state is kept."
-            )
+            if job.states:
+                self.status.setText(f"Cancelled during alternation {job.last_alternation + 1}; "
+                                    "the last completed state is kept.")
+            else:
+                self.status.setText("Cancelled before the first alternation ended.")
             if job.reports:
                 self._last_reports = self._collect_reports(job)
+        self._drop_empty_results()
         self._set_running(False)
 
     # ------------------------------------------------------------------ export
@@ -483,6 +546,50 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         if not self._last_reports:
             raise ValueError("no finished run to export")
         return write_json(path, self._last_reports)
+
+    def _saved_layers(self) -> dict:
+        """The last run's result layers still in the viewer, by key."""
+        job = self.job
+        if job is None or not job.results:
+            return {}
+        return {k: ly for k, ly in job.results["layers"].items() if ly in self.viewer.layers}
+
+    def save_results(self, folder: str | Path) -> list[Path]:
+        """Write every result layer of the last run, its seeds and its report into ``folder``.
+
+        Files are ``<image>_<result>.tif`` (mask, denoised, expert_<role>),
+        ``<image>_seeds.tif`` (0 = no seed, k + 1 = class k; when the run had
+        seeds) and ``<image>_self2seg.json`` (the report, after a run that
+        finished a plane).  Returns the paths written.
+        """
+        job = self.job
+        layers = self._saved_layers()
+        if job is None or not layers:
+            raise ValueError("no results to save: run Self2Seg first")
+        folder = Path(folder)
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.source_name)
+        roles = role_names(job.n_classes)
+        written = []
+        for key, layer in layers.items():
+            what = f"expert_{roles[int(key[6:])]}" if key.startswith("expert") else key
+            what = what.replace(" ", "_")
+            written.append(write_tiff(folder / f"{stem}_{what}.tif", np.asarray(layer.data)))
+        if job.regions is not None:
+            written.append(write_tiff(folder / f"{stem}_seeds.tif",
+                                      np.asarray(job.regions, np.uint8)))
+        if self._last_reports:
+            written.append(write_json(folder / f"{stem}_self2seg.json", self._last_reports))
+        return written
+
+    def _save_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Save Self2Seg results into")
+        if folder:
+            try:
+                paths = self.save_results(folder)
+            except Exception as exc:
+                notify_error(exc, "Save results")
+                return
+            show_info(f"Saved {len(paths)} files to {folder}")
 
     def _export_dialog(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export Self2Seg report", "self2seg.json",
@@ -520,17 +627,21 @@ def _iterate_planes(stack, regions, config, rgb, indices):
     """Run :func:`iter_self2seg_stack`; yields ``(plane_no, index, state, is_final)``.
 
     ``index`` is the plane's index in the source layer (``indices[plane_no]``);
-    the final item of a plane carries its :class:`Self2SegResult`.
+    the final item of a plane carries its :class:`Self2SegResult`; ``state``
+    is a :class:`Self2SegProgress` for progress within an alternation.
     """
     from ..self2seg import iter_self2seg_stack
 
-    gen = iter_self2seg_stack(stack, regions, config, rgb=rgb)
+    gen = iter_self2seg_stack(stack, regions, config, rgb=rgb, progress=True)
     try:
         while True:
             try:
                 item = next(gen)
             except StopIteration as stop:
                 return stop.value
+            if isinstance(item, Self2SegProgress):
+                yield item.plane, indices[item.plane], item, False
+                continue
             state = item.result if item.done else item.state
             yield item.plane, indices[item.plane], state, item.done
     finally:

@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._errors import DuetInputError
-from ..devices import available_devices
+from ..devices import available_devices, max_threads, resolve_threads, run_with_threads
 from ._common import (
     EngineRunnerMixin,
     layer_picker,
@@ -96,6 +96,9 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=4096)
         self.keep_samples = CheckBox(text="add posterior samples as layers", value=True)
         self.device = ComboBox(label="device", choices=devices, value="auto")
+        self.threads = SpinBox(label="CPU threads",
+                               value=resolve_threads("auto", napari_open=True),
+                               min=1, max=max_threads())
         self.load_btn = QPushButton("Load model…")
         self.split_btn = QPushButton("Split")
         self.split_btn.setEnabled(False)
@@ -130,6 +133,8 @@ class SplitWidget(EngineRunnerMixin, QWidget):
                                   step=16)
         self.train_batch = SpinBox(label="batch size", value=d.batch_size, min=1, max=1024)
         self.train_device = ComboBox(label="device", choices=devices, value="auto")
+        self.train_threads = SpinBox(label="CPU threads", value=self.threads.value,
+                                     min=1, max=max_threads())
         self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1)
         self.bootstrap = ComboBox(label="noise models", value="noise2fast", choices=[
             ("bootstrap with Noise2Fast", "noise2fast"),
@@ -182,7 +187,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         s.addWidget(mbox)
         form = QFormLayout()
         form.addRow("image", self.image_picker.native)
-        for w in (self.samples, self.tile, self.batch_size, self.device):
+        for w in (self.samples, self.tile, self.batch_size, self.device, self.threads):
             form.addRow(w.label, w.native)
         form.addRow(self.keep_samples.native)
         s.addLayout(form)
@@ -204,7 +209,8 @@ class SplitWidget(EngineRunnerMixin, QWidget):
             self._picker_labels.append(label)
             tform.addRow(label, picker.native)
         for w in (self.net_config, self.epochs, self.max_minutes, self.patch_size,
-                  self.train_batch, self.train_device, self.seed, self.bootstrap):
+                  self.train_batch, self.train_device, self.train_threads, self.seed,
+                  self.bootstrap):
             tform.addRow(w.label, w.native)
         tform.addRow(self.lateral_context.native)
         t.addLayout(tform)
@@ -248,9 +254,11 @@ class SplitWidget(EngineRunnerMixin, QWidget):
             f"trained on {shape if shape else 'unknown'} pixels, patch {meta['patch_size']}"
             + (f", lateral context ({lc} coarser inputs)" if lc else ""),
             "noise models: " + ("yes" if meta["noise_models"] else "no (Gaussian likelihood)"),
-            "calibration: " + ("yes, std is calibrated" if meta["calibration"]
-                               else "no, std is not calibrated"),
+            calibration_line(getattr(model, "calibration", None), meta["channel_names"]),
         ]
+        worse = split_worse_line(getattr(model, "calibration", None), meta["channel_names"])
+        if worse:
+            lines.append(worse)
         self.model_info.setText("<br>".join(lines))
         self.calib_btn.setEnabled(bool(meta["calibration"]))
         self.nm_btn.setEnabled(bool(meta["noise_models"]))
@@ -332,8 +340,10 @@ class SplitWidget(EngineRunnerMixin, QWidget):
     def _start(self, fn, *args, **kwargs):
         self.progress.setValue(0)
         self._set_running(True)
+        threads = (self.train_threads if self.job.kind == "train" else self.threads).value
         self.worker = start_engine_worker(
-            _call_generator, fn, args, kwargs, desc=f"denoiSplit {self.job.kind}", total=None,
+            run_with_threads, threads, _call_generator, fn, args, kwargs,
+            desc=f"denoiSplit {self.job.kind}", total=None,
             on_yield=self._on_yield, on_return=self._on_return, on_error=self._on_error,
             on_finish=self._on_finish,
         )
@@ -355,8 +365,17 @@ class SplitWidget(EngineRunnerMixin, QWidget):
             self.progress.setValue(int(1000 * p.done / max(p.total, 1)))
             self.status.setText(f"Split: {p.done}/{p.total} tiles, {p.elapsed:.0f} s")
             return
+        if p.phase != "train":  # noise models before the epochs, calibration after them
+            what = {"noise_model": "fitting noise models",
+                    "calibrate": "calibrating the uncertainty"}.get(p.phase, p.phase)
+            self.status.setText(f"{what}, {p.elapsed:.0f} s")
+            if p.phase == "calibrate":
+                self.progress.setValue(1000)
+            return
+        # ``epoch`` counts from 1; ``step`` is the step within it.
         total = max(p.epochs * p.steps_per_epoch, 1)
-        self.progress.setValue(int(1000 * min(1.0, (p.epoch * p.steps_per_epoch + p.step) / total)))
+        done = (max(p.epoch, 1) - 1) * p.steps_per_epoch + p.step
+        self.progress.setValue(int(1000 * min(1.0, done / total)))
         for k, v in p.losses.items():
             job.losses.setdefault(k, []).append(v)
         now = time.perf_counter()
@@ -365,8 +384,8 @@ class SplitWidget(EngineRunnerMixin, QWidget):
             self.plot.plot(job.losses, xlabel="logged step")
             val = f", validation {p.val_loss:.4g}" if p.val_loss is not None else ""
             eta = f", ETA {p.eta:.0f} s" if p.eta else ""
-            self.status.setText(f"{p.phase}: epoch {p.epoch + 1}/{p.epochs}, step {p.step}"
-                                f"{val}{eta}")
+            self.status.setText(f"Training: epoch {p.epoch}/{p.epochs}, step {p.step}/"
+                                f"{p.steps_per_epoch}{val}{eta}")
 
     def _on_return(self, result):
         job = self.job
@@ -531,3 +550,38 @@ class SplitWidget(EngineRunnerMixin, QWidget):
 def _call_generator(fn, args, kwargs):
     """Delegate to an engine generator (lets keyword arguments pass through create_worker)."""
     return (yield from fn(*args, **kwargs))
+
+
+#: Expected normalised calibration error above which the std is called poorly calibrated.
+ENCE_POOR = 0.25
+
+
+def calibration_line(cal: dict | None, names) -> str:
+    """What the model's calibration says about its std, from the validation ENCE."""
+    if not cal:
+        return "calibration: no, std is not calibrated"
+    ences = [st.get("ence") if isinstance(st, dict) else None
+             for st in cal.get("stats_after") or []]
+    known = [(n, float(e)) for n, e in zip(names, ences, strict=False) if e is not None]
+    if not known:
+        return "calibration: yes (no validation statistics stored)"
+    bad = [(n, e) for n, e in known if not e <= ENCE_POOR]
+    if bad:
+        which = ", ".join(f"{n} {e:.2f}" for n, e in bad)
+        return (f"calibration: <b>poor</b> (ENCE {which}; good is below {ENCE_POOR}): "
+                "treat the std as a rough guide only")
+    worst = max(e for _, e in known)
+    return f"calibration: yes, std matches the error on validation data (ENCE {worst:.2f})"
+
+
+def split_worse_line(cal: dict | None, names) -> str:
+    """A warning when the model's channels are no closer to their targets than the naive
+    split of the input (by intensity share), else an empty string."""
+    if not cal or not cal.get("rmse") or not cal.get("naive_rmse"):
+        return ""
+    worse = [n for n, r, b in zip(names, cal["rmse"], cal["naive_rmse"], strict=False)
+             if not r < b]
+    if not worse:
+        return ""
+    return ("<b>warning</b>: on validation data " + ", ".join(worse) +
+            " split no better than the input divided by intensity share")

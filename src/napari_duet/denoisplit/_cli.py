@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._cli_progress import add_run_options, cli_run
 from .._errors import DuetInputError
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -70,7 +71,7 @@ def register(subparsers) -> None:
                     help="denoiser used to bootstrap noise models (default auto)")
     tr.add_argument("--no-calibration", action="store_true",
                     help="skip fitting the std calibration on the validation split")
-    tr.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_run_options(tr, quiet_help="no progress lines")
     tr.set_defaults(func=_train)
 
     pr = ssub.add_parser("predict", help="split an image with a trained model",
@@ -96,6 +97,7 @@ def register(subparsers) -> None:
     pr.add_argument("--device", choices=_DEVICES, default="auto",
                     help="compute device (default auto)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    add_run_options(pr, quiet_help="no progress bar")
     pr.set_defaults(func=_predict)
 
     nm = subparsers.add_parser("noise-model", help="fit pixel noise models (GMM)",
@@ -124,6 +126,7 @@ def register(subparsers) -> None:
     fit.add_argument("--device", choices=_DEVICES, default="auto",
                      help="compute device (default auto)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_run_options(fit, quiet_help="no progress bar")
     fit.set_defaults(func=_fit_noise_model)
 
 
@@ -196,25 +199,29 @@ def _train(args) -> int:
         calibrate=not args.no_calibration,
     )
     names = _channel_names(files)
-    gen = iter_train(channels, cfg, tc, nms, channel_names=names,
-                     bootstrap_kwargs={"denoiser": args.denoiser})
-    last_epoch = None
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            model = stop.value
-            break
-        if args.quiet:
-            continue
-        if p.phase != "train":
-            print(f"[{p.elapsed:7.1f}s] {p.phase}", file=sys.stderr)
-        elif p.step == p.steps_per_epoch and p.val_loss is not None and p.epoch != last_epoch:
-            last_epoch = p.epoch
-            loss = p.losses.get("loss", float("nan"))
-            print(f"[{p.elapsed:7.1f}s] epoch {p.epoch}/{p.epochs} loss {loss:.4f} "
-                  f"val {p.val_loss:.4f}", file=sys.stderr)
-    out = model.save(args.output)
+    with cli_run(args, "split train") as bar:
+        gen = iter_train(channels, cfg, tc, nms, channel_names=names,
+                         bootstrap_kwargs={"denoiser": args.denoiser})
+        last_epoch = None
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                model = stop.value
+                break
+            bar(p)
+            if args.quiet:
+                continue
+            if p.phase != "train":
+                bar.write(f"[{p.elapsed:7.1f}s] {p.phase}", file=sys.stderr)
+            elif (p.step == p.steps_per_epoch and p.val_loss is not None
+                  and p.epoch != last_epoch):
+                last_epoch = p.epoch
+                loss = p.losses.get("loss", float("nan"))
+                bar.write(f"[{p.elapsed:7.1f}s] epoch {p.epoch}/{p.epochs} loss {loss:.4f} "
+                          f"val {p.val_loss:.4f}", file=sys.stderr)
+        with bar.stage("save"):
+            out = model.save(args.output)
     print(f"wrote {out}")
     if model.calibration is not None:
         from ._calibration import calibration_plot
@@ -233,17 +240,22 @@ def _predict(args) -> int:
     import numpy as np
 
     from .._io import read_image, write_json, write_tiff
+    from .._progress import run_to_end
     from ._model import SplitModel
 
     if args.samples < 1:
         raise DuetInputError("--samples must be >= 1")
-    model = SplitModel.load(args.model, device=args.device)
-    img = read_image(args.image)
-    t0 = time.perf_counter()
-    res = model.predict(img, samples=args.samples, tile=args.tile, batch_size=args.batch_size,
-                        return_samples=args.samples > 1, calibration=args.calibration,
-                        seed=args.seed)
-    seconds = time.perf_counter() - t0
+    with cli_run(args, "split predict") as bar:
+        with bar.stage("load model"):
+            model = SplitModel.load(args.model, device=args.device)
+        img = read_image(args.image)
+        t0 = time.perf_counter()
+        gen = model.iter_predict(img, samples=args.samples, tile=args.tile,
+                                 batch_size=args.batch_size, return_samples=args.samples > 1,
+                                 calibration=args.calibration, seed=args.seed)
+        res = run_to_end(gen, bar)
+        seconds = time.perf_counter() - t0
+    threads = bar.threads
     out = Path(args.output)
     stack = res.mean.ndim == 4  # (C, T, Y, X)
     files = {}
@@ -269,6 +281,7 @@ def _predict(args) -> int:
     report = res.report()
     report["files"] = files
     report.update(image=str(args.image), model=str(args.model), seconds=seconds,
+                  threads=threads,
                   megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
                   model_metadata=model.metadata())
     write_json(out / "report.json", report)
@@ -283,11 +296,15 @@ def _fit_noise_model(args) -> int:
     obs = read_image(args.observation)
     kw = dict(n_gaussian=args.n_gaussian, n_coeff=args.n_coeff, min_sigma=args.min_sigma,
               iterations=args.iterations, device=args.device, seed=args.seed)
-    if args.signal is not None:
-        nm = fit_noise_model(read_image(args.signal), obs, **kw)
-    else:
-        nm = bootstrap_noise_model(obs, denoiser=args.denoiser, **kw)
-    out = nm.save(args.output)
+    with cli_run(args, "noise-model fit") as bar:
+        if args.signal is not None:
+            signal = read_image(args.signal)
+            with bar.stage("fit noise model"):
+                nm = fit_noise_model(signal, obs, **kw)
+        else:
+            with bar.stage("bootstrap noise model"):
+                nm = bootstrap_noise_model(obs, denoiser=args.denoiser, **kw)
+        out = nm.save(args.output)
     png = nm.plot(Path(str(out)).with_suffix(".png"))
     print(f"wrote {out} and {png}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -10,6 +11,8 @@ from .._errors import DuetInputError
 LIKELIHOODS = ("noise_model", "gaussian")
 KL_FORMS = ("denoisplit", "musplit")
 MIN_CHANNELS, MAX_CHANNELS = 2, 4
+MAX_WIDTH = 1024  # filters and z_dims
+MAX_BLOCKS = 8  # blocks_per_level
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,17 @@ class SplitConfig:
                 raise DuetInputError(f"SplitConfig.{name} must be a positive integer, got {v!r}")
         if self.n_levels > 7:
             raise DuetInputError("SplitConfig.n_levels must be at most 7")
+        # Upper bounds far above any useful network: a model file's header names
+        # these sizes, and unbounded ones would build networks of many gigabytes.
+        for name, top in (("z_dims", MAX_WIDTH), ("filters", MAX_WIDTH),
+                          ("blocks_per_level", MAX_BLOCKS)):
+            if getattr(self, name) > top:
+                raise DuetInputError(
+                    f"SplitConfig.{name} must be at most {top}, got {getattr(self, name)}")
+        for name in ("var_clip_max", "logvar_lower_bound"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise DuetInputError(f"SplitConfig.{name} must be a finite number, got {v!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise DuetInputError(f"SplitConfig.dropout must be in [0, 1), got {self.dropout}")
         if not MIN_CHANNELS <= self.n_channels <= MAX_CHANNELS:

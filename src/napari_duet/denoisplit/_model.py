@@ -178,44 +178,60 @@ class SplitModel:
     def load(cls, path: str | os.PathLike, device: str = "auto") -> SplitModel:
         """Load a model file; foreign or damaged files raise ModelFileError."""
         from ..devices import resolve_device
-        from ..modelfile import load_model_file
+        from ..modelfile import file_normalizer, load_model_file, meta_state_shapes
         from ._lvae import LadderVAE
 
         name = Path(path).name
-        mf = load_model_file(path, kind=KIND)
+
+        def expect(header: dict) -> dict:
+            # Every size in the header is bounded, and the network it asks for is built
+            # on the meta device (no memory) so that its shapes are checked against the
+            # tensors the file holds before the real network is built.
+            cfg, patch, nm_cfgs = _header_sizes(header)
+            shapes: dict = {f"net.{k}": v for k, v in
+                            meta_state_shapes(lambda: LadderVAE(cfg, patch)).items()}
+            for i, c in enumerate(nm_cfgs):
+                shapes.update(GaussianMixtureNoiseModel.file_shapes(c, _nm_prefix(i)))
+            return shapes
+
         try:
-            cfg = SplitConfig.from_dict(mf.config)
+            mf = load_model_file(path, kind=KIND, expect=expect, what="denoiSplit model")
+            cfg, patch, nm_cfgs = _header_sizes(mf)
             ex = mf.extra
-            net = LadderVAE(cfg, int(ex["patch_size"]))
-            state = {k[4:]: v for k, v in mf.tensors.items() if k.startswith("net.")}
-            net.load_state_dict(state, strict=True)
-            nms = None
+            n = cfg.n_channels
+            input_norm = file_normalizer(ex.get("input_normalizer"), "input_normalizer")
+            targets = ex.get("target_normalizers")
+            if not isinstance(targets, list) or len(targets) != n:
+                raise ValueError(f"target_normalizers must be a list of {n}")
+            target_norms = [file_normalizer(d, f"target_normalizers[{c}]")
+                            for c, d in enumerate(targets)]
+            calibration = _checked_calibration(ex.get("calibration"), n)
             # Files written before N-channel support hold two channels, no n_channels
             # field (SplitConfig defaults to 2) and noise models a and b.
-            if ex.get("noise_models"):
-                if len(ex["noise_models"]) != cfg.n_channels:
-                    raise ValueError(f"{len(ex['noise_models'])} noise models for "
-                                     f"{cfg.n_channels} channels")
-                nms = [
-                    GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, _nm_prefix(i),
-                                                              name=name)
-                    for i, c in enumerate(ex["noise_models"])
-                ]
+            nms = [
+                GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, _nm_prefix(i),
+                                                          name=name)
+                for i, c in enumerate(nm_cfgs)
+            ] or None
+            net = LadderVAE(cfg, patch)
+            state = {k[4:]: v for k, v in mf.tensors.items() if k.startswith("net.")}
+            net.load_state_dict(state, strict=True)
             model = cls(
                 net,
                 cfg,
-                patch_size=int(ex["patch_size"]),
-                input_norm=Normalizer.from_dict(ex["input_normalizer"]),
-                target_norms=[Normalizer.from_dict(d) for d in ex["target_normalizers"]],
+                patch_size=patch,
+                input_norm=input_norm,
+                target_norms=target_norms,
                 noise_models=nms,
-                calibration=ex.get("calibration"),
+                calibration=calibration,
                 channel_names=tuple(ex.get("channel_names") or
                                     default_channel_names(cfg.n_channels)),
                 training=ex.get("training", {}),
             )
         except ModelFileError:
             raise
-        except (KeyError, ValueError, TypeError, RuntimeError, DuetInputError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError,
+                DuetInputError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
             raise ModelFileError(f"{name} is a damaged denoiSplit model ({reason})") from None
         return model.to(resolve_device(device))
@@ -381,6 +397,60 @@ class SplitModel:
             info={"samples": samples, "channel_names": list(self.channel_names),
                   "calibration_mode": calibration if calibrated else "none"},
         )
+
+
+# Largest training patch a model file may name (the paper's is 64 px).
+MAX_PATCH = 4096
+
+
+def _header_sizes(header) -> tuple[SplitConfig, int, list[dict]]:
+    """Network config, patch size and noise-model configs of a model-file header, checked.
+
+    ``header`` is the parsed header dict or a ModelFile.  Raises ValueError /
+    DuetInputError naming the field (SplitConfig bounds its own sizes).
+    """
+    from ..modelfile import file_int
+
+    get = header.get if isinstance(header, dict) else lambda k: getattr(header, k)
+    config, ex = get("config"), get("extra")
+    cfg = SplitConfig.from_dict(config)
+    patch = file_int(ex.get("patch_size"), "patch_size", cfg.multiple, MAX_PATCH)
+    if patch % cfg.multiple:
+        raise ValueError(f"patch_size {patch} must be a multiple of {cfg.multiple}")
+    nm_cfgs = ex.get("noise_models") or []
+    if not isinstance(nm_cfgs, list) or (nm_cfgs and len(nm_cfgs) != cfg.n_channels):
+        raise ValueError(f"noise_models must be a list of {cfg.n_channels}")
+    return cfg, patch, nm_cfgs
+
+
+def _checked_calibration(cal, n: int) -> dict | None:
+    """The stored calibration, with the numbers prediction uses checked.
+
+    Scalar factors must be finite and positive (zero would report a zero
+    std, NaN an all-NaN one); the linear maps' coefficients finite.
+    """
+    from ..modelfile import file_number
+
+    if cal is None:
+        return None
+    if not isinstance(cal, dict):
+        raise ValueError("calibration must be a mapping")
+    scalar, linear = cal.get("scalar"), cal.get("linear")
+    if not isinstance(scalar, list) or len(scalar) != n:
+        raise ValueError(f"calibration.scalar must be a list of {n}")
+    if not isinstance(linear, list) or len(linear) != n:
+        raise ValueError(f"calibration.linear must be a list of {n}")
+    out = dict(cal)
+    out["scalar"] = [file_number(k, f"calibration.scalar[{c}]", positive=True)
+                     for c, k in enumerate(scalar)]
+    lin = []
+    for c, ab in enumerate(linear):
+        if not isinstance(ab, list) or len(ab) != 2:
+            raise ValueError(f"calibration.linear[{c}] must be [a, b]")
+        lin.append([file_number(ab[0], f"calibration.linear[{c}][0]"),
+                    file_number(ab[1], f"calibration.linear[{c}][1]")])
+    out["linear"] = lin
+    return out
 
 
 def _calibration_for_file(cal: dict | None) -> dict | None:

@@ -390,7 +390,29 @@ def calibrate_on(model: SplitModel, val: np.ndarray, *, samples: int = 20, seed:
     cal = fit_calibration(mean, std, target, noise_var=nv)
     cal["samples"] = int(max(samples, 2))
     cal["noise_aware"] = nv is not None
+    cal.update(_split_errors(mean, target, inp))
     return cal
+
+
+def _split_errors(mean, target, inp) -> dict:
+    """RMSE of each predicted channel against its (noisy) target, and of the naive split
+    (the input times the channel's share of the intensity), on the same frames.
+
+    A model whose RMSE is not below the naive one splits no better than its input.
+    """
+    rmse, naive = [], []
+    total = float(np.sum(inp, dtype=np.float64))
+    for c in range(target.shape[0]):
+        t = np.asarray(target[c], np.float64)
+        m = np.asarray(mean[c], np.float64)
+        if m.size != t.size or inp.size != t.size or total == 0:
+            return {}
+        m = m.reshape(t.shape)
+        share = float(t.sum()) / total
+        rmse.append(float(np.sqrt(np.mean((m - t) ** 2))))
+        naive.append(float(np.sqrt(np.mean((share * np.asarray(inp, np.float64).reshape(t.shape)
+                                            - t) ** 2))))
+    return {"rmse": rmse, "naive_rmse": naive}
 
 
 def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data, epoch):

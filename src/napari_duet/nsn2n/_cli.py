@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._cli_progress import add_run_options, cli_run
 from ..devices import DEVICE_CHOICES
 
 
@@ -23,9 +24,12 @@ def register(subparsers) -> None:
             "only applies a saved model."
         ),
     )
-    p.add_argument("volume", metavar="VOLUME", help="input stack (TIFF or any image file, 3D+)")
+    p.add_argument("volume", metavar="VOLUME",
+                   help="input stack, 3D+: TIFF/OME-TIFF, OME-Zarr or zarr (read lazily), or "
+                   "any image file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tif",
-                   help="denoised volume (TIFF, float32); a JSON report is written beside it")
+                   help="denoised volume, float32: OME-Zarr (with a pyramid) when it ends in "
+                   ".zarr, else TIFF; a JSON report is written beside it")
     p.add_argument("--axis", type=int, default=0, metavar="A",
                    help="slice axis: z of a stack or t of a time-lapse (default 0)")
     p.add_argument("--budget", default=None, metavar="SECONDS",
@@ -48,6 +52,12 @@ def register(subparsers) -> None:
                    help="write the trained model to this file (.duet)")
     p.add_argument("--model", metavar="M", default=None,
                    help="apply this saved model instead of training")
+    p.add_argument("--resume", action="store_true",
+                   help="with --model: continue an interrupted run into the same OUTPUT, "
+                   "skipping the slabs it finished")
+    p.add_argument("--slab", type=int, default=None, metavar="N",
+                   help="with --model on large volumes: slices denoised per slab (default: "
+                   "about 8 Mpx per slab, at most 16)")
     p.add_argument("--uncertainty", metavar="U.tif", default=None,
                    help="also write the uncertainty map (spread over flips/rotations)")
     p.add_argument("--no-tta", action="store_true",
@@ -55,8 +65,24 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="where to compute (default auto: CUDA, MPS, else CPU)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_run_options(p)
     p.set_defaults(func=run)
+
+
+# A TIFF input is read lazily and denoised slab by slab (with --model) above this size.
+CHUNKED_TIFF_BYTES = 1 << 30
+
+
+def _wants_chunked(args: argparse.Namespace) -> bool:
+    """Apply the model slab by slab: zarr in or out, --resume/--slab, or a large TIFF."""
+    from .._io import is_tiff_path, is_zarr_path
+
+    if args.resume or args.slab is not None:
+        return True
+    if is_zarr_path(args.volume) or is_zarr_path(args.output):
+        return True
+    path = Path(args.volume)
+    return is_tiff_path(path) and path.is_file() and path.stat().st_size > CHUNKED_TIFF_BYTES
 
 
 def _report_path(out: Path) -> Path:
@@ -68,7 +94,17 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .._errors import DuetInputError
-    from .._io import read_image, write_json, write_tiff
+    from .._io import (
+        ImageMeta,
+        is_zarr_path,
+        open_image,
+        read_image,
+        read_pixel_info,
+        write_json,
+        write_ome_zarr,
+        write_tiff,
+    )
+    from .._progress import run_to_end
     from .._versions import versions
     from ._config import NSN2NConfig
     from ._diagnostics import noise_correlation, recommend_method, summarize_pairs
@@ -79,71 +115,92 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.model and args.save_model:
         raise DuetInputError("--model applies a saved model; --save-model needs training")
-    volume = read_image(args.volume)
-    layout_for(volume.shape, args.axis)  # fail fast, before loading a model or training
-    tta = not args.no_tta
-    t0 = time.perf_counter()
-    log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if (args.resume or args.slab is not None) and not args.model:
+        raise DuetInputError("--resume and --slab apply a saved model (--model); "
+                             "training cannot resume")
+    if args.model and _wants_chunked(args):
+        from ._chunked_cli import run_chunked
 
-    if args.model:
-        model = NSN2NModel.load(args.model, device=args.device)
-        log(f"applying {args.model} to {args.volume} {volume.shape}")
-        res = model.denoise(volume, axis=args.axis, tta=tta)
-        denoised, unc = res.denoised, res.uncertainty
-        report = {
-            "method": "nsn2n", "mode": "apply", "model": str(args.model),
-            "config": model.config.to_dict(), "model_info": model.info,
-            "versions": versions(),
-        }
+        return run_chunked(args)
+    if is_zarr_path(args.volume):
+        lazy, meta = open_image(args.volume)
+        volume = np.asarray(lazy[...])
     else:
-        changes = {"device": args.device, "seed": args.seed, "tta": tta}
-        for name in ("iterations", "width", "guide", "tau", "context"):
-            if getattr(args, name) is not None:
-                changes[name] = getattr(args, name)
-        if args.budget is not None and args.budget != "auto":
-            try:
-                changes["budget"] = float(args.budget)
-            except ValueError:
-                raise DuetInputError(
-                    f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
-                ) from None
-        config = NSN2NConfig().replace(**changes)
-        last_log = [0.0]
+        volume, meta = read_image(args.volume), None
+    layout_for(volume.shape, args.axis)  # fail fast, before loading a model or training
+    with cli_run(args, "nsn2n") as bar:
+        tta = not args.no_tta
+        t0 = time.perf_counter()
+        log = (lambda *_: None) if args.quiet else (lambda msg: bar.write(msg, file=sys.stderr))
 
-        def progress(p) -> None:
-            if p.stage == "train" and (p.iteration == 1 or p.elapsed - last_log[0] >= 15):
-                last_log[0] = p.elapsed
-                terms = " ".join(f"{k}={v:.4g}" for k, v in p.losses.items())
-                log(f"[{p.iteration}/~{p.iterations}] {terms} matched={p.matched_fraction:.2f} "
-                    f"eta={p.eta:.0f}s")
+        if args.model:
+            with bar.stage("load model"):
+                model = NSN2NModel.load(args.model, device=args.device)
+            log(f"applying {args.model} to {args.volume} {volume.shape}")
+            res = run_to_end(model.iter_denoise(volume, axis=args.axis, tta=tta), bar)
+            denoised, unc = res.denoised, res.uncertainty
+            report = {
+                "method": "nsn2n", "mode": "apply", "model": str(args.model),
+                "config": model.config.to_dict(), "model_info": model.info,
+                "versions": versions(),
+            }
+        else:
+            changes = {"device": args.device, "seed": args.seed, "tta": tta}
+            for name in ("iterations", "width", "guide", "tau", "context"):
+                if getattr(args, name) is not None:
+                    changes[name] = getattr(args, name)
+            if args.budget is not None and args.budget != "auto":
+                try:
+                    changes["budget"] = float(args.budget)
+                except ValueError:
+                    raise DuetInputError(
+                        f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
+                    ) from None
+            config = NSN2NConfig().replace(**changes)
+            last_log = [0.0]
 
-        log(f"training NS-N2N on {args.volume} {volume.shape}, axis {args.axis}")
-        result = train(volume, axis=args.axis, config=config, callback=progress)
-        denoised, unc = result.denoised, result.uncertainty
-        report = {"mode": "train", **result.report()}
-        for w in result.warnings:
-            log(f"warning: {w}")
-        info = result.model.info
-        log(f"trained {info.get('iterations_done')} steps in {result.timings['train']:.0f}s "
-            f"(budget {info.get('budget_s')}, width {info.get('width')}, "
-            f"{info.get('context')}, {info.get('device')})")
-        pairs_line = summarize_pairs(result.pairs)
-        if pairs_line:
-            log(pairs_line)
-        if args.save_model:
-            result.model.save(args.save_model)
-            report["saved_model"] = str(args.save_model)
-        method, reason = recommend_method(volume, axis=args.axis)
-        report["noise_correlation"] = noise_correlation(volume, axis=args.axis)
-        report["recommendation"] = {"method": method, "reason": reason}
-        log(f"recommendation: {method} ({reason})")
+            def progress(p) -> None:
+                bar(p)
+                if p.stage == "train" and (p.iteration == 1 or p.elapsed - last_log[0] >= 15):
+                    last_log[0] = p.elapsed
+                    terms = " ".join(f"{k}={v:.4g}" for k, v in p.losses.items())
+                    log(f"[{p.iteration}/~{p.iterations}] {terms} matched={p.matched_fraction:.2f} "
+                        f"eta={p.eta:.0f}s")
 
-    write_tiff(out, np.asarray(denoised, dtype=np.float32))
-    if args.uncertainty and unc is not None:
-        write_tiff(args.uncertainty, np.asarray(unc, dtype=np.float32))
-    report.update({"input": str(args.volume), "input_shape": list(volume.shape),
-                   "input_dtype": str(volume.dtype), "axis": args.axis, "output": str(out),
-                   "seconds": time.perf_counter() - t0})
-    write_json(_report_path(out), report)
-    log(f"wrote {out} and {_report_path(out)} in {time.perf_counter() - t0:.1f}s")
+            log(f"training NS-N2N on {args.volume} {volume.shape}, axis {args.axis}")
+            result = train(volume, axis=args.axis, config=config, callback=progress)
+            bar.finish()
+            denoised, unc = result.denoised, result.uncertainty
+            report = {"mode": "train", **result.report()}
+            for w in result.warnings:
+                log(f"warning: {w}")
+            info = result.model.info
+            log(f"trained {info.get('iterations_done')} steps in {result.timings['train']:.0f}s "
+                f"(budget {info.get('budget_s')}, width {info.get('width')}, "
+                f"{info.get('context')}, {info.get('device')})")
+            pairs_line = summarize_pairs(result.pairs)
+            if pairs_line:
+                log(pairs_line)
+            if args.save_model:
+                result.model.save(args.save_model)
+                report["saved_model"] = str(args.save_model)
+            method, reason = recommend_method(volume, axis=args.axis)
+            report["noise_correlation"] = noise_correlation(volume, axis=args.axis)
+            report["recommendation"] = {"method": method, "reason": reason}
+            log(f"recommendation: {method} ({reason})")
+
+        for path, arr in ((out, denoised), (args.uncertainty, unc)):
+            if path is None or arr is None:
+                continue
+            arr = np.asarray(arr, dtype=np.float32)
+            if is_zarr_path(path):
+                write_ome_zarr(path, arr, meta or ImageMeta.default(arr.ndim))
+            else:
+                write_tiff(path, arr, pixel_info=meta.pixel_info() if meta
+                           else read_pixel_info(args.volume))
+        report.update({"input": str(args.volume), "input_shape": list(volume.shape),
+                       "input_dtype": str(volume.dtype), "axis": args.axis, "output": str(out),
+                       "threads": bar.threads, "seconds": time.perf_counter() - t0})
+        write_json(_report_path(out), report)
+        log(f"wrote {out} and {_report_path(out)} in {time.perf_counter() - t0:.1f}s")
     return 0

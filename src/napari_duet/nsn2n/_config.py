@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -11,6 +12,7 @@ GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 CONTEXTS = ("2.5d", "2d")
+MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
 @dataclass(frozen=True)
@@ -139,17 +141,22 @@ class NSN2NConfig:
              f"crop_size must be an integer >= 8, got {self.crop_size!r}")
         need(self.guide in GUIDES,
              f"guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
-        need(self.guide_sigma > 0, "guide_sigma must be positive")
-        need(isinstance(self.median_size, int) and self.median_size >= 1,
-             "median_size must be a positive integer (1 disables the median)")
-        need(self.tau is None or self.tau > 0, f"tau must be positive or None, got {self.tau!r}")
-        need(self.tau_factor > 0, "tau_factor must be positive")
+        # Upper bounds far above useful values: a model file's config sets them for
+        # inference too, and huge filters would take hours or many gigabytes.
+        need(isinstance(self.guide_sigma, int | float) and 0 < self.guide_sigma <= MAX_SIGMA,
+             f"guide_sigma must be in (0, {MAX_SIGMA}], got {self.guide_sigma!r}")
+        need(isinstance(self.median_size, int) and 1 <= self.median_size <= MAX_MEDIAN,
+             f"median_size must be an integer in 1..{MAX_MEDIAN} (1 disables the median)")
+        need(self.tau is None or 0 < self.tau < math.inf,
+             f"tau must be positive and finite or None, got {self.tau!r}")
+        need(0 < self.tau_factor < math.inf, "tau_factor must be positive and finite")
         need(self.lambda_rc >= 0 and self.lambda_ic >= 0, "lambda_rc and lambda_ic must be >= 0")
         need(isinstance(self.preview_every, int) and self.preview_every >= 0,
              "preview_every must be an integer >= 0 (0 disables previews)")
         need(self.preview_index is None or isinstance(self.preview_index, int),
              "preview_index must be an integer or None")
-        need(isinstance(self.tile, int) and self.tile >= 32, "tile must be an integer >= 32")
+        need(isinstance(self.tile, int) and 32 <= self.tile <= MAX_TILE,
+             f"tile must be an integer in 32..{MAX_TILE}")
         need(isinstance(self.device, str) and bool(self.device), "device must be a string")
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
 

@@ -14,7 +14,13 @@ import numpy as np
 from .._errors import ModelFileError
 from .._progress import run_to_end
 from ..intensity import Normalizer
-from ..modelfile import load_model_file, save_model_file
+from ..modelfile import (
+    file_int,
+    file_normalizer,
+    load_model_file,
+    meta_state_shapes,
+    save_model_file,
+)
 from ._config import NSN2NConfig
 from ._volume import NORM_HIGH, NORM_LOW, prepare
 
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
     import torch
 
 KIND = "nsn2n"
+# Bounds of a model file's "network" entry (those of NSN2NConfig; channels: the 2D U-Net's).
+_MAX_WIDTH, _MAX_DEPTH, _MAX_CHANNELS = 512, 6, 16
 # Pixels per forward pass at inference (bounds memory on CPU and small GPUs).
 _PIXEL_BUDGET = 8 * 256 * 256
 
@@ -289,21 +297,65 @@ class NSN2NModel:
         from ._context import build_net
 
         dev = resolve_device(device)
-        mf = load_model_file(path, kind=KIND, device="cpu")
         name = Path(path).name
+
+        def expect(header: dict) -> dict:
+            # The network the header asks for, built on the meta device (no memory),
+            # so that its shapes are checked against the file before it is built.
+            network = _network_spec(header["extra"].get("network"))
+            return meta_state_shapes(lambda: build_net(network))
+
         try:
-            network = mf.extra["network"]
+            mf = load_model_file(path, kind=KIND, device="cpu", expect=expect,
+                                 what="NS-N2N model")
+            network = _network_spec(mf.extra["network"])
             cfg = dict(mf.config)
             if network.get("arch") != "nsn2n-context":
                 # Files written before the 2.5D network hold the paper's 2D U-Net.
                 cfg["context"] = "2d"
             config = NSN2NConfig.from_dict(cfg)
+            norms = [file_normalizer(d, f"normalizers[{i}]")
+                     for i, d in enumerate(mf.extra.get("normalizers") or [])]
             net = build_net(network)
             net.load_state_dict(mf.tensors, strict=True)
-            norms = [Normalizer.from_dict(d) for d in mf.extra.get("normalizers", [])]
         except ModelFileError:
             raise
         except Exception as exc:  # wrong shapes/keys, bad config: the file is damaged
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
             raise ModelFileError(f"{name} is not a usable NS-N2N model ({reason})") from None
         return cls(net, config, norms, mf.extra.get("info", {}), device=dev)
+
+
+def _network_spec(network: Any) -> dict[str, Any]:
+    """A model file's ``network`` entry, checked: known fields, sizes within bounds.
+
+    Raises ValueError naming the field; sizes beyond the bounds would build
+    networks of many gigabytes from a few bytes of header.
+    """
+    if not isinstance(network, dict):
+        raise ValueError(f"network must be a mapping, got {type(network).__name__}")
+    if network.get("arch") == "nsn2n-context":
+        unknown = set(network) - {"arch", "width", "depth"}
+        if unknown:
+            raise ValueError(f"unknown network fields: {', '.join(sorted(map(str, unknown)))}")
+        return {"arch": "nsn2n-context",
+                "width": file_int(network.get("width"), "network.width", 1, _MAX_WIDTH),
+                "depth": file_int(network.get("depth"), "network.depth", 0, _MAX_DEPTH)}
+    known = {"in_channels", "out_channels", "width", "depth", "residual"}
+    unknown = set(network) - known
+    if unknown:
+        raise ValueError(f"unknown network fields: {', '.join(sorted(map(str, unknown)))}")
+    spec: dict[str, Any] = {}
+    for key in ("in_channels", "out_channels"):
+        if key in network:
+            spec[key] = file_int(network[key], f"network.{key}", 1, _MAX_CHANNELS)
+    if "width" in network:
+        spec["width"] = file_int(network["width"], "network.width", 1, _MAX_WIDTH)
+    if "depth" in network:
+        spec["depth"] = file_int(network["depth"], "network.depth", 0, _MAX_DEPTH)
+    if "residual" in network:
+        if not isinstance(network["residual"], bool):
+            raise ValueError(f"network.residual must be true or false, "
+                             f"got {network['residual']!r}")
+        spec["residual"] = network["residual"]
+    return spec

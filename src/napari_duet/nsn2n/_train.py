@@ -41,7 +41,10 @@ class NSN2NProgress:
     matched_fraction : float
         Mean of the weight maps W over all pairs (NaN before they are computed).
     eta, elapsed : float
-        Seconds left (estimate, training + denoising) and spent.
+        Seconds left (estimate, training + denoising) and spent; NaN in the
+        guide stage.  The denoising time comes from one slice's inference timed
+        before training, the time per step from the steps after the first (which
+        carries one-off set-up; it is the estimate only at step 1).
     preview : ndarray or None
         Denoised ``preview_index`` slice in the input's scale (every
         ``preview_every`` iterations), else None.
@@ -289,8 +292,16 @@ def iter_train(
     keys = ("total", "recon", "self", "gap") if context else ("total", "recon", "rc", "ic")
     history: dict[str, list[float]] = {k: [] for k in keys}
     model = NSN2NModel(net, config.replace(width=width), norms, device=device)
+    # Time one slice's inference before training, for the first ETAs (it is measured
+    # again at every preview).  Eval mode without gradients: nothing the training
+    # uses changes, so the results stay the same; it also takes the network's
+    # first-call set-up out of the first training step's time.
+    net.eval()
+    t0 = time.perf_counter()
+    model.predict_stack_slice(stacks[0], preview_index, w[0] if context else None, False)
+    infer_per_slice = time.perf_counter() - t0
     t_train = time.perf_counter()
-    infer_per_slice = None  # measured at the first preview, for the ETA
+    t_timed = None  # end of the first step: later steps give the time per step
     it = 0
     losses: dict[str, float] = {}
     while True:
@@ -339,10 +350,20 @@ def iter_train(
                 stacks[0], preview_index, w[0] if context else None, False)
             infer_per_slice = time.perf_counter() - t0
             preview = norms[0].inverse(p)
-        per_it = (time.perf_counter() - t_train) / it
-        per_slice = infer_per_slice if infer_per_slice is not None else 5 * per_it
+        now = time.perf_counter()
+        if t_timed is None:
+            # The first step carries one-off set-up (allocations, kernel selection):
+            # it is left out of the time per step.
+            t_timed = now
+            per_it = now - t_train
+        else:
+            per_it = (now - t_timed) / (it - 1)
         n_pred = (8 if config.tta else 1) * (2 if context else 1)
-        eta = per_it * max(n_iter - it, 0) + per_slice * n_pred * total_slices
+        if it == 1 and not last and budget is not None and config.iterations is None:
+            left = max(budget - (now - t_train), 0.0)  # the budget fixes the training time
+        else:
+            left = per_it * max(n_iter - it, 0)
+        eta = left + infer_per_slice * n_pred * total_slices
         yield NSN2NProgress("train", it, n_iter, losses, matched, eta,
                             time.perf_counter() - t_start, preview, preview_index, it, n_iter)
     net.eval()

@@ -8,7 +8,7 @@ squared residuals; the two steps alternate.  See ``docs/self2seg.md``.
 
 from ._baselines import convex_chan_vese, sequential_n2f_chan_vese
 from ._config import Self2SegConfig
-from ._engine import Self2SegResult, Self2SegState, iter_self2seg, self2seg
+from ._engine import Self2SegProgress, Self2SegResult, Self2SegState, iter_self2seg, self2seg
 from ._regions import boxes_to_regions
 from ._stack import (
     Self2SegStackResult,
@@ -20,6 +20,7 @@ from ._stack import (
 __all__ = [
     "Self2SegConfig",
     "Self2SegState",
+    "Self2SegProgress",
     "Self2SegResult",
     "iter_self2seg",
     "self2seg",

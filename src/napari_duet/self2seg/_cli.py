@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cli_progress import add_run_options, cli_run
 from .._errors import DuetInputError
 
 
@@ -67,7 +68,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="automatic initialisation: the darker region is the foreground")
     p.add_argument("--expert-steps", type=int, default=None, metavar="N",
                    help="training steps per expert in the first alternation")
-    p.add_argument("--quiet", action="store_true", help="do not print progress")
+    add_run_options(p, quiet_help="do not print progress",
+                    threads_help="torch CPU threads for CNN experts: a number, or auto "
+                    "(default): 1 on a CPU (the tiny experts are fastest on one thread)")
     p.set_defaults(func=run)
     return p
 
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         changes["max_alternations"] = args.max_alternations
     if args.expert_steps is not None:
         changes["expert_steps"] = args.expert_steps
+    if args.threads != "auto":  # auto: the engine's choice (1 thread for CNN experts on a CPU)
+        changes["threads"] = args.threads
     cfg = Self2SegConfig(**changes)
 
     regions = None
@@ -111,37 +116,48 @@ def run(args: argparse.Namespace) -> int:
         regions = boxes_to_regions(plane, [_box(b) for b in args.fg_box],
                                    [_box(b) for b in args.bg_box], class_boxes)
 
-    def progress(state):
-        if args.quiet:
-            return
-        where = ""
-        if hasattr(state, "n_planes"):  # a stack: Self2SegStackState
-            if state.done:
-                return
-            where = f"plane {state.plane + 1}/{state.n_planes} {state.index}: "
-            state = state.state
-        print(f"{where}alternation {state.alternation}/{state.max_alternations}: "
-              f"energy {state.energy:.6g}, {state.elapsed:.1f} s", flush=True)
+    cnn = cfg.experts == "cnn"
+    threads = args.threads
+    if threads == "auto" and cnn:  # as the engine: one thread for CNN experts on a CPU
+        from ..devices import resolve_device
 
-    if lead:
-        res = self2seg_stack(image, regions, cfg, callback=progress)
-        summary = f"{len(res.indices)} plane(s)"
-    else:
-        res = self2seg(image, regions, cfg, callback=progress)
-        summary = f"stopped after {res.alternations} alternation(s) ({res.stop_reason})"
-    out = Path(args.outdir)
-    write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
-    write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
-    for k in range(res.experts.shape[0]):
-        write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32),
-                   pixel_info=pixel_info)
-    report = res.report()
-    report["input"] = str(args.image)
-    report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
-    report["regions"] = None if args.regions is None else str(args.regions)
-    if pixel_info:
-        report["pixel_info"] = pixel_info
-    write_json(out / "report.json", report)
-    if not args.quiet:
-        print(f"{summary}; wrote {out}/mask.tif, denoised.tif, expert_*.tif, report.json")
+        threads = 1 if resolve_device(cfg.device).type == "cpu" else "auto"
+    with cli_run(args, "self2seg", needs_torch=cnn, threads=threads) as bar:
+
+        def progress(state):
+            bar(state)
+            if args.quiet:
+                return
+            where = ""
+            if hasattr(state, "n_planes"):  # a stack: Self2SegStackState
+                if state.done:
+                    return
+                where = f"plane {state.plane + 1}/{state.n_planes} {state.index}: "
+                state = state.state
+            bar.write(f"{where}alternation {state.alternation}/{state.max_alternations}: "
+                      f"energy {state.energy:.6g}, {state.elapsed:.1f} s")
+
+        if lead:
+            res = self2seg_stack(image, regions, cfg, callback=progress)
+            summary = f"{len(res.indices)} plane(s)"
+        else:
+            res = self2seg(image, regions, cfg, callback=progress)
+            summary = f"stopped after {res.alternations} alternation(s) ({res.stop_reason})"
+        bar.finish()
+        out = Path(args.outdir)
+        write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
+        write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
+        for k in range(res.experts.shape[0]):
+            write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32),
+                       pixel_info=pixel_info)
+        report = res.report()
+        report["input"] = str(args.image)
+        report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
+        report["regions"] = None if args.regions is None else str(args.regions)
+        if pixel_info:
+            report["pixel_info"] = pixel_info
+        write_json(out / "report.json", report)
+        if not args.quiet:
+            bar.write(f"{summary}; wrote {out}/mask.tif, denoised.tif, expert_*.tif, "
+                      "report.json")
     return 0

@@ -30,9 +30,14 @@ from ._experts import ExpertOutput, box_filter, make_expert
 from ._regions import auto_labels, validate_regions
 from ._solver import potts_energy, solve_binary, solve_multiclass
 
-__all__ = ["Self2SegState", "Self2SegResult", "iter_self2seg", "self2seg", "prepare_image"]
+__all__ = ["Self2SegState", "Self2SegProgress", "Self2SegResult", "iter_self2seg", "self2seg",
+           "prepare_image"]
 
 _MIN_SIDE = 8
+#: Least time between two progress events within an alternation (``progress=True``); a
+#: consumer that stops the generator (Cancel) waits at most about this long, plus one
+#: expert's prediction or one mask update.
+PROGRESS_INTERVAL = 0.2
 
 
 @dataclass
@@ -48,6 +53,36 @@ class Self2SegState:
     energy: float
     energies: list[float]
     elapsed: float
+
+
+@dataclass
+class Self2SegProgress:
+    """Progress within an alternation, yielded between states with ``progress=True``.
+
+    ``stage`` is "experts" (training the region experts: ``step`` of
+    ``total_steps`` training steps of this alternation, all experts together;
+    for constant and linear experts one step per expert) or "mask" (the mask
+    update has started: ``step`` 0 of ``total_steps`` 1).  Early stopping can
+    end an expert's training before its share of ``total_steps``.
+    """
+
+    stage: str
+    alternation: int
+    max_alternations: int
+    step: int
+    total_steps: int
+    elapsed: float
+    expert: int | None = None  # class of the expert in training (None: shared pretraining)
+    plane: int = 0  # set by :func:`iter_self2seg_stack`
+    n_planes: int = 1
+
+    @property
+    def fraction(self) -> float:
+        """Share of the whole run done (alternations count equally, the mask as 10 %)."""
+        within = self.step / max(self.total_steps, 1)
+        within = 0.9 * within if self.stage == "experts" else 0.9 + 0.1 * within
+        per_plane = (self.alternation - 1 + min(within, 1.0)) / max(self.max_alternations, 1)
+        return (self.plane + per_plane) / max(self.n_planes, 1)
 
 
 @dataclass
@@ -72,6 +107,7 @@ class Self2SegResult:
     filter_size: int = 0
     noise_sigma: float = float("nan")
     local_energy: bool = False
+    shared_pretrain: bool = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -90,6 +126,7 @@ class Self2SegResult:
                          "robust_scale": float(self.scale),
                          "filter_size": int(self.filter_size),
                          "local_energy": bool(self.local_energy),
+                         "shared_pretrain": bool(self.shared_pretrain),
                          "noise_sigma": float(self.noise_sigma)},
             "image": {"shape": [int(s) for s in self.image_shape], "dtype": self.image_dtype},
             "energies": [float(e) for e in self.energies],
@@ -231,6 +268,16 @@ def auto_filter_size(f: np.ndarray, masks: list[np.ndarray], sigma_n: float,
     return size
 
 
+# Share of a class's seed pixels the first mask may put in another class before lambda
+# is raised (noise specks inside a seed box are fine; a contradicted box is not).
+_SEED_TOLERANCE = 0.05
+
+
+def _seed_disagreement(fg: np.ndarray, seeds: np.ndarray) -> float:
+    """Largest fraction of one class's seed pixels that the mask puts in the other class."""
+    return max(float(np.mean(fg[seeds == 1])), float(np.mean(~fg[seeds == 2])))
+
+
 def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
     return (labels[None] == np.arange(k, dtype=labels.dtype)[:, None, None]).astype(np.float32)
 
@@ -247,8 +294,8 @@ def _train_mask(labels: np.ndarray, k: int, erode: bool) -> np.ndarray:
 
 
 def iter_self2seg(
-    image, regions=None, config: Self2SegConfig | None = None
-) -> Generator[Self2SegState, None, Self2SegResult]:
+    image, regions=None, config: Self2SegConfig | None = None, *, progress: bool = False,
+) -> Generator[Self2SegState | Self2SegProgress, None, Self2SegResult]:
     """Run Self2Seg, yielding a :class:`Self2SegState` after every alternation.
 
     Parameters
@@ -260,6 +307,12 @@ def iter_self2seg(
         (for two classes 1 = background seed, 2 = foreground seed); see
         :func:`boxes_to_regions`.  None: automatic initialisation.
     config : Self2SegConfig, optional
+    progress : bool
+        Also yield :class:`Self2SegProgress` events within an alternation
+        (about every :data:`PROGRESS_INTERVAL` seconds while the experts
+        train, and when the mask update starts), so a consumer can show
+        progress and stop the run within a fraction of a second instead of at
+        the end of an alternation.  The results are the same either way.
 
     Returns
     -------
@@ -300,6 +353,8 @@ def iter_self2seg(
     warmup = cfg.warmup_constant and seeds is None and cfg.experts != "constant"
     if cfg.local_energy is None:
         cfg = cfg.replace(local_energy=seeds is not None)
+    if cfg.shared_pretrain is None:
+        cfg = cfg.replace(shared_pretrain=seeds is None)
     if cfg.filter_size is None:
         cfg = cfg.replace(filter_size=auto_filter_size(f, init_masks, sigma_n, cfg.filter_snr))
 
@@ -313,10 +368,16 @@ def iter_self2seg(
         from ..devices import resolve_device
 
         device = resolve_device(cfg.device)
-        if cfg.threads is not None:
+        # The experts are tiny networks trained on batches of 8 small crops: on a CPU one
+        # thread is fastest (256^2: 2.9-4.2 s with 1 thread, 9 s with 2 on 2 cores), since
+        # more threads only add synchronisation and fight any other work (napari included).
+        threads = cfg.threads if cfg.threads is not None else (1 if device.type == "cpu" else None)
+        if threads is not None:
             old_threads = torch_mod.get_num_threads()
-            torch_mod.set_num_threads(cfg.threads)
+            torch_mod.set_num_threads(threads)
 
+    # The two-class mask solver follows the experts onto a GPU; on the CPU NumPy is faster.
+    solver_device = device if device is not None and device.type != "cpu" else None
     timings: dict[str, Any] = {"prepare": time.perf_counter() - t_start, "experts": 0.0,
                                "masks": 0.0, "per_alternation": []}
     history: list[dict] = []
@@ -329,6 +390,47 @@ def iter_self2seg(
     u_relaxed = None
     stop_reason = "max_alternations"
     it = 0
+    last_event = [-np.inf]
+
+    def event(stage: str, step: int, total: int, expert: int | None = None,
+              force: bool = False) -> Self2SegProgress | None:
+        """A progress event, or None when progress is off or the last one is too recent."""
+        now = time.perf_counter()
+        if not progress or (not force and now - last_event[0] < PROGRESS_INTERVAL):
+            return None
+        last_event[0] = now
+        return Self2SegProgress(stage, it, cfg.max_alternations, int(step), int(total),
+                                now - t_start, expert)
+
+    def planned_steps(kind: str, k: int) -> int:
+        """Training steps the class ``k`` expert gets this alternation (1 if not a CNN)."""
+        if kind != "cnn":
+            return 1
+        expert = experts_obj.get((kind, k))
+        if expert is None:
+            warm = bool(cfg.shared_pretrain)  # starts from the shared weights
+        else:
+            warm = expert.__dict__.get("total_steps", 0) > 0
+        return max(1, cfg.expert_steps_warm if warm else cfg.expert_steps)
+
+    def train(expert, mask, steps: int, done: int, total: int, k: int | None):
+        """Fit ``expert`` (as ``expert.fit``), yielding progress events while it trains."""
+        iter_fit = getattr(expert, "iter_fit", None) if progress else None
+        if iter_fit is None:
+            return expert.fit(f, mask, steps=steps)
+        gen = iter_fit(f, mask, steps=steps)
+        try:
+            while True:
+                try:
+                    step = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                ev = event("experts", done + step, total, k)
+                if ev is not None:
+                    yield ev
+        finally:
+            gen.close()
+
     try:
         for it in range(1, cfg.max_alternations + 1):
             t_alt = time.perf_counter()
@@ -339,6 +441,13 @@ def iter_self2seg(
             new_outs = []
             infos = []
             regions_k = []
+            pretrain = (kind == "cnn" and cfg.shared_pretrain and "base" not in experts_obj)
+            plan = [planned_steps(kind, k) for k in range(k_cls)]
+            total_steps = sum(plan) + (max(1, cfg.expert_steps) if pretrain else 0)
+            steps_done = 0
+            ev = event("experts", 0, total_steps, force=True)
+            if ev is not None:
+                yield ev
             for k in range(k_cls):
                 if labels is None or it == 1:
                     m = init_masks[k]
@@ -361,8 +470,10 @@ def iter_self2seg(
                             # expert then specialises: small regions get a good start.
                             base = make_expert("cnn", channels=n_ch, config=cfg, device=device,
                                                seed=cfg.seed * 1009 + 997)
-                            base_out = base.fit(f, np.ones((h, w), bool),
-                                                steps=cfg.expert_steps)
+                            base_out = yield from train(base, np.ones((h, w), bool),
+                                                        cfg.expert_steps, steps_done,
+                                                        total_steps, None)
+                            steps_done += max(1, cfg.expert_steps)
                             experts_obj["base"] = base
                             experts_obj["base_full"] = base_out.full
                         experts_obj[key].load_weights_from(experts_obj["base"],
@@ -370,9 +481,14 @@ def iter_self2seg(
                 steps = cfg.expert_steps if experts_obj[key].__dict__.get("total_steps", 0) == 0 \
                     else cfg.expert_steps_warm
                 try:
-                    out = experts_obj[key].fit(f, m, steps=max(1, steps))
+                    out = yield from train(experts_obj[key], m, max(1, steps), steps_done,
+                                           total_steps, k)
                 except ValueError as exc:
                     raise DuetInputError(f"cannot train the class {k} expert: {exc}") from None
+                steps_done += plan[k]
+                ev = event("experts", steps_done, total_steps, k)
+                if ev is not None:
+                    yield ev
                 if kind == "cnn" and cfg.ensemble_shared and "base_full" in experts_obj:
                     out.full = 0.5 * (out.full + experts_obj["base_full"])
                 new_outs.append(out)
@@ -409,6 +525,9 @@ def iter_self2seg(
             timings["experts"] += t_exp
 
             # -- (b) mask ------------------------------------------------------
+            ev = event("mask", 0, 1, force=True)
+            if ev is not None:
+                yield ev
             t_mask = time.perf_counter()
             prior = labels if (labels is not None and mu > 0) else None
             if k_cls == 2:
@@ -416,7 +535,18 @@ def iter_self2seg(
                 if prior is not None:
                     g = g + mu * (2.0 * (prior == 1) - 1.0)
                 fg, rof_res = solve_binary(g, lam, p0=p_warm, tol=cfg.solver_tol,
-                                           max_iter=cfg.solver_max_iter)
+                                           max_iter=cfg.solver_max_iter, device=solver_device)
+                if seeds is not None and labels is None and cfg.lam is None:
+                    # The seeds are labelled pixels: where the first mask contradicts many
+                    # of them, the data term is too noisy for this lambda (textures), so
+                    # lambda grows until the seeds agree (at most 4x).
+                    for _ in range(2):
+                        if _seed_disagreement(fg, seeds) <= _SEED_TOLERANCE:
+                            break
+                        lam, mu = 2.0 * lam, 2.0 * mu
+                        fg, rof_res = solve_binary(g, lam, tol=cfg.solver_tol,
+                                                   max_iter=cfg.solver_max_iter,
+                                                   device=solver_device)
                 p_warm = rof_res.p
                 cand = fg.astype(np.uint8)
                 solver_iters = rof_res.iterations
@@ -497,7 +627,7 @@ def iter_self2seg(
         config=user_cfg, image_shape=tuple(arr.shape), image_dtype=str(arr.dtype),
         lam=float(lam), mu=float(mu), scale=float(scale), history=history,
         filter_size=int(cfg.filter_size), noise_sigma=float(sigma_n),
-        local_energy=bool(cfg.local_energy),
+        local_energy=bool(cfg.local_energy), shared_pretrain=bool(cfg.shared_pretrain),
     )
 
 

@@ -15,6 +15,7 @@ pixels inside the region.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -243,6 +244,24 @@ class CNNExpert:
     # -- training ---------------------------------------------------------
     def fit(self, f: np.ndarray, mask: np.ndarray, *, steps: int = 150,
             should_stop=None) -> ExpertOutput:
+        """Train on ``mask`` for at most ``steps`` steps; return the expert's predictions."""
+        gen = self.iter_fit(f, mask, steps=steps, should_stop=should_stop)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def iter_fit(self, f: np.ndarray, mask: np.ndarray, *, steps: int = 150,
+                 should_stop=None, yield_every: int = 10
+                 ) -> Generator[int, None, ExpertOutput]:
+        """:meth:`fit` as a generator: yields the number of steps done every ``yield_every``
+        steps and returns the :class:`ExpertOutput`.
+
+        The training is the same as :meth:`fit` (same random numbers), whoever
+        drives it; closing the generator between yields stops the training
+        there (the network keeps the weights it has).
+        """
         import torch
 
         pairs = self._prepare(f, mask)
@@ -278,8 +297,12 @@ class CNNExpert:
                     break
             if should_stop is not None and should_stop():
                 break
+            if yield_every and step % yield_every == 0 and step < steps:
+                yield step
         self.total_steps += done
-        blind, full = self._predict_average(f, snapshots)
+        # The predictions of a large image take seconds: yield between their passes too.
+        blind, full = yield from self._iter_predict_average(
+            f, snapshots, done if yield_every else None)
         if self.clamp:
             # Only the data term is clamped (collapse guard); the denoising output is
             # left alone, since boundary pixels legitimately fall outside the range.
@@ -289,6 +312,18 @@ class CNNExpert:
                             info={"steps": done, "val_loss": float(best)})
 
     def _predict_average(self, f: np.ndarray, snapshots: list[dict]):
+        """Blind and full predictions averaged over ``snapshots`` (the current weights if none)."""
+        gen = self._iter_predict_average(f, snapshots, None)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def _iter_predict_average(self, f: np.ndarray, snapshots: list[dict], mark: int | None):
+        """:meth:`_predict_average` as a generator yielding ``mark`` between its passes
+        (nothing when ``mark`` is None); the network gets its weights back even when the
+        generator is closed early."""
         import torch
 
         current = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
@@ -310,17 +345,43 @@ class CNNExpert:
         def run(img: np.ndarray) -> np.ndarray:
             return apply_tiled(run_tile, img, tile=tile, overlap=halo)
 
-        if snapshots:
-            # One network with the snapshots' mean weights: they lie a few steps apart
-            # at the end of training, where averaging weights and averaging predictions
-            # agree closely, at a third of the inference cost for three snapshots.
-            self.net.load_state_dict({k: torch.stack([s[k] for s in snapshots]).mean(dim=0)
-                                      for k in current})
-        blind += blind_prediction(f, run)
-        full += run(f)
-        self.net.load_state_dict(current)
-        self.net.train()
-        return blind, full
+        if snapshots and _close_weights(snapshots):
+            # One network with the snapshots' mean weights: near the end of a converged
+            # training they lie close together, where averaging weights and averaging
+            # predictions agree, at a third of the inference cost for three snapshots.
+            snapshots = [{k: torch.stack([s[k] for s in snapshots]).mean(dim=0)
+                          for k in current}]
+        try:
+            for snap in snapshots or [current]:
+                self.net.load_state_dict(snap)
+                blind += blind_prediction(f, run)
+                if mark is not None:
+                    yield mark
+                full += run(f)
+                if mark is not None:
+                    yield mark
+        finally:
+            self.net.load_state_dict(current)
+            self.net.train()
+        n = max(1, len(snapshots))
+        return blind / n, full / n
+
+
+def _close_weights(snapshots: list[dict], tol: float = 0.05) -> bool:
+    """True when every snapshot lies within ``tol`` (relative L2) of the first one.
+
+    Early in training (a short run) snapshots are far apart and their mean
+    weights need not be a good network, so their predictions are averaged.
+    """
+    import torch
+
+    ref = torch.cat([v.float().ravel() for v in snapshots[0].values()])
+    scale = float(ref.norm()) or 1.0
+    for snap in snapshots[1:]:
+        vec = torch.cat([v.float().ravel() for v in snap.values()])
+        if float((vec - ref).norm()) > tol * scale:
+            return False
+    return True
 
 
 def make_expert(kind: str, *, channels: int, config, device, seed: int):

@@ -212,17 +212,25 @@ def solve_binary(
     p0: np.ndarray | None = None,
     tol: float = 1e-3,
     max_iter: int = 500,
+    device=None,
 ) -> tuple[np.ndarray, RofResult]:
     """Binary minimiser of ``lam * TV(u) - <g, u>`` over masks ``u``.
 
     ``g > 0`` favours the foreground.  Returns the boolean mask ``w > 0`` and
-    the ROF result (its dual warm-starts the next call).
+    the ROF result (its dual warm-starts the next call).  ``device``: a torch
+    device to solve on (the GPU path); None solves in NumPy.
     """
     if lam <= 0:
         res = RofResult(w=np.asarray(g, np.float32), p=np.zeros((2,) + g.shape, np.float32),
                         iterations=0, gap=0.0)
         return np.asarray(g) > 0, res
-    res = rof(np.asarray(g, np.float32) / np.float32(lam), p0=p0, tol=tol, max_iter=max_iter)
+    v = np.asarray(g, np.float32) / np.float32(lam)
+    if device is not None:
+        from ._solver_torch import rof_torch
+
+        res = rof_torch(v, device=device, p0=p0, tol=tol, max_iter=max_iter)
+    else:
+        res = rof(v, p0=p0, tol=tol, max_iter=max_iter)
     return res.w > 0, res
 
 

@@ -9,6 +9,7 @@ automatic initialisation.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 from .._errors import DuetInputError
 from .._progress import run_to_end
 from ._config import Self2SegConfig
-from ._engine import Self2SegResult, Self2SegState
+from ._engine import Self2SegProgress, Self2SegResult, Self2SegState
 from ._regions import validate_regions
 
 __all__ = ["Self2SegStackState", "Self2SegStackResult", "iter_self2seg_stack", "self2seg_stack",
@@ -151,7 +152,8 @@ def _plane_regions(regions, lead: tuple, plane: tuple,
 
 def iter_self2seg_stack(
     stack, regions=None, config: Self2SegConfig | None = None, *, rgb: bool | None = None,
-) -> Generator[Self2SegStackState, None, Self2SegStackResult]:
+    progress: bool = False,
+) -> Generator[Self2SegStackState | Self2SegProgress, None, Self2SegStackResult]:
     """Run Self2Seg on every 2D plane of a stack, yielding progress after every alternation.
 
     Parameters
@@ -171,12 +173,17 @@ def iter_self2seg_stack(
         The same configuration (and seed) for every plane.
     rgb : bool, optional
         Force colour (True) or grey (False); None decides from the shape.
+    progress : bool
+        Also yield the engine's :class:`Self2SegProgress` events within an
+        alternation (``plane`` and ``n_planes`` set), see :func:`iter_self2seg`.
 
     Yields
     ------
     Self2SegStackState
         After each alternation of each plane, plus one per finished plane
         (with its :class:`Self2SegResult`).
+    Self2SegProgress
+        Only with ``progress=True``: progress within an alternation.
 
     Returns
     -------
@@ -211,12 +218,12 @@ def iter_self2seg_stack(
         if squeeze:
             image = image[..., 0]
         seeds = regions_of(idx)
-        gen = engine(image, seeds, cfg)
+        gen = engine(image, seeds, cfg, progress=True) if progress else engine(image, seeds, cfg)
         state = None
         try:
             while True:
                 try:
-                    state = next(gen)
+                    item = next(gen)
                 except StopIteration as stop:
                     result = stop.value
                     break
@@ -224,6 +231,10 @@ def iter_self2seg_stack(
                     if not idx:
                         raise
                     raise DuetInputError(f"plane {idx}: {exc}") from None
+                if isinstance(item, Self2SegProgress):
+                    yield dataclasses.replace(item, plane=number, n_planes=n)
+                    continue
+                state = item
                 yield Self2SegStackState(number, n, idx, state)
         finally:
             gen.close()
