@@ -19,3 +19,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real images not found at {SHARED_DATA} (see README: Test data)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks run faster on one thread, and far faster on a busy CI machine."""
+    from napari_duet.devices import torch_threads
+
+    with torch_threads(1):
+        yield

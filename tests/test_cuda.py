@@ -54,7 +54,7 @@ def test_self2seg_mask_solver_on_cuda_matches_numpy():
 
 def test_noise2fast_on_cuda_denoises():
     from napari_duet.metrics import psnr
-    from napari_duet.noise2fast import noise2fast
+    from napari_duet.n2f import noise2fast
     from napari_duet.synthetic import synthetic_nuclei
 
     s = synthetic_nuclei((96, 97), noise_sigma=30.0, seed=2)

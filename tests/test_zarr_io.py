@@ -22,14 +22,7 @@ from napari_duet.cli import main
 SHAPE = (12, 48, 40)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _volume(shape=SHAPE, seed=0) -> np.ndarray:

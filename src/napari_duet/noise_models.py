@@ -539,14 +539,6 @@ def smooth_denoise(image2d: np.ndarray) -> np.ndarray:
     return np.asarray(den(img), dtype=np.float32)
 
 
-def _noise2fast_available() -> bool:
-    try:
-        from . import noise2fast  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(noise2fast, "noise2fast")
-
-
 def bootstrap_noise_model(
     noisy,
     *,
@@ -568,7 +560,7 @@ def bootstrap_noise_model(
         (Y, X) image or (N, Y, X) stack of noisy frames.
     denoiser : {"auto", "noise2fast", "smooth"}
         ``noise2fast`` (the project's Noise2Fast), ``smooth`` (a J-invariant
-        Gaussian filter; fast fallback) or ``auto`` (Noise2Fast when present).
+        Gaussian filter; fast fallback) or ``auto`` (= ``noise2fast``).
     max_frames : int
         At most this many frames (evenly spaced) are denoised.
     steps : int, optional
@@ -585,9 +577,9 @@ def bootstrap_noise_model(
     if frames.shape[0] > max_frames:
         frames = frames[np.linspace(0, frames.shape[0] - 1, max_frames).round().astype(int)]
     if denoiser == "auto":
-        denoiser = "noise2fast" if _noise2fast_available() else "smooth"
+        denoiser = "noise2fast"
     if denoiser == "noise2fast":
-        from .noise2fast import noise2fast  # lazy: written by another engine
+        from .n2f import noise2fast  # lazy: it imports torch
 
         kw: dict[str, Any] = {"device": device, "seed": seed}
         if steps is not None:

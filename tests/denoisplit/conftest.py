@@ -8,14 +8,8 @@ from napari_duet.denoisplit import SplitConfig
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a single thread avoids OpenMP spin-waits on busy CI machines.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ down-sampling and no normalisation: small (about 10k parameters at width 16,
 depth 5), so it trains in a few hundred steps on a CPU and does not have the
 capacity to memorise a single image's noise.  The receptive field is
 ``2 * depth + 1`` pixels.  Used by the Self2Seg region experts and by
-:func:`napari_duet.noise2fast.noise2fast`.
+:func:`napari_duet.n2f.noise2fast`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._errors import DuetInputError
-from .intensity import as_float_image, fit_normalizer
+from .._errors import DuetInputError
+from ..intensity import as_float_image, fit_normalizer
 
 __all__ = ["noise2fast"]
 
@@ -54,8 +54,8 @@ def noise2fast(
     """
     import torch
 
-    from .devices import resolve_device
-    from .self2seg._experts import CNNExpert
+    from ..devices import resolve_device
+    from ._trainer import Noise2FastTrainer
 
     x = as_float_image(image2d, name="image")
     if x.ndim == 2:
@@ -71,9 +71,9 @@ def noise2fast(
     norm = fit_normalizer(chw, mode="percentile", low=0.1, high=99.9)
     f = norm.forward(chw)
     dev = resolve_device(device)
-    expert = CNNExpert(channels=f.shape[0], width=width, depth=depth, lr=lr,
-                       batch_size=batch_size, crop=crop, patience=patience,
-                       n_average=n_average, clamp=False, device=dev, seed=seed)
+    expert = Noise2FastTrainer(f.shape[0], width=width, depth=depth, lr=lr,
+                               batch_size=batch_size, crop=crop, patience=patience,
+                               n_average=n_average, device=dev, seed=seed)
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
