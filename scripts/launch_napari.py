@@ -1,19 +1,39 @@
-"""Open napari with the napari-duet Self2Seg widget and a sample image.
+"""Open napari with a napari-duet widget and a sample image.
 
+``--sample`` picks the sample key and ``--widget`` the dock widget (its
+display name or a short name: self2seg, nsn2n, split); without ``--widget``
+the sample's own workflow opens (Self2Seg for the nuclei, NS-N2N for
+``nsn2n_volume``, Split with its bundled model for ``split_demo``).
 ``--screenshot PATH`` saves a picture of the window after opening and exits
-(useful on headless machines); ``--sample`` picks the sample key.
+(useful on headless machines).
 """
 
 from __future__ import annotations
 
 import argparse
 
+SAMPLES = ("nuclei_low_noise", "nuclei_medium_noise", "nuclei_high_noise", "nsn2n_volume",
+           "split_demo")
+WIDGETS = {"self2seg": "Self2Seg", "nsn2n": "Slice denoising (NS-N2N)",
+           "split": "Split (denoiSplit)"}
+SAMPLE_WIDGET = {"nsn2n_volume": "nsn2n", "split_demo": "split"}
+
+
+def widget_name(widget: str | None, sample: str) -> str:
+    """The display name of the dock widget to open for ``--widget`` and ``--sample``."""
+    if widget is None:
+        widget = SAMPLE_WIDGET.get(sample, "self2seg")
+    return WIDGETS.get(widget.lower(), widget)
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", default="nuclei_medium_noise",
-                        help="sample key: nuclei_low_noise, nuclei_medium_noise, nuclei_high_noise")
-    parser.add_argument("--widget", default="Self2Seg", help="dock widget to open")
+                        help="sample key: " + ", ".join(SAMPLES))
+    parser.add_argument("--widget", default=None,
+                        help="dock widget to open: " + ", ".join(WIDGETS) +
+                        " or a display name (default: the sample's workflow)")
     parser.add_argument("--screenshot", default=None, help="save a PNG of the window and exit")
     args = parser.parse_args()
 
@@ -21,7 +41,9 @@ def main() -> None:
 
     viewer = napari.Viewer(title="napari-duet")
     viewer.open_sample("napari-duet", args.sample)
-    viewer.window.add_plugin_dock_widget("napari-duet", args.widget)
+    # split_demo docks the Split widget itself (with its model); napari then
+    # returns that dock instead of adding a second one.
+    viewer.window.add_plugin_dock_widget("napari-duet", widget_name(args.widget, args.sample))
     if args.screenshot:
         from qtpy.QtCore import QTimer
 

@@ -27,7 +27,8 @@ def test_manifest_validates_and_lists_contributions():
     widgets = {w.display_name for w in manifest.contributions.widgets}
     samples = {s.key for s in manifest.contributions.sample_data}
     assert "Self2Seg" in widgets
-    assert {"nuclei_low_noise", "nuclei_medium_noise", "nuclei_high_noise"} <= samples
+    assert {"nuclei_low_noise", "nuclei_medium_noise", "nuclei_high_noise", "nsn2n_volume",
+            "split_demo"} <= samples
     # Every command resolves to an importable object.
     for cmd in manifest.contributions.commands:
         mod, _, attr = cmd.python_name.partition(":")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +87,181 @@ def read_pixel_info(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+
+# ---------------------------------------------------------------------- output safety
+# Every output path is checked before a command starts its work, and every result
+# goes to a temporary file beside its destination that is renamed over it only
+# once complete: an interrupted or failed write never leaves a truncated file and
+# never destroys the previous one.
+
+IMAGE_OUTPUT_SUFFIXES = (".tif", ".tiff")
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.fspath(Path(path).expanduser())))
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Same resolved path, or the same existing file (hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` lies inside the folder (or zarr store) ``b``."""
+    return b.resolve() in a.resolve().parents
+
+
+def _first_existing(folder: Path) -> Path:
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def _probe_writable(folder: Path) -> str | None:
+    """None when a file can be created in ``folder`` (or its nearest existing ancestor)."""
+    base = _first_existing(folder)
+    if not base.is_dir():
+        return f"{base} is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".duet-probe-", dir=base)
+    except OSError as exc:
+        return f"{exc.strerror or _reason(exc)} ({base})"
+    os.close(fd)
+    os.remove(tmp)
+    return None
+
+
+def check_outputs(inputs: Iterable[str | os.PathLike | None],
+                  outputs: Mapping[str, str | os.PathLike | None]
+                  | Iterable[tuple[str, str | os.PathLike | None]], *,
+                  folders: Mapping[str, str | os.PathLike | None] | None = None) -> None:
+    """Check, before any work, that a command can write its outputs without losing data.
+
+    Parameters
+    ----------
+    inputs
+        Files (or zarr stores) the command reads; None entries are skipped.
+    outputs
+        ``{label: path}`` of the files (or ``.zarr`` stores) it writes, e.g.
+        ``{"-o": "den.tif", "report": "den.json"}`` (or ``(label, path)`` pairs,
+        where labels repeat); the label names the output in messages.  None
+        entries are skipped.
+    folders
+        ``{label: folder}`` of output folders (created later by the writers).
+
+    Raises
+    ------
+    DuetInputError
+        With a one-line reason: an output is an input (or inside one, or holds
+        one), two outputs share a path, an output is a folder where a file is
+        expected (or a file where a folder is), or its folder cannot be written.
+    """
+    ins = [_absolute(p) for p in inputs if p is not None]
+    items: list[tuple[str, Path, str]] = []
+    for label, path in (folders or {}).items():
+        if path is not None:
+            items.append((label, _absolute(path), "folder"))
+    pairs = outputs.items() if isinstance(outputs, Mapping) else outputs
+    for label, path in pairs:
+        if path is not None:
+            items.append((label, _absolute(path), "store" if is_zarr_path(path) else "file"))
+    probed: dict[Path, str | None] = {}
+    for i, (label, path, kind) in enumerate(items):
+        for src in ins:
+            # A zarr output is rewritten whole: no input may lie inside it either.
+            if _same(path, src) or _inside(path, src) or (kind == "store"
+                                                            and _inside(src, path)):
+                what = ("is" if _same(path, src) else "lies inside" if _inside(path, src)
+                        else "holds")
+                raise DuetInputError(f"{label} {path} {what} the input {src.name}: "
+                                     "choose another output path")
+        for other_label, other, other_kind in items[:i]:
+            if (_same(path, other) or (other_kind == "store" and _inside(path, other))
+                    or (kind == "store" and _inside(other, path))):
+                raise DuetInputError(f"{other_label} and {label} are both {path}: "
+                                     "give each output its own path")
+        if kind == "file" and path.is_dir():
+            raise DuetInputError(f"{label} {path} is a folder: give a file name")
+        if kind != "file" and path.exists() and not path.is_dir():
+            raise DuetInputError(f"{label} {path} is a file: give a folder name")
+        folder = path if kind == "folder" else path.parent
+        if folder not in probed:
+            probed[folder] = _probe_writable(folder)
+        if probed[folder]:
+            raise DuetInputError(f"cannot write {label} {path}: {probed[folder]}; "
+                                 "choose another output folder")
+
+
+def require_image_suffix(label: str, path: str | os.PathLike | None,
+                         suffixes: tuple[str, ...] = IMAGE_OUTPUT_SUFFIXES,
+                         zarr: bool = True) -> None:
+    """Refuse an image output whose name does not end in an image format (e.g. ``den.json``)."""
+    if path is None:
+        return
+    if Path(path).suffix.lower() in suffixes or (zarr and is_zarr_path(path)):
+        return
+    names = ", ".join(suffixes + ((".zarr",) if zarr else ()))
+    raise DuetInputError(f"{label} {path}: an image is written there, give a name ending "
+                         f"in {names}")
+
+
+def remove_stale_outputs(folder: str | os.PathLike, *, names: Iterable[str] = (),
+                         pattern: str | None = None, keep: Iterable[str] = ()) -> list[Path]:
+    """Remove from an output folder the files an earlier run wrote that this run will not.
+
+    Only files named in ``names`` or whose name fully matches the regular
+    expression ``pattern`` are candidates; those in ``keep`` (what this run
+    writes) stay, to be replaced.  Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    keep = set(keep)
+    wanted = set(names)
+    removed = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name in keep or not entry.is_file():
+            continue
+        if name in wanted or (pattern is not None and re.fullmatch(pattern, name)):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed to it when the block completes.
+
+    The temporary name ends with the destination's name (format detection by
+    extension still works) and starts with a dot.  On any exception, including
+    KeyboardInterrupt, the temporary file is removed and ``path`` is untouched;
+    an OSError names ``path``, not the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            if tmp.is_dir() and not tmp.is_symlink():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise OSError(exc.errno, exc.strerror or _reason(exc), str(path)) from exc
+        raise
+
+
 def write_tiff(path: str | os.PathLike, array: np.ndarray, *,
                pixel_info: dict[str, Any] | None = None, **metadata: Any) -> Path:
     """Write ``array`` as a TIFF, creating parent folders; any number of dimensions round-trips.
@@ -91,11 +270,12 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, *,
     (resolution tags) and its ``spacing``/``unit``; its ``axes`` are kept when
     they fit the array's dimensions (or, less the trailing colour axis, for a
     mask of a colour image).
+    The file is written under a temporary name and renamed when complete
+    (:func:`atomic_path`): an interrupted write leaves any previous file intact.
     """
     import tifffile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(array)
     metadata = dict(metadata)
     kwargs: dict[str, Any] = {}
@@ -117,7 +297,8 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray, *,
         kwargs["photometric"] = "minisblack"
     # A metadata dict (even empty) makes tifffile record the shape, so (N, 2, Y, X) reads back
     # as (N, 2, Y, X) rather than (2N, Y, X).
-    tifffile.imwrite(str(path), array, metadata=metadata, **kwargs)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(str(tmp), array, metadata=metadata, **kwargs)
     return path
 
 
@@ -126,12 +307,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
     NaN and infinities (a metric of an empty region, a diverged loss) are
     written as ``null``: Python's default bare ``NaN`` is not JSON, and strict
-    parsers (browsers, jq, most languages) reject the whole file.
+    parsers (browsers, jq, most languages) reject the whole file.  Written to a
+    temporary file and renamed (:func:`atomic_path`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(strict_jsonable(obj), indent=2, allow_nan=False, default=_jsonable)
-    path.write_text(text + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
     return path
 
 
@@ -570,12 +752,12 @@ def write_tiff_blocks(path: str | os.PathLike, array, *, pixel_info: dict[str, A
     """Write an array-like (e.g. a zarr array) as a TIFF plane by plane (bounded memory).
 
     BigTIFF when the data exceed 2 GiB (or ``bigtiff`` says so); keeps
-    ``pixel_info`` (see :func:`write_tiff`).
+    ``pixel_info`` (see :func:`write_tiff`); written under a temporary name and
+    renamed when complete.
     """
     import tifffile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     shape, dtype = tuple(array.shape), np.dtype(array.dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if bigtiff is None:
@@ -600,6 +782,7 @@ def write_tiff_blocks(path: str | os.PathLike, array, *, pixel_info: dict[str, A
         for idx in np.ndindex(*lead):
             yield np.ascontiguousarray(np.asarray(array[idx]), dtype)
 
-    tifffile.imwrite(str(path), data=planes(), shape=shape, dtype=dtype, bigtiff=bigtiff,
-                     photometric="minisblack", metadata=metadata, **kwargs)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(str(tmp), data=planes(), shape=shape, dtype=dtype, bigtiff=bigtiff,
+                         photometric="minisblack", metadata=metadata, **kwargs)
     return path

@@ -7,12 +7,19 @@ from pathlib import Path
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
-    """Lay out ``fig``, write it as a PNG (creating folders) and close it."""
+    """Lay out ``fig``, write it as a PNG (creating folders) and close it.
+
+    Written under a temporary name and renamed when complete (``atomic_path``).
+    """
     import matplotlib.pyplot as plt
+
+    from ._io import atomic_path
 
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)  # the temporary name keeps the extension
+    finally:
+        plt.close(fig)
     return path

@@ -1,8 +1,9 @@
 """The ``duet`` command line.
 
 Each engine registers its sub-command from its own ``_cli`` module, so this
-file only assembles the parser and turns user errors, and running out of memory,
-into exit code 2 with a one-line reason (never a traceback).
+file only assembles the parser and turns user errors, running out of memory and
+failing to write a result (no permission, disk full) into exit code 2 with a
+one-line reason (never a traceback).
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"duet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Writing a result failed (no permission, disk full, read-only file system):
+        # missing inputs are reported by the engines, anything else here is the
+        # output's.  A FileNotFoundError that gets this far is a bug: keep its traceback.
+        if isinstance(exc, FileNotFoundError):
+            raise
+        print(f"duet {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except (MemoryError, RuntimeError) as exc:
         # Running out of host or device memory is the user's to fix (smaller input or
         # tiles, another device): one line, no traceback.  Other RuntimeErrors are bugs.
@@ -75,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"duet {args.command}: error: {out_of_memory_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line: which file could not be written, why, and what to change."""
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write{where}: {reason}; choose another output or free disk space"
 
 
 if __name__ == "__main__":  # pragma: no cover

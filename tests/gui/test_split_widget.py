@@ -243,3 +243,29 @@ def test_three_structures_train_and_split(make_napari_viewer, qtbot, monkeypatch
         assert viewer.layers[f"{base} uncertainty"].data.min() >= 0
         assert viewer.layers[f"{base} samples"].data.shape == (3, *mix.data.shape)
     assert len(cmaps) == 3
+
+
+def test_split_demo_sample_docks_split_with_bundled_model(make_napari_viewer, qtbot):
+    """The split_demo sample docks Split with its model loaded, and Split works at once."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-duet", "split_demo")
+    assert [layer.name for layer in viewer.layers] == [
+        "split demo (filaments + puncta)", "true filaments", "true puncta"]
+    widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
+    assert widget.model is not None and widget.model_path.name == "split_demo.safetensors"
+    assert "filaments" in widget.model_info.text()
+    assert widget.split_btn.isEnabled()
+    # Opening the widget again (as scripts/launch_napari.py does) reuses this dock.
+    _, again = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
+    assert again is widget
+    # The superimposed image is the layer Split offers first.
+    assert widget.image_picker.value is viewer.layers["split demo (filaments + puncta)"]
+    widget.samples.value = 3
+    widget.keep_samples.value = False
+    widget.device.value = "cpu"
+    widget.threads.value = 1
+    widget.split()
+    _wait(qtbot, widget)
+    for name in ("filaments", "puncta"):
+        out = viewer.layers[f"split demo (filaments + puncta) [{name}]"]
+        assert out.data.shape == (256, 256)

@@ -180,12 +180,28 @@ def _channel_names(files: list[str]) -> tuple[str, ...]:
     return tuple(f"{s}_{i + 1}" if stems.count(s) > 1 else s for i, s in enumerate(stems))
 
 
+def _calibration_png(model_path) -> Path:
+    """The calibration plot written beside a trained model."""
+    return Path(str(model_path)).with_suffix(".calibration.png")
+
+
+def _noise_model_png(nm_path) -> Path:
+    """The plot written beside a fitted noise model."""
+    return Path(str(nm_path)).with_suffix(".png")
+
+
 def _train(args) -> int:
-    from .._io import read_image
+    from .._io import check_outputs, read_image
     from ._config import SplitConfig, TrainConfig
     from ._train import iter_train
 
     files, nm_files = _channel_args(args)
+    # Before training: the model (and its plot) can be written and overwrite no input.
+    check_outputs([*files, *(nm_files or [])],
+                  [("-o", args.output),
+                   ("calibration plot",
+                    None if args.no_calibration else _calibration_png(args.output)),
+                   ("--log-json", getattr(args, "log_json", None))])
     channels = [read_image(f) for f in files]
     nms = None if nm_files is None else [_load_nm(f) for f in nm_files]
     over = {"n_channels": len(files)}
@@ -226,8 +242,7 @@ def _train(args) -> int:
     if model.calibration is not None:
         from ._calibration import calibration_plot
 
-        png = calibration_plot(model.calibration["stats_after"],
-                               Path(str(out)).with_suffix(".calibration.png"),
+        png = calibration_plot(model.calibration["stats_after"], _calibration_png(out),
                                channel_names=names,
                                title="validation: RMSE vs calibrated RMV")
         k = ", ".join(f"{n} x{f:.3g}" for n, f in zip(names, model.calibration["scalar"],
@@ -236,15 +251,26 @@ def _train(args) -> int:
     return 0
 
 
+# Every file ``split predict`` may write into its folder (which of them depends on the
+# model and --samples); files of an earlier run that this one does not write are removed.
+_PREDICT_FILES = ("mmse.tif", "std.tif", "a.tif", "b.tif", "std_a.tif", "std_b.tif",
+                  "samples.tif", "report.json")
+
+
 def _predict(args) -> int:
     import numpy as np
 
-    from .._io import read_image, write_json, write_tiff
+    from .._io import check_outputs, read_image, remove_stale_outputs, write_json, write_tiff
     from .._progress import run_to_end
     from ._model import SplitModel
 
     if args.samples < 1:
         raise DuetInputError("--samples must be >= 1")
+    out = Path(args.output)
+    check_outputs([args.image, args.model],
+                  [*(("-o", out / name) for name in _PREDICT_FILES),
+                   ("--log-json", getattr(args, "log_json", None))],
+                  folders={"-o": out})
     with cli_run(args, "split predict") as bar:
         with bar.stage("load model"):
             model = SplitModel.load(args.model, device=args.device)
@@ -256,9 +282,14 @@ def _predict(args) -> int:
         res = run_to_end(gen, bar)
         seconds = time.perf_counter() - t0
     threads = bar.threads
-    out = Path(args.output)
     stack = res.mean.ndim == 4  # (C, T, Y, X)
     files = {}
+    two = model.n_channels == 2
+    with_samples = res.samples is not None and args.samples > 1
+    remove_stale_outputs(out, names=_PREDICT_FILES, keep=[
+        "mmse.tif", "std.tif", "report.json",
+        *(("a.tif", "b.tif", "std_a.tif", "std_b.tif") if two else ()),
+        *(("samples.tif",) if with_samples else ())])
 
     def put(name, arr, axes=None):
         kw = {"axes": axes} if axes else {}
@@ -270,12 +301,12 @@ def _predict(args) -> int:
         "TCYX" if stack else "CYX")
     put("std.tif", np.moveaxis(res.std, 0, 1) if stack else res.std,
         "TCYX" if stack else "CYX")
-    if model.n_channels == 2:
+    if two:
         put("a.tif", res.mean[0])
         put("b.tif", res.mean[1])
         put("std_a.tif", res.std[0])
         put("std_b.tif", res.std[1])
-    if res.samples is not None and args.samples > 1:
+    if with_samples:
         # Axes metadata keeps the (N, C, ...) shape when the file is read back.
         put("samples.tif", res.samples, "ICYX" if res.samples.ndim == 4 else "ICTYX")
     report = res.report()
@@ -290,9 +321,17 @@ def _predict(args) -> int:
 
 
 def _fit_noise_model(args) -> int:
-    from .._io import read_image
+    from .._io import check_outputs, read_image
     from ..noise_models import bootstrap_noise_model, fit_noise_model
 
+    png = _noise_model_png(args.output)
+    if Path(args.output).suffix.lower() == ".png":
+        raise DuetInputError(f"-o {args.output}: the noise model would be overwritten by its "
+                             f"plot ({png.name}); give a model file name such as "
+                             f"{png.stem}.duet")
+    check_outputs([args.signal, args.observation],
+                  [("-o", args.output), ("plot", png),
+                   ("--log-json", getattr(args, "log_json", None))])
     obs = read_image(args.observation)
     kw = dict(n_gaussian=args.n_gaussian, n_coeff=args.n_coeff, min_sigma=args.min_sigma,
               iterations=args.iterations, device=args.device, seed=args.seed)
@@ -305,6 +344,6 @@ def _fit_noise_model(args) -> int:
             with bar.stage("bootstrap noise model"):
                 nm = bootstrap_noise_model(obs, denoiser=args.denoiser, **kw)
         out = nm.save(args.output)
-    png = nm.plot(Path(str(out)).with_suffix(".png"))
+    png = nm.plot(_noise_model_png(out))
     print(f"wrote {out} and {png}")
     return 0

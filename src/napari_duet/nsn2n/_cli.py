@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                    "any image file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tif",
                    help="denoised volume, float32: OME-Zarr (with a pyramid) when it ends in "
-                   ".zarr, else TIFF; a JSON report is written beside it")
+                   ".zarr, TIFF when it ends in .tif or .tiff; a JSON report (OUT.json) is "
+                   "written beside it")
     p.add_argument("--axis", type=int, default=0, metavar="A",
                    help="slice axis: z of a stack or t of a time-lapse (default 0)")
     p.add_argument("--budget", default=None, metavar="SECONDS",
@@ -59,7 +60,8 @@ def register(subparsers) -> None:
                    help="with --model on large volumes: slices denoised per slab (default: "
                    "about 8 Mpx per slab, at most 16)")
     p.add_argument("--uncertainty", metavar="U.tif", default=None,
-                   help="also write the uncertainty map (spread over flips/rotations)")
+                   help="also write the uncertainty map (spread over flips/rotations), "
+                   "TIFF or OME-Zarr as for -o")
     p.add_argument("--no-tta", action="store_true",
                    help="one prediction per slice: faster, no uncertainty map")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
@@ -96,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
     from .._errors import DuetInputError
     from .._io import (
         ImageMeta,
+        check_outputs,
         is_zarr_path,
         open_image,
         read_image,
         read_pixel_info,
+        require_image_suffix,
         write_json,
         write_ome_zarr,
         write_tiff,
@@ -118,7 +122,22 @@ def run(args: argparse.Namespace) -> int:
     if (args.resume or args.slab is not None) and not args.model:
         raise DuetInputError("--resume and --slab apply a saved model (--model); "
                              "training cannot resume")
-    if args.model and _wants_chunked(args):
+    # Before reading the volume or training: every output can be written, none
+    # overwrites an input or another output (the report is named after -o).
+    require_image_suffix("-o", args.output)
+    require_image_suffix("--uncertainty", args.uncertainty)
+    chunked = bool(args.model) and _wants_chunked(args)
+    outputs = [("-o", out), ("--uncertainty", args.uncertainty), ("report", _report_path(out)),
+               ("--save-model", args.save_model),
+               ("--log-json", getattr(args, "log_json", None))]
+    if chunked:
+        from ._chunked_cli import _store_for
+
+        # A TIFF output is staged in an OME-Zarr store beside it.
+        outputs += [("-o", _store_for(Path(p))) for p in (args.output, args.uncertainty)
+                    if p is not None and not is_zarr_path(p)]
+    check_outputs([args.volume, args.model], outputs)
+    if chunked:
         from ._chunked_cli import run_chunked
 
         return run_chunked(args)
@@ -181,9 +200,6 @@ def run(args: argparse.Namespace) -> int:
             pairs_line = summarize_pairs(result.pairs)
             if pairs_line:
                 log(pairs_line)
-            if args.save_model:
-                result.model.save(args.save_model)
-                report["saved_model"] = str(args.save_model)
             method, reason = recommend_method(volume, axis=args.axis)
             report["noise_correlation"] = noise_correlation(volume, axis=args.axis)
             report["recommendation"] = {"method": method, "reason": reason}
@@ -198,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 write_tiff(path, arr, pixel_info=meta.pixel_info() if meta
                            else read_pixel_info(args.volume))
+        if not args.model and args.save_model:  # after the results, which matter most
+            result.model.save(args.save_model)
+            report["saved_model"] = str(args.save_model)
         report.update({"input": str(args.volume), "input_shape": list(volume.shape),
                        "input_dtype": str(volume.dtype), "axis": args.axis, "output": str(out),
                        "threads": bar.threads, "seconds": time.perf_counter() - t0})

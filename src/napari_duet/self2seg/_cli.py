@@ -75,13 +75,32 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _output_names(n_classes: int) -> list[str]:
+    """The files ``self2seg`` writes into OUTDIR for ``n_classes`` regions."""
+    experts = [f"expert_{k}.tif" for k in range(max(int(n_classes), 0))]
+    return ["mask.tif", "denoised.tif", *experts, "report.json"]
+
+
 def run(args: argparse.Namespace) -> int:
-    from .._io import read_image, read_pixel_info, write_json, write_tiff
+    from .._io import (
+        check_outputs,
+        read_image,
+        read_pixel_info,
+        remove_stale_outputs,
+        write_json,
+        write_tiff,
+    )
     from ._config import Self2SegConfig
     from ._engine import self2seg
     from ._regions import boxes_to_regions
     from ._stack import self2seg_stack, stack_layout
 
+    out = Path(args.outdir)
+    # Before any work: no output overwrites an input, the folder can be written.
+    check_outputs([args.image, args.regions],
+                  [*(("-o", out / name) for name in _output_names(args.classes)),
+                   ("--log-json", getattr(args, "log_json", None))],
+                  folders={"-o": out})
     any_box = bool(args.fg_box or args.bg_box or args.class_box)
     if args.regions is not None and any_box:
         raise DuetInputError("give seeds either as --regions or as boxes "
@@ -144,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
             res = self2seg(image, regions, cfg, callback=progress)
             summary = f"stopped after {res.alternations} alternation(s) ({res.stop_reason})"
         bar.finish()
-        out = Path(args.outdir)
+        # A reused folder: expert files of an earlier run with more classes would stay.
+        remove_stale_outputs(out, pattern=r"expert_\d+\.tif",
+                             keep=_output_names(res.experts.shape[0]))
         write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
         write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
         for k in range(res.experts.shape[0]):
