@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_duet import DuetInputError
+from napari_duet._progress import run_to_end
 from napari_duet.metrics import dice
 from napari_duet.self2seg import (
     Self2SegConfig,
@@ -46,13 +47,8 @@ def test_config_validation_and_roundtrip():
 def test_constant_experts_segment_noisy_blobs_and_energy_decreases():
     img, mask = blobs(sigma=0.5)
     states = []
-    gen = iter_self2seg(img, config=Self2SegConfig(experts="constant", max_alternations=6))
-    while True:
-        try:
-            states.append(next(gen))
-        except StopIteration as stop:
-            res = stop.value
-            break
+    cfg = Self2SegConfig(experts="constant", max_alternations=6)
+    res = run_to_end(iter_self2seg(img, config=cfg), states.append)
     assert isinstance(res, Self2SegResult) and all(isinstance(s, Self2SegState) for s in states)
     assert dice(res.labels == 1, mask) > 0.9
     e = np.array(res.energies)
@@ -247,13 +243,7 @@ def test_progress_events_within_alternations_change_nothing(monkeypatch):
     cfg = Self2SegConfig(max_alternations=3, **FAST)
     plain = self2seg(img, config=cfg)
     items = []
-    gen = iter_self2seg(img, config=cfg, progress=True)
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            with_events = stop.value
-            break
+    with_events = run_to_end(iter_self2seg(img, config=cfg, progress=True), items.append)
     for a, b in ((plain.labels, with_events.labels), (plain.experts, with_events.experts),
                  (plain.denoised, with_events.denoised)):
         np.testing.assert_array_equal(a, b)

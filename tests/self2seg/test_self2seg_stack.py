@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from napari_duet._errors import DuetInputError
+from napari_duet._progress import run_to_end
 from napari_duet.cli import main
 from napari_duet.self2seg import (
     Self2SegConfig,
@@ -76,14 +77,8 @@ def test_shared_seeds_apply_to_every_plane(stack):
 def test_progress_states_and_report(stack):
     cfg = Self2SegConfig(**FAST)
     four_d = stack[:2, None].repeat(2, axis=1)  # (2, 2, Y, X)
-    gen = iter_self2seg_stack(four_d, None, cfg)
     states = []
-    while True:
-        try:
-            states.append(next(gen))
-        except StopIteration as stop:
-            res = stop.value
-            break
+    res = run_to_end(iter_self2seg_stack(four_d, None, cfg), states.append)
     assert all(isinstance(s, Self2SegStackState) for s in states)
     assert all(s.n_planes == 4 for s in states)
     done = [s for s in states if s.done]
