@@ -37,7 +37,27 @@ def test_unmatched_pixels_do_not_count_and_terms_combine():
 
 
 def test_continuity_target_is_detached():
-    net = torch.nn.Conv2d(1, 1, 1)
-    xi, xj = torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4)
-    _, t = nsn2n_losses(net, xi, xj, torch.zeros_like(xi), 0.0, 1.0)
-    assert t["ic"].requires_grad is False
+    """The gradient of the continuity term flows through the mid-point prediction only.
+
+    With W = 0 and lambda_rc = 0 the total is the continuity term alone; its
+    gradient must equal that of ``mean((f(m) - c)^2)`` with the target ``c``
+    a constant, which differs from the gradient without the stop-gradient.
+    """
+    torch.manual_seed(0)
+    # Non-linear: for an affine net f(mid) is the mid-point of f(xi), f(xj) and the term is 0.
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 1, 3, padding=1))
+    weight = net[0].weight
+    xi, xj = torch.rand(2, 1, 6, 6), torch.rand(2, 1, 6, 6)
+    total, t = nsn2n_losses(net, xi, xj, torch.zeros_like(xi), 0.0, 1.0)
+    assert float(total) == pytest.approx(float(t["ic"]), rel=1e-6) and float(total) > 0
+    got = torch.autograd.grad(total, weight)[0]
+
+    def continuity(detach: bool) -> torch.Tensor:
+        target = 0.5 * (net(xi) + net(xj))
+        target = target.detach() if detach else target
+        loss = torch.mean((net(0.5 * (xi + xj)) - target) ** 2)
+        return torch.autograd.grad(loss, weight)[0]
+
+    torch.testing.assert_close(got, continuity(detach=True))
+    assert not torch.allclose(got, continuity(detach=False), rtol=1e-3, atol=1e-6)

@@ -146,16 +146,27 @@ def test_bad_inputs():
         self2seg(np.full((20, 20), np.nan))
 
 
-def test_cancellation_leaves_nothing_running():
-    import threading
+def test_cancellation_mid_alternation_restores_torch_threads():
+    """Closing the generator (what a cancelled worker does) inside an alternation stops
+    there and undoes the run's torch thread setting."""
+    import torch
 
     img, _ = blobs()
-    before = threading.active_count()
-    gen = iter_self2seg(img, config=Self2SegConfig(max_alternations=5, **FAST))
-    first = next(gen)
-    assert first.alternation == 1 and first.max_alternations == 5
-    gen.close()  # what a cancelled worker does
-    assert threading.active_count() <= before
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = iter_self2seg(img, config=Self2SegConfig(max_alternations=5, **FAST),
+                            progress=True)
+        first = next(gen)
+        while isinstance(first, Self2SegState) or first.stage != "experts":
+            first = next(gen)
+        assert torch.get_num_threads() == 1  # the run's setting (FAST: threads=1)
+        gen.close()
+        assert torch.get_num_threads() == 2
+        with pytest.raises(StopIteration):
+            next(gen)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_baseline_convex_chan_vese_is_constant_experts():
