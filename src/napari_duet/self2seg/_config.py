@@ -31,8 +31,8 @@ class Self2SegConfig:
         same value works for any intensity range (``lam=2`` = twice as smooth
         as the default).
     lam_scale : float
-        Multiplier used when ``lam`` is None.  With seeds and ``lam`` None,
-        lambda also doubles (at most twice) while the first mask puts more
+        Multiplier used when ``lam`` is None.  With seeds, two classes and
+        ``lam`` None, lambda also doubles (at most twice) while the first mask puts more
         than 5 % of one class's seed pixels in another class.
     lam_noise : float
         The robust scale is ``max(MAD(g), lam_noise * s_noise)`` where

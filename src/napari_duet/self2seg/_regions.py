@@ -173,10 +173,10 @@ def background_level(g: np.ndarray) -> tuple[float, float]:
     alone, so its spread measures the background's noise even when bright
     objects cover part of the image.
     """
-    v = np.asarray(g, np.float32).ravel()
-    hist, edges = np.histogram(v, bins=256)
     from scipy import ndimage as ndi
 
+    v = np.asarray(g, np.float32).ravel()
+    hist, edges = np.histogram(v, bins=256)
     smooth = ndi.gaussian_filter1d(hist.astype(np.float64), 2.0)
     mode = float(0.5 * (edges[np.argmax(smooth)] + edges[np.argmax(smooth) + 1]))
     below = mode - v[v < mode]
@@ -202,15 +202,13 @@ def _mostly_noise(g: np.ndarray, t: float, mode: float, spread: float) -> bool:
 
 def _apply_noise_floor(g: np.ndarray, thresholds: np.ndarray, z: float,
                        invert: bool) -> np.ndarray:
+    # One rule for both cases: a dark foreground is the bright foreground of -g, cut from
+    # the background by the highest threshold instead of the lowest.
+    sign, i = (-1.0, -1) if invert else (1.0, 0)
+    h = sign * np.asarray(g, np.float32)
     t = np.array(thresholds, np.float32)
-    if invert:
-        # Dark foreground: the highest threshold separates it from the (bright) background.
-        mode, spread = background_level(-g)
-        if mode < -float(t[-1]) and _mostly_noise(-g, -float(t[-1]), mode, spread):
-            t[-1] = min(float(t[-1]), -(mode + z * spread))
-    else:
-        mode, spread = background_level(g)
-        if mode < float(t[0]) and _mostly_noise(g, float(t[0]), mode, spread):
-            t[0] = max(float(t[0]), mode + z * spread)
+    cut = sign * float(t[i])
+    mode, spread = background_level(h)
+    if mode < cut and _mostly_noise(h, cut, mode, spread):  # the mode is background
+        t[i] = sign * max(cut, mode + z * spread)
     return np.sort(t)
-
