@@ -9,6 +9,7 @@ worker and stop it at the next ``yield`` on Cancel.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 R = TypeVar("R")
@@ -33,3 +34,43 @@ def run_to_end(
             return stop.value
         if callback is not None:
             callback(item)
+
+
+@dataclass(kw_only=True)
+class Progress:
+    """Base of every progress/state object the engines yield.
+
+    Every engine's progress type extends this, so widgets, the CLI's progress
+    bars and ``--log-json`` read one set of fields whatever the engine.
+
+    Attributes
+    ----------
+    stage : str
+        Name of the current step (e.g. ``"train"``, ``"denoise"``, ``"experts"``).
+    done, total : int
+        Work units of the current stage done and planned (``total`` 0: unknown).
+    elapsed : float
+        Seconds since the run started.
+    eta : float or None
+        Estimated seconds left for the whole run (None: no estimate yet).
+    losses : dict of str to float
+        Latest loss terms (empty when the stage has none).
+    """
+
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+    eta: float | None = None
+    losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the whole run done, in [0, 1] (None: unknown).
+
+        The default is the current stage's ``done / total``; engines whose
+        runs have several stages override it with a whole-run estimate.
+        """
+        if self.total <= 0:
+            return None
+        return min(max(self.done / self.total, 0.0), 1.0)
