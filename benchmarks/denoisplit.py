@@ -124,7 +124,7 @@ def quality(args, results: dict) -> None:
                          seed=args.seed, calib_samples=args.calib_samples, lr=args.lr, **kw)
         t = time.perf_counter()
         model = train(train_ch, cfg, tc, noise_models=nms if kw["likelihood"] ==
-                      "noise_model" else None, channel_names=names)
+                      "noise_model" else None, channel_names=names).model
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         res = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
@@ -228,7 +228,7 @@ def synthetic(args, results: dict) -> None:
     tc = TrainConfig(epochs=1000, max_minutes=args.synthetic_minutes, patch_size=32,
                      batch_size=16, device=args.device, lr=3e-3, calib_samples=10,
                      seed=args.seed)
-    model = train(d.noisy_a[:1], d.noisy_b[:1], SplitConfig.small(), tc, noise_models=nms)
+    model = train(d.noisy_a[:1], d.noisy_b[:1], SplitConfig.small(), tc, noise_models=nms).model
     inp = d.noisy_a[1] + d.noisy_b[1]
     res = model.predict(inp, samples=20, tile=64)
     clean = np.stack([d.clean_a[1], d.clean_b[1]])
@@ -263,9 +263,10 @@ def speed(args, results: dict) -> None:
     import torch
 
     from napari_duet.denoisplit import SplitConfig, SplitModel, TrainConfig
-    from napari_duet.denoisplit._lvae import LadderVAE, count_parameters
+    from napari_duet.denoisplit._lvae import LadderVAE
     from napari_duet.devices import resolve_device
     from napari_duet.intensity import Normalizer
+    from napari_duet.networks import count_parameters
     from napari_duet.noise_models import fit_noise_model
 
     dev = resolve_device(args.device)

@@ -42,7 +42,7 @@ def main() -> None:
                   SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0),
                   TrainConfig(epochs=1, steps_per_epoch=4, patch_size=32, batch_size=4,
                               device="cpu", calibrate=False),
-                  bootstrap_kwargs={"denoiser": "smooth", "iterations": 50})
+                  bootstrap_kwargs={"denoiser": "smooth", "iterations": 50}).model
     rss_model = _peak_rss_mb()
     rng = np.random.default_rng(0)
     image = rng.gamma(2.0, 20.0, size=(args.size, args.size)).astype(np.float32)

@@ -32,6 +32,7 @@ def self2seg(out: Path) -> Path:
     """Self2Seg widget after a run seeded with two boxes on the σ = 30 sample."""
     import napari
     from qtpy.QtWidgets import QApplication
+    from scipy.ndimage import distance_transform_edt
 
     viewer = napari.Viewer(title="napari-duet: Self2Seg")
     viewer.window._qt_window.resize(1500, 950)
@@ -39,13 +40,15 @@ def self2seg(out: Path) -> Path:
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")
     widget.image_picker.value = viewer.layers[0]
     seeds = widget.new_seeds_layer()
-    mask = viewer.layers["nuclei ground truth"].data
-    ys, xs = np.nonzero(mask)
-    cy, cx = int(np.median(ys)), int(np.median(xs))
+    # One box deep inside a nucleus, one far from every nucleus (the ground truth says where).
+    mask = np.asarray(viewer.layers["nuclei ground truth"].data) > 0
+    cy, cx = np.unravel_index(np.argmax(distance_transform_edt(mask)), mask.shape)
+    by, bx = np.unravel_index(np.argmax(distance_transform_edt(~mask)), mask.shape)
+    by, bx = (int(np.clip(v, 8, n - 9)) for v, n in zip((by, bx), mask.shape, strict=True))
     widget.role.value = "foreground"
     seeds.add_rectangles(np.array([[cy - 4, cx - 4], [cy + 4, cx + 4]]))
     widget.role.value = "background"
-    seeds.add_rectangles(np.array([[4, 4], [24, 40]]))
+    seeds.add_rectangles(np.array([[by - 8, bx - 8], [by + 8, bx + 8]]))
     widget.device.value = "cpu"
     widget.run()
     _wait_for(widget, QApplication.instance())
@@ -62,60 +65,42 @@ def _save(viewer, path: Path) -> Path:
 
 
 def nsn2n(out: Path) -> Path:
-    """NS-N2N widget after training on a synthetic stack with in-plane correlated noise."""
+    """NS-N2N widget after a default run on the ``nsn2n_volume`` sample (noise checked first)."""
     import napari
     from qtpy.QtWidgets import QApplication
-    from scipy.ndimage import gaussian_filter
 
-    rng = np.random.default_rng(0)
-    clean = gaussian_filter(rng.random((16, 128, 128)), (2, 4, 4))
-    clean = (clean - clean.min()) / np.ptp(clean)
-    noise = gaussian_filter(rng.normal(size=clean.shape), (0, 1, 1))
-    noisy = (clean + 0.1 * noise / noise.std()).astype(np.float32)
     viewer = napari.Viewer(title="napari-duet: NS-N2N")
     viewer.window._qt_window.resize(1500, 950)
-    layer = viewer.add_image(noisy, name="noisy stack")
+    viewer.open_sample("napari-duet", "nsn2n_volume")
+    layer = viewer.layers["noisy volume"]
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
     widget.image_picker.value = layer
-    widget.iterations.value = 200
     widget.device.value = "cpu"
     widget.check_noise()
     widget.train()
     _wait_for(widget, QApplication.instance())
-    viewer.layers["noisy stack [NS-N2N uncertainty]"].visible = False
-    viewer.layers.remove("noisy stack [NS-N2N preview]")
-    viewer.layers["noisy stack"].visible = False
+    for lyr in viewer.layers:  # show the denoised result alone
+        if "uncertainty" in lyr.name or lyr is layer:
+            lyr.visible = False
     viewer.dims.set_current_step(0, 8)
     viewer.reset_view()
     return _save(viewer, out / "nsn2n_widget.png")
 
 
 def split(out: Path) -> Path:
-    """Split widget after splitting synthetic filaments + puncta with a model trained here."""
+    """Split widget after splitting the ``split_demo`` sample with its bundled model."""
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_duet.denoisplit import SplitConfig, TrainConfig, train
-    from napari_duet.denoisplit._synthetic import synthetic_split
-
-    data = synthetic_split((192, 192), seed=1)
-    model = train(data.noisy_a, data.noisy_b, SplitConfig.small(),
-                  TrainConfig(epochs=6, steps_per_epoch=40, patch_size=64, batch_size=8,
-                              device="cpu"),
-                  channel_names=("filaments", "puncta"))
-    model_path = out / "_split_demo.duet"
-    model.save(model_path)
     viewer = napari.Viewer(title="napari-duet: denoiSplit")
     viewer.window._qt_window.resize(1500, 950)
-    mix = viewer.add_image(data.noisy_a + data.noisy_b, name="superimposed")
-    viewer.open(str(model_path), plugin="napari-duet")
+    viewer.open_sample("napari-duet", "split_demo")  # docks the widget with the model
     widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
+    mix = viewer.layers["split demo (filaments + puncta)"]
     widget.image_picker.value = mix
-    widget.samples.value = 10
     widget.split()
     _wait_for(widget, QApplication.instance())
     mix.visible = False
-    model_path.unlink()
     return _save(viewer, out / "split_widget.png")
 
 

@@ -54,12 +54,12 @@ def main() -> None:
                      calib_samples=args.calib_samples, log_every=20)
 
     def report(p):
-        if p.phase == "train" and p.step == p.steps_per_epoch:
+        if p.stage == "train" and p.step == p.steps_per_epoch:
             val = f"{p.val_loss:.4g}" if p.val_loss is not None else "-"
             print(f"epoch {p.epoch}/{p.epochs} val {val} ({p.elapsed:.0f} s)", flush=True)
 
     model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms,
-                  channel_names=("filaments", "puncta"), callback=report)
+                  channel_names=("filaments", "puncta"), callback=report).model
     path = model.save(args.output)
     size = path.stat().st_size
     print(f"wrote {path} ({size / 1e6:.2f} MB) in {time.perf_counter() - t0:.0f} s")

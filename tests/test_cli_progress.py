@@ -222,12 +222,24 @@ def test_describe_maps_engine_objects():
     from napari_duet.denoisplit._predict import PredictProgress
     from napari_duet.denoisplit._train import TrainProgress
 
-    ev = describe(TrainProgress(2, 3, 4, 10, {"loss": 1.0}, phase="train"))
+    ev = describe(TrainProgress(epoch=2, epochs=3, step=4, steps_per_epoch=10,
+                                losses={"loss": 1.0}))
     assert (ev.stage, ev.done, ev.total) == ("train", 14, 30)
-    ev = describe(TrainProgress(0, 3, 0, 0, phase="noise_model"))
+    assert ev.fields["losses"] == {"loss": 1.0} and ev.fields["epoch"] == 2
+    ev = describe(TrainProgress(epochs=3, stage="noise_model", done=0, total=2))
     assert ev.stage == "noise model" and ev.total is None
-    ev = describe(PredictProgress(3, 8, 1.0))
+    ev = describe(PredictProgress(done=3, total=8, elapsed=1.0))
     assert (ev.stage, ev.done, ev.total) == ("predict", 3, 8)
+
+
+def test_describe_reads_the_base_fields_of_any_progress():
+    from napari_duet._progress import Progress
+
+    ev = describe(Progress(stage="fit", done=2, total=5, losses={"nll": 0.5}, eta=3.0))
+    assert (ev.stage, ev.done, ev.total) == ("fit", 2, 5)
+    assert ev.fields == {"losses": {"nll": 0.5}, "eta": 3.0}
+    ev = describe(Progress(stage="load"))
+    assert (ev.stage, ev.done, ev.total) == ("load", 0, None)
 
 
 # --------------------------------------------------------------------------- nsn2n

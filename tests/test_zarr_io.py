@@ -328,3 +328,29 @@ def test_training_reads_zarr_and_writes_ome_zarr(tmp_path):
                  "--no-tta", "-q", "--device", "cpu"]) == 0
     arr, got = open_image(out)
     assert arr.shape == vol.shape and arr.dtype == np.float32 and got == meta
+
+
+def test_write_ome_zarr_is_atomic(tmp_path, monkeypatch):
+    """An interrupted write leaves the earlier result whole and no partial store behind."""
+    from napari_duet import _io
+
+    path = tmp_path / "out.ome.zarr"
+    first = np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
+    _io.write_ome_zarr(path, first)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_io, "build_pyramid", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _io.write_ome_zarr(path, np.zeros_like(first))
+    monkeypatch.undo()
+    arr, _ = _io.open_image(path)
+    np.testing.assert_array_equal(np.asarray(arr[...]), first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.zarr"]
+
+    second = first[::-1].copy()
+    _io.write_ome_zarr(path, second)  # a finished write replaces the earlier result
+    arr, _ = _io.open_image(path)
+    np.testing.assert_array_equal(np.asarray(arr[...]), second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.zarr"]

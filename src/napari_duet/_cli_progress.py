@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._errors import first_line
+from ._progress import Progress
 from .devices import THREADS_HELP, parse_threads, torch_threads
 
 __all__ = ["CLIProgress", "Event", "add_run_options", "cli_run", "describe"]
@@ -94,41 +96,47 @@ def _numeric(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def describe(item) -> Event:
-    """Map an engine's progress object to an :class:`Event`."""
+    """Map an engine's progress object to an :class:`Event`.
+
+    Every engine's progress extends :class:`~napari_duet._progress.Progress`, so
+    the stage, work done and total come from its base fields; the numeric extras
+    (losses, energy, matched fraction...) are the type's own.
+    """
     if isinstance(item, Event):
         return item
+    if not isinstance(item, Progress):
+        stage = getattr(item, "stage", None) or "run"
+        done, total = getattr(item, "done", None), getattr(item, "total", None)
+        return Event(str(stage), done if isinstance(done, int) else None,
+                     total if isinstance(total, int) else None, {})
     name = type(item).__name__
+    stage, done, total = item.stage or "run", int(item.done), int(item.total) or None
+    extra: dict[str, Any] = {}
+    if item.losses:
+        extra["losses"] = dict(item.losses)
     if name == "Self2SegStackState":
+        # One bar over all planes, counted in alternations.
         st = item.state
         per = max(int(st.max_alternations), 1)
-        done = (item.plane + 1) * per if item.done else item.plane * per + int(st.alternation)
+        done = (item.plane + 1) * per if item.finished else item.plane * per + int(st.alternation)
         return Event("self2seg", done, item.n_planes * per,
                      {"plane": item.plane + 1, "planes": item.n_planes,
                       "alternation": st.alternation, "energy": st.energy})
     if name == "Self2SegState":
-        return Event("self2seg", int(item.alternation), int(item.max_alternations),
+        return Event("self2seg", done, total,
                      {"alternation": item.alternation, "energy": item.energy})
     if name == "NSN2NProgress":
-        extra = {"iteration": item.iteration, "iterations": item.iterations,
-                 "losses": dict(item.losses), "matched_fraction": item.matched_fraction,
-                 "eta": item.eta}
-        return Event(item.stage, int(item.done), int(item.total) or None, extra)
-    if name == "DenoiseProgress":  # NS-N2N applying a saved model
-        return Event("denoise", int(item.done), int(item.total), {"eta": item.eta})
-    if name == "TrainProgress":  # denoiSplit
-        extra = {"epoch": item.epoch, "epochs": item.epochs, "losses": dict(item.losses),
-                 "val_loss": item.val_loss, "lr": item.lr, "eta": item.eta}
-        if item.phase != "train":
-            return Event(item.phase.replace("_", " "), None, None, extra)
-        steps = max(int(item.steps_per_epoch), 1)
-        return Event("train", (int(item.epoch) - 1) * steps + int(item.step),
-                     int(item.epochs) * steps, extra)
-    if name == "PredictProgress":  # denoiSplit tiles
-        return Event("predict", int(item.done), int(item.total), {})
-    stage = getattr(item, "stage", None) or getattr(item, "phase", None) or "run"
-    done, total = getattr(item, "done", None), getattr(item, "total", None)
-    return Event(str(stage), done if isinstance(done, int) else None,
-                 total if isinstance(total, int) else None, {})
+        extra.update(iteration=item.iteration, iterations=item.iterations,
+                     matched_fraction=item.matched_fraction)
+        extra.setdefault("losses", {})
+    elif name == "TrainProgress":  # denoiSplit
+        extra.update(epoch=item.epoch, epochs=item.epochs, val_loss=item.val_loss, lr=item.lr)
+        extra.setdefault("losses", {})
+        if stage != "train":  # noise models, calibration: no steps to count
+            stage, done, total = stage.replace("_", " "), None, None
+    if name in ("NSN2NProgress", "TrainProgress", "DenoiseProgress") or item.eta is not None:
+        extra["eta"] = item.eta
+    return Event(stage, done, total, extra)
 
 
 # Units of the bars, by stage.
@@ -332,6 +340,6 @@ def cli_run(args: argparse.Namespace, command: str, quiet: bool | None = None,
             prog.close("interrupted")
             raise
         except BaseException as exc:
-            prog.close("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            prog.close("error", first_line(exc, 200))
             raise
         prog.close()

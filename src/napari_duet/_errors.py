@@ -18,6 +18,17 @@ class ModelFileError(DuetError):
     """A model file is missing, corrupted, foreign or of another kind."""
 
 
+def first_line(exc: BaseException, limit: int = 120, default: str | None = None) -> str:
+    """The first line of an exception's message, at most ``limit`` characters.
+
+    An empty message gives ``default`` (the exception's type name when None),
+    so one-line reports always say something.
+    """
+    lines = str(exc).strip().splitlines()
+    line = lines[0].strip() if lines else (type(exc).__name__ if default is None else default)
+    return line if len(line) <= limit else line[: max(limit - 3, 0)] + "..."
+
+
 _OOM_MARKERS = ("out of memory", "DefaultCPUAllocator: can't allocate memory")
 
 
@@ -48,9 +59,7 @@ def out_of_memory_message(exc: BaseException, *,
     (the CLI options by default; widgets name their settings).
     """
     exc = getattr(exc, "original", exc)
-    detail = (str(exc).strip().splitlines() or [""])[0].strip()
-    if len(detail) > 100:
-        detail = detail[:97] + "..."
+    detail = first_line(exc, 100, default="")
     why = f" ({detail})" if detail else ""
     return (f"out of memory{why}: use a smaller image (crop or bin it, or fewer planes), "
             f"smaller tiles ({tile}), or another device ({device})")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import DuetInputError
+from ._errors import DuetInputError, first_line
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -41,8 +42,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except MemoryError:
         raise  # not a bad file: the caller reports running out of memory
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise DuetInputError(f"cannot read {path.name} as an image: {reason}") from None
+        raise DuetInputError(f"cannot read {path.name} as an image: {first_line(exc)}") from None
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf" or arr.size == 0:
         raise DuetInputError(f"{path.name} holds no usable image data (dtype {arr.dtype})")
@@ -431,7 +431,7 @@ def open_image(path: str | os.PathLike):
 
 
 def _reason(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+    return first_line(exc)
 
 
 def _open_tiff(path: Path):
@@ -648,6 +648,33 @@ def create_ome_zarr(path: str | os.PathLike, shape: tuple[int, ...], dtype, meta
     return arr
 
 
+def create_ome_zarr_labels(image: str | os.PathLike, name: str, shape: tuple[int, ...], dtype,
+                           meta: ImageMeta, *, chunks: tuple[int, ...] | None = None):
+    """Add an NGFF label image ``labels/<name>`` (one level, zeros) to an OME-Zarr image.
+
+    The image at ``image`` must exist (:func:`create_ome_zarr`); the label image
+    gets its NGFF version and ``meta``'s axes and scale.  Returns its level-0 array.
+    """
+    import zarr
+
+    version = ngff_version(zarr.open_group(str(image), mode="r"))
+    arr = create_ome_zarr(Path(image) / "labels" / name, shape, dtype, meta, chunks=chunks,
+                          version=version)
+    labels = zarr.open_group(str(Path(image) / "labels"), mode="a",
+                             zarr_format=3 if version == "0.5" else 2)
+    member = zarr.open_group(str(Path(image) / "labels" / name), mode="r+")
+    source = {"source": {"image": "../../"}}
+    if version == "0.4":
+        labels.attrs["labels"] = [name]
+        member.attrs["image-label"] = {"version": "0.4", **source}
+    else:
+        labels.attrs["ome"] = {"version": "0.5", "labels": [name]}
+        ome = dict(member.attrs["ome"])
+        ome["image-label"] = source
+        member.attrs["ome"] = ome
+    return arr
+
+
 def ngff_version(group) -> str:
     """NGFF version of an OME-Zarr group written by :func:`create_ome_zarr`."""
     return "0.5" if isinstance(group.attrs.get("ome"), dict) else "0.4"
@@ -735,16 +762,36 @@ def write_ome_zarr(path: str | os.PathLike, array, meta: ImageMeta | None = None
     dimensions); ``levels`` the pyramid depth (default :func:`auto_levels`).
     """
     meta = meta or ImageMeta.default(len(array.shape))
-    dst = create_ome_zarr(path, tuple(array.shape), array.dtype, meta, chunks=chunks,
-                          version=version)
-    if len(array.shape) < 3:
-        dst[...] = np.asarray(array[...])
+    path = Path(path)
+    # Written beside the target and renamed when complete, so an interrupted run
+    # (Ctrl-C, full disk) never leaves a half-written store under the result's name
+    # and an earlier result stays intact until the new one is whole.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        dst = create_ome_zarr(tmp, tuple(array.shape), array.dtype, meta, chunks=chunks,
+                              version=version)
+        if len(array.shape) < 3:
+            dst[...] = np.asarray(array[...])
+        else:
+            step = dst.chunks[0]
+            for b0 in range(0, array.shape[0], step):
+                dst[b0:b0 + step] = np.asarray(array[b0:b0 + step])
+        build_pyramid(tmp, levels)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
     else:
-        step = dst.chunks[0]
-        for b0 in range(0, array.shape[0], step):
-            dst[b0:b0 + step] = np.asarray(array[b0:b0 + step])
-    build_pyramid(path, levels)
-    return Path(path)
+        old.unlink(missing_ok=True)
+    return path
 
 
 def write_tiff_blocks(path: str | os.PathLike, array, *, pixel_info: dict[str, Any] | None = None,

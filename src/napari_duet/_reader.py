@@ -1,8 +1,10 @@
-"""npe2 reader for napari-duet model files (``*.duet``).
+"""npe2 reader for napari-duet model files (``*.duet``) and the bioimage.io zips it exports.
 
 Dropping a model file on the viewer docks the widget that uses it (denoiSplit
 or NS-N2N) and loads the model there; no layer is added.  A damaged or foreign
-file gives a notification from that widget and changes nothing.
+file gives a notification from that widget and changes nothing.  A bioimage.io
+package written by ``duet export-bmz`` carries its ``.duet`` file, which is
+extracted and opened the same way; other zips are left to other readers.
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ WIDGETS = {"denoisplit": "Split (denoiSplit)", "nsn2n": "Slice denoising (NS-N2N
 
 
 def get_reader(path):
-    """Return a reader for a single ``.duet`` file, else None."""
+    """Return a reader for a single ``.duet`` file or napari-duet bioimage.io zip, else None."""
     if isinstance(path, list | tuple):
         if len(path) != 1:
             return None
         path = path[0]
-    if Path(str(path)).suffix.lower() != ".duet":
-        return None
-    return open_model_file
+    suffix = Path(str(path)).suffix.lower()
+    if suffix == ".duet":
+        return open_model_file
+    if suffix == ".zip":
+        from ._bmz import duet_package_entry
+
+        if duet_package_entry(path) is not None:
+            return open_model_file
+    return None
 
 
 def model_kind(path) -> str | None:
@@ -40,6 +48,10 @@ def open_model_file(path):
 
     if isinstance(path, list | tuple):
         path = path[0]
+    if Path(str(path)).suffix.lower() == ".zip":
+        from ._bmz import duet_model_in_package
+
+        path = duet_model_in_package(path)
     viewer = napari.current_viewer()
     kind = model_kind(path)
     widget_name = WIDGETS.get(kind or "", WIDGETS["denoisplit"])

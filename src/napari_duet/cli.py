@@ -14,13 +14,15 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from ._errors import DuetError, is_out_of_memory, out_of_memory_message
+from ._errors import DuetError, first_line, is_out_of_memory, out_of_memory_message
+from .distributed import launched
 
 # Modules exposing ``register(subparsers)``; each sets ``func`` on its parser.
 _SUBCOMMAND_MODULES = (
     "napari_duet.self2seg._cli",
     "napari_duet.nsn2n._cli",
     "napari_duet.denoisplit._cli",
+    "napari_duet._export_cli",
 )
 
 EXIT_USAGE = 2
@@ -44,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-duet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod_name in _SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod_name:  # engine not shipped in this build
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(mod_name).register(sub)
     return parser
 
 
@@ -60,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
+        return EXIT_USAGE
+    if launched() and not getattr(args, "distributed", False):
+        # Every rank would compute the same thing and write the same files.
+        print(f"duet {args.command}: error: this command does not run under torchrun "
+              "(only training does: `duet nsn2n`, `duet split train`); run it with plain `duet`",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
@@ -88,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def os_error_message(exc: OSError) -> str:
     """One line: which file could not be written, why, and what to change."""
-    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = exc.strerror or first_line(exc, 200)
     where = f" {exc.filename}" if exc.filename else ""
     return f"cannot write{where}: {reason}; choose another output or free disk space"
 

@@ -79,15 +79,6 @@ def seed_everything(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def torch_generator(seed: int | None, device: torch.device | None = None) -> torch.Generator:
-    """A private torch generator, so engines do not disturb the global RNG."""
-    import torch
-
-    gen = torch.Generator(device="cpu" if device is None else device)
-    gen.manual_seed(0 if seed is None else int(seed))
-    return gen
-
-
 # --------------------------------------------------------------------------- CPU threads
 THREADS_HELP = (
     "torch CPU threads: a number, or auto (default): 1 with napari open in the same "
@@ -198,3 +189,31 @@ def run_with_threads(threads, generator_function, *args, **kwargs):
 def max_threads() -> int:
     """The usable CPU cores (the most a threads control should offer)."""
     return max(1, _usable_cpus())
+
+
+def release_device_memory() -> bool:
+    """Hand the GPU memory that finished runs left in torch's cache back to the driver.
+
+    torch keeps freed device memory cached for reuse, so after a widget's run
+    (optimiser state, activations) other programs and plugins see it as used
+    until napari exits.  Call when a run ends; models still referenced keep
+    their memory.  A no-op (False) when torch was never imported or no CUDA/MPS
+    device was used; nothing here initialises a device.
+    """
+    import gc
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    released = False
+    gc.collect()  # tensors in reference cycles (closures, tracebacks) go first
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        released = True
+    mps = getattr(torch, "mps", None)
+    backend = getattr(torch.backends, "mps", None)
+    if mps is not None and backend is not None and backend.is_available():
+        mps.empty_cache()
+        released = True
+    return released

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ModelFileError
+from ._errors import ModelFileError, first_line
 from ._versions import versions
 
 if TYPE_CHECKING:
@@ -312,5 +312,4 @@ def _parse_meta(meta: dict[str, str], path: Path) -> dict[str, Any]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:120]
+    return first_line(exc)

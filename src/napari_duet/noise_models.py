@@ -96,11 +96,6 @@ class GaussianMixtureNoiseModel:
         self.hist_edges = hist_edges
         self.info = dict(info or {})
 
-    @classmethod
-    def fit(cls, signal, observation, **kwargs) -> GaussianMixtureNoiseModel:
-        """Fit to (signal, observation) pairs; see :func:`fit_noise_model`."""
-        return fit_noise_model(signal, observation, **kwargs)
-
     # ------------------------------------------------------------------ basics
     @property
     def n_gaussian(self) -> int:

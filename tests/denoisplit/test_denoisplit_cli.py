@@ -52,8 +52,19 @@ def test_noise_model_fit_then_train_then_predict(files, capsys):
     for name in ("a", "b", "std_a", "std_b"):
         arr = tifffile.imread(out / f"{name}.tif")
         assert arr.shape == (32, 48) and arr.dtype == np.float32
-    assert tifffile.imread(out / "samples.tif").shape == (3, 2, 32, 48)
+    samples = tifffile.imread(out / "samples.tif")
+    assert samples.shape == (3, 2, 32, 48)
+    # The samples are streamed to the file while predicting, never all in memory: the
+    # same numbers as the API's in-memory samples.
+    from napari_duet.denoisplit import SplitModel
+
+    api = SplitModel.load(model, device="cpu").predict(
+        tifffile.imread(files["sum"]), samples=3, tile=32, return_samples=True, seed=0)
+    np.testing.assert_array_equal(samples, api.samples)
+    np.testing.assert_array_equal(tifffile.imread(out / "a.tif"), api.mean[0])
+    assert not list(out.glob(".partial-*"))
     report = json.loads((out / "report.json").read_text())
+    assert report["files"]["samples.tif"] == [3, 2, 32, 48]
     assert report["samples"] == 3 and report["std_calibrated"] is True
     assert report["model_metadata"]["noise_models"] is True
 
@@ -90,3 +101,26 @@ def test_noise_model_given_as_only_one_exits_2(files, capsys):
     rc = main(["split", "train", "--channel-a", str(files["a"]), "--channel-b", str(files["b"]),
                "-o", str(files["root"] / "x.duet"), "--noise-model-a", str(files["a"])])
     assert rc == 2 and "both" in _err(capsys)
+
+
+def test_train_checkpoint_resumes(files, capsys, tmp_path):
+    base = ["split", "train", "--channel-a", str(files["a"]), "--channel-b", str(files["b"]),
+            "--config", "small", "--likelihood", "gaussian", "--steps-per-epoch", "2",
+            "--patch-size", "16", "--batch-size", "2", "--device", "cpu", "-q",
+            "--no-calibration"]
+    ckpt, model = tmp_path / "run.ckpt.duet", tmp_path / "m.duet"
+    assert main([*base, "-o", str(model), "--epochs", "1", "--checkpoint", str(ckpt)]) == 0
+    from napari_duet.denoisplit import SplitModel
+
+    assert SplitModel.load(ckpt).metadata()["training"]["checkpoint_epoch"] == 1
+    # The same command with more epochs goes on from epoch 1.
+    assert main([*base, "-o", str(model), "--epochs", "2", "--checkpoint", str(ckpt)]) == 0
+    training = SplitModel.load(model).metadata()["training"]
+    assert training["epochs_run"] == 2 and "resume" not in training
+    # Another run's checkpoint is refused before training, in one line.
+    capsys.readouterr()
+    assert main([*base, "-o", str(model), "--epochs", "2", "--seed", "1",
+                 "--checkpoint", str(ckpt)]) == 2
+    err = _err(capsys)
+    assert "checkpoint of another run" in err and len(err.splitlines()) == 1
+    assert main([*base, "-o", str(ckpt), "--checkpoint", str(ckpt)]) == 2

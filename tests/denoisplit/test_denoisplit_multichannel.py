@@ -134,7 +134,7 @@ def three_structures():
     cfg = SplitConfig(n_levels=2, z_dims=8, filters=16, dropout=0.0)
     tc = TrainConfig(epochs=8, patch_size=32, batch_size=8, steps_per_epoch=40, device="cpu",
                      calib_samples=8, lr=3e-3, log_every=1000)
-    model = train(list(d.noisy), cfg, tc, noise_models=nms, channel_names=d.names)
+    model = train(list(d.noisy), cfg, tc, noise_models=nms, channel_names=d.names).model
     test = synthetic_multi((96, 96), 3, seed=13)  # another field of view
     res = model.predict(test.noisy.sum(0), samples=8, tile=32, batch_size=32)
     return d, test, model, res
@@ -219,7 +219,7 @@ def test_lateral_context_network_shapes_and_plain_keys(tiny_config):
 def test_lateral_context_on_off_train_predict_and_seams(tmp_path, tiny_config, context):
     d = synthetic_multi((64, 64), 3, seed=2)
     cfg = replace(tiny_config, multiscale_count=context)
-    model = train(list(d.noisy), cfg, _fast(patch_size=16, steps_per_epoch=4))
+    model = train(list(d.noisy), cfg, _fast(patch_size=16, steps_per_epoch=4)).model
     assert model.config.context_count == context - 1
     img = d.noisy.sum(0)
     kw = dict(tile=32, overlap=8, deterministic=True)

@@ -104,6 +104,28 @@ def test_predict_rejects_bad_arguments(tiny_config):
         model.predict(np.zeros((16, 16)), samples=0)
     with pytest.raises(DuetInputError):
         model.predict(np.zeros((16, 16)), tile=16, overlap=8)
+    with pytest.raises(DuetInputError, match="1 x 1 px are too small"):
+        model.predict(np.ones((1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (2, 37, 53)])
+def test_samples_streamed_to_a_file_equal_those_in_memory(tiny_config, tmp_path, shape):
+    """``samples_out`` (a memory-mapped TIFF) gets the same samples as the in-memory path,
+    in the output scale, and is what the result holds."""
+    import tifffile
+
+    model = _tiny_model(tiny_config)
+    img = np.random.default_rng(2).uniform(0, 20, size=shape).astype(np.float32)
+    kw = dict(samples=3, tile=16, batch_size=5, return_samples=True, seed=4)
+    ref = model.predict(img, **kw)
+    sink = tifffile.memmap(tmp_path / "s.tif", shape=(3, 2, *shape), dtype=np.float32,
+                           photometric="minisblack")
+    res = model.predict(img, samples_out=sink, **kw)
+    assert res.samples is sink
+    sink.flush()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s.tif"), ref.samples)
+    np.testing.assert_array_equal(res.mean, ref.mean)
+    np.testing.assert_array_equal(res.std, ref.std)
 
 
 @pytest.mark.parametrize("shape", [(96, 96), (512, 384), (1024, 1024), (300, 5000)])

@@ -36,7 +36,7 @@ def trained():
     cfg = SplitConfig(n_levels=2, z_dims=8, filters=16, dropout=0.0)
     tc = TrainConfig(epochs=5, patch_size=32, batch_size=8, steps_per_epoch=40, device="cpu",
                      calib_samples=8, lr=3e-3, log_every=1000)
-    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms)
+    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms).model
     inp = d.noisy_a + d.noisy_b
     res = model.predict(inp, samples=8, tile=32, batch_size=32)
     return d, model, res
@@ -82,24 +82,56 @@ def test_save_load_roundtrip(trained, tmp_path):
     np.testing.assert_allclose(c.std, e.std, atol=1e-5)
 
 
-def test_iter_train_progress_and_cancel(tiny_config):
+def test_iter_train_progress_and_cancel(tiny_config, tmp_path, monkeypatch):
+    """Progress after every step; closing the generator (Cancel) stops training at once:
+    no further step, no validation, no checkpoint, no calibration."""
+    from napari_duet.denoisplit import _train
+
+    steps, validated = [], []
+    real_make = _train.make_train_step
+
+    def counting_make(*args, **kwargs):
+        step = real_make(*args, **kwargs)
+
+        def counted():
+            steps.append(1)
+            return step()
+
+        return counted
+
+    monkeypatch.setattr(_train, "make_train_step", counting_make)
+    monkeypatch.setattr(_train, "calibrate_on", lambda *a, **k: validated.append(1))
     d = synthetic_split((40, 40), seed=0)
+    ckpt = tmp_path / "best.duet"
     gen = iter_train(d.noisy_a, d.noisy_b, tiny_config,
-                     _fast(epochs=3, likelihood="gaussian", kl="musplit"))
+                     _fast(epochs=3, likelihood="gaussian", kl="musplit",
+                           checkpoint_path=str(ckpt)))
     first = next(gen)
-    assert isinstance(first, TrainProgress) and first.phase == "train"
+    assert isinstance(first, TrainProgress) and first.stage == first.phase == "train"
     assert (first.epoch, first.step, first.epochs, first.steps_per_epoch) == (1, 1, 3, 3)
+    assert (first.done, first.total) == (1, 9) and 0.05 < first.fraction < 0.2
     assert set(first.losses) == {"loss", "recons", "kl"} and first.val_loss is None
-    gen.close()  # cancellation: the generator stops at the next yield
+    second = next(gen)
+    assert (second.done, len(steps)) == (2, 2)  # one step per progress state
+    gen.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert len(steps) == 2 and not ckpt.exists() and validated == []
 
 
 def test_gaussian_likelihood_trains_and_calibrates(tiny_config):
     d = synthetic_split((40, 40), seed=0)
     seen = []
-    model = train(d.noisy_a, d.noisy_b, tiny_config, _fast(likelihood="gaussian", kl="musplit"),
-                  callback=seen.append)
+    result = train(d.noisy_a, d.noisy_b, tiny_config, _fast(likelihood="gaussian", kl="musplit"),
+                   callback=seen.append)
+    model = result.model
+    rep = result.report()
+    assert rep["method"] == "denoisplit" and len(rep["history"]) == 1
+    assert rep["history"][0]["val_loss"] == seen[-2].val_loss
     assert model.config.predict_logvar and model.noise_models is None
-    assert seen[-1].phase == "calibrate" and seen[-2].val_loss is not None
+    assert seen[-1].stage == "calibrate" and seen[-2].val_loss is not None
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] >= 0.95
     assert model.calibration is not None and not model.calibration["noise_aware"]
     res = model.predict(d.noisy_a + d.noisy_b, samples=2, tile=16)
     assert res.noise_std is not None and np.all(res.noise_std > 0)
@@ -111,7 +143,7 @@ def test_bootstraps_noise_models_when_missing(tiny_config, tmp_path):
     model = train(d.noisy_a, d.noisy_b, tiny_config,
                   _fast(calibrate=False, checkpoint_path=str(ckpt)),
                   bootstrap_kwargs={"denoiser": "smooth", "iterations": 30,
-                                    "batch_size": 2000})
+                                    "batch_size": 2000}).model
     assert len(model.noise_models) == 2
     assert model.noise_models[0].info["source"] == "bootstrap:smooth"
     assert model.calibration is None
@@ -167,3 +199,29 @@ def test_flat_grads_match_per_tensor_clipping_and_zero_non_finite_batches():
     assert not bool(grads.sanitise(bad, 0.5))
     assert float(grads.flat.abs().sum()) == 0.0
     assert all(torch.equal(q, r) for q, r in zip(net.parameters(), ref, strict=True))
+
+
+def test_checkpoint_resumes_to_the_same_model_as_an_uninterrupted_run(tmp_path):
+    """Stopped after epoch 1 and resumed from the checkpoint, training ends with the same
+    weights as a run that was never stopped (CPU, same seed)."""
+    d = synthetic_split((40, 40), seed=0)
+    cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.1)  # dropout: RNG in training
+    kw = dict(likelihood="gaussian", kl="musplit", calibrate=False, steps_per_epoch=3)
+    full = train(d.noisy_a, d.noisy_b, cfg, _fast(epochs=3, **kw)).model  # no checkpoint
+    ckpt = tmp_path / "run.duet"
+    first = train(d.noisy_a, d.noisy_b, cfg,
+                  _fast(epochs=1, checkpoint_path=str(ckpt), resume=True, **kw))
+    assert len(first.history) == 1
+    assert SplitModel.load(ckpt).metadata()["training"]["checkpoint_epoch"] >= 1  # a model
+    seen = []
+    rest = train(d.noisy_a, d.noisy_b, cfg,
+                 _fast(epochs=3, checkpoint_path=str(ckpt), resume=True, **kw),
+                 callback=seen.append)
+    assert {p.epoch for p in seen if p.stage == "train"} == {2, 3}  # epoch 1 not redone
+    assert [h["epoch"] for h in rest.history] == [1, 2, 3]
+    for k, v in full.net.state_dict().items():
+        assert torch.equal(v, rest.model.net.state_dict()[k]), k
+    # Another run's checkpoint is refused, naming what differs.
+    with pytest.raises(DuetInputError, match="another run .*train_config"):
+        next(iter_train(d.noisy_a, d.noisy_b, cfg,
+                        _fast(epochs=3, checkpoint_path=str(ckpt), resume=True, lr=5e-3, **kw)))

@@ -35,7 +35,8 @@ def _wait(qtbot, w):
 def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     viewer = widget.viewer
     noisy, clean = _volume()
-    layer = viewer.add_image(noisy, name="stack", scale=(2.0, 0.5, 0.5), translate=(0, 1, 1))
+    layer = viewer.add_image(noisy, name="stack", scale=(2.0, 0.5, 0.5), translate=(0, 1, 1),
+                             axis_labels=("z", "y", "x"), units=("um", "um", "um"))
     widget.image_picker.value = layer
     assert widget.axis.value == 0
     yields = []
@@ -43,17 +44,18 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.train()
     widget.worker.yielded.connect(lambda p: yields.append(p))
     _wait(qtbot, widget)
-    assert "stack [NS-N2N weight map]" not in viewer.layers  # helpers go with the run
+    assert "stack NS-N2N weight map" not in viewer.layers  # helpers go with the run
     assert sum(getattr(p, "stage", "") == "train" for p in yields) >= 2
     assert any(getattr(p, "preview", None) is not None for p in yields)
     assert any(getattr(p, "eta", 0) > 0 for p in yields if getattr(p, "stage", "") == "train")
     # The preview helped while training; it goes away with the run.
-    assert "stack [NS-N2N preview]" not in viewer.layers
-    out = viewer.layers["stack [NS-N2N denoised]"]
+    assert "stack NS-N2N preview" not in viewer.layers
+    out = viewer.layers["stack NS-N2N denoised"]
     assert out.data.shape == noisy.shape and out.data.dtype == np.float32
     assert tuple(out.scale) == tuple(layer.scale) and tuple(out.translate) == tuple(layer.translate)
-    assert "stack [NS-N2N uncertainty]" in viewer.layers
-    assert not viewer.layers["stack [NS-N2N uncertainty]"].visible  # not over the result
+    assert tuple(out.axis_labels) == ("z", "y", "x") and tuple(out.units) == tuple(layer.units)
+    assert "stack NS-N2N uncertainty" in viewer.layers
+    assert not viewer.layers["stack NS-N2N uncertainty"].visible  # not over the result
     assert widget.plot.curves and widget.save_btn.isEnabled()
     # Save, load into a fresh state, denoise another layer.
     path = widget.save_model(tmp_path / "m.duet")
@@ -63,7 +65,7 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.image_picker.value = other
     widget.denoise()
     _wait(qtbot, widget)
-    assert viewer.layers["other [NS-N2N denoised]"].data.shape == other.data.shape
+    assert viewer.layers["other NS-N2N denoised"].data.shape == other.data.shape
 
 
 def test_cancel_training(widget, qtbot):
@@ -82,7 +84,7 @@ def test_cancel_training(widget, qtbot):
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
     assert "Cancelled" in widget.status.text()
-    assert "stack [NS-N2N denoised]" not in viewer.layers
+    assert "stack NS-N2N denoised" not in viewer.layers
     assert widget.train_btn.isEnabled()
 
 
@@ -173,3 +175,128 @@ def test_threads_setting_applies_during_the_run(widget, qtbot, monkeypatch):
     _wait(qtbot, widget)
     assert seen and set(seen) == {widget.threads.value}
     assert torch.get_num_threads() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from napari_duet.nsn2n import NSN2NConfig, train
+
+    vol = _volume((6, 24, 24), seed=4)[0]
+    return train(vol, 0, NSN2NConfig(iterations=2, width=4, tta=False, device="cpu",
+                                     crop_size=16, batch_size=2)).model
+
+
+def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_path,
+                                                            tiny_model, guarded):
+    """A zarr-backed layer goes slab by slab into an OME-Zarr that opens lazily, equal to
+    the in-memory result, over the source (scale, translate, axis labels); Cancel keeps the
+    finished slabs and the next Denoise continues from them."""
+    import zarr
+
+    from napari_duet._io import open_image, write_ome_zarr
+
+    noisy = _volume((14, 32, 36), seed=5)[0]
+    write_ome_zarr(tmp_path / "vol.ome.zarr", noisy)
+    lazy, _ = open_image(tmp_path / "vol.ome.zarr")
+    viewer = widget.viewer
+    paced = guarded(lazy, delay=0.05)  # the zarr array, read slowly: Cancel lands mid-way
+    layer = viewer.add_image(paced, name="vol", contrast_limits=(0, 1), scale=(2.0, 0.5, 0.5),
+                             translate=(1, 2, 3), axis_labels=("z", "y", "x"),
+                             units=("um", "um", "um"))
+    widget.model = tiny_model
+    widget.tta.value = False
+    widget.slab = 2  # 7 slabs
+    widget.output_folder.setText(str(tmp_path / "out"))
+    widget.image_picker.value = layer
+    expected = tiny_model.denoise(noisy, 0, tta=False).denoised
+    # Cancel after the first finished slab.
+    seen = []
+
+    def on_yield(p):
+        seen.append(p)
+        if getattr(p, "stage", "") == "denoise" and not widget.worker.abort_requested:
+            widget.cancel()
+
+    widget.denoise()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    assert "Cancelled" in widget.status.text() and "kept" in widget.status.text()
+    assert layer in viewer.layers and "vol NS-N2N denoised" not in viewer.layers
+    store = tmp_path / "out" / "vol NS-N2N denoised.ome.zarr"
+    done = zarr.open_group(str(store)).attrs["napari_duet"]["state"]["done"]
+    assert 1 <= len(done) < 7
+    # Denoise again: continues, and the result equals the in-memory one.
+    paced.delay = 0.0
+    widget.denoise()
+    _wait(qtbot, widget)
+    assert "interrupted run" in widget.status.text()
+    out = viewer.layers["vol NS-N2N denoised"]
+    level0 = out.data[0] if out.multiscale else out.data
+    assert not isinstance(level0, np.ndarray)  # opened lazily from the store
+    np.testing.assert_allclose(np.asarray(level0), expected, rtol=0, atol=1e-6)
+    assert tuple(out.scale) == tuple(layer.scale)
+    assert tuple(out.translate) == tuple(layer.translate)
+    assert tuple(out.axis_labels) == ("z", "y", "x")
+    assert str(out.units[0]) == "micrometer"
+    _, meta = open_image(store)
+    assert meta.scale == (2.0, 0.5, 0.5) and meta.axes == ("z", "y", "x")
+    # A second Denoise of the same layer reuses the finished store.
+    widget.denoise()
+    _wait(qtbot, widget)
+    assert "earlier run" in widget.status.text()
+    # Other data under the same name (in memory, over the size limit) never overwrite it.
+    before = np.asarray(zarr.open_group(str(store))["0"])
+    widget.large_layer_bytes = 1000
+    viewer.layers.remove(layer)
+    other = viewer.add_image(noisy[:, ::-1].copy(), name="vol")
+    widget.image_picker.value = other
+    widget.denoise()
+    _wait(qtbot, widget)
+    assert (tmp_path / "out" / "vol NS-N2N denoised 2.ome.zarr").exists()
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(store))["0"]), before)
+
+
+def test_multiscale_layer_uses_level_0_lazily(widget, qtbot, tmp_path, tiny_model):
+    import dask.array as da
+
+    noisy = _volume((6, 32, 32), seed=6)[0]
+    levels = [da.from_array(noisy, chunks=(2, 32, 32)),
+              da.from_array(noisy[:, ::2, ::2].copy(), chunks=(2, 16, 16))]
+    viewer = widget.viewer
+    layer = viewer.add_image(levels, multiscale=True, name="pyr", scale=(3.0, 1.0, 1.0))
+    widget.model = tiny_model
+    widget.tta.value = True  # with the uncertainty (spread over flips/rotations)
+    widget.output_folder.setText(str(tmp_path))
+    widget.image_picker.value = layer
+    widget.denoise()
+    assert widget.worker is not None  # chunked: runs although the data are lazy
+    _wait(qtbot, widget)
+    expected = tiny_model.denoise(noisy, 0, tta=True)
+    for what, want in (("denoised", expected.denoised), ("uncertainty", expected.uncertainty)):
+        out = viewer.layers[f"pyr NS-N2N {what}"]
+        level0 = out.data[0] if out.multiscale else out.data
+        np.testing.assert_allclose(np.asarray(level0), want, atol=1e-5)
+        assert tuple(out.scale) == (3.0, 1.0, 1.0)
+    assert not viewer.layers["pyr NS-N2N uncertainty"].visible
+    assert (tmp_path / "pyr NS-N2N uncertainty.ome.zarr").exists()
+
+
+def test_large_layer_is_read_slab_by_slab_only(widget, qtbot, tmp_path, tiny_model, errors,
+                                               guarded):
+    """Level 0 is never read whole: each read is one slab and its halo."""
+    noisy = _volume((16, 32, 36), seed=7)[0]
+    data = guarded(noisy)
+    layer = widget.viewer.add_image(data, name="big", contrast_limits=(0, 1))
+    widget.model = tiny_model
+    widget.tta.value = False
+    widget.slab = 2
+    widget.output_folder.setText(str(tmp_path))
+    widget.image_picker.value = layer
+    widget.denoise()
+    _wait(qtbot, widget)
+    assert not errors
+    assert data.largest <= (2 + 4) * 32 * 36
+    out = widget.viewer.layers["big NS-N2N denoised"]
+    level0 = np.asarray(out.data[0] if out.multiscale else out.data)
+    expected = tiny_model.denoise(noisy, 0, tta=False).denoised
+    np.testing.assert_allclose(level0, expected, atol=1e-6)

@@ -478,3 +478,86 @@ def test_result_names_are_short():
     long = result_name("C1-2024_03_experiment_12_final.tif", "S2S mask")
     assert len(long) == 16 + len(" S2S mask") and long.endswith("l.tif S2S mask")
     assert long.startswith("C1-2024_03") and "…" in long
+
+
+def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, monkeypatch):
+    """A dask-backed stack is segmented plane by plane into a zarr store (in the chosen
+    folder), shown lazily; Cancel keeps the finished planes and the source layer, the next
+    Run does only the others, and the result equals the in-memory run."""
+    import dask.array as da
+
+    import napari_duet.self2seg as s2s
+
+    real = s2s.iter_self2seg
+
+    def paced(*args, **kwargs):  # the real engine, slowed so that Cancel lands mid-stack
+        gen = real(*args, **kwargs)
+        while True:
+            time.sleep(0.05)
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield item
+
+    monkeypatch.setattr(s2s, "iter_self2seg", paced)
+
+    planes = [synthetic_nuclei((48, 48), noise_sigma=15, seed=s) for s in range(3)]
+    stack = np.stack([p.noisy for p in planes]).astype(np.float32)
+    viewer = widget.viewer
+    widget.max_alternations.value = 2
+    widget.scope.value = "all slices"
+    lazy = viewer.add_image(da.from_array(stack, chunks=(1, 48, 48)), name="lazy",
+                            scale=(2.0, 0.5, 0.5), axis_labels=("z", "y", "x"))
+    widget.image_picker.value = lazy
+    widget.output_folder.setText(str(tmp_path))
+    finals = []
+
+    def on_yield(item):
+        if item[3]:  # a finished plane
+            finals.append(item)
+            widget.cancel()
+
+    widget.run()
+    widget.worker.yielded.connect(on_yield)
+    _wait(qtbot, widget)
+    job = widget.job
+    assert job.on_disk and job.store == tmp_path / "lazy S2S.zarr"
+    assert "Cancelled" in widget.status.text() and "kept" in widget.status.text()
+    kept = len(finals)  # the worker may finish one more plane before Cancel lands
+    assert kept in (1, 2) and lazy in viewer.layers and widget.run_btn.isEnabled()
+    mask = viewer.layers["lazy S2S mask"]
+    assert not isinstance(mask.data, np.ndarray)  # read from the store
+    assert np.asarray(mask.data[0]).any() and not np.asarray(mask.data[2]).any()
+    # Run again with the same settings: the finished planes are kept, the others are done.
+    widget.run()
+    _wait(qtbot, widget)
+    assert len(widget.job.indices) == 3 - kept
+    assert f"{kept} plane(s) kept" in widget.status.text()
+    assert tuple(mask.scale) == (2.0, 0.5, 0.5) and tuple(mask.axis_labels) == ("z", "y", "x")
+    assert viewer.layers["lazy S2S denoised"].contrast_limits[1] > 10  # from the planes
+    on_disk = {k: np.asarray(ly.data) for k, ly in widget.job.results["layers"].items()}
+    # The same settings in memory give the same results.
+    monkeypatch.undo()
+    widget.image_picker.value = viewer.add_image(stack, name="ref")
+    widget.run()
+    _wait(qtbot, widget)
+    assert set(on_disk) == {"mask", "denoised", "expert0", "expert1"}
+    for key, layer in widget.job.results["layers"].items():
+        np.testing.assert_allclose(on_disk[key], np.asarray(layer.data), atol=1e-5,
+                                   err_msg=key)
+
+
+def test_large_stack_is_read_plane_by_plane_only(widget, qtbot, tmp_path, errors, guarded):
+    planes = [synthetic_nuclei((40, 40), noise_sigma=15, seed=s) for s in range(3)]
+    data = guarded(np.stack([p.noisy for p in planes]).astype(np.float32))
+    layer = widget.viewer.add_image(data, name="big", contrast_limits=(0, 255))
+    widget.image_picker.value = layer
+    widget.scope.value = "all slices"
+    widget.max_alternations.value = 2
+    widget.output_folder.setText(str(tmp_path))
+    widget.run()
+    _wait(qtbot, widget)
+    assert not errors and data.largest <= 40 * 40
+    mask = np.asarray(widget.viewer.layers["big S2S mask"].data)
+    assert all(dice(mask[i] == 1, planes[i].mask) > 0.8 for i in range(3))

@@ -4,7 +4,7 @@ import torch
 from nsn2n_synth import add_noise, make_clean
 
 from napari_duet import ModelFileError
-from napari_duet.modelfile import save_model_file
+from napari_duet.modelfile import read_model_header, save_model_file
 from napari_duet.nsn2n import DenoiseResult, NSN2NModel
 
 
@@ -12,7 +12,11 @@ def test_save_load_round_trip_on_another_volume(trained, tmp_path):
     result, _ = trained
     path = result.model.save(tmp_path / "m.duet")
     loaded = NSN2NModel.load(path, device="cpu")
-    assert loaded.config == result.model.config
+    # The file holds what defines the model; run-time options are the user's.
+    saved = read_model_header(path)["config"]
+    assert not set(saved) & {"tta", "tile", "device", "preview_every", "preview_index"}
+    assert loaded.config.model_dict() == result.model.config.model_dict() == saved
+    assert loaded.config.device == "cpu"
     other = (add_noise(make_clean(6, 40, 36, seed=5)) * 1000 + 200).astype(np.uint16)
     a = result.model.denoise(other, axis=0)
     b = loaded.denoise(other, axis=0)
@@ -75,11 +79,13 @@ def test_model_files_from_before_the_25d_network_load_as_2d(tmp_path):
     cfg = res.model.config.to_dict()
     del cfg["context"], cfg["budget"]  # fields that did not exist then
     cfg["iterations"] = 3
+    cfg.update(tta=False, tile=64)  # old files also saved run-time options
     path = save_model_file(tmp_path / "old.duet", kind="nsn2n", config=cfg,
                            tensors=dict(res.model.net.state_dict()),
                            extra={"network": res.model.net.config(), "normalizers": []})
     old = NSN2NModel.load(path, device="cpu")
     assert old.config.context == "2d" and not old.is_context
+    assert old.config.tta and old.config.tile == 512  # dropped: the defaults apply
     np.testing.assert_allclose(old.denoise(noisy, tta=False).denoised,
                                res.model.denoise(noisy, tta=False).denoised, atol=1e-5)
 

@@ -87,13 +87,34 @@ def test_no_target_slice_is_ever_an_input():
                 assert not used & nbs
 
 
-def test_cancel_by_closing_generator():
+def test_cancel_by_closing_generator(monkeypatch):
+    """Closing the generator (Cancel) stops training at once: no step beyond the one
+    reported, no denoising, no result."""
+    from napari_duet.nsn2n import _context, _model
+
+    steps, denoised = [], []
+    real_loss = _context.context_loss
+
+    def counting_loss(*args, **kwargs):
+        steps.append(1)
+        return real_loss(*args, **kwargs)
+
+    real_predict = _model.NSN2NModel.iter_predict
+
+    def counting_predict(self, *args, **kwargs):
+        denoised.append(1)
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(_context, "context_loss", counting_loss)
+    monkeypatch.setattr(_model.NSN2NModel, "iter_predict", counting_predict)
     gen = iter_train(add_noise(make_clean(4, 24, 24)), config=NSN2NConfig(**FAST))
-    for state in gen:
-        if state.stage == "train" and state.iteration == 3:
-            break
-    gen.close()  # no exception, nothing left running
-    assert state.iteration == 3
+    state = next(s for s in gen if s.stage == "train" and s.iteration >= 3)
+    gen.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert len(steps) == state.iteration == state.done  # the steps reported, no more
+    assert state.total == FAST["iterations"] and 0.05 < state.fraction < 0.2
+    assert denoised == []
 
 
 def test_seed_makes_runs_reproducible():

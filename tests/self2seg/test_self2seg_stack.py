@@ -81,15 +81,19 @@ def test_progress_states_and_report(stack):
     res = run_to_end(iter_self2seg_stack(four_d, None, cfg), states.append)
     assert all(isinstance(s, Self2SegStackState) for s in states)
     assert all(s.n_planes == 4 for s in states)
-    done = [s for s in states if s.done]
+    done = [s for s in states if s.finished]
     assert [s.index for s in done] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [s.plane for s in done] == [0, 1, 2, 3]
+    # The base fields count planes: done planes of total, fraction over the stack.
+    assert [(s.done, s.total) for s in done] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    fractions = [s.fraction for s in states]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] < 0.25
     # Every alternation of a plane is reported before its final state.
     for s in states:
         assert s.state.alternation >= 1 and s.state.labels.shape == four_d.shape[-2:]
     for d in done:
         assert np.array_equal(res.labels[d.index], d.result.labels)
-        assert len([s for s in states if s.plane == d.plane and not s.done]) == \
+        assert len([s for s in states if s.plane == d.plane and not s.finished]) == \
             d.result.alternations
     assert res.labels.shape == four_d.shape and res.experts.shape == (2, *four_d.shape)
     assert np.array_equal(res.labels[0, 0], res.labels[0, 1])  # same plane, same result
@@ -103,7 +107,7 @@ def test_progress_states_and_report(stack):
 def test_stopping_between_planes_leaves_nothing_running(stack):
     gen = iter_self2seg_stack(stack, None, Self2SegConfig(**FAST))
     first = next(gen)
-    assert first.plane == 0 and not first.done
+    assert first.plane == 0 and not first.finished and first.done == 0
     gen.close()  # what Cancel does
     with pytest.raises(StopIteration):
         next(gen)

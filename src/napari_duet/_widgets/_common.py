@@ -1,4 +1,4 @@
-"""Pieces shared by the dock widgets: layer pickers, worker wiring, plots, errors."""
+"""Pieces shared by the dock widgets: layer pickers, worker wiring, result layers, errors."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import create_widget
 from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from .._errors import DuetError, is_out_of_memory, out_of_memory_message
+from ..devices import release_device_memory
 
 if TYPE_CHECKING:
     import napari
@@ -92,32 +93,6 @@ def notify_error(exc: BaseException, context: str = "") -> None:
     show_error(f"{context}: {msg}" if context else msg)
 
 
-class EngineRunnerMixin:
-    """Worker lifecycle shared by the dock widgets (mix in before QWidget).
-
-    Widgets set ``context`` (notification prefix) and have ``worker``, ``job``
-    and a ``status`` label.
-    """
-
-    context = "napari-duet"
-    cancel_message = "Cancelling…"
-
-    def cancel(self):
-        """Stop the running job at its next step (``worker.quit()``)."""
-        if self.worker is not None:
-            self.status.setText(self.cancel_message)
-            self.worker.quit()
-
-    def _on_error(self, exc: BaseException):
-        notify_error(exc, self.context)
-        self.status.setText(f"Failed: {error_message(exc)}")
-
-    def _take_worker(self) -> bool:
-        """Forget the finished worker; True if it stopped because of Cancel."""
-        worker, self.worker = self.worker, None
-        return worker is not None and worker.abort_requested and self.job is not None
-
-
 def layer_picker(viewer: napari.viewer.Viewer, annotation, label: str, nullable: bool = False):
     """A magicgui layer combobox kept in sync with the viewer's layer list.
 
@@ -138,12 +113,6 @@ def layer_picker(viewer: napari.viewer.Viewer, annotation, label: str, nullable:
         layer.events.name.connect(_refresh)
     widget._duet_refresh = _refresh  # keep a reference for disconnecting
     return widget
-
-
-def disconnect_picker(viewer, widget) -> None:
-    events = viewer.layers.events
-    for ev in (events.inserted, events.removed, events.reordered):
-        ev.disconnect(widget._duet_refresh)
 
 
 def start_engine_worker(
@@ -179,6 +148,8 @@ def start_engine_worker(
             pass
     _freeze_gc()
     worker.finished.connect(_unfreeze_gc)
+    # After _unfreeze_gc: the run's tensors are garbage now; give their GPU memory back.
+    worker.finished.connect(release_device_memory)
     worker.start()
     return worker
 
@@ -219,7 +190,8 @@ def set_or_add_layer(
 ):
     """Update ``existing`` in place if it is still in the viewer, else add a new layer.
 
-    New layers take ``source``'s scale and translate so results overlay the input.
+    New layers take the placement of ``source`` (a :class:`~._dock.SourceInfo`: scale,
+    translate, axis labels, units) so results overlay the input.
     """
     if existing is not None and existing in viewer.layers:
         existing.data = data
@@ -228,9 +200,9 @@ def set_or_add_layer(
         return existing
     contrast = kwargs.pop("contrast", True)
     if source is not None:
-        nd = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
-        kwargs.setdefault("scale", tuple(source.scale)[-nd:])
-        kwargs.setdefault("translate", tuple(source.translate)[-nd:])
+        nd = len(data.shape) - (1 if kwargs.get("rgb") else 0)
+        for key, value in source.placement(nd).items():
+            kwargs.setdefault(key, value)
     if kind == "labels":
         return viewer.add_labels(data, name=name, **kwargs)
     if contrast and "contrast_limits" not in kwargs:
@@ -320,6 +292,3 @@ class StagedUpdates:
         if self._pending:
             self._timer.start()
 
-
-def warn(msg: str) -> None:
-    show_warning(msg)

@@ -8,7 +8,7 @@ model denoises any image layer through :meth:`NSN2NModel.iter_denoise`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,76 +17,73 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from ..devices import available_devices, max_threads, resolve_threads, run_with_threads
-from ._common import (
-    EngineRunnerMixin,
-    layer_picker,
-    notify_error,
-    set_or_add_layer,
-    start_engine_worker,
-    warm_up_torch,
-)
+from .._errors import DuetInputError
+from ..devices import available_devices, max_threads, resolve_threads
+from ._common import layer_picker, result_name, set_or_add_layer, warm_up_torch
 from ._curves import CurvePlot
-from ._models import load_model_or_notify
+from ._dock import (
+    MODEL_FILTER,
+    EngineDock,
+    Job,
+    SourceInfo,
+    data_nbytes,
+    eta_text,
+    is_large,
+    layer_data,
+)
+from ._lazy import sample_limits
 
 if TYPE_CHECKING:
     import napari
 
 _PLOT_EVERY_S = 0.4  # redraw the loss plot at most this often
+TAG = "NS-N2N"  # in result layer names: "<source> NS-N2N denoised"
 
 
-@dataclass
-class _Job:
-    source_name: str
-    source_key: int
-    scale: tuple
-    translate: tuple
-    rgb: bool
-    kind: str  # "train" or "denoise"
-    started: float = field(default_factory=time.perf_counter)
-    last_plot: float = 0.0
-    losses: dict = field(default_factory=dict)
-    result: Any = None
+@dataclass(kw_only=True)
+class _Job(Job):
+    chunked: bool = False  # a large layer denoised slab by slab into an OME-Zarr
+    output: Path | None = None
 
 
-def as_volume(layer: Image, axis: int) -> tuple[np.ndarray, int, bool]:
+def as_volume(data, rgb: bool, axis: int) -> tuple[np.ndarray, int]:
     """Layer data as an engine volume; RGB channels become a leading stack axis."""
-    data = layer.data[0] if layer.multiscale else layer.data
     arr = np.asarray(data)
-    if layer.rgb:
-        return np.moveaxis(arr, -1, 0), axis + 1, True
-    return arr, axis, False
+    if rgb:
+        return np.moveaxis(arr, -1, 0), axis + 1
+    return arr, axis
 
 
 def from_volume(arr: np.ndarray, rgb: bool) -> np.ndarray:
     return np.moveaxis(arr, 0, -1) if rgb else arr
 
 
-class NSN2NWidget(EngineRunnerMixin, QWidget):
-    """Train NS-N2N on a stack or time-lapse, or apply a saved model."""
+class NSN2NWidget(EngineDock):
+    """Train NS-N2N on a stack or time-lapse, or apply a saved model.
 
-    context = "NS-N2N"
+    Large layers (dask/zarr-backed, multiscale or over the size limit) are denoised
+    slab by slab into an OME-Zarr (beside the source file, or in the chosen
+    folder) that opens lazily as the result; Cancel keeps the finished slabs and
+    Denoise continues where it stopped.
+    """
+
+    engine_name = "NS-N2N"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
-        super().__init__(parent)
+        super().__init__(napari_viewer, parent)
         from ..nsn2n import NSN2NConfig
 
-        self.viewer = napari_viewer
-        self.worker = None
         self._helper_layers: set[str] = set()  # preview, weight maps: removed after a run
-        self.job: _Job | None = None
         self.model = None
+        self.slab: int | None = None  # slices per slab of large layers (None: automatic)
         self._results: dict[int, dict] = {}
         d = NSN2NConfig()
 
@@ -109,15 +106,6 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
                                value=resolve_threads("auto", napari_open=True),
                                min=1, max=max_threads())
         self.show_uncertainty = CheckBox(text="add uncertainty layer (hidden)", value=True)
-        self.budget.tooltip = ("Training time in seconds; 0 = auto (by device and volume size: "
-                               "about 4 min on a CPU for 48 x 256 x 256, 40 s on a GPU).")
-        self.iterations.tooltip = ("Exact number of optimiser steps (reproducible); 0 = train "
-                                   "for the time budget.")
-        self.width.tooltip = "U-Net width; 0 = auto (24 on a CPU, 48 on a GPU)."
-        self.context.tooltip = ("2.5d: neighbouring slices are inputs too, split so that no "
-                                "target is an input (better); 2d: the paper's one-slice network.")
-        self.guide.tooltip = "Low-pass filter for the guide images: gaussian (fast) or nlm."
-
         self.check_btn = QPushButton("Check noise")
         self.check_btn.setToolTip("Measure in-plane noise correlation and slice matching, and "
                                   "recommend NS-N2N or a single-image denoiser")
@@ -139,10 +127,7 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         self.pair_plot = CurvePlot("Matched fraction per slice pair", "matched")
         self.pair_plot.setVisible(False)
         self.pairs: list[dict] = []
-        self.status = QLabel("Choose a stack or time-lapse and press Train & denoise.")
-        self.status.setWordWrap(True)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
+        self.status.setText("Choose a stack or time-lapse and press Train & denoise.")
         self.plot = CurvePlot("Training losses", "loss")
         self._build_layout()
 
@@ -151,7 +136,9 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         self.weights_btn.clicked.connect(self.show_weight_map)
         self.train_btn.clicked.connect(self.train)
         self.cancel_btn.clicked.connect(self.cancel)
-        self.save_btn.clicked.connect(self._save_dialog)
+        self.save_btn.clicked.connect(lambda: self.save_with_dialog(
+            "Save NS-N2N model", "nsn2n.duet", "napari-duet model (*.duet)", self.save_model,
+            "Save model"))
         self.load_btn.clicked.connect(self._load_dialog)
         self.denoise_btn.clicked.connect(self.denoise)
         self._update_axes()
@@ -190,6 +177,9 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         buttons.addWidget(self.denoise_btn)
         mrow.addLayout(buttons)
         mrow.addWidget(self.model_label)
+        out = QFormLayout()
+        out.addRow("large-layer results in", self.output_folder)
+        mrow.addLayout(out)
         layout.addWidget(models)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -202,7 +192,8 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         if layer is None or layer.ndim < 3:
             self.axis.choices = []
             return
-        choices = [(f"axis {i} (size {layer.data.shape[i]})", i) for i in range(layer.ndim - 2)]
+        shape = layer_data(layer).shape
+        choices = [(f"axis {i} (size {shape[i]})", i) for i in range(layer.ndim - 2)]
         self.axis.choices = choices
         # Default: the first axis the viewer is not displaying (the slider axis).
         offset = self.viewer.dims.ndim - layer.ndim
@@ -226,8 +217,6 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
         )
 
     def _layer_and_axis(self) -> tuple[Image, int]:
-        from .._errors import DuetInputError
-
         layer = self.image_picker.value
         if layer is None:
             raise DuetInputError("choose an image layer first")
@@ -236,12 +225,21 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
                 f"{layer.name} is 2D: NS-N2N needs a stack or time-lapse with at least 3 slices")
         return layer, int(self.axis.value)
 
+    def _volume(self, layer: Image, axis: int, purpose: str) -> tuple[np.ndarray, int]:
+        """The layer in memory as an engine volume (refused above the large-layer size)."""
+        data = layer_data(layer)
+        if data_nbytes(data) > self.large_layer_bytes:
+            raise DuetInputError(
+                f"{layer.name} is {data_nbytes(data) / 2**30:.1f} GiB: {purpose} works in memory; "
+                "use a crop or a lower resolution, then Denoise this layer slab by slab")
+        return as_volume(data, bool(layer.rgb), axis)
+
     def _current_index(self) -> int | None:
         layer = self.image_picker.value
         if layer is None or self.axis.value is None:
             return None
         point = layer.world_to_data(self.viewer.dims.point)
-        n = layer.data.shape[self.axis.value]
+        n = layer_data(layer).shape[self.axis.value]
         return int(np.clip(round(point[self.axis.value]), 0, n - 1))
 
     # ------------------------------------------------------------ diagnostics
@@ -251,11 +249,11 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
 
         try:
             layer, axis = self._layer_and_axis()
-            volume, axis, _ = as_volume(layer, axis)
+            volume, axis = self._volume(layer, axis, "Check noise")
             method, reason = recommend_method(volume, axis)
             pairs = pair_diagnostics(volume, axis)
         except Exception as exc:
-            notify_error(exc, "NS-N2N")
+            self.report(exc)
             return None
         name = {"nsn2n": "NS-N2N", "bm4d": "BM4D (not part of napari-duet)"}.get(
             method, "a single-image denoiser (Noise2Fast)")
@@ -281,158 +279,237 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
 
         try:
             layer, axis = self._layer_and_axis()
-            volume, vaxis, _ = as_volume(layer, axis)
-            index = min(self._current_index() or 0, layer.data.shape[axis] - 2)
+            volume, vaxis = self._volume(layer, axis, "the weight map")
+            index = min(self._current_index() or 0, volume.shape[vaxis] - 2)
             w = weight_map(volume, vaxis, index, self.config())
         except Exception as exc:
-            notify_error(exc, "NS-N2N")
+            self.report(exc)
             return None
-        name = f"{layer.name} [NS-N2N weight map]"
+        name = result_name(layer.name, f"{TAG} weight map")
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         self._helper_layers.add(name)  # removed after the next run
         return set_or_add_layer(
             self.viewer, existing, w, kind="image", name=name, colormap="green",
             blending="additive", opacity=0.4, contrast_limits=(0, 1), contrast=False,
-            scale=tuple(layer.scale)[-2:], translate=tuple(layer.translate)[-2:],
-        )
+            source=SourceInfo.of(layer))
 
     # --------------------------------------------------------------------- runs
-    def _start(self, kind: str, layer: Image, gen_function, *args):
-        self.job = _Job(layer.name, id(layer), tuple(layer.scale), tuple(layer.translate),
-                        bool(layer.rgb), kind)
-        self.plot.plot({})
-        self.progress.setValue(0)
-        self._set_running(True)
-        self.worker = start_engine_worker(
-            run_with_threads, self.threads.value, gen_function, *args,
-            desc=f"NS-N2N {kind} {layer.name}", total=None,
-            on_yield=self._on_yield, on_return=self._on_return, on_error=self._on_error,
-            on_finish=self._on_finish,
-        )
-
     def train(self):
         """Train on the chosen layer and denoise it."""
-        if self.worker is not None:
+        if self.running:
             return
         from ..nsn2n import iter_train
 
         try:
             layer, axis = self._layer_and_axis()
             config = self.config()
-            volume, vaxis, _ = as_volume(layer, axis)
+            volume, vaxis = self._volume(layer, axis, "training")
         except Exception as exc:
-            notify_error(exc, "NS-N2N")
+            self.report(exc)
             return
         warm_up_torch()
+        self.plot.plot({})
         self.status.setText(f"Training NS-N2N on {layer.name}…")
-        self._start("train", layer, iter_train, volume, vaxis, config)
+        self.start(_Job(kind="train", source=SourceInfo.of(layer)), iter_train, volume, vaxis,
+                   config, threads=self.threads.value, desc=f"NS-N2N train {layer.name}")
 
     def denoise(self):
-        """Denoise the chosen layer with the current (trained or loaded) model."""
-        if self.worker is not None:
-            return
-        if self.model is None:
-            notify_error(ValueError("load or train a model first"), "NS-N2N")
+        """Denoise the chosen layer with the current (trained or loaded) model.
+
+        Large layers go slab by slab into an OME-Zarr (see the class docstring).
+        """
+        if self.running:
             return
         try:
+            if self.model is None:
+                raise DuetInputError("load or train a model first")
             layer, axis = self._layer_and_axis()
-            volume, vaxis, _ = as_volume(layer, axis)
+            if is_large(layer_data(layer), self.large_layer_bytes):
+                return self._denoise_chunked(layer, axis)
+            volume, vaxis = self._volume(layer, axis, "denoising")
         except Exception as exc:
-            notify_error(exc, "NS-N2N")
+            self.report(exc)
             return
         self.status.setText(f"Denoising {layer.name}…")
-        self._start("denoise", layer, self.model.iter_denoise, volume, vaxis, self.tta.value)
+        self.start(_Job(kind="denoise", source=SourceInfo.of(layer)), self.model.iter_denoise,
+                   volume, vaxis, self.tta.value, threads=self.threads.value,
+                   desc=f"NS-N2N denoise {layer.name}")
 
-    def _set_running(self, running: bool):
+    def chunked_output(self, source: SourceInfo, signature: dict) -> Path | None:
+        """The OME-Zarr a large layer is denoised into: ``<source> NS-N2N denoised.ome.zarr``
+        in the results folder.  An existing store of the same run is continued (or reused
+        when finished); other data are never overwritten: the name gets a number."""
+        from .._chunks import RunRecord
+
+        folder = self.results_folder(source)
+        if folder is None:
+            return None
+        return self.free_store(folder, f"{source.name} {TAG} denoised", ".ome.zarr",
+                               lambda path: RunRecord.belongs(path, signature))
+
+    def _denoise_chunked(self, layer: Image, axis: int) -> None:
+        from ..nsn2n._store import iter_denoise_to_zarr, run_signature
+
+        if layer.rgb:
+            raise DuetInputError(f"{layer.name} is a large RGB layer: slab-by-slab denoising "
+                                 "needs one channel")
+        source = SourceInfo.of(layer)
+        data = layer_data(layer)
+        tta = bool(self.tta.value)
+        signature = run_signature(self.model, data, axis=axis, tta=tta,
+                                  input_name=str(source.path or source.name))
+        signature["uncertainty"] = tta and bool(self.show_uncertainty.value)
+        out = self.chunked_output(source, signature)
+        if out is None:
+            self.status.setText("No folder chosen for the result: nothing was done.")
+            return
+        unc = None
+        if signature["uncertainty"]:  # "<source> NS-N2N uncertainty[ n].ome.zarr" beside it
+            i = out.name.rfind(" denoised")
+            unc = out.with_name(out.name[:i] + " uncertainty" + out.name[i + 9:])
+        self.status.setText(f"Denoising {layer.name} slab by slab into {out.name}…")
+        self.start(_Job(kind="denoise", source=source, chunked=True, output=out),
+                   iter_denoise_to_zarr, self.model, data, out, ome_meta(source), axis=axis,
+                   tta=tta, signature=signature, slab=self.slab, uncertainty_path=unc,
+                   threads=self.threads.value, desc=f"NS-N2N denoise {layer.name}")
+
+    def update_controls(self, running: bool):
         self.train_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.load_btn.setEnabled(not running)
         self.save_btn.setEnabled(not running and self.model is not None)
         self.denoise_btn.setEnabled(not running and self.model is not None)
 
-    def _on_yield(self, p):
-        job = self.job
-        if job is None:
-            return
+    def show_progress(self, job: _Job, p):
+        stage = getattr(p, "stage", "")
         if job.kind == "denoise":
-            self.progress.setValue(int(1000 * p.done / max(p.total, 1)))
-            self.status.setText(f"Denoised {p.done}/{p.total} slices, {_eta(p.eta)}")
+            what = {"statistics": "reading intensity statistics", "pyramid":
+                    "writing the lower resolutions"}.get(stage)
+            unit = "slices" if not job.chunked else "slices (finished slabs are kept)"
+            self.status.setText(f"{what}…" if what else
+                                f"Denoised {p.done}/{p.total} {unit}, {eta_text(p.eta)}")
             return
-        if p.stage == "train":
-            frac = 0.05 + 0.85 * p.iteration / max(p.iterations, 1)
+        if stage == "train":
             for k, v in p.losses.items():
                 job.losses.setdefault(k, []).append(v)
-        elif p.stage == "guide":
-            frac = 0.05 * p.done / max(p.total, 1)
-        else:
-            frac = 0.9 + 0.1 * p.done / max(p.total, 1)
-        self.progress.setValue(int(1000 * frac))
         now = time.perf_counter()
-        if p.preview is not None:
-            self._show_preview(job, p.preview, p.preview_index)
-        if now - job.last_plot > _PLOT_EVERY_S or p.preview is not None:
+        preview = getattr(p, "preview", None)
+        if preview is not None:
+            self._show_preview(job, preview)
+        if now - job.last_plot > _PLOT_EVERY_S or preview is not None:
             job.last_plot = now
             self.plot.plot(job.losses, xlabel="iteration")
             losses = ", ".join(f"{k} {v:.4g}" for k, v in p.losses.items())
-            self.status.setText(
-                f"{p.stage}: iteration {p.iteration}/{p.iterations}  {losses}  "
-                f"matched {p.matched_fraction:.0%}  {_eta(p.eta)}")
+            it = getattr(p, "iteration", p.done)
+            its = getattr(p, "iterations", p.total)
+            matched = getattr(p, "matched_fraction", float("nan"))
+            self.status.setText(f"{stage}: iteration {it}/{its}  {losses}  "
+                                f"matched {matched:.0%}  {eta_text(p.eta)}")
 
-    def _show_preview(self, job: _Job, preview: np.ndarray, index: int):
-        name = f"{job.source_name} [NS-N2N preview]"
+    def fraction_of(self, job: _Job, p) -> float | None:
+        from .._progress import Progress
+
+        stage = getattr(p, "stage", "")
+        if job.kind == "train" and not isinstance(p, Progress):
+            # Until the engine's progress has a whole-run fraction: guide 5 %, train 85 %.
+            if stage == "train":
+                return 0.05 + 0.85 * p.iteration / max(p.iterations, 1)
+            base, share = (0.0, 0.05) if stage == "guide" else (0.9, 0.1)
+            return base + share * p.done / max(p.total, 1)
+        if job.chunked and stage == "pyramid":
+            return None  # a busy bar: the pyramid has no count
+        return super().fraction_of(job, p)
+
+    def _show_preview(self, job: _Job, preview: np.ndarray):
+        name = result_name(job.source.name, f"{TAG} preview")
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         self._helper_layers.add(name)  # removed after the run
-        rgb_scale = job.scale[-2:]
         set_or_add_layer(self.viewer, existing, preview, kind="image", name=name,
-                         colormap="gray", scale=rgb_scale, translate=job.translate[-2:])
+                         colormap="gray", source=job.source)
 
-    def _on_return(self, result):
-        job = self.job
-        if job is None:
-            return
-        job.result = result
+    def show_result(self, job: _Job, result):
+        if job.chunked:
+            return self._show_chunked(job, result)
+        src = job.source
         if job.kind == "train":
             self.model = result.model
-            self.model_label.setText("Model: trained on " + job.source_name)
+            self.model_label.setText("Model: trained on " + src.name)
             self.plot.plot(result.loss_history, xlabel="iteration")
             if result.pairs:
                 self.show_pairs(result.pairs)
             for w in result.warnings:
                 show_warning(f"NS-N2N: {w}")
-        denoised = from_volume(result.denoised, job.rgb)
-        unc = None if result.uncertainty is None else from_volume(result.uncertainty, job.rgb)
+        denoised = from_volume(result.denoised, src.rgb)
+        unc = None if result.uncertainty is None else from_volume(result.uncertainty, src.rgb)
         self._show_result(job, denoised, unc)
-        secs = time.perf_counter() - job.started
         extra = ""
         if job.kind == "train":
             info = result.model.info
             extra = (f"; matched fraction {result.matched_fraction:.0%}; "
                      f"{info.get('iterations_done')} steps, width {info.get('width')}")
-        self.status.setText(f"Done in {secs:.1f} s{extra}.")
-        show_info(f"NS-N2N finished on {job.source_name}")
+        self.status.setText(f"Done in {job.seconds:.1f} s{extra}.")
+        show_info(f"NS-N2N finished on {src.name}")
 
     def _show_result(self, job: _Job, denoised: np.ndarray, unc: np.ndarray | None):
-        layers = self._results.setdefault(job.source_key, {})
-        common = {"scale": job.scale, "translate": job.translate, "rgb": job.rgb}
-        if not job.rgb:
+        src = job.source
+        layers = self._results.setdefault(src.key, {})
+        common: dict[str, Any] = {"source": src, "rgb": src.rgb}
+        if not src.rgb:
             common["colormap"] = "gray"
         layers["denoised"] = set_or_add_layer(
             self.viewer, layers.get("denoised"), denoised, kind="image",
-            name=f"{job.source_name} [NS-N2N denoised]", **common)
+            name=result_name(src.name, f"{TAG} denoised"), **common)
         if unc is not None and self.show_uncertainty.value:
-            if job.rgb:
+            if src.rgb:
                 unc = unc.mean(axis=-1)
             layers["uncertainty"] = set_or_add_layer(
                 self.viewer, layers.get("uncertainty"), unc, kind="image",
-                name=f"{job.source_name} [NS-N2N uncertainty]", colormap="magma",
-                blending="additive", opacity=0.6, scale=job.scale, translate=job.translate,
+                name=result_name(src.name, f"{TAG} uncertainty"), colormap="magma",
+                blending="additive", opacity=0.6, source=src,
                 visible=False)  # available, but not drawn over the result
 
-    def _on_finish(self):
-        if self._take_worker():
-            self.status.setText(f"Cancelled ({self.job.kind}); input layers are unchanged.")
+    def _show_chunked(self, job: _Job, result):
+        """Open the OME-Zarr result(s) lazily (every pyramid level) over the source."""
+        src = job.source
+        layers = self._results.setdefault(src.key, {})
+        layers["denoised"] = self._open_store(
+            layers.get("denoised"), result.path, result_name(src.name, f"{TAG} denoised"),
+            src, colormap="gray")
+        if result.uncertainty is not None:
+            layers["uncertainty"] = self._open_store(
+                layers.get("uncertainty"), result.uncertainty,
+                result_name(src.name, f"{TAG} uncertainty"), src, colormap="magma",
+                blending="additive", opacity=0.6, visible=False)
+        how = ("already denoised by an earlier run" if result.reused else
+               f"in {job.seconds:.1f} s" + (f", {result.resumed_slabs} slabs from an "
+                                            "interrupted run" if result.resumed_slabs else ""))
+        self.status.setText(f"Done: {result.path.name} ({how}).")
+        show_info(f"NS-N2N finished on {src.name}: {result.path}")
+
+    def _open_store(self, old, path: Path, name: str, src: SourceInfo, **kwargs):
+        """Replace ``old`` by a lazy layer over the OME-Zarr ``path`` (all its levels)."""
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        levels = []
+        while str(len(levels)) in group:
+            levels.append(group[str(len(levels))])
+        if old is not None and old in self.viewer.layers:
+            self.viewer.layers.remove(old)
+        return self.viewer.add_image(
+            levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=name,
+            contrast_limits=sample_limits(levels[-1]) or (0.0, 1.0),
+            **src.placement(len(levels[0].shape)), **kwargs)
+
+    def after_cancel(self, job: _Job):
+        if job.chunked:
+            self.status.setText(f"Cancelled: the finished slabs are kept in {job.output}; "
+                                "Denoise continues where it stopped.")
+        else:
+            super().after_cancel(job)
+
+    def after_run(self, job: _Job):
         self._remove_helper_layers()
-        self._set_running(False)
 
     def _remove_helper_layers(self):
         """Remove the preview and weight-map layers: they only help while setting up/training."""
@@ -444,37 +521,39 @@ class NSN2NWidget(EngineRunnerMixin, QWidget):
     # ------------------------------------------------------------------ models
     def save_model(self, path: str | Path) -> Path:
         if self.model is None:
-            raise ValueError("no model to save: train or load one first")
+            raise DuetInputError("no model to save: train or load one first")
         return self.model.save(path)
 
     def load_model(self, path: str | Path) -> bool:
         """Load an NS-N2N model file; a bad file gives a notification and changes nothing."""
         from ..nsn2n import NSN2NModel
 
-        model = load_model_or_notify(NSN2NModel.load, path, self.device.value, "NS-N2N")
+        model = self.load_model_file(NSN2NModel.load, path, self.device.value)
         if model is None:
             return False
         self.model = model
         self.model_label.setText(f"Model: {Path(path).name}")
-        self._set_running(self.worker is not None)
+        self.update_controls(self.running)
         return True
 
-    def _save_dialog(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Save NS-N2N model", "nsn2n.duet",
-                                              "napari-duet model (*.duet)")
-        if path:
-            try:
-                self.save_model(path)
-            except Exception as exc:
-                notify_error(exc, "Save model")
-
     def _load_dialog(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Load NS-N2N model", "",
-                                              "napari-duet model (*.duet);;All files (*)")
+        path = self.ask_open_path("Load NS-N2N model", MODEL_FILTER)
         if path:
             self.load_model(path)
 
 
-def _eta(seconds: float) -> str:
-    """"ETA 12 s", or "ETA …" while the time per step is not measured yet."""
-    return f"ETA {seconds:.0f} s" if np.isfinite(seconds) else "ETA …"
+def ome_meta(source: SourceInfo):
+    """The OME-Zarr axes, pixel size and units of a result over ``source``."""
+    from .._io import ImageMeta
+
+    n = len(source.scale)
+    meta = ImageMeta.default(n)
+    axes = meta.axes
+    labels = tuple(str(a) for a in source.axis_labels)
+    if len(labels) == n and len(set(labels)) == n and not all(
+            a.lstrip("-").isdigit() for a in labels):
+        axes = labels
+    units = tuple(None if str(u) in ("pixel", "") else str(u) for u in source.units)
+    if len(units) != n:
+        units = (None,) * n
+    return ImageMeta(tuple(axes), tuple(float(s) for s in source.scale), units)

@@ -7,12 +7,14 @@ layers in place, and the engine's progress events within an alternation
 act within a fraction of a second.
 Everything the run needs (pixels, regions, scale) is captured when Run is
 pressed, so selecting or deleting layers meanwhile cannot redirect results.
+Large layers (dask/zarr-backed, multiscale, over the size limit) run plane by
+plane (:func:`napari_duet.self2seg._chunked.iter_self2seg_into`) into a zarr store
+beside the source, shown lazily as each plane is finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,34 +24,37 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
+from .._chunks import RunRecord
+from .._errors import DuetInputError
 from .._io import write_json, write_tiff
 from .._versions import versions
 from ..devices import available_devices, max_threads, resolve_threads
 from ..self2seg._engine import Self2SegProgress
 from ..self2seg._regions import validate_regions
 from ._common import (
-    EngineRunnerMixin,
     StagedUpdates,
     layer_picker,
-    notify_error,
     paint_pending,
     result_name,
     set_or_add_layer,
-    start_engine_worker,
     warm_up_torch,
 )
 from ._curves import CurvePlot
+from ._dock import EngineDock, Job, SourceInfo, is_large, layer_data
+from ._lazy import (
+    mark_plane_done,
+    open_plane_store,
+    planes_done,
+    run_key,
+    show_lazy,
+)
 from ._seeds import ROLE_COLORS, ROLE_FEATURE, role_features, role_names, seeds_to_regions
 
 if TYPE_CHECKING:
@@ -58,15 +63,13 @@ if TYPE_CHECKING:
 SCOPES = ("current slice", "all slices")
 
 
-@dataclass
-class _Job:
+TAG = "S2S"  # in result layer names: "<source> S2S mask"
+
+
+@dataclass(kw_only=True)
+class _Job(Job):
     """What one Run works on, captured at start."""
 
-    source_name: str
-    source_key: int
-    scale: tuple
-    translate: tuple
-    rgb: bool
     full_shape: tuple  # source shape without the RGB channel axis
     stack: Any  # what the engine runs on: the source's data (all slices) or one plane
     regions: np.ndarray | None  # seeds for ``stack`` (per plane for all slices) or None
@@ -78,22 +81,43 @@ class _Job:
     last_alternation: int = 0
     states: int = 0  # alternation states received
     new_layers: list = field(default_factory=list)  # result layers this run added
-    started: float = field(default_factory=time.perf_counter)
+    regions_by_plane: dict = field(default_factory=dict)  # leading index -> seeds
+    on_disk: bool = False  # a large layer: plane by plane into a zarr store
+    run_key: str = ""  # settings and seeds of an on-disk run (finished planes are kept)
+    kept: list = field(default_factory=list)  # planes an interrupted run had finished
+    store: Path | None = None
+    planes_done: int = 0
+    limits: dict = field(default_factory=dict)  # contrast of on-disk image layers so far
+
+    @property
+    def source_name(self) -> str:
+        return self.source.name
+
+    def regions_of(self, idx: tuple) -> np.ndarray | None:
+        """The seeds of plane ``idx`` (None: automatic start)."""
+        return self.regions_by_plane.get(tuple(idx))
+
+    def seed_image(self) -> np.ndarray | None:
+        """The run's seeds as one image (for saving): a plane, or the stack's planes."""
+        if not self.regions_by_plane:
+            return None
+        if self.regions is not None:
+            return np.asarray(self.regions, np.uint8)
+        if len(self.regions_by_plane) == 1:
+            return np.asarray(next(iter(self.regions_by_plane.values())), np.uint8)
+        keys = sorted(self.regions_by_plane)
+        return np.stack([self.regions_by_plane[k] for k in keys]).astype(np.uint8)
 
 
-class Self2SegWidget(EngineRunnerMixin, QWidget):
+class Self2SegWidget(EngineDock):
     """Joint denoising and segmentation of the chosen image, seeded by shapes."""
 
-    context = "Self2Seg"
-    cancel_message = "Cancelling…"
+    engine_name = "Self2Seg"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
-        super().__init__(parent)
+        super().__init__(napari_viewer, parent)
         from ..self2seg import Self2SegConfig
 
-        self.viewer = napari_viewer
-        self.worker = None
-        self.job: _Job | None = None
         self._results_by_source: dict[int, dict] = {}
         self._last_reports: dict | None = None
         defaults = {f.name: f.default for f in dataclasses.fields(Self2SegConfig)}
@@ -136,11 +160,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         self.save_btn.setToolTip("Write the mask, denoised image, experts, seeds and report "
                                  "of the last run into a folder (TIFF + JSON)")
         self.save_btn.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setValue(0)
-        self.status = QLabel("Draw foreground/background boxes, or run without seeds.")
-        self.status.setWordWrap(True)
+        self.status.setText("Draw foreground/background boxes, or run without seeds.")
         self.plot = CurvePlot("Energy per alternation", "energy")
         self._updates = StagedUpdates()
 
@@ -167,6 +187,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         form.addRow("painted seeds", self.seed_labels_picker.native)
         form.addRow(self.new_seeds_btn)
         form.addRow("new boxes are", self.role.native)
+        form.addRow("large-layer results in", self.output_folder)
         layout.addWidget(data)
         params = QGroupBox("Parameters")
         pform = QFormLayout(params)
@@ -285,7 +306,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         n_lead = image.ndim - 2
         if n_lead <= 0:
             return [()]
-        shape = image.data.shape[:n_lead] if not image.multiscale else image.data[0].shape[:n_lead]
+        shape = layer_data(image).shape[:n_lead]
         if self.scope.value == "all slices":
             return list(np.ndindex(*shape))
         point = image.world_to_data(self.viewer.dims.point)
@@ -293,57 +314,64 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
 
     def run(self):
         """Start Self2Seg on the chosen image (no-op while a run is going)."""
-        if self.worker is not None:
+        if self.running:
             return
         image = self.image_picker.value
         if image is None:
-            notify_error(ValueError("choose an image layer first"), "Self2Seg")
+            self.report(DuetInputError("choose an image layer first"))
             return
         try:
             config = self.config()
             job = self._make_job(image, config)
+            if job.on_disk:
+                self._prepare_store(job)
+            else:
+                self._prepare_results(job)
         except Exception as exc:  # bad parameters or seeds: tell the user, keep going
-            notify_error(exc, "Self2Seg")
+            self.report(exc)
             return
-        self.job = job
+        if job.results is None:  # no folder chosen for the results
+            self.status.setText("No folder chosen for the results: nothing was done.")
+            return
         if config.experts != "constant":
             warm_up_torch()
-        self._prepare_results(job)
         before = set(map(id, job.results["layers"].values()))
         # Create the result layers now (GUI work), so each alternation only swaps data.
         self._show_results(job)
         job.new_layers = [ly for ly in job.results["layers"].values() if id(ly) not in before]
         self.plot.plot({})
-        self._set_running(True)
-        self.progress.setValue(0)
-        self.status.setText(f"Running Self2Seg on {job.source_name}…")
+        where = f" into {job.store.name}" if job.on_disk else ""
+        self.status.setText(f"Running Self2Seg on {job.source_name}{where}…")
         # Paint the new layers once before the worker competes for the CPU: the first
         # draw of a new layer type (shader set-up) is the longest single GUI task.
         paint_pending()
-        self.worker = start_engine_worker(
-            _iterate_planes,
-            job.stack,
-            job.regions,
-            job.config,
-            job.rgb,
-            job.indices,
-            desc=f"Self2Seg {job.source_name}",
-            total=None,  # the engine also yields progress within alternations
-            on_yield=self._on_yield,
-            on_return=self._on_return,
-            on_error=self._on_error,
-            on_finish=self._on_finish,
-        )
+        if job.on_disk:
+            from ..self2seg._chunked import iter_self2seg_into
+
+            arrays = job.results["arrays"]
+            out = {"labels": arrays["mask"], "denoised": arrays["denoised"],
+                   "experts": [arrays[f"expert{i}"] for i in range(job.n_classes)]}
+            self.start(job, _label_items, iter_self2seg_into, job.indices, job.stack, out,
+                       job.indices, job.regions_of, job.config, rgb=job.source.rgb,
+                       progress=True, threads=self.threads.value,
+                       desc=f"Self2Seg {job.source_name}")
+        else:
+            from ..self2seg import iter_self2seg_stack
+
+            self.start(job, _label_items, iter_self2seg_stack, job.indices, job.stack,
+                       job.regions, job.config, rgb=job.source.rgb, progress=True,
+                       threads=self.threads.value, desc=f"Self2Seg {job.source_name}")
 
     def _make_job(self, image: Image, config) -> _Job:
-        data = image.data[0] if image.multiscale else image.data
-        rgb = bool(image.rgb)
+        source = SourceInfo.of(image)
+        data = layer_data(image)
+        rgb = source.rgb
         full_shape = tuple(data.shape[:-1] if rgb else data.shape)
         if len(full_shape) < 2:
-            raise ValueError(f"{image.name} is not an image (shape {data.shape})")
+            raise DuetInputError(f"{image.name} is not an image (shape {data.shape})")
         yx = full_shape[-2:]
         indices = self._lead_indices(image)
-        per_plane = []
+        per_plane = {}
         notes: list[str] = []
         for idx in indices:
             regions, n = seeds_to_regions(
@@ -358,43 +386,35 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             if regions is not None:
                 # Fail now, in the GUI thread, rather than after the worker started.
                 validate_regions(regions, yx, config.n_classes)
-            per_plane.append(regions)
+                per_plane[idx] = regions
         for note in dict.fromkeys(notes):
             show_warning(f"Self2Seg: {note}")
+        job = _Job(kind="run", source=source, full_shape=full_shape, stack=data,
+                   regions=None, indices=indices, config=config, n_classes=config.n_classes,
+                   regions_by_plane=per_plane)
+        if is_large(data, self.large_layer_bytes):
+            # Plane by plane from the lazy data into a zarr store on disk.
+            job.on_disk = True
+            return job
         if len(full_shape) > 2 and self.scope.value == "all slices":
             # The whole stack; the engine reads one plane at a time, in the order of
             # ``indices`` (C order of the leading axes).  Slices without seeds start
             # automatically (all-zero seeds).
-            stack = data
-            regions = None
-            if any(r is not None for r in per_plane):
-                regions = np.zeros(full_shape, np.uint8)
-                for idx, r in zip(indices, per_plane, strict=True):
-                    if r is not None:
-                        regions[idx] = r
+            if per_plane:
+                job.regions = np.zeros(full_shape, np.uint8)
+                for idx, r in per_plane.items():
+                    job.regions[idx] = r
         else:
             (idx,) = indices
-            stack = np.asarray(data[idx]) if idx else data
-            regions = per_plane[0]
-        return _Job(
-            source_name=image.name,
-            source_key=id(image),
-            scale=tuple(image.scale),
-            translate=tuple(image.translate),
-            rgb=rgb,
-            full_shape=full_shape,
-            stack=stack,
-            regions=regions,
-            indices=indices,
-            config=config,
-            n_classes=config.n_classes,
-        )
+            job.stack = np.asarray(data[idx]) if idx else np.asarray(data)
+            job.regions = per_plane.get(idx)
+        return job
 
     def _prepare_results(self, job: _Job):
         """Reuse this source's result layers (re-run replaces them) or plan new ones."""
-        previous = self._results_by_source.get(job.source_key, {})
+        previous = self._results_by_source.get(job.source.key, {})
         k = job.n_classes
-        chan = (3,) if job.rgb else ()
+        chan = (3,) if job.source.rgb else ()
         arrays = {}
         for key, shape, dtype in (
             ("mask", job.full_shape, np.uint8),
@@ -402,29 +422,69 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             *((f"expert{i}", job.full_shape + chan, np.float32) for i in range(k)),
         ):
             layer = previous.get(key)
-            if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
+            if (layer is not None and layer in self.viewer.layers and layer.data.shape == shape
+                    and isinstance(layer.data, np.ndarray)):
                 arrays[key] = np.array(layer.data, dtype=dtype, copy=True)
             else:
                 arrays[key] = np.zeros(shape, dtype=dtype)
                 previous.pop(key, None)
         job.results = {"layers": previous, "arrays": arrays}
-        self._results_by_source[job.source_key] = previous
+        self._results_by_source[job.source.key] = previous
 
-    def _set_running(self, running: bool):
+    def _prepare_store(self, job: _Job):
+        """Results of a large layer: zarr arrays (one chunk per plane) in
+        ``<image> S2S.zarr`` in the results folder, shown lazily as they fill.  A store of
+        an earlier run on the same image is reused (its other planes are kept), and the
+        planes a cancelled run with the same settings and seeds finished are not redone."""
+        folder = self.results_folder(job.source)
+        if folder is None:
+            job.results = None
+            return
+        chan = (3,) if job.source.rgb else ()
+        k = job.n_classes
+        signature = {"source": str(job.source.path or job.source.name),
+                     "shape": list(job.full_shape), "classes": k, "rgb": job.source.rgb}
+        job.store = self.free_store(folder, f"{job.source.name} {TAG}", ".zarr",
+                                    lambda path: RunRecord.belongs(path, signature))
+        specs = {"mask": (job.full_shape, np.uint8),
+                 "denoised": (job.full_shape + chan, np.float32),
+                 **{f"expert{i}": (job.full_shape + chan, np.float32) for i in range(k)}}
+        arrays = open_plane_store(job.store, specs, len(job.full_shape) - 2, signature)
+        # Planes an interrupted run with the same settings and seeds finished are kept.
+        job.run_key = run_key(job.config.to_dict(), job.regions_by_plane)
+        done = planes_done(job.store, job.run_key)
+        job.kept = [idx for idx in job.indices if tuple(idx) in done]
+        job.indices = [idx for idx in job.indices if tuple(idx) not in done]
+        previous = self._results_by_source.get(job.source.key, {})
+        for key in list(previous):
+            layer = previous[key]
+            if layer not in self.viewer.layers or layer.data is not arrays.get(key):
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+                del previous[key]
+        job.results = {"layers": previous, "arrays": arrays}
+        self._results_by_source[job.source.key] = previous
+
+    def update_controls(self, running: bool):
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.export_btn.setEnabled(not running and bool(self._last_reports))
         self.save_btn.setEnabled(not running and bool(self._saved_layers()))
 
     # ------------------------------------------------------------ worker events
-    def _on_yield(self, item):
-        job = self.job
-        if job is None:
-            return
+    def fraction_of(self, job: _Job, item) -> float | None:
+        plane_no, _, state, final = item
+        n = max(len(job.indices), 1)
+        if isinstance(state, Self2SegProgress):
+            return state.fraction
+        if final:
+            return (plane_no + 1) / n
+        return (plane_no + state.alternation / max(state.max_alternations, 1)) / n
+
+    def show_progress(self, job: _Job, item):
         plane_no, idx, state, final = item
         where = f" (slice {idx}, {plane_no + 1}/{len(job.indices)})" if idx else ""
         if isinstance(state, Self2SegProgress):
-            self.progress.setValue(int(1000 * min(1.0, state.fraction)))
             if state.stage == "experts":
                 what = (f"training experts, step {state.step}/{state.total_steps}"
                         if state.total_steps > 1 else "fitting experts")
@@ -434,22 +494,27 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
                                 f"{where}: {what}, {state.elapsed:.1f} s")
             return
         job.states += 1
-        arrays = job.results["arrays"]
-        sl = idx if idx else ...
-        arrays["mask"][sl] = state.labels
-        arrays["denoised"][sl] = state.denoised
-        for i in range(job.n_classes):
-            arrays[f"expert{i}"][sl] = state.experts[i]
         energies = list(state.energies)
-        self._updates.submit([*self._result_steps(job),
-                              lambda: self.plot.plot({"energy": energies})])
+        if job.on_disk:  # the worker wrote the finished plane; show it
+            steps = self._result_steps(job) if final else []
+        else:
+            arrays = job.results["arrays"]
+            sl = idx if idx else ...
+            arrays["mask"][sl] = state.labels
+            arrays["denoised"][sl] = state.denoised
+            for i in range(job.n_classes):
+                arrays[f"expert{i}"][sl] = state.experts[i]
+            steps = self._result_steps(job)
+        if final:
+            job.reports[idx] = state.report()
+            job.planes_done += 1
+            if job.on_disk:
+                mark_plane_done(job.store, job.run_key, idx)
+        self._updates.submit([*steps, lambda: self.plot.plot({"energy": energies})])
         if final:
             self._updates.flush()
-            job.reports[idx] = state.report()
             return
         job.last_alternation = state.alternation
-        self.progress.setValue(int(1000 * (plane_no + state.alternation / max(
-            state.max_alternations, 1)) / max(len(job.indices), 1)))
         self.status.setText(
             f"Alternation {state.alternation}/{state.max_alternations}{where}: "
             f"energy {state.energy:.4g}, {state.elapsed:.1f} s"
@@ -464,40 +529,44 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         layers = job.results["layers"]
         arrays = job.results["arrays"]
         names = role_names(job.n_classes)
-        common = {"source": None, "scale": job.scale, "translate": job.translate}
-        if job.rgb:
-            common_img = dict(common, rgb=True)
-        else:
-            common_img = dict(common, colormap="gray")
+        common: dict[str, Any] = {"source": job.source}
+        common_img = dict(common, rgb=True) if job.source.rgb else dict(common, colormap="gray")
 
         def step(key, kind, name, **kw):
             def run():
-                layers[key] = set_or_add_layer(self.viewer, layers.get(key), arrays[key],
-                                               kind=kind, name=name, **kw)
+                if job.on_disk:
+                    rest = {k: v for k, v in kw.items() if k != "source"}
+                    layers[key] = show_lazy(
+                        self.viewer, layers.get(key), arrays[key], kind=kind, name=name,
+                        placement=job.source.placement(len(job.full_shape)),
+                        written=list(job.reports)[-1] if job.reports else None,
+                        limits=job.limits, **rest)
+                else:
+                    layers[key] = set_or_add_layer(self.viewer, layers.get(key), arrays[key],
+                                                   kind=kind, name=name, **kw)
             return run
 
         # Creation order = stacking order: denoised at the bottom, the mask on top.
         # Short names ("cells S2S mask"), so the layer list can show them whole.
         short = {"background": "bg", "foreground": "fg"}
-        steps = [step("denoised", "image", result_name(job.source_name, "S2S denoised"),
+        steps = [step("denoised", "image", result_name(job.source_name, f"{TAG} denoised"),
                       **common_img)]
         steps += [step(f"expert{i}", "image",
-                       result_name(job.source_name, f"S2S {short.get(names[i], names[i])} expert"),
+                       result_name(job.source_name,
+                                   f"{TAG} {short.get(names[i], names[i])} expert"),
                        visible=False, **common_img) for i in range(job.n_classes)]
-        steps.append(step("mask", "labels", result_name(job.source_name, "S2S mask"),
+        steps.append(step("mask", "labels", result_name(job.source_name, f"{TAG} mask"),
                           opacity=0.5, **common))
         return steps
 
-    def _on_return(self, summary):
-        job = self.job
-        if job is None:
-            return
+    def show_result(self, job: _Job, summary):
         self._last_reports = self._collect_reports(job)
-        secs = time.perf_counter() - job.started
-        self.progress.setValue(1000)
+        where = f" (results in {job.store})" if job.on_disk else ""
+        if job.kept:
+            where += f"; {len(job.kept)} plane(s) kept from an interrupted run"
         self.status.setText(
-            f"Done: {len(job.indices)} plane(s) of {job.source_name} in {secs:.1f} s."
-        )
+            f"Done: {len(job.indices)} plane(s) of {job.source_name} in {job.seconds:.1f} s"
+            f"{where}.")
         show_info(f"Self2Seg finished on {job.source_name}")
 
     def _collect_reports(self, job: _Job) -> dict:
@@ -508,8 +577,7 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             "versions": versions(),
         }
 
-    def _on_error(self, exc: BaseException):
-        super()._on_error(exc)
+    def after_error(self, job: _Job, exc: BaseException):
         self._drop_empty_results()
 
     def _drop_empty_results(self):
@@ -526,25 +594,28 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
             del kept[key]
         job.new_layers = []
 
-    def _on_finish(self):
-        job = self.job
-        self._updates.flush()  # the last completed state, also after Cancel
-        if self._take_worker():
-            if job.states:
-                self.status.setText(f"Cancelled during alternation {job.last_alternation + 1}; "
-                                    "the last completed state is kept.")
-            else:
-                self.status.setText("Cancelled before the first alternation ended.")
-            if job.reports:
-                self._last_reports = self._collect_reports(job)
+    def after_cancel(self, job: _Job):
+        self._updates.flush()  # the last completed state
+        if job.on_disk:
+            self.status.setText(f"Cancelled: {job.planes_done} finished plane(s) are kept in "
+                                f"{job.store}.")
+        elif job.states:
+            self.status.setText(f"Cancelled during alternation {job.last_alternation + 1}; "
+                                "the last completed state is kept.")
+        else:
+            self.status.setText("Cancelled before the first alternation ended.")
+        if job.reports:
+            self._last_reports = self._collect_reports(job)
+
+    def after_run(self, job: _Job):
+        self._updates.flush()
         self._drop_empty_results()
-        self._set_running(False)
 
     # ------------------------------------------------------------------ export
     def export_report(self, path: str | Path) -> Path:
         """Write the last run's report (parameters, energy history, timings) as JSON."""
         if not self._last_reports:
-            raise ValueError("no finished run to export")
+            raise DuetInputError("no finished run to export")
         return write_json(path, self._last_reports)
 
     def _saved_layers(self) -> dict:
@@ -560,12 +631,16 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         Files are ``<image>_<result>.tif`` (mask, denoised, expert_<role>),
         ``<image>_seeds.tif`` (0 = no seed, k + 1 = class k; when the run had
         seeds) and ``<image>_self2seg.json`` (the report, after a run that
-        finished a plane).  Returns the paths written.
+        finished a plane).  Results of a large layer are already on disk (the
+        zarr store); they are written as TIFF plane by plane.  Returns the paths
+        written.
         """
+        from .._io import write_tiff_blocks
+
         job = self.job
         layers = self._saved_layers()
         if job is None or not layers:
-            raise ValueError("no results to save: run Self2Seg first")
+            raise DuetInputError("no results to save: run Self2Seg first")
         folder = Path(folder)
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.source_name)
         roles = role_names(job.n_classes)
@@ -573,32 +648,32 @@ class Self2SegWidget(EngineRunnerMixin, QWidget):
         for key, layer in layers.items():
             what = f"expert_{roles[int(key[6:])]}" if key.startswith("expert") else key
             what = what.replace(" ", "_")
-            written.append(write_tiff(folder / f"{stem}_{what}.tif", np.asarray(layer.data)))
-        if job.regions is not None:
-            written.append(write_tiff(folder / f"{stem}_seeds.tif",
-                                      np.asarray(job.regions, np.uint8)))
+            path = folder / f"{stem}_{what}.tif"
+            if isinstance(layer.data, np.ndarray):
+                written.append(write_tiff(path, layer.data))
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                written.append(write_tiff_blocks(path, layer.data))
+        seeds = job.seed_image()
+        if seeds is not None:
+            written.append(write_tiff(folder / f"{stem}_seeds.tif", seeds))
         if self._last_reports:
             written.append(write_json(folder / f"{stem}_self2seg.json", self._last_reports))
         return written
 
     def _save_dialog(self):
-        folder = QFileDialog.getExistingDirectory(self, "Save Self2Seg results into")
+        folder = self.ask_folder("Save Self2Seg results into")
         if folder:
             try:
                 paths = self.save_results(folder)
             except Exception as exc:
-                notify_error(exc, "Save results")
+                self.report(exc, "Save results")
                 return
             show_info(f"Saved {len(paths)} files to {folder}")
 
     def _export_dialog(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Export Self2Seg report", "self2seg.json",
-                                              "JSON (*.json)")
-        if path:
-            try:
-                self.export_report(path)
-            except Exception as exc:
-                notify_error(exc, "Export")
+        self.save_with_dialog("Export Self2Seg report", "self2seg.json", "JSON (*.json)",
+                              self.export_report, "Export")
 
 
 def _painted_seeds(layer: Labels | None, yx: tuple, idx: tuple) -> np.ndarray | None:
@@ -609,7 +684,7 @@ def _painted_seeds(layer: Labels | None, yx: tuple, idx: tuple) -> np.ndarray | 
     """
     if layer is None:
         return None
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = layer_data(layer)
     if data.ndim > 2:
         if len(idx) != data.ndim - 2:
             raise ValueError(f"painted seeds {layer.name!r} have shape {data.shape}; "
@@ -623,16 +698,16 @@ def _painted_seeds(layer: Labels | None, yx: tuple, idx: tuple) -> np.ndarray | 
     return plane.astype(np.int64)
 
 
-def _iterate_planes(stack, regions, config, rgb, indices):
-    """Run :func:`iter_self2seg_stack`; yields ``(plane_no, index, state, is_final)``.
+def _label_items(fn, indices, *args, **kwargs):
+    """Run a plane generator (``iter_self2seg_stack`` or ``iter_self2seg_into``); yields
+    ``(plane_no, index, state, is_final)``.
 
     ``index`` is the plane's index in the source layer (``indices[plane_no]``);
     the final item of a plane carries its :class:`Self2SegResult`; ``state``
     is a :class:`Self2SegProgress` for progress within an alternation.
+    Closing it (Cancel) stops the engine at once, in this thread.
     """
-    from ..self2seg import iter_self2seg_stack
-
-    gen = iter_self2seg_stack(stack, regions, config, rgb=rgb, progress=True)
+    gen = fn(*args, **kwargs)
     try:
         while True:
             try:
@@ -640,9 +715,10 @@ def _iterate_planes(stack, regions, config, rgb, indices):
             except StopIteration as stop:
                 return stop.value
             if isinstance(item, Self2SegProgress):
-                yield item.plane, indices[item.plane], item, False
+                yield item.plane, tuple(indices[item.plane]), item, False
                 continue
-            state = item.result if item.done else item.state
-            yield item.plane, indices[item.plane], state, item.done
+            finished = item.result is not None
+            yield (item.plane, tuple(indices[item.plane]),
+                   item.result if finished else item.state, finished)
     finally:
-        gen.close()  # on Cancel: the engine stops at once, in this thread
+        gen.close()

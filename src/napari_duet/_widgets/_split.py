@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +23,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QDialog,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QTabWidget,
     QVBoxLayout,
@@ -37,17 +35,10 @@ from qtpy.QtWidgets import (
 )
 
 from .._errors import DuetInputError
-from ..devices import available_devices, max_threads, resolve_threads, run_with_threads
-from ._common import (
-    EngineRunnerMixin,
-    layer_picker,
-    notify_error,
-    set_or_add_layer,
-    start_engine_worker,
-    warm_up_torch,
-)
+from ..devices import available_devices, max_threads, resolve_threads
+from ._common import layer_picker, result_name, set_or_add_layer, warm_up_torch
 from ._curves import CurvePlot
-from ._models import load_model_or_notify
+from ._dock import MODEL_FILTER, EngineDock, Job, SourceInfo, data_nbytes, eta_text, layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -61,31 +52,25 @@ UNCERTAINTY_LEGEND = (
 _PLOT_EVERY_S = 0.5
 
 
-@dataclass
-class _Job:
-    kind: str  # "split" or "train"
-    source_name: str = ""
-    scale: tuple = ()
-    translate: tuple = ()
-    started: float = field(default_factory=time.perf_counter)
-    losses: dict = field(default_factory=dict)
-    last_plot: float = 0.0
+TAG = "split"  # in result layer names: "<source> split <channel>"
 
 
-class SplitWidget(EngineRunnerMixin, QWidget):
+@dataclass(kw_only=True)
+class _Job(Job):
+    train_layers: tuple = ()  # names of the training layers (train)
+
+
+class SplitWidget(EngineDock):
     """Split one noisy superimposed image into 2 to 4 denoised structures."""
 
-    context = "denoiSplit"
+    engine_name = "denoiSplit"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
-        super().__init__(parent)
+        super().__init__(napari_viewer, parent)
         from ..denoisplit import TrainConfig
 
-        self.viewer = napari_viewer
         self.model = None
         self.model_path: Path | None = None
-        self.worker = None
-        self.job: _Job | None = None
         self._results: dict[str, Any] = {}
         devices = ["auto", *available_devices()]
 
@@ -151,10 +136,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.command.setToolTip("The same training on the command line (e.g. on a GPU server)")
         self.plot = CurvePlot("Training losses", "loss")
 
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.status = QLabel("Load a model to split images, or train one in the Train tab.")
-        self.status.setWordWrap(True)
+        self.status.setText("Load a model to split images, or train one in the Train tab.")
         self._build_layout()
 
         self.load_btn.clicked.connect(self._load_dialog)
@@ -164,10 +146,12 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.calib_btn.clicked.connect(lambda: self._show_png(self.calibration_png()))
         self.nm_btn.clicked.connect(lambda: [self._show_png(p) for p in self.noise_model_pngs()])
         self.train_btn.clicked.connect(self.train)
-        self.save_btn.clicked.connect(self._save_dialog)
-        for w in (*self.train_pickers, self.net_config, self.epochs, self.max_minutes,
-                  self.patch_size, self.train_batch, self.seed, self.train_device,
-                  self.lateral_context):
+        self.save_btn.clicked.connect(lambda: self.save_with_dialog(
+            "Save denoiSplit model", "split.duet", "napari-duet model (*.duet)",
+            self.save_model, "Save model"))
+        for w in (*self.train_pickers, self.n_structures, self.net_config, self.epochs,
+                  self.max_minutes, self.patch_size, self.train_batch, self.seed,
+                  self.train_device, self.lateral_context, self.bootstrap):
             w.changed.connect(self._update_command)
         self.n_structures.changed.connect(self._on_n_structures)
         self._on_n_structures()
@@ -236,7 +220,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         """Load a denoiSplit model; a bad file gives a notification and changes nothing."""
         from ..denoisplit import SplitModel
 
-        model = load_model_or_notify(SplitModel.load, path, self.device.value, "Split")
+        model = self.load_model_file(SplitModel.load, path, self.device.value)
         if model is None:
             return False
         self._set_model(model, Path(path))
@@ -262,7 +246,14 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.model_info.setText("<br>".join(lines))
         self.calib_btn.setEnabled(bool(meta["calibration"]))
         self.nm_btn.setEnabled(bool(meta["noise_models"]))
-        self._set_running(self.worker is not None)
+        self.update_controls(self.running)
+
+    def save_model(self, path: str | Path) -> Path:
+        if self.model is None:
+            raise DuetInputError("no model to save: train or load one first")
+        out = self.model.save(path)
+        self.model_path = Path(out)
+        return out
 
     def calibration_png(self) -> Path | None:
         """Write the model's RMV-vs-RMSE plot to a temporary PNG."""
@@ -270,7 +261,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
 
         cal = getattr(self.model, "calibration", None)
         if not cal or not cal.get("stats_after"):
-            notify_error(DuetInputError("this model has no calibration data"), "Split")
+            self.report(DuetInputError("this model has no calibration data"))
             return None
         out = Path(tempfile.mkdtemp(prefix="duet-")) / "calibration.png"
         return calibration_plot(cal["stats_after"], out, tuple(self.model.channel_names),
@@ -294,25 +285,14 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         dialog.show()
 
     def _load_dialog(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Load denoiSplit model", "",
-                                              "napari-duet model (*.duet);;All files (*)")
+        path = self.ask_open_path("Load denoiSplit model", MODEL_FILTER)
         if path:
             self.load_model(path)
-
-    def _save_dialog(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Save denoiSplit model", "split.duet",
-                                              "napari-duet model (*.duet)")
-        if path:
-            try:
-                self.model.save(path)
-                self.model_path = Path(path)
-            except Exception as exc:
-                notify_error(exc, "Save model")
 
     # -------------------------------------------------------------------- split
     def split(self):
         """Split the chosen layer in a worker (frame by frame for stacks)."""
-        if self.worker is not None:
+        if self.running:
             return
         layer = self.image_picker.value
         try:
@@ -322,33 +302,27 @@ class SplitWidget(EngineRunnerMixin, QWidget):
                 raise DuetInputError("choose an image layer first")
             if layer.rgb:
                 raise DuetInputError(f"{layer.name} is RGB: split a single-channel image")
-            data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-            if data.ndim not in (2, 3):
+            data = layer_data(layer)
+            if len(data.shape) not in (2, 3):
                 raise DuetInputError(
-                    f"{layer.name} has {data.ndim} dimensions: use a 2D image or a stack")
+                    f"{layer.name} has {len(data.shape)} dimensions: use a 2D image or a stack")
+            if data_nbytes(data) > self.large_layer_bytes:
+                raise DuetInputError(
+                    f"{layer.name} is {data_nbytes(data) / 2**30:.1f} GiB: splitting works in "
+                    "memory; split a crop, or use 'duet split predict' on the command line")
+            data = np.asarray(data)
         except Exception as exc:
-            notify_error(exc, "Split")
+            self.report(exc, "Split")
             return
-        self.job = _Job("split", layer.name, tuple(layer.scale), tuple(layer.translate))
         self.status.setText(f"Splitting {layer.name}…")
-        self._start(
-            self.model.iter_predict, data,
+        self.start(
+            _Job(kind="split", source=SourceInfo.of(layer)), self.model.iter_predict, data,
             samples=self.samples.value, tile=self.tile.value or None,
             batch_size=self.batch_size.value or None, return_samples=self.keep_samples.value,
+            threads=self.threads.value, desc=f"denoiSplit split {layer.name}",
         )
 
-    def _start(self, fn, *args, **kwargs):
-        self.progress.setValue(0)
-        self._set_running(True)
-        threads = (self.train_threads if self.job.kind == "train" else self.threads).value
-        self.worker = start_engine_worker(
-            run_with_threads, threads, _call_generator, fn, args, kwargs,
-            desc=f"denoiSplit {self.job.kind}", total=None,
-            on_yield=self._on_yield, on_return=self._on_return, on_error=self._on_error,
-            on_finish=self._on_finish,
-        )
-
-    def _set_running(self, running: bool):
+    def update_controls(self, running: bool):
         has_model = self.model is not None
         self.split_btn.setEnabled(not running and has_model)
         self.load_btn.setEnabled(not running)
@@ -357,25 +331,16 @@ class SplitWidget(EngineRunnerMixin, QWidget):
         self.cancel_btn.setEnabled(running)
         self.train_cancel_btn.setEnabled(running)
 
-    def _on_yield(self, p):
-        job = self.job
-        if job is None:
-            return
+    def show_progress(self, job: _Job, p):
         if job.kind == "split":
-            self.progress.setValue(int(1000 * p.done / max(p.total, 1)))
             self.status.setText(f"Split: {p.done}/{p.total} tiles, {p.elapsed:.0f} s")
             return
-        if p.phase != "train":  # noise models before the epochs, calibration after them
+        stage = getattr(p, "phase", None) or getattr(p, "stage", "")
+        if stage != "train":  # noise models before the epochs, calibration after them
             what = {"noise_model": "fitting noise models",
-                    "calibrate": "calibrating the uncertainty"}.get(p.phase, p.phase)
+                    "calibrate": "calibrating the uncertainty"}.get(stage, stage)
             self.status.setText(f"{what}, {p.elapsed:.0f} s")
-            if p.phase == "calibrate":
-                self.progress.setValue(1000)
             return
-        # ``epoch`` counts from 1; ``step`` is the step within it.
-        total = max(p.epochs * p.steps_per_epoch, 1)
-        done = (max(p.epoch, 1) - 1) * p.steps_per_epoch + p.step
-        self.progress.setValue(int(1000 * min(1.0, done / total)))
         for k, v in p.losses.items():
             job.losses.setdefault(k, []).append(v)
         now = time.perf_counter()
@@ -383,69 +348,67 @@ class SplitWidget(EngineRunnerMixin, QWidget):
             job.last_plot = now
             self.plot.plot(job.losses, xlabel="logged step")
             val = f", validation {p.val_loss:.4g}" if p.val_loss is not None else ""
-            eta = f", ETA {p.eta:.0f} s" if p.eta else ""
+            eta = f", {eta_text(p.eta)}" if p.eta else ""
             self.status.setText(f"Training: epoch {p.epoch}/{p.epochs}, step {p.step}/"
                                 f"{p.steps_per_epoch}{val}{eta}")
 
-    def _on_return(self, result):
-        job = self.job
-        if job is None:
-            return
+    def fraction_of(self, job: _Job, p) -> float | None:
+        stage = getattr(p, "phase", None) or getattr(p, "stage", "")
+        if job.kind == "train" and stage == "calibrate":
+            return 1.0
+        if job.kind == "train" and stage != "train":
+            return None  # noise models: no count, a busy bar
+        return super().fraction_of(job, p)
+
+    def show_result(self, job: _Job, result):
         if job.kind == "train":
             self.plot.plot(job.losses, xlabel="logged step")  # the last, unthrottled
-            self._set_model(result, None)
+            self._set_model(getattr(result, "model", result), None)
             show_info("denoiSplit training finished: the model is ready to split")
-            self.status.setText(f"Trained in {time.perf_counter() - job.started:.0f} s.")
+            self.status.setText(f"Trained in {job.seconds:.0f} s.")
             return
         self._show_split(job, result)
         self.status.setText(
-            f"Split {job.source_name} in {time.perf_counter() - job.started:.1f} s"
+            f"Split {job.source.name} in {job.seconds:.1f} s"
             + (" (std calibrated)." if result.calibrated else " (std not calibrated)."))
 
     def _show_split(self, job: _Job, result):
         n_before = len(self.viewer.layers)
         names = self.model.channel_names
-        scale, translate = job.scale, job.translate
+        src = job.source
         added = {}
         for c in range(result.mean.shape[0]):
             cmap = CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)]
-            base = f"{job.source_name} [{names[c]}]"
-            added[base] = self._put(base, result.mean[c], colormap=cmap,
-                                    blending="additive", scale=scale, translate=translate)
-            std = self._put(f"{base} uncertainty", result.std[c], colormap="magma",
-                            blending="additive", opacity=0.6, visible=False, scale=scale,
-                            translate=translate)
+            base = result_name(src.name, f"{TAG} {names[c]}")
+            added[base] = self._put(base, result.mean[c], src, colormap=cmap,
+                                    blending="additive")
+            std = self._put(f"{base} uncertainty", result.std[c], src, colormap="magma",
+                            blending="additive", opacity=0.6, visible=False)
             std.metadata["description"] = UNCERTAINTY_LEGEND
             if result.samples is not None:
                 smp = result.samples[:, c]
-                s_scale = (1.0, *scale)
-                s_trans = (0.0, *translate)
-                self._put(f"{base} samples", smp, colormap=cmap,
-                          visible=False, scale=s_scale, translate=s_trans)
+                self._put(f"{base} samples", smp, src, colormap=cmap, visible=False)
                 if smp.shape[0] > 1:
                     diff = smp[0] - smp[1]
                     lim = float(np.abs(diff).max()) or 1.0
-                    self._put(f"{base} sample difference", diff, colormap="PiYG",
-                              contrast_limits=(-lim, lim), visible=False, scale=scale,
-                              translate=translate)
+                    self._put(f"{base} sample difference", diff, src, colormap="PiYG",
+                              contrast_limits=(-lim, lim), visible=False)
         if len(self.viewer.layers) != n_before:
             self.viewer.reset_view()  # the sample axis adds a slider; frame the new layers
         return added
 
-    def _put(self, name: str, data, **kwargs):
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if existing is not None and existing.data.shape != data.shape:
-            self.viewer.layers.remove(existing)
+    def _put(self, name: str, data, source: SourceInfo, **kwargs):
+        existing = self._results.get(name)
+        if existing is not None and (existing not in self.viewer.layers
+                                     or existing.data.shape != data.shape):
+            if existing in self.viewer.layers:
+                self.viewer.layers.remove(existing)
             existing = None
         layer = set_or_add_layer(self.viewer, existing, data, kind="image", name=name,
-                                 contrast="contrast_limits" not in kwargs, **kwargs)
+                                 source=source, contrast="contrast_limits" not in kwargs,
+                                 **kwargs)
         self._results[name] = layer
         return layer
-
-    def _on_finish(self):
-        if self._take_worker():
-            self.status.setText(f"Cancelled ({self.job.kind}); nothing was changed.")
-        self._set_running(False)
 
     # -------------------------------------------------------------------- train
     def _on_n_structures(self, *_):
@@ -487,7 +450,7 @@ class SplitWidget(EngineRunnerMixin, QWidget):
 
     def train(self):
         """Train on the chosen layers (one per structure) in a worker."""
-        if self.worker is not None:
+        if self.running:
             return
         from ..denoisplit import iter_train
 
@@ -500,56 +463,49 @@ class SplitWidget(EngineRunnerMixin, QWidget):
             if len({id(layer) for layer in layers}) != len(layers):
                 raise DuetInputError("each structure needs a different layer")
             net, tc = self.train_configs()
-            data = [np.asarray(layer.data) for layer in layers]
+            data = [layer_data(layer) for layer in layers]
             for x, d in zip(letters[1:], data[1:], strict=True):
                 if d.shape != data[0].shape:
                     raise DuetInputError(f"all structures must have the same shape: A is "
                                          f"{data[0].shape}, {x} is {d.shape}")
+            if sum(data_nbytes(d) for d in data) > self.large_layer_bytes:
+                raise DuetInputError("the training layers exceed the in-memory limit: train "
+                                     "on crops, or with the command line below")
+            data = [np.asarray(d) for d in data]
         except Exception as exc:
-            notify_error(exc, "denoiSplit training")
+            self.report(exc, "denoiSplit training")
             return
         warm_up_torch()
-        self.job = _Job("train", layers[0].name)
         self.plot.plot({})
         self.status.setText("Training…")
-        self._start(iter_train, data, net, tc,
-                    channel_names=tuple(layer.name for layer in layers),
-                    bootstrap_kwargs=self.bootstrap_kwargs())
+        self.start(_Job(kind="train", source=SourceInfo.of(layers[0]),
+                        train_layers=tuple(layer.name for layer in layers)),
+                   iter_train, data, net, tc, channel_names=tuple(ly.name for ly in layers),
+                   bootstrap_kwargs=self.bootstrap_kwargs(), threads=self.train_threads.value,
+                   desc="denoiSplit train")
 
     def bootstrap_kwargs(self) -> dict:
         """How the noise models are bootstrapped from the training layers."""
         return {"denoiser": self.bootstrap.value}
 
+    def command_line(self) -> list[str]:
+        """``duet split train`` arguments for the training set up in the Train tab, made
+        by the same mapping the command parses (channel files named after the layers)."""
+        from ..denoisplit._cli import command_line
+
+        files = [f"{layer.name if layer else chr(65 + c)}.tif"
+                 for c, layer in enumerate(self.train_layers())]
+        net, tc = self.train_configs()
+        return command_line(net, tc, files, "model.duet",
+                            denoiser=self.bootstrap_kwargs().get("denoiser", "auto"))
+
     def _update_command(self, *_):
         if not hasattr(self, "_picker_labels"):
             return
-        layers = self.train_layers()
-        files = [f"{layer.name if layer else chr(65 + c)}.tif"
-                 for c, layer in enumerate(layers)]
-        if len(files) == 2:
-            chans = ["--channel-a", files[0], "--channel-b", files[1]]
-        else:
-            chans = [x for f in files for x in ("--channel", f)]
-        parts = [
-            "duet", "split", "train", *chans,
-            "-o", "model.duet",
-            "--config", self.net_config.value,
-            "--epochs", str(self.epochs.value),
-            "--patch-size", str(self.patch_size.value),
-            "--batch-size", str(self.train_batch.value),
-            "--seed", str(self.seed.value),
-            "--device", "cuda",
-        ]
-        if self.max_minutes.value:
-            parts += ["--max-minutes", f"{self.max_minutes.value:g}"]
-        if self.lateral_context.value:
-            parts += ["--lateral-context", str(self._lateral_count(self.net_config.value))]
-        self.command.setText(shlex.join(parts))
-
-
-def _call_generator(fn, args, kwargs):
-    """Delegate to an engine generator (lets keyword arguments pass through create_worker)."""
-    return (yield from fn(*args, **kwargs))
+        try:
+            self.command.setText(shlex.join(self.command_line()))
+        except Exception as exc:  # a setting the command line cannot express
+            self.command.setText(f"(no command-line equivalent: {exc})")
 
 
 #: Expected normalised calibration error above which the std is called poorly calibrated.

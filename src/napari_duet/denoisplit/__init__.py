@@ -20,7 +20,7 @@ from ._config import SplitConfig, TrainConfig
 from ._metrics import ms_ssim, seam_metrics, split_metrics
 from ._model import SplitModel
 from ._predict import PredictProgress, SplitResult, tile_seams
-from ._train import TrainProgress, calibrate_on, iter_train, train
+from ._train import SplitTrainResult, TrainProgress, calibrate_on, iter_train, train
 
 __all__ = [
     "GaussianMixtureNoiseModel",
@@ -28,6 +28,7 @@ __all__ = [
     "SplitConfig",
     "SplitModel",
     "SplitResult",
+    "SplitTrainResult",
     "TrainConfig",
     "TrainProgress",
     "bootstrap_noise_model",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
+from .. import distributed as ddp
+from .._chunks import add_chunk_options
 from .._cli_progress import add_run_options, cli_run
 from .._errors import DuetInputError
-
-_DEVICES = ("auto", "cpu", "cuda", "mps")
+from ..devices import DEVICE_CHOICES
 
 
 def register(subparsers) -> None:
@@ -39,6 +41,10 @@ def register(subparsers) -> None:
                     help="second of two structures, same shape as A")
     tr.add_argument("-o", "--output", required=True, metavar="MODEL",
                     help="model file to write (.duet); a calibration plot (PNG) goes beside it")
+    tr.add_argument("--checkpoint", metavar="CKPT", default=None,
+                    help="after every epoch, write the best model so far and the training state "
+                    "to CKPT (.duet, loads as a model); run the same command again to resume "
+                    "from it (on a CPU with the same result as an uninterrupted run)")
     tr.add_argument("--noise-model", action="append", default=None, metavar="NM",
                     help="noise model of one channel (from 'duet noise-model fit'), repeated "
                     "in the order of --channel; bootstrapped from the data when omitted")
@@ -64,7 +70,7 @@ def register(subparsers) -> None:
     tr.add_argument("--batch-size", type=int, default=32, help="patches per step (default 32)")
     tr.add_argument("--config", choices=("small", "default"), default="default",
                     help="network size: default (paper, ~3.0 M parameters) or small (CPU)")
-    tr.add_argument("--device", choices=_DEVICES, default="auto",
+    tr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                     help="compute device (default auto: CUDA, MPS, CPU)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tr.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
@@ -72,20 +78,24 @@ def register(subparsers) -> None:
     tr.add_argument("--no-calibration", action="store_true",
                     help="skip fitting the std calibration on the validation split")
     add_run_options(tr, quiet_help="no progress lines")
-    tr.set_defaults(func=_train)
+    # Under torchrun every rank trains; only rank 0 logs and writes the model.
+    tr.set_defaults(func=lambda args: ddp.run_command(_train, args), distributed=True)
 
     pr = ssub.add_parser("predict", help="split an image with a trained model",
                          description="Tiled posterior sampling: MMSE per channel, std, "
                          "optional samples, report.json.")
     pr.add_argument("image", metavar="IMAGE", help="superposition to split, (Y,X) or (N,Y,X)")
     pr.add_argument("--model", required=True, metavar="MODEL", help="model file (.duet)")
-    pr.add_argument("-o", "--output", required=True, metavar="OUTDIR",
-                    help="folder for mmse.tif and std.tif ((C,Y,X), or (T,C,Y,X) for a "
+    pr.add_argument("-o", "--output", "--outdir", dest="output", required=True,
+                    metavar="OUTDIR",
+                    help="OUT.ome.zarr: the image is read lazily and split block by block "
+                    "into an OME-Zarr (MMSE image, std and samples arrays; resumable); or a "
+                    "folder for mmse.tif and std.tif ((C,Y,X), or (T,C,Y,X) for a "
                     "stack), samples.tif, report.json; two-channel models also write a.tif, "
                     "b.tif, std_a.tif, std_b.tif")
-    pr.add_argument("--samples", type=int, default=50,
-                    help="posterior samples per tile (default 50); samples.tif is written "
-                    "when > 1")
+    pr.add_argument("--samples", type=int, default=20,
+                    help="posterior samples per tile (default 20, as in the Split widget); "
+                    "samples.tif is written when > 1")
     pr.add_argument("--tile", type=int, default=None,
                     help="tile side in pixels (default: the size that computes the fewest "
                     "pixels, up to 1024; a frame that fits is computed untiled)")
@@ -94,9 +104,13 @@ def register(subparsers) -> None:
                     "memory free on the device)")
     pr.add_argument("--calibration", choices=("scalar", "linear", "none"), default="scalar",
                     help="std calibration to apply when the model has one (default scalar)")
-    pr.add_argument("--device", choices=_DEVICES, default="auto",
+    pr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                     help="compute device (default auto)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    pr.add_argument("--block", type=int, default=None, metavar="N",
+                    help="with a .zarr output: output block side of one task in pixels "
+                    "(default 1024)")
+    add_chunk_options(pr, unit="blocks")
     add_run_options(pr, quiet_help="no progress bar")
     pr.set_defaults(func=_predict)
 
@@ -123,7 +137,7 @@ def register(subparsers) -> None:
                      help="optimiser steps (default 2000 on GPU, 400 on CPU)")
     fit.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
                      help="denoiser for bootstrapping (default auto)")
-    fit.add_argument("--device", choices=_DEVICES, default="auto",
+    fit.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                      help="compute device (default auto)")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_run_options(fit, quiet_help="no progress bar")
@@ -180,6 +194,105 @@ def _channel_names(files: list[str]) -> tuple[str, ...]:
     return tuple(f"{s}_{i + 1}" if stems.count(s) > 1 else s for i, s in enumerate(stems))
 
 
+def train_configs(args: argparse.Namespace, n_channels: int):
+    """The (SplitConfig, TrainConfig) that ``duet split train`` options ask for."""
+    from ._config import SplitConfig, TrainConfig
+
+    over = {"n_channels": n_channels}
+    if args.lateral_context is not None:
+        over["multiscale_count"] = args.lateral_context
+    cfg = SplitConfig.preset(args.config, **over)
+    tc = TrainConfig(
+        epochs=args.epochs, max_minutes=args.max_minutes, patch_size=args.patch_size,
+        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
+        device=args.device, likelihood=args.likelihood, kl=args.kl,
+        calibrate=not args.no_calibration,
+        checkpoint_path=getattr(args, "checkpoint", None),
+        resume=getattr(args, "checkpoint", None) is not None,
+    )
+    return cfg, tc
+
+
+# TrainConfig fields that ``duet split train`` options set (see :func:`train_configs`).
+_TRAIN_OPTIONS = ("epochs", "max_minutes", "patch_size", "batch_size", "steps_per_epoch",
+                  "seed", "device", "likelihood", "kl", "calibrate", "checkpoint_path",
+                  "resume")
+
+
+def command_line(config, train_config, channels, output: str = "model.duet", *,
+                 denoiser: str = "auto") -> list[str]:
+    """The ``duet split train`` arguments that train with ``config`` and ``train_config``.
+
+    The inverse of :func:`train_configs`: parsing the result with
+    :func:`napari_duet.cli.build_parser` gives back the same configurations.
+    Run-time options of this machine (``--threads``) keep the command's defaults.
+
+    Parameters
+    ----------
+    config : SplitConfig
+        A preset network (small or default) with its channel count and lateral context.
+    train_config : TrainConfig
+    channels : sequence of str
+        One file per structure, in order (``--channel-a/-b`` for two).
+    output : str
+        The model file (``-o``).
+    denoiser : str
+        How noise models are bootstrapped (``--denoiser``).
+
+    Raises
+    ------
+    DuetInputError
+        When a setting has no command-line option (a custom network, a training
+        field the command does not expose).
+    """
+    from dataclasses import fields
+
+    from ._config import SplitConfig, TrainConfig
+
+    n = config.n_channels
+    preset = next((name for name in ("small", "default") if SplitConfig.preset(
+        name, n_channels=n, multiscale_count=config.multiscale_count) == config), None)
+    if preset is None:
+        raise DuetInputError("this network is not a preset (small or default): no command line")
+    default = TrainConfig()
+    fixed = [f.name for f in fields(TrainConfig) if f.name not in _TRAIN_OPTIONS
+             and getattr(train_config, f.name) != getattr(default, f.name)]
+    if fixed:
+        raise DuetInputError("no command-line option for " + ", ".join(fixed))
+    channels = [str(c) for c in channels]
+    if len(channels) != n:
+        raise DuetInputError(f"{n} channels in the network, {len(channels)} files")
+    argv = ["duet", "split", "train"]
+    if n == 2:
+        argv += ["--channel-a", channels[0], "--channel-b", channels[1]]
+    else:
+        argv += [x for c in channels for x in ("--channel", c)]
+    tc = train_config
+    argv += ["-o", str(output), "--config", preset]
+    if config.multiscale_count != SplitConfig.preset(preset).multiscale_count:
+        argv += ["--lateral-context", str(config.multiscale_count)]
+    argv += ["--epochs", str(tc.epochs), "--patch-size", str(tc.patch_size),
+             "--batch-size", str(tc.batch_size), "--seed", str(tc.seed), "--device", tc.device]
+    if tc.steps_per_epoch is not None:
+        argv += ["--steps-per-epoch", str(tc.steps_per_epoch)]
+    if tc.max_minutes is not None:
+        argv += ["--max-minutes", repr(float(tc.max_minutes))]
+    if tc.likelihood != default.likelihood:
+        argv += ["--likelihood", tc.likelihood]
+    if tc.kl != default.kl:
+        argv += ["--kl", tc.kl]
+    if not tc.calibrate:
+        argv.append("--no-calibration")
+    if tc.checkpoint_path is not None:
+        if not tc.resume:
+            raise DuetInputError("--checkpoint always resumes: no command line for a "
+                                 "checkpoint without resume")
+        argv += ["--checkpoint", str(tc.checkpoint_path)]
+    if denoiser != "auto":
+        argv += ["--denoiser", denoiser]
+    return argv
+
+
 def _calibration_png(model_path) -> Path:
     """The calibration plot written beside a trained model."""
     return Path(str(model_path)).with_suffix(".calibration.png")
@@ -190,9 +303,19 @@ def _noise_model_png(nm_path) -> Path:
     return Path(str(nm_path)).with_suffix(".png")
 
 
+def _read_one_channel(path, what: str):
+    """Read an image that must have no channel axis; one with channels is refused."""
+    from .._channels import find_channel_axis, refuse_channels, stated_axes
+    from .._io import read_image
+
+    img = read_image(path)
+    refuse_channels(Path(path).name, img.shape,
+                    find_channel_axis(img.shape, axes=stated_axes(path)), what)
+    return img
+
+
 def _train(args) -> int:
-    from .._io import check_outputs, read_image
-    from ._config import SplitConfig, TrainConfig
+    from .._io import check_outputs
     from ._train import iter_train
 
     files, nm_files = _channel_args(args)
@@ -201,19 +324,12 @@ def _train(args) -> int:
                   [("-o", args.output),
                    ("calibration plot",
                     None if args.no_calibration else _calibration_png(args.output)),
+                   ("--checkpoint", args.checkpoint),
                    ("--log-json", getattr(args, "log_json", None))])
-    channels = [read_image(f) for f in files]
+    channels = [_read_one_channel(f, "split train takes one file per structure, each one "
+                                     "channel: save the channels as separate files") for f in files]
     nms = None if nm_files is None else [_load_nm(f) for f in nm_files]
-    over = {"n_channels": len(files)}
-    if args.lateral_context is not None:
-        over["multiscale_count"] = args.lateral_context
-    cfg = SplitConfig.preset(args.config, **over)
-    tc = TrainConfig(
-        epochs=args.epochs, max_minutes=args.max_minutes, patch_size=args.patch_size,
-        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
-        device=args.device, likelihood=args.likelihood, kl=args.kl,
-        calibrate=not args.no_calibration,
-    )
+    cfg, tc = train_configs(args, len(files))
     names = _channel_names(files)
     with cli_run(args, "split train") as bar:
         gen = iter_train(channels, cfg, tc, nms, channel_names=names,
@@ -223,19 +339,21 @@ def _train(args) -> int:
             try:
                 p = next(gen)
             except StopIteration as stop:
-                model = stop.value
+                model = stop.value.model
                 break
             bar(p)
             if args.quiet:
                 continue
-            if p.phase != "train":
-                bar.write(f"[{p.elapsed:7.1f}s] {p.phase}", file=sys.stderr)
+            if p.stage != "train":
+                bar.write(f"[{p.elapsed:7.1f}s] {p.stage}", file=sys.stderr)
             elif (p.step == p.steps_per_epoch and p.val_loss is not None
                   and p.epoch != last_epoch):
                 last_epoch = p.epoch
                 loss = p.losses.get("loss", float("nan"))
                 bar.write(f"[{p.elapsed:7.1f}s] epoch {p.epoch}/{p.epochs} loss {loss:.4f} "
                           f"val {p.val_loss:.4f}", file=sys.stderr)
+        if not ddp.is_main():  # rank 0 writes the model
+            return 0
         with bar.stage("save"):
             out = model.save(args.output)
     print(f"wrote {out}")
@@ -257,16 +375,50 @@ _PREDICT_FILES = ("mmse.tif", "std.tif", "a.tif", "b.tif", "std_a.tif", "std_b.t
                   "samples.tif", "report.json")
 
 
+def _samples_file(stack, path: Path, image_shape, lead: tuple[int, int], pixel_info: dict):
+    """A memory-mapped float32 TIFF for the (N, C[, T], Y, X) samples, written under a
+    temporary name that ``stack`` renames to ``path`` on success (removed on failure)."""
+    import numpy as np
+    import tifffile
+
+    from .._io import atomic_path
+
+    tmp = stack.enter_context(atomic_path(path))
+    shape = (*lead, *image_shape)
+    # Axes metadata keeps the (N, C, ...) shape when the file is read back.
+    kwargs = {"metadata": {"axes": "ICYX" if len(image_shape) == 2 else "ICTYX",
+                           **{k: pixel_info[k] for k in ("spacing", "unit") if k in pixel_info}}}
+    if "resolution" in pixel_info:
+        kwargs.update(resolution=tuple(pixel_info["resolution"]),
+                      resolutionunit=pixel_info.get("resolutionunit", 1))
+    return tifffile.memmap(str(tmp), shape=shape, dtype=np.float32, photometric="minisblack",
+                           **kwargs)
+
+
 def _predict(args) -> int:
     import numpy as np
 
-    from .._io import check_outputs, read_image, remove_stale_outputs, write_json, write_tiff
+    from .._io import (
+        check_outputs,
+        is_zarr_path,
+        read_pixel_info,
+        remove_stale_outputs,
+        write_json,
+        write_tiff,
+    )
     from .._progress import run_to_end
     from ._model import SplitModel
 
     if args.samples < 1:
         raise DuetInputError("--samples must be >= 1")
     out = Path(args.output)
+    if is_zarr_path(out):  # block tasks into an OME-Zarr (denoisplit/_chunked.py)
+        from ._chunked import run_chunked
+
+        return run_chunked(args)
+    if args.resume or args.scheduler or args.block is not None:
+        raise DuetInputError("--resume, --scheduler and --block write an OME-Zarr: give "
+                             "-o OUT.ome.zarr")
     check_outputs([args.image, args.model],
                   [*(("-o", out / name) for name in _PREDICT_FILES),
                    ("--log-json", getattr(args, "log_json", None))],
@@ -274,18 +426,35 @@ def _predict(args) -> int:
     with cli_run(args, "split predict") as bar:
         with bar.stage("load model"):
             model = SplitModel.load(args.model, device=args.device)
-        img = read_image(args.image)
+        img = _read_one_channel(args.image, "split predict takes the one-channel sum of the "
+                                "structures: save that channel on its own")
+        # The input's pixel size and units go to every output (its axes do not:
+        # the outputs add a channel or sample axis).
+        pixel_info = {k: v for k, v in read_pixel_info(args.image).items() if k != "axes"}
         t0 = time.perf_counter()
-        gen = model.iter_predict(img, samples=args.samples, tile=args.tile,
-                                 batch_size=args.batch_size, return_samples=args.samples > 1,
-                                 calibration=args.calibration, seed=args.seed)
-        res = run_to_end(gen, bar)
-        seconds = time.perf_counter() - t0
+        with contextlib.ExitStack() as streamed:
+            # The samples go straight into samples.tif (memory-mapped, renamed when
+            # complete): they would take N times the outputs' memory.
+            sink = None
+            if args.samples > 1:
+                sink = _samples_file(streamed, out / "samples.tif", img.shape,
+                                     (args.samples, model.n_channels), pixel_info)
+            gen = model.iter_predict(img, samples=args.samples, tile=args.tile,
+                                     batch_size=args.batch_size,
+                                     return_samples=args.samples > 1,
+                                     calibration=args.calibration, seed=args.seed,
+                                     samples_out=sink)
+            res = run_to_end(gen, bar)
+            seconds = time.perf_counter() - t0
+            if sink is not None:
+                sink.flush()
+                samples_shape = list(sink.shape)
+                res.samples = sink = None  # unmapped before the file is renamed
     threads = bar.threads
     stack = res.mean.ndim == 4  # (C, T, Y, X)
     files = {}
     two = model.n_channels == 2
-    with_samples = res.samples is not None and args.samples > 1
+    with_samples = args.samples > 1
     remove_stale_outputs(out, names=_PREDICT_FILES, keep=[
         "mmse.tif", "std.tif", "report.json",
         *(("a.tif", "b.tif", "std_a.tif", "std_b.tif") if two else ()),
@@ -293,7 +462,8 @@ def _predict(args) -> int:
 
     def put(name, arr, axes=None):
         kw = {"axes": axes} if axes else {}
-        write_tiff(out / name, np.ascontiguousarray(arr, dtype=np.float32), **kw)
+        write_tiff(out / name, np.ascontiguousarray(arr, dtype=np.float32),
+                   pixel_info=pixel_info, **kw)
         files[name] = list(arr.shape)
 
     # Channels on their own axis: (C, Y, X), or (T, C, Y, X) for a stack of frames.
@@ -307,8 +477,7 @@ def _predict(args) -> int:
         put("std_a.tif", res.std[0])
         put("std_b.tif", res.std[1])
     if with_samples:
-        # Axes metadata keeps the (N, C, ...) shape when the file is read back.
-        put("samples.tif", res.samples, "ICYX" if res.samples.ndim == 4 else "ICTYX")
+        files["samples.tif"] = samples_shape  # written while predicting
     report = res.report()
     report["files"] = files
     report.update(image=str(args.image), model=str(args.model), seconds=seconds,
@@ -321,7 +490,7 @@ def _predict(args) -> int:
 
 
 def _fit_noise_model(args) -> int:
-    from .._io import check_outputs, read_image
+    from .._io import check_outputs
     from ..noise_models import bootstrap_noise_model, fit_noise_model
 
     png = _noise_model_png(args.output)
@@ -332,12 +501,13 @@ def _fit_noise_model(args) -> int:
     check_outputs([args.signal, args.observation],
                   [("-o", args.output), ("plot", png),
                    ("--log-json", getattr(args, "log_json", None))])
-    obs = read_image(args.observation)
+    one = "a noise model is fitted to one channel: save that channel on its own"
+    obs = _read_one_channel(args.observation, one)
     kw = dict(n_gaussian=args.n_gaussian, n_coeff=args.n_coeff, min_sigma=args.min_sigma,
               iterations=args.iterations, device=args.device, seed=args.seed)
     with cli_run(args, "noise-model fit") as bar:
         if args.signal is not None:
-            signal = read_image(args.signal)
+            signal = _read_one_channel(args.signal, one)
             with bar.stage("fit noise model"):
                 nm = fit_noise_model(signal, obs, **kw)
         else:

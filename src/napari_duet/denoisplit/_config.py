@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
+from .._config import EngineConfig, check_choice, check_int, check_number, need
 from .._errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
@@ -16,7 +16,7 @@ MAX_BLOCKS = 8  # blocks_per_level
 
 
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(EngineConfig):
     """Architecture of the LVAE ("Variational Splitting Encoder-Decoder").
 
     Parameters
@@ -68,35 +68,24 @@ class SplitConfig:
     n_channels: int = 2
     multiscale_count: int = 1
 
-    def __post_init__(self):
-        for name in ("n_levels", "z_dims", "filters", "blocks_per_level", "n_channels",
-                     "multiscale_count"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise DuetInputError(f"SplitConfig.{name} must be a positive integer, got {v!r}")
-        if self.n_levels > 7:
-            raise DuetInputError("SplitConfig.n_levels must be at most 7")
+    LABEL: ClassVar[str] = "denoiSplit network"
+
+    def validate(self) -> None:
+        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
         # Upper bounds far above any useful network: a model file's header names
         # these sizes, and unbounded ones would build networks of many gigabytes.
-        for name, top in (("z_dims", MAX_WIDTH), ("filters", MAX_WIDTH),
-                          ("blocks_per_level", MAX_BLOCKS)):
-            if getattr(self, name) > top:
-                raise DuetInputError(
-                    f"SplitConfig.{name} must be at most {top}, got {getattr(self, name)}")
-        for name in ("var_clip_max", "logvar_lower_bound"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise DuetInputError(f"SplitConfig.{name} must be a finite number, got {v!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise DuetInputError(f"SplitConfig.dropout must be in [0, 1), got {self.dropout}")
-        if not MIN_CHANNELS <= self.n_channels <= MAX_CHANNELS:
-            raise DuetInputError(
-                f"SplitConfig.n_channels must be {MIN_CHANNELS} to {MAX_CHANNELS}, "
-                f"got {self.n_channels}")
-        if self.multiscale_count > self.n_levels:
-            raise DuetInputError(
-                f"SplitConfig.multiscale_count ({self.multiscale_count}) must be at most "
-                f"n_levels ({self.n_levels})")
+        check_int("n_levels", self.n_levels, 1, 7)
+        check_int("z_dims", self.z_dims, 1, MAX_WIDTH)
+        check_int("filters", self.filters, 1, MAX_WIDTH)
+        check_int("blocks_per_level", self.blocks_per_level, 1, MAX_BLOCKS)
+        check_int("n_channels", self.n_channels, MIN_CHANNELS, MAX_CHANNELS)
+        check_int("multiscale_count", self.multiscale_count, 1)
+        check_number("var_clip_max", self.var_clip_max)
+        check_number("logvar_lower_bound", self.logvar_lower_bound)
+        check_number("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        need(self.multiscale_count <= self.n_levels,
+             f"multiscale_count must be at most n_levels ({self.n_levels}), "
+             f"got {self.multiscale_count}")
 
     @property
     def context_count(self) -> int:
@@ -136,20 +125,9 @@ class SplitConfig:
             raise DuetInputError(f"unknown network config {name!r}: use small or default")
         return replace(cfg, **overrides) if overrides else cfg
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SplitConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DuetInputError(f"unknown SplitConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(EngineConfig):
     """How to train (defaults follow the denoiSplit paper where they apply).
 
     Parameters
@@ -200,7 +178,13 @@ class TrainConfig:
     log_every : int
         Steps between loss read-outs (each costs a device sync).
     checkpoint_path : str, optional
-        Also write the best model (by validation loss) to this file.
+        After every epoch, write the best model so far (by validation loss) to
+        this file, with what training needs to go on from there (see
+        ``resume``).
+    resume : bool
+        When ``checkpoint_path`` holds a checkpoint of the same run (network,
+        recipe, data shape, channel names; ``epochs`` may differ), go on from
+        its last epoch: on the CPU the result equals an uninterrupted run.
     """
 
     epochs: int = 100
@@ -226,31 +210,25 @@ class TrainConfig:
     calib_samples: int = 20
     log_every: int = 20
     checkpoint_path: str | None = None
+    resume: bool = False
 
-    def __post_init__(self):
-        if self.likelihood not in LIKELIHOODS:
-            raise DuetInputError(
-                f"unknown likelihood {self.likelihood!r}: use {' or '.join(LIKELIHOODS)}"
-            )
-        if self.kl not in KL_FORMS:
-            raise DuetInputError(f"unknown KL form {self.kl!r}: use {' or '.join(KL_FORMS)}")
-        for name in ("epochs", "patch_size", "batch_size", "calib_samples", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise DuetInputError(f"{name} must be a positive integer, got {v!r}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise DuetInputError("steps_per_epoch must be >= 1")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise DuetInputError("max_minutes must be > 0")
-        if not 0.0 < self.val_fraction < 0.9:
-            raise DuetInputError("val_fraction must be between 0 and 0.9")
-        if self.lr <= 0 or self.free_bits < 0 or self.kl_weight < 0 or self.grad_clip < 0:
-            raise DuetInputError("lr must be > 0; free_bits, kl_weight, grad_clip >= 0")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "log_every", "checkpoint_path", "resume")
+    LABEL: ClassVar[str] = "denoiSplit training"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def validate(self) -> None:
+        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        check_choice("kl", self.kl, KL_FORMS)
+        for name in ("epochs", "patch_size", "batch_size", "calib_samples", "log_every",
+                     "lr_patience", "early_stopping"):
+            check_int(name, getattr(self, name), 0 if name == "lr_patience" else 1)
+        check_int("steps_per_epoch", self.steps_per_epoch, 1, optional=True)
+        check_number("max_minutes", self.max_minutes, 0, lo_open=True, optional=True)
+        check_number("val_fraction", self.val_fraction, 0.0, 0.9, lo_open=True, hi_open=True)
+        check_number("lr", self.lr, 0, lo_open=True)
+        check_number("lr_factor", self.lr_factor, 0, 1, lo_open=True, hi_open=True)
+        for name in ("free_bits", "kl_weight", "grad_clip"):
+            check_number(name, getattr(self, name), 0)
+        check_int("seed", self.seed)
+        need(isinstance(self.device, str) and bool(self.device),
+             f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")

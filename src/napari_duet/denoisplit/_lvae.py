@@ -291,6 +291,3 @@ class LadderVAE(nn.Module):
             for i in range(self.cfg.n_levels)
         ]
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError, ModelFileError
+from .._errors import DuetInputError, ModelFileError, first_line
 from .._progress import run_to_end
 from ..intensity import Normalizer
 from ..noise_models import GaussianMixtureNoiseModel
@@ -20,6 +20,8 @@ from ._data import as_frames
 from ._predict import PredictProgress, SplitResult, tiled_sampling
 
 KIND = "denoisplit"
+# Smallest image side prediction accepts (smaller ones are padded noise, or a misread axis).
+MIN_SIDE = 8
 
 
 def _nm_prefix(c: int) -> str:
@@ -150,8 +152,12 @@ class SplitModel:
             "target_normalizers": [n.to_dict() for n in self.target_norms],
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write one model file (safetensors + JSON header, kind ``"denoisplit"``)."""
+    def save(self, path: str | os.PathLike, *, resume: tuple[dict, dict] | None = None) -> Path:
+        """Write one model file (safetensors + JSON header, kind ``"denoisplit"``).
+
+        ``resume``: a training checkpoint's header entry and ``resume.*`` tensors
+        (see :mod:`._resume`), stored beside the model.
+        """
         from ..modelfile import save_model_file
 
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
@@ -167,11 +173,15 @@ class SplitModel:
             "input_normalizer": self.input_norm.to_dict(),
             "target_normalizers": [n.to_dict() for n in self.target_norms],
             "noise_models": nm_cfg,
-            "calibration": _calibration_for_file(self.calibration),
+            "calibration": None if self.calibration is None else dict(self.calibration),
             "channel_names": list(self.channel_names),
             "training": self.training,
         }
-        return save_model_file(path, kind=KIND, config=self.config.to_dict(), tensors=tensors,
+        if resume is not None:
+            header, extra_tensors = resume
+            extra["resume"] = {**header, "tensors": sorted(extra_tensors)}
+            tensors.update(extra_tensors)
+        return save_model_file(path, kind=KIND, config=self.config.model_dict(), tensors=tensors,
                                extra=extra)
 
     @classmethod
@@ -192,6 +202,11 @@ class SplitModel:
                             meta_state_shapes(lambda: LadderVAE(cfg, patch)).items()}
             for i, c in enumerate(nm_cfgs):
                 shapes.update(GaussianMixtureNoiseModel.file_shapes(c, _nm_prefix(i)))
+            # A training checkpoint (see _resume.py) also holds the run's state.
+            resume = header["extra"].get("resume") if isinstance(header, dict) else None
+            if isinstance(resume, dict) and isinstance(resume.get("tensors"), list):
+                shapes.update({str(n): None for n in resume["tensors"]
+                               if str(n).startswith("resume.")})
             return shapes
 
         try:
@@ -232,8 +247,8 @@ class SplitModel:
             raise
         except (KeyError, ValueError, TypeError, AttributeError, RuntimeError,
                 DuetInputError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:150]
-            raise ModelFileError(f"{name} is a damaged denoiSplit model ({reason})") from None
+            raise ModelFileError(
+                f"{name} is a damaged denoiSplit model ({first_line(exc, 150)})") from None
         return model.to(resolve_device(device))
 
     def to(self, device) -> SplitModel:
@@ -253,7 +268,7 @@ class SplitModel:
         self,
         image,
         *,
-        samples: int = 50,
+        samples: int = 20,
         tile: int | None = None,
         overlap: int | None = None,
         batch_size: int | None = None,
@@ -261,6 +276,7 @@ class SplitModel:
         calibration: str = "scalar",
         deterministic: bool = False,
         seed: int = 0,
+        samples_out=None,
     ) -> Generator[PredictProgress, None, SplitResult]:
         """Split ``image`` (Y, X) or a stack (F, Y, X), frame by frame, in tiles.
 
@@ -292,6 +308,13 @@ class SplitModel:
             pass per tile; std is zero). For tests and previews.
         seed : int
             Seed of the latent sampling.
+        samples_out : array-like, optional
+            With ``return_samples``: a writable float32 array of the samples'
+            shape, (N, C, Y, X) for an image or (N, C, F, Y, X) for a stack,
+            e.g. a memory-mapped file (``tifffile.memmap``), that receives the
+            samples, in the output scale, instead of an array in memory (the
+            samples of a 4096^2 frame at N = 50 and two channels take 6.7 GB).
+            It is returned as ``samples``.
 
         Yields
         ------
@@ -305,6 +328,9 @@ class SplitModel:
         if samples < 1 or (batch_size is not None and batch_size < 1):
             raise DuetInputError("samples and batch_size must be >= 1")
         frames = as_frames(image, "image")
+        if min(frames.shape[-2:]) < MIN_SIDE:
+            raise DuetInputError(f"image frames of {frames.shape[-2]} x {frames.shape[-1]} px "
+                                 f"are too small to split: both sides must be >= {MIN_SIDE}")
         m = self.config.multiple
         margin = self.patch_size // 2 if overlap is None else int(overlap)
         if tile is None:
@@ -321,6 +347,11 @@ class SplitModel:
             side = min(tile, max(frames.shape[-2:]))
             batch_size = default_batch_size(side, self.config.filters, self.device)
         n_pass = 1 if deterministic else samples
+        keep_samples = return_samples and not deterministic
+        sink = None
+        if keep_samples and samples_out is not None:
+            # The engine writes (N, C, F, Y, X); an image's samples have no frame axis.
+            sink = samples_out[:, :, None] if np.ndim(image) == 2 else samples_out
         x = self.input_norm.forward(frames)
         net, dev = self.net, self.device
         use_amp = dev.type == "cuda"
@@ -340,8 +371,9 @@ class SplitModel:
             gen = tiled_sampling(
                 net_fn, x, samples=n_pass, tile=tile, overlap=overlap, multiple=m,
                 batch_size=batch_size, device=dev, out_channels=net.out_channels,
-                return_samples=return_samples and not deterministic,
+                return_samples=keep_samples,
                 context=self.config.context_count,
+                samples_out=sink,
             )
             while True:
                 try:
@@ -349,9 +381,12 @@ class SplitModel:
                 except StopIteration as stop:
                     raw = stop.value
                     break
-                yield PredictProgress(done, total, time.perf_counter() - t0)
+                el = time.perf_counter() - t0
+                yield PredictProgress(done=done, total=total, elapsed=el,
+                                      eta=el / done * (total - done) if done else None)
         result = self._finish(raw, frames, np.ndim(image) == 2, samples=n_pass,
-                              calibration=calibration)
+                              calibration=calibration, samples_out=samples_out if sink is not None
+                              else None)
         result.info.update(
             tile=tile, overlap=overlap, batch_size=batch_size, seconds=time.perf_counter() - t0,
             device=str(dev), deterministic=deterministic,
@@ -362,7 +397,8 @@ class SplitModel:
         """Run :meth:`iter_predict` to the end (same parameters)."""
         return run_to_end(self.iter_predict(image, **kwargs))
 
-    def _finish(self, raw, frames, was_2d, *, samples, calibration) -> SplitResult:
+    def _finish(self, raw, frames, was_2d, *, samples, calibration,
+                samples_out=None) -> SplitResult:
         import torch
 
         tn = self.target_norms
@@ -370,7 +406,12 @@ class SplitModel:
         mean = np.stack([tn[c].inverse(raw["mean"][c]) for c in range(n)])
         std = np.stack([tn[c].inverse_scale(raw["std"][c]) for c in range(n)])
         smp = None
-        if raw["samples"] is not None:
+        if samples_out is not None:
+            # In place, one sample and channel at a time: memory stays bounded.
+            for k in range(raw["samples"].shape[0]):
+                for c in range(n):
+                    raw["samples"][k, c] = tn[c].inverse(raw["samples"][k, c])
+        elif raw["samples"] is not None:
             smp = np.stack([tn[c].inverse(raw["samples"][:, c]) for c in range(n)], axis=1)
         if self.config.predict_logvar:
             # Mean predicted log-variance is the aleatoric noise of each channel.
@@ -388,6 +429,8 @@ class SplitModel:
             mean, std = mean[:, 0], std[:, 0]
             smp = None if smp is None else smp[:, :, 0]
             noise_std = None if noise_std is None else noise_std[:, 0]
+        if samples_out is not None:
+            smp = samples_out
         return SplitResult(
             mean=mean.astype(np.float32),
             std=std.astype(np.float32),
@@ -413,7 +456,7 @@ def _header_sizes(header) -> tuple[SplitConfig, int, list[dict]]:
 
     get = header.get if isinstance(header, dict) else lambda k: getattr(header, k)
     config, ex = get("config"), get("extra")
-    cfg = SplitConfig.from_dict(config)
+    cfg = SplitConfig.from_model_dict(config)
     patch = file_int(ex.get("patch_size"), "patch_size", cfg.multiple, MAX_PATCH)
     if patch % cfg.multiple:
         raise ValueError(f"patch_size {patch} must be a multiple of {cfg.multiple}")
@@ -452,9 +495,3 @@ def _checked_calibration(cal, n: int) -> dict | None:
     out["linear"] = lin
     return out
 
-
-def _calibration_for_file(cal: dict | None) -> dict | None:
-    """Keep what prediction needs plus the evaluation bins (JSON-safe floats)."""
-    if cal is None:
-        return None
-    return {k: v for k, v in cal.items()}

@@ -8,23 +8,21 @@ is kept (no blending), so memory stays bounded for any image size.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .._progress import Progress
 from ..tiling import count_tiles, iter_tiles, pad_to_multiple
 
 
-@dataclass
-class PredictProgress:
-    """Yielded while predicting: tiles done out of tiles x frames."""
+@dataclass(kw_only=True)
+class PredictProgress(Progress):
+    """Yielded while predicting (stage ``"predict"``): ``done`` of ``total`` tiles x frames."""
 
-    done: int
-    total: int
-    elapsed: float
+    stage: str = "predict"
 
 
 @dataclass
@@ -101,6 +99,7 @@ def tiled_sampling(
     out_channels: int,
     return_samples: bool,
     context: int = 0,
+    samples_out=None,
 ) -> Generator[tuple[int, int], None, dict]:
     """Run ``net_fn`` over (F, Y, X) normalised frames tile by tile, N samples each.
 
@@ -110,14 +109,26 @@ def tiled_sampling(
     Yields ``(tiles done, tiles total)``; returns a dict of numpy arrays in
     normalised units: ``mean`` and ``std`` (C, F, Y, X) (C = out_channels;
     std from N samples, unbiased; zero for N = 1) and ``samples``
-    (N, C, F, Y, X) or None.
+    (N, C, F, Y, X) or None.  ``samples_out``, a writable (N, C, F, Y, X)
+    array-like (e.g. a memory-mapped file), receives the samples instead of
+    an array in memory, so their size is bounded by the disk, not the RAM;
+    its C may be smaller than ``out_channels`` (the first C are kept).
     """
     import torch
 
     n_frames, h, w = frames.shape
     mean = np.zeros((out_channels, n_frames, h, w), np.float32)
     std = np.zeros_like(mean)
-    smp = np.zeros((samples, out_channels, n_frames, h, w), np.float32) if return_samples else None
+    smp = None
+    if return_samples:
+        shape = (samples, out_channels, n_frames, h, w)
+        if samples_out is not None:
+            # It may keep only the first channels (the structures, not their variances).
+            got = tuple(samples_out.shape)
+            if len(got) != 5 or got[0] != samples or not 1 <= got[1] <= out_channels \
+                    or got[2:] != shape[2:]:
+                raise ValueError(f"samples_out has shape {got}, not {shape}")
+        smp = np.zeros(shape, np.float32) if samples_out is None else samples_out
     total, done = 0, 0
     padded_shape = None
     for f in range(n_frames):
@@ -190,11 +201,7 @@ def _write_tile(tile, outs, crop, f, mean, std, smp):
     mean[:, f, oy, ox] = m.cpu().numpy()
     std[:, f, oy, ox] = s.cpu().numpy()
     if smp is not None:
-        smp[:, :, f, oy, ox] = part.cpu().numpy()
-
-
-def elapsed_since(t0: float) -> float:
-    return time.perf_counter() - t0
+        smp[:, :, f, oy, ox] = part[:, : smp.shape[1]].cpu().numpy()
 
 
 def tile_seams(shape: tuple[int, int], tile: int, overlap: int,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from .._errors import DuetInputError
-from .._progress import run_to_end
+from .._progress import Progress, run_to_end
 from ..noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
 from ._config import MAX_CHANNELS, MIN_CHANNELS, SplitConfig, TrainConfig
 from ._data import (
@@ -24,25 +26,92 @@ from ._data import (
 from ._model import SplitModel
 
 
-@dataclass
-class TrainProgress:
+@dataclass(kw_only=True)
+class TrainProgress(Progress):
     """Yielded during training (every step; losses refresh every ``log_every`` steps).
 
-    ``phase`` is ``"noise_model"`` while bootstrapping the noise models,
-    ``"train"`` during the epochs and ``"calibrate"`` at the end.
+    ``stage`` is ``"noise_model"`` while bootstrapping the noise models
+    (``done`` of ``total`` channels), ``"train"`` during the epochs (``done``
+    of ``total`` steps over all planned epochs, filled from ``epoch``,
+    ``step`` and ``steps_per_epoch``) and ``"calibrate"`` at the end.
+    ``phase`` is the older name of ``stage``.
     """
 
-    epoch: int
-    epochs: int
-    step: int
-    steps_per_epoch: int
-    losses: dict[str, float] = field(default_factory=dict)
+    stage: str = "train"
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
     val_loss: float | None = None
-    elapsed: float = 0.0
-    eta: float | None = None
-    phase: str = "train"
     lr: float | None = None
     best_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage == "train" and self.steps_per_epoch > 0:
+            self.done = max(self.epoch - 1, 0) * self.steps_per_epoch + self.step
+            self.total = self.epochs * self.steps_per_epoch
+
+    @property
+    def phase(self) -> str:
+        """Older name of :attr:`stage`."""
+        return self.stage
+
+    @property
+    def fraction(self) -> float:
+        """Share of the run: noise models 5 %, epochs 90 %, calibration 5 %.
+
+        Early stopping ends the epochs before their share is reached.
+        """
+        within = min(max(self.done / self.total, 0.0), 1.0) if self.total > 0 else 0.0
+        if self.stage == "noise_model":
+            return 0.05 * within
+        if self.stage == "calibrate":
+            within = 1.0  # the epochs are over (early stopping may end them sooner)
+        return 0.05 + 0.9 * within
+
+
+@dataclass
+class SplitTrainResult:
+    """What :func:`train` / :func:`iter_train` give back.
+
+    Attributes
+    ----------
+    model : SplitModel
+        The best model by validation loss (calibrated when asked).
+    history : list of dict
+        One entry per epoch run: ``epoch``, mean training ``losses``,
+        ``val_loss`` and ``lr``.
+    """
+
+    model: SplitModel
+    history: list[dict] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable summary: network, training facts, calibration, versions."""
+        from .._versions import versions
+
+        m = self.model
+        cal = m.calibration or {}
+        return {
+            "method": "denoisplit",
+            "config": m.config.to_dict(),
+            "channel_names": list(m.channel_names),
+            "patch_size": m.patch_size,
+            "training": m.training,
+            "history": self.history,
+            "calibration": {k: cal.get(k) for k in ("scalar", "linear", "samples", "rmse",
+                                                    "naive_rmse") if k in cal} or None,
+            "versions": versions(),
+        }
+
+    def __getattr__(self, name: str):
+        # ``train`` returned the model itself before; forward its attributes so that
+        # existing scripts keep working, with a warning.
+        if name.startswith("__") or name in ("model", "history"):
+            raise AttributeError(name)
+        warnings.warn("denoisplit.train now returns a SplitTrainResult: use result.model."
+                      f"{name}", DeprecationWarning, stacklevel=2)
+        return getattr(self.model, name)
 
 
 class FlatGrads:
@@ -91,6 +160,7 @@ def make_train_step(net, opt, sampler: PatchSampler, *, batch_size: int, loss_kw
     """
     import torch
 
+    from .. import distributed as ddp
     from ._losses import split_loss
 
     grads = FlatGrads(net.parameters())
@@ -102,7 +172,8 @@ def make_train_step(net, opt, sampler: PatchSampler, *, batch_size: int, loss_kw
         parts = split_loss(out.float(), [k.float() for k in kls], tgt, **loss_kw)
         grads.zero()
         parts["loss"].backward()
-        ok = grads.sanitise(parts["loss"], grad_clip)
+        # Skipped on every rank when any rank's loss is non-finite (ranks stay equal).
+        ok = grads.sanitise(ddp.sum_(parts["loss"].detach()), grad_clip)
         opt.step()
         return parts, ok
 
@@ -134,7 +205,7 @@ def iter_train(
     noise_models: Sequence[GaussianMixtureNoiseModel] | None = None,
     channel_names: Sequence[str] | None = None,
     bootstrap_kwargs: dict | None = None,
-) -> Generator[TrainProgress, None, SplitModel]:
+) -> Generator[TrainProgress, None, SplitTrainResult]:
     """Train a splitting model on N noisy single-structure acquisitions (N = 2 to 4).
 
     The network sees their sum and learns to give back each structure (each
@@ -165,27 +236,87 @@ def iter_train(
     TrainProgress
     Returns
     -------
-    SplitModel
-        The best model by validation loss, calibrated on the validation data
-        when ``train_config.calibrate``.
+    SplitTrainResult
+        ``.model``: the best model by validation loss, calibrated on the
+        validation data when ``train_config.calibrate``; ``.report()``.
     """
     channels, rest = _channels_and_rest(args)
     if len(rest) > 3:
         raise TypeError("iter_train takes channels, config, train_config, noise_models")
     given = dict(zip(("config", "train_config", "noise_models"), rest, strict=False))
-    config = given.get("config", config)
-    train_config = given.get("train_config", train_config)
-    noise_models = given.get("noise_models", noise_models)
+    cfg, tc, names = _resolve_configs(len(channels), given.get("config", config),
+                                      given.get("train_config", train_config), channel_names)
+    run = _prepare(channels, cfg, tc, names)
+    run.nms = yield from _noise_models(run, channels, given.get("noise_models", noise_models),
+                                       bootstrap_kwargs)
+    _build(run)
+    _resume(run)
+    run.net.train()
+    for epoch in range(run.start, tc.epochs + 1):
+        out_of_time = yield from _train_epoch(run, epoch)
+        _end_epoch(run, epoch)
+        yield run.progress(epoch=epoch, step=run.steps)
+        if out_of_time or run.bad_epochs >= tc.early_stopping:
+            break
+    model = _final_model(run)
+    if tc.calibrate and run.ddp.is_main():  # only rank 0's model is saved
+        yield run.progress(stage="calibrate", epoch=run.epochs_run, step=run.steps)
+        model.calibration = calibrate_on(model, run.data.val, samples=tc.calib_samples,
+                                         seed=tc.seed)
+    model.to(run.device)
+    return SplitTrainResult(model, run.history)
 
-    import torch
 
-    from ..devices import resolve_device, seed_everything
-    from ._losses import split_loss
-    from ._lvae import LadderVAE, count_parameters
+@dataclass
+class _Training:
+    """What one training run carries between its steps (set up by :func:`_prepare`)."""
 
+    cfg: SplitConfig
+    tc: TrainConfig
+    names: tuple[str, ...]
+    device: Any
+    data: Any  # prepared frames (train / val split)
+    input_norm: Any
+    target_norms: list
+    t0: float
+    ddp: Any  # the napari_duet.distributed module
+    nms: list[GaussianMixtureNoiseModel] | None = None
+    net: Any = None
+    opt: Any = None
+    sched: Any = None
+    sampler: PatchSampler | None = None
+    val_inp: Any = None  # the fixed validation patches
+    val_tgt: Any = None
+    steps: int = 0  # steps per epoch
+    loss_kw: dict = field(default_factory=dict)
+    use_amp: bool = False
+    train_step: Any = None
+    t_train: float = 0.0
+    budget: float | None = None  # seconds (None: no time limit)
+    best: tuple = (math.inf, None, 0)  # val loss, state, epoch
+    bad_epochs: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    val_loss: float | None = None
+    skipped: Any = None  # count of non-finite batches (a tensor: no host sync)
+    epochs_run: int = 0
+    history: list[dict] = field(default_factory=list)
+    start: int = 1  # first epoch to run
+    run_id: dict = field(default_factory=dict)
+
+    def progress(self, **kw) -> TrainProgress:
+        """A progress event with the run's current losses, learning rate and best epoch."""
+        kw.setdefault("elapsed", time.perf_counter() - self.t0)
+        kw.setdefault("best_epoch", self.best[2])
+        return TrainProgress(epochs=self.tc.epochs, steps_per_epoch=self.steps,
+                             losses=dict(self.losses), val_loss=self.val_loss,
+                             lr=self.opt.param_groups[0]["lr"], **kw)
+
+
+def _resolve_configs(n_ch: int, config, train_config, channel_names):
+    """Check the channel count and names; fit the network config to the channels and
+    likelihood; returns ``(config, train_config, names)``."""
     cfg = config or SplitConfig.default()
     tc = train_config or TrainConfig()
-    n_ch = len(channels)
     if not MIN_CHANNELS <= n_ch <= MAX_CHANNELS:
         raise DuetInputError(f"give {MIN_CHANNELS} to {MAX_CHANNELS} channels (one noisy "
                              f"acquisition per structure), got {n_ch}")
@@ -204,157 +335,221 @@ def iter_train(
             f"patch size {tc.patch_size} must be a multiple of {cfg.multiple} "
             f"(2^{cfg.n_levels} for {cfg.n_levels} levels)"
         )
-    device = resolve_device(tc.device)
+    return cfg, tc, names
+
+
+def _prepare(channels, cfg: SplitConfig, tc: TrainConfig, names) -> _Training:
+    """Pick the device, seed the generators, split the data and fit the normalisers."""
+    from .. import distributed as ddp
+    from ..devices import resolve_device, seed_everything
+
+    device = ddp.rank_device(resolve_device(tc.device))  # cuda:LOCAL_RANK under torchrun
     rng = seed_everything(tc.seed)
     t0 = time.perf_counter()
     data = prepare_data(*channels, patch_size=tc.patch_size,
                         val_fraction=tc.val_fraction, rng=rng)
     input_norm, target_norms = fit_normalizers(data.train)
+    return _Training(cfg=cfg, tc=tc, names=names, device=device, data=data,
+                     input_norm=input_norm, target_norms=target_norms, t0=t0, ddp=ddp)
 
-    # ---- noise models
-    nms = None
-    if tc.likelihood == "noise_model":
-        if noise_models is None:
-            nms = []
-            for c in range(n_ch):
-                yield TrainProgress(0, tc.epochs, 0, 0, elapsed=time.perf_counter() - t0,
-                                    phase="noise_model")
-                frames = _channel_frames(channels[c])
-                kw = {"device": tc.device, "seed": tc.seed, **(bootstrap_kwargs or {})}
-                nms.append(bootstrap_noise_model(frames, **kw))
-        else:
-            nms = list(noise_models)
-            if len(nms) != n_ch or not all(
-                isinstance(n, GaussianMixtureNoiseModel) for n in nms
-            ):
-                raise DuetInputError(
-                    f"noise_models must be {n_ch} GaussianMixtureNoiseModel, one per channel")
-        for nm in nms:
-            nm.to(device)
 
-    # ---- network, optimiser
+def _noise_models(run: _Training, channels, given, bootstrap_kwargs):
+    """The channels' noise models (given, or bootstrapped); None without that likelihood."""
+    tc, n_ch = run.tc, len(channels)
+    if tc.likelihood != "noise_model":
+        return None
+    if given is None:
+        nms = []
+        for c in range(n_ch):
+            yield TrainProgress(stage="noise_model", done=c, total=n_ch, epochs=tc.epochs,
+                                elapsed=time.perf_counter() - run.t0)
+            frames = _channel_frames(channels[c])
+            kw = {"device": tc.device, "seed": tc.seed, **(bootstrap_kwargs or {})}
+            # Fitted once, on rank 0, so every rank trains with the same noise models.
+            nms.append(run.ddp.on_main(bootstrap_noise_model, frames, **kw))
+    else:
+        nms = list(given)
+        if len(nms) != n_ch or not all(isinstance(n, GaussianMixtureNoiseModel) for n in nms):
+            raise DuetInputError(
+                f"noise_models must be {n_ch} GaussianMixtureNoiseModel, one per channel")
+    for nm in nms:
+        nm.to(run.device)
+    return nms
+
+
+def _build(run: _Training) -> None:
+    """Build the network, optimiser, scheduler, patch samplers and the training step."""
+    import torch
+
+    from ._lvae import LadderVAE
+
+    cfg, tc, device, ddp = run.cfg, run.tc, run.device, run.ddp
     torch.manual_seed(tc.seed)
     net = LadderVAE(cfg, tc.patch_size).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)  # tensor-core friendly layout
-    opt = torch.optim.Adamax(net.parameters(), lr=tc.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=1e-12
+    run.net = net
+    run.opt = torch.optim.Adamax(net.parameters(), lr=tc.lr)
+    run.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        run.opt, mode="min", factor=tc.lr_factor, patience=tc.lr_patience, min_lr=1e-12
     )
-    use_amp = tc.mixed_precision and device.type == "cuda"
-    sampler = PatchSampler(data.train, input_norm, target_norms, patch_size=tc.patch_size,
-                           device=device, seed=tc.seed, augment=tc.augment,
-                           context=cfg.context_count)
-    val_sampler = PatchSampler(data.val, input_norm, target_norms, patch_size=tc.patch_size,
-                               device=device, seed=tc.seed, augment=False,
+    run.use_amp = tc.mixed_precision and device.type == "cuda"
+    run.sampler = PatchSampler(run.data.train, run.input_norm, run.target_norms,
+                               patch_size=tc.patch_size, device=device,
+                               seed=ddp.sampler_seed(tc.seed), augment=tc.augment,
                                context=cfg.context_count)
-    val_inp, val_tgt = val_sampler.patches_at(validation_positions(data.val, tc.patch_size))
-    del val_sampler
-    steps = tc.steps_per_epoch or default_steps_per_epoch(data.train, tc.patch_size,
-                                                          tc.batch_size)
-    t_mean = torch.tensor([n.offset for n in target_norms], device=device)
-    t_std = torch.tensor([n.scale for n in target_norms], device=device)
+    val_sampler = PatchSampler(run.data.val, run.input_norm, run.target_norms,
+                               patch_size=tc.patch_size, device=device, seed=tc.seed,
+                               augment=False, context=cfg.context_count)
+    run.val_inp, run.val_tgt = val_sampler.patches_at(
+        validation_positions(run.data.val, tc.patch_size))
+    run.steps = tc.steps_per_epoch or default_steps_per_epoch(run.data.train, tc.patch_size,
+                                                              tc.batch_size)
+    t_mean = torch.tensor([n.offset for n in run.target_norms], device=device)
+    t_std = torch.tensor([n.scale for n in run.target_norms], device=device)
     latent_sizes = [c * h * w for c, h, w in net.latent_shapes((tc.patch_size,) * 2)]
-    loss_kw = dict(likelihood=tc.likelihood, kl_form=tc.kl, latent_sizes=latent_sizes,
-                   free_bits=tc.free_bits, kl_weight=tc.kl_weight, noise_models=nms,
-                   target_mean=t_mean, target_std=t_std)
-    train_step = make_train_step(net, opt, sampler, batch_size=tc.batch_size, loss_kw=loss_kw,
-                                 use_amp=use_amp, grad_clip=tc.grad_clip)
+    run.loss_kw = dict(likelihood=tc.likelihood, kl_form=tc.kl, latent_sizes=latent_sizes,
+                       free_bits=tc.free_bits, kl_weight=tc.kl_weight, noise_models=run.nms,
+                       target_mean=t_mean, target_std=t_std)
+    run.train_step = make_train_step(ddp.wrap(net, device), run.opt, run.sampler,
+                                     batch_size=tc.batch_size, loss_kw=run.loss_kw,
+                                     use_amp=run.use_amp, grad_clip=tc.grad_clip)
+    ddp.reseed(tc.seed)  # under torchrun: each rank its own latent samples
+    run.budget = None if tc.max_minutes is None else 60.0 * tc.max_minutes
+    run.t_train = time.perf_counter()
+    run.skipped = torch.zeros((), device=device)
 
-    def validate() -> float:
-        net.eval()
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, val_inp.shape[0], tc.batch_size):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    # Posterior means of the latents: a deterministic, comparable loss.
-                    out, _ = net(val_inp[i : i + tc.batch_size], compute_kl=False,
-                                 sample=False)
-                parts = split_loss(out.float(), None, val_tgt[i : i + tc.batch_size],
-                                   **loss_kw)
-                b = out.shape[0]
-                total += float(parts["recons"]) * b
-                n += b
-        net.train()
-        return total / max(n, 1)
 
-    budget = None if tc.max_minutes is None else 60.0 * tc.max_minutes
-    t_train = time.perf_counter()
-    best = (math.inf, None, 0)  # val loss, state, epoch
-    bad_epochs = 0
-    losses: dict[str, float] = {}
-    val_loss = None
-    skipped = torch.zeros((), device=device)
-    epochs_run = 0
-    stop = False
+def _resume(run: _Training) -> None:
+    """Go on where a checkpoint of this run stopped (``tc.resume``), if there is one."""
+    from ._resume import restore, run_identity
+
+    tc = run.tc
+    run.run_id = run_identity(run.cfg, tc, run.data.shape, run.names)
+    state = _resumable(tc, run.run_id)
+    if state is None:
+        return
+    best_w = restore(state, net=run.net, opt=run.opt, sched=run.sched, sampler=run.sampler,
+                     device=run.device)
+    run.best = (state.best_val, best_w if state.best_epoch else None, state.best_epoch)
+    run.bad_epochs, run.val_loss = state.bad_epochs, state.val_loss
+    run.losses = dict(state.losses)
+    run.history, run.epochs_run = list(state.history), state.epoch
+    run.start = state.epoch + 1
+    run.skipped += state.skipped
+    if run.bad_epochs >= tc.early_stopping:
+        run.start = tc.epochs + 1
+
+
+def _train_epoch(run: _Training, epoch: int):
+    """Run one epoch's steps, yielding progress after each; returns whether time ran out."""
+    import torch
+
+    tc, steps = run.tc, run.steps
+    acc: dict[str, torch.Tensor] = {}
+    acc_n = 0
+    for step in range(1, steps + 1):
+        # A non-finite batch is skipped without a host sync: its gradient becomes zero.
+        parts, ok = run.train_step()
+        run.skipped += (~ok).to(run.skipped.dtype)
+        for k, v in parts.items():
+            acc[k] = acc.get(k, 0.0) + v.detach()
+        acc_n += 1
+        if step % tc.log_every == 0 or step == steps:
+            run.losses = {k: float(v) / acc_n for k, v in acc.items()}
+        yield run.progress(epoch=epoch, step=step, eta=_eta(run, epoch, step),
+                           best_epoch=run.best[2] or None)
+        if run.budget is not None and run.ddp.agree(
+                time.perf_counter() - run.t_train > run.budget):
+            return True
+    return False
+
+
+def _eta(run: _Training, epoch: int, step: int) -> float | None:
+    """Seconds of training left (all planned epochs, at most the time budget left)."""
+    done_frac = ((epoch - 1) * run.steps + step) / (run.tc.epochs * run.steps)
+    train_el = time.perf_counter() - run.t_train
+    eta = train_el / done_frac * (1 - done_frac) if done_frac > 0 else None
+    if run.budget is not None:
+        eta = min(eta or run.budget, max(run.budget - train_el, 0.0))
+    return eta
+
+
+def _end_epoch(run: _Training, epoch: int) -> None:
+    """Validate, step the scheduler, keep the best weights, write the checkpoint."""
+    from ._resume import state_parts
+
+    run.epochs_run = epoch
+    # Rank 0's validation loss: the same decisions on every rank.
+    run.val_loss = run.ddp.broadcast_float(_validate(run))
+    lr = run.opt.param_groups[0]["lr"]
+    run.history.append({"epoch": epoch, "losses": dict(run.losses), "val_loss": run.val_loss,
+                        "lr": lr})
+    run.sched.step(run.val_loss)
+    if run.val_loss < run.best[0]:
+        run.best = (run.val_loss, copy.deepcopy(run.net.state_dict()), epoch)
+        run.bad_epochs = 0
+    else:
+        run.bad_epochs += 1
+    if run.tc.checkpoint_path and run.ddp.is_main():
+        resume = state_parts(net=run.net, opt=run.opt, sched=run.sched, sampler=run.sampler,
+                             epoch=epoch, best=run.best, bad_epochs=run.bad_epochs,
+                             val_loss=run.val_loss, losses=run.losses, history=run.history,
+                             skipped=int(run.skipped), run=run.run_id)
+        best_w = run.best[1] if run.best[1] is not None else run.net.state_dict()
+        _checkpoint(run.net, best_w, run.cfg, run.tc, run.input_norm, run.target_norms,
+                    run.nms, run.names, run.data, run.best[2], resume)
+
+
+def _validate(run: _Training) -> float:
+    """Mean reconstruction loss on the fixed validation patches."""
+    import torch
+
+    from ._losses import split_loss
+
+    net, bs = run.net, run.tc.batch_size
+    net.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, run.val_inp.shape[0], bs):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.use_amp):
+                # Posterior means of the latents: a deterministic, comparable loss.
+                out, _ = net(run.val_inp[i : i + bs], compute_kl=False, sample=False)
+            parts = split_loss(out.float(), None, run.val_tgt[i : i + bs], **run.loss_kw)
+            b = out.shape[0]
+            total += float(parts["recons"]) * b
+            n += b
     net.train()
-    for epoch in range(1, tc.epochs + 1):
-        acc: dict[str, torch.Tensor] = {}
-        acc_n = 0
-        for step in range(1, steps + 1):
-            # A non-finite batch is skipped without a host sync: its gradient becomes zero.
-            parts, ok = train_step()
-            skipped += (~ok).to(skipped.dtype)
-            for k, v in parts.items():
-                acc[k] = acc.get(k, 0.0) + v.detach()
-            acc_n += 1
-            if step % tc.log_every == 0 or step == steps:
-                losses = {k: float(v) / acc_n for k, v in acc.items()}
-            elapsed = time.perf_counter() - t0
-            done_frac = ((epoch - 1) * steps + step) / (tc.epochs * steps)
-            train_el = time.perf_counter() - t_train
-            eta = train_el / done_frac * (1 - done_frac) if done_frac > 0 else None
-            if budget is not None:
-                eta = min(eta or budget, max(budget - train_el, 0.0))
-            yield TrainProgress(epoch, tc.epochs, step, steps, dict(losses), val_loss,
-                                elapsed, eta, "train", opt.param_groups[0]["lr"], best[2] or None)
-            if budget is not None and time.perf_counter() - t_train > budget:
-                stop = True
-                break
-        epochs_run = epoch
-        val_loss = validate()
-        sched.step(val_loss)
-        if val_loss < best[0]:
-            best = (val_loss, copy.deepcopy(net.state_dict()), epoch)
-            bad_epochs = 0
-            if tc.checkpoint_path:
-                _checkpoint(net, best[1], cfg, tc, input_norm, target_norms, nms,
-                            names, data, epoch)
-        else:
-            bad_epochs += 1
-        yield TrainProgress(epoch, tc.epochs, steps, steps, dict(losses), val_loss,
-                            time.perf_counter() - t0, None, "train",
-                            opt.param_groups[0]["lr"], best[2])
-        if stop or bad_epochs >= tc.early_stopping:
-            break
-    if best[1] is not None:
-        net.load_state_dict(best[1])
+    return total / max(n, 1)
+
+
+def _final_model(run: _Training) -> SplitModel:
+    """The best weights as a :class:`SplitModel`, with the facts of the training."""
+    from ..networks import count_parameters
+
+    net, tc, ddp = run.net, run.tc, run.ddp
+    if run.best[1] is not None:
+        net.load_state_dict(run.best[1])
     net.zero_grad(set_to_none=True)  # release the gradient buffer
     net.eval()
     training = {
-        "data_shape": list(data.shape),
-        "split": data.split,
-        "val_overlaps_train": data.val_overlaps_train,
-        "epochs_run": epochs_run,
-        "best_epoch": best[2],
-        "best_val_loss": None if not math.isfinite(best[0]) else best[0],
-        "steps_per_epoch": steps,
-        "skipped_batches": int(skipped),
-        "train_seconds": time.perf_counter() - t_train,
+        "data_shape": list(run.data.shape),
+        "split": run.data.split,
+        "val_overlaps_train": run.data.val_overlaps_train,
+        "epochs_run": run.epochs_run,
+        "best_epoch": run.best[2],
+        "best_val_loss": None if not math.isfinite(run.best[0]) else run.best[0],
+        "steps_per_epoch": run.steps,
+        "skipped_batches": int(run.skipped),
+        "train_seconds": time.perf_counter() - run.t_train,
         "n_parameters": count_parameters(net),
-        "train_config": tc.to_dict(),
+        "train_config": tc.model_dict(),  # the recipe; run-time options left out
+        "world_size": ddp.world_size(),
+        "global_batch_size": tc.batch_size * ddp.world_size(),
     }
-    model = SplitModel(net, cfg, patch_size=tc.patch_size, input_norm=input_norm,
-                       target_norms=target_norms, noise_models=nms,
-                       channel_names=names, training=training)
-    if tc.calibrate:
-        yield TrainProgress(epochs_run, tc.epochs, steps, steps, dict(losses), val_loss,
-                            time.perf_counter() - t0, None, "calibrate",
-                            opt.param_groups[0]["lr"], best[2])
-        model.calibration = calibrate_on(model, data.val, samples=tc.calib_samples,
-                                         seed=tc.seed)
-    model.to(device)
-    return model
+    return SplitModel(net, run.cfg, patch_size=tc.patch_size, input_norm=run.input_norm,
+                      target_norms=run.target_norms, noise_models=run.nms,
+                      channel_names=run.names, training=training)
 
 
 def _channel_frames(x) -> np.ndarray:
@@ -415,13 +610,39 @@ def _split_errors(mean, target, inp) -> dict:
     return {"rmse": rmse, "naive_rmse": naive}
 
 
-def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data, epoch):
-    """Write the best weights so far to ``tc.checkpoint_path`` (no calibration yet)."""
+def _resumable(tc: TrainConfig, run_id: dict):
+    """The state to resume from (``tc.resume`` and a checkpoint of this run), or None."""
+    from pathlib import Path
+
+    from ._resume import read_state
+
+    if not (tc.resume and tc.checkpoint_path and Path(tc.checkpoint_path).is_file()):
+        return None
+    state = read_state(tc.checkpoint_path)
+    name = Path(tc.checkpoint_path).name
+    if state is None:
+        raise DuetInputError(f"{name} holds no training state to resume: choose another "
+                             "checkpoint file (or remove it to start afresh)")
+    if state.run != run_id:
+        diff = sorted(k for k in run_id if state.run.get(k) != run_id[k])
+        raise DuetInputError(f"{name} is the checkpoint of another run ({', '.join(diff)} "
+                             "differ): choose another checkpoint file, or remove it to start "
+                             "afresh")
+    return state
+
+
+def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data, epoch,
+                resume=None):
+    """Write the best weights so far to ``tc.checkpoint_path`` (no calibration yet), and
+    with ``resume`` (header, tensors) what training needs to go on (see ``_resume.py``)."""
     import torch
 
     from ._lvae import LadderVAE
 
-    snap = LadderVAE(cfg, tc.patch_size)
+    # Building a network draws its initial weights: on a forked generator, so that
+    # writing a checkpoint leaves the run's random numbers (and its result) alone.
+    with torch.random.fork_rng(devices=[]):
+        snap = LadderVAE(cfg, tc.patch_size)
     snap.load_state_dict({k: v.detach().to("cpu") for k, v in state.items()})
     cpu_nms = None
     if nms:
@@ -431,9 +652,12 @@ def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data,
         SplitModel(snap, cfg, patch_size=tc.patch_size, input_norm=input_norm,
                    target_norms=target_norms, noise_models=cpu_nms, channel_names=names,
                    training={"data_shape": list(data.shape), "checkpoint_epoch": epoch},
-                   ).save(tc.checkpoint_path)
+                   ).save(tc.checkpoint_path, resume=resume)
 
 
-def train(*args, callback=None, **kwargs) -> SplitModel:
-    """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every TrainProgress."""
+def train(*args, callback=None, **kwargs) -> SplitTrainResult:
+    """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every TrainProgress.
+
+    Returns a :class:`SplitTrainResult` (the model is ``.model``).
+    """
     return run_to_end(iter_train(*args, **kwargs), callback)

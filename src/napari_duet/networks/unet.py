@@ -118,11 +118,6 @@ class UNet2D(nn.Module):
         }
 
 
-def count_parameters(net: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-
 @torch.no_grad()
 def predict_2d(
     net: nn.Module,

@@ -21,6 +21,12 @@ per-slice filters, so recomputing them in the halo changes nothing.
 
 Peak memory: a slab plus its halo (``slab + 4`` planes) and the network's
 tiles; the number of slices never matters.
+
+Every pass is a set of slab tasks run by a :class:`~napari_duet._chunks.TaskRunner`:
+here, one after the other, or on dask workers, which read their slab from the
+input and write their denoised slab straight into the output store (whole
+chunks along the slice axis), while the histograms and guide differences come
+back to be combined here.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from .._chunks import TaskRunner, blocks, resolve, resolve_model, with_halo, worker_threads
 from .._errors import DuetInputError
+from .._progress import Progress
 from ..intensity import Normalizer
 from ._volume import NORM_HIGH, NORM_LOW, StackLayout, layout_for
 
@@ -44,22 +52,23 @@ _MAX_SLAB = 16
 
 
 @dataclass
-class ChunkProgress:
+class ChunkProgress(Progress):
     """Progress of :func:`iter_denoise_chunked`: ``done`` of ``total`` units of ``stage``.
 
     Stages: ``"statistics"`` (slabs read for the normalisation and tau) and
     ``"denoise"`` (slices denoised; ``slab`` of ``slabs`` finished, ``skipped``
-    of them done by an earlier, interrupted run).
+    of them done by an earlier, interrupted run).  ``stage``, ``done`` and
+    ``total`` may be given by position; ``elapsed`` and ``eta`` (None:
+    unknown) as keywords.
     """
 
-    stage: str
-    done: int
-    total: int
+    # Redeclared without kw_only so that they stay positional.
+    stage: str = ""
+    done: int = 0
+    total: int = 0
     slab: int = 0
     slabs: int = 0
     skipped: int = 0
-    elapsed: float = 0.0
-    eta: float = 0.0
 
 
 def auto_slab(plane_pixels: int) -> int:
@@ -145,32 +154,49 @@ def _percentile_from_order_stats(n: int, qs: tuple[float, ...], value) -> list[n
 
 
 # ---------------------------------------------------------------------- the passes
-def _fit_normalizer(read: Callable[[int, int], np.ndarray], n_z: int, slab: int,
-                    tick: Callable[[], None]) -> Normalizer:
-    """The percentile normaliser of a stack read slab by slab (as ``fit_normalizer``)."""
-    hist = np.zeros(65536, np.int64)
-    n = 0
-    for z0 in range(0, n_z, slab):
-        k = _keys(read(z0, min(z0 + slab, n_z)))
-        hist += np.bincount(k >> np.uint32(16), minlength=65536)
-        n += k.size
-        tick()
+# Each pass is a set of tasks, one per slab, run by a TaskRunner (here or on dask
+# workers); the partial results are combined here, in slab order.
+def _read(source, layout: StackLayout, s: int, z0: int, z1: int) -> np.ndarray:
+    worker_threads()
+    return StackIO(layout).read(resolve(source), s, z0, z1)
+
+
+def _task_high(task, source, layout) -> tuple[np.ndarray, int]:
+    s, z0, z1 = task
+    k = _keys(_read(source, layout, s, z0, z1))
+    return np.bincount(k >> np.uint32(16), minlength=65536), int(k.size)
+
+
+def _task_low(task, source, layout, wanted) -> dict[int, np.ndarray]:
+    s, z0, z1 = task
+    k = _keys(_read(source, layout, s, z0, z1))
+    top = k >> np.uint32(16)
+    out = {}
+    for b in wanted[s]:
+        sel = k[top == b] & np.uint32(0xFFFF)
+        if sel.size:
+            out[b] = np.bincount(sel, minlength=65536)
+    return out
+
+
+def _task_tau(task, source, layout, norms, config, stride: int, plane: int) -> np.ndarray:
+    """The strided guide differences of the pairs ``(z0-1, z0) .. (z1-2, z1-1)`` of a slab."""
+    from ._guide import guide_stack
+
+    s, z0, z1 = task
+    first = max(z0 - 1, 0)  # the slice before the slab pairs with its first slice
+    norm = Normalizer(**norms[s])
+    guides = guide_stack(norm.forward(_read(source, layout, s, first, z1)), config)
+    flat = np.abs(np.diff(guides, axis=0)).astype(np.float32, copy=False).ravel()
+    return flat[(-first * plane) % stride::stride].copy()
+
+
+def _normalizer_from(n: int, hist: np.ndarray, low_hist: dict[int, np.ndarray]) -> Normalizer:
     ranks = []
     for q in (NORM_LOW, NORM_HIGH):
         ranks += list(_virtual_index(n, q)[:2])
-    hi_bins = _rank_bins(hist, ranks)
-    wanted = sorted({b for b, _ in hi_bins})
-    low_hist = {b: np.zeros(65536, np.int64) for b in wanted}
-    for z0 in range(0, n_z, slab):
-        k = _keys(read(z0, min(z0 + slab, n_z)))
-        top = k >> np.uint32(16)
-        for b in wanted:
-            sel = k[top == b] & np.uint32(0xFFFF)
-            if sel.size:
-                low_hist[b] += np.bincount(sel, minlength=65536)
-        tick()
     exact = {}
-    for r, (b, within) in zip(ranks, hi_bins, strict=True):
+    for r, (b, within) in zip(ranks, _rank_bins(hist, ranks), strict=True):
         (lb, _), = _rank_bins(low_hist[b], [within])
         exact[r] = _from_key((b << 16) | lb)
     lo_v, hi_v = _percentile_from_order_stats(n, (NORM_LOW, NORM_HIGH), exact.__getitem__)
@@ -180,29 +206,93 @@ def _fit_normalizer(read: Callable[[int, int], np.ndarray], n_z: int, slab: int,
     return Normalizer(offset=float(lo_v), scale=scale)
 
 
-def _fit_tau(read_norm: Callable[[int, int], np.ndarray], n_z: int, plane: int, slab: int,
-             config, tick: Callable[[], None]) -> float:
-    """``auto_tau`` of the stack's guide differences, with the in-memory subsampling."""
-    from ._guide import guide_stack
-    from ._weights import auto_tau
+def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, model,
+                t0: float) -> Generator[ChunkProgress, None, tuple[list[Normalizer], list]]:
+    """Per-stack normalisers (exact percentiles, two passes) and taus (one more pass)."""
+    n_s, n_z = layout.n_stacks, layout.shape[layout.axis]
+    plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
+    tasks = [(s, z0, z1) for s in range(n_s) for z0, z1 in blocks(n_z, slab)]
+    fit_tau = model.is_context and model.config.tau is None
+    total = len(tasks) * (3 if fit_tau else 2)
+    count = 0
 
-    size = (n_z - 1) * plane
-    stride = size // 1_000_000 if size > 2_000_000 else 1
-    parts, prev = [], None
-    for z0 in range(0, n_z, slab):
-        guides = guide_stack(read_norm(z0, min(z0 + slab, n_z)), config)
-        if prev is not None:
-            guides = np.concatenate([prev[None], guides])
-            first_pair = z0 - 1
-        else:
-            first_pair = 0
-        diffs = np.abs(np.diff(guides, axis=0)).astype(np.float32, copy=False)
-        flat = diffs.ravel()
-        start = (-first_pair * plane) % stride
-        parts.append(flat[start::stride].copy())
-        prev = guides[-1]
-        tick()
-    return auto_tau(np.concatenate(parts), config.tau_factor)
+    def tick() -> ChunkProgress:
+        nonlocal count
+        count += 1
+        return ChunkProgress("statistics", count, total, elapsed=time.perf_counter() - t0)
+
+    hist = np.zeros((n_s, 65536), np.int64)
+    sizes = [0] * n_s
+    for (s, _, _), (h, n) in runner.run(_task_high, tasks, source, layout):
+        hist[s] += h
+        sizes[s] += n
+        yield tick()
+    wanted = []
+    for s in range(n_s):
+        ranks = []
+        for q in (NORM_LOW, NORM_HIGH):
+            ranks += list(_virtual_index(sizes[s], q)[:2])
+        wanted.append(sorted({b for b, _ in _rank_bins(hist[s], ranks)}))
+    low = [{b: np.zeros(65536, np.int64) for b in wanted[s]} for s in range(n_s)]
+    for (s, _, _), parts in runner.run(_task_low, tasks, source, layout, wanted):
+        for b, h in parts.items():
+            low[s][b] += h
+        yield tick()
+    norms = [_normalizer_from(sizes[s], hist[s], low[s]) for s in range(n_s)]
+    taus: list[float] = []
+    if model.is_context and not fit_tau:
+        taus = [float(model.config.tau)] * n_s
+    elif fit_tau:
+        from ._weights import auto_tau
+
+        size = (n_z - 1) * plane
+        stride = size // 1_000_000 if size > 2_000_000 else 1  # as the in-memory path
+        parts: dict[tuple, np.ndarray] = {}
+        for task, part in runner.run(_task_tau, tasks, source, layout,
+                                     [n.to_dict() for n in norms], model.config, stride, plane):
+            parts[task] = part
+            yield tick()
+        for s in range(n_s):
+            mine = [parts[t] for t in tasks if t[0] == s]
+            taus.append(auto_tau(np.concatenate(mine), model.config.tau_factor))
+    return norms, taus
+
+
+def _task_denoise(task, model, source, out, uncertainty, layout: StackLayout, halo: int,
+                  by_stack: dict, tta: bool) -> tuple[int, int]:
+    """Denoise slices ``z0..z1-1`` of stack ``s`` (read with the halo) into ``out``.
+
+    ``by_stack[s]`` is the stack's normaliser (as a dict) and tau.
+    """
+    import torch
+
+    s, z0, z1 = task
+    norm, tau = by_stack[s]
+    worker_threads()
+    model = resolve_model(model)
+    io = StackIO(layout)
+    normalizer = Normalizer(**norm)
+    a, b = with_halo(z0, z1, halo, layout.shape[layout.axis])
+    sub = normalizer.forward(io.read(resolve(source), s, a, b))
+    w = None
+    if model.is_context:
+        from ._guide import guide_stack
+        from ._weights import weight_maps
+
+        w = weight_maps(guide_stack(sub, model.config), model.config, tau=tau)[0]
+    den = np.empty((z1 - z0, *sub.shape[1:]), np.float32)
+    std = np.empty_like(den) if (tta and uncertainty is not None) else None
+    with torch.inference_mode():
+        for z in range(z0, z1):
+            mean, sd = model.predict_stack_slice(sub, z - a, w, tta)
+            den[z - z0] = normalizer.inverse(mean)
+            if std is not None:
+                std[z - z0] = normalizer.inverse_scale(sd)
+    # The slab is whole chunks of ``out`` along the axis: no other task writes them.
+    io.write(resolve(out), s, z0, den)
+    if std is not None:
+        io.write(resolve(uncertainty), s, z0, std)
+    return z0, z1
 
 
 def iter_denoise_chunked(
@@ -216,6 +306,8 @@ def iter_denoise_chunked(
     uncertainty=None,
     state: dict[str, Any] | None = None,
     save_state: Callable[[dict[str, Any]], None] | None = None,
+    runner: TaskRunner | None = None,
+    device: str = "auto",
 ) -> Generator[ChunkProgress, None, dict[str, Any]]:
     """Denoise ``source`` into ``out`` slab by slab, yielding progress.
 
@@ -223,8 +315,10 @@ def iter_denoise_chunked(
     ----------
     model : NSN2NModel
         The trained model.
-    source : array-like
-        nD volume (numpy, zarr, dask...); only slabs are read from it.
+    source : array-like or ImageRef
+        nD volume (numpy, zarr, dask...); only slabs are read from it.  On
+        dask workers: a zarr array in a local store or an
+        :class:`~napari_duet._chunks.ImageRef`.
     out, uncertainty : array-like
         Writable arrays of ``source``'s shape (e.g. zarr arrays); ``uncertainty``
         (optional, needs TTA) receives the spread over flips/rotations.
@@ -237,14 +331,17 @@ def iter_denoise_chunked(
     save_state : callable, optional
         Called with the state after the statistics and after every slab; store
         it so that a killed run can resume.
+    runner : TaskRunner, optional
+        Where the slab tasks run (default: here, one after the other).  On dask,
+        ``out`` and ``uncertainty`` must be zarr arrays in a local or shared store.
+    device : str
+        Device the workers load the model on (dask only).
 
     Returns the final state (``normalizers``, ``taus``, ``done``, ``slab``).
     """
-    import torch
-
     layout = layout_for(tuple(int(s) for s in source.shape), axis)
     tta = model.config.tta if tta is None else bool(tta)
-    io = StackIO(layout)
+    runner = runner or TaskRunner("local")
     n_s = layout.n_stacks
     n_z = layout.shape[layout.axis]
     plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
@@ -255,84 +352,41 @@ def iter_denoise_chunked(
     n_slabs = -(-n_z // slab)
     halo = CONTEXT_HALO if model.is_context else 0
     t0 = time.perf_counter()
+    src = runner.ref(source, "volume")
+    with_std = tta and uncertainty is not None
 
     # 1. Statistics (skipped when resuming: the saved ones give the same result).
     if "normalizers" not in state or ("taus" not in state and model.is_context):
-        passes = 3 if model.is_context else 2
-        total = n_s * n_slabs * passes
-        count = [0]
-        events: list[ChunkProgress] = []
-
-        def tick() -> None:
-            count[0] += 1
-            events.append(ChunkProgress("statistics", count[0], total,
-                                        elapsed=time.perf_counter() - t0))
-
-        norms, taus = [], []
-        for s in range(n_s):
-            def read(z0, z1, s=s):
-                return io.read(source, s, z0, z1)
-
-            norm = _fit_normalizer(read, n_z, slab, tick)
-            yield from events
-            events.clear()
-            norms.append(norm)
-            if model.is_context:
-                if model.config.tau is not None:
-                    taus.append(float(model.config.tau))
-                else:
-                    taus.append(_fit_tau(lambda z0, z1, read=read, norm=norm:
-                                         norm.forward(read(z0, z1)),
-                                         n_z, plane, slab, model.config, tick))
-                yield from events
-                events.clear()
+        norms, taus = yield from _statistics(runner, src, layout, slab, model, t0)
         state.update(slab=slab, normalizers=[n.to_dict() for n in norms], taus=taus, done=[])
         if save_state is not None:
             save_state(dict(state))
-    norms = [Normalizer(**d) for d in state["normalizers"]]
+    norm_dicts = list(state["normalizers"])
     taus = list(state.get("taus") or [])
     done = set(int(i) for i in state.get("done", []))
     skipped = len(done)
 
-    # 2. Denoise slab by slab.
+    # 2. Denoise slab by slab (task k of stack s has the number s * n_slabs + k).
     total_slices = n_s * n_z
     slices_done = sum(min(slab, n_z - (i % n_slabs) * slab) for i in done)
     computed = 0
     t1 = time.perf_counter()
-    for s in range(n_s):
-        for k in range(n_slabs):
-            idx = s * n_slabs + k
-            if idx in done:
-                continue
-            z0, z1 = k * slab, min((k + 1) * slab, n_z)
-            a, b = max(0, z0 - halo), min(n_z, z1 + halo)
-            sub = norms[s].forward(io.read(source, s, a, b))
-            w = None
-            if model.is_context:
-                from ._guide import guide_stack
-                from ._weights import weight_maps
-
-                w = weight_maps(guide_stack(sub, model.config), model.config, tau=taus[s])[0]
-            den = np.empty((z1 - z0, *sub.shape[1:]), np.float32)
-            std = np.empty_like(den) if (tta and uncertainty is not None) else None
-            with torch.inference_mode():
-                for z in range(z0, z1):
-                    mean, sd = model.predict_stack_slice(sub, z - a, w, tta)
-                    den[z - z0] = norms[s].inverse(mean)
-                    if std is not None:
-                        std[z - z0] = norms[s].inverse_scale(sd)
-            io.write(out, s, z0, den)
-            if std is not None:
-                io.write(uncertainty, s, z0, std)
-            done.add(idx)
-            state["done"] = sorted(done)
-            if save_state is not None:
-                save_state(dict(state))
-            slices_done += z1 - z0
-            computed += z1 - z0
-            el = time.perf_counter() - t1
-            eta = el / computed * (total_slices - slices_done)
-            yield ChunkProgress("denoise", slices_done, total_slices, slab=len(done),
-                                slabs=n_s * n_slabs, skipped=skipped,
-                                elapsed=time.perf_counter() - t0, eta=eta)
+    todo = [(s, z0, z1) for s in range(n_s) for k, (z0, z1) in enumerate(blocks(n_z, slab))
+            if s * n_slabs + k not in done]
+    by_stack = {s: (norm_dicts[s], taus[s] if taus else None) for s in range(n_s)}
+    payload = runner.model(model, device) if todo else None
+    dst, unc = runner.ref(out, "output"), runner.ref(uncertainty if with_std else None, "output")
+    for (s, z0, z1), _ in runner.run(_task_denoise, todo, payload, src, dst, unc, layout,
+                                     halo, by_stack, tta):
+        done.add(s * n_slabs + z0 // slab)
+        state["done"] = sorted(done)
+        if save_state is not None:
+            save_state(dict(state))
+        slices_done += z1 - z0
+        computed += z1 - z0
+        el = time.perf_counter() - t1
+        eta = el / computed * (total_slices - slices_done)
+        yield ChunkProgress("denoise", slices_done, total_slices, slab=len(done),
+                            slabs=n_s * n_slabs, skipped=skipped,
+                            elapsed=time.perf_counter() - t0, eta=eta)
     return state

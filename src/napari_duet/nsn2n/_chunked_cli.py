@@ -10,22 +10,13 @@ written slab by slab; the pyramid (OME-Zarr) or the TIFF is made at the end.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RECORD = "napari_duet"
-
-
-def _file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from .._chunks import ImageRef, RunRecord, TaskRunner, file_hash
 
 
 def _store_for(path: Path) -> Path:
@@ -34,46 +25,29 @@ def _store_for(path: Path) -> Path:
     return path if is_zarr_path(path) else path.with_name(path.name + ".partial.zarr")
 
 
-def _open_existing(store: Path, signature: dict[str, Any]):
-    """The level-0 array and saved state of an earlier run into ``store``, or None."""
-    import zarr
-
+def _level0(record: RunRecord):
     from .._errors import DuetInputError
-    from .._io import strict_jsonable
 
-    if not store.exists():
-        return None
     try:
-        group = zarr.open_group(str(store), mode="r+")
-        rec = dict(group.attrs.get(RECORD) or {})
-        arr = group["0"]
-    except Exception:
-        rec, arr = {}, None
-    if rec.get("run") != strict_jsonable(signature) or arr is None:
-        raise DuetInputError(f"{store} is not an interrupted run of this input, model and "
-                             "options: remove it or run without --resume")
-    return group, arr, rec.get("state") or {}
+        return record.group["0"]
+    except KeyError:
+        raise DuetInputError("the output to resume has no level 0: remove it or run without "
+                             "--resume") from None
 
 
 def run_chunked(args: argparse.Namespace) -> int:
     """Execute ``duet nsn2n --model M`` slab by slab (see the module docstring)."""
-    import numpy as np
+    import zarr
 
     from .._cli_progress import cli_run
     from .._errors import DuetInputError
-    from .._io import (
-        build_pyramid,
-        create_ome_zarr,
-        is_zarr_path,
-        open_image,
-        strict_jsonable,
-        write_json,
-        write_tiff_blocks,
-    )
+    from .._io import build_pyramid, is_zarr_path, open_image, write_json, write_tiff_blocks
+    from .._progress import run_to_end
     from .._versions import versions
     from ._chunked import auto_slab, iter_denoise_chunked
     from ._cli import _report_path
     from ._model import NSN2NModel
+    from ._store import create_store
     from ._volume import layout_for
 
     out = Path(args.output)
@@ -85,58 +59,45 @@ def run_chunked(args: argparse.Namespace) -> int:
         raise DuetInputError(f"--slab must be at least 1, got {args.slab}")
     tta = not args.no_tta
     unc_path = Path(args.uncertainty) if args.uncertainty and tta else None
+    runner = TaskRunner(args.scheduler)  # connects when entered, below
     with cli_run(args, "nsn2n") as bar:
         t0 = time.perf_counter()
         log = (lambda *_: None) if args.quiet else (lambda msg: bar.write(msg, file=sys.stderr))
         with bar.stage("load model"):
-            model = NSN2NModel.load(args.model, device=args.device)
+            # On dask the workers load it on --device; here it only plans the tasks.
+            model = NSN2NModel.load(args.model, device="cpu" if runner.distributed else args.device)
         signature = {"input": str(Path(args.volume).resolve()), "shape": list(source.shape),
                      "dtype": str(source.dtype), "axis": layout.axis,
-                     "model_sha256": _file_hash(args.model), "tta": tta,
+                     "model_sha256": file_hash(args.model), "tta": tta,
                      "uncertainty": unc_path is not None}
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
         stores = [_store_for(out)] + ([_store_for(unc_path)] if unc_path else [])
         state: dict[str, Any] | None = None
         arrays = []
         if args.resume:
-            found = [_open_existing(s, signature) for s in stores]
+            found = [RunRecord.open(s, signature) for s in stores]
             if all(f is not None for f in found):
-                group = found[0][0]
-                arrays = [f[1] for f in found]
-                state = found[0][2]
+                record = found[0]
+                arrays = [_level0(f) for f in found]
+                state = record.state
                 log(f"resuming {stores[0]}: {len(state.get('done', []))} slabs done")
             elif any(f is not None for f in found):
                 raise DuetInputError("--resume: the output and the uncertainty store do not "
                                      "belong to the same run; remove them")
         if state is None:
             slab = args.slab or auto_slab(plane)
-            chunks = [1] * len(layout.shape)
-            chunks[layout.axis] = min(slab, layout.shape[layout.axis])
-            for a in layout.plane_axes:
-                chunks[a] = min(512, layout.shape[a])
-            attrs = {RECORD: {"run": signature, "state": {}, "complete": False}}
-            arrays = [create_ome_zarr(s, tuple(source.shape), np.float32, meta,
-                                      chunks=tuple(chunks), attributes=attrs)
-                      for s in stores]
-            import zarr
-
-            group = zarr.open_group(str(stores[0]), mode="r+")
-
-        def save_state(st: dict[str, Any]) -> None:
-            group.attrs[RECORD] = strict_jsonable(
-                {"run": signature, "state": st, "complete": False})
+            arrays = [create_store(s, layout, meta, slab, signature) for s in stores]
+            record = RunRecord(zarr.open_group(str(stores[0]), mode="r+"), signature)
 
         log(f"applying {args.model} to {args.volume} {tuple(source.shape)} slab by slab")
-        gen = iter_denoise_chunked(model, source, arrays[0], axis=layout.axis, tta=tta,
-                                   slab=args.slab, state=state, save_state=save_state,
-                                   uncertainty=arrays[1] if unc_path else None)
-        final = None
-        while True:
-            try:
-                bar(next(gen))
-            except StopIteration as stop:
-                final = stop.value
-                break
+        with runner:
+            # Workers open the input by path; here the open array is read.
+            src = ImageRef.of(args.volume) if runner.distributed else source
+            gen = iter_denoise_chunked(model, src, arrays[0], axis=layout.axis, tta=tta,
+                                       slab=args.slab, state=state, save_state=record.save,
+                                       uncertainty=arrays[1] if unc_path else None,
+                                       runner=runner, device=args.device)
+            final = run_to_end(gen, bar)
         bar.finish()
         for store, path, arr in zip(stores, [out, unc_path], arrays, strict=False):
             if is_zarr_path(path):
@@ -148,13 +109,13 @@ def run_chunked(args: argparse.Namespace) -> int:
                     write_tiff_blocks(path, arr, pixel_info=meta.pixel_info())
                 shutil.rmtree(store, ignore_errors=True)
         if is_zarr_path(out):
-            group.attrs[RECORD] = strict_jsonable(
-                {"run": signature, "state": final, "complete": True})
+            record.finish(final)
         report = {
             "method": "nsn2n", "mode": "apply", "chunked": True, "model": str(args.model),
             "config": model.config.to_dict(), "model_info": model.info,
             "slab": final["slab"], "normalizers": final["normalizers"],
             "taus": final.get("taus"), "resumed": bool(args.resume and state),
+            "scheduler": runner.scheduler or "local",
             "versions": versions(), "input": str(args.volume),
             "input_shape": list(source.shape), "input_dtype": str(source.dtype),
             "axis": layout.axis, "output": str(out), "threads": bar.threads,

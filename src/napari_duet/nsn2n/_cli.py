@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .. import distributed as ddp
+from .._channels import CHANNEL_AXIS_HELP, channel_axis_arg
 from .._cli_progress import add_run_options, cli_run
 from ..devices import DEVICE_CHOICES
 
@@ -33,6 +35,9 @@ def register(subparsers) -> None:
                    "written beside it")
     p.add_argument("--axis", type=int, default=0, metavar="A",
                    help="slice axis: z of a stack or t of a time-lapse (default 0)")
+    p.add_argument("--channel-axis", type=channel_axis_arg, default="auto", metavar="C",
+                   help=CHANNEL_AXIS_HELP + "; each channel is denoised as its own stack, "
+                   "one network for all")
     p.add_argument("--budget", default=None, metavar="SECONDS",
                    help="training time in seconds, or 'auto' (default: by device and volume "
                    "size; the resolved value is in the report)")
@@ -59,6 +64,9 @@ def register(subparsers) -> None:
     p.add_argument("--slab", type=int, default=None, metavar="N",
                    help="with --model on large volumes: slices denoised per slab (default: "
                    "about 8 Mpx per slab, at most 16)")
+    from .._chunks import add_chunk_options
+
+    add_chunk_options(p, resume=False, unit="slabs", when="with --model")  # dask
     p.add_argument("--uncertainty", metavar="U.tif", default=None,
                    help="also write the uncertainty map (spread over flips/rotations), "
                    "TIFF or OME-Zarr as for -o")
@@ -68,7 +76,8 @@ def register(subparsers) -> None:
                    help="where to compute (default auto: CUDA, MPS, else CPU)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     add_run_options(p)
-    p.set_defaults(func=run)
+    # Under torchrun every rank runs the command; only rank 0 logs and writes.
+    p.set_defaults(func=lambda args: ddp.run_command(run, args), distributed=True)
 
 
 # A TIFF input is read lazily and denoised slab by slab (with --model) above this size.
@@ -79,12 +88,61 @@ def _wants_chunked(args: argparse.Namespace) -> bool:
     """Apply the model slab by slab: zarr in or out, --resume/--slab, or a large TIFF."""
     from .._io import is_tiff_path, is_zarr_path
 
-    if args.resume or args.slab is not None:
+    if args.resume or args.slab is not None or args.scheduler:
         return True
     if is_zarr_path(args.volume) or is_zarr_path(args.output):
         return True
     path = Path(args.volume)
     return is_tiff_path(path) and path.is_file() and path.stat().st_size > CHUNKED_TIFF_BYTES
+
+
+def _channels_first(volume, args: argparse.Namespace, meta):
+    """``(volume, slice axis, channel axis)`` with any channel axis moved first.
+
+    The engine takes axes beyond the slice axis and the plane as separate stacks
+    (one network for all), so each channel becomes its own stack; outputs are
+    moved back.  One image with channels, (Y, X, C), has no slices: refused.
+    """
+    import numpy as np
+
+    from .._channels import find_channel_axis, stated_axes
+    from .._errors import DuetInputError
+
+    c = find_channel_axis(volume.shape, axes=stated_axes(args.volume, meta),
+                          given=args.channel_axis)
+    axis = args.axis
+    if c is None:
+        return volume, axis, None
+    name, shape = Path(args.volume).name, tuple(volume.shape)
+    if volume.ndim < 4:
+        raise DuetInputError(
+            f"{name} is one image with channels (axis {c} of shape {shape}): NS-N2N needs a "
+            "stack of slices, (Z, Y, X) or (Z, Y, X, C); --channel-axis none if axis "
+            f"{c} is not channels")
+    if not -volume.ndim <= axis < volume.ndim:
+        return volume, axis, None  # layout_for reports the bad axis
+    axis %= volume.ndim
+    if axis == c:
+        raise DuetInputError(f"--axis {args.axis} is the channel axis of {name} {shape}: "
+                             "give the slice axis (or --channel-axis)")
+    return np.moveaxis(volume, c, 0), axis + 1 if axis < c else axis, c
+
+
+def _refuse_plane_channels(args: argparse.Namespace) -> None:
+    """Slab by slab, any axis but the slices and the plane is a stack of its own, so
+    channels before the plane are handled; channels the plane would take are refused."""
+    from .._channels import find_channel_axis, refuse_channels, stated_axes
+    from .._io import open_image
+    from ._volume import layout_for
+
+    lazy, meta = open_image(args.volume)
+    shape = tuple(int(n) for n in lazy.shape)
+    c = find_channel_axis(shape, axes=stated_axes(args.volume, meta), given=args.channel_axis)
+    layout = layout_for(shape, args.axis)
+    if c is not None and (c in layout.plane_axes or c == layout.axis):
+        refuse_channels(Path(args.volume).name, shape, c,
+                        "applying a model slab by slab needs the channels before the image "
+                        "plane (e.g. C, Z, Y, X); move them, or --channel-axis none")
 
 
 def _report_path(out: Path) -> Path:
@@ -119,8 +177,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.model and args.save_model:
         raise DuetInputError("--model applies a saved model; --save-model needs training")
-    if (args.resume or args.slab is not None) and not args.model:
-        raise DuetInputError("--resume and --slab apply a saved model (--model); "
+    if args.model and ddp.is_active():
+        raise DuetInputError("torchrun runs training on several processes; apply a model "
+                             "(--model) with one process, without torchrun")
+    if (args.resume or args.slab is not None or args.scheduler) and not args.model:
+        raise DuetInputError("--resume, --slab and --scheduler apply a saved model (--model); "
                              "training cannot resume")
     # Before reading the volume or training: every output can be written, none
     # overwrites an input or another output (the report is named after -o).
@@ -140,13 +201,16 @@ def run(args: argparse.Namespace) -> int:
     if chunked:
         from ._chunked_cli import run_chunked
 
+        _refuse_plane_channels(args)
         return run_chunked(args)
     if is_zarr_path(args.volume):
         lazy, meta = open_image(args.volume)
         volume = np.asarray(lazy[...])
     else:
         volume, meta = read_image(args.volume), None
-    layout_for(volume.shape, args.axis)  # fail fast, before loading a model or training
+    in_shape = volume.shape
+    volume, axis, channel_axis = _channels_first(volume, args, meta)
+    layout_for(volume.shape, axis)  # fail fast, before loading a model or training
     with cli_run(args, "nsn2n") as bar:
         tta = not args.no_tta
         t0 = time.perf_counter()
@@ -156,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             with bar.stage("load model"):
                 model = NSN2NModel.load(args.model, device=args.device)
             log(f"applying {args.model} to {args.volume} {volume.shape}")
-            res = run_to_end(model.iter_denoise(volume, axis=args.axis, tta=tta), bar)
+            res = run_to_end(model.iter_predict(volume, axis=axis, tta=tta), bar)
             denoised, unc = res.denoised, res.uncertainty
             report = {
                 "method": "nsn2n", "mode": "apply", "model": str(args.model),
@@ -186,9 +250,11 @@ def run(args: argparse.Namespace) -> int:
                     log(f"[{p.iteration}/~{p.iterations}] {terms} matched={p.matched_fraction:.2f} "
                         f"eta={p.eta:.0f}s")
 
-            log(f"training NS-N2N on {args.volume} {volume.shape}, axis {args.axis}")
-            result = train(volume, axis=args.axis, config=config, callback=progress)
+            log(f"training NS-N2N on {args.volume} {in_shape}, axis {args.axis}")
+            result = train(volume, axis=axis, config=config, callback=progress)
             bar.finish()
+            if not ddp.is_main():  # rank 0 writes the outputs
+                return 0
             denoised, unc = result.denoised, result.uncertainty
             report = {"mode": "train", **result.report()}
             for w in result.warnings:
@@ -200,8 +266,8 @@ def run(args: argparse.Namespace) -> int:
             pairs_line = summarize_pairs(result.pairs)
             if pairs_line:
                 log(pairs_line)
-            method, reason = recommend_method(volume, axis=args.axis)
-            report["noise_correlation"] = noise_correlation(volume, axis=args.axis)
+            method, reason = recommend_method(volume, axis=axis)
+            report["noise_correlation"] = noise_correlation(volume, axis=axis)
             report["recommendation"] = {"method": method, "reason": reason}
             log(f"recommendation: {method} ({reason})")
 
@@ -209,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
             if path is None or arr is None:
                 continue
             arr = np.asarray(arr, dtype=np.float32)
+            if channel_axis is not None:  # back to the input's layout
+                arr = np.moveaxis(arr, 0, channel_axis)
             if is_zarr_path(path):
                 write_ome_zarr(path, arr, meta or ImageMeta.default(arr.ndim))
             else:
@@ -217,8 +285,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.model and args.save_model:  # after the results, which matter most
             result.model.save(args.save_model)
             report["saved_model"] = str(args.save_model)
-        report.update({"input": str(args.volume), "input_shape": list(volume.shape),
-                       "input_dtype": str(volume.dtype), "axis": args.axis, "output": str(out),
+        report.update({"input": str(args.volume), "input_shape": list(in_shape),
+                       "input_dtype": str(volume.dtype), "axis": args.axis,
+                       "channel_axis": channel_axis, "output": str(out),
                        "threads": bar.threads, "seconds": time.perf_counter() - t0})
         write_json(_report_path(out), report)
         log(f"wrote {out} and {_report_path(out)} in {time.perf_counter() - t0:.1f}s")

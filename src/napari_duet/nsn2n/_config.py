@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from .._errors import DuetInputError
+from .._config import EngineConfig, check_choice, check_int, check_number, need
 
 GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
@@ -16,8 +15,12 @@ MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
 @dataclass(frozen=True)
-class NSN2NConfig:
+class NSN2NConfig(EngineConfig):
     """Parameters of NS-N2N training and inference.
+
+    Unknown keys are rejected (:meth:`from_dict`, :meth:`replace`); a model file
+    saves all but the run-time options (``RUNTIME``: previews, ``tta``,
+    ``tile``, ``device``), which are set when the model is used.
 
     Parameters
     ----------
@@ -110,66 +113,38 @@ class NSN2NConfig:
     device: str = "auto"
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise DuetInputError(msg)
+    RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "tile",
+                                          "device")
+    LABEL: ClassVar[str] = "NS-N2N"
 
-        need(self.context in CONTEXTS,
-             f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
-        need(self.iterations is None or (isinstance(self.iterations, int)
-                                         and not isinstance(self.iterations, bool)
-                                         and self.iterations >= 1),
-             f"iterations must be a positive integer or None, got {self.iterations!r}")
+    def validate(self) -> None:
+        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        check_choice("context", self.context, CONTEXTS)
+        check_int("iterations", self.iterations, 1, optional=True)
         need(self.budget == "auto" or (isinstance(self.budget, int | float)
                                        and not isinstance(self.budget, bool)
                                        and self.budget > 0),
              f"budget must be 'auto' or a positive number of seconds, got {self.budget!r}")
-        need(self.width is None or (isinstance(self.width, int) and 1 <= self.width <= 512),
-             f"width must be an integer in 1..512 or None, got {self.width!r}")
-        need(isinstance(self.depth, int) and 0 <= self.depth <= 6,
-             f"depth must be an integer in 0..6, got {self.depth!r}")
-        need(self.lr > 0, f"lr must be positive, got {self.lr!r}")
-        need(self.optimizer in OPTIMIZERS,
-             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        need(self.weight_decay >= 0, "weight_decay must be >= 0")
-        need(self.schedule in SCHEDULES,
-             f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"batch_size must be a positive integer, got {self.batch_size!r}")
-        need(isinstance(self.crop_size, int) and self.crop_size >= 8,
-             f"crop_size must be an integer >= 8, got {self.crop_size!r}")
-        need(self.guide in GUIDES,
-             f"guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
+        check_int("width", self.width, 1, 512, optional=True)
+        check_int("depth", self.depth, 0, 6)
+        check_number("lr", self.lr, 0, lo_open=True)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("crop_size", self.crop_size, 8)
+        check_choice("guide", self.guide, GUIDES)
         # Upper bounds far above useful values: a model file's config sets them for
         # inference too, and huge filters would take hours or many gigabytes.
-        need(isinstance(self.guide_sigma, int | float) and 0 < self.guide_sigma <= MAX_SIGMA,
-             f"guide_sigma must be in (0, {MAX_SIGMA}], got {self.guide_sigma!r}")
-        need(isinstance(self.median_size, int) and 1 <= self.median_size <= MAX_MEDIAN,
-             f"median_size must be an integer in 1..{MAX_MEDIAN} (1 disables the median)")
-        need(self.tau is None or 0 < self.tau < math.inf,
-             f"tau must be positive and finite or None, got {self.tau!r}")
-        need(0 < self.tau_factor < math.inf, "tau_factor must be positive and finite")
-        need(self.lambda_rc >= 0 and self.lambda_ic >= 0, "lambda_rc and lambda_ic must be >= 0")
-        need(isinstance(self.preview_every, int) and self.preview_every >= 0,
-             "preview_every must be an integer >= 0 (0 disables previews)")
-        need(self.preview_index is None or isinstance(self.preview_index, int),
-             "preview_index must be an integer or None")
-        need(isinstance(self.tile, int) and 32 <= self.tile <= MAX_TILE,
-             f"tile must be an integer in 32..{MAX_TILE}")
-        need(isinstance(self.device, str) and bool(self.device), "device must be a string")
-        need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-serialisable)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NSN2NConfig:
-        """Build from a dict; unknown keys (from newer versions) are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def replace(self, **changes: Any) -> NSN2NConfig:
-        """Copy with some fields changed (validated again)."""
-        return NSN2NConfig.from_dict({**self.to_dict(), **changes})
+        check_number("guide_sigma", self.guide_sigma, 0, MAX_SIGMA, lo_open=True)
+        check_int("median_size", self.median_size, 1, MAX_MEDIAN)
+        check_number("tau", self.tau, 0, lo_open=True, optional=True)
+        check_number("tau_factor", self.tau_factor, 0, lo_open=True)
+        check_number("lambda_rc", self.lambda_rc, 0)
+        check_number("lambda_ic", self.lambda_ic, 0)
+        check_int("preview_every", self.preview_every, 0)
+        check_int("preview_index", self.preview_index, optional=True)
+        check_int("tile", self.tile, 32, MAX_TILE)
+        need(isinstance(self.device, str) and bool(self.device),
+             f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        check_int("seed", self.seed)

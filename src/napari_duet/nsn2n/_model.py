@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import ModelFileError
-from .._progress import run_to_end
+from .._errors import ModelFileError, first_line
+from .._progress import Progress, run_to_end
 from ..intensity import Normalizer
 from ..modelfile import (
     file_int,
@@ -36,7 +36,7 @@ _PIXEL_BUDGET = 8 * 256 * 256
 
 @dataclass
 class DenoiseResult:
-    """Output of :meth:`NSN2NModel.denoise`.
+    """Output of :meth:`NSN2NModel.predict`.
 
     Attributes
     ----------
@@ -51,14 +51,14 @@ class DenoiseResult:
     uncertainty: np.ndarray | None
 
 
-@dataclass
-class DenoiseProgress:
-    """Yielded by :meth:`NSN2NModel.iter_denoise` after each slice."""
+@dataclass(kw_only=True)
+class DenoiseProgress(Progress):
+    """Yielded by :meth:`NSN2NModel.iter_predict` after each slice (stage ``"denoise"``).
 
-    done: int
-    total: int
-    elapsed: float
-    eta: float
+    ``done`` of ``total`` slices, ``elapsed`` and ``eta`` in seconds.
+    """
+
+    stage: str = "denoise"
 
 
 def _dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -85,8 +85,9 @@ class NSN2NModel:
     normalizers : list of Normalizer
         Normalisation of the training stacks (kept for provenance; volumes to
         denoise are normalised with their own percentiles by default).
-    info : dict, optional
-        Training facts (tau, matched fraction, iterations done, ...).
+    training : dict, optional
+        Training facts (tau, matched fraction, iterations done, ...); also
+        readable as ``info`` (older name).
     """
 
     def __init__(
@@ -94,19 +95,39 @@ class NSN2NModel:
         net: torch.nn.Module,
         config: NSN2NConfig,
         normalizers: list[Normalizer],
-        info: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         from ..devices import resolve_device
 
         self.config = config
         self.normalizers = list(normalizers)
-        self.info = dict(info or {})
+        self.training = dict(training or {})
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """Training facts (older name of :attr:`training`)."""
+        return self.training
+
+    @info.setter
+    def info(self, value: dict[str, Any]) -> None:
+        self.training = dict(value or {})
+
+    def metadata(self) -> dict[str, Any]:
+        """Kind, configuration, network, normalisation and training facts (for reports)."""
+        return {
+            "kind": KIND,
+            "config": self.config.to_dict(),
+            "network": self.net.config(),
+            "context": "2.5d" if self.is_context else "2d",
+            "normalizers": [n.to_dict() for n in self.normalizers],
+            "training": self.training,
+        }
+
     # ------------------------------------------------------------------ inference
-    def iter_denoise(
+    def iter_predict(
         self,
         volume,
         axis: int = 0,
@@ -151,14 +172,19 @@ class NSN2NModel:
                         unc[s, z] = norms[s].inverse_scale(std)
                     done += 1
                     el = time.perf_counter() - t0
-                    yield DenoiseProgress(done, n_slices, el, el / done * (n_slices - done))
+                    yield DenoiseProgress(done=done, total=n_slices, elapsed=el,
+                                          eta=el / done * (n_slices - done))
         denoised = layout.from_stacks(out)
         uncertainty = None if unc is None else layout.from_stacks(unc)
         return DenoiseResult(denoised, uncertainty)
 
-    def denoise(self, volume, axis: int = 0, tta: bool | None = None) -> DenoiseResult:
-        """Denoise a volume (see :meth:`iter_denoise`)."""
-        return run_to_end(self.iter_denoise(volume, axis=axis, tta=tta))
+    def predict(self, volume, axis: int = 0, tta: bool | None = None) -> DenoiseResult:
+        """Denoise a volume (see :meth:`iter_predict`)."""
+        return run_to_end(self.iter_predict(volume, axis=axis, tta=tta))
+
+    # The first names of the two methods, kept for existing scripts.
+    iter_denoise = iter_predict
+    denoise = predict
 
     @property
     def is_context(self) -> bool:
@@ -274,13 +300,14 @@ class NSN2NModel:
         return save_model_file(
             path,
             kind=KIND,
-            config=self.config.to_dict(),
+            # What defines the model; run-time options (tta, tile, device) are the user's.
+            config=self.config.model_dict(),
             tensors=dict(self.net.state_dict()),
             extra={
                 "network": self.net.config(),
                 "normalizers": [n.to_dict() for n in self.normalizers],
                 "normalization": {"mode": "percentile", "low": NORM_LOW, "high": NORM_HIGH},
-                "info": self.info,
+                "info": self.training,
             },
         )
 
@@ -313,7 +340,8 @@ class NSN2NModel:
             if network.get("arch") != "nsn2n-context":
                 # Files written before the 2.5D network hold the paper's 2D U-Net.
                 cfg["context"] = "2d"
-            config = NSN2NConfig.from_dict(cfg)
+            # Older files also saved run-time options: dropped (set when used).
+            config = NSN2NConfig.from_model_dict(cfg, device=str(device))
             norms = [file_normalizer(d, f"normalizers[{i}]")
                      for i, d in enumerate(mf.extra.get("normalizers") or [])]
             net = build_net(network)
@@ -321,8 +349,8 @@ class NSN2NModel:
         except ModelFileError:
             raise
         except Exception as exc:  # wrong shapes/keys, bad config: the file is damaged
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-            raise ModelFileError(f"{name} is not a usable NS-N2N model ({reason})") from None
+            raise ModelFileError(
+                f"{name} is not a usable NS-N2N model ({first_line(exc)})") from None
         return cls(net, config, norms, mf.extra.get("info", {}), device=dev)
 
 

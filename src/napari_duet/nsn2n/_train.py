@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import run_to_end
+from .._progress import Progress, run_to_end
 from .._versions import versions
 from ._config import NSN2NConfig
 from ._guide import guide_stack
@@ -25,14 +25,17 @@ LOW_MATCH_WARNING = 0.5
 LOW_SIMILARITY_WARNING = 0.25
 
 
-@dataclass
-class NSN2NProgress:
+@dataclass(kw_only=True)
+class NSN2NProgress(Progress):
     """State yielded by :func:`iter_train`.
 
     Attributes
     ----------
     stage : str
         ``"guide"`` (computing weight maps), ``"train"`` or ``"denoise"``.
+    done, total : int
+        Work units of the current stage: slices for ``guide``/``denoise``,
+        optimiser steps for ``train``.
     iteration, iterations : int
         Optimiser steps done and planned (with a time budget, ``iterations`` is an
         estimate from the measured speed, exact at the last step).
@@ -41,8 +44,8 @@ class NSN2NProgress:
     matched_fraction : float
         Mean of the weight maps W over all pairs (NaN before they are computed).
     eta, elapsed : float
-        Seconds left (estimate, training + denoising) and spent; NaN in the
-        guide stage.  The denoising time comes from one slice's inference timed
+        Seconds left (estimate, training + denoising; None in the guide stage)
+        and spent.  The denoising time comes from one slice's inference timed
         before training, the time per step from the steps after the first (which
         carries one-off set-up; it is the estimate only at step 1).
     preview : ndarray or None
@@ -50,21 +53,25 @@ class NSN2NProgress:
         ``preview_every`` iterations), else None.
     preview_index : int
         Slice the preview shows (index along the slice axis, first stack).
-    done, total : int
-        Work units of the current stage (slices for ``guide``/``denoise``).
     """
 
-    stage: str
-    iteration: int
-    iterations: int
-    losses: dict[str, float]
-    matched_fraction: float
-    eta: float
-    elapsed: float
+    iteration: int = 0
+    iterations: int = 0
+    matched_fraction: float = float("nan")
     preview: np.ndarray | None = None
     preview_index: int = 0
-    done: int = 0
-    total: int = 0
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the run: guides 5 %, training 85 %, denoising 10 %."""
+        within = self.done / self.total if self.total > 0 else 0.0
+        within = min(max(within, 0.0), 1.0)
+        start, share = _STAGE_SHARES.get(self.stage, (0.0, 1.0))
+        return start + share * within
+
+
+# (start, share) of each stage in the whole run, for :attr:`NSN2NProgress.fraction`.
+_STAGE_SHARES = {"guide": (0.0, 0.05), "train": (0.05, 0.85), "denoise": (0.9, 0.1)}
 
 
 @dataclass
@@ -95,7 +102,8 @@ class TrainResult:
             "pair_matched_fractions": self.pair_fractions,
             "pairs": self.pairs,
             "training": {k: self.model.info.get(k) for k in
-                         ("iterations_done", "budget_s", "width", "context", "device")},
+                         ("iterations_done", "budget_s", "width", "context", "device",
+                          "world_size")},
             "final_losses": final,
             "loss_history": self.loss_history,
             "warnings": list(self.warnings),
@@ -214,6 +222,7 @@ def iter_train(
     """
     import torch
 
+    from .. import distributed as ddp
     from ..devices import resolve_device, seed_everything
     from ..networks.unet import UNet2D
     from ._context import ContextNet, context_loss, sample_context_batch
@@ -222,7 +231,7 @@ def iter_train(
     config = config or NSN2NConfig()
     t_start = time.perf_counter()
     layout, stacks, norms = prepare(volume, axis)
-    device = resolve_device(config.device)
+    device = ddp.rank_device(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
     n_stacks, n_z = stacks.shape[:2]
     budget = resolve_budget(config, device, int(stacks.size))
     width = resolve_width(config, device)
@@ -239,9 +248,9 @@ def iter_train(
         for z in range(n_z):
             guides[s, z] = guide_stack(stacks[s, z : z + 1], config)[0]
             done = s * n_z + z + 1
-            yield NSN2NProgress("guide", 0, n_iter, {}, float("nan"), float("nan"),
-                                time.perf_counter() - t_start, None, preview_index,
-                                done, total_slices)
+            yield NSN2NProgress(stage="guide", done=done, total=total_slices,
+                                elapsed=time.perf_counter() - t_start, iterations=n_iter,
+                                preview_index=preview_index)
     w = np.empty((n_stacks, n_z - 1, *stacks.shape[2:]), np.float32)
     taus, sims = [], []
     for s in range(n_stacks):
@@ -279,7 +288,8 @@ def iter_train(
     t_guide = time.perf_counter() - t_start
 
     # 2. training
-    rng = seed_everything(config.seed)
+    rng = seed_everything(config.seed)  # the same initial network on every rank
+    rng = np.random.default_rng(ddp.sampler_seed(config.seed))  # each rank its own crops
     if context:
         net = ContextNet(width=width, depth=config.depth).to(device)
         centres = np.argwhere(np.ones((n_stacks, n_z), bool))
@@ -289,6 +299,7 @@ def iter_train(
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     opt_kw = {"weight_decay": config.weight_decay} if config.optimizer == "adamw" else {}
     opt = opt_cls(net.parameters(), lr=config.lr, **opt_kw)
+    train_net = ddp.wrap(net, device)  # DDP averages gradients over ranks (else net)
     keys = ("total", "recon", "self", "gap") if context else ("total", "recon", "rc", "ic")
     history: dict[str, list[float]] = {k: [] for k in keys}
     model = NSN2NModel(net, config.replace(width=width), norms, device=device)
@@ -308,7 +319,7 @@ def iter_train(
         elapsed = time.perf_counter() - t_train
         if config.iterations is not None and it >= config.iterations:
             break
-        if budget is not None and elapsed >= budget:
+        if budget is not None and ddp.agree(elapsed >= budget):  # rank 0's clock decides
             break
         if budget is not None and it > 0 and config.iterations is None:
             n_iter = max(it + 1, round(it * budget / max(elapsed, 1e-9)))
@@ -321,12 +332,13 @@ def iter_train(
             xin, tgt, wgt = sample_context_batch(rng, stacks, w, centres, config.batch_size,
                                                  config.crop_size)
             tx, tt, tw = (torch.from_numpy(a).to(device) for a in (xin, tgt, wgt))
-            loss, terms = context_loss(net, tx, tt, tw)
+            loss, terms = context_loss(train_net, tx, tt, tw)
         else:
             xi, xj, ww = _sample_batch(rng, stacks, w, pairs, config.batch_size,
                                        config.crop_size)
             ti, tj, tw = (torch.from_numpy(a)[:, None].to(device) for a in (xi, xj, ww))
-            loss, terms = nsn2n_losses(net, ti, tj, tw, config.lambda_rc, config.lambda_ic)
+            loss, terms = nsn2n_losses(train_net, ti, tj, tw, config.lambda_rc,
+                                       config.lambda_ic)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # A learning rate of 3e-3 diverged in the benchmark; clipping keeps a
@@ -343,7 +355,7 @@ def iter_train(
         elif budget is not None and config.iterations is None:
             n_iter = max(it + 1, round(it * budget / max(time.perf_counter() - t_train, 1e-9)))
         preview = None
-        if config.preview_every and (it % config.preview_every == 0 or last):
+        if config.preview_every and ddp.is_main() and (it % config.preview_every == 0 or last):
             net.eval()
             t0 = time.perf_counter()
             p, _ = model.predict_stack_slice(
@@ -364,14 +376,16 @@ def iter_train(
         else:
             left = per_it * max(n_iter - it, 0)
         eta = left + infer_per_slice * n_pred * total_slices
-        yield NSN2NProgress("train", it, n_iter, losses, matched, eta,
-                            time.perf_counter() - t_start, preview, preview_index, it, n_iter)
+        yield NSN2NProgress(stage="train", done=it, total=n_iter, elapsed=time.perf_counter()
+                            - t_start, eta=eta, losses=losses, iteration=it, iterations=n_iter,
+                            matched_fraction=matched, preview=preview,
+                            preview_index=preview_index)
     net.eval()
     t_den = time.perf_counter()
     model.info = {
         "tau": taus, "matched_fraction": matched, "slice_similarity": similarity,
         "iterations_done": it, "budget_s": budget, "width": width,
-        "context": config.context, "device": str(device),
+        "context": config.context, "device": str(device), "world_size": ddp.world_size(),
         "train_shape": list(layout.shape), "axis": layout.axis,
     }
 
@@ -383,8 +397,10 @@ def iter_train(
         except StopIteration as stop:
             result: DenoiseResult = stop.value
             break
-        yield NSN2NProgress("denoise", it, it, losses, matched, p.eta,
-                            time.perf_counter() - t_start, None, preview_index, p.done, p.total)
+        yield NSN2NProgress(stage="denoise", done=p.done, total=p.total,
+                            elapsed=time.perf_counter() - t_start, eta=p.eta, losses=losses,
+                            iteration=it, iterations=it, matched_fraction=matched,
+                            preview_index=preview_index)
     t_end = time.perf_counter()
     return TrainResult(
         model=model,

@@ -78,6 +78,12 @@ def layout_for(shape: tuple[int, ...], axis: int) -> StackLayout:
         )
     rest = [a for a in range(ndim) if a != axis]
     plane = (rest[-2], rest[-1])
+    if shape[plane[1]] <= 4 < 8 <= shape[plane[0]]:
+        # (Y, X, C) or (Z, Y, X, C): slices of X x C pixels would be garbage.
+        raise DuetInputError(
+            f"the last axis ({plane[1]}, size {shape[plane[1]]}) of {tuple(shape)} looks like "
+            "channels: move them first (np.moveaxis(volume, -1, 0)), each channel is then its "
+            "own stack; slices need both sides > 4")
     if min(shape[plane[0]], shape[plane[1]]) < 4:
         raise DuetInputError(
             f"slices of shape {(shape[plane[0]], shape[plane[1]])} are too small (need 4x4)"

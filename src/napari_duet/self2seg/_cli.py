@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._chunks import add_chunk_options
 from .._cli_progress import add_run_options, cli_run
 from .._errors import DuetInputError
+from ..devices import DEVICE_CHOICES
 
 
 def _box(values):
@@ -33,8 +35,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE",
                    help="input image: a TIFF or any format scikit-image reads (2D grey or "
                         "RGB, or a stack of them; a last axis of 3 or 4 is colour)")
-    p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR",
-                   help="output folder (created if needed)")
+    p.add_argument("-o", "--outdir", "--output", dest="outdir", required=True, metavar="OUTDIR",
+                   help="output folder (created if needed); or OUT.ome.zarr: the stack is "
+                   "read lazily and segmented plane by plane into an OME-Zarr (denoised "
+                   "image, labels/mask; resumable, see --resume and --scheduler)")
     p.add_argument("--fg-box", action="append", nargs=4, type=float, default=[],
                    metavar=("Y0", "X0", "Y1", "X1"),
                    help="foreground box, half-open pixel coordinates (repeatable; two classes)")
@@ -58,7 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--experts", choices=("cnn", "linear", "constant"), default=None,
                    help="region expert: small Noise2Fast CNN, linear filter, or constant "
                         "(= convex Chan-Vese); default: the library default (cnn)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="device for CNN experts (default auto: CUDA if available)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="random seed (results are deterministic on the CPU)")
@@ -68,6 +72,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="automatic initialisation: the darker region is the foreground")
     p.add_argument("--expert-steps", type=int, default=None, metavar="N",
                    help="training steps per expert in the first alternation")
+    add_chunk_options(p, unit="planes")
     add_run_options(p, quiet_help="do not print progress",
                     threads_help="torch CPU threads for CNN experts: a number, or auto "
                     "(default): 1 on a CPU (the tiny experts are fastest on one thread)")
@@ -82,8 +87,11 @@ def _output_names(n_classes: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._chunks import report_path
     from .._io import (
         check_outputs,
+        is_zarr_path,
+        open_image,
         read_image,
         read_pixel_info,
         remove_stale_outputs,
@@ -96,16 +104,21 @@ def run(args: argparse.Namespace) -> int:
     from ._stack import self2seg_stack, stack_layout
 
     out = Path(args.outdir)
+    chunked = is_zarr_path(out)  # plane tasks into an OME-Zarr (self2seg/_chunked.py)
+    if not chunked and (args.resume or args.scheduler):
+        raise DuetInputError("--resume and --scheduler write an OME-Zarr: give -o OUT.ome.zarr")
     # Before any work: no output overwrites an input, the folder can be written.
     check_outputs([args.image, args.regions],
+                  [("-o", out), ("report", report_path(out)),
+                   ("--log-json", getattr(args, "log_json", None))] if chunked else
                   [*(("-o", out / name) for name in _output_names(args.classes)),
                    ("--log-json", getattr(args, "log_json", None))],
-                  folders={"-o": out})
+                  folders=None if chunked else {"-o": out})
     any_box = bool(args.fg_box or args.bg_box or args.class_box)
     if args.regions is not None and any_box:
         raise DuetInputError("give seeds either as --regions or as boxes "
                              "(--fg-box/--bg-box/--class-box), not both")
-    image = read_image(args.image)
+    image = open_image(args.image)[0] if chunked else read_image(args.image)
     pixel_info = read_pixel_info(args.image)
     lead, plane, _ = stack_layout(np.shape(image))
     changes = {"n_classes": args.classes, "lam": args.lam, "device": args.device,
@@ -135,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         regions = boxes_to_regions(plane, [_box(b) for b in args.fg_box],
                                    [_box(b) for b in args.bg_box], class_boxes)
 
+    if chunked:
+        from ._chunked import run_chunked
+
+        return run_chunked(args, cfg, regions)
     cnn = cfg.experts == "cnn"
     threads = args.threads
     if threads == "auto" and cnn:  # as the engine: one thread for CNN experts on a CPU
@@ -149,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                 return
             where = ""
             if hasattr(state, "n_planes"):  # a stack: Self2SegStackState
-                if state.done:
+                if state.finished:
                     return
                 where = f"plane {state.plane + 1}/{state.n_planes} {state.index}: "
                 state = state.state

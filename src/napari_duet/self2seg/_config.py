@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from .._errors import DuetInputError
+from .._config import ConfigError, EngineConfig
 
 EXPERT_CHOICES = ("cnn", "linear", "constant")
 INIT_CHOICES = ("auto", "threshold", "otsu")
 
 
 @dataclass(frozen=True)
-class Self2SegConfig:
+class Self2SegConfig(EngineConfig):
     """All parameters of a Self2Seg run.
 
     Parameters
@@ -207,15 +205,13 @@ class Self2SegConfig:
     seed: int = 0
     threads: int | None = None
 
-    def __post_init__(self):
-        def bad(msg: str):
-            raise DuetInputError(msg)
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads")
+    LABEL: ClassVar[str] = "Self2Seg"
 
-        # Accept numpy integers (e.g. from widgets) but store plain ints.
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, numbers.Integral) and not isinstance(v, bool | int):
-                object.__setattr__(self, f.name, int(v))
+    def validate(self) -> None:
+        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        def bad(msg: str):
+            raise ConfigError(msg)
 
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             bad(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
@@ -264,20 +260,3 @@ class Self2SegConfig:
             bad(f"threads must be a positive integer or None, got {self.threads!r}")
         if not isinstance(self.device, str) or not self.device:
             bad(f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of all parameters (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Self2SegConfig:
-        """Build from :meth:`to_dict` output; unknown keys raise DuetInputError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise DuetInputError(f"unknown Self2Seg parameter(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> Self2SegConfig:
-        """Copy with some parameters changed (validated again)."""
-        return dataclasses.replace(self, **changes)

@@ -23,10 +23,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._errors import DuetInputError
-from .._progress import run_to_end
+from .._progress import Progress, run_to_end
 from ..intensity import Normalizer, as_float_image, fit_normalizer
 from ._config import Self2SegConfig
-from ._experts import ExpertOutput, box_filter, make_expert
+from ._energy import auto_filter_size, data_terms, estimate_noise, noise_scale, robust_scale
+from ._experts import ExpertOutput, make_expert
 from ._regions import auto_labels, validate_regions
 from ._solver import potts_energy, solve_binary, solve_multiclass
 
@@ -40,9 +41,13 @@ _MIN_SIDE = 8
 PROGRESS_INTERVAL = 0.2
 
 
-@dataclass
-class Self2SegState:
-    """Snapshot yielded after every alternation (arrays in the input's intensity scale)."""
+@dataclass(kw_only=True)
+class Self2SegState(Progress):
+    """Snapshot yielded after every alternation (arrays in the input's intensity scale).
+
+    Stage ``"alternation"``: ``done`` (= ``alternation``) of ``total``
+    (= ``max_alternations``) alternations.
+    """
 
     alternation: int
     max_alternations: int
@@ -52,34 +57,43 @@ class Self2SegState:
     denoised: np.ndarray  # (Y, X) or (Y, X, C) float32
     energy: float
     energies: list[float]
-    elapsed: float
+
+    def __post_init__(self) -> None:
+        self.stage = self.stage or "alternation"
+        self.done, self.total = int(self.alternation), int(self.max_alternations)
 
 
-@dataclass
-class Self2SegProgress:
+@dataclass(kw_only=True)
+class Self2SegProgress(Progress):
     """Progress within an alternation, yielded between states with ``progress=True``.
 
-    ``stage`` is "experts" (training the region experts: ``step`` of
-    ``total_steps`` training steps of this alternation, all experts together;
-    for constant and linear experts one step per expert) or "mask" (the mask
-    update has started: ``step`` 0 of ``total_steps`` 1).  Early stopping can
-    end an expert's training before its share of ``total_steps``.
+    ``stage`` is "experts" (training the region experts: ``done`` (``step``) of
+    ``total`` (``total_steps``) training steps of this alternation, all experts
+    together; for constant and linear experts one step per expert) or "mask"
+    (the mask update has started: step 0 of 1).  Early stopping can end an
+    expert's training before its share of ``total``.
     """
 
-    stage: str
     alternation: int
     max_alternations: int
-    step: int
-    total_steps: int
-    elapsed: float
     expert: int | None = None  # class of the expert in training (None: shared pretraining)
     plane: int = 0  # set by :func:`iter_self2seg_stack`
     n_planes: int = 1
 
     @property
+    def step(self) -> int:
+        """Training steps done in this alternation (= ``done``)."""
+        return self.done
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps planned for this alternation (= ``total``)."""
+        return self.total
+
+    @property
     def fraction(self) -> float:
         """Share of the whole run done (alternations count equally, the mask as 10 %)."""
-        within = self.step / max(self.total_steps, 1)
+        within = self.done / max(self.total, 1)
         within = 0.9 * within if self.stage == "experts" else 0.9 + 0.1 * within
         per_plane = (self.alternation - 1 + min(within, 1.0)) / max(self.max_alternations, 1)
         return (self.plane + per_plane) / max(self.n_planes, 1)
@@ -166,108 +180,6 @@ def prepare_image(image) -> tuple[np.ndarray, Normalizer, bool]:
     return np.ascontiguousarray(f, dtype=np.float32), norm, rgb
 
 
-def _robust_scale(r: np.ndarray) -> float:
-    """1.4826 * MAD of the pairwise data-term differences (mean over class pairs)."""
-    k = r.shape[0]
-    vals = []
-    for i in range(k):
-        for j in range(i + 1, k):
-            g = (r[i] - r[j]).ravel()
-            vals.append(1.4826 * float(np.median(np.abs(g - np.median(g)))))
-    s = float(np.mean(vals))
-    if not s > 0:  # degenerate (e.g. piecewise-constant noise-free image)
-        s = float(np.mean([np.std(r[i] - r[j]) for i in range(k) for j in range(i + 1, k)]))
-    return s if s > 0 else 1e-6
-
-
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-
-
-def estimate_noise(f: np.ndarray) -> float:
-    """Robust white-noise std of a (C, Y, X) image (median form of Immerkaer's estimator)."""
-    vals = []
-    for ch in f:
-        lap = ndi.convolve(ch, _IMMERKAER, mode="reflect")
-        vals.append(1.4826 * float(np.median(np.abs(lap))) / 6.0)  # ||kernel|| = 6
-    return float(np.mean(vals))
-
-
-def _noise_scale(f: np.ndarray, outs: list[ExpertOutput], sigma_n: float, filter_size: int,
-                 variances: np.ndarray | None = None) -> float:
-    """Noise std of the data-term difference ``g = r_j - r_i``.
-
-    With residuals ``e = box(f - D)`` sharing the same noise ``n`` (std
-    ``sigma_n / F`` after an F x F box filter) and data terms ``e^2 / v``,
-    ``g = e_j^2 / v_j - e_i^2 / v_i`` carries the noise
-    ``2 (e_j / v_j - e_i / v_i) n``.  With ``v = 1`` this is
-    ``2 |D_i - D_j| sigma_n / F``.
-    """
-    k = len(outs)
-    v = np.ones(k, np.float32) if variances is None else np.asarray(variances, np.float32)
-    res = [box_filter(f - o.blind, filter_size) / v[i] for i, o in enumerate(outs)]
-    vals = []
-    for i in range(k):
-        for j in range(i + 1, k):
-            diff = np.sqrt(((res[j] - res[i]) ** 2).sum(axis=0))
-            vals.append(2.0 * float(np.median(diff)) * sigma_n / max(1, filter_size))
-    return float(np.mean(vals))
-
-
-def _data_terms(f: np.ndarray, outs: list[ExpertOutput], filter_size: int,
-                masks: list[np.ndarray] | None = None,
-                var_floor: float = 0.0,
-                local_energy: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-class data term from the channel-summed squared box-filtered blind residual ``e^2``.
-
-    Without ``masks``: ``r_k = e_k^2`` (Chan-Vese).  With ``masks`` (region
-    variance, a Gaussian likelihood per region): ``r_k = e_k^2 / v_k + log v_k``
-    with ``v_k`` the mean of ``e_k^2`` over region ``k`` (its maximum-likelihood
-    variance, at least ``var_floor``).  A region whose intensities spread
-    more (nuclei of varied brightness) then claims the pixels between the
-    two levels that a fixed midpoint threshold gives away.
-
-    Returns ``(r, v)``; ``v`` is None without masks.
-    """
-    r = np.empty((len(outs),) + f.shape[1:], np.float32)
-    for k, out in enumerate(outs):
-        res = f - out.blind
-        if local_energy:
-            # Square, then average: zero-mean errors (a texture the expert cannot
-            # predict) still count, where averaging first would cancel them.
-            r[k] = box_filter((res * res).sum(axis=0), filter_size)
-        else:
-            res = box_filter(res, filter_size)
-            r[k] = (res * res).sum(axis=0)
-    if masks is None:
-        return r, None
-    v = np.array([max(float(r[k][m].mean()) if m.any() else 0.0, var_floor, 1e-12)
-                  for k, m in enumerate(masks)], np.float32)
-    for k in range(len(outs)):
-        r[k] = r[k] / v[k] + np.float32(np.log(v[k]))
-    return r, v
-
-
-def auto_filter_size(f: np.ndarray, masks: list[np.ndarray], sigma_n: float,
-                     z: float = 2.0, max_size: int = 3) -> int:
-    """Smallest odd box size F <= ``max_size`` with ``delta * F / (2 sigma_n) >= z``.
-
-    ``delta`` is the smallest difference between the (channel-mean) intensity
-    means of two initial regions adjacent in brightness; ``delta / 2`` is the
-    distance of the midpoint threshold from either level and ``sigma_n / F``
-    the noise left after an F x F box filter.  Clean images get no filter
-    (sharp data term at edges), noisy ones a 3 x 3 box.
-    """
-    g = f.mean(axis=0)
-    means = sorted(float(g[m].mean()) for m in masks if m.any())
-    if len(means) < 2 or not sigma_n > 0:
-        return 1
-    delta = min(b - a for a, b in zip(means[:-1], means[1:], strict=True))
-    size = 1
-    while size < max_size and delta * size / (2.0 * sigma_n) < z:
-        size += 2
-    return size
-
-
 # Share of a class's seed pixels the first mask may put in another class before lambda
 # is raised (noise specks inside a seed box are fine; a contradicted box is not).
 _SEED_TOLERANCE = 0.05
@@ -279,6 +191,7 @@ def _seed_disagreement(fg: np.ndarray, seeds: np.ndarray) -> float:
 
 
 def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    """(K, Y, X) float32 indicator images of the labels 0 .. k - 1."""
     return (labels[None] == np.arange(k, dtype=labels.dtype)[:, None, None]).astype(np.float32)
 
 
@@ -324,314 +237,456 @@ def iter_self2seg(
     Stopping iteration between yields (``gen.close()`` or just dropping it)
     leaves nothing running: all work happens inside ``next()``.
     """
+    run = _setup(image, regions, config, progress)
+    try:
+        for it in range(1, run.cfg.max_alternations + 1):
+            run.it = it
+            t_alt = time.perf_counter()
+            # (a) experts: fit one per region, keep them if they do not raise the energy
+            kind = _expert_kind(run)
+            new_outs, infos, regions_k = yield from _train_experts(run, kind)
+            accepted_experts, e_cur = _adopt_experts(run, new_outs, regions_k)
+            t_exp = time.perf_counter() - t_alt
+            run.timings["experts"] += t_exp
+            # (b) mask: minimise the energy with the experts in use
+            yield from _event(run, "mask", 0, 1, force=True)
+            t_mask = time.perf_counter()
+            step = _update_mask(run, e_cur)
+            _record(run, kind, infos, accepted_experts, step, t_exp,
+                    time.perf_counter() - t_mask)
+            yield _state_of(run, step.energy, time.perf_counter() - run.t_start)
+            reason = _stop_reason(run, step.changed)
+            if reason is not None:
+                run.stop_reason = reason
+                break
+    finally:
+        _release(run)
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """Everything one Self2Seg run carries from alternation to alternation."""
+
+    f: np.ndarray  # (C, Y, X) normalised image
+    norm: Normalizer
+    rgb: bool
+    cfg: Self2SegConfig  # with the automatic choices resolved
+    user_cfg: Self2SegConfig  # as given (stored in the result)
+    image_shape: tuple
+    image_dtype: str
+    seeds: np.ndarray | None  # validated seed regions (None: automatic start)
+    init_masks: list[np.ndarray]  # each class's first training region
+    labels: np.ndarray | None  # current mask (None: no mask yet, with seeds)
+    sigma_n: float  # white-noise std of ``f``
+    warmup: bool  # constant experts in the first alternation
+    progress: bool
+    t_start: float
+    device: Any = None  # torch device of the CNN experts (None: no torch)
+    solver_device: Any = None
+    torch_mod: Any = None
+    old_threads: int | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    energies: list[float] = field(default_factory=list)
+    experts_obj: dict[Any, Any] = field(default_factory=dict)
+    outs: list[ExpertOutput] | None = None  # the experts in use
+    r: np.ndarray | None = None  # their data terms
+    lam: float | None = None
+    mu: float | None = None
+    scale: float | None = None
+    p_warm: np.ndarray | None = None  # dual variable of the last two-class solve
+    u_relaxed: np.ndarray | None = None  # relaxed labels of the last multiclass solve
+    stop_reason: str = "max_alternations"
+    it: int = 0
+    last_event: float = -np.inf
+
+
+@dataclass
+class _MaskStep:
+    """Outcome of one mask update."""
+
+    accepted: bool
+    why: str  # why the candidate mask was rejected ("" when accepted)
+    changed: float  # share of pixels that changed class
+    energy: float  # energy after the update
+    solver_iterations: int
+
+
+def _setup(image, regions, config, progress: bool) -> _Run:
+    """Validate the inputs, initialise the regions, resolve the automatic settings."""
     cfg = config if config is not None else Self2SegConfig()
     if not isinstance(cfg, Self2SegConfig):
         raise DuetInputError("config must be a Self2SegConfig")
     t_start = time.perf_counter()
     arr = np.asarray(image)
     f, norm, rgb = prepare_image(arr)
-    n_ch, h, w = f.shape
-    k_cls = cfg.n_classes
-
-    if regions is not None:
-        seeds = validate_regions(regions, (h, w), k_cls)
-        init_masks = [seeds == k + 1 for k in range(k_cls)]
-        labels = None  # no mask yet: the first update is free (no prior)
-    else:
-        seeds = None
-        labels = auto_labels(f.mean(axis=0), k_cls, method=cfg.init, sigma=cfg.init_sigma,
-                             invert=cfg.invert, noise_floor=cfg.init_noise_floor)
-        init_masks = [labels == k for k in range(k_cls)]
-        for k, m in enumerate(init_masks):
-            if not m.any():
-                raise DuetInputError(f"automatic initialisation left class {k} empty; give boxes")
-
+    seeds, labels, init_masks = _initial_regions(f, regions, cfg)
     sigma_n = estimate_noise(f)
-    user_cfg = cfg
-    # The constant warm-up is for the automatic start only: with seeds, the learned
-    # experts train on the user's seeds from the first alternation.
-    warmup = cfg.warmup_constant and seeds is None and cfg.experts != "constant"
+    run = _Run(f=f, norm=norm, rgb=rgb, cfg=cfg, user_cfg=cfg, image_shape=tuple(arr.shape),
+               image_dtype=str(arr.dtype), seeds=seeds, init_masks=init_masks, labels=labels,
+               sigma_n=sigma_n, progress=progress, t_start=t_start,
+               # The constant warm-up is for the automatic start only: with seeds, the
+               # learned experts train on the user's seeds from the first alternation.
+               warmup=cfg.warmup_constant and seeds is None and cfg.experts != "constant")
+    run.cfg = _resolve_config(cfg, f, seeds, init_masks, sigma_n)
+    _setup_torch(run)
+    run.timings = {"prepare": time.perf_counter() - t_start, "experts": 0.0, "masks": 0.0,
+                   "per_alternation": []}
+    return run
+
+
+def _initial_regions(f: np.ndarray, regions, cfg: Self2SegConfig):
+    """The seeds, first labels and first training regions (from ``regions`` or automatic)."""
+    k_cls = cfg.n_classes
+    if regions is not None:
+        seeds = validate_regions(regions, f.shape[1:], k_cls)
+        # No mask yet: the first update is free (no prior).
+        return seeds, None, [seeds == k + 1 for k in range(k_cls)]
+    labels = auto_labels(f.mean(axis=0), k_cls, method=cfg.init, sigma=cfg.init_sigma,
+                         invert=cfg.invert, noise_floor=cfg.init_noise_floor)
+    init_masks = [labels == k for k in range(k_cls)]
+    for k, m in enumerate(init_masks):
+        if not m.any():
+            raise DuetInputError(f"automatic initialisation left class {k} empty; give boxes")
+    return None, labels, init_masks
+
+
+def _resolve_config(cfg: Self2SegConfig, f, seeds, init_masks, sigma_n) -> Self2SegConfig:
+    """Fill the settings left automatic (None): local energy, shared pretraining, filter."""
     if cfg.local_energy is None:
         cfg = cfg.replace(local_energy=seeds is not None)
     if cfg.shared_pretrain is None:
         cfg = cfg.replace(shared_pretrain=seeds is None)
     if cfg.filter_size is None:
         cfg = cfg.replace(filter_size=auto_filter_size(f, init_masks, sigma_n, cfg.filter_snr))
+    return cfg
 
-    torch_mod = None
-    device = None
-    old_threads = None
-    needs_torch = cfg.experts == "cnn"
-    if needs_torch:
+
+def _setup_torch(run: _Run) -> None:
+    """Pick the CNN experts' device and thread count (nothing without CNN experts)."""
+    cfg = run.cfg
+    if cfg.experts == "cnn":
         import torch as torch_mod
 
         from ..devices import resolve_device
 
-        device = resolve_device(cfg.device)
+        run.torch_mod = torch_mod
+        run.device = resolve_device(cfg.device)
         # The experts are tiny networks trained on batches of 8 small crops: on a CPU one
         # thread is fastest (256^2: 2.9-4.2 s with 1 thread, 9 s with 2 on 2 cores), since
         # more threads only add synchronisation and fight any other work (napari included).
-        threads = cfg.threads if cfg.threads is not None else (1 if device.type == "cpu" else None)
+        threads = cfg.threads if cfg.threads is not None else (
+            1 if run.device.type == "cpu" else None)
         if threads is not None:
-            old_threads = torch_mod.get_num_threads()
+            run.old_threads = torch_mod.get_num_threads()
             torch_mod.set_num_threads(threads)
-
     # The two-class mask solver follows the experts onto a GPU; on the CPU NumPy is faster.
-    solver_device = device if device is not None and device.type != "cpu" else None
-    timings: dict[str, Any] = {"prepare": time.perf_counter() - t_start, "experts": 0.0,
-                               "masks": 0.0, "per_alternation": []}
-    history: list[dict] = []
-    energies: list[float] = []
-    experts_obj: dict[tuple[str, int], Any] = {}
-    outs: list[ExpertOutput] | None = None
-    r: np.ndarray | None = None
-    lam = mu = scale = None
-    p_warm = None
-    u_relaxed = None
-    stop_reason = "max_alternations"
-    it = 0
-    last_event = [-np.inf]
+    if run.device is not None and run.device.type != "cpu":
+        run.solver_device = run.device
 
-    def event(stage: str, step: int, total: int, expert: int | None = None,
-              force: bool = False) -> Self2SegProgress | None:
-        """A progress event, or None when progress is off or the last one is too recent."""
-        now = time.perf_counter()
-        if not progress or (not force and now - last_event[0] < PROGRESS_INTERVAL):
-            return None
-        last_event[0] = now
-        return Self2SegProgress(stage, it, cfg.max_alternations, int(step), int(total),
-                                now - t_start, expert)
 
-    def planned_steps(kind: str, k: int) -> int:
-        """Training steps the class ``k`` expert gets this alternation (1 if not a CNN)."""
-        if kind != "cnn":
-            return 1
-        expert = experts_obj.get((kind, k))
-        if expert is None:
-            warm = bool(cfg.shared_pretrain)  # starts from the shared weights
-        else:
-            warm = expert.__dict__.get("total_steps", 0) > 0
-        return max(1, cfg.expert_steps_warm if warm else cfg.expert_steps)
+def _release(run: _Run) -> None:
+    """Restore torch's thread count and drop the experts (also on errors and Cancel)."""
+    if run.old_threads is not None and run.torch_mod is not None:
+        run.torch_mod.set_num_threads(run.old_threads)
+    run.experts_obj.clear()
 
-    def train(expert, mask, steps: int, done: int, total: int, k: int | None):
-        """Fit ``expert`` (as ``expert.fit``), yielding progress events while it trains."""
-        iter_fit = getattr(expert, "iter_fit", None) if progress else None
-        if iter_fit is None:
-            return expert.fit(f, mask, steps=steps)
-        gen = iter_fit(f, mask, steps=steps)
-        try:
-            while True:
-                try:
-                    step = next(gen)
-                except StopIteration as stop:
-                    return stop.value
-                ev = event("experts", done + step, total, k)
-                if ev is not None:
-                    yield ev
-        finally:
-            gen.close()
 
+def _event(run: _Run, stage: str, step: int, total: int, expert: int | None = None,
+           force: bool = False):
+    """Yield a progress event, unless progress is off or the last one is too recent."""
+    now = time.perf_counter()
+    if not run.progress or (not force and now - run.last_event < PROGRESS_INTERVAL):
+        return
+    run.last_event = now
+    yield Self2SegProgress(stage=stage, alternation=run.it,
+                           max_alternations=run.cfg.max_alternations, done=int(step),
+                           total=int(total), elapsed=now - run.t_start, expert=expert)
+
+
+def _expert_kind(run: _Run) -> str:
+    """Kind of the experts of this alternation (constant in a warm-up alternation)."""
+    return "constant" if run.warmup and run.it == 1 else run.cfg.experts
+
+
+def _planned_steps(run: _Run, kind: str, k: int) -> int:
+    """Training steps the class ``k`` expert gets this alternation (1 if not a CNN)."""
+    if kind != "cnn":
+        return 1
+    cfg = run.cfg
+    expert = run.experts_obj.get((kind, k))
+    if expert is None:
+        warm = bool(cfg.shared_pretrain)  # starts from the shared weights
+    else:
+        warm = expert.__dict__.get("total_steps", 0) > 0
+    return max(1, cfg.expert_steps_warm if warm else cfg.expert_steps)
+
+
+def _fit(run: _Run, expert, mask, steps: int, done: int, total: int, k: int | None):
+    """Fit ``expert`` (as ``expert.fit``), yielding progress events while it trains."""
+    iter_fit = getattr(expert, "iter_fit", None) if run.progress else None
+    if iter_fit is None:
+        return expert.fit(run.f, mask, steps=steps)
+    gen = iter_fit(run.f, mask, steps=steps)
     try:
-        for it in range(1, cfg.max_alternations + 1):
-            t_alt = time.perf_counter()
-            kind = cfg.experts
-            if warmup and it == 1:
-                kind = "constant"
-            # -- (a) experts ---------------------------------------------------
-            new_outs = []
-            infos = []
-            regions_k = []
-            pretrain = (kind == "cnn" and cfg.shared_pretrain and "base" not in experts_obj)
-            plan = [planned_steps(kind, k) for k in range(k_cls)]
-            total_steps = sum(plan) + (max(1, cfg.expert_steps) if pretrain else 0)
-            steps_done = 0
-            ev = event("experts", 0, total_steps, force=True)
-            if ev is not None:
-                yield ev
-            for k in range(k_cls):
-                if labels is None or it == 1:
-                    m = init_masks[k]
-                else:
-                    m = _train_mask(labels, k, erode=kind != "constant")
-                    if seeds is not None:
-                        # The user's seeds stay in their expert's training region,
-                        # and never in another's, whatever the mask did.
-                        m = (m & ((seeds == 0) | (seeds == k + 1))) | (seeds == k + 1)
-                if not m.any():
-                    raise DuetInputError(f"class {k} has no pixels to train its expert on")
-                regions_k.append(init_masks[k] if (labels is None or it == 1) else labels == k)
-                key = (kind, k)
-                if key not in experts_obj:
-                    experts_obj[key] = make_expert(kind, channels=n_ch, config=cfg, device=device,
-                                                   seed=cfg.seed * 1009 + k)
-                    if kind == "cnn" and cfg.shared_pretrain:
-                        if "base" not in experts_obj:
-                            # One Noise2Fast denoiser of the whole image, which every region
-                            # expert then specialises: small regions get a good start.
-                            base = make_expert("cnn", channels=n_ch, config=cfg, device=device,
-                                               seed=cfg.seed * 1009 + 997)
-                            base_out = yield from train(base, np.ones((h, w), bool),
-                                                        cfg.expert_steps, steps_done,
-                                                        total_steps, None)
-                            steps_done += max(1, cfg.expert_steps)
-                            experts_obj["base"] = base
-                            experts_obj["base_full"] = base_out.full
-                        experts_obj[key].load_weights_from(experts_obj["base"],
-                                                           cfg.finetune_lr_factor)
-                steps = cfg.expert_steps if experts_obj[key].__dict__.get("total_steps", 0) == 0 \
-                    else cfg.expert_steps_warm
-                try:
-                    out = yield from train(experts_obj[key], m, max(1, steps), steps_done,
-                                           total_steps, k)
-                except ValueError as exc:
-                    raise DuetInputError(f"cannot train the class {k} expert: {exc}") from None
-                steps_done += plan[k]
-                ev = event("experts", steps_done, total_steps, k)
-                if ev is not None:
-                    yield ev
-                if kind == "cnn" and cfg.ensemble_shared and "base_full" in experts_obj:
-                    out.full = 0.5 * (out.full + experts_obj["base_full"])
-                new_outs.append(out)
-                infos.append(out.info)
-            # Floor of a region's variance: the filtered noise alone (F x F box).
-            var_floor = n_ch * sigma_n ** 2
-            if not cfg.local_energy:
-                var_floor /= max(1, cfg.filter_size) ** 2
-            r_new, v_new = _data_terms(f, new_outs, cfg.filter_size,
-                                       regions_k if cfg.region_variance else None, var_floor,
-                                       cfg.local_energy)
-            if lam is None:
-                # lambda relative to the data: the larger of the spread of g (signal) and
-                # lam_noise x the std of g's noise, so noise blobs cost more at high noise.
-                mad = _robust_scale(r_new)
-                s_noise = _noise_scale(f, new_outs, sigma_n, cfg.filter_size, v_new)
-                scale = max(mad, cfg.lam_noise * s_noise)
-                timings["scale_mad"], timings["scale_noise"] = mad, s_noise
-                mult = cfg.lam if cfg.lam is not None else cfg.lam_scale
-                lam = float(mult) * scale
-                mu = float(cfg.mu_scale) * scale
-            accepted_experts = True
-            e_cur = None  # energy of the current labels with the experts in use
-            if r is not None and labels is not None:
-                e_old = energies[-1]  # same labels, same experts, same lambda
-                e_new = potts_energy(r_new, labels, lam)
-                accepted_experts = e_new <= e_old
-                e_cur = e_new if accepted_experts else e_old
-            elif labels is not None:
-                e_cur = potts_energy(r_new, labels, lam)
-            if accepted_experts:
-                outs, r = new_outs, r_new
-            t_exp = time.perf_counter() - t_alt
-            timings["experts"] += t_exp
-
-            # -- (b) mask ------------------------------------------------------
-            ev = event("mask", 0, 1, force=True)
-            if ev is not None:
-                yield ev
-            t_mask = time.perf_counter()
-            prior = labels if (labels is not None and mu > 0) else None
-            if k_cls == 2:
-                g = r[0] - r[1]
-                if prior is not None:
-                    g = g + mu * (2.0 * (prior == 1) - 1.0)
-                fg, rof_res = solve_binary(g, lam, p0=p_warm, tol=cfg.solver_tol,
-                                           max_iter=cfg.solver_max_iter, device=solver_device)
-                if seeds is not None and labels is None and cfg.lam is None:
-                    # The seeds are labelled pixels: where the first mask contradicts many
-                    # of them, the data term is too noisy for this lambda (textures), so
-                    # lambda grows until the seeds agree (at most 4x).
-                    for _ in range(2):
-                        if _seed_disagreement(fg, seeds) <= _SEED_TOLERANCE:
-                            break
-                        lam, mu = 2.0 * lam, 2.0 * mu
-                        fg, rof_res = solve_binary(g, lam, tol=cfg.solver_tol,
-                                                   max_iter=cfg.solver_max_iter,
-                                                   device=solver_device)
-                p_warm = rof_res.p
-                cand = fg.astype(np.uint8)
-                solver_iters = rof_res.iterations
-                cand_u = None
-            else:
-                d = r.copy()
-                if prior is not None:
-                    d += 0.5 * mu * (1.0 - 2.0 * _one_hot(prior, k_cls))
-                mres = solve_multiclass(d, lam, u0=u_relaxed, tol=cfg.solver_tol,
-                                        max_iter=cfg.solver_max_iter)
-                cand = np.argmax(mres.u, axis=0).astype(np.uint8)
-                cand_u = mres.u
-                solver_iters = mres.iterations
-            if seeds is not None and labels is None:
-                # First update from boxes: a class the solver emptied keeps its seeds.
-                for k in range(k_cls):
-                    if not (cand == k).any():
-                        cand[seeds == k + 1] = k
-            accepted_mask, why = True, ""
-            e_cand = potts_energy(r, cand, lam)
-            if labels is not None:
-                a_old = np.bincount(labels.ravel(), minlength=k_cls).astype(float)
-                a_new = np.bincount(cand.ravel(), minlength=k_cls).astype(float)
-                ratio = np.maximum(a_new, 1) / np.maximum(a_old, 1)
-                if (a_new == 0).any():
-                    accepted_mask, why = False, "a region would vanish"
-                elif (ratio > cfg.max_fraction_change).any() or \
-                        (ratio < 1 / cfg.max_fraction_change).any():
-                    accepted_mask, why = False, "a region's area would change too much"
-                elif e_cand > e_cur:
-                    accepted_mask, why = False, "energy would increase"
-            changed = 1.0 if labels is None else float(np.mean(cand != labels))
-            if accepted_mask:
-                labels = cand
-                if cand_u is not None:
-                    u_relaxed = cand_u
-            else:
-                changed = 0.0
-            t_m = time.perf_counter() - t_mask
-            timings["masks"] += t_m
-            energy = e_cand if accepted_mask else e_cur
-            energies.append(float(energy))
-            timings["per_alternation"].append(
-                {"experts_s": t_exp, "mask_s": t_m, "solver_iterations": int(solver_iters)})
-            history.append({
-                "alternation": it, "expert_kind": kind, "experts_accepted": bool(accepted_experts),
-                "mask_accepted": bool(accepted_mask), "mask_rejected_because": why,
-                "changed_fraction": changed, "energy": float(energy),
-                "expert_info": infos,
-            })
-            state = _make_state(it, cfg, labels, u_relaxed if k_cls > 2 else None, outs, norm,
-                                rgb, energy, energies, time.perf_counter() - t_start)
-            yield state
-
-            # -- stop rule -------------------------------------------------------
-            # Kind switch (warm-up -> learned experts) is not a convergence sign.
-            switched = warmup and it == 1
-            if it >= 2 and changed < cfg.stop_changed and not switched:
-                stop_reason = "mask converged"
-                break
-            if len(energies) >= 3 and not (warmup and it == 2):
-                d_prev = (energies[-3] - energies[-2]) / max(abs(energies[-3]), 1e-12)
-                d_cur = (energies[-2] - energies[-1]) / max(abs(energies[-2]), 1e-12)
-                if d_cur <= 0 or d_cur < cfg.stop_ratio * d_prev:
-                    stop_reason = "energy decrease below stop_ratio of the previous one"
-                    break
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield from _event(run, "experts", done + step, total, k)
     finally:
-        if old_threads is not None and torch_mod is not None:
-            torch_mod.set_num_threads(old_threads)
-        experts_obj.clear()
+        gen.close()
 
-    timings["total"] = time.perf_counter() - t_start
-    final = _make_state(it, cfg, labels, u_relaxed if k_cls > 2 else None, outs, norm, rgb,
-                        energies[-1], energies, timings["total"])
+
+def _first_alternation(run: _Run) -> bool:
+    """Whether the experts train on the initial regions (no mask to train on yet)."""
+    return run.labels is None or run.it == 1
+
+
+def _training_region(run: _Run, k: int, kind: str) -> np.ndarray:
+    """Pixels the class ``k`` expert trains on this alternation."""
+    if _first_alternation(run):
+        m = run.init_masks[k]
+    else:
+        m = _train_mask(run.labels, k, erode=kind != "constant")
+        seeds = run.seeds
+        if seeds is not None:
+            # The user's seeds stay in their expert's training region,
+            # and never in another's, whatever the mask did.
+            m = (m & ((seeds == 0) | (seeds == k + 1))) | (seeds == k + 1)
+    if not m.any():
+        raise DuetInputError(f"class {k} has no pixels to train its expert on")
+    return m
+
+
+def _train_experts(run: _Run, kind: str):
+    """Train one expert per class; returns ``(outputs, infos, regions)``."""
+    cfg, k_cls = run.cfg, run.cfg.n_classes
+    pretrain = kind == "cnn" and cfg.shared_pretrain and "base" not in run.experts_obj
+    plan = [_planned_steps(run, kind, k) for k in range(k_cls)]
+    total = sum(plan) + (max(1, cfg.expert_steps) if pretrain else 0)
+    done = 0
+    yield from _event(run, "experts", 0, total, force=True)
+    new_outs, infos, regions_k = [], [], []
+    for k in range(k_cls):
+        m = _training_region(run, k, kind)
+        regions_k.append(run.init_masks[k] if _first_alternation(run) else run.labels == k)
+        key = (kind, k)
+        if key not in run.experts_obj:
+            run.experts_obj[key] = make_expert(kind, channels=run.f.shape[0], config=cfg,
+                                               device=run.device, seed=cfg.seed * 1009 + k)
+            if kind == "cnn" and cfg.shared_pretrain:
+                if "base" not in run.experts_obj:
+                    yield from _pretrain_shared(run, done, total)
+                    done += max(1, cfg.expert_steps)
+                run.experts_obj[key].load_weights_from(run.experts_obj["base"],
+                                                       cfg.finetune_lr_factor)
+        expert = run.experts_obj[key]
+        steps = cfg.expert_steps if expert.__dict__.get("total_steps", 0) == 0 \
+            else cfg.expert_steps_warm
+        try:
+            out = yield from _fit(run, expert, m, max(1, steps), done, total, k)
+        except ValueError as exc:
+            raise DuetInputError(f"cannot train the class {k} expert: {exc}") from None
+        done += plan[k]
+        yield from _event(run, "experts", done, total, k)
+        if kind == "cnn" and cfg.ensemble_shared and "base_full" in run.experts_obj:
+            out.full = 0.5 * (out.full + run.experts_obj["base_full"])
+        new_outs.append(out)
+        infos.append(out.info)
+    return new_outs, infos, regions_k
+
+
+def _pretrain_shared(run: _Run, done: int, total: int):
+    """Train the shared denoiser that every CNN expert starts from."""
+    # One Noise2Fast denoiser of the whole image, which every region expert then
+    # specialises: small regions get a good start.
+    cfg = run.cfg
+    base = make_expert("cnn", channels=run.f.shape[0], config=cfg, device=run.device,
+                       seed=cfg.seed * 1009 + 997)
+    base_out = yield from _fit(run, base, np.ones(run.f.shape[1:], bool), cfg.expert_steps,
+                               done, total, None)
+    run.experts_obj["base"] = base
+    run.experts_obj["base_full"] = base_out.full
+
+
+def _adopt_experts(run: _Run, new_outs, regions_k) -> tuple[bool, float | None]:
+    """Keep the new experts unless they raise the current mask's energy.
+
+    Returns whether they were kept and the energy of the current mask with
+    the experts in use (None before the first mask).
+    """
+    cfg = run.cfg
+    # Floor of a region's variance: the filtered noise alone (F x F box).
+    var_floor = run.f.shape[0] * run.sigma_n ** 2
+    if not cfg.local_energy:
+        var_floor /= max(1, cfg.filter_size) ** 2
+    r_new, v_new = data_terms(run.f, new_outs, cfg.filter_size,
+                               regions_k if cfg.region_variance else None, var_floor,
+                               cfg.local_energy)
+    if run.lam is None:
+        _set_lambda(run, r_new, new_outs, v_new)
+    accepted, e_cur = True, None
+    if run.r is not None and run.labels is not None:
+        e_old = run.energies[-1]  # same labels, same experts, same lambda
+        e_new = potts_energy(r_new, run.labels, run.lam)
+        accepted = e_new <= e_old
+        e_cur = e_new if accepted else e_old
+    elif run.labels is not None:
+        e_cur = potts_energy(r_new, run.labels, run.lam)
+    if accepted:
+        run.outs, run.r = new_outs, r_new
+    return accepted, e_cur
+
+
+def _set_lambda(run: _Run, r_new, new_outs, v_new) -> None:
+    """Set lambda and mu relative to the first data terms."""
+    # lambda relative to the data: the larger of the spread of g (signal) and
+    # lam_noise x the std of g's noise, so noise blobs cost more at high noise.
+    cfg = run.cfg
+    mad = robust_scale(r_new)
+    s_noise = noise_scale(run.f, new_outs, run.sigma_n, cfg.filter_size, v_new)
+    run.scale = max(mad, cfg.lam_noise * s_noise)
+    run.timings["scale_mad"], run.timings["scale_noise"] = mad, s_noise
+    mult = cfg.lam if cfg.lam is not None else cfg.lam_scale
+    run.lam = float(mult) * run.scale
+    run.mu = float(cfg.mu_scale) * run.scale
+
+
+def _update_mask(run: _Run, e_cur: float | None) -> _MaskStep:
+    """Minimise the energy over the mask; keep the result only if it passes the checks."""
+    k_cls = run.cfg.n_classes
+    prior = run.labels if (run.labels is not None and run.mu > 0) else None
+    if k_cls == 2:
+        cand, iters = _solve_two_classes(run, prior)
+        cand_u = None
+    else:
+        cand, cand_u, iters = _solve_classes(run, prior)
+    if run.seeds is not None and run.labels is None:
+        # First update from boxes: a class the solver emptied keeps its seeds.
+        for k in range(k_cls):
+            if not (cand == k).any():
+                cand[run.seeds == k + 1] = k
+    e_cand = potts_energy(run.r, cand, run.lam)
+    why = "" if run.labels is None else _mask_rejection(run, cand, e_cand, e_cur)
+    accepted = not why
+    changed = 1.0 if run.labels is None else float(np.mean(cand != run.labels))
+    if accepted:
+        run.labels = cand
+        if cand_u is not None:
+            run.u_relaxed = cand_u
+    else:
+        changed = 0.0
+    return _MaskStep(accepted=accepted, why=why, changed=changed,
+                     energy=e_cand if accepted else e_cur, solver_iterations=int(iters))
+
+
+def _solve_two_classes(run: _Run, prior) -> tuple[np.ndarray, int]:
+    """Two-class mask update (thresholded ROF); returns ``(candidate labels, iterations)``."""
+    cfg, seeds = run.cfg, run.seeds
+    g = run.r[0] - run.r[1]
+    if prior is not None:
+        g = g + run.mu * (2.0 * (prior == 1) - 1.0)
+    fg, rof_res = solve_binary(g, run.lam, p0=run.p_warm, tol=cfg.solver_tol,
+                               max_iter=cfg.solver_max_iter, device=run.solver_device)
+    if seeds is not None and run.labels is None and cfg.lam is None:
+        # The seeds are labelled pixels: where the first mask contradicts many
+        # of them, the data term is too noisy for this lambda (textures), so
+        # lambda grows until the seeds agree (at most 4x).
+        for _ in range(2):
+            if _seed_disagreement(fg, seeds) <= _SEED_TOLERANCE:
+                break
+            run.lam, run.mu = 2.0 * run.lam, 2.0 * run.mu
+            fg, rof_res = solve_binary(g, run.lam, tol=cfg.solver_tol,
+                                       max_iter=cfg.solver_max_iter, device=run.solver_device)
+    run.p_warm = rof_res.p
+    return fg.astype(np.uint8), rof_res.iterations
+
+
+def _solve_classes(run: _Run, prior) -> tuple[np.ndarray, np.ndarray, int]:
+    """Multiclass mask update; returns ``(candidate labels, relaxed labels, iterations)``."""
+    cfg, k_cls = run.cfg, run.cfg.n_classes
+    d = run.r.copy()
+    if prior is not None:
+        d += 0.5 * run.mu * (1.0 - 2.0 * _one_hot(prior, k_cls))
+    mres = solve_multiclass(d, run.lam, u0=run.u_relaxed, tol=cfg.solver_tol,
+                            max_iter=cfg.solver_max_iter)
+    return np.argmax(mres.u, axis=0).astype(np.uint8), mres.u, mres.iterations
+
+
+def _mask_rejection(run: _Run, cand: np.ndarray, e_cand: float, e_cur: float) -> str:
+    """Why the candidate mask is refused ("" when it is accepted)."""
+    k_cls = run.cfg.n_classes
+    a_old = np.bincount(run.labels.ravel(), minlength=k_cls).astype(float)
+    a_new = np.bincount(cand.ravel(), minlength=k_cls).astype(float)
+    ratio = np.maximum(a_new, 1) / np.maximum(a_old, 1)
+    limit = run.cfg.max_fraction_change
+    if (a_new == 0).any():
+        return "a region would vanish"
+    if (ratio > limit).any() or (ratio < 1 / limit).any():
+        return "a region's area would change too much"
+    if e_cand > e_cur:
+        return "energy would increase"
+    return ""
+
+
+def _record(run: _Run, kind: str, infos, accepted_experts: bool, step: _MaskStep,
+            t_exp: float, t_mask: float) -> None:
+    """Append the alternation's energy, timings and history entry."""
+    run.timings["masks"] += t_mask
+    run.energies.append(float(step.energy))
+    run.timings["per_alternation"].append(
+        {"experts_s": t_exp, "mask_s": t_mask, "solver_iterations": step.solver_iterations})
+    run.history.append({
+        "alternation": run.it, "expert_kind": kind, "experts_accepted": bool(accepted_experts),
+        "mask_accepted": bool(step.accepted), "mask_rejected_because": step.why,
+        "changed_fraction": step.changed, "energy": float(step.energy),
+        "expert_info": infos,
+    })
+
+
+def _stop_reason(run: _Run, changed: float) -> str | None:
+    """Why the alternation stops after this alternation (None: it goes on)."""
+    cfg, it, energies = run.cfg, run.it, run.energies
+    # Kind switch (warm-up -> learned experts) is not a convergence sign.
+    switched = run.warmup and it == 1
+    if it >= 2 and changed < cfg.stop_changed and not switched:
+        return "mask converged"
+    if len(energies) >= 3 and not (run.warmup and it == 2):
+        d_prev = (energies[-3] - energies[-2]) / max(abs(energies[-3]), 1e-12)
+        d_cur = (energies[-2] - energies[-1]) / max(abs(energies[-2]), 1e-12)
+        if d_cur <= 0 or d_cur < cfg.stop_ratio * d_prev:
+            return "energy decrease below stop_ratio of the previous one"
+    return None
+
+
+def _state_of(run: _Run, energy: float, elapsed: float) -> Self2SegState:
+    """The state to yield: labels, experts and composite in the input's scale."""
+    u_relaxed = run.u_relaxed if run.cfg.n_classes > 2 else None
+    return _make_state(run.it, run.cfg, run.labels, u_relaxed, run.outs, run.norm, run.rgb,
+                       energy, run.energies, elapsed)
+
+
+def _finish(run: _Run) -> Self2SegResult:
+    """The final result (the last state, with the run's facts)."""
+    run.timings["total"] = time.perf_counter() - run.t_start
+    final = _state_of(run, run.energies[-1], run.timings["total"])
+    cfg = run.cfg
     return Self2SegResult(
         labels=final.labels, u=final.u, experts=final.experts, denoised=final.denoised,
-        energies=list(energies), alternations=it, stop_reason=stop_reason, timings=timings,
-        config=user_cfg, image_shape=tuple(arr.shape), image_dtype=str(arr.dtype),
-        lam=float(lam), mu=float(mu), scale=float(scale), history=history,
-        filter_size=int(cfg.filter_size), noise_sigma=float(sigma_n),
-        local_energy=bool(cfg.local_energy), shared_pretrain=bool(cfg.shared_pretrain),
+        energies=list(run.energies), alternations=run.it, stop_reason=run.stop_reason,
+        timings=run.timings, config=run.user_cfg, image_shape=run.image_shape,
+        image_dtype=run.image_dtype, lam=float(run.lam), mu=float(run.mu),
+        scale=float(run.scale), history=run.history, filter_size=int(cfg.filter_size),
+        noise_sigma=float(run.sigma_n), local_energy=bool(cfg.local_energy),
+        shared_pretrain=bool(cfg.shared_pretrain),
     )
 
 
 def _make_state(it, cfg, labels, u_relaxed, outs, norm, rgb, energy, energies, elapsed):
+    """A :class:`Self2SegState` from normalised expert outputs (back in the input's scale)."""
     k_cls = cfg.n_classes
     onehot = _one_hot(labels, k_cls)
     u = onehot if u_relaxed is None else u_relaxed.astype(np.float32)

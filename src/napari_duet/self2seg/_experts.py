@@ -60,11 +60,12 @@ class ConstantExpert:
 
     kind = "constant"
 
-    def __init__(self, filter_size: int = 5, **_):
+    def __init__(self, filter_size: int = 5):
         self.filter_size = filter_size
         self.value: np.ndarray | None = None
 
-    def fit(self, f: np.ndarray, mask: np.ndarray, **_) -> ExpertOutput:
+    def fit(self, f: np.ndarray, mask: np.ndarray, steps: int | None = None) -> ExpertOutput:
+        """Fit to the region ``mask`` of ``f`` (closed form: ``steps`` is not used)."""
         fs = box_filter(f, self.filter_size)
         self.value = fs[:, mask].mean(axis=1).astype(np.float32)[:, None, None]
         pred = np.broadcast_to(self.value, f.shape).astype(np.float32)
@@ -83,7 +84,7 @@ class LinearExpert:
     kind = "linear"
 
     def __init__(self, size: int = 9, max_samples: int = 40000, ridge: float = 1e-3,
-                 clamp: bool = True, filter_size: int = 5, seed: int = 0, **_):
+                 clamp: bool = True, filter_size: int = 5, seed: int = 0):
         self.size = size
         self.max_samples = max_samples
         self.ridge = ridge
@@ -93,7 +94,8 @@ class LinearExpert:
         self.weights: np.ndarray | None = None  # (C, s, s)
         self.bias: np.ndarray | None = None  # (C,)
 
-    def fit(self, f: np.ndarray, mask: np.ndarray, **_) -> ExpertOutput:
+    def fit(self, f: np.ndarray, mask: np.ndarray, steps: int | None = None) -> ExpertOutput:
+        """Fit to the region ``mask`` of ``f`` (closed form: ``steps`` is not used)."""
         rng = np.random.default_rng(self.seed)
         s = self.size
         r = s // 2

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import DuetInputError
-from .._progress import run_to_end
+from .._progress import Progress, run_to_end
 from ._config import Self2SegConfig
 from ._engine import Self2SegProgress, Self2SegResult, Self2SegState
 from ._regions import validate_regions
@@ -27,12 +27,15 @@ __all__ = ["Self2SegStackState", "Self2SegStackResult", "iter_self2seg_stack", "
            "stack_layout"]
 
 
-@dataclass
-class Self2SegStackState:
+@dataclass(kw_only=True)
+class Self2SegStackState(Progress):
     """Progress of a stack run: the plane being segmented and its latest alternation.
 
     After a plane's last alternation one more state is yielded for it, with
-    ``result`` set (``done`` is then True) and ``state`` its final state.
+    ``result`` set (``finished`` is then True) and ``state`` its final state.
+    The base fields count planes: ``done`` planes finished of ``total``
+    (= ``n_planes``); ``stage`` is ``"plane"``, ``elapsed`` the plane's state's
+    and ``fraction`` counts alternations within the plane.
     """
 
     plane: int  # running number of the plane, 0 .. n_planes - 1
@@ -41,10 +44,26 @@ class Self2SegStackState:
     state: Self2SegState
     result: Self2SegResult | None = None
 
+    def __post_init__(self) -> None:
+        self.stage = self.stage or "plane"
+        self.done = int(self.plane) + (1 if self.result is not None else 0)
+        self.total = int(self.n_planes)
+        if not self.elapsed:
+            self.elapsed = float(self.state.elapsed)
+
     @property
-    def done(self) -> bool:
+    def finished(self) -> bool:
         """True on the extra state yielded once the plane is finished."""
         return self.result is not None
+
+    @property
+    def fraction(self) -> float:
+        """Share of the stack done (each plane's alternations count equally)."""
+        if self.result is not None:
+            within = 1.0
+        else:
+            within = self.state.alternation / max(self.state.max_alternations, 1)
+        return min((self.plane + min(within, 1.0)) / max(self.n_planes, 1), 1.0)
 
 
 @dataclass
@@ -214,46 +233,63 @@ def iter_self2seg_stack(
     engine = _plane_engine()
     n = len(indices)
     for number, idx in enumerate(indices):
-        image = np.asarray(stack[idx] if idx else stack)
-        if squeeze:
-            image = image[..., 0]
         seeds = regions_of(idx)
-        gen = engine(image, seeds, cfg, progress=True) if progress else engine(image, seeds, cfg)
-        state = None
-        try:
-            while True:
-                try:
-                    item = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                except DuetInputError as exc:
-                    if not idx:
-                        raise
-                    raise DuetInputError(f"plane {idx}: {exc}") from None
-                if isinstance(item, Self2SegProgress):
-                    yield dataclasses.replace(item, plane=number, n_planes=n)
-                    continue
-                state = item
-                yield Self2SegStackState(number, n, idx, state)
-        finally:
-            gen.close()
+        result, state = yield from _run_plane(engine, _read_plane(stack, idx, squeeze), seeds,
+                                              cfg, progress, number=number, n_planes=n, idx=idx)
         labels[idx] = result.labels
         denoised[idx] = result.denoised
         experts[(slice(None), *idx)] = result.experts
         reports.append(result.report())
         seeded.append(seeds is not None)
-        if state is None:  # an engine that returned without yielding
-            state = Self2SegState(result.alternations, cfg.max_alternations, result.labels,
-                                  result.u, result.experts, result.denoised,
-                                  float(result.energies[-1]) if result.energies else float("nan"),
-                                  list(result.energies), float(result.timings.get("total", 0)))
-        yield Self2SegStackState(number, n, idx, state, result)
+        yield Self2SegStackState(plane=number, n_planes=n, index=idx, state=state,
+                                 result=result)
     return Self2SegStackResult(
         labels=labels, denoised=denoised, experts=experts, indices=indices,
         plane_reports=reports, config=cfg, image_shape=shape, image_dtype=dtype, rgb=is_rgb,
         seeded=seeded, timings={"total": time.perf_counter() - t_start},
     )
+
+
+def _read_plane(stack, idx: tuple[int, ...], squeeze: bool) -> np.ndarray:
+    """One plane of ``stack`` as a NumPy array (the grey channel axis of 1 dropped)."""
+    image = np.asarray(stack[idx] if idx else stack[...])
+    return image[..., 0] if squeeze else image
+
+
+def _run_plane(engine, image: np.ndarray, seeds, cfg: Self2SegConfig, progress: bool, *,
+               number: int, n_planes: int, idx: tuple[int, ...]):
+    """Run the engine on one plane, yielding its states (and progress) as the stack's.
+
+    Returns ``(result, last state)``; an input error names the plane.
+    """
+    gen = engine(image, seeds, cfg, progress=True) if progress else engine(image, seeds, cfg)
+    state = None
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            except DuetInputError as exc:
+                if not idx:
+                    raise
+                raise DuetInputError(f"plane {idx}: {exc}") from None
+            if isinstance(item, Self2SegProgress):
+                yield dataclasses.replace(item, plane=number, n_planes=n_planes)
+                continue
+            state = item
+            yield Self2SegStackState(plane=number, n_planes=n_planes, index=idx, state=state)
+    finally:
+        gen.close()
+    if state is None:  # an engine that returned without yielding
+        state = Self2SegState(
+            alternation=result.alternations, max_alternations=cfg.max_alternations,
+            labels=result.labels, u=result.u, experts=result.experts,
+            denoised=result.denoised,
+            energy=float(result.energies[-1]) if result.energies else float("nan"),
+            energies=list(result.energies), elapsed=float(result.timings.get("total", 0)))
+    return result, state
 
 
 def self2seg_stack(

@@ -1,0 +1,247 @@
+"""NS-N2N volume denoiser as one torch module, for bioimage.io packages.
+
+This file is copied into every NS-N2N bioimage.io package that napari-duet
+exports (``duet export-bmz``) as the architecture source, with the import
+line marked ``# bmz: drop`` replaced by the source of napari-duet's U-Net
+(``_block`` and ``UNet2D`` of :mod:`napari_duet.networks.unet`), so the
+packaged file imports nothing but torch: the package runs without napari-duet
+(in ``bioimageio.core``, deepImageJ, ilastik, ...).
+
+:class:`NSN2NDenoiser` takes raw (B, Z, Y, X) stacks and returns the denoised
+stacks in the same intensity units.  It repeats napari-duet's predictor
+(``NSN2NModel.predict``) step by step, in torch:
+
+1. per stack, percentile normalisation (0.1 / 99.9 % to 0 / 1), fitted to the
+   stack itself, and its inverse at the end: the normalisation depends on the
+   data and its inverse is needed afterwards, which bioimage.io's pre/post-
+   processing operators cannot express, so it lives here;
+2. for the 2.5D network (``arch="nsn2n-context"``): guide images (Gaussian,
+   then 5x5 median, SciPy's ``reflect`` boundary), the matched-region maps
+   between neighbouring slices with the automatic threshold, both parity modes
+   (``self`` and ``gap``) and their mix;
+3. the 8 flips/rotations averaged (test-time augmentation) when ``tta``.
+
+Unlike napari-duet it does not tile planes larger than the model's tile size:
+each plane is processed whole (the result differs from a tiled run only near
+tile seams).  The parameter names of :class:`UNet2D` and :class:`ContextNet`
+are those of napari-duet's networks, under the prefix ``net.``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..networks.unet import UNet2D  # bmz: drop
+
+NORM_LOW, NORM_HIGH = 0.1, 99.9
+CONTEXT_ARCH = "nsn2n-context"
+OFFSETS = (-2, -1, 0, 1, 2)
+SELF_IN = (0,)
+GAP_IN = (-2, -1, 1, 2)
+N_IN = len(OFFSETS) + 1  # five slice channels + the mode channel
+TRANSFORMS = [(k, f) for f in (False, True) for k in range(4)]
+
+
+# ---------------------------------------------------------------- networks
+class ContextNet(nn.Module):
+    """2.5D network: (B, 6, H, W) -> base image + U-Net correction."""
+
+    def __init__(self, width: int = 32, depth: int = 3) -> None:
+        super().__init__()
+        self.unet = UNet2D(N_IN, 1, width=width, depth=depth, residual=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = x[:, 5:6]  # 1: self, 0: gap
+        base_gap = 0.5 * (x[:, 1:2] + x[:, 3:4])
+        return mode * x[:, 2:3] + (1 - mode) * base_gap + self.unet(x)
+
+
+# ---------------------------------------------------------------- helpers
+def quantile(values: torch.Tensor, q: float) -> float:
+    """NumPy's default (linear) quantile of a float32 tensor; no size limit."""
+    flat = values.reshape(-1)
+    pos = q * (flat.numel() - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, flat.numel() - 1)
+    v_lo = torch.kthvalue(flat, lo + 1).values.double()
+    v_hi = torch.kthvalue(flat, hi + 1).values.double()
+    return float((v_lo + (v_hi - v_lo) * (pos - lo)).float())
+
+
+def _symmetric_index(n: int, before: int, after: int, device) -> torch.Tensor:
+    """Indices of SciPy's ``reflect`` extension (d c b a | a b c d | d c b a)."""
+    i = torch.arange(-before, n + after, device=device)
+    j = torch.remainder(i, 2 * n)
+    return torch.where(j >= n, 2 * n - 1 - j, j)
+
+
+def _correlate1d(img: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """Correlate a (Y, X) image with a 1D kernel along ``dim``, reflect boundary, float64."""
+    r = (kernel.numel() - 1) // 2
+    x = img.double().movedim(dim, -1)
+    n = x.shape[-1]
+    x = x.index_select(-1, _symmetric_index(n, r, r, x.device))
+    y = F.conv1d(x.reshape(-1, 1, n + 2 * r), kernel.view(1, 1, -1))
+    # SciPy writes each pass into the float32 output: round the same way.
+    return y.reshape(*x.shape[:-1], n).float().movedim(-1, dim)
+
+
+def gaussian_guide(img: torch.Tensor, sigma: float, median_size: int) -> torch.Tensor:
+    """``median(gaussian(img))`` of one (Y, X) slice, as SciPy's ndimage computes it."""
+    radius = int(4.0 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=img.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    low = _correlate1d(_correlate1d(img, kernel, 0), kernel, 1)
+    if median_size > 1:
+        r = median_size // 2
+        h, w = low.shape
+        pad = low.index_select(0, _symmetric_index(h, r, median_size - 1 - r, low.device))
+        pad = pad.index_select(1, _symmetric_index(w, r, median_size - 1 - r, low.device))
+        patches = pad.unfold(0, median_size, 1).unfold(1, median_size, 1)
+        low = patches.reshape(h, w, -1).median(dim=-1).values
+    return low
+
+
+def neighbour_index(i: int, d: int, n_z: int, allowed: tuple[int, ...]) -> int | None:
+    """Slice at offset ``d`` from ``i``, mirrored about ``i`` at the edges, within ``allowed``."""
+    for dd in (d, -d):
+        if dd in allowed and 0 <= i + dd < n_z:
+            return i + dd
+    sign = 1 if d > 0 else -1
+    for dd in sorted((a for a in allowed if a != 0), key=abs):
+        for s in (sign, -sign):
+            if (dd > 0) == (s > 0) and 0 <= i + dd < n_z:
+                return i + dd
+    return i if 0 in allowed else None
+
+
+def context_input(stack: torch.Tensor, i: int, mode: str) -> torch.Tensor:
+    """(6, Y, X) input of slice ``i`` of a (Z, Y, X) stack in ``mode`` (``self``/``gap``)."""
+    n_z = stack.shape[0]
+    allowed = SELF_IN if mode == "self" else GAP_IN
+    out = stack.new_zeros((N_IN, *stack.shape[1:]))
+    for c, d in enumerate(OFFSETS):
+        if d in allowed:
+            j = neighbour_index(i, d, n_z, allowed)
+            if j is not None:
+                out[c] = stack[j]
+    out[5] = 1.0 if mode == "self" else 0.0
+    return out
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _undihedral(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    y = torch.rot90(y, -k, dims=(-2, -1))
+    return torch.flip(y, dims=(-1,)) if flip else y
+
+
+# ---------------------------------------------------------------- the module
+class NSN2NDenoiser(nn.Module):
+    """Raw (B, Z, Y, X) stacks -> denoised stacks, same shape and units.
+
+    Parameters
+    ----------
+    arch : str
+        ``"nsn2n-context"`` (2.5D network) or ``"unet2d"`` (the paper's 2D network).
+    width, depth : int
+        U-Net size.
+    in_channels, out_channels : int
+        Channels of the 2D network (``unet2d`` only).
+    residual : bool
+        Residual 2D network (``unet2d`` only).
+    guide_sigma : float
+        Gaussian sigma of the guide images (2.5D network only).
+    median_size : int
+        Median filter size of the guide images.
+    tau : float or None
+        Matching threshold; None: from the data (robust spread times ``tau_factor``).
+    tau_factor : float
+        Factor of the automatic threshold.
+    tta : bool
+        Average the 8 flips/rotations.
+    """
+
+    def __init__(self, arch: str = CONTEXT_ARCH, width: int = 32, depth: int = 2,
+                 in_channels: int = 1, out_channels: int = 1, residual: bool = True,
+                 guide_sigma: float = 2.0, median_size: int = 5, tau: float | None = None,
+                 tau_factor: float = 3.0, tta: bool = True) -> None:
+        super().__init__()
+        self.context = arch == CONTEXT_ARCH
+        if self.context:
+            self.net = ContextNet(width=width, depth=depth)
+        else:
+            self.net = UNet2D(in_channels, out_channels, width=width, depth=depth,
+                              residual=residual)
+        self.guide_sigma = float(guide_sigma)
+        self.median_size = int(median_size)
+        self.tau = tau
+        self.tau_factor = float(tau_factor)
+        self.tta = bool(tta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, Z, Y, X), Z >= 3; returns float32 of the same shape."""
+        x = x.float()
+        return torch.stack([self.denoise_stack(stack) for stack in x])
+
+    def denoise_stack(self, stack: torch.Tensor) -> torch.Tensor:
+        """Denoise one raw (Z, Y, X) stack."""
+        lo, hi = quantile(stack, NORM_LOW / 100), quantile(stack, NORM_HIGH / 100)
+        scale = float(torch.tensor(hi, dtype=torch.float32) - torch.tensor(lo, dtype=torch.float32))
+        if not math.isfinite(scale) or scale <= 1e-12 * max(1.0, abs(lo)):
+            scale = 1.0  # a constant stack still round-trips
+        norm = (stack - lo) / scale
+        w = self.pair_weights(norm) if self.context else None
+        out = torch.empty_like(norm)
+        for z in range(norm.shape[0]):
+            out[z] = self.denoise_slice(norm, z, w)
+        return out * scale + lo
+
+    def pair_weights(self, norm: torch.Tensor) -> torch.Tensor:
+        """(Z-1, Y, X) maps: 1 where neighbouring guides agree within the threshold."""
+        guides = torch.stack([gaussian_guide(s, self.guide_sigma, self.median_size)
+                              for s in norm])
+        diffs = (guides[1:] - guides[:-1]).abs()
+        tau = self.tau
+        if tau is None:
+            d = diffs.reshape(-1)
+            if d.numel() > 2_000_000:  # the same strided subsample as napari-duet
+                d = d[:: d.numel() // 1_000_000]
+            sigma = quantile(d, 0.25) / 0.3186
+            tau = max(self.tau_factor * sigma, 1e-4)
+        return (diffs <= tau).float()
+
+    def denoise_slice(self, norm: torch.Tensor, z: int, w: torch.Tensor | None) -> torch.Tensor:
+        """Denoised normalised slice ``z`` of a normalised (Z, Y, X) stack."""
+        if not self.context:
+            return self._predict(norm[z][None]).mean(0)
+        p_self = self._predict(context_input(norm, z, "self")).mean(0)
+        p_gap = self._predict(context_input(norm, z, "gap")).mean(0)
+        m = torch.ones_like(p_self)
+        if w is not None:
+            for j in (z - 1, z + 1):
+                if 0 <= j < norm.shape[0]:
+                    m = m * w[min(z, j)]
+        return m * 0.5 * (p_self + p_gap) + (1 - m) * p_self
+
+    def _predict(self, img: torch.Tensor) -> torch.Tensor:
+        """(T, Y, X) predictions for each flip/rotation of a (C, Y, X) input."""
+        transforms = TRANSFORMS if self.tta else TRANSFORMS[:1]
+        preds: list = [None] * len(transforms)
+        for parity in (0, 1):  # same parity of k, same shape: one batch
+            idx = [n for n, t in enumerate(transforms) if t[0] % 2 == parity]
+            if idx:
+                batch = torch.stack([_dihedral(img, *transforms[n]) for n in idx])
+                res = self.net(batch)[:, 0]
+                for n, r in zip(idx, res, strict=True):
+                    preds[n] = _undihedral(r, *transforms[n])
+        return torch.stack(preds)

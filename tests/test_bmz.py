@@ -1,0 +1,225 @@
+"""bioimage.io export (``duet export-bmz``): the package passes bioimage.io's own test, offline.
+
+``bioimageio.core.test_model`` reloads the package from the zip, builds the
+network from the packaged source file (no napari-duet code), runs the test
+input and compares with the test output, which napari-duet's own predictor
+produced; it also runs the model on other input sizes.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_duet._sample_data import synthetic_volume
+from napari_duet.cli import main
+
+pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed "
+                    "(pip install 'napari-duet[bmz]' or the testing extra)")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Any attempt of bioimage.io to reach the network fails the test."""
+    import httpx
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    for name in ("request", "get", "head", "stream"):
+        monkeypatch.setattr(httpx, name, no_network)
+
+
+def _model(tmp_path: Path, context: str) -> Path:
+    from napari_duet.nsn2n import NSN2NConfig, train
+
+    vol = synthetic_volume((6, 40, 40))[0] * 800 + 120  # not in [0, 1]: units matter
+    cfg = NSN2NConfig(context=context, iterations=8, width=4, depth=1, crop_size=32,
+                      batch_size=2, preview_every=0, device="cpu")
+    return train(vol, axis=0, config=cfg).model.save(tmp_path / f"stack {context}.duet")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny 2.5D model and its package (written once for the module)."""
+    from napari_duet.devices import torch_threads
+
+    tmp = tmp_path_factory.mktemp("bmz")
+    with torch_threads(1):
+        model = _model(tmp, "2.5d")
+        zip_path = tmp / "stack.zip"
+        assert main(["export-bmz", str(model), "-o", str(zip_path), "-q"]) == 0
+    return model, zip_path
+
+
+def _test_model(path: Path):
+    from bioimageio.core import test_model
+
+    return test_model(path)
+
+
+def test_exported_package_passes_bioimageio_test(exported, one_torch_thread):
+    _, zip_path = exported
+    summary = _test_model(zip_path)
+    assert summary.status == "passed", summary.format()
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    assert {"rdf.yaml", "weights.pt", "nsn2n_network.py", "test_input.npy", "test_output.npy",
+            "cover.png", "README.md", "model.duet"} <= names
+
+
+def test_package_contents(exported):
+    import yaml
+
+    model, zip_path = exported
+    with zipfile.ZipFile(zip_path) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        assert zf.read("model.duet") == model.read_bytes()
+        source = zf.read("nsn2n_network.py").decode()
+        test_in = np.load(zf.open("test_input.npy"))
+        test_out = np.load(zf.open("test_output.npy"))
+    assert rdf["format_version"].startswith("0.5")
+    assert rdf["cite"][0]["doi"] == "10.48550/arXiv.2411.10831"
+    assert rdf["config"]["napari_duet"]["kind"] == "nsn2n"
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["arch"] == \
+        "nsn2n-context"
+    # The architecture file runs without napari-duet: it imports torch only.
+    modules = {n.module if isinstance(n, ast.ImportFrom) else a.name
+               for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import | ast.ImportFrom)
+               for a in n.names}
+    assert modules <= {"__future__", "math", "torch", "torch.nn"}
+    # (batch, z, y, x); the output denoises: closer to a smooth version than the input.
+    assert test_in.shape == test_out.shape and test_in.ndim == 4 and test_in.shape[1] >= 3
+    assert np.std(np.diff(test_out, axis=-1)) < np.std(np.diff(test_in, axis=-1))
+
+
+def test_wrong_test_output_fails_the_check(exported, tmp_path, one_torch_thread):
+    """The check compares outputs: a package whose test output is off does not pass."""
+    _, zip_path = exported
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "test_output.npy":
+                arr = np.load(src.open(item.filename))
+                arr[..., ::7, :] += 0.05 * np.ptp(arr)  # 1 row in 7: far above 200 ppm
+                buf = io.BytesIO()
+                np.save(buf, arr)
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    summary = _test_model(bad)
+    assert summary.status != "passed"
+    failed = [d.name for d in summary.details if d.status == "failed"]
+    assert failed and all("Reproduce test outputs" in n for n in failed), failed
+
+
+def test_2d_model_exports_and_passes(tmp_path, one_torch_thread):
+    model = _model(tmp_path, "2d")
+    out = tmp_path / "m2d.zip"
+    assert main(["export-bmz", str(model), "-o", str(out), "-q"]) == 0
+    summary = _test_model(out)
+    assert summary.status == "passed", summary.format()
+
+
+def test_denoisplit_mmse_exports_and_passes(tmp_path, one_torch_thread):
+    """The bundled demo model, its MMSE of 4 seeded samples: bioimage.io reproduces it."""
+    import yaml
+
+    from napari_duet._bmz import duet_package_entry
+    from napari_duet._sample_data import split_demo_model_path
+
+    out = tmp_path / "split.zip"
+    assert main(["export-bmz", str(split_demo_model_path()), "-o", str(out), "-q",
+                 "--samples", "4"]) == 0
+    summary = _test_model(out)
+    assert summary.status == "passed", summary.format()
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        source = zf.read("denoisplit_network.py").decode()
+        test_out = np.load(zf.open("test_output.npy"))
+    assert "napari_duet" not in source.replace("napari_duet.denoisplit.bmz_network", "")
+    assert rdf["cite"][0]["doi"] == "10.48550/arXiv.2403.11854"
+    assert rdf["outputs"][0]["postprocessing"][0]["id"] == "scale_linear"
+    assert test_out.shape[:2] == (1, 2)
+    assert duet_package_entry(out) == "model.duet"
+
+
+def test_model_names_follow_bioimageio_rules():
+    from napari_duet import DuetInputError
+    from napari_duet._bmz import model_name
+
+    assert model_name(None, "denoiSplit", "run:3 é") == "denoiSplit run-3 -"
+    assert len(model_name(None, "NS-N2N denoiser", "x" * 300)) == 128  # cut, not refused
+    assert model_name("My model (v2)", "denoiSplit", "ignored") == "My model (v2)"
+    for bad in ("a/b model", "abc", "x" * 129):
+        with pytest.raises(DuetInputError, match="5 to 128"):
+            model_name(bad, "denoiSplit", "stem")
+
+
+def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
+    """The packaged NS-N2N architecture file carries napari-duet's own U-Net source: with the
+    same weights it computes what ``networks.unet.UNet2D`` computes, without napari-duet."""
+    import torch
+
+    from napari_duet.networks.unet import UNet2D
+    from napari_duet.nsn2n._bmz import network_source
+
+    source = network_source()
+    assert "napari_duet" not in source.replace("napari_duet.networks.unet", "")
+    namespace: dict = {"__name__": "packaged"}
+    exec(compile(source, "nsn2n_network.py", "exec"), namespace)
+    torch.manual_seed(0)
+    ours = UNet2D(1, 1, width=4, depth=2, residual=True).eval()
+    torch.nn.init.normal_(ours.head.weight)  # not the identity start: the network matters
+    packaged = namespace["UNet2D"](1, 1, width=4, depth=2, residual=True).eval()
+    packaged.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(1, 1, 21, 19)
+    with torch.no_grad():
+        assert torch.equal(packaged(x), ours(x))
+        assert not torch.equal(ours(x), x)
+
+
+def test_reader_opens_exported_zip_like_the_model(exported, tmp_path):
+    from napari_duet._bmz import duet_model_in_package
+    from napari_duet._reader import get_reader
+
+    model, zip_path = exported
+    assert get_reader(str(zip_path)) is not None
+    assert get_reader(str(model)) is not None
+    extracted = duet_model_in_package(zip_path, tmp_path)
+    assert extracted.read_bytes() == model.read_bytes()
+    foreign = tmp_path / "other.zip"
+    with zipfile.ZipFile(foreign, "w") as zf:
+        zf.writestr("rdf.yaml", "type: model\nname: someone else's\n")
+    assert get_reader(str(foreign)) is None
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert get_reader(str(tmp_path / "junk.zip")) is None
+
+
+def test_cli_errors_are_one_line(exported, tmp_path, capsys):
+    model, _ = exported
+    assert main(["export-bmz", str(model), "-o", str(tmp_path / "x.tif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ".zip" in err[0]
+    assert main(["export-bmz", str(tmp_path / "missing.duet")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["export-bmz", str(model), "-o", str(tmp_path / "x.zip"),
+                 "--license", "NOT-A-LICENSE"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SPDX" in err[0] and len(err[0]) < 200
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_dropping_the_zip_loads_the_model_in_the_widget(exported, make_napari_viewer):
+    from napari_duet._reader import get_reader
+
+    viewer = make_napari_viewer()
+    _, zip_path = exported
+    assert get_reader(str(zip_path))(str(zip_path)) == [(None,)]  # no layer
+    widget = viewer.window.dock_widgets["Slice denoising (NS-N2N) (napari-duet)"]
+    assert widget.model is not None and widget.model.is_context
+    assert len(viewer.layers) == 0

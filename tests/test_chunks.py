@@ -1,0 +1,193 @@
+"""Chunk tasks on dask: a 2-worker LocalCluster gives the output of the local run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_duet._chunks import RunRecord, TaskRunner, blocks, report_path, with_halo
+from napari_duet._errors import DuetInputError
+from napari_duet._io import ImageMeta, open_image, write_ome_zarr
+from napari_duet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes of one thread each (started once for the module)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as lc:
+        yield lc.scheduler_address
+
+
+def _volume(shape=(9, 40, 36), seed=0) -> np.ndarray:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    clean = ndimage.gaussian_filter(rng.random(shape), 2)
+    noisy = (clean - clean.min()) / np.ptp(clean) + 0.1 * rng.standard_normal(shape)
+    return (noisy * 1000 + 200).clip(0, 65535).astype(np.uint16)
+
+
+def _task_square(task, offset):
+    return task * task + offset
+
+
+def _task_fail(task):
+    raise DuetInputError(f"task {task} refused")
+
+
+# ---------------------------------------------------------------------- generic pieces
+def test_planning_helpers():
+    assert blocks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert blocks(3, 0) == [(0, 1), (1, 2), (2, 3)]
+    assert with_halo(0, 4, 2, 10) == (0, 6) and with_halo(8, 10, 2, 10) == (6, 10)
+    assert report_path("a/out.ome.zarr").name == "out.ome.json"
+
+
+def test_runner_local_and_cluster_give_every_result(cluster):
+    with TaskRunner("local") as local:
+        assert not local.distributed
+        assert dict(local.run(_task_square, range(5), 1)) == {t: t * t + 1 for t in range(5)}
+    with TaskRunner(cluster) as remote:
+        assert remote.distributed
+        got = dict(remote.run(_task_square, range(5), 1))
+        assert got == {t: t * t + 1 for t in range(5)}
+        # A task's error reaches the client as the same exception type.
+        with pytest.raises(DuetInputError, match="refused"):
+            list(remote.run(_task_fail, [3]))
+
+
+def test_scheduler_from_environment(monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
+    assert TaskRunner().scheduler == "tcp://127.0.0.1:1"
+    assert TaskRunner("local").scheduler is None  # explicit local wins
+
+
+def test_unreachable_scheduler_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("napari_duet._chunks.CONNECT_TIMEOUT", "1s")
+    vol = _volume((5, 16, 16))
+    src = tmp_path / "v.zarr"
+    zarr.save_array(str(src), vol)
+    model = tmp_path / "m.duet"
+    _model().save(model)
+    assert main(["nsn2n", str(src), "-o", str(tmp_path / "o.zarr"), "--model", str(model),
+                 "-q", "--device", "cpu", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scheduler" in err[0]
+
+
+def test_run_record_refuses_another_run(tmp_path):
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    rec = RunRecord.create(group, {"input": "a", "n": 1})
+    rec.save({"done": [0, 2]})
+    again = RunRecord.open(tmp_path / "s.zarr", {"input": "a", "n": 1})
+    assert again.state == {"done": [0, 2]}
+    with pytest.raises(DuetInputError, match="--resume"):
+        RunRecord.open(tmp_path / "s.zarr", {"input": "b", "n": 1})
+    assert RunRecord.open(tmp_path / "missing.zarr", {}) is None
+
+
+def test_run_record_belongs_and_finish(tmp_path):
+    """The widgets' checks (``belongs``) and the end of a run (``finish``) read the same record."""
+    from napari_duet._chunks import read_record
+
+    sig = {"input": "a", "shape": [3, 4]}
+    rec = RunRecord.create(zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), sig)
+    assert RunRecord.belongs(tmp_path / "s.zarr", sig)
+    assert not RunRecord.belongs(tmp_path / "s.zarr", dict(sig, input="b"))
+    assert not RunRecord.open(tmp_path / "s.zarr", sig).complete
+    rec.finish({"done": [0, 1, 2]})
+    again = RunRecord.open(tmp_path / "s.zarr", sig)
+    assert again.complete and again.state == {"done": [0, 1, 2]}
+    (tmp_path / "plain").mkdir()  # a folder that is not a store: no record, not a run's
+    assert read_record(tmp_path / "plain") is None
+    assert not RunRecord.belongs(tmp_path / "plain", sig)
+    with pytest.raises(DuetInputError, match="choose another"):
+        RunRecord.open(tmp_path / "plain", sig, hint="choose another output")
+
+
+# ---------------------------------------------------------------------- NS-N2N on a cluster
+def _model():
+    import torch
+
+    from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
+    from napari_duet.nsn2n._context import ContextNet
+
+    torch.manual_seed(0)
+    net = ContextNet(width=8, depth=2)
+    torch.nn.init.normal_(net.unet.head.weight, std=0.05)
+    return NSN2NModel(net, NSN2NConfig(width=8, device="cpu", context="2.5d"), [], {},
+                      device="cpu")
+
+
+def test_nsn2n_cluster_equals_local(tmp_path, cluster):
+    vol = _volume()
+    meta = ImageMeta(("z", "y", "x"), (2.0, 0.5, 0.5), ("micrometer",) * 3)
+    src = tmp_path / "v.ome.zarr"
+    write_ome_zarr(src, vol, meta, levels=1)
+    model = tmp_path / "m.duet"
+    _model().save(model)
+    base = ["nsn2n", str(src), "--model", str(model), "-q", "--device", "cpu", "--slab", "2"]
+    assert main([*base, "-o", str(tmp_path / "local.ome.zarr")]) == 0
+    assert main([*base, "-o", str(tmp_path / "dask.ome.zarr"), "--scheduler", cluster,
+                 "--uncertainty", str(tmp_path / "unc.ome.zarr")]) == 0
+    local, _ = open_image(tmp_path / "local.ome.zarr")
+    remote, got = open_image(tmp_path / "dask.ome.zarr")
+    assert got == meta
+    # Same statistics from partial histograms, same slabs: the same numbers.
+    np.testing.assert_array_equal(remote[...], local[...])
+    assert np.ptp(open_image(tmp_path / "unc.ome.zarr")[0][...]) > 0
+    rep = json.loads((tmp_path / "dask.ome.json").read_text())
+    assert rep["scheduler"] == cluster
+    assert zarr.open_group(str(tmp_path / "dask.ome.zarr"), mode="r").attrs[
+        "napari_duet"]["complete"]
+
+
+# ---------------------------------------------------------------------- Self2Seg, denoiSplit
+def test_self2seg_cluster_equals_local(tmp_path, cluster):
+    from napari_duet.synthetic import synthetic_nuclei
+
+    stack = np.stack([synthetic_nuclei((32, 36), noise_sigma=15, seed=s).noisy
+                      for s in range(3)]).astype(np.uint16)
+    src = tmp_path / "s.ome.zarr"
+    write_ome_zarr(src, stack, levels=1)
+    base = ["self2seg", str(src), "--experts", "linear", "--max-alternations", "2", "-q"]
+    assert main([*base, "-o", str(tmp_path / "local.ome.zarr")]) == 0
+    assert main([*base, "-o", str(tmp_path / "dask.ome.zarr"), "--scheduler", cluster]) == 0
+    a = zarr.open_group(str(tmp_path / "local.ome.zarr"), mode="r")
+    b = zarr.open_group(str(tmp_path / "dask.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(b["labels/mask/0"][...], a["labels/mask/0"][...])
+    np.testing.assert_array_equal(b["0"][...], a["0"][...])
+    assert b["labels/mask/0"][...].any()
+
+
+def test_split_cluster_equals_local(tmp_path, cluster):
+    import torch
+
+    from napari_duet.denoisplit import SplitConfig, SplitModel
+    from napari_duet.denoisplit._lvae import LadderVAE
+    from napari_duet.intensity import Normalizer
+
+    cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0, multiscale_count=2)
+    torch.manual_seed(0)
+    model = SplitModel(LadderVAE(cfg, 16).eval(), cfg, patch_size=16,
+                       input_norm=Normalizer(10.0, 5.0),
+                       target_norms=[Normalizer(4.0, 2.0), Normalizer(6.0, 3.0)])
+    model.save(tmp_path / "m.duet")
+    img = np.random.default_rng(0).uniform(0, 20, size=(2, 40, 44)).astype(np.float32)
+    src = tmp_path / "img.ome.zarr"
+    write_ome_zarr(src, img, levels=1)
+    base = ["split", "predict", str(src), "--model", str(tmp_path / "m.duet"), "--samples",
+            "2", "--tile", "32", "--block", "24", "--device", "cpu", "-q", "-o"]
+    assert main([*base, str(tmp_path / "local.ome.zarr")]) == 0
+    assert main([*base, str(tmp_path / "dask.ome.zarr"), "--scheduler", cluster]) == 0
+    a = zarr.open_group(str(tmp_path / "local.ome.zarr"), mode="r")
+    b = zarr.open_group(str(tmp_path / "dask.ome.zarr"), mode="r")
+    for name in ("0", "std", "samples"):  # same per-block seeds: the same samples
+        np.testing.assert_array_equal(b[name][...], a[name][...])
