@@ -33,36 +33,13 @@ import numpy as np
 
 from .._chunks import ChunkProgress, TaskRunner, blocks, resolve, resolve_model, worker_threads
 from .._errors import DuetInputError
+from ._model import plan_prediction
 
 __all__ = ["iter_predict_chunked", "plan_prediction", "run_chunked"]
 
 # Output block side (pixels) of one task when not given: bounds a task's memory
 # (samples: N x C x block² floats) while keeping the tiles computed twice few.
 DEFAULT_BLOCK = 1024
-
-
-def plan_prediction(model, frame_shape: tuple[int, int], tile: int | None = None,
-                    overlap: int | None = None, batch_size: int | None = None) -> dict:
-    """Tile, overlap and batch size as :meth:`SplitModel.iter_predict` chooses them."""
-    from ._model import default_batch_size, default_tile
-
-    m = model.config.multiple
-    margin = model.patch_size // 2 if overlap is None else int(overlap)
-    if tile is None:
-        tile = default_tile(frame_shape, model.patch_size, margin, m, model.config.filters,
-                            model.device)
-    if tile < m:
-        raise DuetInputError(f"tile must be at least {m}")
-    tile = -(-int(tile) // m) * m
-    overlap = min(margin, tile // 4) if overlap is None else margin
-    if not 0 <= overlap < tile / 2:
-        raise DuetInputError("overlap must be >= 0 and below half the tile")
-    if batch_size is None:
-        side = min(tile, max(frame_shape))
-        batch_size = default_batch_size(side, model.config.filters, model.device)
-    if batch_size < 1:
-        raise DuetInputError("batch_size must be >= 1")
-    return {"tile": tile, "overlap": overlap, "batch_size": int(batch_size), "multiple": m}
 
 
 def _index_maps(shape: tuple[int, int], multiple: int) -> tuple[np.ndarray, np.ndarray]:

@@ -331,21 +331,9 @@ class SplitModel:
         if min(frames.shape[-2:]) < MIN_SIDE:
             raise DuetInputError(f"image frames of {frames.shape[-2]} x {frames.shape[-1]} px "
                                  f"are too small to split: both sides must be >= {MIN_SIDE}")
-        m = self.config.multiple
-        margin = self.patch_size // 2 if overlap is None else int(overlap)
-        if tile is None:
-            tile = default_tile(frames.shape[-2:], self.patch_size, margin, m,
-                                self.config.filters, self.device)
-        if tile < m:
-            raise DuetInputError(f"tile must be at least {m}")
-        tile = -(-int(tile) // m) * m
-        # A small tile given by the caller keeps at least its inner half.
-        overlap = min(margin, tile // 4) if overlap is None else margin
-        if not 0 <= overlap < tile / 2:
-            raise DuetInputError("overlap must be >= 0 and below half the tile")
-        if batch_size is None:
-            side = min(tile, max(frames.shape[-2:]))
-            batch_size = default_batch_size(side, self.config.filters, self.device)
+        plan = plan_prediction(self, frames.shape[-2:], tile, overlap, batch_size)
+        tile, overlap, batch_size, m = (plan["tile"], plan["overlap"], plan["batch_size"],
+                                        plan["multiple"])
         n_pass = 1 if deterministic else samples
         keep_samples = return_samples and not deterministic
         sink = None
@@ -495,3 +483,25 @@ def _checked_calibration(cal, n: int) -> dict | None:
     out["linear"] = lin
     return out
 
+
+def plan_prediction(model, frame_shape: tuple[int, int], tile: int | None = None,
+                    overlap: int | None = None, batch_size: int | None = None) -> dict:
+    """Tile, overlap and batch size as :meth:`SplitModel.iter_predict` chooses them."""
+    m = model.config.multiple
+    margin = model.patch_size // 2 if overlap is None else int(overlap)
+    if tile is None:
+        tile = default_tile(frame_shape, model.patch_size, margin, m, model.config.filters,
+                            model.device)
+    if tile < m:
+        raise DuetInputError(f"tile must be at least {m}")
+    tile = -(-int(tile) // m) * m
+    # A small tile given by the caller keeps at least its inner half.
+    overlap = min(margin, tile // 4) if overlap is None else margin
+    if not 0 <= overlap < tile / 2:
+        raise DuetInputError("overlap must be >= 0 and below half the tile")
+    if batch_size is None:
+        side = min(tile, max(frame_shape))
+        batch_size = default_batch_size(side, model.config.filters, model.device)
+    if batch_size < 1:
+        raise DuetInputError("batch_size must be >= 1")
+    return {"tile": tile, "overlap": overlap, "batch_size": int(batch_size), "multiple": m}
