@@ -171,7 +171,7 @@ def ddp_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True,
                        start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def _dist(a: dict, b: dict) -> float:
