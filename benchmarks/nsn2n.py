@@ -2,7 +2,7 @@
 
 Cases: the stacks in ``../shared/data/volumes/`` and synthetic MRI-like (thin
 and thick slices) and CT-like volumes, all scaled to [0, 1], with Gaussian
-noise of sigma 0.1 of four kinds:
+noise of sigma 0.1 of three kinds:
 
 * ``white``: independent between pixels and slices;
 * ``correlated``: blurred in-plane (Gaussian, 1 px), independent between slices;
@@ -267,14 +267,16 @@ def run_case(name, clean, kind, args, log) -> dict:
     row["nsn2n"] = psnr(res.denoised, clean)
     row["timings"] = res.timings
     row["resolved"] = {k: res.model.info.get(k) for k in
-                       ("iterations_done", "budget_s", "width", "context", "device")}
+                       ("iterations_done", "budget_s", "width", "context", "device",
+                        "noise_correlation")}
     row["matched_fraction"] = res.matched_fraction
     if args.diagnose:
         method, reason = recommend_method(noisy)
         row["recommendation"] = method
         row["recommendation_reason"] = reason
     log(f"{name} {kind}: noisy {row['noisy']:.2f} NS-N2N {row['nsn2n']:.2f} "
-        f"({row['nsn2n_seconds']:.0f}s, {row['resolved']['iterations_done']} steps) "
+        f"({row['nsn2n_seconds']:.0f}s, {row['resolved']['iterations_done']} steps, "
+        f"{row['resolved']['context']}) "
         f"BM4D est {row.get('bm4d_est', float('nan')):.2f} "
         f"true {row.get('bm4d_true', float('nan')):.2f}")
     return row
@@ -310,7 +312,7 @@ def timing_case(args, log) -> dict:
 def print_table(rows) -> None:
     hdr = (f"{'volume':34s} {'noise':10s} {'noisy':>6s} {'NS-N2N':>7s} {'BM4D est':>8s} "
            f"{'BM4D true':>9s} {'vs est':>6s} {'vs true':>7s} {'s NSN2N':>7s} {'s BM4D':>7s}"
-           f" {'steps':>6s}")
+           f" {'steps':>6s} {'mode':>6s}")
     print(hdr)
     nan = float("nan")
     for r in rows:
@@ -318,7 +320,8 @@ def print_table(rows) -> None:
         sb = r.get("bm4d_est_seconds", nan) + r.get("bm4d_true_seconds", nan)
         print(f"{r['volume'][:34]:34s} {r['noise']:10s} {r['noisy']:6.2f} {r['nsn2n']:7.2f} "
               f"{e:8.2f} {t:9.2f} {r['nsn2n'] - e:+6.2f} {r['nsn2n'] - t:+7.2f} "
-              f"{r['nsn2n_seconds']:7.0f} {sb / 2:7.0f} {r['resolved']['iterations_done']:6d}")
+              f"{r['nsn2n_seconds']:7.0f} {sb / 2:7.0f} {r['resolved']['iterations_done']:6d}"
+              f" {str(r['resolved'].get('context')):>6s}")
     d_est = [r["nsn2n"] - r["bm4d_est"] for r in rows if "bm4d_est" in r]
     d_true = [r["nsn2n"] - r["bm4d_true"] for r in rows if "bm4d_true" in r]
     if d_est:
@@ -344,7 +347,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--crop-size", type=int, default=None)
-    ap.add_argument("--context", choices=("2.5d", "2d"), default=None)
+    ap.add_argument("--context", choices=("auto", "2.5d", "blind", "2d"), default=None,
+                    help="network input (default: the engine's, auto)")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--no-bm4d", action="store_true", help="skip the anchors")
     ap.add_argument("--no-cache", action="store_true", help="re-run BM4D even if cached")

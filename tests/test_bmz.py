@@ -35,13 +35,25 @@ def offline(monkeypatch):
         monkeypatch.setattr(httpx, name, no_network)
 
 
-def _model(tmp_path: Path, context: str) -> Path:
+def _model(tmp_path: Path, context: str, vol: np.ndarray | None = None, width: int = 4) -> Path:
     from napari_duet.nsn2n import NSN2NConfig, train
 
-    vol = synthetic_volume((6, 40, 40))[0] * 800 + 120  # not in [0, 1]: units matter
-    cfg = NSN2NConfig(context=context, iterations=8, width=4, depth=1, crop_size=32,
+    if vol is None:
+        vol = synthetic_volume((6, 40, 40))[0] * 800 + 120  # not in [0, 1]: units matter
+    cfg = NSN2NConfig(context=context, iterations=8, width=width, depth=1, crop_size=32,
                       batch_size=2, preview_every=0, device="cpu")
     return train(vol, axis=0, config=cfg).model.save(tmp_path / f"stack {context}.duet")
+
+
+def _white_noise_volume(shape=(6, 40, 40)) -> np.ndarray:
+    """The sample's cells with white noise (the blind-spot network's noise), in raw units.
+
+    On it the blind-spot blend weight k is about 0.2: both the estimate and the
+    noisy pixel count, so an error in either shows in the output.
+    """
+    clean = synthetic_volume(shape)[1]
+    noise = np.random.default_rng(0).normal(0, 0.15, clean.shape).astype(np.float32)
+    return (clean + noise) * 800 + 120
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +135,65 @@ def test_2d_model_exports_and_passes(tmp_path, one_torch_thread):
     assert main(["export-bmz", str(model), "-o", str(out), "-q"]) == 0
     summary = _test_model(out)
     assert summary.status == "passed", summary.format()
+
+
+def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
+    """The blind-spot network is packaged as itself (not as a 2D U-Net) and reproduces."""
+    import tifffile
+    import yaml
+
+    from napari_duet.nsn2n import NSN2NModel
+
+    model = _model(tmp_path, "blind", vol=_white_noise_volume(), width=8)
+    assert NSN2NModel.load(model).is_blind
+    tifffile.imwrite(tmp_path / "white.tif", _white_noise_volume((8, 48, 48)))
+    out = tmp_path / "blind.zip"
+    assert main(["export-bmz", str(model), "-o", str(out), "-q",
+                 "--test-input", str(tmp_path / "white.tif")]) == 0
+    summary = _test_model(out)
+    assert summary.status == "passed", summary.format()
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        readme = zf.read("README.md").decode()
+        test_in = np.load(zf.open("test_input.npy"))
+        test_out = np.load(zf.open("test_output.npy"))
+    arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
+    assert arch["kwargs"] == {"arch": "nsn2n-blind", "width": 8, "depth": 1, "tta": True}
+    assert "blind-spot" in rdf["description"] and "blind-spot" in readme
+    # White noise: the output is smoother than the input.
+    assert test_in.shape == (1, 8, 48, 48)
+    assert np.std(np.diff(test_out, axis=-1)) < 0.8 * np.std(np.diff(test_in, axis=-1))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_standalone_blind_module_equals_the_predictor(tta, one_torch_thread):
+    """``NSN2NDenoiser(arch="nsn2n-blind")`` computes what ``NSN2NModel.predict`` computes:
+    hidden-pixel filling with mirrored borders (odd sides), mirrored neighbour slices
+    (3 and 5 slices), every grid phase, the flips/rotations and the blend with the
+    slice's noise level."""
+    import dataclasses
+
+    import torch
+
+    from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
+    from napari_duet.nsn2n._blind import BlindNet
+    from napari_duet.nsn2n._bmz import standalone_module
+
+    torch.manual_seed(0)
+    net = BlindNet(width=8, depth=2)
+    torch.nn.init.normal_(net.unet.head.weight, std=0.1)  # not the identity start
+    cfg = dataclasses.replace(NSN2NConfig(context="blind", width=8, depth=2), tta=tta)
+    model = NSN2NModel(net, cfg, [], device="cpu")
+    module = standalone_module(model)
+    vol = _white_noise_volume((5, 27, 21))
+    for crop in (vol, vol[1:4, :, :19]):
+        expected = model.predict(crop, axis=0).denoised
+        with torch.no_grad():
+            got = module(torch.from_numpy(np.ascontiguousarray(crop)[None]))[0].numpy()
+        span = np.percentile(crop, 99.9) - np.percentile(crop, 0.1)
+        assert np.abs(got - expected).max() < 1e-5 * span
+        # The network matters: the output is neither the input nor its 4-neighbour mean.
+        assert np.abs(expected - crop).max() > 0.05 * span
 
 
 def test_denoisplit_mmse_exports_and_passes(tmp_path, one_torch_thread):

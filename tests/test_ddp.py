@@ -65,13 +65,16 @@ def _sharded_crops(sample):
     """NS-N2N sampler drawing the global batch from one fixed stream; each rank its part."""
     stream = np.random.default_rng(1234)
 
-    def wrapper(rng, a, b, c, batch, crop):
+    def wrapper(rng, *data, batch, crop):
         from napari_duet import distributed as ddp
 
-        out = sample(stream, a, b, c, batch * ddp.world_size(), crop)
+        out = sample(stream, *data, batch * ddp.world_size(), crop)
         return tuple(x[_slice_of_global(batch)] for x in out)
 
-    return wrapper
+    def positional(rng, *args):  # the samplers' call: (rng, arrays..., batch, crop)
+        return wrapper(rng, *args[:-2], batch=args[-2], crop=args[-1])
+
+    return positional
 
 
 def _sharded_patches(sample):
@@ -106,9 +109,10 @@ def _patch(setattr_) -> None:
     """Take the randomness out of a step, so that two ranks' steps equal one big step."""
     from napari_duet.denoisplit._data import PatchSampler
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.nsn2n import _context, _train
+    from napari_duet.nsn2n import _blind, _context, _train
 
     setattr_(_context, "sample_context_batch", _sharded_crops(_context.sample_context_batch))
+    setattr_(_blind, "sample_blind_batch", _sharded_crops(_blind.sample_blind_batch))
     setattr_(_train, "_sample_batch", _sharded_crops(_train._sample_batch))
     setattr_(PatchSampler, "sample", _sharded_patches(PatchSampler.sample))
     setattr_(LadderVAE, "forward", _posterior_means(LadderVAE.forward))

@@ -35,21 +35,29 @@ def _volume(shape=SHAPE, seed=0) -> np.ndarray:
     return (noisy * 1000 + 200).clip(0, 65535).astype(np.uint16)
 
 
-def _model(context: bool = True, seed: int = 0):
-    """An untrained network with random weights: a non-trivial map, made in milliseconds."""
+def _model(context: bool | str = True, seed: int = 0):
+    """An untrained network with random weights: a non-trivial map, made in milliseconds.
+
+    ``context``: True (2.5D), False (2D) or ``"blind"``.
+    """
     import torch
 
     from napari_duet.networks.unet import UNet2D
     from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
+    from napari_duet.nsn2n._blind import BlindNet
     from napari_duet.nsn2n._context import ContextNet
 
     torch.manual_seed(seed)
-    if context:
+    if context == "blind":
+        net = BlindNet(width=8, depth=2)
+        torch.nn.init.normal_(net.unet.head.weight, std=0.05)
+    elif context:
         net = ContextNet(width=8, depth=2)
         torch.nn.init.normal_(net.unet.head.weight, std=0.05)
     else:
         net = UNet2D(1, 1, width=8, depth=2)
-    cfg = NSN2NConfig(width=8, device="cpu", context="2.5d" if context else "2d")
+    name = "blind" if context == "blind" else "2.5d" if context else "2d"
+    cfg = NSN2NConfig(width=8, device="cpu", context=name)
     return NSN2NModel(net, cfg, [], {}, device="cpu")
 
 
@@ -159,7 +167,7 @@ def test_other_formats_stay_in_memory(tmp_path):
 
 
 # ---------------------------------------------------------------------- chunked NS-N2N
-@pytest.mark.parametrize("context", [True, False])
+@pytest.mark.parametrize("context", [True, False, "blind"])
 @pytest.mark.parametrize("slab", [1, 5])
 def test_chunked_equals_in_memory(context, slab):
     from napari_duet.nsn2n._chunked import iter_denoise_chunked

@@ -138,7 +138,7 @@ def test_budget_and_auto_fields_map_to_the_config(widget):
     widget.width.value = 0
     cfg = widget.config()
     assert cfg.iterations is None and cfg.budget == "auto" and cfg.width is None
-    assert cfg.context == "2.5d"
+    assert cfg.context == "auto"
     widget.budget.value = 30
     widget.iterations.value = 12
     widget.context.value = "2d"

@@ -24,5 +24,6 @@ def add_noise(clean: np.ndarray, sigma: float = 0.1, correlated: bool = False, s
     return (clean + sigma * n).astype(np.float32)
 
 
+# The 2.5D network (context "auto" would pick the blind-spot one for this white noise).
 FAST = {"iterations": 60, "width": 8, "batch_size": 4, "crop_size": 32, "device": "cpu",
-        "preview_every": 20}
+        "preview_every": 20, "context": "2.5d"}

@@ -18,8 +18,8 @@ def test_auto_budget_by_device_and_size():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     ref = 48 * 256 * 256
     assert resolve_budget(auto, cpu, ref) == pytest.approx(CPU_BUDGET_S)
-    # smaller volumes train less (square root of the size), within the range
-    assert resolve_budget(auto, cpu, ref // 4) == pytest.approx(CPU_BUDGET_S / 2)
+    # smaller volumes train less (4th root of the size: 16 x smaller, half as long)
+    assert resolve_budget(auto, cpu, ref // 16) == pytest.approx(CPU_BUDGET_S / 2)
     assert resolve_budget(auto, cpu, 10) == CPU_BUDGET_RANGE[0]
     assert resolve_budget(auto, cpu, 100 * ref) == CPU_BUDGET_RANGE[1]
     assert resolve_budget(auto, cuda, ref) == GPU_BUDGET_S
@@ -71,4 +71,8 @@ def test_auto_width_by_device():
     assert resolve_width(NSN2NConfig(), cpu) < resolve_width(NSN2NConfig(), cuda)
     assert resolve_width(NSN2NConfig(width=12), cuda) == 12
     assert resolve_width(NSN2NConfig(context="2d"), cpu) == 16
-    np.testing.assert_equal(NSN2NConfig().context, "2.5d")
+    # the blind-spot network: narrower on a CPU (more steps in the budget), 48 on a GPU
+    assert resolve_width(NSN2NConfig(context="blind"), cpu) == 16
+    assert resolve_width(NSN2NConfig(context="blind"), cuda) == 48
+    assert resolve_width(NSN2NConfig(context="2.5d"), cpu) == 24
+    np.testing.assert_equal(NSN2NConfig().context, "auto")

@@ -29,9 +29,10 @@ def test_recommendation_follows_the_noise():
     assert method == "nsn2n" and "\n" not in reason
     # strong correlated noise must not make similar slices look unrelated
     assert slice_similarity(add_noise(clean, 0.2, correlated=True)) > 0.4
-    # pixel-independent noise: BM4D measured better (benchmarks/nsn2n.py)
+    assert "2.5D" in reason
+    # pixel-independent noise: the blind-spot network (measured above BM4D, benchmarks/nsn2n.py)
     method, reason = recommend_method(add_noise(clean, 0.1))
-    assert method == "bm4d" and "pixel-independent" in reason
+    assert method == "nsn2n" and "pixel-independent" in reason and "blind-spot" in reason
     from napari_duet.nsn2n import NSN2NConfig
 
     # slices hardly matching: a single-image method, whatever the noise
@@ -50,11 +51,17 @@ def test_recommendation_rule_thresholds(monkeypatch):
         monkeypatch.setattr(d, "slice_similarity", lambda *a, **k: sim)
         return d.recommend_method(None)
 
-    assert rule(0.6, 0.9, 0.95)[0] == "nsn2n"      # correlated noise, thin slices
-    assert rule(0.6, 0.9, 0.6)[0] == "nsn2n"       # correlated noise, thick slices
-    assert rule(0.0, 0.95, 0.98)[0] == "bm4d"      # white noise, thin slices
+    for sim in (0.95, 0.6):                        # correlated noise, thin / thick slices
+        method, reason = rule(0.6, 0.9, sim)
+        assert method == "nsn2n" and "2.5D" in reason and "blind" not in reason
+    white_thin = rule(0.0, 0.95, 0.98)
+    assert white_thin[0] == "nsn2n" and "blind-spot" in white_thin[1]
+    assert "thin slices" in white_thin[1]
     white_thick = rule(0.0, 0.9, 0.6)
-    assert white_thick[0] == "bm4d" and "thick" in white_thick[1]
+    assert white_thick[0] == "nsn2n" and "thick slices" in white_thick[1]
+    assert "blind-spot" in white_thick[1]
+    assert rule(0.24, 0.9, 0.9)[0] == "nsn2n" and "blind-spot" in rule(0.24, 0.9, 0.9)[1]
+    assert "2.5D" in rule(0.25, 0.9, 0.9)[1]       # the threshold auto uses too
     assert rule(0.6, 0.2, 0.9)[0] == "noise2fast"  # slices hardly match
     assert rule(0.6, 0.9, 0.1)[0] == "noise2fast"  # unrelated slices
 

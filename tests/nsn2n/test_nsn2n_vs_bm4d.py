@@ -4,9 +4,9 @@ BM4D runs the way a user runs it, with the noise level estimated from the data
 (skimage's estimate_sigma, per slice).  On in-plane correlated noise that
 estimate reads the noise as signal, so BM4D barely denoises while NS-N2N,
 which needs only independence *between* slices, removes the noise: NS-N2N must
-win by a clear margin.  On white noise BM4D's estimate is right and BM4D is
-the stronger method on a CPU budget (docs/nsn2n.md); NS-N2N must stay within
-reach of it there.
+win by a clear margin.  On white noise BM4D's estimate is right; there the
+default (``context="auto"``) trains the blind-spot network, which must beat
+BM4D too (the 2.5D network, the default before, lost by 1-2 dB here).
 """
 
 import numpy as np
@@ -56,12 +56,13 @@ def test_nsn2n_beats_bm4d_with_estimated_sigma_on_correlated_noise(clean):
     assert p_ours > p_bm4d + 2.5, (p_noisy, p_bm4d, p_ours)  # measured +3.6 dB
 
 
-def test_nsn2n_on_white_noise_close_to_bm4d(clean):
+def test_nsn2n_beats_bm4d_on_white_noise(clean):
     noisy = add_noise(clean, 0.1, seed=2)
     ref, sigma = _bm4d_estimated(noisy)
     assert 0.08 < sigma < 0.12  # right on white noise
-    ours = train(noisy, config=CFG).denoised
-    p_noisy, p_bm4d, p_ours = (psnr(a, clean, 1.0) for a in (noisy, ref, ours))
+    res = train(noisy, config=CFG.replace(iterations=600))
+    assert res.model.info["context"] == "blind"  # chosen from the noise's correlation
+    p_noisy, p_bm4d, p_ours = (psnr(a, clean, 1.0) for a in (noisy, ref, res.denoised))
     print("white: noisy, BM4D est, NS-N2N", p_noisy, p_bm4d, p_ours)
-    assert p_ours > p_noisy + 6.0, (p_noisy, p_bm4d, p_ours)
-    assert p_ours > p_bm4d - 3.0, (p_noisy, p_bm4d, p_ours)  # measured -2.1 dB
+    # measured: blind 29.76 dB, BM4D 29.04 dB, the 2.5D network 28.08 dB (600 steps)
+    assert p_ours > p_bm4d + 0.3, (p_noisy, p_bm4d, p_ours)

@@ -92,7 +92,8 @@ class NSN2NWidget(EngineDock):
         self.budget = SpinBox(label="time budget (s)", value=0, min=0, max=86_400)
         self.iterations = SpinBox(label="iterations", value=0, min=0, max=1_000_000)
         self.width = SpinBox(label="network width", value=0, min=0, max=256)
-        self.context = ComboBox(label="network input", choices=["2.5d", "2d"], value=d.context)
+        self.context = ComboBox(label="network input", choices=["auto", "2.5d", "blind", "2d"],
+                                value=d.context)
         self.guide = ComboBox(label="guide filter", choices=["gaussian", "nlm"], value=d.guide)
         self.lambda_rc = FloatSpinBox(label="λ regional consistency", value=d.lambda_rc,
                                       min=0, max=100, step=0.1)

@@ -2,7 +2,8 @@
 
 The exported forward is :class:`~napari_duet.nsn2n.bmz_network.NSN2NDenoiser`:
 raw (B, Z, Y, X) stacks in, denoised stacks out, in the input's units, with the
-normalisation, the slice context of the 2.5D network and the flips/rotations
+normalisation, the slice context of the 2.5D and blind-spot networks (and the
+blind-spot network's blend with the noisy pixel) and the flips/rotations
 inside the module; its source file travels in the package, so the package
 runs without napari-duet.  The test output is napari-duet's own predictor
 (:meth:`NSN2NModel.predict`) on a crop of a volume, and the export checks that
@@ -52,6 +53,9 @@ def architecture_kwargs(model: NSN2NModel) -> dict[str, Any]:
     """Keyword arguments of :class:`NSN2NDenoiser` for ``model``."""
     cfg = model.config
     net = model.net.config()
+    if model.is_blind:  # no guide images, no threshold: only the network and the TTA
+        return {"arch": "nsn2n-blind", "width": int(net["width"]),
+                "depth": int(net["depth"]), "tta": bool(cfg.tta)}
     kwargs: dict[str, Any] = {
         "arch": "nsn2n-context" if model.is_context else "unet2d",
         "width": int(net["width"]), "depth": int(net["depth"]),
@@ -164,7 +168,9 @@ def export_bmz(
 def _description(model: NSN2NModel, path: Path, name: str, authors: list[str], license: str,
                  span: float) -> dict[str, Any]:
     """The package's ``rdf.yaml`` content."""
-    arch = "2.5D U-Net (neighbouring slices as input)" if model.is_context else "2D U-Net"
+    arch = {"2.5d": "2.5D U-Net (neighbouring slices as input)",
+            "blind": "blind-spot 2.5D U-Net (the slice with hidden pixels and its neighbours)",
+            "2d": "2D U-Net"}[model.context]
     space = {"min": 8, "step": 1}
     in_axes = [
         {"type": "batch"},
@@ -198,17 +204,25 @@ def _description(model: NSN2NModel, path: Path, name: str, authors: list[str], l
             # A few pixels may switch between matched / unmatched.
             "mismatched_elements_per_million": 200,
         },
-        architecture_type="U-Net 2.5D" if model.is_context else "U-Net 2D",
+        architecture_type={"2.5d": "U-Net 2.5D", "blind": "blind-spot U-Net 2.5D",
+                           "2d": "U-Net 2D"}[model.context],
         task="denoising", kind="nsn2n", source_file=path.name,
         facts={"nsn2n_config": model.config.to_dict(), "training": info},
     )
 
 
 def _readme(model: NSN2NModel, name: str) -> str:
-    arch = ("the 2.5D network: each slice is denoised from itself and its neighbours, in two "
-            "parity modes whose predictions are mixed where neighbouring slices match"
-            if model.is_context else "the paper's 2D network, slice by slice")
-    tta = "averaged over the 8 flips/rotations" if model.config.tta else "one pass per slice"
+    arch = {
+        "2.5d": "the 2.5D network: each slice is denoised from itself and its neighbours, in "
+                "two parity modes whose predictions are mixed where neighbouring slices match",
+        "blind": "the blind-spot 2.5D network: each pixel is predicted from its slice with "
+                 "that pixel hidden (one phase of a 2 x 2 grid per pass) and from the "
+                 "neighbouring slices, then blended with its noisy value by a weight "
+                 "fitted to each slice's noise level (for noise independent between pixels)",
+        "2d": "the paper's 2D network, slice by slice",
+    }[model.context]
+    tta = ("averaged over the 8 flips/rotations" if model.config.tta
+           else "one pass per grid phase" if model.is_blind else "one pass per slice")
     return f"""# {name}
 
 A self-supervised denoiser for one kind of noisy volume, trained with
@@ -229,6 +243,8 @@ noise, so each is a Noise2Noise target for the other where they match.
 - Each plane is processed whole; napari-duet tiles planes larger than
   {model.config.tile} px, which changes results only near tile seams.  Large planes
   need memory for the whole plane.
+- The normalisation (and, for the blind-spot network, each slice's noise level) is
+  fitted to what the model sees: a tool that tiles the input changes them.
 - A denoiser trained on one volume is best on volumes like it (same microscope,
   noise and structures); it was not trained on, and should not be used for, other data
   without checking.

@@ -350,7 +350,7 @@ def iter_denoise_chunked(
     if slab < 1:
         raise DuetInputError(f"slab must be at least 1 slice, got {slab}")
     n_slabs = -(-n_z // slab)
-    halo = CONTEXT_HALO if model.is_context else 0
+    halo = model.halo  # slices read on each side: 2 for the 2.5D and blind networks
     t0 = time.perf_counter()
     src = runner.ref(source, "volume")
     with_std = tta and uncertainty is not None

@@ -46,9 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=None, metavar="W",
                    help="U-Net width, feature channels of the first level (default: by "
                    "device, 24 on a CPU, 48 on a GPU)")
-    p.add_argument("--context", choices=("2.5d", "2d"), default=None,
-                   help="2.5d (default): neighbouring slices are inputs too, split so that "
-                   "no target is an input; 2d: the paper's one-slice network")
+    p.add_argument("--context", choices=("auto", "2.5d", "blind", "2d"), default=None,
+                   help="auto (default): blind for noise independent between pixels, else "
+                   "2.5d; 2.5d: neighbouring slices are inputs too, split so that no target "
+                   "is an input; blind: the slice itself with a blind spot plus its "
+                   "neighbours; 2d: the paper's one-slice network")
     p.add_argument("--guide", choices=("gaussian", "bilateral", "nlm"), default=None,
                    help="low-pass filter of the guide images (default gaussian; nlm as in the "
                    "paper, slow)")

@@ -10,7 +10,7 @@ from .._config import EngineConfig, check_choice, check_int, check_number, need
 GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
-CONTEXTS = ("2.5d", "2d")
+CONTEXTS = ("auto", "2.5d", "blind", "2d")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
@@ -24,11 +24,17 @@ class NSN2NConfig(EngineConfig):
 
     Parameters
     ----------
-    context : {"2.5d", "2d"}
-        ``"2.5d"`` (default): the network also sees neighbouring slices, split by
-        parity so that no target slice is ever an input (see ``_context.py``), and
-        both splits are averaged at inference.  ``"2d"``: the paper's pair form
-        (one slice in, a neighbour as target, with the RC and IC losses).
+    context : {"auto", "2.5d", "blind", "2d"}
+        Network input and training split.  ``"2.5d"``: the network also sees
+        neighbouring slices, split by parity so that no target slice is ever an
+        input (see ``_context.py``), and both splits are averaged at inference;
+        needs noise independent between slices only.  ``"blind"``: the target
+        slice itself with a blind spot (a grid of hidden pixels) plus its
+        neighbours (see ``_blind.py``); needs noise independent between pixels.
+        ``"auto"`` (default): ``"blind"`` when the measured in-plane correlation
+        of the noise is low, else ``"2.5d"`` (:func:`resolve_context`).
+        ``"2d"``: the paper's pair form (one slice in, a neighbour as target, with
+        the RC and IC losses).
     iterations : int or None
         Optimiser steps.  None (default): train for ``budget`` seconds.  With a
         number and ``budget="auto"``, exactly that many steps (reproducible).
@@ -87,7 +93,7 @@ class NSN2NConfig(EngineConfig):
         Seed for crops, augmentations and weights.
     """
 
-    context: str = "2.5d"
+    context: str = "auto"
     iterations: int | None = None
     budget: float | str = "auto"
     width: int | None = None

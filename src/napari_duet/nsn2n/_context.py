@@ -43,15 +43,19 @@ N_IN = len(OFFSETS) + 1  # + mode channel
 MODES = ("self", "gap")
 
 
-class ContextNet(nn.Module):
-    """U-Net on (5 slice channels + mode channel) -> base + correction."""
+class CorrectionNet(nn.Module):
+    """A U-Net whose output is added to a base image taken from its input.
 
-    arch = "nsn2n-context"
+    The last layer starts at zero, so training starts at the base image, like a
+    residual denoiser.  Subclasses name the architecture and the base.
+    """
+
+    arch = ""
+    n_in = 1
 
     def __init__(self, width: int = 32, depth: int = 3) -> None:
         super().__init__()
-        self.unet = UNet2D(N_IN, 1, width=width, depth=depth, residual=False)
-        # Start as the base image (no correction): like a residual denoiser.
+        self.unet = UNet2D(self.n_in, 1, width=width, depth=depth, residual=False)
         nn.init.zeros_(self.unet.head.weight)
         nn.init.zeros_(self.unet.head.bias)
 
@@ -63,22 +67,41 @@ class ContextNet(nn.Module):
     def out_channels(self) -> int:
         return 1
 
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, 6, H, W) built by :func:`context_input`; returns (B, 1, H, W)."""
-        mode = x[:, 5:6]  # 1: self, 0: gap
-        base_self = x[:, 2:3]
-        base_gap = 0.5 * (x[:, 1:2] + x[:, 3:4])
-        base = mode * base_self + (1 - mode) * base_gap
-        return base + self.unet(x)
+        return self.base(x) + self.unet(x)
 
     def config(self) -> dict:
         return {"arch": self.arch, "width": self.unet.width, "depth": self.unet.depth}
 
 
+class ContextNet(CorrectionNet):
+    """U-Net on (5 slice channels + mode channel) -> base + correction.
+
+    ``x``: (B, 6, H, W) built by :func:`context_input`; the base is x_i in mode
+    ``self``, the mean of x_(i-1) and x_(i+1) in mode ``gap``.
+    """
+
+    arch = "nsn2n-context"
+    n_in = N_IN
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        mode = x[:, 5:6]  # 1: self, 0: gap
+        base_self = x[:, 2:3]
+        base_gap = 0.5 * (x[:, 1:2] + x[:, 3:4])
+        return mode * base_self + (1 - mode) * base_gap
+
+
 def build_net(network: dict) -> nn.Module:
-    """Network from a model file's ``network`` entry (context net or the paper's 2D U-Net)."""
+    """Network from a model file's ``network`` entry (2.5D, blind-spot or the paper's 2D U-Net)."""
     if network.get("arch") == ContextNet.arch:
         return ContextNet(width=int(network["width"]), depth=int(network["depth"]))
+    from ._blind import BlindNet
+
+    if network.get("arch") == BlindNet.arch:
+        return BlindNet(width=int(network["width"]), depth=int(network["depth"]))
     return UNet2D(**network)
 
 

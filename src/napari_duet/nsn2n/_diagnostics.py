@@ -3,11 +3,13 @@
 NS-N2N's premise is noise independent *between* slices; its advantage over
 single-image (blind-spot / Noise2Fast-style) denoisers and over BM4D run with
 an estimated noise level is noise correlated *within* a slice, which those
-cannot tell from signal.  On pixel-independent noise BM4D (which then
-estimates the noise level correctly) measured better than NS-N2N on a CPU
-budget, so :func:`recommend_method` says so; the widget and the CLI report
-show its advice, and :func:`pair_diagnostics` gives it pair by pair (time-lapses
-with motion, anisotropic stacks).
+cannot tell from signal.  On pixel-independent noise, where BM4D estimates the
+noise level correctly, NS-N2N's blind-spot network (chosen automatically
+from :func:`noise_correlation`) uses the slice itself as well as its
+neighbours and measured above BM4D; :func:`recommend_method` says which
+network and why, the widget and the CLI report show it, and
+:func:`pair_diagnostics` gives the matching pair by pair (time-lapses with
+motion, anisotropic stacks).
 """
 
 from __future__ import annotations
@@ -98,7 +100,11 @@ def noise_correlation(volume, axis: int = 0, config: NSN2NConfig | None = None) 
     denoisers.
     """
     config = config or NSN2NConfig()
-    _, stacks, _ = prepare(volume, axis)
+    return stacks_noise_correlation(prepare(volume, axis)[1], config)
+
+
+def stacks_noise_correlation(stacks: np.ndarray, config: NSN2NConfig) -> float:
+    """:func:`noise_correlation` of normalised (S, Z, Y, X) stacks (training uses it)."""
     vals = []
     for stack in stacks:
         idx, gd, tau, _ = _sampled_pairs(stack, config)
@@ -187,23 +193,24 @@ def summarize_pairs(pairs: list[dict]) -> str:
 def recommend_method(
     volume, axis: int = 0, config: NSN2NConfig | None = None
 ) -> tuple[str, str]:
-    """Recommend NS-N2N, BM4D or a single-image denoiser for this volume.
+    """Recommend NS-N2N (and which network) or a single-image denoiser for this volume.
 
     The rule follows the benchmark (``docs/nsn2n.md``, "When to use what"):
 
     * slices unrelated, or matching under 30 %: a single-image denoiser
       (``"noise2fast"``);
-    * noise correlated within slices (lag-1 >= 0.25): ``"nsn2n"``; BM4D/BM3D
-      with an estimated noise level then barely denoise (they read the
-      correlated noise as signal);
-    * pixel-independent noise: ``"bm4d"`` (benchmark: BM4D ahead of NS-N2N on
-      a CPU budget on every white-noise volume, thin or thick slices);
-      NS-N2N is the fallback when BM4D is not at hand.
+    * noise correlated within slices (lag-1 >= 0.25): ``"nsn2n"`` with the 2.5D
+      network (``context="auto"`` picks it); BM4D/BM3D with an estimated noise
+      level then barely denoise (they read the correlated noise as signal);
+    * pixel-independent noise: ``"nsn2n"`` with the blind-spot network
+      (``context="auto"`` picks it): measured above BM4D with the noise level
+      estimated, on thin and thick slices.
 
     Returns
     -------
     method : str
-        ``"nsn2n"``, ``"bm4d"`` or ``"noise2fast"``.
+        ``"nsn2n"`` or ``"noise2fast"`` (``"bm4d"`` is no longer returned: the
+        blind-spot network measured better on the noise where BM4D was).
     reason : str
         One line the widget and the CLI report show.
     """
@@ -221,11 +228,12 @@ def recommend_method(
     if np.isfinite(rho) and rho >= CORRELATED_NOISE:
         return ("nsn2n",
                 f"noise is correlated within slices (lag-1 correlation {rho:.2f}) and "
-                f"{frac:.0%} of pixels match between slices: NS-N2N removes such noise; "
-                "BM4D with an estimated noise level and single-image denoisers cannot")
-    thick = "" if sim >= THIN_SLICES else " even on these thick slices"
-    return ("bm4d",
-            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}): "
-            f"BM4D (pip install bm4d; noise level from skimage.restoration.estimate_sigma) "
-            f"measured better than NS-N2N on such noise{thick}; NS-N2N still denoises "
-            f"({frac:.0%} of pixels match) if BM4D is not at hand")
+                f"{frac:.0%} of pixels match between slices: NS-N2N's 2.5D network (chosen "
+                "automatically) removes such noise; BM4D with an estimated noise level and "
+                "single-image denoisers cannot")
+    thick = "thin" if sim >= THIN_SLICES else "thick"
+    return ("nsn2n",
+            f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}) on "
+            f"{thick} slices ({frac:.0%} of pixels match): NS-N2N's blind-spot network "
+            "(chosen automatically) uses each slice and its neighbours and measured above "
+            "BM4D with an estimated noise level on such noise")

@@ -121,7 +121,7 @@ class NSN2NModel:
             "kind": KIND,
             "config": self.config.to_dict(),
             "network": self.net.config(),
-            "context": "2.5d" if self.is_context else "2d",
+            "context": self.context,
             "normalizers": [n.to_dict() for n in self.normalizers],
             "training": self.training,
         }
@@ -164,7 +164,7 @@ class NSN2NModel:
         done = 0
         with torch.inference_mode():
             for s, stack in enumerate(stacks):
-                w = self.pair_weights(stack) if self.is_context else None
+                w = self.pair_weights(stack) if self.is_context else None  # blind: none
                 for z in range(stack.shape[0]):
                     mean, std = self.predict_stack_slice(stack, z, w, tta)
                     out[s, z] = norms[s].inverse(mean)
@@ -188,8 +188,23 @@ class NSN2NModel:
 
     @property
     def is_context(self) -> bool:
-        """True for the 2.5D network (neighbouring slices as input)."""
+        """True for the 2.5D two-mode network (``context="2.5d"``)."""
         return getattr(self.net, "arch", None) == "nsn2n-context"
+
+    @property
+    def is_blind(self) -> bool:
+        """True for the blind-spot 2.5D network (``context="blind"``)."""
+        return getattr(self.net, "arch", None) == "nsn2n-blind"
+
+    @property
+    def context(self) -> str:
+        """``"2.5d"``, ``"blind"`` or ``"2d"``: what the network reads."""
+        return "2.5d" if self.is_context else "blind" if self.is_blind else "2d"
+
+    @property
+    def halo(self) -> int:
+        """Slices read on each side of the slice denoised (2 for 2.5D and blind, 0 for 2D)."""
+        return 2 if (self.is_context or self.is_blind) else 0
 
     def pair_weights(self, stack: np.ndarray) -> np.ndarray:
         """Matched-region maps W of a normalised (Z, Y, X) stack (threshold fitted to it)."""
@@ -208,6 +223,8 @@ class NSN2NModel:
 
         img = np.asarray(image, np.float32)
         with torch.inference_mode():
+            if self.is_blind:  # no neighbours (zeros): copies of the slice would leak its noise
+                return self._predict_blind(img[None], 0, tta)[0]
             if self.is_context:
                 return self.predict_stack_slice(np.stack([img] * 3), 1, None, tta)[0]
             return self._predict_slice(img, tta)[0]
@@ -226,6 +243,8 @@ class NSN2NModel:
         from ._context import context_input, slice_match
 
         with torch.inference_mode():
+            if self.is_blind:
+                return self._predict_blind(stack, z, tta)
             if not self.is_context:
                 return self._predict_slice(np.asarray(stack[z], np.float32), tta)
             preds = {}
@@ -238,6 +257,22 @@ class NSN2NModel:
         # from different slices' noise, so their disagreement tracks the local
         # error; where the slices do not match it is large, as it should be.
         std = np.concatenate([p_self, p_gap]).std(axis=0)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def _predict_blind(self, stack: np.ndarray, z: int, tta: bool
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Blind-spot network: J-invariant estimate, then combined with the pixel itself.
+
+        Every grid phase is hidden once (each under the flips/rotations); the mean
+        over them, ``mu``, never depends on a pixel's own value.  ``mu`` is then
+        combined with the noisy slice as ``mu + k (x - mu)`` (:func:`_blind.posterior`).
+        Uncertainty: the spread of ``mu`` over the flips/rotations.
+        """
+        from ._blind import posterior, predict_mu
+
+        mus = predict_mu(self._predict_all, stack, z, tta)
+        mean = posterior(np.asarray(stack[z], np.float32), mus.mean(0))
+        std = mus.std(axis=0) if len(mus) > 1 else np.zeros_like(mean)
         return mean.astype(np.float32), std.astype(np.float32)
 
     def _predict_all(self, img: np.ndarray, tta: bool) -> np.ndarray:
@@ -337,7 +372,7 @@ class NSN2NModel:
                                  what="NS-N2N model")
             network = _network_spec(mf.extra["network"])
             cfg = dict(mf.config)
-            if network.get("arch") != "nsn2n-context":
+            if network.get("arch") not in ("nsn2n-context", "nsn2n-blind"):
                 # Files written before the 2.5D network hold the paper's 2D U-Net.
                 cfg["context"] = "2d"
             # Older files also saved run-time options: dropped (set when used).
@@ -362,11 +397,11 @@ def _network_spec(network: Any) -> dict[str, Any]:
     """
     if not isinstance(network, dict):
         raise ValueError(f"network must be a mapping, got {type(network).__name__}")
-    if network.get("arch") == "nsn2n-context":
+    if network.get("arch") in ("nsn2n-context", "nsn2n-blind"):
         unknown = set(network) - {"arch", "width", "depth"}
         if unknown:
             raise ValueError(f"unknown network fields: {', '.join(sorted(map(str, unknown)))}")
-        return {"arch": "nsn2n-context",
+        return {"arch": network["arch"],
                 "width": file_int(network.get("width"), "network.width", 1, _MAX_WIDTH),
                 "depth": file_int(network.get("depth"), "network.depth", 0, _MAX_DEPTH)}
     known = {"in_channels", "out_channels", "width", "depth", "residual"}

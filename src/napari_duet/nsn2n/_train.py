@@ -124,7 +124,13 @@ def _lr_at(progress: float, step: int, schedule: str) -> float:
 
 # Default training budget on a CPU for a 48 x 256 x 256 volume (seconds), and
 # its range for other sizes; on a GPU a fixed budget with a larger network.
+# Other sizes scale by the 4th root of the voxel count: the steps a network
+# needs hardly depend on the volume (every step sees the same crops), and with
+# the square root the blind-spot network stopped short of BM4D on small volumes
+# (24 x 128^2 MRI crop: 85 s, ~3000 steps, 32.9 dB; 143 s, 5146 steps, 33.17 dB
+# against BM4D's 33.13 dB).
 CPU_BUDGET_S = 240.0
+_BUDGET_EXPONENT = 0.25
 CPU_BUDGET_RANGE = (30.0, 300.0)
 GPU_BUDGET_S = 40.0
 _REF_VOXELS = 48 * 256 * 256
@@ -134,7 +140,7 @@ def resolve_budget(config: NSN2NConfig, device, n_voxels: int) -> float | None:
     """Training seconds for this run (None: ``iterations`` alone decides).
 
     ``budget="auto"`` with ``iterations`` set means exactly that many steps.
-    Otherwise auto is ``CPU_BUDGET_S`` scaled by the square root of the volume
+    Otherwise auto is ``CPU_BUDGET_S`` scaled by the 4th root of the volume
     size (clipped to ``CPU_BUDGET_RANGE``) on a CPU, ``GPU_BUDGET_S`` on a GPU.
     """
     if config.budget != "auto":
@@ -144,16 +150,41 @@ def resolve_budget(config: NSN2NConfig, device, n_voxels: int) -> float | None:
     if getattr(device, "type", str(device)) in ("cuda", "mps"):
         return GPU_BUDGET_S
     lo, hi = CPU_BUDGET_RANGE
-    return float(min(hi, max(lo, CPU_BUDGET_S * math.sqrt(n_voxels / _REF_VOXELS))))
+    scale = (n_voxels / _REF_VOXELS) ** _BUDGET_EXPONENT
+    return float(min(hi, max(lo, CPU_BUDGET_S * scale)))
+
+
+def resolve_context(config: NSN2NConfig, stacks: np.ndarray) -> tuple[str, float]:
+    """The network input of this run and the noise's in-plane correlation (NaN if unmeasured).
+
+    ``context="auto"``: ``"blind"`` when the lag-1 in-plane correlation of the
+    noise (:func:`~napari_duet.nsn2n.noise_correlation`, on the normalised
+    stacks) is under ``CORRELATED_NOISE``, else ``"2.5d"`` (also when it cannot
+    be measured).  Any other value is kept.
+    """
+    from ._diagnostics import CORRELATED_NOISE, stacks_noise_correlation
+
+    if config.context != "auto":
+        return config.context, float("nan")
+    rho = stacks_noise_correlation(stacks, config)
+    return ("blind" if np.isfinite(rho) and rho < CORRELATED_NOISE else "2.5d"), rho
 
 
 def resolve_width(config: NSN2NConfig, device) -> int:
-    """Network width: ``config.width``, or by device and context when None."""
+    """Network width: ``config.width``, or by device and context when None.
+
+    ``config.context`` must be resolved (not ``"auto"``; see :func:`resolve_context`).
+    """
     if config.width is not None:
         return config.width
+    gpu = getattr(device, "type", str(device)) in ("cuda", "mps")
     if config.context == "2d":
         return 16
-    return 48 if getattr(device, "type", str(device)) in ("cuda", "mps") else 24
+    if config.context == "blind":
+        # Width 16 learned as much per step as 24 on a CPU at half the time per step,
+        # so under a time budget it takes twice the steps (docs/nsn2n.md, 3c).
+        return 48 if gpu else 16
+    return 48 if gpu else 24
 
 
 def _sample_batch(
@@ -225,6 +256,7 @@ def iter_train(
     from .. import distributed as ddp
     from ..devices import resolve_device, seed_everything
     from ..networks.unet import UNet2D
+    from ._blind import BlindNet, blind_loss, sample_blind_batch
     from ._context import ContextNet, context_loss, sample_context_batch
     from ._losses import nsn2n_losses
 
@@ -234,8 +266,9 @@ def iter_train(
     device = ddp.rank_device(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
     n_stacks, n_z = stacks.shape[:2]
     budget = resolve_budget(config, device, int(stacks.size))
-    width = resolve_width(config, device)
-    context = config.context == "2.5d"
+    mode, noise_rho = resolve_context(config, stacks)  # "auto": by the noise's correlation
+    width = resolve_width(config.replace(context=mode), device)
+    context, blind = mode == "2.5d", mode == "blind"
     # Planned steps: fixed, or an estimate updated from the measured speed.
     n_iter = config.iterations if config.iterations is not None else 1000
     preview_index = (n_z // 2 if config.preview_index is None
@@ -290,9 +323,11 @@ def iter_train(
     # 2. training
     rng = seed_everything(config.seed)  # the same initial network on every rank
     rng = np.random.default_rng(ddp.sampler_seed(config.seed))  # each rank its own crops
+    centres = np.argwhere(np.ones((n_stacks, n_z), bool))
     if context:
         net = ContextNet(width=width, depth=config.depth).to(device)
-        centres = np.argwhere(np.ones((n_stacks, n_z), bool))
+    elif blind:
+        net = BlindNet(width=width, depth=config.depth).to(device)
     else:
         net = UNet2D(1, 1, width=width, depth=config.depth,
                      residual=config.residual).to(device)
@@ -300,9 +335,10 @@ def iter_train(
     opt_kw = {"weight_decay": config.weight_decay} if config.optimizer == "adamw" else {}
     opt = opt_cls(net.parameters(), lr=config.lr, **opt_kw)
     train_net = ddp.wrap(net, device)  # DDP averages gradients over ranks (else net)
-    keys = ("total", "recon", "self", "gap") if context else ("total", "recon", "rc", "ic")
+    keys = (("total", "recon", "self", "gap") if context else ("total", "recon", "blind")
+            if blind else ("total", "recon", "rc", "ic"))
     history: dict[str, list[float]] = {k: [] for k in keys}
-    model = NSN2NModel(net, config.replace(width=width), norms, device=device)
+    model = NSN2NModel(net, config.replace(width=width, context=mode), norms, device=device)
     # Time one slice's inference before training, for the first ETAs (it is measured
     # again at every preview).  Eval mode without gradients: nothing the training
     # uses changes, so the results stay the same; it also takes the network's
@@ -333,6 +369,11 @@ def iter_train(
                                                  config.crop_size)
             tx, tt, tw = (torch.from_numpy(a).to(device) for a in (xin, tgt, wgt))
             loss, terms = context_loss(train_net, tx, tt, tw)
+        elif blind:
+            xin, tgt, wgt = sample_blind_batch(rng, stacks, centres, config.batch_size,
+                                               config.crop_size)
+            tx, tt, tw = (torch.from_numpy(a).to(device) for a in (xin, tgt, wgt))
+            loss, terms = blind_loss(train_net, tx, tt, tw)
         else:
             xi, xj, ww = _sample_batch(rng, stacks, w, pairs, config.batch_size,
                                        config.crop_size)
@@ -370,7 +411,8 @@ def iter_train(
             per_it = now - t_train
         else:
             per_it = (now - t_timed) / (it - 1)
-        n_pred = (8 if config.tta else 1) * (2 if context else 1)
+        # infer_per_slice is one slice without TTA (both modes / every grid phase)
+        n_pred = 8 if config.tta else 1
         if it == 1 and not last and budget is not None and config.iterations is None:
             left = max(budget - (now - t_train), 0.0)  # the budget fixes the training time
         else:
@@ -385,7 +427,8 @@ def iter_train(
     model.info = {
         "tau": taus, "matched_fraction": matched, "slice_similarity": similarity,
         "iterations_done": it, "budget_s": budget, "width": width,
-        "context": config.context, "device": str(device), "world_size": ddp.world_size(),
+        "context": mode, "noise_correlation": noise_rho, "device": str(device),
+        "world_size": ddp.world_size(),
         "train_shape": list(layout.shape), "axis": layout.axis,
     }
 

@@ -19,12 +19,18 @@ stacks in the same intensity units.  It repeats napari-duet's predictor
    then 5x5 median, SciPy's ``reflect`` boundary), the matched-region maps
    between neighbouring slices with the automatic threshold, both parity modes
    (``self`` and ``gap``) and their mix;
-3. the 8 flips/rotations averaged (test-time augmentation) when ``tta``.
+   for the blind-spot network (``arch="nsn2n-blind"``): each phase of a 2 x 2
+   pixel grid hidden once (replaced by the mean of its 4 direct neighbours, a
+   mask channel, the neighbouring slices x(i-2) .. x(i+2) without x(i)), each
+   pixel taken from the pass that hid it (``mu``), then blended with the noisy
+   slice as ``mu + k (x - mu)``, ``k`` from the slice's noise level (Immerkaer);
+3. the 8 flips/rotations averaged (test-time augmentation) when ``tta`` (for the
+   blind-spot network: averaged before the blend).
 
 Unlike napari-duet it does not tile planes larger than the model's tile size:
 each plane is processed whole (the result differs from a tiled run only near
-tile seams).  The parameter names of :class:`UNet2D` and :class:`ContextNet`
-are those of napari-duet's networks, under the prefix ``net.``.
+tile seams).  The parameter names of :class:`UNet2D`, :class:`ContextNet` and
+:class:`BlindNet` are those of napari-duet's networks, under the prefix ``net.``.
 """
 
 from __future__ import annotations
@@ -39,11 +45,16 @@ from ..networks.unet import UNet2D  # bmz: drop
 
 NORM_LOW, NORM_HIGH = 0.1, 99.9
 CONTEXT_ARCH = "nsn2n-context"
+BLIND_ARCH = "nsn2n-blind"
+UNET_ARCH = "unet2d"
 OFFSETS = (-2, -1, 0, 1, 2)
 SELF_IN = (0,)
 GAP_IN = (-2, -1, 1, 2)
 N_IN = len(OFFSETS) + 1  # five slice channels + the mode channel
 TRANSFORMS = [(k, f) for f in (False, True) for k in range(4)]
+# Blind-spot network: one phase of a GRID x GRID pixel grid hidden per pass.
+GRID = 2
+BLIND_IN = 2 + len(GAP_IN)  # filled x_i, mask, neighbours x(i-2), x(i-1), x(i+1), x(i+2)
 
 
 # ---------------------------------------------------------------- networks
@@ -58,6 +69,17 @@ class ContextNet(nn.Module):
         mode = x[:, 5:6]  # 1: self, 0: gap
         base_gap = 0.5 * (x[:, 1:2] + x[:, 3:4])
         return mode * x[:, 2:3] + (1 - mode) * base_gap + self.unet(x)
+
+
+class BlindNet(nn.Module):
+    """Blind-spot network: (B, 6, H, W) -> filled x_i + U-Net correction."""
+
+    def __init__(self, width: int = 32, depth: int = 2) -> None:
+        super().__init__()
+        self.unet = UNet2D(BLIND_IN, 1, width=width, depth=depth, residual=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:1] + self.unet(x)
 
 
 # ---------------------------------------------------------------- helpers
@@ -134,6 +156,73 @@ def context_input(stack: torch.Tensor, i: int, mode: str) -> torch.Tensor:
     return out
 
 
+def phase_mask(shape: tuple[int, int], phase: int, device) -> torch.Tensor:
+    """Boolean (Y, X) mask of one phase (0 .. GRID**2 - 1) of the pixel grid."""
+    py, px = divmod(int(phase), GRID)
+    m = torch.zeros(shape, dtype=torch.bool, device=device)
+    m[py::GRID, px::GRID] = True
+    return m
+
+
+def _mirror_index(n: int, device) -> torch.Tensor:
+    """Indices of NumPy's ``reflect`` padding by 1 (b | a b c d | c): no edge repeated."""
+    i = torch.arange(-1, n + 1, device=device).abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+
+def fill_hidden(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``img`` with the ``mask`` pixels replaced by the mean of their 4 direct neighbours.
+
+    Borders mirrored without repeating the edge pixel, so no filled value
+    depends on a hidden one; a plane 1 pixel wide gets zeros there.
+    """
+    h, w = img.shape
+    if min(h, w) < 2:
+        return torch.where(mask, torch.zeros_like(img), img)
+    p = img.index_select(0, _mirror_index(h, img.device))
+    p = p.index_select(1, _mirror_index(w, img.device))
+    # Same order of float32 operations as napari-duet (NumPy).
+    nb = 0.25 * (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:])
+    return torch.where(mask, nb, img)
+
+
+def blind_input(stack: torch.Tensor, i: int, mask: torch.Tensor) -> torch.Tensor:
+    """(6, Y, X) input of slice ``i`` of a (Z, Y, X) stack with the ``mask`` pixels hidden."""
+    out = stack.new_zeros((BLIND_IN, *stack.shape[1:]))
+    out[0] = fill_hidden(stack[i], mask)
+    out[1] = mask.to(stack.dtype)
+    for c, d in enumerate(GAP_IN):
+        j = neighbour_index(i, d, stack.shape[0], GAP_IN)  # never i: no 0 offset
+        if j is not None:
+            out[2 + c] = stack[j]
+    return out
+
+
+def noise_sigma(img: torch.Tensor) -> float:
+    """Noise standard deviation of a (Y, X) slice (Immerkaer 1996), as napari-duet computes it.
+
+    Only the interior of the Laplacian-difference image is used, so the border
+    rule does not matter; SciPy convolves in float64 and stores float32.
+    """
+    h, w = img.shape
+    if h < 3 or w < 3:
+        return 1e-4
+    kernel = torch.tensor([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=torch.float64,
+                          device=img.device)
+    r = F.conv2d(img.double()[None, None], kernel[None, None])[0, 0].float()
+    return float(max(math.sqrt(math.pi / 2) * float(r.abs().mean()) / 6.0, 1e-4))
+
+
+def posterior(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """``mu + k (x - mu)``, ``k = clip(1 - sigma^2 / mean((x - mu)^2), 0, 1)``."""
+    r = x - mu
+    ms = float((r * r).mean())
+    if ms <= 0:
+        return mu
+    k = min(max(1.0 - noise_sigma(x) ** 2 / ms, 0.0), 1.0)
+    return mu + k * r
+
+
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     if flip:
         x = torch.flip(x, dims=(-1,))
@@ -152,7 +241,8 @@ class NSN2NDenoiser(nn.Module):
     Parameters
     ----------
     arch : str
-        ``"nsn2n-context"`` (2.5D network) or ``"unet2d"`` (the paper's 2D network).
+        ``"nsn2n-context"`` (2.5D network), ``"nsn2n-blind"`` (blind-spot 2.5D
+        network) or ``"unet2d"`` (the paper's 2D network).
     width, depth : int
         U-Net size.
     in_channels, out_channels : int
@@ -169,6 +259,11 @@ class NSN2NDenoiser(nn.Module):
         Factor of the automatic threshold.
     tta : bool
         Average the 8 flips/rotations.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``arch``.
     """
 
     def __init__(self, arch: str = CONTEXT_ARCH, width: int = 32, depth: int = 2,
@@ -176,9 +271,14 @@ class NSN2NDenoiser(nn.Module):
                  guide_sigma: float = 2.0, median_size: int = 5, tau: float | None = None,
                  tau_factor: float = 3.0, tta: bool = True) -> None:
         super().__init__()
+        if arch not in (CONTEXT_ARCH, BLIND_ARCH, UNET_ARCH):
+            raise ValueError(f"unknown arch {arch!r}")
         self.context = arch == CONTEXT_ARCH
+        self.blind = arch == BLIND_ARCH
         if self.context:
             self.net = ContextNet(width=width, depth=depth)
+        elif self.blind:
+            self.net = BlindNet(width=width, depth=depth)
         else:
             self.net = UNet2D(in_channels, out_channels, width=width, depth=depth,
                               residual=residual)
@@ -222,6 +322,8 @@ class NSN2NDenoiser(nn.Module):
 
     def denoise_slice(self, norm: torch.Tensor, z: int, w: torch.Tensor | None) -> torch.Tensor:
         """Denoised normalised slice ``z`` of a normalised (Z, Y, X) stack."""
+        if self.blind:
+            return self.denoise_blind(norm, z)
         if not self.context:
             return self._predict(norm[z][None]).mean(0)
         p_self = self._predict(context_input(norm, z, "self")).mean(0)
@@ -232,6 +334,15 @@ class NSN2NDenoiser(nn.Module):
                 if 0 <= j < norm.shape[0]:
                     m = m * w[min(z, j)]
         return m * 0.5 * (p_self + p_gap) + (1 - m) * p_self
+
+    def denoise_blind(self, norm: torch.Tensor, z: int) -> torch.Tensor:
+        """Blind-spot network: each pixel predicted with its own value hidden, then the blend."""
+        mu = None
+        for phase in range(GRID * GRID):
+            mask = phase_mask(norm.shape[1:], phase, norm.device)
+            pred = self._predict(blind_input(norm, z, mask))  # (T, Y, X)
+            mu = torch.where(mask, pred, torch.zeros_like(pred) if mu is None else mu)
+        return posterior(norm[z], mu.mean(0))
 
     def _predict(self, img: torch.Tensor) -> torch.Tensor:
         """(T, Y, X) predictions for each flip/rotation of a (C, Y, X) input."""
