@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._context import CorrectionNet
+from ._context import CorrectionNet, random_crop, random_dihedral
 
 NEIGHBOURS = (-2, -1, 1, 2)
 # Grid whose one phase is hidden per pass: 1 / GRID**2 of the pixels.
@@ -123,19 +123,14 @@ def sample_blind_batch(
     tgt = np.empty((batch, 1, c, c), np.float32)
     wgt = np.empty_like(tgt)
     for b in range(batch):
-        s, z = centres[rng.integers(len(centres))]
-        y0 = int(rng.integers(0, h - c + 1))
-        x0 = int(rng.integers(0, wd - c + 1))
-        stack = stacks[s][:, y0:y0 + c, x0:x0 + c]
+        s, z, sl = random_crop(rng, stacks, centres, c)
+        stack = stacks[s][(slice(None), *sl)]
         mask = phase_mask((c, c), int(rng.integers(grid * grid)), grid)
-        inp = blind_input(stack, int(z), mask)
+        inp = blind_input(stack, z, mask)
         if rng.random() < 0.5:  # z flip: the stack read backwards is as valid
             inp[2:] = inp[:1:-1]
-        k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        arrs = [inp, stack[int(z)][None], mask[None].astype(np.float32)]
-        if flip:
-            arrs = [a[..., ::-1] for a in arrs]
-        xin[b], tgt[b], wgt[b] = (np.rot90(a, k, axes=(-2, -1)) for a in arrs)
+        xin[b], tgt[b], wgt[b] = random_dihedral(
+            rng, [inp, stack[z][None], mask[None].astype(np.float32)])
     return xin, tgt, wgt
 
 

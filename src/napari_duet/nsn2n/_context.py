@@ -159,6 +159,24 @@ def context_target(
     return target, weight
 
 
+def random_crop(rng: np.random.Generator, stacks: np.ndarray, centres: np.ndarray, c: int
+                ) -> tuple[int, int, tuple[slice, slice]]:
+    """A random (stack, z) row of ``centres`` and a random ``c`` x ``c`` window of the plane."""
+    _, _, h, wd = stacks.shape
+    s, z = centres[rng.integers(len(centres))]
+    y0 = int(rng.integers(0, h - c + 1))
+    x0 = int(rng.integers(0, wd - c + 1))
+    return int(s), int(z), (slice(y0, y0 + c), slice(x0, x0 + c))
+
+
+def random_dihedral(rng: np.random.Generator, arrs: list[np.ndarray]) -> list[np.ndarray]:
+    """The same random flip and 90-degree rotation of the last two axes of each array."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    if flip:
+        arrs = [a[..., ::-1] for a in arrs]
+    return [np.rot90(a, k, axes=(-2, -1)) for a in arrs]
+
+
 def sample_context_batch(
     rng: np.random.Generator,
     stacks: np.ndarray,
@@ -178,22 +196,14 @@ def sample_context_batch(
     tgt = np.empty((batch, 1, c, c), np.float32)
     wgt = np.empty_like(tgt)
     for b in range(batch):
-        s, z = centres[rng.integers(len(centres))]
         mode = MODES[b % 2]  # half of each batch per mode
-        y0 = int(rng.integers(0, h - c + 1))
-        x0 = int(rng.integers(0, wd - c + 1))
-        sl = (slice(y0, y0 + c), slice(x0, x0 + c))
+        s, z, sl = random_crop(rng, stacks, centres, c)
         stack = stacks[s][(slice(None), *sl)]
-        inp = context_input(stack, int(z), mode)
-        t, m = context_target(stack, w[s][(slice(None), *sl)], int(z), mode)
+        inp = context_input(stack, z, mode)
+        t, m = context_target(stack, w[s][(slice(None), *sl)], z, mode)
         if rng.random() < 0.5:  # z flip: the stack read backwards is as valid
             inp[:5] = inp[4::-1]
-        k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        arrs = [inp, t[None], m[None]]
-        if flip:
-            arrs = [a[..., ::-1] for a in arrs]
-        arrs = [np.rot90(a, k, axes=(-2, -1)) for a in arrs]
-        xin[b], tgt[b], wgt[b] = arrs
+        xin[b], tgt[b], wgt[b] = random_dihedral(rng, [inp, t[None], m[None]])
     return xin, tgt, wgt
 
 
