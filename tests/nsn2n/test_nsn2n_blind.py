@@ -100,6 +100,11 @@ def test_auto_context_picks_blind_for_white_and_25d_for_correlated_noise():
     assert white.model.info["noise_correlation"] < 0.25 < corr.model.info["noise_correlation"]
     assert white.model.config.context == "blind"  # the file records what was trained
     assert white.report()["training"]["context"] == "blind"
+    rho = white.report()["training"]["noise_correlation"]
+    assert rho == white.model.info["noise_correlation"]
+    # a context given by the user is not measured: None, not NaN (the report is JSON)
+    fixed = train(add_noise(clean, 0.1), config=cfg.replace(context="2.5d"))
+    assert fixed.report()["training"]["noise_correlation"] is None
     assert set(white.loss_history) == {"total", "recon", "blind"}
 
 

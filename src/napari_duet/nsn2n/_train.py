@@ -102,8 +102,8 @@ class TrainResult:
             "pair_matched_fractions": self.pair_fractions,
             "pairs": self.pairs,
             "training": {k: self.model.info.get(k) for k in
-                         ("iterations_done", "budget_s", "width", "context", "device",
-                          "world_size")},
+                         ("iterations_done", "budget_s", "width", "context",
+                          "noise_correlation", "device", "world_size")},
             "final_losses": final,
             "loss_history": self.loss_history,
             "warnings": list(self.warnings),
@@ -427,7 +427,9 @@ def iter_train(
     model.info = {
         "tau": taus, "matched_fraction": matched, "slice_similarity": similarity,
         "iterations_done": it, "budget_s": budget, "width": width,
-        "context": mode, "noise_correlation": noise_rho, "device": str(device),
+        # the in-plane noise correlation that chose the network (None: context given)
+        "context": mode, "noise_correlation": float(noise_rho) if np.isfinite(noise_rho) else None,
+        "device": str(device),
         "world_size": ddp.world_size(),
         "train_shape": list(layout.shape), "axis": layout.axis,
     }
