@@ -57,6 +57,9 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     assert "stack NS-N2N uncertainty" in viewer.layers
     assert not viewer.layers["stack NS-N2N uncertainty"].visible  # not over the result
     assert widget.plot.curves and widget.save_btn.isEnabled()
+    # the status names the network the run chose (white noise: auto -> blind-spot)
+    net = widget.model.info["context"]
+    assert {"blind": "blind-spot network", "2.5d": "2.5D network"}[net] in widget.status.text()
     # Save, load into a fresh state, denoise another layer.
     path = widget.save_model(tmp_path / "m.duet")
     widget.model = None

@@ -446,8 +446,10 @@ class NSN2NWidget(EngineDock):
         extra = ""
         if job.kind == "train":
             info = result.model.info
+            net = {"blind": "blind-spot", "2.5d": "2.5D", "2d": "2D"}.get(info.get("context"), "")
             extra = (f"; matched fraction {result.matched_fraction:.0%}; "
-                     f"{info.get('iterations_done')} steps, width {info.get('width')}")
+                     f"{info.get('iterations_done')} steps, {net} network, width "
+                     f"{info.get('width')}")
         self.status.setText(f"Done in {job.seconds:.1f} s{extra}.")
         show_info(f"NS-N2N finished on {src.name}")
 
