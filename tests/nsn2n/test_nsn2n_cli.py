@@ -30,6 +30,9 @@ def test_train_save_and_apply(stack_file, tmp_path):
     rep = json.loads((tmp_path / "out.json").read_text())
     assert rep["config"]["iterations"] == 4 and rep["config"]["seed"] == 3
     assert {"final_losses", "matched_fraction", "versions", "recommendation"} <= set(rep)
+    # the correlation that chose the network is the one the recommendation reports
+    assert rep["noise_correlation"] == rep["training"]["noise_correlation"]
+    assert rep["training"]["context"] in ("blind", "2.5d")
     out2 = tmp_path / "applied.tif"
     assert main(["nsn2n", str(path), "-o", str(out2), "--model", str(model), "-q",
                  "--device", "cpu"]) == 0

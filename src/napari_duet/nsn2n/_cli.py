@@ -268,8 +268,12 @@ def run(args: argparse.Namespace) -> int:
             pairs_line = summarize_pairs(result.pairs)
             if pairs_line:
                 log(pairs_line)
-            method, reason = recommend_method(volume, axis=axis)
-            report["noise_correlation"] = noise_correlation(volume, axis=axis)
+            # measured once: by training (context "auto") or here
+            rho = info.get("noise_correlation")
+            if rho is None:
+                rho = noise_correlation(volume, axis=axis)
+            method, reason = recommend_method(volume, axis=axis, rho=rho)
+            report["noise_correlation"] = rho
             report["recommendation"] = {"method": method, "reason": reason}
             log(f"recommendation: {method} ({reason})")
 

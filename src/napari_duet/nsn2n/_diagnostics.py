@@ -191,7 +191,7 @@ def summarize_pairs(pairs: list[dict]) -> str:
 
 
 def recommend_method(
-    volume, axis: int = 0, config: NSN2NConfig | None = None
+    volume, axis: int = 0, config: NSN2NConfig | None = None, rho: float | None = None
 ) -> tuple[str, str]:
     """Recommend NS-N2N (and which network) or a single-image denoiser for this volume.
 
@@ -206,6 +206,9 @@ def recommend_method(
       (``context="auto"`` picks it): measured above BM4D with the noise level
       estimated, on thin and thick slices.
 
+    ``rho``: the in-plane noise correlation when already measured (training
+    with ``context="auto"`` records it), else it is measured here.
+
     Returns
     -------
     method : str
@@ -214,7 +217,8 @@ def recommend_method(
     reason : str
         One line the widget and the CLI report show.
     """
-    rho = noise_correlation(volume, axis, config)
+    if rho is None:
+        rho = noise_correlation(volume, axis, config)
     frac = matched_fraction(volume, axis, config)
     sim = slice_similarity(volume, axis, config)
     if sim < LOW_SIMILARITY:

@@ -73,6 +73,11 @@ def _undihedral(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return y[..., ::-1] if flip else y
 
 
+# Model-file ``network.arch`` of the networks that read neighbouring slices, and
+# the ``context`` each was trained with; any other file holds the paper's 2D U-Net.
+_CONTEXT_OF_ARCH = {"nsn2n-context": "2.5d", "nsn2n-blind": "blind"}
+
+
 class NSN2NModel:
     """A trained NS-N2N network with its configuration and normalisation.
 
@@ -187,24 +192,24 @@ class NSN2NModel:
     denoise = predict
 
     @property
+    def context(self) -> str:
+        """``"2.5d"``, ``"blind"`` or ``"2d"``: what the network reads."""
+        return _CONTEXT_OF_ARCH.get(getattr(self.net, "arch", None), "2d")
+
+    @property
     def is_context(self) -> bool:
         """True for the 2.5D two-mode network (``context="2.5d"``)."""
-        return getattr(self.net, "arch", None) == "nsn2n-context"
+        return self.context == "2.5d"
 
     @property
     def is_blind(self) -> bool:
         """True for the blind-spot 2.5D network (``context="blind"``)."""
-        return getattr(self.net, "arch", None) == "nsn2n-blind"
-
-    @property
-    def context(self) -> str:
-        """``"2.5d"``, ``"blind"`` or ``"2d"``: what the network reads."""
-        return "2.5d" if self.is_context else "blind" if self.is_blind else "2d"
+        return self.context == "blind"
 
     @property
     def halo(self) -> int:
         """Slices read on each side of the slice denoised (2 for 2.5D and blind, 0 for 2D)."""
-        return 2 if (self.is_context or self.is_blind) else 0
+        return 0 if self.context == "2d" else 2
 
     def pair_weights(self, stack: np.ndarray) -> np.ndarray:
         """Matched-region maps W of a normalised (Z, Y, X) stack (threshold fitted to it)."""
@@ -372,7 +377,7 @@ class NSN2NModel:
                                  what="NS-N2N model")
             network = _network_spec(mf.extra["network"])
             cfg = dict(mf.config)
-            if network.get("arch") not in ("nsn2n-context", "nsn2n-blind"):
+            if network.get("arch") not in _CONTEXT_OF_ARCH:
                 # Files written before the 2.5D network hold the paper's 2D U-Net.
                 cfg["context"] = "2d"
             # Older files also saved run-time options: dropped (set when used).
@@ -397,7 +402,7 @@ def _network_spec(network: Any) -> dict[str, Any]:
     """
     if not isinstance(network, dict):
         raise ValueError(f"network must be a mapping, got {type(network).__name__}")
-    if network.get("arch") in ("nsn2n-context", "nsn2n-blind"):
+    if network.get("arch") in _CONTEXT_OF_ARCH:
         unknown = set(network) - {"arch", "width", "depth"}
         if unknown:
             raise ValueError(f"unknown network fields: {', '.join(sorted(map(str, unknown)))}")

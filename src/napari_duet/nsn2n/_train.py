@@ -364,16 +364,13 @@ def iter_train(
             g["lr"] = config.lr * _lr_at(progress, it, config.schedule)
         it += 1
         net.train()
-        if context:
-            xin, tgt, wgt = sample_context_batch(rng, stacks, w, centres, config.batch_size,
-                                                 config.crop_size)
-            tx, tt, tw = (torch.from_numpy(a).to(device) for a in (xin, tgt, wgt))
-            loss, terms = context_loss(train_net, tx, tt, tw)
-        elif blind:
-            xin, tgt, wgt = sample_blind_batch(rng, stacks, centres, config.batch_size,
-                                               config.crop_size)
-            tx, tt, tw = (torch.from_numpy(a).to(device) for a in (xin, tgt, wgt))
-            loss, terms = blind_loss(train_net, tx, tt, tw)
+        if context or blind:  # (inputs, targets, weights) batches and a masked loss
+            arrays = (sample_context_batch(rng, stacks, w, centres, config.batch_size,
+                                           config.crop_size) if context else
+                      sample_blind_batch(rng, stacks, centres, config.batch_size,
+                                         config.crop_size))
+            tx, tt, tw = (torch.from_numpy(a).to(device) for a in arrays)
+            loss, terms = (context_loss if context else blind_loss)(train_net, tx, tt, tw)
         else:
             xi, xj, ww = _sample_batch(rng, stacks, w, pairs, config.batch_size,
                                        config.crop_size)
