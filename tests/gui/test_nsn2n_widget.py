@@ -136,6 +136,8 @@ def test_time_lapse_with_motion_shows_the_poor_pair(widget):
 
 
 def test_budget_and_auto_fields_map_to_the_config(widget):
+    assert widget.plot._xlabel == "iteration"  # losses per step, before any run (not
+    # Self2Seg's "alternation")
     widget.iterations.value = 0
     widget.budget.value = 0
     widget.width.value = 0

@@ -51,17 +51,18 @@ class CurvePlot(QWidget):
     keeps the last values (tests and reports read them).
     """
 
-    def __init__(self, title: str, ylabel: str, parent=None):
+    def __init__(self, title: str, ylabel: str, parent=None, xlabel: str = "alternation"):
         super().__init__(parent)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setFixedHeight(170)
         self.setMinimumWidth(200)
-        self._title, self._ylabel, self._xlabel = title, ylabel, "alternation"
+        self._title, self._ylabel, self._xlabel = title, ylabel, xlabel
         self.curves: dict[str, list[float]] = {}
 
-    def plot(self, curves: dict[str, list[float]], xlabel: str = "alternation") -> None:
+    def plot(self, curves: dict[str, list[float]], xlabel: str | None = None) -> None:
+        """Replace the curves; ``xlabel`` None keeps the current axis label."""
         self.curves = {k: [float(v) for v in vals] for k, vals in curves.items()}
-        self._xlabel = xlabel
+        self._xlabel = xlabel or self._xlabel
         self.update()
 
     # ------------------------------------------------------------------ drawing

@@ -125,11 +125,12 @@ class NSN2NWidget(EngineDock):
         self.recommendation.setWordWrap(True)
         self.pairs_label = QLabel("")
         self.pairs_label.setWordWrap(True)
-        self.pair_plot = CurvePlot("Matched fraction per slice pair", "matched")
+        self.pair_plot = CurvePlot("Matched fraction per slice pair", "matched",
+                                   xlabel="pair (z, z+1)")
         self.pair_plot.setVisible(False)
         self.pairs: list[dict] = []
         self.status.setText("Choose a stack or time-lapse and press Train & denoise.")
-        self.plot = CurvePlot("Training losses", "loss")
+        self.plot = CurvePlot("Training losses", "loss", xlabel="iteration")
         self._build_layout()
 
         self.image_picker.changed.connect(lambda *_: self._update_axes())

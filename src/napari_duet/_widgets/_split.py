@@ -134,7 +134,7 @@ class SplitWidget(EngineDock):
         self.command = QLineEdit()
         self.command.setReadOnly(True)
         self.command.setToolTip("The same training on the command line (e.g. on a GPU server)")
-        self.plot = CurvePlot("Training losses", "loss")
+        self.plot = CurvePlot("Training losses", "loss", xlabel="logged step")
 
         self.status.setText("Load a model to split images, or train one in the Train tab.")
         self._build_layout()
