@@ -4,6 +4,20 @@ Usage::
 
     python benchmarks/self2seg.py [--quick] [--out results.json] [--sigmas 10 30 50]
                                   [--methods self2seg cv seq otsu] [--no-real] [--no-synthetic]
+    python benchmarks/self2seg.py --dsb A|B|all [--photons 5 15 50] [--no-gauss] ...
+
+``--dsb`` runs the 60 DSB2018 images of ``../shared/data/nuclei2d_dsb/`` (the
+development set; half ``A`` chose the defaults, half ``B`` confirms them: within
+each image size, in sorted folder order, even positions are A and odd ones B),
+with per-image wins, ties and losses against BM3D (true sigma) + Otsu, and the
+DSB2018 instance metric (AP at IoU 0.5..0.95 and at 0.5) of Self2Seg's instance
+labels against BM3D + Otsu + the same watershed.  ``--photons`` adds raw
+camera images: the image scaled to that many photons at its brightest pixel,
+Poisson noise, gain 2, read noise 3 ADU, offset 100, rounded to uint16
+(``rng = np.random.default_rng(2000 + photons)``); the anchor is the expert's
+pipeline for photon noise: generalised Anscombe transform with the true
+camera parameters, BM3D (sigma 1), the exact unbiased inverse, Otsu.  BM3D
+results are cached under ``benchmarks/results/cache/``.
 
 Real data: the six DSB2018 nuclei images in ``../shared/data/nuclei2d/`` with
 Gaussian noise of sigma 10/30/50 on the 8-bit scale, ``rng =
@@ -39,14 +53,71 @@ DATA = ROOT.parent / "shared" / "data" / "nuclei2d"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def load_real() -> list[tuple[str, np.ndarray, np.ndarray]]:
+DSB = ROOT.parent / "shared" / "data" / "nuclei2d_dsb"
+CACHE = RESULTS / "cache"
+#: DenoiSeg's published DSB2018 instance scores (AP at IoU 0.5..0.95 style, Buchholz et
+#: al. 2020): with 10 annotated images at noise n10/n20, and with all 3800.
+DENOISEG_AP = {"10 annotated images (n10/n20)": 0.69, "all 3800 annotated": 0.80}
+
+
+def load_real(root: Path = DATA, instances: bool = False):
+    """(name, image, foreground) per folder; with ``instances`` the instance labels too."""
     import tifffile
 
     out = []
-    for d in sorted(p for p in DATA.iterdir() if p.is_dir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
         img = tifffile.imread(d / "image.tif").astype(np.float32)
-        fg = tifffile.imread(d / "foreground.tif") > 0
-        out.append((d.name, img, fg))
+        if img.ndim == 3:
+            img = img[..., 0]
+        if instances:
+            out.append((d.name, img, tifffile.imread(d / "labels.tif")))
+        else:
+            out.append((d.name, img, tifffile.imread(d / "foreground.tif") > 0))
+    return out
+
+
+def dsb_halves(items) -> tuple[list[str], list[str]]:
+    """Half A (defaults chosen on it) and half B (confirmation): alternate within each size."""
+    by_shape: dict = {}
+    for name, img, _ in items:
+        by_shape.setdefault(img.shape, []).append(name)
+    a, b = [], []
+    for shape in sorted(by_shape):
+        for i, name in enumerate(by_shape[shape]):
+            (a if i % 2 == 0 else b).append(name)
+    return a, b
+
+
+def camera_noise(images, photons: float, gain: float = 2.0, read: float = 3.0,
+                 offset: float = 100.0) -> list[np.ndarray]:
+    """Raw uint16 camera images: Poisson photons, gain, Gaussian read noise (ADU), offset."""
+    rng = np.random.default_rng(2000 + int(photons))
+    out = []
+    for img in images:
+        lam = img / max(float(img.max()), 1e-9) * photons
+        adu = gain * rng.poisson(lam) + rng.normal(0, read, img.shape) + offset
+        out.append(np.clip(np.round(adu), 0, 65535).astype(np.uint16))
+    return out
+
+
+def gat_bm3d(raw: np.ndarray, gain: float = 2.0, read: float = 3.0,
+             offset: float = 100.0) -> np.ndarray:
+    """The expert's pipeline for photon noise: GAT (true parameters), BM3D, unbiased inverse."""
+    from napari_duet.photon import gat, inverse_gat
+
+    a, b = gain, read**2 - gain * offset  # var(z) = a z + b
+    d = bm3d_denoise(gat(raw, a, b), 1.0)[0]
+    return inverse_gat(d, a, b).astype(np.float32)
+
+
+def cached(kind: str, name: str, compute) -> np.ndarray:
+    """An anchor's denoised image from the cache, or computed and stored."""
+    path = CACHE / kind / f"{name}.npy"
+    if path.exists():
+        return np.load(path)
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
     return out
 
 
@@ -177,6 +248,81 @@ def run_set(name, items, sigmas, methods, quick, device="cpu"):
     return rows
 
 
+def run_dsb(half: str, sigmas, photons, quick: bool, device: str = "cpu") -> list[dict]:
+    """The 60 DSB2018 development images: Dice and instance AP against the classical anchor."""
+    from napari_duet.metrics import average_precision, dice
+    from napari_duet.self2seg import Self2SegConfig, label_instances, self2seg
+
+    items = load_real(DSB, instances=True)
+    a, b = dsb_halves(items)
+    keep = {"A": set(a), "B": set(b), "all": set(a) | set(b)}[half]
+    cfg = Self2SegConfig(device=device)
+    conditions = [("gauss", s) for s in sigmas] + [("camera", p) for p in photons]
+    rows = []
+    for kind, level in conditions:
+        print(f"== DSB half {half}, {kind} {level} ==", flush=True)
+        images = [img for _, img, _ in items]
+        # Noise is drawn for all 60 images in order, so an image's noise does not
+        # depend on which half runs.
+        noisy = (add_noise(images, level) if kind == "gauss"
+                 else camera_noise(images, level))
+        for (name, clean, lab), f in zip(items, noisy, strict=True):
+            if name not in keep:
+                continue
+            gt = lab > 0
+            t = time.perf_counter()
+            res = self2seg(f, config=cfg)
+            dt = time.perf_counter() - t
+            ours_ap = average_precision(res.instances, lab)
+            if kind == "gauss":
+                den = cached(f"bm3d_g{level}", name, lambda f=f, s=level: bm3d_denoise(f, s)[0])
+            else:
+                den = cached(f"bm3d_p{level}", name, lambda f=f: gat_bm3d(f))
+            anchor = otsu(den)
+            anchor_ap = average_precision(label_instances(anchor.astype(np.uint8)), lab)
+            row = {"set": f"dsb {half}", "noise": kind, "level": level, "image": name,
+                   "shape": list(clean.shape), "fg_fraction": float(gt.mean()),
+                   "s2s_dice": dice(res.labels == 1, gt), "anchor_dice": dice(anchor, gt),
+                   "s2s_ap": float(np.mean(list(ours_ap.values()))), "s2s_ap50": ours_ap[0.5],
+                   "anchor_ap": float(np.mean(list(anchor_ap.values()))),
+                   "anchor_ap50": anchor_ap[0.5], "s2s_s": dt,
+                   "s2s_s_per_mpx": dt / (clean.size / 1e6),
+                   "noise_model": res.noise.get("model"), "alternations": res.alternations}
+            rows.append(row)
+            print(f"  {name} {clean.shape} fg {row['fg_fraction']:.3f}: Dice "
+                  f"{row['s2s_dice']:.3f} vs {row['anchor_dice']:.3f}, AP {row['s2s_ap']:.3f} "
+                  f"vs {row['anchor_ap']:.3f}, {dt:.1f} s", flush=True)
+            if quick:
+                break
+    return rows
+
+
+def summarise_dsb(rows) -> str:
+    """Mean Dice/AP beside the anchor, per-image wins/ties/losses, worst gap."""
+    lines = ["", "| half | noise | Self2Seg Dice | anchor Dice | wins / ties / losses (±0.005) "
+             "| behind > 0.05 | worst gap | Self2Seg AP (AP50) | anchor AP (AP50) | s/img |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    groups = dict.fromkeys((r["set"], r["noise"], r["level"]) for r in rows if "anchor_dice" in r)
+    for set_name, kind, level in groups:
+        rs = [r for r in rows if (r["set"], r.get("noise"), r.get("level"))
+              == (set_name, kind, level)]
+        d = np.array([r["s2s_dice"] - r["anchor_dice"] for r in rs])
+        label = f"σ {level}" if kind == "gauss" else f"{level} photons"
+        anchor = "BM3D+Otsu" if kind == "gauss" else "GAT+BM3D+Otsu"
+        lines.append(
+            f"| {set_name[4:]} ({len(rs)}) | {label} | {np.mean([r['s2s_dice'] for r in rs]):.3f}"
+            f" | {np.mean([r['anchor_dice'] for r in rs]):.3f} ({anchor}) | "
+            f"{int((d > 0.005).sum())} / {int((abs(d) <= 0.005).sum())} / "
+            f"{int((d < -0.005).sum())} | {int((d < -0.05).sum())} | {d.min():+.3f} | "
+            f"{np.mean([r['s2s_ap'] for r in rs]):.3f} ({np.mean([r['s2s_ap50'] for r in rs]):.3f})"
+            f" | {np.mean([r['anchor_ap'] for r in rs]):.3f} "
+            f"({np.mean([r['anchor_ap50'] for r in rs]):.3f}) | "
+            f"{np.mean([r['s2s_s'] for r in rs]):.1f} |")
+    lines.append("Reference (annotated training, not self-supervised): DenoiSeg AP on DSB2018 "
+                 + ", ".join(f"{k}: {v}" for k, v in DENOISEG_AP.items()))
+    return "\n".join(lines)
+
+
 def run_textures(quick: bool) -> list[dict]:
     """Two textures of equal mean and std, one 30x30 seed box per region (issue 10)."""
     from skimage import data
@@ -288,6 +434,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n-synthetic", type=int, default=6)
     ap.add_argument("--no-sparse", action="store_true",
                     help="skip the sparse, dim nuclei set (the low-signal collapse check)")
+    ap.add_argument("--dsb", choices=["A", "B", "all"], default=None,
+                    help="run the 60 DSB2018 development images (half A chose the defaults, "
+                         "half B confirms); only this set unless other sets are asked for")
+    ap.add_argument("--photons", type=float, nargs="*", default=[],
+                    help="with --dsb: raw camera images at these photon levels (e.g. 5 15 50)")
+    ap.add_argument("--no-gauss", action="store_true",
+                    help="with --dsb: skip the Gaussian noise levels (--sigmas)")
     ap.add_argument("--textures", action="store_true",
                     help="also run the two-texture set (one seed box per region)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -297,7 +450,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.summarise:
         rows = json.loads(Path(args.summarise).read_text())["rows"]
-        print(summarise(rows, args.methods))
+        print(summarise_dsb(rows) if rows and "anchor_dice" in rows[0]
+              else summarise(rows, args.methods))
         return 0
 
     import torch
@@ -305,6 +459,22 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     sigmas = [int(s) if float(s).is_integer() else s for s in args.sigmas]
     rows = []
+    if args.dsb:
+        if not DSB.is_dir():
+            print(f"skipping the DSB set: {DSB} not found (needs ../shared/data)")
+            return 0
+        photons = [int(p) if float(p).is_integer() else p for p in args.photons]
+        rows = run_dsb(args.dsb, [] if args.no_gauss else sigmas, photons, args.quick,
+                       args.device)
+        table = summarise_dsb(rows)
+        print(table)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = RESULTS / (args.out or f"self2seg_dsb{args.dsb}_{time.strftime('%Y%m%d_%H%M%S')}"
+                                     ".json")
+        out.write_text(json.dumps({"rows": rows, "table": table, "device": args.device,
+                                   "load_average": os.getloadavg()}, indent=1, default=str))
+        print(f"wrote {out}")
+        return 0
     if not args.no_real:
         if not DATA.is_dir():
             print(f"skipping real images: {DATA} not found (needs ../shared/data)")

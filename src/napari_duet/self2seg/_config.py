@@ -9,6 +9,7 @@ from .._config import ConfigError, EngineConfig
 
 EXPERT_CHOICES = ("cnn", "linear", "constant")
 INIT_CHOICES = ("auto", "threshold", "otsu")
+NOISE_CHOICES = ("auto", "gaussian", "poisson-gaussian")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,14 @@ class Self2SegConfig(EngineConfig):
         min-max normalised (smoothed) image.
     init_sigma : float
         Gaussian smoothing (pixels) before the automatic threshold.
+    init_snr : float
+        Automatic start: after a first pass at ``init_sigma`` (noise floor
+        at most 1.5), smooth again just enough that the contrast between
+        the regions found stands ``init_snr`` standard deviations of the
+        smoothed noise clear (sigma between ``init_sigma`` and 8 pixels),
+        and threshold again with ``init_noise_floor``.  Dim nuclei at high
+        noise are then found whole instead of as noise-cut fragments; clean
+        images keep ``init_sigma``.  0 = one pass at ``init_sigma``.
     init_noise_floor : float
         Automatic start: the threshold stays at least this many robust
         standard deviations of the smoothed background above the
@@ -151,6 +160,16 @@ class Self2SegConfig(EngineConfig):
         (default): on with seeds (regions may differ by texture alone), off
         for the automatic start (its regions come from an intensity
         threshold, and on noisy nuclei ``box(e)^2`` measured slightly better).
+    noise_model : {"auto", "gaussian", "poisson-gaussian"}
+        Noise of the image.  Raw camera images carry photon (Poisson) noise
+        whose variance grows with the signal, plus read noise:
+        "poisson-gaussian" fits ``var = a * signal + b`` to the image
+        (:func:`napari_duet.photon.fit_poisson_gaussian`) and runs on its
+        generalised Anscombe transform, where the noise has one variance;
+        the denoised output is mapped back with the exact unbiased inverse.
+        "auto" (default) does so when the fitted variance at the bright end
+        is at least 1.5 times that at the dark end, else treats the noise as
+        Gaussian.  Colour images are always treated as Gaussian.
     solver_tol : float
         Mask solver stopping tolerance (duality gap per pixel for two
         classes, primal change for K > 2).
@@ -195,10 +214,12 @@ class Self2SegConfig(EngineConfig):
     stop_changed: float = 0.002
     init: str = "auto"
     init_sigma: float = 2.0
-    init_noise_floor: float = 1.5
+    init_snr: float = 6.0
+    init_noise_floor: float = 3.0
     invert: bool = False
     warmup_constant: bool = True
     local_energy: bool | None = None
+    noise_model: str = "auto"
     solver_tol: float = 1e-4
     solver_max_iter: int = 500
     device: str = "auto"
@@ -223,6 +244,9 @@ class Self2SegConfig(EngineConfig):
             bad(f"lam_scale must be > 0, got {self.lam_scale!r}")
         if self.experts not in EXPERT_CHOICES:
             bad(f"experts must be one of {', '.join(EXPERT_CHOICES)}, got {self.experts!r}")
+        if self.noise_model not in NOISE_CHOICES:
+            bad(f"noise_model must be one of {', '.join(NOISE_CHOICES)}, "
+                f"got {self.noise_model!r}")
         if self.init not in INIT_CHOICES:
             bad(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
         for name in ("max_alternations", "expert_width", "expert_depth", "expert_steps",
@@ -248,8 +272,8 @@ class Self2SegConfig(EngineConfig):
         for name in ("lr", "solver_tol", "finetune_lr_factor"):
             if not getattr(self, name) > 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lam_noise", "mu_scale", "init_sigma", "init_noise_floor", "stop_ratio",
-                     "stop_changed"):
+        for name in ("lam_noise", "mu_scale", "init_sigma",
+                     "init_snr", "init_noise_floor", "stop_ratio", "stop_changed"):
             if not getattr(self, name) >= 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.max_fraction_change > 1:

@@ -26,8 +26,15 @@ from scipy import ndimage as ndi
 from .._errors import DuetInputError
 from .._progress import Progress, run_to_end
 from ..intensity import Normalizer, as_float_image, fit_normalizer
+from ..photon import StabilizedScale, fit_poisson_gaussian, gat
 from ._config import Self2SegConfig
-from ._energy import auto_filter_size, data_terms, estimate_noise, noise_scale, robust_scale
+from ._energy import (
+    auto_filter_size,
+    data_terms,
+    estimate_noise,
+    noise_scale,
+    robust_scale,
+)
 from ._experts import ExpertOutput, make_expert
 from ._regions import auto_labels, validate_regions
 from ._solver import potts_energy, solve_binary, solve_multiclass
@@ -36,6 +43,10 @@ __all__ = ["Self2SegState", "Self2SegProgress", "Self2SegResult", "iter_self2seg
            "prepare_image"]
 
 _MIN_SIDE = 8
+#: Largest smoothing (pixels) of the automatic start.
+_MAX_INIT_SIGMA = 8.0
+#: Noise floor of the first, scale-measuring pass of the automatic start.
+_FIRST_PASS_FLOOR = 1.5
 #: Least time between two progress events within an alternation (``progress=True``); a
 #: consumer that stops the generator (Cancel) waits at most about this long, plus one
 #: expert's prediction or one mask update.
@@ -123,6 +134,7 @@ class Self2SegResult:
     noise_sigma: float = float("nan")
     local_energy: bool = False
     shared_pretrain: bool = False
+    noise: dict = field(default_factory=dict)
 
     @property
     def mask(self) -> np.ndarray:
@@ -153,7 +165,8 @@ class Self2SegResult:
                          "filter_size": int(self.filter_size),
                          "local_energy": bool(self.local_energy),
                          "shared_pretrain": bool(self.shared_pretrain),
-                         "noise_sigma": float(self.noise_sigma)},
+                         "noise_sigma": float(self.noise_sigma),
+                         "noise_model": self.noise},
             "image": {"shape": [int(s) for s in self.image_shape], "dtype": self.image_dtype},
             "energies": [float(e) for e in self.energies],
             "alternations": int(self.alternations),
@@ -165,11 +178,17 @@ class Self2SegResult:
         }
 
 
-def prepare_image(image) -> tuple[np.ndarray, Normalizer, bool]:
-    """Validate a 2D grey or RGB(A) image; return ``(f (C,Y,X) normalised, normalizer, rgb)``.
+def prepare_image(image, noise_model: str = "gaussian"
+                  ) -> tuple[np.ndarray, Normalizer, bool, dict]:
+    """Validate a 2D grey or RGB image; return ``(f (C,Y,X) normalised, map, rgb, noise)``.
 
     The normaliser maps the 0.1/99.9 percentiles to 0/1 (one map for all
-    channels, so colours keep their ratios).
+    channels, so colours keep their ratios).  With ``noise_model``
+    "poisson-gaussian" (or "auto" when the fit finds noise that grows with
+    the signal, as in raw camera images) the image is first stabilised by
+    the generalised Anscombe transform, so the data terms, the noise
+    estimate and the automatic start all see noise of one variance; the map
+    returned then inverts both steps.  ``noise`` describes the fit.
     """
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -186,10 +205,24 @@ def prepare_image(image) -> tuple[np.ndarray, Normalizer, bool]:
     x = as_float_image(arr, name="image")
     if min(x.shape[:2]) < _MIN_SIDE:
         raise DuetInputError(f"image {x.shape[:2]} is too small: both sides must be >= {_MIN_SIDE}")
+    noise: dict = {"model": "gaussian"}
+    stab = None
+    if noise_model != "gaussian" and not rgb:
+        fit = fit_poisson_gaussian(x)
+        noise = fit.to_dict()
+        if noise_model == "poisson-gaussian" and fit.a <= 0:
+            raise DuetInputError("noise_model='poisson-gaussian', but the image's noise does not "
+                                 "grow with its signal; use 'gaussian' or 'auto'")
+        if noise_model == "poisson-gaussian" or fit.signal_dependent:
+            noise["model"] = "poisson-gaussian"
+            stab = fit
+            x = gat(x, fit.a, fit.b).astype(np.float32)
     norm = fit_normalizer(x, mode="percentile", low=0.1, high=99.9)
     f = norm.forward(x)
     f = np.moveaxis(f, -1, 0) if rgb else f[None]
-    return np.ascontiguousarray(f, dtype=np.float32), norm, rgb
+    if stab is not None:
+        norm = StabilizedScale(stab, norm)
+    return np.ascontiguousarray(f, dtype=np.float32), norm, rgb, noise
 
 
 # Share of a class's seed pixels the first mask may put in another class before lambda
@@ -310,6 +343,7 @@ class _Run:
     p_warm: np.ndarray | None = None  # dual variable of the last two-class solve
     u_relaxed: np.ndarray | None = None  # relaxed labels of the last multiclass solve
     stop_reason: str = "max_alternations"
+    noise: dict = field(default_factory=dict)  # the noise model found (report)
     it: int = 0
     last_event: float = -np.inf
 
@@ -332,7 +366,7 @@ def _setup(image, regions, config, progress: bool) -> _Run:
         raise DuetInputError("config must be a Self2SegConfig")
     t_start = time.perf_counter()
     arr = np.asarray(image)
-    f, norm, rgb = prepare_image(arr)
+    f, norm, rgb, noise = prepare_image(arr, cfg.noise_model)
     seeds, labels, init_masks = _initial_regions(f, regions, cfg)
     sigma_n = estimate_noise(f)
     run = _Run(f=f, norm=norm, rgb=rgb, cfg=cfg, user_cfg=cfg, image_shape=tuple(arr.shape),
@@ -341,6 +375,7 @@ def _setup(image, regions, config, progress: bool) -> _Run:
                # The constant warm-up is for the automatic start only: with seeds, the
                # learned experts train on the user's seeds from the first alternation.
                warmup=cfg.warmup_constant and seeds is None and cfg.experts != "constant")
+    run.noise = noise
     run.cfg = _resolve_config(cfg, f, seeds, init_masks, sigma_n)
     _setup_torch(run)
     run.timings = {"prepare": time.perf_counter() - t_start, "experts": 0.0, "masks": 0.0,
@@ -355,13 +390,39 @@ def _initial_regions(f: np.ndarray, regions, cfg: Self2SegConfig):
         seeds = validate_regions(regions, f.shape[1:], k_cls)
         # No mask yet: the first update is free (no prior).
         return seeds, None, [seeds == k + 1 for k in range(k_cls)]
-    labels = auto_labels(f.mean(axis=0), k_cls, method=cfg.init, sigma=cfg.init_sigma,
-                         invert=cfg.invert, noise_floor=cfg.init_noise_floor)
+    grey = f.mean(axis=0)
+    floor = cfg.init_noise_floor
+    labels = auto_labels(grey, k_cls, method=cfg.init, sigma=cfg.init_sigma, invert=cfg.invert,
+                         noise_floor=min(floor, _FIRST_PASS_FLOOR) if cfg.init_snr else floor)
+    if cfg.init_snr > 0:
+        sigma = _start_scale(grey, labels, estimate_noise(f), cfg)
+        labels = auto_labels(grey, k_cls, method=cfg.init, sigma=sigma, invert=cfg.invert,
+                             noise_floor=floor)
     init_masks = [labels == k for k in range(k_cls)]
     for k, m in enumerate(init_masks):
         if not m.any():
             raise DuetInputError(f"automatic initialisation left class {k} empty; give boxes")
     return None, labels, init_masks
+
+
+def _start_scale(grey: np.ndarray, labels: np.ndarray, sigma_n: float,
+                 cfg: Self2SegConfig) -> float:
+    """Smoothing of the automatic start that lifts the objects ``init_snr`` noise stds clear.
+
+    A Gaussian of std ``s`` leaves white noise of std ``sigma_n / (2 sqrt(pi) s)``;
+    with the contrast ``delta`` between the first pass's foreground and background
+    (medians of the unsmoothed image) the least ``s`` that gives the objects a
+    z-score of ``init_snr`` is ``init_snr sigma_n / (2 sqrt(pi) delta)``, kept
+    between ``init_sigma`` and 8 pixels.  Clean or bright images keep the base
+    sigma; dim nuclei at high noise are averaged enough to be seen whole, which
+    at the base sigma only a threshold inside the noise could do.
+    """
+    fg, bg = labels == labels.max(), labels == labels.min()
+    if not fg.any() or not bg.any() or not sigma_n > 0:
+        return float(cfg.init_sigma)
+    delta = abs(float(np.median(grey[fg])) - float(np.median(grey[bg])))
+    s = cfg.init_snr * sigma_n / (2.0 * np.sqrt(np.pi) * max(delta, 1e-12))
+    return float(min(max(s, cfg.init_sigma), _MAX_INIT_SIGMA))
 
 
 def _resolve_config(cfg: Self2SegConfig, f, seeds, init_masks, sigma_n) -> Self2SegConfig:
@@ -693,7 +754,7 @@ def _finish(run: _Run) -> Self2SegResult:
         image_dtype=run.image_dtype, lam=float(run.lam), mu=float(run.mu),
         scale=float(run.scale), history=run.history, filter_size=int(cfg.filter_size),
         noise_sigma=float(run.sigma_n), local_energy=bool(cfg.local_energy),
-        shared_pretrain=bool(cfg.shared_pretrain),
+        shared_pretrain=bool(cfg.shared_pretrain), noise=dict(run.noise),
     )
 
 
