@@ -178,7 +178,7 @@ class Self2SegWidget(EngineDock):
 
     # ------------------------------------------------------------------ layout
     def _build_layout(self):
-        layout = QVBoxLayout(self)
+        layout = self.scroll_layout()
         data = QGroupBox("Data and seeds")
         form = QFormLayout(data)
         form.addRow("image", self.image_picker.native)
@@ -187,36 +187,54 @@ class Self2SegWidget(EngineDock):
         form.addRow("painted seeds", self.seed_labels_picker.native)
         form.addRow(self.new_seeds_btn)
         form.addRow("new boxes are", self.role.native)
-        form.addRow("large-layer results in", self.output_folder)
         layout.addWidget(data)
         params = QGroupBox("Parameters")
         pform = QFormLayout(params)
-        for w in (self.n_classes, self.lam, self.max_alternations, self.experts,
-                  self.expert_width, self.expert_steps, self.device, self.seed,
-                  self.threads):
+        for w in (self.n_classes, self.lam, self.max_alternations, self.experts):
             pform.addRow(w.label, w.native)
         pform.addRow(self.invert.native)
+        self.advanced = Collapsible("Advanced")
+        for w in (self.expert_width, self.expert_steps, self.device, self.seed, self.threads):
+            self.advanced.form.addRow(w.label, w.native)
+        self.advanced.form.addRow("large-layer results in", self.output_folder)
+        pform.addRow(self.advanced)
         layout.addWidget(params)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
-        buttons.addWidget(self.export_btn)
-        buttons.addWidget(self.save_btn)
+        buttons = QGridLayout()
+        buttons.addWidget(self.run_btn, 0, 0)
+        buttons.addWidget(self.cancel_btn, 0, 1)
+        buttons.addWidget(self.export_btn, 1, 0)
+        buttons.addWidget(self.save_btn, 1, 1)
         layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
         layout.addWidget(self.plot)
+        objects = QGroupBox("Objects")
+        oform = QVBoxLayout(objects)
+        orow = QHBoxLayout()
+        orow.addWidget(self.objects_label, 1)
+        orow.addWidget(self.csv_btn)
+        oform.addLayout(orow)
+        oform.addWidget(self.table)
+        layout.addWidget(objects)
         layout.addStretch(1)
 
     def _tooltips(self):
-        self.lam.tooltip = ("Boundary-length (TV) weight as a multiple of a data-relative scale "
-                            "(robust spread of the experts' residuals). 0 = automatic (1.0); "
-                            "2 = twice as smooth.")
-        self.n_classes.tooltip = "Number of regions (2 = foreground/background)."
-        self.experts.tooltip = ("Region denoisers: cnn (Noise2Fast-style network), linear "
-                                "filter, or constant (classic Chan-Vese).")
-        self.expert_steps.tooltip = "Training steps per expert and alternation."
-        self.expert_width.tooltip = "Channels of the CNN experts' hidden layers."
+        from ..self2seg import Self2SegConfig as C
+
+        declare(self.n_classes, C, "n_classes")
+        declare(self.lam, C, "lam", auto="auto",
+                extra="Shown as auto when 0.")
+        declare(self.max_alternations, C, "max_alternations")
+        declare(self.experts, C, "experts")
+        declare(self.expert_width, C, "expert_width")
+        declare(self.expert_steps, C, "expert_steps")
+        declare(self.device, C, "device")
+        declare(self.seed, C, "seed")
+        declare(self.threads, C, "threads", extra="Here the default leaves napari a core.")
+        declare(self.invert, C, "invert")
+        self.invert.text = "dark objects are foreground (no seeds)"
+        self.image_picker.tooltip = "The image to segment and denoise (2D, a stack, or RGB)."
+        self.seeds_picker.tooltip = ("Shapes layer with seed boxes: each shape's role "
+                                     "(foreground, background, class k) is its region; none: "
+                                     "automatic start.")
         self.scope.tooltip = "For stacks: segment the slice on screen, or every slice."
         self.role.tooltip = "Role of the next boxes drawn on the seeds layer."
         self.seed_labels_picker.tooltip = (
