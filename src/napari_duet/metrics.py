@@ -53,3 +53,43 @@ def ssim(x: np.ndarray, ref: np.ndarray, data_range: float | None = None) -> flo
     if data_range is None:
         data_range = float(ref.max() - ref.min()) or 1.0
     return float(structural_similarity(x, ref, data_range=data_range))
+
+
+def matched_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """IoU of every (truth object, predicted object) pair: array (n_truth, n_pred)."""
+    p = np.asarray(pred).astype(np.int64).ravel()
+    t = np.asarray(truth).astype(np.int64).ravel()
+    if p.size != t.size:
+        raise ValueError(f"shape mismatch: {np.shape(pred)} vs {np.shape(truth)}")
+    _, p = np.unique(p, return_inverse=True)  # compact ids, 0 stays first if present
+    _, t = np.unique(t, return_inverse=True)
+    has_bg_p = np.any(np.asarray(pred).ravel() == 0)
+    has_bg_t = np.any(np.asarray(truth).ravel() == 0)
+    n_p, n_t = int(p.max()) + 1, int(t.max()) + 1
+    inter = np.bincount(t * n_p + p, minlength=n_t * n_p).reshape(n_t, n_p).astype(np.float64)
+    area_t, area_p = inter.sum(axis=1), inter.sum(axis=0)
+    union = area_t[:, None] + area_p[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return iou[int(has_bg_t):, int(has_bg_p):]
+
+
+def average_precision(pred: np.ndarray, truth: np.ndarray,
+                      thresholds=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+                      ) -> dict[float, float]:
+    """Instance-segmentation precision at IoU thresholds (DSB2018 metric).
+
+    At each threshold ``t`` >= 0.5 a predicted object matches a true one when
+    their IoU exceeds ``t`` (such a match is unique), and
+    ``AP(t) = TP / (TP + FP + FN)``; the DSB2018 score is the mean over
+    ``t`` = 0.5, 0.55, ..., 0.95.  Both empty: 1.0.
+    """
+    if min(thresholds) < 0.5:
+        raise ValueError("thresholds below 0.5 need an assignment step; use t >= 0.5")
+    iou = matched_iou(pred, truth)
+    n_t, n_p = iou.shape
+    out = {}
+    for t in thresholds:
+        tp = int(np.sum(iou > t))
+        denom = n_t + n_p - tp  # TP + FN + FP
+        out[float(t)] = 1.0 if denom == 0 else tp / denom
+    return out

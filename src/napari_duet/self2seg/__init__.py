@@ -9,6 +9,7 @@ squared residuals; the two steps alternate.  See ``docs/self2seg.md``.
 from ._baselines import convex_chan_vese, sequential_n2f_chan_vese
 from ._config import Self2SegConfig
 from ._engine import Self2SegProgress, Self2SegResult, Self2SegState, iter_self2seg, self2seg
+from ._instances import OBJECT_COLUMNS, label_instances, measure_objects, split_instances
 from ._regions import boxes_to_regions
 from ._stack import (
     Self2SegStackResult,
@@ -29,6 +30,10 @@ __all__ = [
     "iter_self2seg_stack",
     "self2seg_stack",
     "boxes_to_regions",
+    "split_instances",
+    "label_instances",
+    "measure_objects",
+    "OBJECT_COLUMNS",
     "convex_chan_vese",
     "sequential_n2f_chan_vese",
 ]

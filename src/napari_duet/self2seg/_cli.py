@@ -51,8 +51,9 @@ def register(subparsers) -> argparse.ArgumentParser:
             "Self2Seg: split a 2D grey or RGB image into regions while training one "
             "self-supervised denoising expert per region. A stack (Z, Y, X), (T, Z, Y, X), ... "
             "or (..., Y, X, 3) is segmented plane by plane with the same settings. Writes "
-            "mask.tif, denoised.tif, expert_<k>.tif (each with the input's shape, axes and "
-            "pixel size) and report.json to OUTDIR. Seeds come from boxes or from a label "
+            "mask.tif (classes), labels.tif (objects, touching nuclei split), denoised.tif, "
+            "expert_<k>.tif (each with the input's shape, axes and pixel size) and "
+            "report.json to OUTDIR. Seeds come from boxes or from a label "
             "image (--regions); without seeds the regions are initialised automatically "
             "(brighter region = foreground). The report and the last lines say when the "
             "result contradicts the seeds or the mask collapsed, and what to change. "
@@ -109,7 +110,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def _output_names(n_classes: int) -> list[str]:
     """The files ``self2seg`` writes into OUTDIR for ``n_classes`` regions."""
     experts = [f"expert_{k}.tif" for k in range(max(int(n_classes), 0))]
-    return ["mask.tif", "denoised.tif", *experts, "report.json"]
+    return ["mask.tif", "labels.tif", "denoised.tif", *experts, "report.json"]
 
 
 _GLOB_CHARS = set("*?[")
@@ -351,11 +352,17 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
     remove_stale_outputs(out, pattern=r"expert_\d+\.tif",
                          keep=_output_names(res.experts.shape[0]))
     write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
+    instances = res.instances
+    # Instance labels: the smallest unsigned type that holds every object's number.
+    write_tiff(out / "labels.tif",
+               instances.astype(np.uint16 if instances.max(initial=0) < 2**16 else np.uint32),
+               pixel_info=pixel_info)
     write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
     for k in range(res.experts.shape[0]):
         write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32),
                    pixel_info=pixel_info)
     report = res.report()
+    report["objects"] = int(instances.max(initial=0))
     report["input"] = str(image_path)
     report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
     report["regions"] = None if args.regions is None else str(args.regions)
@@ -368,6 +375,6 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
                 f"hint: {h}" for h in chk.get("hints", [])]:
             bar.write(f"duet self2seg: {label}{where}{line}", file=sys.stderr)
     if not args.quiet:
-        bar.write(f"{label}{summary}; wrote {out}/mask.tif, denoised.tif, expert_*.tif, "
-                  "report.json")
+        bar.write(f"{label}{summary}, {report['objects']} object(s); wrote {out}/mask.tif, "
+                  "labels.tif, denoised.tif, expert_*.tif, report.json")
     return 0

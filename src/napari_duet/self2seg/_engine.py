@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,17 @@ class Self2SegResult:
     def mask(self) -> np.ndarray:
         """Foreground mask (labels == 1) for two classes; labels > 0 otherwise."""
         return self.labels > 0
+
+    @cached_property
+    def instances(self) -> np.ndarray:
+        """Instance labels (int32, 0 = background) of every non-background class.
+
+        Connected components, touching objects split by a watershed on the
+        distance transform (:func:`~napari_duet.self2seg.label_instances`).
+        """
+        from ._instances import label_instances
+
+        return label_instances(self.labels, self.config.n_classes)
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, energies, timings, versions, image info."""

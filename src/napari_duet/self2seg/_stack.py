@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,13 @@ class Self2SegStackResult:
     def mask(self) -> np.ndarray:
         """Foreground mask (labels > 0)."""
         return self.labels > 0
+
+    @cached_property
+    def instances(self) -> np.ndarray:
+        """Instance labels (int32) of every plane, numbered uniquely across the stack."""
+        from ._instances import label_instances
+
+        return label_instances(self.labels, self.config.n_classes)
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, image, one report per plane, timings."""
