@@ -23,11 +23,16 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
 )
 
@@ -47,7 +52,7 @@ from ._common import (
     warm_up_torch,
 )
 from ._curves import CurvePlot
-from ._dock import EngineDock, Job, SourceInfo, is_large, layer_data
+from ._dock import Collapsible, EngineDock, Job, SourceInfo, declare, is_large, layer_data
 from ._lazy import (
     mark_plane_done,
     open_plane_store,
@@ -88,6 +93,9 @@ class _Job(Job):
     store: Path | None = None
     planes_done: int = 0
     limits: dict = field(default_factory=dict)  # contrast of on-disk image layers so far
+    checks: dict = field(default_factory=dict)  # lead_index -> the result's checks
+    tables: list = field(default_factory=list)  # object tables of the finished planes
+    n_objects: int = 0  # objects numbered so far (planes of a stack number on)
 
     @property
     def source_name(self) -> str:
@@ -113,6 +121,7 @@ class Self2SegWidget(EngineDock):
     """Joint denoising and segmentation of the chosen image, seeded by shapes."""
 
     engine_name = "Self2Seg"
+    docs_anchor = "self2seg-segment-and-denoise-together"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -130,8 +139,8 @@ class Self2SegWidget(EngineDock):
         self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
         self.role = ComboBox(label="new boxes are", choices=role_names(2), value="foreground")
         self.n_classes = SpinBox(label="classes", value=defaults["n_classes"], min=2, max=8)
-        self.lam = FloatSpinBox(label="λ scale (0 = auto)", value=defaults["lam"] or 0.0, min=0.0,
-                                max=1e6, step=0.1)
+        self.lam = FloatSpinBox(label="border smoothness λ", value=defaults["lam"] or 0.0,
+                                min=0.0, max=1e6, step=0.1)
         self.max_alternations = SpinBox(label="max alternations",
                                         value=defaults["max_alternations"], min=1, max=50)
         self.experts = ComboBox(label="experts", choices=["cnn", "linear", "constant"],
@@ -154,7 +163,13 @@ class Self2SegWidget(EngineDock):
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
+        self.run_btn.setToolTip("Segment and denoise the image (the settings and seeds are "
+                                "read now; changing them during the run has no effect)")
+        self.cancel_btn.setToolTip("Stop at the next training step; the last finished "
+                                   "alternation is kept")
         self.export_btn = QPushButton("Export report…")
+        self.export_btn.setToolTip("Write the last run's report (parameters, energies, "
+                                   "warnings, timings) as JSON")
         self.export_btn.setEnabled(False)
         self.save_btn = QPushButton("Save results…")
         self.save_btn.setToolTip("Write the mask, denoised image, experts, seeds and report "
@@ -162,6 +177,21 @@ class Self2SegWidget(EngineDock):
         self.save_btn.setEnabled(False)
         self.status.setText("Draw foreground/background boxes, or run without seeds.")
         self.plot = CurvePlot("Energy per alternation", "energy")
+        self.objects_label = QLabel("No objects yet.")
+        self.objects_label.setWordWrap(True)
+        self.csv_btn = QPushButton("Export CSV…")
+        self.csv_btn.setToolTip("Write the object table (label, area, mean intensity on the "
+                                "denoised image, centroid) as CSV")
+        self.csv_btn.setEnabled(False)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["object", "area (px)", "mean intensity"])
+        self.table.setToolTip("One row per object of the last run (the 'S2S objects' layer); "
+                              "mean intensity is measured on the denoised image")
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMaximumHeight(150)
+        self.objects: dict | None = None  # the last run's object table (column -> array)
         self._updates = StagedUpdates()
 
         self._build_layout()
@@ -174,6 +204,7 @@ class Self2SegWidget(EngineDock):
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_btn.clicked.connect(self._export_dialog)
         self.save_btn.clicked.connect(self._save_dialog)
+        self.csv_btn.clicked.connect(self._csv_dialog)
         self._update_scope()
 
     # ------------------------------------------------------------------ layout
@@ -438,6 +469,7 @@ class Self2SegWidget(EngineDock):
             ("mask", job.full_shape, np.uint8),
             ("denoised", job.full_shape + chan, np.float32),
             *((f"expert{i}", job.full_shape + chan, np.float32) for i in range(k)),
+            ("objects", job.full_shape, np.int32),
         ):
             layer = previous.get(key)
             if (layer is not None and layer in self.viewer.layers and layer.data.shape == shape
@@ -488,6 +520,8 @@ class Self2SegWidget(EngineDock):
         self.cancel_btn.setEnabled(running)
         self.export_btn.setEnabled(not running and bool(self._last_reports))
         self.save_btn.setEnabled(not running and bool(self._saved_layers()))
+        self.csv_btn.setEnabled(not running and bool(self.objects)
+                                and len(self.objects["label"]) > 0)
 
     # ------------------------------------------------------------ worker events
     def fraction_of(self, job: _Job, item) -> float | None:
@@ -522,9 +556,12 @@ class Self2SegWidget(EngineDock):
             arrays["denoised"][sl] = state.denoised
             for i in range(job.n_classes):
                 arrays[f"expert{i}"][sl] = state.experts[i]
+            if final:
+                self._add_objects(job, idx, state)
             steps = self._result_steps(job)
         if final:
             job.reports[idx] = state.report()
+            job.checks[idx] = dict(getattr(state, "checks", None) or {})
             job.planes_done += 1
             if job.on_disk:
                 mark_plane_done(job.store, job.run_key, idx)
@@ -537,6 +574,20 @@ class Self2SegWidget(EngineDock):
             f"Alternation {state.alternation}/{state.max_alternations}{where}: "
             f"energy {state.energy:.4g}, {state.elapsed:.1f} s"
         )
+
+    def _add_objects(self, job: _Job, idx: tuple, result) -> None:
+        """Number the plane's objects on from the earlier planes' and measure them on
+        the denoised image (the instances were computed in the worker)."""
+        from ..self2seg import measure_objects
+
+        inst = np.asarray(result.instances, np.int32)
+        inst = np.where(inst > 0, inst + job.n_objects, 0).astype(np.int32)
+        job.results["arrays"]["objects"][idx if idx else ...] = inst
+        table = measure_objects(inst, result.denoised)
+        if idx:
+            table = {"plane": np.full(len(table["label"]), str(list(idx))), **table}
+        job.tables.append(table)
+        job.n_objects = max(job.n_objects, int(inst.max(initial=0)))
 
     def _show_results(self, job: _Job):
         for step in self._result_steps(job):
@@ -569,12 +620,25 @@ class Self2SegWidget(EngineDock):
         short = {"background": "bg", "foreground": "fg"}
         steps = [step("denoised", "image", result_name(job.source_name, f"{TAG} denoised"),
                       **common_img)]
+        mask_visible = True
+        if job.tables and not job.on_disk:  # objects shown: the class mask steps aside
+            mask_visible = False
         steps += [step(f"expert{i}", "image",
                        result_name(job.source_name,
                                    f"{TAG} {short.get(names[i], names[i])} expert"),
                        visible=False, **common_img) for i in range(job.n_classes)]
         steps.append(step("mask", "labels", result_name(job.source_name, f"{TAG} mask"),
                           opacity=0.5, **common))
+        if not mask_visible:
+            steps.append(step("objects", "labels", result_name(job.source_name,
+                                                               f"{TAG} objects"),
+                              opacity=0.6, **common))
+
+            def hide_mask():
+                layer = layers.get("mask")
+                if layer is not None and layer in self.viewer.layers:
+                    layer.visible = False
+            steps.append(hide_mask)
         return steps
 
     def show_result(self, job: _Job, summary):
@@ -582,10 +646,84 @@ class Self2SegWidget(EngineDock):
         where = f" (results in {job.store})" if job.on_disk else ""
         if job.kept:
             where += f"; {len(job.kept)} plane(s) kept from an interrupted run"
-        self.status.setText(
-            f"Done: {len(job.indices)} plane(s) of {job.source_name} in {job.seconds:.1f} s"
-            f"{where}.")
-        show_info(f"Self2Seg finished on {job.source_name}")
+        self._show_objects(job)
+        stopped = [c.get("stopped") for c in job.checks.values() if c.get("stopped")]
+        why = f": {stopped[0]}" if len(stopped) == 1 else ""
+        objects = f"; {job.n_objects} object(s)" if job.tables else ""
+        text = (f"Done in {job.seconds:.1f} s{why}{objects}{where}." if len(job.indices) <= 1
+                else f"Done: {len(job.indices)} planes in {job.seconds:.1f} s{objects}{where}.")
+        warnings, hints = self._check_lines(job)
+        if warnings:
+            text += "\n⚠ " + "\n⚠ ".join(warnings)
+            text += "".join(f"\nHint: {h}" for h in hints)
+            show_warning(f"Self2Seg on {job.source_name}: {warnings[0]}"
+                         + (f" Hint: {hints[0]}" if hints else ""))
+        else:
+            show_info(f"Self2Seg finished on {job.source_name}")
+        self.status.setText(text)
+
+    @staticmethod
+    def _check_lines(job: _Job) -> tuple[list[str], list[str]]:
+        """The warnings (named by plane for a stack) and distinct hints of the run."""
+        warnings, hints = [], []
+        for idx, chk in job.checks.items():
+            where = f"slice {list(idx)}: " if idx else ""
+            warnings += [f"{where}{w}" for w in chk.get("warnings", [])]
+            hints += [h for h in chk.get("hints", []) if h not in hints]
+        return warnings, hints
+
+    def _show_objects(self, job: _Job) -> None:
+        """Fill the object table (count, area, mean intensity on the denoised image)."""
+        self.objects = None
+        if job.on_disk:
+            self.objects_label.setText("Objects are not counted for large layers processed "
+                                       "plane by plane (use duet self2seg for labels.tif).")
+        elif job.tables:
+            cols = list(job.tables[0])
+            self.objects = {c: np.concatenate([t[c] for t in job.tables]) for c in cols}
+        self._fill_table()
+
+    def _fill_table(self) -> None:
+        table = self.objects
+        self.table.setRowCount(0)
+        self.csv_btn.setEnabled(bool(table) and len(table["label"]) > 0)
+        if not table:
+            return
+        n = len(table["label"])
+        area = table["area"]
+        self.objects_label.setText(
+            f"{n} object(s)" + (f", area {np.median(area):.0f} px (median, "
+                                f"{area.min()}–{area.max()})" if n else ""))
+        shown = min(n, 500)  # the CSV has them all
+        self.table.setRowCount(shown)
+        for r in range(shown):
+            for c, value in enumerate((f"{table['label'][r]}", f"{table['area'][r]}",
+                                       f"{table['mean_intensity'][r]:.4g}")):
+                item = QTableWidgetItem(value)
+                item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight
+                                          | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the last run's object table as CSV (one row per object)."""
+        import csv
+
+        if not self.objects or not len(self.objects["label"]):
+            raise DuetInputError("no objects to export: run Self2Seg first")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cols = list(self.objects)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(cols)
+            for row in zip(*(self.objects[c] for c in cols), strict=True):
+                writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v
+                                 for v in row])
+        return path
+
+    def _csv_dialog(self):
+        self.save_with_dialog("Export object table", "objects.csv", "CSV (*.csv)",
+                              self.export_csv, "Export CSV")
 
     def _collect_reports(self, job: _Job) -> dict:
         return {
@@ -624,6 +762,8 @@ class Self2SegWidget(EngineDock):
             self.status.setText("Cancelled before the first alternation ended.")
         if job.reports:
             self._last_reports = self._collect_reports(job)
+        if job.tables:
+            self._show_objects(job)
 
     def after_run(self, job: _Job):
         self._updates.flush()
@@ -677,6 +817,8 @@ class Self2SegWidget(EngineDock):
             written.append(write_tiff(folder / f"{stem}_seeds.tif", seeds))
         if self._last_reports:
             written.append(write_json(folder / f"{stem}_self2seg.json", self._last_reports))
+        if self.objects and len(self.objects["label"]):
+            written.append(self.export_csv(folder / f"{stem}_objects.csv"))
         return written
 
     def _save_dialog(self):
@@ -736,6 +878,8 @@ def _label_items(fn, indices, *args, **kwargs):
                 yield item.plane, tuple(indices[item.plane]), item, False
                 continue
             finished = item.result is not None
+            if finished and hasattr(item.result, "instances"):
+                item.result.instances  # noqa: B018 - computed here, in the worker thread
             yield (item.plane, tuple(indices[item.plane]),
                    item.result if finished else item.state, finished)
     finally:
