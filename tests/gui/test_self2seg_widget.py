@@ -569,6 +569,8 @@ def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, mo
     _wait(qtbot, widget)
     assert set(on_disk) == {"mask", "denoised", "expert0", "expert1"}
     for key, layer in widget.job.results["layers"].items():
+        if key == "objects":  # objects are counted in memory only
+            continue
         np.testing.assert_allclose(on_disk[key], np.asarray(layer.data), atol=1e-5,
                                    err_msg=key)
 
