@@ -371,8 +371,7 @@ def _train(args) -> int:
 
 # Every file ``split predict`` may write into its folder (which of them depends on the
 # model and --samples); files of an earlier run that this one does not write are removed.
-_PREDICT_FILES = ("mmse.tif", "std.tif", "a.tif", "b.tif", "std_a.tif", "std_b.tif",
-                  "samples.tif", "report.json")
+from ._save import PREDICT_FILES as _PREDICT_FILES  # noqa: E402
 
 
 def _samples_file(stack, path: Path, image_shape, lead: tuple[int, int], pixel_info: dict):
@@ -402,9 +401,6 @@ def _predict(args) -> int:
         check_outputs,
         is_zarr_path,
         read_pixel_info,
-        remove_stale_outputs,
-        write_json,
-        write_tiff,
     )
     from .._progress import run_to_end
     from ._model import SplitModel
@@ -451,40 +447,13 @@ def _predict(args) -> int:
                 samples_shape = list(sink.shape)
                 res.samples = sink = None  # unmapped before the file is renamed
     threads = bar.threads
-    stack = res.mean.ndim == 4  # (C, T, Y, X)
-    files = {}
-    two = model.n_channels == 2
-    with_samples = args.samples > 1
-    remove_stale_outputs(out, names=_PREDICT_FILES, keep=[
-        "mmse.tif", "std.tif", "report.json",
-        *(("a.tif", "b.tif", "std_a.tif", "std_b.tif") if two else ()),
-        *(("samples.tif",) if with_samples else ())])
-
-    def put(name, arr, axes=None):
-        kw = {"axes": axes} if axes else {}
-        write_tiff(out / name, np.ascontiguousarray(arr, dtype=np.float32),
-                   pixel_info=pixel_info, **kw)
-        files[name] = list(arr.shape)
-
-    # Channels on their own axis: (C, Y, X), or (T, C, Y, X) for a stack of frames.
-    put("mmse.tif", np.moveaxis(res.mean, 0, 1) if stack else res.mean,
-        "TCYX" if stack else "CYX")
-    put("std.tif", np.moveaxis(res.std, 0, 1) if stack else res.std,
-        "TCYX" if stack else "CYX")
-    if two:
-        put("a.tif", res.mean[0])
-        put("b.tif", res.mean[1])
-        put("std_a.tif", res.std[0])
-        put("std_b.tif", res.std[1])
-    if with_samples:
-        files["samples.tif"] = samples_shape  # written while predicting
-    report = res.report()
-    report["files"] = files
-    report.update(image=str(args.image), model=str(args.model), seconds=seconds,
-                  threads=threads,
-                  megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
-                  model_metadata=model.metadata())
-    write_json(out / "report.json", report)
+    extra = dict(image=str(args.image), model=str(args.model), seconds=seconds,
+                 threads=threads,
+                 megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
+                 model_metadata=model.metadata())
+    # One writer for the command and the widget's "Save results…" (SplitResult.save).
+    res.save(out, pixel_info=pixel_info, report=extra,
+             samples_shape=samples_shape if args.samples > 1 else None)
     print(f"wrote {out}")
     return 0
 
