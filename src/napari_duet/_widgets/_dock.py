@@ -229,8 +229,8 @@ def declare(widget, cls: type, name: str, *, extra: str = "", auto: str | None =
         widget.tooltip = text
     else:
         native.setToolTip(text)
-    if auto is not None and hasattr(native, "setSpecialValueText"):
-        native.setSpecialValueText(auto)
+    if auto is not None:
+        set_auto_text(widget, auto)
     if hasattr(widget, "label"):
         try:
             widget.label = label
@@ -240,10 +240,32 @@ def declare(widget, cls: type, name: str, *, extra: str = "", auto: str | None =
 
 
 def set_auto_text(widget, text: str = "auto") -> None:
-    """Show ``text`` instead of the minimum of a spin box (the "automatic" value)."""
+    """Show ``text`` instead of the minimum of a spin box (the "automatic" value).
+
+    Qt's spin boxes have ``setSpecialValueText``; superqt's large-integer spin box
+    (magicgui's integer SpinBox) ignores it, so its text update is wrapped here.
+    """
     native = getattr(widget, "native", widget)
     if hasattr(native, "setSpecialValueText"):
         native.setSpecialValueText(text)
+    if hasattr(native, "_updateEdit") and hasattr(native, "_interpret"):
+        update, interpret = native._updateEdit, native._interpret
+
+        def _update_edit():
+            if native.value() == native.minimum():
+                if native.lineEdit().text() != text:
+                    native.lineEdit().setText(text)
+                return
+            update()
+
+        def _interpret(policy):
+            if native.lineEdit().displayText().strip() in (text, ""):
+                native.lineEdit().setText(str(native.minimum()))
+            interpret(policy)
+
+        native._updateEdit = _update_edit
+        native._interpret = _interpret
+        _update_edit()
 
 
 def _call_generator(fn, args, kwargs):
