@@ -205,3 +205,29 @@ def test_good_run_states_why_it_stopped_and_counts_objects(make_napari_viewer, q
     first = [float(v) for v in lines[1].split(",")]
     assert abs(first[2] - float(den[objects.data == int(first[0])].mean())) < 1e-3 * abs(
         first[2]) + 1e-3
+
+
+def test_quick_start_shows_the_whole_image_selected(make_napari_viewer, qtbot):
+    """scripts/launch_napari.py: after docking, the view is reset (not a vertical strip)
+    and the image is the selected layer (not the hidden ground truth)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "launch_napari.py"
+    spec = importlib.util.spec_from_file_location("launch_napari", path)
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    widget = launch.open_quickstart(viewer, "nuclei_medium_noise")
+    qtbot.wait(300)
+    image = viewer.layers["noisy nuclei (σ=30)"]
+    assert viewer.layers.selection.active is image
+    assert widget.image_picker.value is image
+    canvas = viewer.window._qt_viewer.canvas.native
+    h, w = canvas.height(), canvas.width()
+    camera = getattr(viewer, "scene", viewer).camera
+    zoom = camera.zoom
+    assert w / zoom >= 256 * 0.99 and h / zoom >= 256 * 0.99  # the whole image in view
+    cy, cx = camera.center[-2:]
+    assert abs(cy - 127.5) < 2 and abs(cx - 127.5) < 2
