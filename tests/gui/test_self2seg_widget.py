@@ -253,10 +253,22 @@ def test_rgb_image(widget, qtbot):
     rgb = np.stack([data.noisy, data.noisy // 2, data.noisy], axis=-1)
     layer = viewer.add_image(rgb, name="rgb", rgb=True)
     widget.image_picker.value = layer
-    widget.run()
-    _wait(qtbot, widget)
-    assert viewer.layers["S2S denoised"].data.shape == rgb.shape
+    shown = []
+    from napari_duet._widgets import _self2seg
+
+    real = _self2seg.show_info
+    _self2seg.show_info = lambda msg: (shown.append(msg), real(msg))
+    try:
+        widget.run()
+        _wait(qtbot, widget)
+    finally:
+        _self2seg.show_info = real
+    # Issue 25: colour is segmented as grey, with a notice; results are grey planes.
+    assert any("is RGB: segmented as grey" in m for m in shown)
+    assert viewer.layers["S2S denoised"].data.shape == rgb.shape[:2]
     assert dice(viewer.layers["S2S mask"].data == 1, data.mask) > 0.8
+    # No negative intensities from a non-negative input.
+    assert viewer.layers["S2S denoised"].data.min() >= 0
 
 
 def test_export_report_and_screenshot(widget, qtbot, tmp_path):

@@ -96,6 +96,7 @@ class _Job(Job):
     checks: dict = field(default_factory=dict)  # lead_index -> the result's checks
     tables: list = field(default_factory=list)  # object tables of the finished planes
     n_objects: int = 0  # objects numbered so far (planes of a stack number on)
+    nonnegative: bool = False  # the input has no negative values (nor have the results)
 
     @property
     def source_name(self) -> str:
@@ -414,6 +415,12 @@ class Self2SegWidget(EngineDock):
     def _make_job(self, image: Image, config) -> _Job:
         source = SourceInfo.of(image)
         data = layer_data(image)
+        if source.rgb and not is_large(data, self.large_layer_bytes):
+            # Colour is segmented as grey, and the user is told so (issue 25).
+            data = rgb_to_grey(data)
+            source = dataclasses.replace(source, rgb=False, shape=tuple(data.shape))
+            show_info(f"Self2Seg: {image.name} is RGB: segmented as grey "
+                      "(0.299 R + 0.587 G + 0.114 B)")
         rgb = source.rgb
         full_shape = tuple(data.shape[:-1] if rgb else data.shape)
         if len(full_shape) < 2:
@@ -445,6 +452,7 @@ class Self2SegWidget(EngineDock):
             # Plane by plane from the lazy data into a zarr store on disk.
             job.on_disk = True
             return job
+        job.nonnegative = bool(np.nanmin(data) >= 0)
         if len(full_shape) > 2 and self.scope.value == "all slices":
             # The whole stack; the engine reads one plane at a time, in the order of
             # ``indices`` (C order of the leading axes).  Slices without seeds start
@@ -553,9 +561,10 @@ class Self2SegWidget(EngineDock):
             arrays = job.results["arrays"]
             sl = idx if idx else ...
             arrays["mask"][sl] = state.labels
-            arrays["denoised"][sl] = state.denoised
+            clip = np.maximum if job.nonnegative else (lambda a, _: a)
+            arrays["denoised"][sl] = clip(state.denoised, 0)
             for i in range(job.n_classes):
-                arrays[f"expert{i}"][sl] = state.experts[i]
+                arrays[f"expert{i}"][sl] = clip(state.experts[i], 0)
             if final:
                 self._add_objects(job, idx, state)
             steps = self._result_steps(job)
@@ -834,6 +843,13 @@ class Self2SegWidget(EngineDock):
     def _export_dialog(self):
         self.save_with_dialog("Export Self2Seg report", "self2seg.json", "JSON (*.json)",
                               self.export_report, "Export")
+
+
+def rgb_to_grey(data) -> np.ndarray:
+    """Luminance (ITU-R BT.601) of RGB(A) data, float32, alpha dropped; non-negative
+    for non-negative input."""
+    arr = np.asarray(data)[..., :3].astype(np.float32)
+    return arr @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _painted_seeds(layer: Labels | None, yx: tuple, idx: tuple) -> np.ndarray | None:

@@ -357,9 +357,12 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
     write_tiff(out / "labels.tif",
                instances.astype(np.uint16 if instances.max(initial=0) < 2**16 else np.uint32),
                pixel_info=pixel_info)
-    write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
+    # A non-negative input gives non-negative intensities (a CNN expert may undershoot).
+    nonneg = (lambda a: np.maximum(a, 0)) if float(np.nanmin(image)) >= 0 else (lambda a: a)
+    write_tiff(out / "denoised.tif", nonneg(res.denoised.astype(np.float32)),
+               pixel_info=pixel_info)
     for k in range(res.experts.shape[0]):
-        write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32),
+        write_tiff(out / f"expert_{k}.tif", nonneg(res.experts[k].astype(np.float32)),
                    pixel_info=pixel_info)
     report = res.report()
     report["objects"] = int(instances.max(initial=0))
