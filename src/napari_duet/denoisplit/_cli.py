@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                                 parser_class=type(split))
     split.set_defaults(func=lambda args: _usage(split))
 
+    from .._config import cli_help
+    from ._config import TrainConfig as _TC
+
     tr = ssub.add_parser("train", help="train a splitting model on 2 to 4 channels",
                          description="Train on noisy acquisitions of 2 to 4 structures "
                          "(images or stacks, same shape); the network input is their sum. "
@@ -60,19 +63,19 @@ def register(subparsers) -> None:
     tr.add_argument("--kl", choices=("denoisplit", "musplit"), default="denoisplit",
                     help="KL form: summed per level with free bits (denoisplit, default) or "
                     "averaged (musplit)")
-    tr.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
+    # Help from the one declaration the widget's tooltips read (TrainConfig's fields).
+    tr.add_argument("--epochs", type=int, default=100, help=cli_help(_TC, "epochs"))
     tr.add_argument("--steps-per-epoch", type=int, default=None,
-                    help="steps per epoch (default: ~4 passes over the data, 10..500)")
+                    help=cli_help(_TC, "steps_per_epoch"))
     tr.add_argument("--max-minutes", type=float, default=None,
-                    help="stop training after this many minutes")
-    tr.add_argument("--patch-size", type=int, default=64,
-                    help="training patch side, a multiple of 2^levels (default 64)")
-    tr.add_argument("--batch-size", type=int, default=32, help="patches per step (default 32)")
+                    help=cli_help(_TC, "max_minutes"))
+    tr.add_argument("--patch-size", type=int, default=64, help=cli_help(_TC, "patch_size"))
+    tr.add_argument("--batch-size", type=int, default=32, help=cli_help(_TC, "batch_size"))
     tr.add_argument("--config", choices=("small", "default"), default="default",
                     help="network size: default (paper, ~3.0 M parameters) or small (CPU)")
     tr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                     help="compute device (default auto: CUDA, MPS, CPU)")
-    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tr.add_argument("--seed", type=int, default=0, help=cli_help(_TC, "seed"))
     tr.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
                     help="denoiser used to bootstrap noise models (default auto)")
     tr.add_argument("--no-calibration", action="store_true",

@@ -196,14 +196,14 @@ class TrainConfig(EngineConfig):
         none="no limit", example="--max-minutes 30")
     patch_size: int = param(
         64, label="patch size",
-        help="Side of the square training patches in pixels: larger sees more context and "
-             "needs more memory.",
+        help="Side of the square training patches in pixels (a multiple of 2^levels): "
+             "larger sees more context and needs more memory.",
         lo=16)
     batch_size: int = param(
         32, label="batch size", help="Patches per training step (bounded by memory).", lo=1)
     steps_per_epoch: int | None = param(
         None, label="steps per epoch", help="Training steps per epoch.",
-        auto="the training patches once")
+        auto="about 4 passes over the data, 10 to 500 steps")
     lr: float = 1e-3
     seed: int = param(
         0, label="random seed", help="Seed of patches, augmentations and initial weights.")
