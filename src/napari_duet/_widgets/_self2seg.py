@@ -237,7 +237,6 @@ class Self2SegWidget(EngineDock):
         buttons.addWidget(self.export_btn, 1, 0)
         buttons.addWidget(self.save_btn, 1, 1)
         layout.addLayout(buttons)
-        layout.addWidget(self.plot)
         objects = QGroupBox("Objects")
         oform = QVBoxLayout(objects)
         orow = QHBoxLayout()
@@ -246,6 +245,7 @@ class Self2SegWidget(EngineDock):
         oform.addLayout(orow)
         oform.addWidget(self.table)
         layout.addWidget(objects)
+        layout.addWidget(self.plot)
         layout.addStretch(1)
 
     def _tooltips(self):
@@ -262,7 +262,7 @@ class Self2SegWidget(EngineDock):
         declare(self.seed, C, "seed")
         declare(self.threads, C, "threads", extra="Here the default leaves napari a core.")
         declare(self.invert, C, "invert")
-        self.invert.text = "dark objects are foreground (no seeds)"
+        self.invert.text = "dark objects (no seeds)"
         self.image_picker.tooltip = "The image to segment and denoise (2D, a stack, or RGB)."
         self.seeds_picker.tooltip = ("Shapes layer with seed boxes: each shape's role "
                                      "(foreground, background, class k) is its region; none: "
