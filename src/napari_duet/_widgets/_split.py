@@ -644,7 +644,7 @@ def calibration_line(cal: dict | None, names) -> str:
     if quality == "none":
         return "calibration: no, std is not calibrated"
     if quality == "poor":
-        return "calibration: <b>poor</b> — " + detail.replace(
+        return "calibration: <b>poor</b> " + detail.replace(
             "std rescaled, but its calibration is poor ", "")
     if quality == "unmeasured":
         return "calibration: yes (no validation statistics stored)"
