@@ -283,10 +283,8 @@ def test_export_report_and_screenshot(widget, qtbot, tmp_path):
     assert report["parameters"]["n_classes"] == 2
     (plane,) = report["planes"].values()
     assert len(plane["energies"]) >= 1
-    out = ROOT / "screenshots"
-    out.mkdir(exist_ok=True)
     viewer.reset_view()
-    img = viewer.screenshot(str(out / "self2seg_widget.png"), canvas_only=False)
+    img = viewer.screenshot(str(tmp_path / "self2seg_widget.png"), canvas_only=False)
     assert img.ndim == 3 and img.shape[0] > 300
     # The canvas really shows something (not a blank, undrawn GL surface).
     assert img[..., :3].std() > 5

@@ -28,9 +28,10 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QGroupBox,
-    QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -190,7 +191,10 @@ class Self2SegWidget(EngineDock):
                               "mean intensity is measured on the denoised image")
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # Columns share the panel's width (no horizontal scrolling in a narrow dock).
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.table.setMaximumHeight(150)
         self.objects: dict | None = None  # the last run's object table (column -> array)
         self._updates = StagedUpdates()
@@ -239,11 +243,9 @@ class Self2SegWidget(EngineDock):
         layout.addLayout(buttons)
         objects = QGroupBox("Objects")
         oform = QVBoxLayout(objects)
-        orow = QHBoxLayout()
-        orow.addWidget(self.objects_label, 1)
-        orow.addWidget(self.csv_btn)
-        oform.addLayout(orow)
+        oform.addWidget(self.objects_label)
         oform.addWidget(self.table)
+        oform.addWidget(self.csv_btn)
         layout.addWidget(objects)
         layout.addWidget(self.plot)
         layout.addStretch(1)
