@@ -322,3 +322,28 @@ def test_large_layer_is_read_slab_by_slab_only(widget, qtbot, tmp_path, tiny_mod
     level0 = np.asarray(out.data[0] if out.multiscale else out.data)
     expected = tiny_model.denoise(noisy, 0, tta=False).denoised
     np.testing.assert_allclose(level0, expected, atol=1e-6)
+
+
+def test_save_results_and_noise2fast_button(widget, qtbot, tmp_path):
+    """Issue 25: Save results… writes the last result; Check noise's other recommendation,
+    Noise2Fast, runs from the widget."""
+    viewer = widget.viewer
+    noisy, _ = _volume(shape=(3, 24, 24))
+    layer = viewer.add_image(noisy + 1.0, name="small")  # non-negative input
+    widget.image_picker.value = layer
+    assert not widget.save_results_btn.isEnabled()
+    widget.iterations.value = 5
+    widget.tta.value = False
+    widget.train()
+    _wait(qtbot, widget)
+    assert widget.save_results_btn.isEnabled()
+    names = sorted(p.name for p in widget.save_results(tmp_path / "res"))
+    assert names == ["denoised.tif", "model.duet", "report.json"]
+    assert viewer.layers["NS-N2N denoised"].data.min() >= 0  # never negative here
+    widget.denoise_n2f()
+    _wait(qtbot, widget)
+    out = viewer.layers["N2F denoised"]
+    assert out.data.shape == noisy.shape and out.metadata["duet_source"] == "small"
+    assert "Noise2Fast done" in widget.status.text()
+    names = sorted(p.name for p in widget.save_results(tmp_path / "n2f"))
+    assert names == ["denoised.tif", "report.json"]

@@ -333,12 +333,21 @@ class EngineDock(QWidget):
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(body)
+        self._body = body
         outer.addWidget(self.scroll, 1)
         self.progress.setToolTip("Progress of the current run (also in napari's Activity dock)")
         self.status.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
         return QVBoxLayout(body)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """The dock is at least as wide as the controls (they scroll only vertically)."""
+        body = getattr(self, "_body", None)
+        if body is not None:
+            bar = self.scroll.verticalScrollBar().sizeHint().width()
+            self.scroll.setMinimumWidth(body.minimumSizeHint().width() + bar + 4)
+        super().showEvent(event)
 
     def docs_url(self) -> str:
         return DOCS_URL + (f"#{self.docs_anchor}" if self.docs_anchor else "")

@@ -186,7 +186,7 @@ class Self2SegWidget(EngineDock):
                                 "denoised image, centroid) as CSV")
         self.csv_btn.setEnabled(False)
         self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["object", "area (px)", "mean intensity"])
+        self.table.setHorizontalHeaderLabels(["object", "area (px)", "mean"])
         self.table.setToolTip("One row per object of the last run (the 'S2S objects' layer); "
                               "mean intensity is measured on the denoised image")
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
