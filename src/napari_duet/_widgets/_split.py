@@ -59,8 +59,7 @@ MAX_STRUCTURES = len(CHANNEL_COLORMAPS)
 UNCERTAINTY_LEGEND = (
     "The '· std' layers (hidden) show the spread of the posterior samples, rescaled by "
     "the model's calibration where it has one: a guide to how large the split's error is, "
-    "in the structure's intensity units. How well it matches the real error is the "
-    "model's calibration, below."
+    "in the structure's intensity units."
 )
 _PLOT_EVERY_S = 0.5
 
