@@ -14,6 +14,10 @@ from .._cli_progress import add_run_options, cli_run
 from .._errors import DuetInputError
 from ..devices import DEVICE_CHOICES
 
+# Every file ``split predict`` may write into its folder (which of them depends on the
+# model and --samples); files of an earlier run that this one does not write are removed.
+from ._save import PREDICT_FILES as _PREDICT_FILES
+
 
 def register(subparsers) -> None:
     """Add the ``split`` and ``noise-model`` commands to the ``duet`` parser."""
@@ -372,9 +376,6 @@ def _train(args) -> int:
     return 0
 
 
-# Every file ``split predict`` may write into its folder (which of them depends on the
-# model and --samples); files of an earlier run that this one does not write are removed.
-from ._save import PREDICT_FILES as _PREDICT_FILES  # noqa: E402
 
 
 def _samples_file(stack, path: Path, image_shape, lead: tuple[int, int], pixel_info: dict):
