@@ -341,13 +341,18 @@ class EngineDock(QWidget):
         outer.addWidget(self.status)
         return QVBoxLayout(body)
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
-        """The dock is at least as wide as the controls (they scroll only vertically)."""
+    def minimumSizeHint(self):  # noqa: N802 - Qt API
+        """At least as wide as the controls (they scroll only vertically), from the
+        first layout on, so the dock never cuts them at the right."""
+        hint = super().minimumSizeHint()
         body = getattr(self, "_body", None)
         if body is not None:
             bar = self.scroll.verticalScrollBar().sizeHint().width()
-            self.scroll.setMinimumWidth(body.minimumSizeHint().width() + bar + 4)
-        super().showEvent(event)
+            margins = self.layout().contentsMargins()
+            width = (body.minimumSizeHint().width() + bar + 4 + margins.left()
+                     + margins.right())
+            hint.setWidth(max(hint.width(), width))
+        return hint
 
     def docs_url(self) -> str:
         return DOCS_URL + (f"#{self.docs_anchor}" if self.docs_anchor else "")
