@@ -1,9 +1,11 @@
 """Regenerate the screenshots used in the docs (run under a display, e.g. ``xvfb-run -a``).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python docs/make_screenshots.py
 
-Each screenshot comes from a real napari viewer driven through the plugin's
-widgets, so the pictures show what users get.
+Each screenshot comes from a real napari viewer at a laptop's 1366 x 768, opened
+as the Quick start opens it (``scripts/launch_napari.py``: sample, widget docked,
+image selected, view reset) and driven through the plugin's widgets, so the
+pictures show what users get.
 """
 
 from __future__ import annotations
@@ -14,6 +16,23 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+SIZE = (1366, 768)  # a laptop screen: every widget must fit with its status visible
+
+
+def _quickstart(title: str, sample: str, widget: str | None = None):
+    """A viewer opened as ``scripts/launch_napari.py`` opens the Quick start."""
+    import importlib.util
+
+    import napari
+
+    spec = importlib.util.spec_from_file_location(
+        "launch_napari", HERE.parent / "scripts" / "launch_napari.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    viewer = napari.Viewer(title=title)
+    viewer.window._qt_window.resize(*SIZE)
+    dock = launch.open_quickstart(viewer, sample, widget)
+    return viewer, dock, launch
 
 
 def _wait_for(widget, app, timeout_s: float = 900.0) -> None:
@@ -30,15 +49,10 @@ def _wait_for(widget, app, timeout_s: float = 900.0) -> None:
 
 def self2seg(out: Path) -> Path:
     """Self2Seg widget after a run seeded with two boxes on the σ = 30 sample."""
-    import napari
     from qtpy.QtWidgets import QApplication
     from scipy.ndimage import distance_transform_edt
 
-    viewer = napari.Viewer(title="napari-duet: Self2Seg")
-    viewer.window._qt_window.resize(1500, 950)
-    viewer.open_sample("napari-duet", "nuclei_medium_noise")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")
-    widget.image_picker.value = viewer.layers[0]
+    viewer, widget, launch = _quickstart("napari-duet: Self2Seg", "nuclei_medium_noise")
     seeds = widget.new_seeds_layer()
     # One box deep inside a nucleus, one far from every nucleus (the ground truth says where).
     mask = np.asarray(viewer.layers["nuclei ground truth"].data) > 0
@@ -53,6 +67,7 @@ def self2seg(out: Path) -> Path:
     widget.run()
     _wait_for(widget, QApplication.instance())
     viewer.layers["nuclei ground truth"].visible = False
+    viewer.layers.selection.active = viewer.layers["noisy nuclei (σ=30)"]
     viewer.reset_view()
     return _save(viewer, out / "self2seg_widget.png")
 
@@ -66,19 +81,18 @@ def _save(viewer, path: Path) -> Path:
 
 def nsn2n(out: Path) -> Path:
     """NS-N2N widget after a default run on the ``nsn2n_volume`` sample (noise checked first)."""
-    import napari
+    import time
+
     from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(title="napari-duet: NS-N2N")
-    viewer.window._qt_window.resize(1500, 950)
-    viewer.open_sample("napari-duet", "nsn2n_volume")
+    viewer, widget, _ = _quickstart("napari-duet: NS-N2N", "nsn2n_volume")
     layer = viewer.layers["noisy volume"]
-    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
-    widget.image_picker.value = layer
     widget.device.value = "cpu"
     widget.check_noise()
+    t0 = time.perf_counter()
     widget.train()
     _wait_for(widget, QApplication.instance())
+    print(f"NS-N2N sample: Train & denoise took {time.perf_counter() - t0:.0f} s")
     for lyr in viewer.layers:  # show the denoised result alone
         if "uncertainty" in lyr.name or lyr is layer:
             lyr.visible = False
@@ -89,15 +103,11 @@ def nsn2n(out: Path) -> Path:
 
 def split(out: Path) -> Path:
     """Split widget after splitting the ``split_demo`` sample with its bundled model."""
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(title="napari-duet: denoiSplit")
-    viewer.window._qt_window.resize(1500, 950)
-    viewer.open_sample("napari-duet", "split_demo")  # docks the widget with the model
-    widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
+    # split_demo docks the widget with its model
+    viewer, widget, _ = _quickstart("napari-duet: denoiSplit", "split_demo")
     mix = viewer.layers["split demo (filaments + puncta)"]
-    widget.image_picker.value = mix
     widget.split()
     _wait_for(widget, QApplication.instance())
     mix.visible = False

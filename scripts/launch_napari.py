@@ -26,6 +26,36 @@ def widget_name(widget: str | None, sample: str) -> str:
     return WIDGETS.get(widget.lower(), widget)
 
 
+def prepare_view(viewer) -> None:
+    """What the Quick start shows first: the sample's image selected (not a hidden
+    ground-truth layer, whose layer controls would offer paint tools) and the whole
+    image in view once the dock widget has taken its room."""
+    from napari.layers import Image
+
+    images = [ly for ly in viewer.layers if isinstance(ly, Image) and ly.visible]
+    if images:
+        viewer.layers.selection.active = images[0]
+    viewer.reset_view()
+
+
+def open_quickstart(viewer, sample: str, widget: str | None = None):
+    """Open ``sample`` with its widget docked, the image selected and the view reset
+    (also after the dock's first layout, which narrows the canvas).  Returns the widget."""
+    from qtpy.QtCore import QTimer
+
+    viewer.open_sample("napari-duet", sample)
+    # split_demo docks the Split widget itself (with its model); napari then
+    # returns that dock instead of adding a second one.
+    _, dock = viewer.window.add_plugin_dock_widget("napari-duet", widget_name(widget, sample))
+    if hasattr(dock, "image_picker"):  # the image the sample is about
+        images = [ly for ly in viewer.layers if ly.visible and ly in dock.image_picker.choices]
+        if images:
+            dock.image_picker.value = images[0]
+    prepare_view(viewer)
+    QTimer.singleShot(0, lambda: prepare_view(viewer))  # after the dock's first layout
+    return dock
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,10 +70,7 @@ def main() -> None:
     import napari
 
     viewer = napari.Viewer(title="napari-duet")
-    viewer.open_sample("napari-duet", args.sample)
-    # split_demo docks the Split widget itself (with its model); napari then
-    # returns that dock instead of adding a second one.
-    viewer.window.add_plugin_dock_widget("napari-duet", widget_name(args.widget, args.sample))
+    open_quickstart(viewer, args.sample, args.widget)
     if args.screenshot:
         from qtpy.QtCore import QTimer
 

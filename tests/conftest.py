@@ -28,3 +28,28 @@ def one_torch_thread():
 
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="session")
+def bad_seed_case(shared_data):
+    """Issue 25's silent failure: a noisy DSB image (12aeefb1b522, Gaussian noise σ 30) with a
+    foreground box on a nucleus and a background box on a patch slightly brighter than the
+    rest (mean 48 against about 25), far from every annotated nucleus.  Cropped to
+    188 × 673 pixels around both boxes; with CNN experts the mask collapses to about 0.1 %
+    of the image (the automatic start has 21 %).
+
+    Returns ``(noisy image, fg box, bg box, true foreground)``, boxes as Y0 X0 Y1 X1.
+    """
+    import numpy as np
+    import tifffile
+
+    folder = shared_data / "nuclei2d_dsb" / "12aeefb1b522"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    image = tifffile.imread(folder / "image.tif").astype(np.float32)
+    truth = tifffile.imread(folder / "foreground.tif") > 0
+    noisy = image + np.random.default_rng(0).normal(0, 30, image.shape).astype(np.float32)
+    y0, x0, y1, x1 = 16, 35, 204, 708
+    fg_box = [35, 628, 45, 638]  # centre of the largest nucleus, in the crop
+    bg_box = [133, 25, 163, 55]  # the brighter background patch, in the crop
+    return noisy[y0:y1, x0:x1], fg_box, bg_box, truth[y0:y1, x0:x1]

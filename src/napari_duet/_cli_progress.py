@@ -144,6 +144,12 @@ _UNITS = {"self2seg": "alt", "guide": "slice", "train": "step", "denoise": "slic
           "predict": "tile"}
 
 
+# Bars whose count moves in fractions of a unit (Self2Seg: alternations, moved by the
+# engine's progress within each): the average rate of the whole run gives a steady ETA.
+_STEADY = {"self2seg": "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} alternations "
+           "[{elapsed}<{remaining}{postfix}]"}
+
+
 def _bar_wanted(quiet: bool, stream) -> bool:
     if quiet:
         return False
@@ -272,8 +278,12 @@ class CLIProgress:
         if self._bar is None or stage != self._stage:
             self._close_bar()
             self._stage = stage
+            kwargs: dict[str, Any] = {}
+            if stage in _STEADY:  # progress within a step: whole-run rate, no "alt/s"
+                kwargs = {"smoothing": 0.0, "bar_format": _STEADY[stage]}
             self._bar = tqdm(total=total, desc=stage, file=self.stream, dynamic_ncols=True,
-                             leave=True, mininterval=0.2, unit=_UNITS.get(stage, "it"))
+                             leave=True, mininterval=0.2, unit=_UNITS.get(stage, "it"),
+                             **kwargs)
             self._start_ticker(self._bar)
         bar = self._bar
         if total is not None and bar.total != total:
@@ -296,7 +306,9 @@ class CLIProgress:
             if v is not None:
                 label = {"matched_fraction": "matched"}.get(key, key.removeprefix("losses_"))
                 parts.append(f"{label}={v:.4g}")
-        if "plane" in fields:
+        if isinstance(fields.get("stage_name"), str):
+            parts.insert(0, fields["stage_name"])
+        if "plane" in fields and fields.get("planes", 1) != 1:
             parts.insert(0, f"plane {fields['plane']}/{fields.get('planes')}")
         return ", ".join(parts)
 

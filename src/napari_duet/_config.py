@@ -25,7 +25,8 @@ from typing import Any, ClassVar, TypeVar
 
 from ._errors import DuetInputError
 
-__all__ = ["ConfigError", "EngineConfig", "check_choice", "check_int", "check_number", "need"]
+__all__ = ["ConfigError", "EngineConfig", "check_choice", "check_int", "check_number", "need",
+           "cli_help", "param", "param_help", "param_info", "param_label"]
 
 C = TypeVar("C", bound="EngineConfig")
 
@@ -91,6 +92,80 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- declarations
+def param(default: Any = dataclasses.MISSING, *, label: str, help: str, auto: str | None = None,
+          choices: tuple | None = None, lo: float | None = None, hi: float | None = None,
+          example: str | None = None, none: str | None = None) -> Any:
+    """A configuration field with its user-facing declaration in ``metadata``.
+
+    The one declaration of a parameter that the command-line help
+    (:func:`param_help`) and the widgets' labels and tooltips read, so they
+    cannot drift apart.  ``label``: a few plain words (widget label);
+    ``help``: one or two sentences for a biologist, without jargon first;
+    ``auto``: what the automatic value (None / "auto") does; ``choices``,
+    ``lo``/``hi``: the allowed values where cheap to state; ``example``: a
+    typical command-line value; ``none``: what None means when it is not
+    "automatic" (e.g. "no limit").
+    """
+    meta = {"label": label, "help": help}
+    for key, value in (("auto", auto), ("choices", choices), ("lo", lo), ("hi", hi),
+                       ("example", example), ("none", none)):
+        if value is not None:
+            meta[key] = value
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def param_info(cls: type, name: str) -> dict[str, Any]:
+    """The declaration (metadata) of field ``name`` of config class ``cls``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return dict(f.metadata)
+    raise KeyError(f"{cls.__name__} has no parameter {name!r}")
+
+
+def param_label(cls: type, name: str) -> str:
+    """The field's short label (its name with spaces when it declares none)."""
+    return param_info(cls, name).get("label") or name.replace("_", " ")
+
+
+def _default_of(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.default
+    return dataclasses.MISSING
+
+
+def param_help(cls: type, name: str, *, default: bool = True, extra: str = "") -> str:
+    """The field's help text with its automatic behaviour and default, for
+    ``argparse`` help and widget tooltips alike ("… (default: auto: …)")."""
+    info = param_info(cls, name)
+    text = info.get("help", "")
+    if extra:
+        text = f"{text} {extra}".strip()
+    if "choices" in info:
+        text += " Choices: " + ", ".join(map(str, info["choices"])) + "."
+    if default:
+        value = _default_of(cls, name)
+        if value is None and info.get("none"):
+            shown = info["none"]
+        elif value is None or value == "auto":
+            shown = "auto" + (f" ({info['auto']})" if info.get("auto") else "")
+        elif value is dataclasses.MISSING:
+            shown = ""
+        else:
+            shown = str(value)
+        if shown:
+            text += f" Default: {shown}."
+    if info.get("example"):
+        text += f" Example: {info['example']}."
+    return text
+
+
+def cli_help(cls: type, name: str, **kwargs: Any) -> str:
+    """:func:`param_help` for ``argparse`` (a literal ``%`` escaped)."""
+    return param_help(cls, name, **kwargs).replace("%", "%%")
 
 
 @dataclasses.dataclass(frozen=True)

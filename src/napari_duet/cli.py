@@ -23,6 +23,7 @@ _SUBCOMMAND_MODULES = (
     "napari_duet.nsn2n._cli",
     "napari_duet.denoisplit._cli",
     "napari_duet._export_cli",
+    "napari_duet.n2f._cli",
 )
 
 EXIT_USAGE = 2

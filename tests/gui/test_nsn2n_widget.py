@@ -44,18 +44,18 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.train()
     widget.worker.yielded.connect(lambda p: yields.append(p))
     _wait(qtbot, widget)
-    assert "stack NS-N2N weight map" not in viewer.layers  # helpers go with the run
+    assert "NS-N2N weight map" not in viewer.layers  # helpers go with the run
     assert sum(getattr(p, "stage", "") == "train" for p in yields) >= 2
     assert any(getattr(p, "preview", None) is not None for p in yields)
     assert any(getattr(p, "eta", 0) > 0 for p in yields if getattr(p, "stage", "") == "train")
     # The preview helped while training; it goes away with the run.
-    assert "stack NS-N2N preview" not in viewer.layers
-    out = viewer.layers["stack NS-N2N denoised"]
+    assert "NS-N2N preview" not in viewer.layers
+    out = viewer.layers["NS-N2N denoised"]
     assert out.data.shape == noisy.shape and out.data.dtype == np.float32
     assert tuple(out.scale) == tuple(layer.scale) and tuple(out.translate) == tuple(layer.translate)
     assert tuple(out.axis_labels) == ("z", "y", "x") and tuple(out.units) == tuple(layer.units)
-    assert "stack NS-N2N uncertainty" in viewer.layers
-    assert not viewer.layers["stack NS-N2N uncertainty"].visible  # not over the result
+    assert "NS-N2N uncertainty" in viewer.layers
+    assert not viewer.layers["NS-N2N uncertainty"].visible  # not over the result
     assert widget.plot.curves and widget.save_btn.isEnabled()
     # the status names the network the run chose (white noise: auto -> blind-spot)
     net = widget.model.info["context"]
@@ -68,27 +68,44 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.image_picker.value = other
     widget.denoise()
     _wait(qtbot, widget)
-    assert viewer.layers["other NS-N2N denoised"].data.shape == other.data.shape
+    out = [ly for ly in viewer.layers if ly.metadata.get("duet_source") == "other"
+           and ly.name.startswith("NS-N2N denoised")]
+    assert len(out) == 1
+    assert out[0].data.shape == other.data.shape
 
 
-def test_cancel_training(widget, qtbot):
+def test_cancel_training_keeps_a_usable_model(widget, qtbot, tmp_path):
+    """Issue 25: Cancel keeps the model trained so far and offers to denoise with it."""
     viewer = widget.viewer
-    layer = viewer.add_image(_volume()[0], name="stack")
+    noisy, clean = _volume()
+    layer = viewer.add_image(noisy, name="stack")
     widget.image_picker.value = layer
     widget.iterations.value = 100000
-    n = []
+    widget.tta.value = False
+    steps = []
 
     def on_yield(p):
-        n.append(p)
-        if len(n) == 5:
-            widget.cancel()
+        if getattr(p, "stage", "") == "train":
+            steps.append(p.iteration)
+            if len(steps) == 30:
+                widget.cancel()
 
     widget.train()
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
-    assert "Cancelled" in widget.status.text()
-    assert "stack NS-N2N denoised" not in viewer.layers
-    assert widget.train_btn.isEnabled()
+    text = widget.status.text()
+    assert "Cancelled after" in text and "Denoise layer" in text
+    assert "NS-N2N denoised" not in viewer.layers
+    assert widget.train_btn.isEnabled() and widget.model is not None
+    assert widget.denoise_btn.isEnabled() and widget.save_btn.isEnabled()
+    assert widget.model.info["cancelled"] and widget.model.info["iterations_done"] >= 30
+    widget.denoise()
+    _wait(qtbot, widget)
+    out = viewer.layers["NS-N2N denoised"].data
+    assert out.shape == noisy.shape and np.isfinite(out).all()
+    # Usable: closer to the clean volume than the noisy input is (30+ steps of training).
+    assert np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2)
+    assert widget.save_model(tmp_path / "cancelled.duet").exists()
 
 
 def test_errors_are_notifications(widget, errors, tmp_path):
@@ -226,7 +243,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
     assert "Cancelled" in widget.status.text() and "kept" in widget.status.text()
-    assert layer in viewer.layers and "vol NS-N2N denoised" not in viewer.layers
+    assert layer in viewer.layers and "NS-N2N denoised" not in viewer.layers
     store = tmp_path / "out" / "vol NS-N2N denoised.ome.zarr"
     done = zarr.open_group(str(store)).attrs["napari_duet"]["state"]["done"]
     assert 1 <= len(done) < 7
@@ -235,7 +252,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     widget.denoise()
     _wait(qtbot, widget)
     assert "interrupted run" in widget.status.text()
-    out = viewer.layers["vol NS-N2N denoised"]
+    out = viewer.layers["NS-N2N denoised"]
     level0 = out.data[0] if out.multiscale else out.data
     assert not isinstance(level0, np.ndarray)  # opened lazily from the store
     np.testing.assert_allclose(np.asarray(level0), expected, rtol=0, atol=1e-6)
@@ -278,11 +295,11 @@ def test_multiscale_layer_uses_level_0_lazily(widget, qtbot, tmp_path, tiny_mode
     _wait(qtbot, widget)
     expected = tiny_model.denoise(noisy, 0, tta=True)
     for what, want in (("denoised", expected.denoised), ("uncertainty", expected.uncertainty)):
-        out = viewer.layers[f"pyr NS-N2N {what}"]
+        out = viewer.layers[f"NS-N2N {what}"]
         level0 = out.data[0] if out.multiscale else out.data
         np.testing.assert_allclose(np.asarray(level0), want, atol=1e-5)
         assert tuple(out.scale) == (3.0, 1.0, 1.0)
-    assert not viewer.layers["pyr NS-N2N uncertainty"].visible
+    assert not viewer.layers["NS-N2N uncertainty"].visible
     assert (tmp_path / "pyr NS-N2N uncertainty.ome.zarr").exists()
 
 
@@ -301,7 +318,32 @@ def test_large_layer_is_read_slab_by_slab_only(widget, qtbot, tmp_path, tiny_mod
     _wait(qtbot, widget)
     assert not errors
     assert data.largest <= (2 + 4) * 32 * 36
-    out = widget.viewer.layers["big NS-N2N denoised"]
+    out = widget.viewer.layers["NS-N2N denoised"]
     level0 = np.asarray(out.data[0] if out.multiscale else out.data)
     expected = tiny_model.denoise(noisy, 0, tta=False).denoised
     np.testing.assert_allclose(level0, expected, atol=1e-6)
+
+
+def test_save_results_and_noise2fast_button(widget, qtbot, tmp_path):
+    """Issue 25: Save results… writes the last result; Check noise's other recommendation,
+    Noise2Fast, runs from the widget."""
+    viewer = widget.viewer
+    noisy, _ = _volume(shape=(3, 24, 24))
+    layer = viewer.add_image(noisy + 1.0, name="small")  # non-negative input
+    widget.image_picker.value = layer
+    assert not widget.save_results_btn.isEnabled()
+    widget.iterations.value = 5
+    widget.tta.value = False
+    widget.train()
+    _wait(qtbot, widget)
+    assert widget.save_results_btn.isEnabled()
+    names = sorted(p.name for p in widget.save_results(tmp_path / "res"))
+    assert names == ["denoised.tif", "model.duet", "report.json"]
+    assert viewer.layers["NS-N2N denoised"].data.min() >= 0  # never negative here
+    widget.denoise_n2f()
+    _wait(qtbot, widget)
+    out = viewer.layers["N2F denoised"]
+    assert out.data.shape == noisy.shape and out.metadata["duet_source"] == "small"
+    assert "Noise2Fast done" in widget.status.text()
+    names = sorted(p.name for p in widget.save_results(tmp_path / "n2f"))
+    assert names == ["denoised.tif", "report.json"]

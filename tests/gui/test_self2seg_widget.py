@@ -95,8 +95,8 @@ def test_run_updates_layers_live_and_segments(widget, qtbot):
     assert widget.worker is not None and not widget.run_btn.isEnabled()
     _wait(qtbot, widget)
     assert updates.count(False) >= 2, "mask must update after each alternation"
-    mask_layer = viewer.layers["noisy S2S mask"]
-    denoised = viewer.layers["noisy S2S denoised"]
+    mask_layer = viewer.layers["S2S mask"]
+    denoised = viewer.layers["S2S denoised"]
     assert mask_layer.data.shape == data.mask.shape
     assert dice(mask_layer.data == 1, data.mask) > 0.85
     # Results overlay the source: same scale and translate.
@@ -157,7 +157,7 @@ def test_cancel_stops_within_one_alternation(widget, qtbot, endless_engine):
     assert len(after) <= 1
     assert "Cancelled" in widget.status.text()
     assert widget.run_btn.isEnabled()
-    assert viewer.layers["noisy S2S mask"].data.any()
+    assert viewer.layers["S2S mask"].data.any()
 
 
 def test_bad_seeds_notify_and_reenable(widget, qtbot, errors):
@@ -197,8 +197,9 @@ def test_removing_source_mid_run_does_not_crash(widget, qtbot, errors):
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
     assert not errors
-    assert "noisy S2S mask" in viewer.layers
-    assert "other S2S mask" not in viewer.layers
+    mask = viewer.layers["S2S mask"]
+    assert mask.metadata["duet_source"] == "noisy"  # the results stay with their source
+    assert mask.data.shape == (96, 96)
 
 
 def test_gui_stays_responsive(widget, qtbot):
@@ -234,7 +235,7 @@ def test_stack_current_and_all_slices(widget, qtbot):
     widget.scope.value = "current slice"
     widget.run()
     _wait(qtbot, widget)
-    mask = viewer.layers["stack S2S mask"].data
+    mask = viewer.layers["S2S mask"].data
     assert mask.shape == stack.shape
     assert mask[1].any() and not mask[0].any() and not mask[2].any()
     assert dice(mask[1] == 1, planes[1].mask) > 0.8
@@ -242,7 +243,7 @@ def test_stack_current_and_all_slices(widget, qtbot):
     widget.max_alternations.value = 2
     widget.run()
     _wait(qtbot, widget)
-    mask = viewer.layers["stack S2S mask"].data
+    mask = viewer.layers["S2S mask"].data
     assert all(dice(mask[i] == 1, planes[i].mask) > 0.8 for i in range(3))
 
 
@@ -252,10 +253,22 @@ def test_rgb_image(widget, qtbot):
     rgb = np.stack([data.noisy, data.noisy // 2, data.noisy], axis=-1)
     layer = viewer.add_image(rgb, name="rgb", rgb=True)
     widget.image_picker.value = layer
-    widget.run()
-    _wait(qtbot, widget)
-    assert viewer.layers["rgb S2S denoised"].data.shape == rgb.shape
-    assert dice(viewer.layers["rgb S2S mask"].data == 1, data.mask) > 0.8
+    shown = []
+    from napari_duet._widgets import _self2seg
+
+    real = _self2seg.show_info
+    _self2seg.show_info = lambda msg: (shown.append(msg), real(msg))
+    try:
+        widget.run()
+        _wait(qtbot, widget)
+    finally:
+        _self2seg.show_info = real
+    # Issue 25: colour is segmented as grey, with a notice; results are grey planes.
+    assert any("is RGB: segmented as grey" in m for m in shown)
+    assert viewer.layers["S2S denoised"].data.shape == rgb.shape[:2]
+    assert dice(viewer.layers["S2S mask"].data == 1, data.mask) > 0.8
+    # No negative intensities from a non-negative input.
+    assert viewer.layers["S2S denoised"].data.min() >= 0
 
 
 def test_export_report_and_screenshot(widget, qtbot, tmp_path):
@@ -270,10 +283,8 @@ def test_export_report_and_screenshot(widget, qtbot, tmp_path):
     assert report["parameters"]["n_classes"] == 2
     (plane,) = report["planes"].values()
     assert len(plane["energies"]) >= 1
-    out = ROOT / "screenshots"
-    out.mkdir(exist_ok=True)
     viewer.reset_view()
-    img = viewer.screenshot(str(out / "self2seg_widget.png"), canvas_only=False)
+    img = viewer.screenshot(str(tmp_path / "self2seg_widget.png"), canvas_only=False)
     assert img.ndim == 3 and img.shape[0] > 300
     # The canvas really shows something (not a blank, undrawn GL surface).
     assert img[..., :3].std() > 5
@@ -367,8 +378,25 @@ def test_expert_layers_get_contrast_from_their_data(widget, qtbot):
         result = job.results["layers"][key]
         data = np.asarray(result.data)
         assert data.max() > 10  # intensities in the input's scale, far above 1
-        np.testing.assert_allclose(result.contrast_limits, (data.min(), data.max()), rtol=1e-5)
+        # Robust percentiles (issue 25), the slider's range min to max.
+        lo, hi = np.percentile(data, (0.5, 99.8))
+        np.testing.assert_allclose(result.contrast_limits, (lo, hi), rtol=1e-4)
+        np.testing.assert_allclose(result.contrast_limits_range, (data.min(), data.max()),
+                                   rtol=1e-5)
     assert not job.results["layers"]["expert0"].visible
+
+
+def test_a_few_outliers_do_not_make_a_result_black(make_napari_viewer):
+    from napari_duet._widgets._common import set_or_add_layer
+
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).normal(100, 10, (64, 64)).astype(np.float32)
+    data[0, :3] = 1e6  # three hot pixels
+    layer = set_or_add_layer(viewer, None, data, kind="image", name="denoised")
+    lo, hi = layer.contrast_limits
+    assert 60 < lo < 100 < hi < 160  # min-max would be (~60, 1e6): a black image
+    layer = set_or_add_layer(viewer, layer, data * 2, kind="image", name="denoised")
+    assert 120 < layer.contrast_limits[0] < 200 < layer.contrast_limits[1] < 320
 
 
 def _cnn_widget(widget, shape=(64, 64), steps=200):
@@ -433,7 +461,7 @@ def test_cancel_takes_effect_within_seconds(widget, qtbot):
     assert stopped - pressed[0] < 5.0
     assert "Cancelled during alternation 2" in widget.status.text()
     # The first alternation's result is kept.
-    assert widget.viewer.layers["noisy S2S mask"].data.any()
+    assert widget.viewer.layers["S2S mask"].data.any()
     assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
 
 
@@ -455,8 +483,8 @@ def test_save_results_writes_every_result_and_the_seeds(widget, qtbot, tmp_path)
     paths = widget.save_results(tmp_path / "out")
     names = sorted(p.name for p in paths)
     assert names == ["noisy_denoised.tif", "noisy_expert_background.tif",
-                     "noisy_expert_foreground.tif", "noisy_mask.tif", "noisy_seeds.tif",
-                     "noisy_self2seg.json"]
+                     "noisy_expert_foreground.tif", "noisy_mask.tif", "noisy_objects.csv",
+                     "noisy_objects.tif", "noisy_seeds.tif", "noisy_self2seg.json"]
     mask = tifffile.imread(tmp_path / "out" / "noisy_mask.tif")
     np.testing.assert_array_equal(mask, widget.job.results["layers"]["mask"].data)
     seeds_img = tifffile.imread(tmp_path / "out" / "noisy_seeds.tif")
@@ -471,13 +499,20 @@ def test_new_seeds_layer_matches_a_stack(widget):
     assert seeds.ndim == 3 and tuple(seeds.scale) == (2.0, 0.5, 0.5)
 
 
-def test_result_names_are_short():
+def test_result_names_are_short_and_name_their_source_elsewhere(widget, qtbot):
+    """Issue 25: the kind comes first and whole; the source is in metadata and tooltip."""
     from napari_duet._widgets._common import result_name
 
-    assert result_name("cells", "S2S mask") == "cells S2S mask"
-    long = result_name("C1-2024_03_experiment_12_final.tif", "S2S mask")
-    assert len(long) == 16 + len(" S2S mask") and long.endswith("l.tif S2S mask")
-    assert long.startswith("C1-2024_03") and "…" in long
+    assert result_name("C1-2024_03_experiment_12_final.tif", "S2S mask") == "S2S mask"
+    viewer = widget.viewer
+    layer, _ = _sample(viewer)
+    layer.name = "C1-2024_03_experiment_12_final.tif"
+    widget.image_picker.value = layer
+    widget.run()
+    _wait(qtbot, widget)
+    mask = viewer.layers["S2S mask"]
+    assert mask.metadata["duet_source"] == layer.name
+    assert layer.name in mask.get_source_str()  # the layer list's tooltip
 
 
 def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, monkeypatch):
@@ -526,7 +561,7 @@ def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, mo
     assert "Cancelled" in widget.status.text() and "kept" in widget.status.text()
     kept = len(finals)  # the worker may finish one more plane before Cancel lands
     assert kept in (1, 2) and lazy in viewer.layers and widget.run_btn.isEnabled()
-    mask = viewer.layers["lazy S2S mask"]
+    mask = viewer.layers["S2S mask"]
     assert not isinstance(mask.data, np.ndarray)  # read from the store
     assert np.asarray(mask.data[0]).any() and not np.asarray(mask.data[2]).any()
     # Run again with the same settings: the finished planes are kept, the others are done.
@@ -535,7 +570,7 @@ def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, mo
     assert len(widget.job.indices) == 3 - kept
     assert f"{kept} plane(s) kept" in widget.status.text()
     assert tuple(mask.scale) == (2.0, 0.5, 0.5) and tuple(mask.axis_labels) == ("z", "y", "x")
-    assert viewer.layers["lazy S2S denoised"].contrast_limits[1] > 10  # from the planes
+    assert viewer.layers["S2S denoised"].contrast_limits[1] > 10  # from the planes
     on_disk = {k: np.asarray(ly.data) for k, ly in widget.job.results["layers"].items()}
     # The same settings in memory give the same results.
     monkeypatch.undo()
@@ -544,6 +579,8 @@ def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, mo
     _wait(qtbot, widget)
     assert set(on_disk) == {"mask", "denoised", "expert0", "expert1"}
     for key, layer in widget.job.results["layers"].items():
+        if key == "objects":  # objects are counted in memory only
+            continue
         np.testing.assert_allclose(on_disk[key], np.asarray(layer.data), atol=1e-5,
                                    err_msg=key)
 
@@ -559,5 +596,5 @@ def test_large_stack_is_read_plane_by_plane_only(widget, qtbot, tmp_path, errors
     widget.run()
     _wait(qtbot, widget)
     assert not errors and data.largest <= 40 * 40
-    mask = np.asarray(widget.viewer.layers["big S2S mask"].data)
+    mask = np.asarray(widget.viewer.layers["S2S mask"].data)
     assert all(dice(mask[i] == 1, planes[i].mask) > 0.8 for i in range(3))

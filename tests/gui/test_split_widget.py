@@ -61,19 +61,20 @@ def test_drop_model_docks_widget_and_splits(make_napari_viewer, qtbot, model_pat
     _wait(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
     for ch in ("actin", "mito"):
-        base = f"mix split {ch}"
-        assert viewer.layers[base].data.shape == image.data.shape
-        assert viewer.layers[base].blending == "additive"
-        assert tuple(viewer.layers[base].scale) == tuple(image.scale)
-        assert tuple(viewer.layers[base].translate) == tuple(image.translate)
-        assert tuple(viewer.layers[base].units) == tuple(image.units)
-        assert viewer.layers[f"{base} uncertainty"].data.min() >= 0
-        samples = viewer.layers[f"{base} samples"]
+        base = f"{ch}"
+        main = viewer.layers[f"{base} · split"]
+        assert main.data.shape == image.data.shape
+        assert main.blending == "additive"
+        assert tuple(main.scale) == tuple(image.scale)
+        assert tuple(main.translate) == tuple(image.translate)
+        assert tuple(main.units) == tuple(image.units)
+        assert viewer.layers[f"{base} · std"].data.min() >= 0
+        samples = viewer.layers[f"{base} · samples"]
         assert samples.data.shape == (5, *image.data.shape)  # the slider has N entries
         assert tuple(samples.axis_labels) == ("sample", "y", "x")
         assert tuple(samples.scale)[1:] == tuple(image.scale)
-        assert f"{base} sample difference" in names
-    cmaps = {viewer.layers[f"mix split {ch}"].colormap.name for ch in ("actin", "mito")}
+        assert f"{base} · sample diff" in names
+    cmaps = {viewer.layers[f"{ch} · split"].colormap.name for ch in ("actin", "mito")}
     assert len(cmaps) == 2
     # Calibration and noise-model plots can be produced from the widget.
     assert widget.calibration_png().stat().st_size > 1000
@@ -90,8 +91,8 @@ def test_stack_split_and_cancel(make_napari_viewer, qtbot, model_path, data):
     widget.samples.value = 2
     widget.split()
     _wait(qtbot, widget)
-    assert viewer.layers["stack split actin"].data.shape == stack.data.shape
-    assert viewer.layers["stack split actin samples"].data.shape == (2, *stack.data.shape)
+    assert viewer.layers["actin · split"].data.shape == stack.data.shape
+    assert viewer.layers["actin · samples"].data.shape == (2, *stack.data.shape)
     # Cancel: a long split stops early and adds nothing new.
     widget.samples.value = 400
     widget.tile.value = 32
@@ -105,11 +106,13 @@ def test_stack_split_and_cancel(make_napari_viewer, qtbot, model_path, data):
         if len(seen) == 1:
             widget.cancel()
 
+    n_layers = len(viewer.layers)
     widget.split()
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
     assert "Cancelled" in widget.status.text()
-    assert "big split actin" not in viewer.layers
+    assert len(viewer.layers) == n_layers  # no result of "big"
+    assert all(ly.metadata.get("duet_source") != "big" for ly in viewer.layers)
     assert seen[-1].done < seen[-1].total
 
 
@@ -189,7 +192,8 @@ def test_model_info_says_when_calibration_or_split_is_poor():
     assert calibration_line(None, names) == "calibration: no, std is not calibrated"
 
 
-def test_split_screenshot(make_napari_viewer, qtbot, model_path, data):
+def test_split_screenshot_and_save_results(make_napari_viewer, qtbot, model_path, data,
+                                           tmp_path):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")
     widget.load_model(model_path)
@@ -199,10 +203,28 @@ def test_split_screenshot(make_napari_viewer, qtbot, model_path, data):
     widget.split()
     _wait(qtbot, widget)
     image.visible = False
-    out = ROOT / "screenshots"
-    out.mkdir(exist_ok=True)
-    shot = viewer.screenshot(str(out / "split_widget.png"), canvas_only=False)
+    shot = viewer.screenshot(str(tmp_path / "split_widget.png"), canvas_only=False)
     assert shot[..., :3].std() > 5
+    # Save results: the files of `duet split predict`, from the same writer.
+    from napari_duet.denoisplit._save import PREDICT_FILES
+
+    paths = widget.save_results(tmp_path / "res")
+    names = {p.name for p in paths}
+    assert names == set(PREDICT_FILES)  # two structures, samples kept
+    import json
+
+    import tifffile
+
+    rep = json.loads((tmp_path / "res" / "report.json").read_text())
+    assert rep["files"]["mmse.tif"] == [2, *image.data.shape]
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "res" / "a.tif"),
+                               widget.last_result.mean[0], rtol=1e-6)
+    # One wording of the calibration: the status says what the model panel says.
+    from napari_duet._widgets._split import calibration_state
+
+    _, detail = calibration_state(widget.model.calibration, widget.model.channel_names)
+    assert detail in widget.status.text() and detail in widget.legend.text()
+    assert "68" not in widget.legend.text()
 
 
 def test_three_structures_train_and_split(make_napari_viewer, qtbot, monkeypatch):
@@ -244,18 +266,16 @@ def test_three_structures_train_and_split(make_napari_viewer, qtbot, monkeypatch
     _wait(qtbot, widget)
     cmaps = set()
     for ch in ("actin", "mito", "nuc"):
-        base = f"mix split {ch}"
-        assert viewer.layers[base].data.shape == mix.data.shape
-        cmaps.add(viewer.layers[base].colormap.name)
-        assert viewer.layers[f"{base} uncertainty"].data.min() >= 0
-        assert viewer.layers[f"{base} samples"].data.shape == (3, *mix.data.shape)
+        base = f"{ch}"
+        assert viewer.layers[f"{base} · split"].data.shape == mix.data.shape
+        cmaps.add(viewer.layers[f"{base} · split"].colormap.name)
+        assert viewer.layers[f"{base} · std"].data.min() >= 0
+        assert viewer.layers[f"{base} · samples"].data.shape == (3, *mix.data.shape)
     assert len(cmaps) == 3
 
 
 def test_split_demo_sample_docks_split_with_bundled_model(make_napari_viewer, qtbot):
     """The split_demo sample docks Split with its model loaded, and Split works at once."""
-    from napari_duet._widgets._common import result_name
-
     viewer = make_napari_viewer()
     viewer.open_sample("napari-duet", "split_demo")
     assert [layer.name for layer in viewer.layers] == [
@@ -276,7 +296,8 @@ def test_split_demo_sample_docks_split_with_bundled_model(make_napari_viewer, qt
     widget.split()
     _wait(qtbot, widget)
     for name in ("filaments", "puncta"):
-        out = viewer.layers[result_name("split demo (filaments + puncta)", f"split {name}")]
+        out = viewer.layers[f"{name} · split"]
+        assert out.metadata["duet_source"] == "split demo (filaments + puncta)"
         assert out.data.shape == (256, 256)
 
 

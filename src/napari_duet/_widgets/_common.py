@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import traceback
@@ -204,12 +205,18 @@ def set_or_add_layer(
         for key, value in source.placement(nd).items():
             kwargs.setdefault(key, value)
     if kind == "labels":
-        return viewer.add_labels(data, name=name, **kwargs)
+        with provenance(source):
+            layer = viewer.add_labels(data, name=name, **kwargs)
+        tag_source(layer, source)
+        return layer
     if contrast and "contrast_limits" not in kwargs:
-        limits = data_limits(data)
+        limits = robust_limits(data)
         if limits is not None:
             kwargs["contrast_limits"] = limits
-    return viewer.add_image(data, name=name, **kwargs)
+    with provenance(source):
+        layer = viewer.add_image(data, name=name, **kwargs)
+    tag_source(layer, source)
+    return layer
 
 
 def data_limits(data) -> tuple[float, float] | None:
@@ -230,27 +237,82 @@ def data_limits(data) -> tuple[float, float] | None:
     return lo, hi
 
 
+#: Percentiles of the contrast limits of result layers (the slider's range stays min to max).
+ROBUST_PERCENTILES = (0.5, 99.8)
+_SAMPLE = 1 << 20  # values read for the percentiles of large results
+
+
+def robust_limits(data) -> tuple[float, float] | None:
+    """Contrast limits from robust percentiles (:data:`ROBUST_PERCENTILES`) of the finite
+    values, so that a few outliers do not make a denoised result look black; min to max
+    when the percentiles coincide (sparse data), None when there are no finite values."""
+    arr = np.asarray(data)
+    if arr.size == 0:
+        return None
+    flat = arr.reshape(-1)
+    if flat.size > _SAMPLE:
+        flat = flat[:: flat.size // _SAMPLE + 1]
+    flat = flat[np.isfinite(flat)] if np.issubdtype(flat.dtype, np.floating) else flat
+    if flat.size == 0:
+        return None
+    lo, hi = (float(v) for v in np.percentile(flat, ROBUST_PERCENTILES))
+    if not hi > lo:
+        return data_limits(arr)
+    return lo, hi
+
+
 def set_data_contrast(layer, data) -> None:
-    """Contrast limits of an image layer from its whole data (min to max).
+    """Contrast limits of an image layer from its whole data: the slider's range is
+    min to max, the limits robust percentiles (:func:`robust_limits`).
 
     napari's ``reset_contrast_limits`` reads the current slice, which a
     hidden layer does not update: hidden result layers kept the limits of
     their first (empty) data and showed solid white.
     """
-    limits = data_limits(data)
-    if limits is None:
+    full = data_limits(data)
+    if full is None:
         return
-    layer.contrast_limits_range = limits
-    layer.contrast_limits = limits
+    layer.contrast_limits_range = full
+    layer.contrast_limits = robust_limits(data) or full
 
 
-def result_name(source: str, what: str, limit: int = 16) -> str:
-    """``"<source> <what>"``, a long source name shortened in the middle to ``limit``
-    characters, so the layer list shows what a result is."""
-    if len(source) > limit:
-        head = (limit - 1) * 2 // 3
-        source = source[:head] + "…" + source[-(limit - 1 - head):]
-    return f"{source} {what}"
+def result_name(source: str, what: str) -> str:
+    """The name of a result layer: what it is, first and short ("S2S mask",
+    "puncta · std"), so napari's layer list shows it whole.
+
+    The source layer's name is not part of it (long file names pushed the
+    kind out of sight); it goes into the layer's metadata and tooltip
+    (:func:`set_or_add_layer` with ``source``).  ``source`` is accepted so
+    callers say which layer a result belongs to.
+    """
+    del source  # in the layer's metadata and tooltip instead
+    return what
+
+
+@contextlib.contextmanager
+def provenance(source):
+    """Layers added inside carry ``source`` (a :class:`~._dock.SourceInfo`) as napari's
+    layer source, so the layer list's tooltip names the layer they were computed from."""
+    if source is None:
+        yield
+        return
+    try:
+        from napari.layers._source import layer_source
+    except ImportError:  # pragma: no cover - a napari without layer sources
+        yield
+        return
+    path = str(source.path) if getattr(source, "path", None) else f"from {source.name}"
+    with layer_source(path=path, reader_plugin="napari-duet"):
+        yield
+
+
+def tag_source(layer, source) -> None:
+    """Record the source layer (name, file) in the result layer's metadata."""
+    if layer is None or source is None:
+        return
+    layer.metadata["duet_source"] = source.name
+    if getattr(source, "path", None):
+        layer.metadata["duet_source_path"] = str(source.path)
 
 
 def paint_pending() -> None:

@@ -17,7 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import QFileDialog, QLabel, QLineEdit, QProgressBar, QWidget
+from qtpy.QtCore import Qt, QUrl
+from qtpy.QtGui import QDesktopServices
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .._errors import DuetInputError
 from ..devices import run_with_threads
@@ -30,6 +45,8 @@ if TYPE_CHECKING:
 #: chunk by chunk (where the engine can) instead of being loaded whole.
 LARGE_LAYER_BYTES = 1 << 30
 _BAR_STEPS = 1000
+#: Where each widget's "?" button leads (the section of docs/napari.md about it).
+DOCS_URL = "https://github.com/napari-duet/napari-duet/blob/main/docs/napari.md"
 
 
 # ---------------------------------------------------------------------------- layer data
@@ -161,6 +178,96 @@ class Job:
         return time.perf_counter() - self.started
 
 
+# ---------------------------------------------------------------------------- layout pieces
+class Collapsible(QWidget):
+    """A titled section that folds away ("Advanced"); folded by default.
+
+    Its controls go into :attr:`form` (a QFormLayout) or :attr:`body`.
+    """
+
+    def __init__(self, title: str, parent=None, folded: bool = True):
+        super().__init__(parent)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setChecked(not folded)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setAutoRaise(True)
+        self.toggle.setToolTip(f"Show or hide the {title.lower()} settings")
+        self.content = QWidget()
+        self.form = QFormLayout(self.content)
+        self.form.setContentsMargins(12, 0, 0, 0)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.toggle)
+        lay.addWidget(self.content)
+        self.toggle.toggled.connect(self._apply)
+        self._apply(not folded)
+
+    @property
+    def folded(self) -> bool:
+        return not self.toggle.isChecked()
+
+    def _apply(self, open_: bool) -> None:
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
+        self.content.setVisible(open_)
+
+
+def declare(widget, cls: type, name: str, *, extra: str = "", auto: str | None = None) -> str:
+    """Give a control the label and tooltip of config field ``name`` of ``cls`` (the
+    declaration the CLI help reads, :func:`napari_duet._config.param`); returns the label.
+
+    ``auto``: the control shows this text ("auto") at its minimum, the value that
+    means "automatic".  ``extra``: widget-specific words added to the tooltip.
+    """
+    from .._config import param_help, param_label
+
+    text = param_help(cls, name, extra=extra)
+    label = param_label(cls, name)
+    native = getattr(widget, "native", widget)
+    if hasattr(widget, "tooltip"):
+        widget.tooltip = text
+    else:
+        native.setToolTip(text)
+    if auto is not None:
+        set_auto_text(widget, auto)
+    if hasattr(widget, "label"):
+        try:
+            widget.label = label
+        except Exception:  # pragma: no cover - a widget without a settable label
+            pass
+    return label
+
+
+def set_auto_text(widget, text: str = "auto") -> None:
+    """Show ``text`` instead of the minimum of a spin box (the "automatic" value).
+
+    Qt's spin boxes have ``setSpecialValueText``; superqt's large-integer spin box
+    (magicgui's integer SpinBox) ignores it, so its text update is wrapped here.
+    """
+    native = getattr(widget, "native", widget)
+    if hasattr(native, "setSpecialValueText"):
+        native.setSpecialValueText(text)
+    if hasattr(native, "_updateEdit") and hasattr(native, "_interpret"):
+        update, interpret = native._updateEdit, native._interpret
+
+        def _update_edit():
+            if native.value() == native.minimum():
+                if native.lineEdit().text() != text:
+                    native.lineEdit().setText(text)
+                return
+            update()
+
+        def _interpret(policy):
+            if native.lineEdit().displayText().strip() in (text, ""):
+                native.lineEdit().setText(str(native.minimum()))
+            interpret(policy)
+
+        native._updateEdit = _update_edit
+        native._interpret = _interpret
+        _update_edit()
+
+
 def _call_generator(fn, args, kwargs):
     """Delegate to an engine generator (keyword arguments through ``create_worker``)."""
     return (yield from fn(*args, **kwargs))
@@ -180,6 +287,8 @@ class EngineDock(QWidget):
 
     engine_name = "napari-duet"
     cancel_message = "Cancelling…"
+    #: The section of the docs the "?" button opens (an anchor of docs/napari.md).
+    docs_anchor = ""
     #: Layers over this size (or not in memory) are processed chunk by chunk where the
     #: engine can, and refused where it needs the whole image in memory.
     large_layer_bytes = LARGE_LAYER_BYTES
@@ -201,6 +310,56 @@ class EngineDock(QWidget):
             "Folder for the results of large layers (dask/zarr-backed, multiscale or over "
             "1 GiB), which are processed chunk by chunk into OME-Zarr/zarr stores and opened "
             "lazily; empty: beside the source file (asked when there is none)")
+
+    # ------------------------------------------------------------------ layout
+    def scroll_layout(self) -> QVBoxLayout:
+        """The widget's frame: a "?" button, a scroll area whose layout is returned
+        (the widget adds its controls there) and, always visible below it, the
+        progress bar and the status line.  So the panel fits a laptop screen."""
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 4, 4, 4)
+        top = QHBoxLayout()
+        top.addStretch(1)
+        self.help_btn = QToolButton()
+        self.help_btn.setText("?")
+        self.help_btn.setToolTip(f"Open the {self.engine_name} page of the napari-duet "
+                                 "documentation in a web browser")
+        self.help_btn.clicked.connect(self.open_docs)
+        top.addWidget(self.help_btn)
+        outer.addLayout(top)
+        body = QWidget()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(body)
+        self._body = body
+        outer.addWidget(self.scroll, 1)
+        self.progress.setToolTip("Progress of the current run (also in napari's Activity dock)")
+        self.status.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        outer.addWidget(self.progress)
+        outer.addWidget(self.status)
+        return QVBoxLayout(body)
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt API
+        """At least as wide as the controls (they scroll only vertically), from the
+        first layout on, so the dock never cuts them at the right."""
+        hint = super().minimumSizeHint()
+        body = getattr(self, "_body", None)
+        if body is not None:
+            bar = self.scroll.verticalScrollBar().sizeHint().width()
+            margins = self.layout().contentsMargins()
+            width = (body.minimumSizeHint().width() + bar + 4 + margins.left()
+                     + margins.right())
+            hint.setWidth(max(hint.width(), width))
+        return hint
+
+    def docs_url(self) -> str:
+        return DOCS_URL + (f"#{self.docs_anchor}" if self.docs_anchor else "")
+
+    def open_docs(self) -> bool:
+        """Open this widget's documentation page in the web browser."""
+        return bool(QDesktopServices.openUrl(QUrl(self.docs_url())))
 
     # ------------------------------------------------------------------ hooks
     def update_controls(self, running: bool) -> None:

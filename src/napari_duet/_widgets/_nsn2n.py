@@ -18,6 +18,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -31,10 +32,12 @@ from ._common import layer_picker, result_name, set_or_add_layer, warm_up_torch
 from ._curves import CurvePlot
 from ._dock import (
     MODEL_FILTER,
+    Collapsible,
     EngineDock,
     Job,
     SourceInfo,
     data_nbytes,
+    declare,
     eta_text,
     is_large,
     layer_data,
@@ -52,6 +55,22 @@ TAG = "NS-N2N"  # in result layer names: "<source> NS-N2N denoised"
 class _Job(Job):
     chunked: bool = False  # a large layer denoised slab by slab into an OME-Zarr
     output: Path | None = None
+    model: Any = None  # the model in training (kept by Cancel)
+    steps: int = 0  # training steps done
+    nonnegative: bool = False  # the input has no negative values: neither has the result
+
+
+def _nonnegative(volume) -> bool:
+    """True when the input has no negative value (its result is then clipped at 0)."""
+    try:
+        return bool(np.nanmin(volume) >= 0)
+    except (TypeError, ValueError):
+        return False
+
+
+def _clip(arr: np.ndarray, job) -> np.ndarray:
+    """A denoised result of a non-negative input has no negative intensities."""
+    return np.maximum(arr, 0) if getattr(job, "nonnegative", False) else arr
 
 
 def as_volume(data, rgb: bool, axis: int) -> tuple[np.ndarray, int]:
@@ -76,6 +95,7 @@ class NSN2NWidget(EngineDock):
     """
 
     engine_name = "NS-N2N"
+    docs_anchor = "slice-denoising-ns-n2n"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -94,7 +114,8 @@ class NSN2NWidget(EngineDock):
         self.width = SpinBox(label="network width", value=0, min=0, max=256)
         self.context = ComboBox(label="network input", choices=["auto", "2.5d", "blind", "2d"],
                                 value=d.context)
-        self.guide = ComboBox(label="guide filter", choices=["gaussian", "nlm"], value=d.guide)
+        self.guide = ComboBox(label="slice-matching filter", choices=["gaussian", "nlm"],
+                              value=d.guide)
         self.lambda_rc = FloatSpinBox(label="λ regional consistency", value=d.lambda_rc,
                                       min=0, max=100, step=0.1)
         self.lambda_ic = FloatSpinBox(label="λ inter-slice continuity", value=d.lambda_ic,
@@ -112,6 +133,16 @@ class NSN2NWidget(EngineDock):
                                   "recommend NS-N2N or a single-image denoiser")
         self.weights_btn = QPushButton("Show weight map")
         self.weights_btn.setToolTip("Matched-region map W of the slice on screen and the next")
+        self.n2f_btn = QPushButton("Denoise with Noise2Fast")
+        self.n2f_btn.setToolTip("Denoise every slice on its own with Noise2Fast (a "
+                                "single-image denoiser): for noise independent between pixels, "
+                                "or slices too far apart for NS-N2N. Also: duet n2f")
+        self.save_results_btn = QPushButton("Save results…")
+        self.save_results_btn.setToolTip("Write the last result into a folder: denoised.tif, "
+                                         "uncertainty.tif, report.json and, after training, "
+                                         "model.duet")
+        self.save_results_btn.setEnabled(False)
+        self.last_result = None  # the last run's result (for Save results…)
         self.train_btn = QPushButton("Train && denoise")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -131,6 +162,7 @@ class NSN2NWidget(EngineDock):
         self.pairs: list[dict] = []
         self.status.setText("Choose a stack or time-lapse and press Train & denoise.")
         self.plot = CurvePlot("Training losses", "loss", xlabel="iteration")
+        self._tooltips()
         self._build_layout()
 
         self.image_picker.changed.connect(lambda *_: self._update_axes())
@@ -143,10 +175,41 @@ class NSN2NWidget(EngineDock):
             "Save model"))
         self.load_btn.clicked.connect(self._load_dialog)
         self.denoise_btn.clicked.connect(self.denoise)
+        self.n2f_btn.clicked.connect(self.denoise_n2f)
+        self.save_results_btn.clicked.connect(self._save_results_dialog)
         self._update_axes()
 
+    def _tooltips(self):
+        from ..nsn2n import NSN2NConfig as C
+
+        declare(self.budget, C, "budget", auto="auto", extra="Shown as auto when 0.")
+        declare(self.iterations, C, "iterations", auto="auto",
+                extra="Shown as auto when 0 (train for the time budget).")
+        declare(self.width, C, "width", auto="auto", extra="Shown as auto when 0.")
+        declare(self.context, C, "context")
+        declare(self.guide, C, "guide")
+        declare(self.lambda_rc, C, "lambda_rc")
+        declare(self.lambda_ic, C, "lambda_ic")
+        declare(self.tta, C, "tta")
+        declare(self.device, C, "device")
+        declare(self.seed, C, "seed")
+        self.threads.tooltip = ("torch CPU threads during training and denoising; the "
+                                "default leaves napari a core.")
+        self.image_picker.tooltip = "The stack or time-lapse to denoise (3D or more)."
+        self.axis.tooltip = ("The axis along which slices are neighbours: z of a stack or t "
+                             "of a time-lapse (default: the slider's axis).")
+        self.show_uncertainty.tooltip = ("With test-time augmentation: add the spread of the "
+                                         "8 predictions as a hidden layer (magma).")
+        self.train_btn.setToolTip("Train a network on this stack (self-supervised, from "
+                                  "neighbouring slices) and denoise it")
+        self.cancel_btn.setToolTip("Stop: during training, the model trained so far is kept "
+                                   "and Denoise layer uses it")
+        self.save_btn.setToolTip("Write the current model to a .duet file")
+        self.load_btn.setToolTip("Load a .duet model (or a bioimage.io zip made from one)")
+        self.denoise_btn.setToolTip("Denoise the chosen layer with the current model")
+
     def _build_layout(self):
-        layout = QVBoxLayout(self)
+        layout = self.scroll_layout()
         data = QGroupBox("Data")
         form = QFormLayout(data)
         form.addRow("image", self.image_picker.native)
@@ -161,34 +224,35 @@ class NSN2NWidget(EngineDock):
         layout.addWidget(data)
         params = QGroupBox("Training")
         pform = QFormLayout(params)
-        for w in (self.budget, self.iterations, self.context, self.width, self.guide,
-                  self.lambda_rc, self.lambda_ic, self.device, self.seed, self.threads):
+        for w in (self.budget, self.iterations, self.context):
             pform.addRow(w.label, w.native)
         pform.addRow(self.tta.native)
         pform.addRow(self.show_uncertainty.native)
+        self.advanced = Collapsible("Advanced")
+        for w in (self.width, self.guide, self.lambda_rc, self.lambda_ic, self.device,
+                  self.seed, self.threads):
+            self.advanced.form.addRow(w.label, w.native)
+        self.advanced.form.addRow("large-layer results in", self.output_folder)
+        pform.addRow(self.advanced)
         layout.addWidget(params)
         run = QHBoxLayout()
         run.addWidget(self.train_btn)
         run.addWidget(self.cancel_btn)
         layout.addLayout(run)
-        models = QGroupBox("Model")
+        models = QGroupBox("Model and results")
         mrow = QVBoxLayout(models)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.save_btn)
-        buttons.addWidget(self.load_btn)
-        buttons.addWidget(self.denoise_btn)
+        buttons = QGridLayout()
+        buttons.addWidget(self.save_btn, 0, 0)
+        buttons.addWidget(self.load_btn, 0, 1)
+        buttons.addWidget(self.denoise_btn, 1, 0)
+        buttons.addWidget(self.save_results_btn, 1, 1)
+        buttons.addWidget(self.n2f_btn, 2, 0, 1, 2)
         mrow.addLayout(buttons)
         mrow.addWidget(self.model_label)
-        out = QFormLayout()
-        out.addRow("large-layer results in", self.output_folder)
-        mrow.addLayout(out)
         layout.addWidget(models)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
         layout.addWidget(self.plot)
         layout.addStretch(1)
 
-    # ------------------------------------------------------------------ inputs
     def _update_axes(self):
         layer = self.image_picker.value
         if layer is None or layer.ndim < 3:
@@ -258,7 +322,8 @@ class NSN2NWidget(EngineDock):
             self.report(exc)
             return None
         name = {"nsn2n": "NS-N2N", "bm4d": "BM4D (not part of napari-duet)"}.get(
-            method, "a single-image denoiser (Noise2Fast)")
+            method, "Noise2Fast, a single-image denoiser (Denoise with Noise2Fast below, or "
+            "duet n2f)")
         self.recommendation.setText(f"Recommended: {name}. {reason}.")
         self.show_pairs(pairs)
         return method, reason
@@ -312,7 +377,8 @@ class NSN2NWidget(EngineDock):
         warm_up_torch()
         self.plot.plot({})
         self.status.setText(f"Training NS-N2N on {layer.name}…")
-        self.start(_Job(kind="train", source=SourceInfo.of(layer)), iter_train, volume, vaxis,
+        self.start(_Job(kind="train", source=SourceInfo.of(layer),
+                        nonnegative=_nonnegative(volume)), iter_train, volume, vaxis,
                    config, threads=self.threads.value, desc=f"NS-N2N train {layer.name}")
 
     def denoise(self):
@@ -333,9 +399,36 @@ class NSN2NWidget(EngineDock):
             self.report(exc)
             return
         self.status.setText(f"Denoising {layer.name}…")
-        self.start(_Job(kind="denoise", source=SourceInfo.of(layer)), self.model.iter_denoise,
+        self.start(_Job(kind="denoise", source=SourceInfo.of(layer),
+                        nonnegative=_nonnegative(volume)), self.model.iter_denoise,
                    volume, vaxis, self.tta.value, threads=self.threads.value,
                    desc=f"NS-N2N denoise {layer.name}")
+
+    def denoise_n2f(self):
+        """Denoise every slice of the chosen layer on its own with Noise2Fast (what
+        Check noise recommends for pixel-independent noise or mismatched slices)."""
+        if self.running:
+            return
+        from ..n2f._stack import iter_noise2fast_stack
+
+        try:
+            layer = self.image_picker.value
+            if layer is None:
+                raise DuetInputError("choose an image layer first")
+            data = layer_data(layer)
+            if data_nbytes(data) > self.large_layer_bytes:
+                raise DuetInputError(f"{layer.name} is too large for Noise2Fast in memory: "
+                                     "use duet n2f on a crop")
+            volume, _ = as_volume(data, bool(layer.rgb), 0)
+        except Exception as exc:
+            self.report(exc)
+            return
+        warm_up_torch()
+        self.status.setText(f"Noise2Fast on every slice of {layer.name}…")
+        self.start(_Job(kind="n2f", source=SourceInfo.of(layer),
+                        nonnegative=_nonnegative(volume)), iter_noise2fast_stack, volume,
+                   device=self.device.value, seed=self.seed.value,
+                   threads=self.threads.value, desc=f"Noise2Fast {layer.name}")
 
     def chunked_output(self, source: SourceInfo, signature: dict) -> Path | None:
         """The OME-Zarr a large layer is denoised into: ``<source> NS-N2N denoised.ome.zarr``
@@ -377,6 +470,8 @@ class NSN2NWidget(EngineDock):
 
     def update_controls(self, running: bool):
         self.train_btn.setEnabled(not running)
+        self.n2f_btn.setEnabled(not running)
+        self.save_results_btn.setEnabled(not running and self.last_result is not None)
         self.cancel_btn.setEnabled(running)
         self.load_btn.setEnabled(not running)
         self.save_btn.setEnabled(not running and self.model is not None)
@@ -384,6 +479,11 @@ class NSN2NWidget(EngineDock):
 
     def show_progress(self, job: _Job, p):
         stage = getattr(p, "stage", "")
+        if getattr(p, "model", None) is not None:  # the model in training: Cancel keeps it
+            job.model, job.steps = p.model, int(getattr(p, "iteration", 0))
+        if job.kind == "n2f":
+            self.status.setText(f"Noise2Fast: {p.done}/{p.total} slices, {eta_text(p.eta)}")
+            return
         if job.kind == "denoise":
             what = {"statistics": "reading intensity statistics", "pyramid":
                     "writing the lower resolutions"}.get(stage)
@@ -433,6 +533,14 @@ class NSN2NWidget(EngineDock):
         if job.chunked:
             return self._show_chunked(job, result)
         src = job.source
+        self.last_result = result
+        if job.kind == "n2f":
+            self._show_result(job, from_volume(_clip(result.denoised, job), src.rgb), None,
+                              what="N2F denoised")
+            self.status.setText(f"Noise2Fast done in {job.seconds:.1f} s (every slice on "
+                                "its own).")
+            show_info(f"Noise2Fast finished on {src.name}")
+            return
         if job.kind == "train":
             self.model = result.model
             self.model_label.setText("Model: trained on " + src.name)
@@ -441,7 +549,7 @@ class NSN2NWidget(EngineDock):
                 self.show_pairs(result.pairs)
             for w in result.warnings:
                 show_warning(f"NS-N2N: {w}")
-        denoised = from_volume(result.denoised, src.rgb)
+        denoised = from_volume(_clip(result.denoised, job), src.rgb)
         unc = None if result.uncertainty is None else from_volume(result.uncertainty, src.rgb)
         self._show_result(job, denoised, unc)
         extra = ""
@@ -454,15 +562,19 @@ class NSN2NWidget(EngineDock):
         self.status.setText(f"Done in {job.seconds:.1f} s{extra}.")
         show_info(f"NS-N2N finished on {src.name}")
 
-    def _show_result(self, job: _Job, denoised: np.ndarray, unc: np.ndarray | None):
+    def _show_result(self, job: _Job, denoised: np.ndarray, unc: np.ndarray | None,
+                     what: str = "denoised"):
         src = job.source
         layers = self._results.setdefault(src.key, {})
+        if what != "denoised":  # another method's result: a layer of its own
+            layers = self._results.setdefault((src.key, what), {})
         common: dict[str, Any] = {"source": src, "rgb": src.rgb}
         if not src.rgb:
             common["colormap"] = "gray"
         layers["denoised"] = set_or_add_layer(
             self.viewer, layers.get("denoised"), denoised, kind="image",
-            name=result_name(src.name, f"{TAG} denoised"), **common)
+            name=result_name(src.name, f"{TAG} {what}" if what == "denoised" else what),
+            **common)
         if unc is not None and self.show_uncertainty.value:
             if src.rgb:
                 unc = unc.mean(axis=-1)
@@ -506,11 +618,47 @@ class NSN2NWidget(EngineDock):
             **src.placement(len(levels[0].shape)), **kwargs)
 
     def after_cancel(self, job: _Job):
+        if job.kind == "train" and job.model is not None:
+            self._keep_cancelled_model(job)
+            return
         if job.chunked:
             self.status.setText(f"Cancelled: the finished slabs are kept in {job.output}; "
                                 "Denoise continues where it stopped.")
         else:
             super().after_cancel(job)
+
+    def _keep_cancelled_model(self, job: _Job) -> None:
+        """Keep the model a cancelled training had trained so far, and offer to use it."""
+        model = job.model
+        model.net.eval()
+        info = dict(getattr(model, "info", None) or {})
+        info.setdefault("iterations_done", job.steps)
+        info["cancelled"] = True
+        model.info = info
+        self.model = model
+        self.model_label.setText(f"Model: trained on {job.source.name} for {job.steps} "
+                                 "steps (cancelled)")
+        self.status.setText(f"Cancelled after {job.steps} training steps: the model trained "
+                            "so far is kept. Press Denoise layer to denoise with it, or Save "
+                            "model… to keep it.")
+        show_info(f"NS-N2N: training cancelled after {job.steps} steps; the model so far is "
+                  "kept: Denoise layer uses it")
+
+    def save_results(self, folder: str | Path) -> list[Path]:
+        """Write the last result (denoised, uncertainty, report, model) into ``folder``."""
+        if self.last_result is None:
+            raise DuetInputError("no result to save: train, denoise or run Noise2Fast first")
+        return self.last_result.save(folder)
+
+    def _save_results_dialog(self):
+        folder = self.ask_folder("Save NS-N2N results into")
+        if folder:
+            try:
+                paths = self.save_results(folder)
+            except Exception as exc:
+                self.report(exc, "Save results")
+                return
+            show_info(f"Saved {len(paths)} files to {folder}")
 
     def after_run(self, job: _Job):
         self._remove_helper_layers()

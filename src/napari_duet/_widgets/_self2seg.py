@@ -23,11 +23,17 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFormLayout,
+    QGridLayout,
     QGroupBox,
-    QHBoxLayout,
+    QHeaderView,
+    QLabel,
     QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
 )
 
@@ -47,7 +53,7 @@ from ._common import (
     warm_up_torch,
 )
 from ._curves import CurvePlot
-from ._dock import EngineDock, Job, SourceInfo, is_large, layer_data
+from ._dock import Collapsible, EngineDock, Job, SourceInfo, declare, is_large, layer_data
 from ._lazy import (
     mark_plane_done,
     open_plane_store,
@@ -88,6 +94,10 @@ class _Job(Job):
     store: Path | None = None
     planes_done: int = 0
     limits: dict = field(default_factory=dict)  # contrast of on-disk image layers so far
+    checks: dict = field(default_factory=dict)  # lead_index -> the result's checks
+    tables: list = field(default_factory=list)  # object tables of the finished planes
+    n_objects: int = 0  # objects numbered so far (planes of a stack number on)
+    nonnegative: bool = False  # the input has no negative values (nor have the results)
 
     @property
     def source_name(self) -> str:
@@ -113,6 +123,7 @@ class Self2SegWidget(EngineDock):
     """Joint denoising and segmentation of the chosen image, seeded by shapes."""
 
     engine_name = "Self2Seg"
+    docs_anchor = "self2seg-segment-and-denoise-together"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -130,8 +141,8 @@ class Self2SegWidget(EngineDock):
         self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
         self.role = ComboBox(label="new boxes are", choices=role_names(2), value="foreground")
         self.n_classes = SpinBox(label="classes", value=defaults["n_classes"], min=2, max=8)
-        self.lam = FloatSpinBox(label="λ scale (0 = auto)", value=defaults["lam"] or 0.0, min=0.0,
-                                max=1e6, step=0.1)
+        self.lam = FloatSpinBox(label="border smoothness λ", value=defaults["lam"] or 0.0,
+                                min=0.0, max=1e6, step=0.1)
         self.max_alternations = SpinBox(label="max alternations",
                                         value=defaults["max_alternations"], min=1, max=50)
         self.experts = ComboBox(label="experts", choices=["cnn", "linear", "constant"],
@@ -148,13 +159,22 @@ class Self2SegWidget(EngineDock):
                                min=1, max=max_threads())
         self.invert = CheckBox(text="dark objects are foreground (automatic start)",
                                value=bool(defaults["invert"]))
+        self.noise_model = ComboBox(label="noise", choices=["auto", "gaussian",
+                                                             "poisson-gaussian"],
+                                    value=defaults["noise_model"])
         self.scope = ComboBox(label="slices", choices=list(SCOPES), value=SCOPES[0])
         self._tooltips()
 
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
+        self.run_btn.setToolTip("Segment and denoise the image (the settings and seeds are "
+                                "read now; changing them during the run has no effect)")
+        self.cancel_btn.setToolTip("Stop at the next training step; the last finished "
+                                   "alternation is kept")
         self.export_btn = QPushButton("Export report…")
+        self.export_btn.setToolTip("Write the last run's report (parameters, energies, "
+                                   "warnings, timings) as JSON")
         self.export_btn.setEnabled(False)
         self.save_btn = QPushButton("Save results…")
         self.save_btn.setToolTip("Write the mask, denoised image, experts, seeds and report "
@@ -162,6 +182,24 @@ class Self2SegWidget(EngineDock):
         self.save_btn.setEnabled(False)
         self.status.setText("Draw foreground/background boxes, or run without seeds.")
         self.plot = CurvePlot("Energy per alternation", "energy")
+        self.objects_label = QLabel("No objects yet.")
+        self.objects_label.setWordWrap(True)
+        self.csv_btn = QPushButton("Export CSV…")
+        self.csv_btn.setToolTip("Write the object table (label, area, mean intensity on the "
+                                "denoised image, centroid) as CSV")
+        self.csv_btn.setEnabled(False)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["object", "area (px)", "mean"])
+        self.table.setToolTip("One row per object of the last run (the 'S2S objects' layer); "
+                              "mean intensity is measured on the denoised image")
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        # Columns share the panel's width (no horizontal scrolling in a narrow dock).
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.table.setMaximumHeight(150)
+        self.objects: dict | None = None  # the last run's object table (column -> array)
         self._updates = StagedUpdates()
 
         self._build_layout()
@@ -174,11 +212,12 @@ class Self2SegWidget(EngineDock):
         self.cancel_btn.clicked.connect(self.cancel)
         self.export_btn.clicked.connect(self._export_dialog)
         self.save_btn.clicked.connect(self._save_dialog)
+        self.csv_btn.clicked.connect(self._csv_dialog)
         self._update_scope()
 
     # ------------------------------------------------------------------ layout
     def _build_layout(self):
-        layout = QVBoxLayout(self)
+        layout = self.scroll_layout()
         data = QGroupBox("Data and seeds")
         form = QFormLayout(data)
         form.addRow("image", self.image_picker.native)
@@ -187,36 +226,54 @@ class Self2SegWidget(EngineDock):
         form.addRow("painted seeds", self.seed_labels_picker.native)
         form.addRow(self.new_seeds_btn)
         form.addRow("new boxes are", self.role.native)
-        form.addRow("large-layer results in", self.output_folder)
         layout.addWidget(data)
         params = QGroupBox("Parameters")
         pform = QFormLayout(params)
-        for w in (self.n_classes, self.lam, self.max_alternations, self.experts,
-                  self.expert_width, self.expert_steps, self.device, self.seed,
-                  self.threads):
+        for w in (self.n_classes, self.lam, self.max_alternations, self.experts):
             pform.addRow(w.label, w.native)
         pform.addRow(self.invert.native)
+        self.advanced = Collapsible("Advanced")
+        for w in (self.noise_model, self.expert_width, self.expert_steps, self.device,
+                  self.seed, self.threads):
+            self.advanced.form.addRow(w.label, w.native)
+        self.advanced.form.addRow("large-layer results in", self.output_folder)
+        pform.addRow(self.advanced)
         layout.addWidget(params)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
-        buttons.addWidget(self.export_btn)
-        buttons.addWidget(self.save_btn)
+        buttons = QGridLayout()
+        buttons.addWidget(self.run_btn, 0, 0)
+        buttons.addWidget(self.cancel_btn, 0, 1)
+        buttons.addWidget(self.export_btn, 1, 0)
+        buttons.addWidget(self.save_btn, 1, 1)
         layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        objects = QGroupBox("Objects")
+        oform = QVBoxLayout(objects)
+        oform.addWidget(self.objects_label)
+        oform.addWidget(self.table)
+        oform.addWidget(self.csv_btn)
+        layout.addWidget(objects)
         layout.addWidget(self.plot)
         layout.addStretch(1)
 
     def _tooltips(self):
-        self.lam.tooltip = ("Boundary-length (TV) weight as a multiple of a data-relative scale "
-                            "(robust spread of the experts' residuals). 0 = automatic (1.0); "
-                            "2 = twice as smooth.")
-        self.n_classes.tooltip = "Number of regions (2 = foreground/background)."
-        self.experts.tooltip = ("Region denoisers: cnn (Noise2Fast-style network), linear "
-                                "filter, or constant (classic Chan-Vese).")
-        self.expert_steps.tooltip = "Training steps per expert and alternation."
-        self.expert_width.tooltip = "Channels of the CNN experts' hidden layers."
+        from ..self2seg import Self2SegConfig as C
+
+        declare(self.n_classes, C, "n_classes")
+        declare(self.lam, C, "lam", auto="auto",
+                extra="Shown as auto when 0.")
+        declare(self.max_alternations, C, "max_alternations")
+        declare(self.experts, C, "experts")
+        declare(self.expert_width, C, "expert_width")
+        declare(self.expert_steps, C, "expert_steps")
+        declare(self.device, C, "device")
+        declare(self.seed, C, "seed")
+        declare(self.threads, C, "threads", extra="Here the default leaves napari a core.")
+        declare(self.invert, C, "invert")
+        declare(self.noise_model, C, "noise_model")
+        self.invert.text = "dark objects (no seeds)"
+        self.image_picker.tooltip = "The image to segment and denoise (2D, a stack, or RGB)."
+        self.seeds_picker.tooltip = ("Shapes layer with seed boxes: each shape's role "
+                                     "(foreground, background, class k) is its region; none: "
+                                     "automatic start.")
         self.scope.tooltip = "For stacks: segment the slice on screen, or every slice."
         self.role.tooltip = "Role of the next boxes drawn on the seeds layer."
         self.seed_labels_picker.tooltip = (
@@ -299,6 +356,7 @@ class Self2SegWidget(EngineDock):
             device=self.device.value,
             seed=self.seed.value,
             invert=self.invert.value,
+            noise_model=self.noise_model.value,
             threads=self.threads.value,
         )
 
@@ -365,6 +423,12 @@ class Self2SegWidget(EngineDock):
     def _make_job(self, image: Image, config) -> _Job:
         source = SourceInfo.of(image)
         data = layer_data(image)
+        if source.rgb and not is_large(data, self.large_layer_bytes):
+            # Colour is segmented as grey, and the user is told so (issue 25).
+            data = rgb_to_grey(data)
+            source = dataclasses.replace(source, rgb=False, shape=tuple(data.shape))
+            show_info(f"Self2Seg: {image.name} is RGB: segmented as grey "
+                      "(0.299 R + 0.587 G + 0.114 B)")
         rgb = source.rgb
         full_shape = tuple(data.shape[:-1] if rgb else data.shape)
         if len(full_shape) < 2:
@@ -396,6 +460,7 @@ class Self2SegWidget(EngineDock):
             # Plane by plane from the lazy data into a zarr store on disk.
             job.on_disk = True
             return job
+        job.nonnegative = bool(np.nanmin(data) >= 0)
         if len(full_shape) > 2 and self.scope.value == "all slices":
             # The whole stack; the engine reads one plane at a time, in the order of
             # ``indices`` (C order of the leading axes).  Slices without seeds start
@@ -420,6 +485,7 @@ class Self2SegWidget(EngineDock):
             ("mask", job.full_shape, np.uint8),
             ("denoised", job.full_shape + chan, np.float32),
             *((f"expert{i}", job.full_shape + chan, np.float32) for i in range(k)),
+            ("objects", job.full_shape, np.int32),
         ):
             layer = previous.get(key)
             if (layer is not None and layer in self.viewer.layers and layer.data.shape == shape
@@ -470,6 +536,8 @@ class Self2SegWidget(EngineDock):
         self.cancel_btn.setEnabled(running)
         self.export_btn.setEnabled(not running and bool(self._last_reports))
         self.save_btn.setEnabled(not running and bool(self._saved_layers()))
+        self.csv_btn.setEnabled(not running and bool(self.objects)
+                                and len(self.objects["label"]) > 0)
 
     # ------------------------------------------------------------ worker events
     def fraction_of(self, job: _Job, item) -> float | None:
@@ -501,12 +569,16 @@ class Self2SegWidget(EngineDock):
             arrays = job.results["arrays"]
             sl = idx if idx else ...
             arrays["mask"][sl] = state.labels
-            arrays["denoised"][sl] = state.denoised
+            clip = np.maximum if job.nonnegative else (lambda a, _: a)
+            arrays["denoised"][sl] = clip(state.denoised, 0)
             for i in range(job.n_classes):
-                arrays[f"expert{i}"][sl] = state.experts[i]
+                arrays[f"expert{i}"][sl] = clip(state.experts[i], 0)
+            if final:
+                self._add_objects(job, idx, state)
             steps = self._result_steps(job)
         if final:
             job.reports[idx] = state.report()
+            job.checks[idx] = dict(getattr(state, "checks", None) or {})
             job.planes_done += 1
             if job.on_disk:
                 mark_plane_done(job.store, job.run_key, idx)
@@ -519,6 +591,20 @@ class Self2SegWidget(EngineDock):
             f"Alternation {state.alternation}/{state.max_alternations}{where}: "
             f"energy {state.energy:.4g}, {state.elapsed:.1f} s"
         )
+
+    def _add_objects(self, job: _Job, idx: tuple, result) -> None:
+        """Number the plane's objects on from the earlier planes' and measure them on
+        the denoised image (the instances were computed in the worker)."""
+        from ..self2seg import measure_objects
+
+        inst = np.asarray(result.instances, np.int32)
+        inst = np.where(inst > 0, inst + job.n_objects, 0).astype(np.int32)
+        job.results["arrays"]["objects"][idx if idx else ...] = inst
+        table = measure_objects(inst, result.denoised)
+        if idx:
+            table = {"plane": np.full(len(table["label"]), str(list(idx))), **table}
+        job.tables.append(table)
+        job.n_objects = max(job.n_objects, int(inst.max(initial=0)))
 
     def _show_results(self, job: _Job):
         for step in self._result_steps(job):
@@ -551,12 +637,25 @@ class Self2SegWidget(EngineDock):
         short = {"background": "bg", "foreground": "fg"}
         steps = [step("denoised", "image", result_name(job.source_name, f"{TAG} denoised"),
                       **common_img)]
+        mask_visible = True
+        if job.tables and not job.on_disk:  # objects shown: the class mask steps aside
+            mask_visible = False
         steps += [step(f"expert{i}", "image",
                        result_name(job.source_name,
                                    f"{TAG} {short.get(names[i], names[i])} expert"),
                        visible=False, **common_img) for i in range(job.n_classes)]
         steps.append(step("mask", "labels", result_name(job.source_name, f"{TAG} mask"),
                           opacity=0.5, **common))
+        if not mask_visible:
+            steps.append(step("objects", "labels", result_name(job.source_name,
+                                                               f"{TAG} objects"),
+                              opacity=0.6, **common))
+
+            def hide_mask():
+                layer = layers.get("mask")
+                if layer is not None and layer in self.viewer.layers:
+                    layer.visible = False
+            steps.append(hide_mask)
         return steps
 
     def show_result(self, job: _Job, summary):
@@ -564,10 +663,84 @@ class Self2SegWidget(EngineDock):
         where = f" (results in {job.store})" if job.on_disk else ""
         if job.kept:
             where += f"; {len(job.kept)} plane(s) kept from an interrupted run"
-        self.status.setText(
-            f"Done: {len(job.indices)} plane(s) of {job.source_name} in {job.seconds:.1f} s"
-            f"{where}.")
-        show_info(f"Self2Seg finished on {job.source_name}")
+        self._show_objects(job)
+        stopped = [c.get("stopped") for c in job.checks.values() if c.get("stopped")]
+        why = f": {stopped[0]}" if len(stopped) == 1 else ""
+        objects = f"; {job.n_objects} object(s)" if job.tables else ""
+        text = (f"Done in {job.seconds:.1f} s{why}{objects}{where}." if len(job.indices) <= 1
+                else f"Done: {len(job.indices)} planes in {job.seconds:.1f} s{objects}{where}.")
+        warnings, hints = self._check_lines(job)
+        if warnings:
+            text += "\n⚠ " + "\n⚠ ".join(warnings)
+            text += "".join(f"\nHint: {h}" for h in hints)
+            show_warning(f"Self2Seg on {job.source_name}: {warnings[0]}"
+                         + (f" Hint: {hints[0]}" if hints else ""))
+        else:
+            show_info(f"Self2Seg finished on {job.source_name}")
+        self.status.setText(text)
+
+    @staticmethod
+    def _check_lines(job: _Job) -> tuple[list[str], list[str]]:
+        """The warnings (named by plane for a stack) and distinct hints of the run."""
+        warnings, hints = [], []
+        for idx, chk in job.checks.items():
+            where = f"slice {list(idx)}: " if idx else ""
+            warnings += [f"{where}{w}" for w in chk.get("warnings", [])]
+            hints += [h for h in chk.get("hints", []) if h not in hints]
+        return warnings, hints
+
+    def _show_objects(self, job: _Job) -> None:
+        """Fill the object table (count, area, mean intensity on the denoised image)."""
+        self.objects = None
+        if job.on_disk:
+            self.objects_label.setText("Objects are not counted for large layers processed "
+                                       "plane by plane (use duet self2seg for labels.tif).")
+        elif job.tables:
+            cols = list(job.tables[0])
+            self.objects = {c: np.concatenate([t[c] for t in job.tables]) for c in cols}
+        self._fill_table()
+
+    def _fill_table(self) -> None:
+        table = self.objects
+        self.table.setRowCount(0)
+        self.csv_btn.setEnabled(bool(table) and len(table["label"]) > 0)
+        if not table:
+            return
+        n = len(table["label"])
+        area = table["area"]
+        self.objects_label.setText(
+            f"{n} object(s)" + (f", area {np.median(area):.0f} px (median, "
+                                f"{area.min()}–{area.max()})" if n else ""))
+        shown = min(n, 500)  # the CSV has them all
+        self.table.setRowCount(shown)
+        for r in range(shown):
+            for c, value in enumerate((f"{table['label'][r]}", f"{table['area'][r]}",
+                                       f"{table['mean_intensity'][r]:.4g}")):
+                item = QTableWidgetItem(value)
+                item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight
+                                          | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the last run's object table as CSV (one row per object)."""
+        import csv
+
+        if not self.objects or not len(self.objects["label"]):
+            raise DuetInputError("no objects to export: run Self2Seg first")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cols = list(self.objects)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(cols)
+            for row in zip(*(self.objects[c] for c in cols), strict=True):
+                writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v
+                                 for v in row])
+        return path
+
+    def _csv_dialog(self):
+        self.save_with_dialog("Export object table", "objects.csv", "CSV (*.csv)",
+                              self.export_csv, "Export CSV")
 
     def _collect_reports(self, job: _Job) -> dict:
         return {
@@ -606,6 +779,8 @@ class Self2SegWidget(EngineDock):
             self.status.setText("Cancelled before the first alternation ended.")
         if job.reports:
             self._last_reports = self._collect_reports(job)
+        if job.tables:
+            self._show_objects(job)
 
     def after_run(self, job: _Job):
         self._updates.flush()
@@ -659,6 +834,8 @@ class Self2SegWidget(EngineDock):
             written.append(write_tiff(folder / f"{stem}_seeds.tif", seeds))
         if self._last_reports:
             written.append(write_json(folder / f"{stem}_self2seg.json", self._last_reports))
+        if self.objects and len(self.objects["label"]):
+            written.append(self.export_csv(folder / f"{stem}_objects.csv"))
         return written
 
     def _save_dialog(self):
@@ -674,6 +851,13 @@ class Self2SegWidget(EngineDock):
     def _export_dialog(self):
         self.save_with_dialog("Export Self2Seg report", "self2seg.json", "JSON (*.json)",
                               self.export_report, "Export")
+
+
+def rgb_to_grey(data) -> np.ndarray:
+    """Luminance (ITU-R BT.601) of RGB(A) data, float32, alpha dropped; non-negative
+    for non-negative input."""
+    arr = np.asarray(data)[..., :3].astype(np.float32)
+    return arr @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _painted_seeds(layer: Labels | None, yx: tuple, idx: tuple) -> np.ndarray | None:
@@ -718,6 +902,8 @@ def _label_items(fn, indices, *args, **kwargs):
                 yield item.plane, tuple(indices[item.plane]), item, False
                 continue
             finished = item.result is not None
+            if finished and hasattr(item.result, "instances"):
+                item.result.instances  # noqa: B018 - computed here, in the worker thread
             yield (item.plane, tuple(indices[item.plane]),
                    item.result if finished else item.state, finished)
     finally:

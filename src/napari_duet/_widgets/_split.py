@@ -38,7 +38,18 @@ from .._errors import DuetInputError
 from ..devices import available_devices, max_threads, resolve_threads
 from ._common import layer_picker, result_name, set_or_add_layer, warm_up_torch
 from ._curves import CurvePlot
-from ._dock import MODEL_FILTER, EngineDock, Job, SourceInfo, data_nbytes, eta_text, layer_data
+from ._dock import (
+    MODEL_FILTER,
+    Collapsible,
+    EngineDock,
+    Job,
+    SourceInfo,
+    data_nbytes,
+    declare,
+    eta_text,
+    layer_data,
+    set_auto_text,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -46,8 +57,9 @@ if TYPE_CHECKING:
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow")
 MAX_STRUCTURES = len(CHANNEL_COLORMAPS)
 UNCERTAINTY_LEGEND = (
-    "Uncertainty layers show the calibrated posterior std: the expected error of the "
-    "split, in the channel's intensity units (about 68% of errors are smaller)."
+    "The '· std' layers (hidden) show the spread of the posterior samples, rescaled by "
+    "the model's calibration where it has one: a guide to how large the split's error is, "
+    "in the structure's intensity units."
 )
 _PLOT_EVERY_S = 0.5
 
@@ -58,12 +70,14 @@ TAG = "split"  # in result layer names: "<source> split <channel>"
 @dataclass(kw_only=True)
 class _Job(Job):
     train_layers: tuple = ()  # names of the training layers (train)
+    nonnegative: bool = False  # the input has no negative values (nor have the results)
 
 
 class SplitWidget(EngineDock):
     """Split one noisy superimposed image into 2 to 4 denoised structures."""
 
     engine_name = "denoiSplit"
+    docs_anchor = "split-denoisplit"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -77,8 +91,10 @@ class SplitWidget(EngineDock):
         # Split tab
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.samples = SpinBox(label="posterior samples", value=20, min=1, max=1000)
-        self.tile = SpinBox(label="tile (0 = auto)", value=0, min=0, max=8192)
-        self.batch_size = SpinBox(label="batch size (0 = auto)", value=0, min=0, max=4096)
+        self.tile = SpinBox(label="tile", value=0, min=0, max=8192)
+        self.batch_size = SpinBox(label="batch size", value=0, min=0, max=4096)
+        set_auto_text(self.tile)
+        set_auto_text(self.batch_size)
         self.keep_samples = CheckBox(text="add posterior samples as layers", value=True)
         self.device = ComboBox(label="device", choices=devices, value="auto")
         self.threads = SpinBox(label="CPU threads",
@@ -112,8 +128,9 @@ class SplitWidget(EngineDock):
             "contextualisation); slower per step.")
         self.net_config = ComboBox(label="network", choices=["small", "default"], value="small")
         self.epochs = SpinBox(label="epochs", value=min(d.epochs, 20), min=1, max=100000)
-        self.max_minutes = FloatSpinBox(label="max minutes (0 = none)", value=0.0, min=0,
+        self.max_minutes = FloatSpinBox(label="max minutes", value=0.0, min=0,
                                         max=100000)
+        set_auto_text(self.max_minutes, "no limit")
         self.patch_size = SpinBox(label="patch size", value=d.patch_size, min=16, max=1024,
                                   step=16)
         self.train_batch = SpinBox(label="batch size", value=d.batch_size, min=1, max=1024)
@@ -136,10 +153,19 @@ class SplitWidget(EngineDock):
         self.command.setToolTip("The same training on the command line (e.g. on a GPU server)")
         self.plot = CurvePlot("Training losses", "loss", xlabel="logged step")
 
+        self.save_results_btn = QPushButton("Save results…")
+        self.save_results_btn.setToolTip(
+            "Write the last split into a folder as 'duet split predict' does: mmse.tif, "
+            "std.tif (a.tif, b.tif, std_a.tif, std_b.tif for two structures), samples.tif, "
+            "report.json")
+        self.save_results_btn.setEnabled(False)
+        self.last_result = None
         self.status.setText("Load a model to split images, or train one in the Train tab.")
+        self._tooltips()
         self._build_layout()
 
         self.load_btn.clicked.connect(self._load_dialog)
+        self.save_results_btn.clicked.connect(self._save_results_dialog)
         self.split_btn.clicked.connect(self.split)
         self.cancel_btn.clicked.connect(self.cancel)
         self.train_cancel_btn.clicked.connect(self.cancel)
@@ -156,6 +182,47 @@ class SplitWidget(EngineDock):
         self.n_structures.changed.connect(self._on_n_structures)
         self._on_n_structures()
 
+    def _tooltips(self):
+        from ..denoisplit import TrainConfig as T
+
+        self.image_picker.tooltip = ("The superimposed image to split (one channel: 2D, or a "
+                                     "stack split frame by frame).")
+        self.samples.tooltip = ("Posterior samples drawn per pixel: their mean is the split, "
+                                "their spread the uncertainty. More = smoother estimate, "
+                                "slower. Default: 20.")
+        self.tile.tooltip = ("Tile side in pixels for large images (bounds the memory). "
+                             "Shown as auto when 0: chosen from the model and the memory.")
+        self.batch_size.tooltip = ("Tiles or samples computed at once (bounds the memory). "
+                                   "Shown as auto when 0.")
+        self.keep_samples.tooltip = ("Add the posterior samples (a layer with a sample "
+                                     "slider) and the difference of two samples, which shows "
+                                     "where the split is ambiguous.")
+        self.device.tooltip = ("Where to compute: auto uses a GPU (CUDA or Apple MPS) when "
+                               "there is one, else the CPU.")
+        self.threads.tooltip = "torch CPU threads; the default leaves napari a core."
+        self.train_threads.tooltip = self.threads.tooltip
+        self.load_btn.setToolTip("Load a .duet model (or a bioimage.io zip made from one)")
+        self.split_btn.setToolTip("Split the chosen image into its structures")
+        self.cancel_btn.setToolTip("Stop the split or the training")
+        self.train_cancel_btn.setToolTip("Stop the training (nothing is kept)")
+        self.calib_btn.setToolTip("How the model's std compares with its real error on "
+                                  "validation data (RMV against RMSE)")
+        self.nm_btn.setToolTip("The noise models: how noisy each structure's pixels are at "
+                               "each signal level")
+        self.train_btn.setToolTip("Train a model from one layer per structure")
+        self.save_btn.setToolTip("Write the current model to a .duet file")
+        for c, picker in enumerate(self.train_pickers):
+            picker.tooltip = (f"A noisy image of structure {chr(65 + c)} alone (the same "
+                              "field of view or others, same microscope)")
+        self.net_config.tooltip = ("Network size: small trains fast on a CPU; default is the "
+                                   "paper's (for a GPU).")
+        declare(self.epochs, T, "epochs")
+        declare(self.max_minutes, T, "max_minutes", extra="Shown as no limit when 0.")
+        declare(self.patch_size, T, "patch_size")
+        declare(self.train_batch, T, "batch_size")
+        declare(self.train_device, T, "device")
+        declare(self.seed, T, "seed")
+
     def _build_layout(self):
         tabs = QTabWidget()
         split = QWidget()
@@ -171,13 +238,17 @@ class SplitWidget(EngineDock):
         s.addWidget(mbox)
         form = QFormLayout()
         form.addRow("image", self.image_picker.native)
-        for w in (self.samples, self.tile, self.batch_size, self.device, self.threads):
-            form.addRow(w.label, w.native)
+        form.addRow(self.samples.label, self.samples.native)
         form.addRow(self.keep_samples.native)
+        self.advanced = Collapsible("Advanced")
+        for w in (self.tile, self.batch_size, self.device, self.threads):
+            self.advanced.form.addRow(w.label, w.native)
+        form.addRow(self.advanced)
         s.addLayout(form)
         run = QHBoxLayout()
         run.addWidget(self.split_btn)
         run.addWidget(self.cancel_btn)
+        run.addWidget(self.save_results_btn)
         s.addLayout(run)
         s.addWidget(self.legend)
         s.addStretch(1)
@@ -192,11 +263,14 @@ class SplitWidget(EngineDock):
             label = QLabel(f"structure {chr(65 + c)}")
             self._picker_labels.append(label)
             tform.addRow(label, picker.native)
-        for w in (self.net_config, self.epochs, self.max_minutes, self.patch_size,
-                  self.train_batch, self.train_device, self.train_threads, self.seed,
-                  self.bootstrap):
+        for w in (self.net_config, self.epochs, self.max_minutes):
             tform.addRow(w.label, w.native)
-        tform.addRow(self.lateral_context.native)
+        self.train_advanced = Collapsible("Advanced")
+        for w in (self.patch_size, self.train_batch, self.train_device, self.train_threads,
+                  self.seed, self.bootstrap):
+            self.train_advanced.form.addRow(w.label, w.native)
+        self.train_advanced.form.addRow(self.lateral_context.native)
+        tform.addRow(self.train_advanced)
         t.addLayout(tform)
         trow = QHBoxLayout()
         trow.addWidget(self.train_btn)
@@ -210,10 +284,8 @@ class SplitWidget(EngineDock):
         tabs.addTab(train, "Train")
         self.tabs = tabs
 
-        layout = QVBoxLayout(self)
+        layout = self.scroll_layout()
         layout.addWidget(tabs)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
 
     # ------------------------------------------------------------------ models
     def load_model(self, path: str | Path) -> bool:
@@ -244,6 +316,9 @@ class SplitWidget(EngineDock):
         if worse:
             lines.append(worse)
         self.model_info.setText("<br>".join(lines))
+        _, detail = calibration_state(getattr(model, "calibration", None),
+                                      meta["channel_names"])
+        self.legend.setText(f"{UNCERTAINTY_LEGEND} This model: {detail}.")
         self.calib_btn.setEnabled(bool(meta["calibration"]))
         self.nm_btn.setEnabled(bool(meta["noise_models"]))
         self.update_controls(self.running)
@@ -316,7 +391,8 @@ class SplitWidget(EngineDock):
             return
         self.status.setText(f"Splitting {layer.name}…")
         self.start(
-            _Job(kind="split", source=SourceInfo.of(layer)), self.model.iter_predict, data,
+            _Job(kind="split", source=SourceInfo.of(layer),
+                 nonnegative=bool(np.nanmin(data) >= 0)), self.model.iter_predict, data,
             samples=self.samples.value, tile=self.tile.value or None,
             batch_size=self.batch_size.value or None, return_samples=self.keep_samples.value,
             threads=self.threads.value, desc=f"denoiSplit split {layer.name}",
@@ -328,6 +404,7 @@ class SplitWidget(EngineDock):
         self.load_btn.setEnabled(not running)
         self.train_btn.setEnabled(not running)
         self.save_btn.setEnabled(not running and has_model)
+        self.save_results_btn.setEnabled(not running and self.last_result is not None)
         self.cancel_btn.setEnabled(running)
         self.train_cancel_btn.setEnabled(running)
 
@@ -367,10 +444,32 @@ class SplitWidget(EngineDock):
             show_info("denoiSplit training finished: the model is ready to split")
             self.status.setText(f"Trained in {job.seconds:.0f} s.")
             return
+        self.last_result = result
         self._show_split(job, result)
-        self.status.setText(
-            f"Split {job.source.name} in {job.seconds:.1f} s"
-            + (" (std calibrated)." if result.calibrated else " (std not calibrated)."))
+        names = self.model.channel_names
+        _, detail = calibration_state(getattr(self.model, "calibration", None), names)
+        if not result.calibrated:
+            detail = "std not calibrated"
+        self.status.setText(f"Split {job.source.name} in {job.seconds:.1f} s; uncertainty: "
+                            f"{detail}.")
+
+    def save_results(self, folder: str | Path) -> list[Path]:
+        """Write the last split into ``folder`` with ``duet split predict``'s file names."""
+        if self.last_result is None:
+            raise DuetInputError("no split to save: split an image first")
+        extra = {"model": str(self.model_path) if self.model_path else None,
+                 "model_metadata": self.model.metadata() if self.model is not None else None}
+        return self.last_result.save(folder, report=extra)
+
+    def _save_results_dialog(self):
+        folder = self.ask_folder("Save the split into")
+        if folder:
+            try:
+                paths = self.save_results(folder)
+            except Exception as exc:
+                self.report(exc, "Save results")
+                return
+            show_info(f"Saved {len(paths)} files to {folder}")
 
     def _show_split(self, job: _Job, result):
         n_before = len(self.viewer.layers)
@@ -379,19 +478,22 @@ class SplitWidget(EngineDock):
         added = {}
         for c in range(result.mean.shape[0]):
             cmap = CHANNEL_COLORMAPS[c % len(CHANNEL_COLORMAPS)]
-            base = result_name(src.name, f"{TAG} {names[c]}")
-            added[base] = self._put(base, result.mean[c], src, colormap=cmap,
+            # What first, short ("puncta · std"); the source is in metadata and tooltip.
+            base = result_name(src.name, names[c])
+            mean = _nonneg(result.mean[c], job)
+            added[base] = self._put(f"{base} · split", mean, src, colormap=cmap,
                                     blending="additive")
-            std = self._put(f"{base} uncertainty", result.std[c], src, colormap="magma",
+            std = self._put(f"{base} · std", result.std[c], src, colormap="magma",
                             blending="additive", opacity=0.6, visible=False)
-            std.metadata["description"] = UNCERTAINTY_LEGEND
+            std.metadata["description"] = self.legend.text()
             if result.samples is not None:
                 smp = result.samples[:, c]
-                self._put(f"{base} samples", smp, src, colormap=cmap, visible=False)
+                self._put(f"{base} · samples", _nonneg(smp, job), src, colormap=cmap,
+                          visible=False)
                 if smp.shape[0] > 1:
                     diff = smp[0] - smp[1]
                     lim = float(np.abs(diff).max()) or 1.0
-                    self._put(f"{base} sample difference", diff, src, colormap="PiYG",
+                    self._put(f"{base} · sample diff", diff, src, colormap="PiYG",
                               contrast_limits=(-lim, lim), visible=False)
         if len(self.viewer.layers) != n_before:
             self.viewer.reset_view()  # the sample axis adds a slider; frame the new layers
@@ -512,22 +614,45 @@ class SplitWidget(EngineDock):
 ENCE_POOR = 0.25
 
 
-def calibration_line(cal: dict | None, names) -> str:
-    """What the model's calibration says about its std, from the validation ENCE."""
+def calibration_state(cal: dict | None, names) -> tuple[str, str]:
+    """The model's uncertainty calibration in one wording for the status, the model panel
+    and the legend: ``(quality, detail)``, quality "good", "poor", "unmeasured" or "none".
+
+    Only what was measured is said: the validation ENCE (expected normalised
+    calibration error), never a coverage such as "68 % of errors are smaller".
+    """
     if not cal:
-        return "calibration: no, std is not calibrated"
+        return "none", "std not calibrated"
     ences = [st.get("ence") if isinstance(st, dict) else None
              for st in cal.get("stats_after") or []]
     known = [(n, float(e)) for n, e in zip(names, ences, strict=False) if e is not None]
     if not known:
-        return "calibration: yes (no validation statistics stored)"
+        return "unmeasured", "std calibrated, quality not measured"
     bad = [(n, e) for n, e in known if not e <= ENCE_POOR]
     if bad:
         which = ", ".join(f"{n} {e:.2f}" for n, e in bad)
-        return (f"calibration: <b>poor</b> (ENCE {which}; good is below {ENCE_POOR}): "
-                "treat the std as a rough guide only")
+        return "poor", (f"std rescaled, but its calibration is poor (ENCE {which}; good is "
+                        f"below {ENCE_POOR}): a rough guide only")
     worst = max(e for _, e in known)
-    return f"calibration: yes, std matches the error on validation data (ENCE {worst:.2f})"
+    return "good", f"std matches the error on validation data (ENCE {worst:.2f})"
+
+
+def calibration_line(cal: dict | None, names) -> str:
+    """What the model's calibration says about its std (the model panel's line)."""
+    quality, detail = calibration_state(cal, names)
+    if quality == "none":
+        return "calibration: no, std is not calibrated"
+    if quality == "poor":
+        return "calibration: <b>poor</b> " + detail.replace(
+            "std rescaled, but its calibration is poor ", "")
+    if quality == "unmeasured":
+        return "calibration: yes (no validation statistics stored)"
+    return f"calibration: yes, {detail}"
+
+
+def _nonneg(arr: np.ndarray, job) -> np.ndarray:
+    """A split of a non-negative image has no negative intensities."""
+    return np.maximum(arr, 0) if getattr(job, "nonnegative", False) else arr
 
 
 def split_worse_line(cal: dict | None, names) -> str:

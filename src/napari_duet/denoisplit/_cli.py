@@ -14,6 +14,10 @@ from .._cli_progress import add_run_options, cli_run
 from .._errors import DuetInputError
 from ..devices import DEVICE_CHOICES
 
+# Every file ``split predict`` may write into its folder (which of them depends on the
+# model and --samples); files of an earlier run that this one does not write are removed.
+from ._save import PREDICT_FILES as _PREDICT_FILES
+
 
 def register(subparsers) -> None:
     """Add the ``split`` and ``noise-model`` commands to the ``duet`` parser."""
@@ -26,6 +30,9 @@ def register(subparsers) -> None:
     ssub = split.add_subparsers(dest="split_command", metavar="SUBCOMMAND",
                                 parser_class=type(split))
     split.set_defaults(func=lambda args: _usage(split))
+
+    from .._config import cli_help
+    from ._config import TrainConfig as _TC
 
     tr = ssub.add_parser("train", help="train a splitting model on 2 to 4 channels",
                          description="Train on noisy acquisitions of 2 to 4 structures "
@@ -60,19 +67,19 @@ def register(subparsers) -> None:
     tr.add_argument("--kl", choices=("denoisplit", "musplit"), default="denoisplit",
                     help="KL form: summed per level with free bits (denoisplit, default) or "
                     "averaged (musplit)")
-    tr.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
+    # Help from the one declaration the widget's tooltips read (TrainConfig's fields).
+    tr.add_argument("--epochs", type=int, default=100, help=cli_help(_TC, "epochs"))
     tr.add_argument("--steps-per-epoch", type=int, default=None,
-                    help="steps per epoch (default: ~4 passes over the data, 10..500)")
+                    help=cli_help(_TC, "steps_per_epoch"))
     tr.add_argument("--max-minutes", type=float, default=None,
-                    help="stop training after this many minutes")
-    tr.add_argument("--patch-size", type=int, default=64,
-                    help="training patch side, a multiple of 2^levels (default 64)")
-    tr.add_argument("--batch-size", type=int, default=32, help="patches per step (default 32)")
+                    help=cli_help(_TC, "max_minutes"))
+    tr.add_argument("--patch-size", type=int, default=64, help=cli_help(_TC, "patch_size"))
+    tr.add_argument("--batch-size", type=int, default=32, help=cli_help(_TC, "batch_size"))
     tr.add_argument("--config", choices=("small", "default"), default="default",
                     help="network size: default (paper, ~3.0 M parameters) or small (CPU)")
     tr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                     help="compute device (default auto: CUDA, MPS, CPU)")
-    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tr.add_argument("--seed", type=int, default=0, help=cli_help(_TC, "seed"))
     tr.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
                     help="denoiser used to bootstrap noise models (default auto)")
     tr.add_argument("--no-calibration", action="store_true",
@@ -369,10 +376,6 @@ def _train(args) -> int:
     return 0
 
 
-# Every file ``split predict`` may write into its folder (which of them depends on the
-# model and --samples); files of an earlier run that this one does not write are removed.
-_PREDICT_FILES = ("mmse.tif", "std.tif", "a.tif", "b.tif", "std_a.tif", "std_b.tif",
-                  "samples.tif", "report.json")
 
 
 def _samples_file(stack, path: Path, image_shape, lead: tuple[int, int], pixel_info: dict):
@@ -402,9 +405,6 @@ def _predict(args) -> int:
         check_outputs,
         is_zarr_path,
         read_pixel_info,
-        remove_stale_outputs,
-        write_json,
-        write_tiff,
     )
     from .._progress import run_to_end
     from ._model import SplitModel
@@ -451,40 +451,13 @@ def _predict(args) -> int:
                 samples_shape = list(sink.shape)
                 res.samples = sink = None  # unmapped before the file is renamed
     threads = bar.threads
-    stack = res.mean.ndim == 4  # (C, T, Y, X)
-    files = {}
-    two = model.n_channels == 2
-    with_samples = args.samples > 1
-    remove_stale_outputs(out, names=_PREDICT_FILES, keep=[
-        "mmse.tif", "std.tif", "report.json",
-        *(("a.tif", "b.tif", "std_a.tif", "std_b.tif") if two else ()),
-        *(("samples.tif",) if with_samples else ())])
-
-    def put(name, arr, axes=None):
-        kw = {"axes": axes} if axes else {}
-        write_tiff(out / name, np.ascontiguousarray(arr, dtype=np.float32),
-                   pixel_info=pixel_info, **kw)
-        files[name] = list(arr.shape)
-
-    # Channels on their own axis: (C, Y, X), or (T, C, Y, X) for a stack of frames.
-    put("mmse.tif", np.moveaxis(res.mean, 0, 1) if stack else res.mean,
-        "TCYX" if stack else "CYX")
-    put("std.tif", np.moveaxis(res.std, 0, 1) if stack else res.std,
-        "TCYX" if stack else "CYX")
-    if two:
-        put("a.tif", res.mean[0])
-        put("b.tif", res.mean[1])
-        put("std_a.tif", res.std[0])
-        put("std_b.tif", res.std[1])
-    if with_samples:
-        files["samples.tif"] = samples_shape  # written while predicting
-    report = res.report()
-    report["files"] = files
-    report.update(image=str(args.image), model=str(args.model), seconds=seconds,
-                  threads=threads,
-                  megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
-                  model_metadata=model.metadata())
-    write_json(out / "report.json", report)
+    extra = dict(image=str(args.image), model=str(args.model), seconds=seconds,
+                 threads=threads,
+                 megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
+                 model_metadata=model.metadata())
+    # One writer for the command and the widget's "Save results…" (SplitResult.save).
+    res.save(out, pixel_info=pixel_info, report=extra,
+             samples_shape=samples_shape if args.samples > 1 else None)
     print(f"wrote {out}")
     return 0
 

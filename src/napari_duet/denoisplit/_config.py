@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import EngineConfig, check_choice, check_int, check_number, need
+from .._config import EngineConfig, check_choice, check_int, check_number, need, param
 from .._errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
@@ -187,14 +187,30 @@ class TrainConfig(EngineConfig):
         its last epoch: on the CPU the result equals an uninterrupted run.
     """
 
-    epochs: int = 100
-    max_minutes: float | None = None
-    patch_size: int = 64
-    batch_size: int = 32
-    steps_per_epoch: int | None = None
+    epochs: int = param(
+        100, label="epochs",
+        help="Most passes over the training patches (early stopping may end sooner).", lo=1,
+        example="--epochs 50")
+    max_minutes: float | None = param(
+        None, label="max minutes", help="Stop training after this many minutes.",
+        none="no limit", example="--max-minutes 30")
+    patch_size: int = param(
+        64, label="patch size",
+        help="Side of the square training patches in pixels (a multiple of 2^levels): "
+             "larger sees more context and needs more memory.",
+        lo=16)
+    batch_size: int = param(
+        32, label="batch size", help="Patches per training step (bounded by memory).", lo=1)
+    steps_per_epoch: int | None = param(
+        None, label="steps per epoch", help="Training steps per epoch.",
+        auto="about 4 passes over the data, 10 to 500 steps")
     lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
+    seed: int = param(
+        0, label="random seed", help="Seed of patches, augmentations and initial weights.")
+    device: str = param(
+        "auto", label="device",
+        help="Where to train: auto uses a GPU (CUDA or Apple MPS) when there is one, else the "
+             "CPU.")
     likelihood: str = "noise_model"
     kl: str = "denoisplit"
     free_bits: float = 1.0

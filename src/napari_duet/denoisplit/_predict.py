@@ -63,6 +63,13 @@ class SplitResult:
         n = self.mean.shape[0]
         return names[:n] + [channel_letter(c) for c in range(len(names), n)]
 
+    def save(self, folder, **kwargs) -> list:
+        """Write mmse.tif, std.tif (a/b, std_a/std_b for two structures), samples.tif and
+        report.json into ``folder``, as ``duet split predict`` (:func:`._save.save_split`)."""
+        from ._save import save_split
+
+        return save_split(self, folder, **kwargs)
+
     def report(self) -> dict[str, Any]:
         """JSON-ready summary (shapes, settings, per-channel statistics)."""
         chans = self.channel_names

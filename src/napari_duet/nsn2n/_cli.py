@@ -15,6 +15,9 @@ from ..devices import DEVICE_CHOICES
 
 def register(subparsers) -> None:
     """Add the ``nsn2n`` sub-command to the ``duet`` parser."""
+    from .._config import cli_help
+    from ._config import NSN2NConfig as C
+
     p = subparsers.add_parser(
         "nsn2n",
         help="denoise a volume or time-lapse from its neighbouring slices (NS-N2N)",
@@ -38,24 +41,21 @@ def register(subparsers) -> None:
     p.add_argument("--channel-axis", type=channel_axis_arg, default="auto", metavar="C",
                    help=CHANNEL_AXIS_HELP + "; each channel is denoised as its own stack, "
                    "one network for all")
+    # Help from the one declaration the widget's tooltips read (NSN2NConfig's fields).
     p.add_argument("--budget", default=None, metavar="SECONDS",
-                   help="training time in seconds, or 'auto' (default: by device and volume "
-                   "size; the resolved value is in the report)")
+                   help=cli_help(C, "budget", extra="Or 'auto'; the resolved value is in "
+                                 "the report."))
     p.add_argument("--iterations", type=int, default=None, metavar="N",
-                   help="exactly N training steps instead of a time budget (reproducible)")
-    p.add_argument("--width", type=int, default=None, metavar="W",
-                   help="U-Net width, feature channels of the first level (default: by "
-                   "device, 24 on a CPU, 48 on a GPU)")
+                   help=cli_help(C, "iterations"))
+    p.add_argument("--width", type=int, default=None, metavar="W", help=cli_help(C, "width"))
     p.add_argument("--context", choices=("auto", "2.5d", "blind", "2d"), default=None,
                    help="auto (default): blind for noise independent between pixels, else "
                    "2.5d; 2.5d: neighbouring slices are inputs too, split so that no target "
                    "is an input; blind: the slice itself with a blind spot plus its "
                    "neighbours; 2d: the paper's one-slice network")
     p.add_argument("--guide", choices=("gaussian", "bilateral", "nlm"), default=None,
-                   help="low-pass filter of the guide images (default gaussian; nlm as in the "
-                   "paper, slow)")
-    p.add_argument("--tau", type=float, default=None,
-                   help="matching threshold on normalised guide differences (default: automatic)")
+                   help=cli_help(C, "guide"))
+    p.add_argument("--tau", type=float, default=None, help=cli_help(C, "tau"))
     p.add_argument("--save-model", metavar="M", default=None,
                    help="write the trained model to this file (.duet)")
     p.add_argument("--model", metavar="M", default=None,
@@ -76,7 +76,7 @@ def register(subparsers) -> None:
                    help="one prediction per slice: faster, no uncertainty map")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="where to compute (default auto: CUDA, MPS, else CPU)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help=cli_help(C, "seed"))
     add_run_options(p)
     # Under torchrun every rank runs the command; only rank 0 logs and writes.
     p.set_defaults(func=lambda args: ddp.run_command(run, args), distributed=True)

@@ -50,6 +50,13 @@ class DenoiseResult:
     denoised: np.ndarray
     uncertainty: np.ndarray | None
 
+    def save(self, folder, **kwargs) -> list:
+        """Write denoised.tif, uncertainty.tif and report.json into ``folder``
+        (:func:`._save.save_result`)."""
+        from ._save import save_result
+
+        return save_result(self, folder, **kwargs)
+
 
 @dataclass(kw_only=True)
 class DenoiseProgress(Progress):

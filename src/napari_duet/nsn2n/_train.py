@@ -60,6 +60,8 @@ class NSN2NProgress(Progress):
     matched_fraction: float = float("nan")
     preview: np.ndarray | None = None
     preview_index: int = 0
+    #: The model in training (``"train"`` stage): what a Cancel keeps (its weights so far).
+    model: Any = None
 
     @property
     def fraction(self) -> float | None:
@@ -89,6 +91,13 @@ class TrainResult:
     pair_fractions: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     pairs: list[dict] = field(default_factory=list)
+
+    def save(self, folder, **kwargs) -> list:
+        """Write denoised.tif, uncertainty.tif, model.duet and report.json into ``folder``
+        (:func:`._save.save_result`)."""
+        from ._save import save_result
+
+        return save_result(self, folder, **kwargs)
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, final losses, diagnostics, versions."""
@@ -418,7 +427,7 @@ def iter_train(
         yield NSN2NProgress(stage="train", done=it, total=n_iter, elapsed=time.perf_counter()
                             - t_start, eta=eta, losses=losses, iteration=it, iterations=n_iter,
                             matched_fraction=matched, preview=preview,
-                            preview_index=preview_index)
+                            preview_index=preview_index, model=model)
     net.eval()
     t_den = time.perf_counter()
     model.info = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import ConfigError, EngineConfig
+from .._config import ConfigError, EngineConfig, param
 
 EXPERT_CHOICES = ("cnn", "linear", "constant")
 INIT_CHOICES = ("auto", "threshold", "otsu")
@@ -185,15 +185,40 @@ class Self2SegConfig(EngineConfig):
         setting on other devices.
     """
 
-    n_classes: int = 2
-    lam: float | None = None
+    n_classes: int = param(
+        2, label="classes",
+        help="Number of regions to separate: 2 = objects and background; more for several "
+             "kinds of region (one seed role each).",
+        lo=2, hi=16)
+    lam: float | None = param(
+        None, label="border smoothness λ",
+        help="How smooth region borders are, as a multiple of a scale measured on the image: 2"
+             " = twice as smooth (fewer, rounder objects), 0.5 = follows finer detail. Lower "
+             "it if small objects vanish; raise it if the mask is speckled.",
+        auto="1 × the measured scale", example="--lam 0.5")
     lam_scale: float = 1.0
     lam_noise: float = 3.0
-    experts: str = "cnn"
-    max_alternations: int = 4
-    expert_width: int = 16
+    experts: str = param(
+        "cnn", label="region denoiser",
+        help="How each region is modelled and denoised: cnn = a small self-supervised network "
+             "(Noise2Fast-style; best, slowest); linear = a linear filter; constant = one "
+             "intensity per region (classic Chan-Vese; fastest).",
+        choices=("cnn", "linear", "constant"))
+    max_alternations: int = param(
+        4, label="max alternations",
+        help="Most rounds of (train the region denoisers, update the mask); a run stops "
+             "earlier when the mask stops changing.",
+        lo=1, example="--max-alternations 6")
+    expert_width: int = param(
+        16, label="network width",
+        help="Feature channels of the cnn region denoisers; wider is slower and rarely better.",
+        lo=1)
     expert_depth: int = 5
-    expert_steps: int = 200
+    expert_steps: int = param(
+        200, label="training steps",
+        help="Training steps of a fresh cnn region denoiser (later alternations continue with "
+             "fewer). More steps denoise better and take longer.",
+        lo=1, example="--expert-steps 400")
     expert_steps_warm: int = 60
     shared_pretrain: bool | None = None
     ensemble_shared: bool = True
@@ -216,15 +241,33 @@ class Self2SegConfig(EngineConfig):
     init_sigma: float = 2.0
     init_snr: float = 6.0
     init_noise_floor: float = 3.0
-    invert: bool = False
+    invert: bool = param(
+        False, label="dark objects",
+        help="Automatic start (no seeds) only: the darker region is the foreground (dark "
+             "objects on a bright background).")
     warmup_constant: bool = True
     local_energy: bool | None = None
-    noise_model: str = "auto"
+    noise_model: str = param(
+        "auto", label="noise", choices=NOISE_CHOICES,
+        help="What kind of noise the image has. Raw camera images have photon noise that "
+             "grows with the brightness: poisson-gaussian fits the camera's gain and offset "
+             "and works on a variance-stabilised image; gaussian treats the noise as the "
+             "same everywhere.",
+        auto="poisson-gaussian when the fitted noise clearly grows with the signal, else "
+             "gaussian")
     solver_tol: float = 1e-4
     solver_max_iter: int = 500
-    device: str = "auto"
-    seed: int = 0
-    threads: int | None = None
+    device: str = param(
+        "auto", label="device",
+        help="Where the cnn region denoisers run: auto uses a GPU (CUDA or Apple MPS) when "
+             "there is one, else the CPU.")
+    seed: int = param(
+        0, label="random seed",
+        help="Seed of every random choice: the same seed and settings give the same result on "
+             "a CPU.")
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run.",
+        auto="1 on a CPU, the fastest for these small networks")
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads")
     LABEL: ClassVar[str] = "Self2Seg"

@@ -130,6 +130,7 @@ class Self2SegResult:
     mu: float = 0.0
     scale: float = float("nan")
     history: list[dict] = field(default_factory=list)
+    checks: dict = field(default_factory=dict)  # _checks.ResultCheck.to_dict(): warnings, hints
     filter_size: int = 0
     noise_sigma: float = float("nan")
     local_energy: bool = False
@@ -171,6 +172,7 @@ class Self2SegResult:
             "energies": [float(e) for e in self.energies],
             "alternations": int(self.alternations),
             "stop_reason": self.stop_reason,
+            "checks": self.checks,
             "class_fractions": [float(c) / self.labels.size for c in counts],
             "history": self.history,
             "timings": {k: (float(v) if np.isscalar(v) else v) for k, v in self.timings.items()},
@@ -747,6 +749,15 @@ def _finish(run: _Run) -> Self2SegResult:
     run.timings["total"] = time.perf_counter() - run.t_start
     final = _state_of(run, run.energies[-1], run.timings["total"])
     cfg = run.cfg
+    # Say when the result contradicts the seeds or collapsed (it is not an error).
+    from ._checks import check_result
+
+    checks = check_result(
+        final.labels, run.seeds, cfg.n_classes, grey=run.f.mean(axis=0),
+        auto=None if run.seeds is not None else np.argmax(np.stack(run.init_masks), 0),
+        init={"method": cfg.init, "sigma": cfg.init_sigma, "invert": cfg.invert,
+              "noise_floor": cfg.init_noise_floor}, stop_reason=run.stop_reason,
+        alternations=run.it, max_alternations=cfg.max_alternations).to_dict()
     return Self2SegResult(
         labels=final.labels, u=final.u, experts=final.experts, denoised=final.denoised,
         energies=list(run.energies), alternations=run.it, stop_reason=run.stop_reason,
@@ -754,7 +765,7 @@ def _finish(run: _Run) -> Self2SegResult:
         image_dtype=run.image_dtype, lam=float(run.lam), mu=float(run.mu),
         scale=float(run.scale), history=run.history, filter_size=int(cfg.filter_size),
         noise_sigma=float(run.sigma_n), local_energy=bool(cfg.local_energy),
-        shared_pretrain=bool(cfg.shared_pretrain), noise=dict(run.noise),
+        shared_pretrain=bool(cfg.shared_pretrain), noise=dict(run.noise), checks=checks,
     )
 
 
