@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -234,32 +235,190 @@ def remove_stale_outputs(folder: str | os.PathLike, *, names: Iterable[str] = ()
     return removed
 
 
+def _umask() -> int:
+    """The process umask, without changing it where the OS reports it (Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # brief swap elsewhere; the value is restored at once
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder tree at ``path`` (never following a link)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed to it when the block completes.
+    """A new, private temporary file beside ``path``, renamed to it when the block completes.
 
-    The temporary name ends with the destination's name (format detection by
-    extension still works) and starts with a dot.  On any exception, including
+    The file is created by :func:`tempfile.mkstemp` (``O_CREAT | O_EXCL``, an
+    unpredictable name, mode 0600 until renamed), so nobody can plant a
+    symlink at its name beforehand and have the result written through it onto
+    another file.  Its name starts with ``.partial-`` and ends with the
+    destination's name (format detection by extension still works); writers
+    open it by name and overwrite it.  On success it gets the mode of any new
+    file (umask) and replaces ``path``.  On any exception, including
     KeyboardInterrupt, the temporary file is removed and ``path`` is untouched;
     an OSError names ``path``, not the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    fd, name = tempfile.mkstemp(prefix=".partial-", suffix=f"-{path.name}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            if tmp.is_dir() and not tmp.is_symlink():
-                import shutil
-
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+            _remove(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             raise OSError(exc.errno, exc.strerror or _reason(exc), str(path)) from exc
         raise
+
+
+def replace_tree(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Put the complete folder (or zarr store) ``staged`` at ``path``, replacing what is there.
+
+    The previous ``path`` is moved aside under a fresh private name first and
+    removed only once ``staged`` is in place, so at any moment one of the two
+    complete results exists (and, after a kill between the two renames, the old
+    one survives under ``.partial-old-*`` beside it).
+    """
+    staged, path = Path(staged), Path(path)
+    aside = None
+    if path.exists() or path.is_symlink():
+        aside = Path(tempfile.mkdtemp(prefix=f".partial-old-{path.name}-", dir=path.parent))
+        os.replace(path, aside / "old")
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        if aside is not None and not path.exists():
+            os.replace(aside / "old", path)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        _remove(aside)
+    return path
+
+
+# ---------------------------------------------------------------------- result sets
+MANIFEST_KEY = "manifest"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ResultSet:
+    """Files of one run written into a folder as a set, its JSON report last as the manifest.
+
+    Use as a context manager: write every file at :meth:`path` (a private
+    staging folder inside ``folder``), the report at :meth:`path` of
+    ``report``.  When the block completes, the earlier report is removed
+    first, then the earlier run's files that this run does not write
+    (``names``/``pattern``, as :func:`remove_stale_outputs`), then the new
+    files are renamed into ``folder``, and the report goes in last with a
+    ``"manifest"`` entry: the size and SHA-256 of exactly the files of this
+    run.  So a report in the folder always describes a complete set
+    (:func:`verify_result_set` checks it), and an interruption at any point
+    leaves either the earlier complete set or no report.  On an exception the
+    staging folder is removed and ``folder`` is untouched.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, report: str = "report.json",
+                 names: Iterable[str] = (), pattern: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.report = report
+        self.names = tuple(names)
+        self.pattern = pattern
+        self.staging: Path | None = None
+
+    def __enter__(self) -> ResultSet:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=".partial-set-", dir=self.folder))
+        return self
+
+    def path(self, name: str) -> Path:
+        """Where to write the file ``name`` of the set (inside the staging folder)."""
+        if self.staging is None:
+            raise RuntimeError("ResultSet.path outside its with block")
+        if Path(name).name != name:
+            raise ValueError(f"a result set holds plain file names, got {name!r}")
+        return self.staging / name
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        staging, self.staging = self.staging, None
+        if staging is None:
+            return
+        try:
+            if exc_type is None:
+                self._commit(staging)
+        finally:
+            _remove(staging)
+
+    def _commit(self, staging: Path) -> None:
+        report_tmp = staging / self.report
+        if not report_tmp.is_file():
+            raise RuntimeError(f"result set without its report {self.report}")
+        files = sorted(p.name for p in staging.iterdir()
+                       if p.is_file() and p.name != self.report)
+        manifest = {n: {"bytes": (staging / n).stat().st_size,
+                        "sha256": _file_digest(staging / n)} for n in files}
+        report = json.loads(report_tmp.read_text())
+        report[MANIFEST_KEY] = manifest
+        report_tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        # From here the folder holds no report until the new set is complete.
+        (self.folder / self.report).unlink(missing_ok=True)
+        remove_stale_outputs(self.folder, names=self.names, pattern=self.pattern,
+                             keep=[*files, self.report])
+        for name in files:
+            os.replace(staging / name, self.folder / name)
+        os.chmod(report_tmp, 0o666 & ~_umask())
+        os.replace(report_tmp, self.folder / self.report)
+
+
+def verify_result_set(folder: str | os.PathLike, report: str = "report.json", *,
+                      digest: bool = True) -> dict[str, Any]:
+    """The report of the complete result set in ``folder``; DuetInputError otherwise.
+
+    Trusts the files only when the report exists and every file its manifest
+    lists is there with its size (and, with ``digest``, its SHA-256).
+    """
+    folder = Path(folder)
+    path = folder / report
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DuetInputError(f"{folder} holds no complete result ({report} is missing: "
+                             "the run that wrote it was interrupted)") from None
+    except (OSError, ValueError) as exc:
+        raise DuetInputError(f"cannot read {path}: {_reason(exc)}") from None
+    manifest = data.get(MANIFEST_KEY) if isinstance(data, dict) else None
+    if not isinstance(manifest, dict):
+        raise DuetInputError(f"{path} lists no files ({MANIFEST_KEY!r} is missing)")
+    for name, entry in manifest.items():
+        f = folder / name
+        if not f.is_file() or f.stat().st_size != entry.get("bytes") or (
+                digest and _file_digest(f) != entry.get("sha256")):
+            raise DuetInputError(f"{f} is not the file {report} lists: the folder mixes runs")
+    return data
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, *,
@@ -340,6 +499,44 @@ def _jsonable(value: Any):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------- fingerprints
+def content_fingerprint(array, *, axis: int = 0, samples: int = 16,
+                        leaf_bytes: int = 4 << 20) -> str:
+    """SHA-256 of an array's shape, dtype and a fixed sample of its values (cheap, lazy).
+
+    Reads ``samples`` evenly spaced indices (first and last included) along
+    ``axis``, then fewer along each remaining axis in order, until a piece is at most
+    ``leaf_bytes``: a few MiB of any volume, so two inputs of the same name and
+    shape but other data are told apart without reading everything.  This is
+    what every resume and checkpoint compares to decide "same input".
+    """
+    shape = tuple(int(s) for s in array.shape)
+    dtype = np.dtype(array.dtype)
+    h = hashlib.sha256(f"{shape}|{dtype.str}".encode())
+    if not shape:
+        h.update(np.ascontiguousarray(np.asarray(array[()])).tobytes())
+        return h.hexdigest()
+    axis = axis % len(shape)
+    order = [axis] + [a for a in range(len(shape)) if a != axis]
+
+    def visit(fixed: dict[int, int]) -> None:
+        rest = [a for a in order if a not in fixed]
+        size = int(np.prod([shape[a] for a in rest], dtype=np.int64)) * dtype.itemsize
+        if size <= leaf_bytes or len(rest) == 1:
+            sel = tuple(fixed.get(a, slice(None)) for a in range(len(shape)))
+            h.update(np.ascontiguousarray(np.asarray(array[sel])).tobytes())
+            return
+        a = rest[0]
+        # Fewer indices deeper down: a few hundred pieces at most, whatever the rank.
+        k = max(2, samples // 4 ** len(fixed))
+        for i in sorted({int(round(v)) for v in np.linspace(0, shape[a] - 1,
+                                                            min(shape[a], k))}):
+            visit({**fixed, a: i})
+
+    visit({})
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- large images
@@ -629,7 +826,11 @@ def create_ome_zarr(path: str | os.PathLike, shape: tuple[int, ...], dtype, meta
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(path), mode="w", zarr_format=3 if version == "0.5" else 2)
+        if path.exists() or path.is_symlink():
+            # Never deleted here: a chunked run builds its store beside the earlier
+            # result and swaps it in only when complete (``replace_tree``).
+            raise DuetInputError(f"{path} exists: remove it or choose another output")
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3 if version == "0.5" else 2)
         kwargs: dict[str, Any] = {}
         if version == "0.5":
             kwargs["dimension_names"] = list(meta.axes)
@@ -763,12 +964,12 @@ def write_ome_zarr(path: str | os.PathLike, array, meta: ImageMeta | None = None
     """
     meta = meta or ImageMeta.default(len(array.shape))
     path = Path(path)
-    # Written beside the target and renamed when complete, so an interrupted run
-    # (Ctrl-C, full disk) never leaves a half-written store under the result's name
-    # and an earlier result stays intact until the new one is whole.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Written beside the target (a fresh private folder) and swapped in when complete,
+    # so an interrupted run (Ctrl-C, full disk) never leaves a half-written store under
+    # the result's name and an earlier result stays intact until the new one is whole.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".partial-{path.name}-", dir=path.parent))
+    tmp = staging / path.name
     try:
         dst = create_ome_zarr(tmp, tuple(array.shape), array.dtype, meta, chunks=chunks,
                               version=version)
@@ -779,18 +980,9 @@ def write_ome_zarr(path: str | os.PathLike, array, meta: ImageMeta | None = None
             for b0 in range(0, array.shape[0], step):
                 dst[b0:b0 + step] = np.asarray(array[b0:b0 + step])
         build_pyramid(tmp, levels)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            old.rename(path)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+        replace_tree(tmp, path)
+    finally:
+        _remove(staging)
     return path
 
 

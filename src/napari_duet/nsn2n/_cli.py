@@ -194,11 +194,11 @@ def run(args: argparse.Namespace) -> int:
                ("--save-model", args.save_model),
                ("--log-json", getattr(args, "log_json", None))]
     if chunked:
-        from ._chunked_cli import _store_for
+        from .._chunks import staging_path
 
-        # A TIFF output is staged in an OME-Zarr store beside it.
-        outputs += [("-o", _store_for(Path(p))) for p in (args.output, args.uncertainty)
-                    if p is not None and not is_zarr_path(p)]
+        # Every output is staged in an OME-Zarr store beside it.
+        outputs += [("-o", staging_path(p)) for p in (args.output, args.uncertainty)
+                    if p is not None]
     check_outputs([args.volume, args.model], outputs)
     if chunked:
         from ._chunked_cli import run_chunked
