@@ -399,10 +399,10 @@ def _predict(args) -> int:
     import numpy as np
 
     from .._io import (
+        ResultSet,
         check_outputs,
         is_zarr_path,
         read_pixel_info,
-        remove_stale_outputs,
         write_json,
         write_tiff,
     )
@@ -432,16 +432,21 @@ def _predict(args) -> int:
         # the outputs add a channel or sample axis).
         pixel_info = {k: v for k, v in read_pixel_info(args.image).items() if k != "axes"}
         t0 = time.perf_counter()
-        with contextlib.ExitStack() as streamed:
+        two = model.n_channels == 2
+        with_samples = args.samples > 1
+        # The files are one set: written into a staging folder, moved in together, the
+        # report (listing exactly this run's files) last; see ResultSet.
+        results = ResultSet(out, names=_PREDICT_FILES)
+        with results, contextlib.ExitStack() as streamed:
             # The samples go straight into samples.tif (memory-mapped, renamed when
             # complete): they would take N times the outputs' memory.
             sink = None
-            if args.samples > 1:
-                sink = _samples_file(streamed, out / "samples.tif", img.shape,
+            if with_samples:
+                sink = _samples_file(streamed, results.path("samples.tif"), img.shape,
                                      (args.samples, model.n_channels), pixel_info)
             gen = model.iter_predict(img, samples=args.samples, tile=args.tile,
                                      batch_size=args.batch_size,
-                                     return_samples=args.samples > 1,
+                                     return_samples=with_samples,
                                      calibration=args.calibration, seed=args.seed,
                                      samples_out=sink)
             res = run_to_end(gen, bar)
@@ -450,41 +455,36 @@ def _predict(args) -> int:
                 sink.flush()
                 samples_shape = list(sink.shape)
                 res.samples = sink = None  # unmapped before the file is renamed
-    threads = bar.threads
-    stack = res.mean.ndim == 4  # (C, T, Y, X)
-    files = {}
-    two = model.n_channels == 2
-    with_samples = args.samples > 1
-    remove_stale_outputs(out, names=_PREDICT_FILES, keep=[
-        "mmse.tif", "std.tif", "report.json",
-        *(("a.tif", "b.tif", "std_a.tif", "std_b.tif") if two else ()),
-        *(("samples.tif",) if with_samples else ())])
+            streamed.close()  # samples.tif is renamed into the staging folder
+            threads = bar.threads
+            stack = res.mean.ndim == 4  # (C, T, Y, X)
+            files = {}
 
-    def put(name, arr, axes=None):
-        kw = {"axes": axes} if axes else {}
-        write_tiff(out / name, np.ascontiguousarray(arr, dtype=np.float32),
-                   pixel_info=pixel_info, **kw)
-        files[name] = list(arr.shape)
+            def put(name, arr, axes=None):
+                kw = {"axes": axes} if axes else {}
+                write_tiff(results.path(name), np.ascontiguousarray(arr, dtype=np.float32),
+                           pixel_info=pixel_info, **kw)
+                files[name] = list(arr.shape)
 
-    # Channels on their own axis: (C, Y, X), or (T, C, Y, X) for a stack of frames.
-    put("mmse.tif", np.moveaxis(res.mean, 0, 1) if stack else res.mean,
-        "TCYX" if stack else "CYX")
-    put("std.tif", np.moveaxis(res.std, 0, 1) if stack else res.std,
-        "TCYX" if stack else "CYX")
-    if two:
-        put("a.tif", res.mean[0])
-        put("b.tif", res.mean[1])
-        put("std_a.tif", res.std[0])
-        put("std_b.tif", res.std[1])
-    if with_samples:
-        files["samples.tif"] = samples_shape  # written while predicting
-    report = res.report()
-    report["files"] = files
-    report.update(image=str(args.image), model=str(args.model), seconds=seconds,
-                  threads=threads,
-                  megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
-                  model_metadata=model.metadata())
-    write_json(out / "report.json", report)
+            # Channels on their own axis: (C, Y, X), or (T, C, Y, X) for a stack of frames.
+            put("mmse.tif", np.moveaxis(res.mean, 0, 1) if stack else res.mean,
+                "TCYX" if stack else "CYX")
+            put("std.tif", np.moveaxis(res.std, 0, 1) if stack else res.std,
+                "TCYX" if stack else "CYX")
+            if two:
+                put("a.tif", res.mean[0])
+                put("b.tif", res.mean[1])
+                put("std_a.tif", res.std[0])
+                put("std_b.tif", res.std[1])
+            if with_samples:
+                files["samples.tif"] = samples_shape  # written while predicting
+            report = res.report()
+            report["files"] = files
+            report.update(image=str(args.image), model=str(args.model), seconds=seconds,
+                          threads=threads,
+                          megapixels_per_second=float(np.prod(img.shape)) / 1e6
+                          / max(seconds, 1e-9), model_metadata=model.metadata())
+            write_json(results.path("report.json"), report)
     print(f"wrote {out}")
     return 0
 

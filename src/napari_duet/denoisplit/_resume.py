@@ -37,12 +37,22 @@ class ResumeState:
     tensors: dict[str, Any] = field(default_factory=dict)  # resume.* tensors
 
 
-def run_identity(cfg, tc, data_shape, names) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: network, recipe, data, channels."""
+def run_identity(cfg, tc, data_shape, names, data=None) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: network, recipe, data, channels.
+
+    ``data`` (the prepared :class:`~._data.SplitData`): a sampled fingerprint of the
+    training and validation frames (:func:`~napari_duet._io.content_fingerprint`), so
+    a checkpoint never goes on with other data of the same shape.
+    """
+    from .._io import content_fingerprint
+
     recipe = {k: v for k, v in tc.model_dict().items() if k not in ("epochs", "max_minutes",
                                                                      "calibrate")}
-    return {"config": cfg.model_dict(), "train_config": recipe,
-            "data_shape": [int(s) for s in data_shape], "channel_names": list(names)}
+    run = {"config": cfg.model_dict(), "train_config": recipe,
+           "data_shape": [int(s) for s in data_shape], "channel_names": list(names)}
+    if data is not None:
+        run["data_sha256"] = content_fingerprint(data.train) + content_fingerprint(data.val)
+    return run
 
 
 def _finite_or_none(v: float | None) -> float | None:

@@ -425,7 +425,7 @@ def _resume(run: _Training) -> None:
     from ._resume import restore, run_identity
 
     tc = run.tc
-    run.run_id = run_identity(run.cfg, tc, run.data.shape, run.names)
+    run.run_id = run_identity(run.cfg, tc, run.data.shape, run.names, run.data)
     state = _resumable(tc, run.run_id)
     if state is None:
         return

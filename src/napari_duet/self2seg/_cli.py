@@ -89,12 +89,12 @@ def _output_names(n_classes: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from .._chunks import report_path
     from .._io import (
+        ResultSet,
         check_outputs,
         is_zarr_path,
         open_image,
         read_image,
         read_pixel_info,
-        remove_stale_outputs,
         write_json,
         write_tiff,
     )
@@ -180,21 +180,23 @@ def run(args: argparse.Namespace) -> int:
             res = self2seg(image, regions, cfg, callback=progress)
             summary = f"stopped after {res.alternations} alternation(s) ({res.stop_reason})"
         bar.finish()
-        # A reused folder: expert files of an earlier run with more classes would stay.
-        remove_stale_outputs(out, pattern=r"expert_\d+\.tif",
-                             keep=_output_names(res.experts.shape[0]))
-        write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
-        write_tiff(out / "denoised.tif", res.denoised.astype(np.float32), pixel_info=pixel_info)
-        for k in range(res.experts.shape[0]):
-            write_tiff(out / f"expert_{k}.tif", res.experts[k].astype(np.float32),
+        # One set: staged, moved in together, the report (listing exactly these files)
+        # last; expert files of an earlier run with more classes are removed.
+        with ResultSet(out, pattern=r"expert_\d+\.tif") as results:
+            write_tiff(results.path("mask.tif"), res.labels.astype(np.uint8),
                        pixel_info=pixel_info)
-        report = res.report()
-        report["input"] = str(args.image)
-        report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
-        report["regions"] = None if args.regions is None else str(args.regions)
-        if pixel_info:
-            report["pixel_info"] = pixel_info
-        write_json(out / "report.json", report)
+            write_tiff(results.path("denoised.tif"), res.denoised.astype(np.float32),
+                       pixel_info=pixel_info)
+            for k in range(res.experts.shape[0]):
+                write_tiff(results.path(f"expert_{k}.tif"), res.experts[k].astype(np.float32),
+                           pixel_info=pixel_info)
+            report = res.report()
+            report["input"] = str(args.image)
+            report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
+            report["regions"] = None if args.regions is None else str(args.regions)
+            if pixel_info:
+                report["pixel_info"] = pixel_info
+            write_json(results.path("report.json"), report)
         if not args.quiet:
             bar.write(f"{summary}; wrote {out}/mask.tif, denoised.tif, expert_*.tif, "
                       "report.json")

@@ -1,0 +1,311 @@
+"""Issue 23: nothing lost, nothing trusted blindly.
+
+Each test holds one concrete trigger from the issue: an earlier result that a
+failed run destroyed, a resume that mixed two inputs, a result set left half
+replaced, a temporary name that could be hijacked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_duet._chunks import staging_path
+from napari_duet._io import (
+    ImageMeta,
+    ResultSet,
+    atomic_path,
+    open_image,
+    verify_result_set,
+    write_json,
+    write_ome_zarr,
+    write_tiff,
+)
+from napari_duet.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHAPE = (10, 32, 28)
+
+
+def _volume(shape=SHAPE, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape) * 1000 + 200).astype(np.uint16)
+
+
+def _nsn2n_model_file(path):
+    import torch
+
+    from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
+    from napari_duet.nsn2n._context import ContextNet
+
+    torch.manual_seed(0)
+    net = ContextNet(width=4, depth=2)
+    torch.nn.init.normal_(net.unet.head.weight, std=0.05)
+    NSN2NModel(net, NSN2NConfig(width=4, device="cpu", context="2.5d"), [], {},
+               device="cpu").save(path)
+    return path
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    return _nsn2n_model_file(tmp_path / "m.duet")
+
+
+def _snapshot(store) -> dict[str, bytes]:
+    """Every file of a folder tree, by relative path."""
+    return {str(p.relative_to(store)): p.read_bytes()
+            for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------- 1. chunked store
+def test_failed_chunked_run_keeps_the_previous_store(tmp_path, model_file, capsys):
+    """Trigger: a good run into prev.ome.zarr, then the same command on a volume with a
+    NaN exits 2; the earlier store must be left byte for byte, and no staging behind."""
+    good, bad = tmp_path / "vol1.zarr", tmp_path / "vol2.zarr"
+    zarr.save_array(str(good), _volume().astype(np.float32))
+    nan = _volume(seed=1).astype(np.float32)
+    nan[7, 3, 3] = np.nan  # found in the statistics pass, after the store was opened
+    zarr.save_array(str(bad), nan)
+    out = tmp_path / "prev.ome.zarr"
+    args = ["-o", str(out), "--model", str(model_file), "-q", "--device", "cpu", "--no-tta",
+            "--slab", "4"]
+    assert main(["nsn2n", str(good), *args]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["nsn2n", str(bad), *args]) == 2
+    assert "NaN" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert not staging_path(out).exists()
+
+
+def test_self2seg_chunked_run_replaces_the_store_only_when_complete(tmp_path, monkeypatch):
+    """An interrupted self2seg run into an existing store leaves that store whole."""
+    import napari_duet.self2seg._engine as engine
+    from napari_duet.synthetic import synthetic_nuclei
+
+    stack = np.stack([synthetic_nuclei((32, 32), seed=s).noisy for s in range(3)])
+    src = tmp_path / "s.ome.zarr"
+    write_ome_zarr(src, stack, ImageMeta.default(3), levels=1)
+    out = tmp_path / "seg.ome.zarr"
+    args = ["self2seg", str(src), "-o", str(out), "--experts", "constant",
+            "--max-alternations", "1", "-q"]
+    assert main(args) == 0
+    before = _snapshot(out)
+    original, calls = engine.self2seg, [0]
+
+    def dying(*a, **k):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(engine, "self2seg", dying)
+    assert main([*args, "--max-alternations", "2"]) == 130
+    assert _snapshot(out) == before
+    assert staging_path(out).is_dir()  # kept for --resume
+
+
+# ---------------------------------------------------------------------- 2. resume identity
+def test_resume_refuses_an_input_replaced_by_other_data_of_the_same_shape(
+        tmp_path, model_file, monkeypatch, capsys):
+    """Trigger: an interrupted run, the input replaced by other data of the same name,
+    shape and dtype, then --resume: it must refuse (exit 2), not mix the two."""
+    from napari_duet.nsn2n import NSN2NModel
+
+    src = tmp_path / "vol.zarr"
+    zarr.save_array(str(src), _volume())
+    out = tmp_path / "out.ome.zarr"
+    args = ["nsn2n", str(src), "-o", str(out), "--model", str(model_file), "-q",
+            "--device", "cpu", "--no-tta", "--slab", "2"]
+    original, calls = NSN2NModel.predict_stack_slice, [0]
+
+    def dying(self, *a, **k):
+        calls[0] += 1
+        if calls[0] > 4:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(NSN2NModel, "predict_stack_slice", dying)
+    assert main(args) == 130
+    monkeypatch.setattr(NSN2NModel, "predict_stack_slice", original)
+    shutil.rmtree(src)
+    zarr.save_array(str(src), _volume(seed=5))  # same path, shape and dtype
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "not an interrupted run of this input" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_split_checkpoint_refuses_other_training_data_of_the_same_shape():
+    from napari_duet import DuetInputError
+    from napari_duet.denoisplit import SplitConfig, TrainConfig, iter_train
+    from napari_duet.denoisplit._synthetic import synthetic_split
+
+    d = synthetic_split((40, 40), seed=0)
+    other = synthetic_split((40, 40), seed=1)
+    cfg = SplitConfig(n_levels=2, z_dims=4, filters=8)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "run.duet")
+        tc = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=16,
+                         device="cpu", likelihood="gaussian", kl="musplit", log_every=1,
+                         calibrate=False, checkpoint_path=ckpt, resume=True)
+        for _ in iter_train(d.noisy_a, d.noisy_b, cfg, tc):
+            pass
+        with pytest.raises(DuetInputError, match="another run .*data_sha256"):
+            next(iter_train(other.noisy_a, other.noisy_b, cfg, tc))
+        for _ in iter_train(d.noisy_a, d.noisy_b, cfg, tc):  # the same data: resumes
+            pass
+
+
+# ---------------------------------------------------------------------- 3. result sets
+def _split_predict_files(tmp_path):
+    import torch
+
+    from napari_duet.denoisplit import SplitConfig, SplitModel
+    from napari_duet.denoisplit._lvae import LadderVAE
+    from napari_duet.intensity import Normalizer
+
+    torch.manual_seed(0)
+    cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0)
+    model = SplitModel(LadderVAE(cfg, 16).eval(), cfg, patch_size=16,
+                       input_norm=Normalizer(0.5, 0.3),
+                       target_norms=[Normalizer(0.2, 0.1), Normalizer(0.3, 0.1)])
+    path = tmp_path / "m.duet"
+    model.save(path)
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.random.default_rng(0).random((24, 24)).astype(np.float32))
+    return path, img
+
+
+def test_interrupted_split_predict_leaves_the_earlier_complete_set(tmp_path, monkeypatch):
+    """Trigger: split predict writes mmse.tif, std.tif, a.tif... one at a time; killed
+    after the first, the folder held a new mmse.tif beside the old std.tif and report."""
+    import napari_duet._io as io
+
+    model, img = _split_predict_files(tmp_path)
+    out = tmp_path / "pred"
+    args = ["split", "predict", str(img), "--model", str(model), "-o", str(out),
+            "--samples", "2", "--device", "cpu", "-q"]
+    assert main([*args, "--seed", "0"]) == 0
+    first = verify_result_set(out)
+    assert set(first["manifest"]) == {"mmse.tif", "std.tif", "a.tif", "b.tif", "std_a.tif",
+                                      "std_b.tif", "samples.tif"}
+    before = _snapshot(out)
+    original, calls = io.write_tiff, [0]
+
+    def dying(*a, **k):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(io, "write_tiff", dying)
+    assert main([*args, "--seed", "1"]) == 130
+    assert _snapshot(out) == before  # the earlier set, whole; no staging left
+    monkeypatch.setattr(io, "write_tiff", original)
+    assert main([*args, "--seed", "1"]) == 0
+    second = verify_result_set(out)
+    assert second["manifest"]["mmse.tif"] != first["manifest"]["mmse.tif"]
+
+
+def test_result_set_killed_while_moving_in_leaves_no_trusted_report(tmp_path, monkeypatch):
+    """Between the renames of the set's files the folder holds no report: a reader
+    (verify_result_set) never takes a mixed folder for a result."""
+    from napari_duet import DuetInputError
+
+    out = tmp_path / "res"
+
+    def write_set(version: int) -> None:
+        with ResultSet(out) as rs:
+            write_tiff(rs.path("a.tif"), np.full((4, 4), version, np.float32))
+            write_tiff(rs.path("b.tif"), np.full((4, 4), version, np.float32))
+            write_json(rs.path("report.json"), {"version": version})
+
+    write_set(1)
+    assert verify_result_set(out)["version"] == 1
+    real = os.replace
+
+    def dying(a, b):
+        if Path(b) == out / "b.tif":  # the commit, after a.tif was moved in
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", dying)
+    with pytest.raises(KeyboardInterrupt):
+        write_set(2)
+    monkeypatch.setattr(os, "replace", real)
+    with pytest.raises(DuetInputError, match="no complete result"):
+        verify_result_set(out)
+    assert not list(out.glob(".partial-*"))
+    write_set(3)
+    assert verify_result_set(out)["version"] == 3
+
+
+def test_self2seg_report_lists_exactly_its_files(tmp_path):
+    from napari_duet.synthetic import synthetic_nuclei
+
+    img = tmp_path / "n.tif"
+    tifffile.imwrite(img, synthetic_nuclei((32, 32), seed=0).noisy)
+    out = tmp_path / "seg"
+    assert main(["self2seg", str(img), "-o", str(out), "--experts", "constant",
+                 "--max-alternations", "1", "-q"]) == 0
+    rep = verify_result_set(out)
+    assert set(rep["manifest"]) == {"mask.tif", "denoised.tif", "expert_0.tif",
+                                    "expert_1.tif"}
+    (out / "denoised.tif").write_bytes(b"other run")
+    from napari_duet import DuetInputError
+
+    with pytest.raises(DuetInputError, match="mixes runs"):
+        verify_result_set(out)
+
+
+# ---------------------------------------------------------------------- 6. temp names
+def test_atomic_writers_never_write_through_a_planted_symlink(tmp_path):
+    """Trigger: a symlink planted at the old predictable temporary name
+    ``.partial-{pid}-{name}`` got the TIFF written through it, onto another file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "shared"
+    out.mkdir()
+    for name in ("den.tif", "den.json"):
+        (out / f".partial-{os.getpid()}-{name}").symlink_to(victim)
+    write_tiff(out / "den.tif", np.ones((4, 4), np.float32))
+    write_json(out / "den.json", {"a": 1})
+    assert victim.read_text() == "precious"
+    assert tifffile.imread(out / "den.tif").shape == (4, 4)
+    assert json.loads((out / "den.json").read_text()) == {"a": 1}
+    # Fresh, unpredictable names, created exclusively; mode as any new file.
+    with atomic_path(out / "x.tif") as t1, atomic_path(out / "x.tif") as t2:
+        assert t1 != t2 and t1.is_file() and not t1.is_symlink()
+        assert str(os.getpid()) not in t1.name.replace("x.tif", "")
+        t1.write_bytes(b"1")
+        t2.write_bytes(b"2")
+    assert (out / "x.tif").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_write_ome_zarr_staging_is_not_predictable(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    out = tmp_path / "v.ome.zarr"
+    for name in (f".{out.name}.tmp-{os.getpid()}", f".{out.name}.old-{os.getpid()}"):
+        (tmp_path / name).symlink_to(target)
+    write_ome_zarr(out, _volume((3, 8, 8)), levels=1)
+    write_ome_zarr(out, _volume((3, 8, 8), seed=1), levels=1)
+    assert list(target.iterdir()) == []
+    np.testing.assert_array_equal(open_image(out)[0][...], _volume((3, 8, 8), seed=1))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
