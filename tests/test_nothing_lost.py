@@ -309,3 +309,87 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------------- 5. bioimage.io zips
+def _package(path, model_bytes: bytes, compression=None):
+    import zipfile
+
+    rdf = "type: model\nname: x\nconfig:\n  napari_duet:\n    model_file: model.duet\n"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED if compression is None else compression) as zf:
+        zf.writestr("rdf.yaml", rdf)
+        zf.writestr("model.duet", model_bytes)
+    return path
+
+
+def test_package_model_entry_is_bounded_checked_and_not_left_behind(tmp_path, model_file,
+                                                                    monkeypatch):
+    """Trigger: a 204 KB zip whose model.duet inflates to 200 MB was read whole into
+    memory, into a temporary folder never removed; a bad CRC raised BadZipFile."""
+    import tempfile
+    import zipfile
+
+    import napari_duet._bmz as bmz
+    from napari_duet import DuetInputError
+
+    good = _package(tmp_path / "good.zip", model_file.read_bytes())
+    before = set(os.listdir(tempfile.gettempdir()))
+    with bmz.package_model(good) as extracted:
+        assert extracted.read_bytes() == model_file.read_bytes()
+        folder = extracted.parent
+    assert not folder.exists()
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+
+    monkeypatch.setattr(bmz, "MAX_MODEL_BYTES", 1 << 20)
+    bomb = _package(tmp_path / "bomb.zip", bytes(8 << 20))  # 8 MiB of zeros: ~8 KiB zipped
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(DuetInputError, match="declares 8,388,608 bytes"):
+        bmz.duet_model_in_package(bomb, tmp_path / "x")
+
+    # A model entry whose stored bytes were damaged: bad CRC.
+    crc = _package(tmp_path / "crc.zip", b"A" * 4096, compression=zipfile.ZIP_STORED)
+    data = bytearray(crc.read_bytes())
+    data[data.index(b"A" * 64) + 10] ^= 0xFF
+    crc.write_bytes(bytes(data))
+    with pytest.raises(DuetInputError, match="damaged zip .*CRC"):
+        bmz.duet_model_in_package(crc, tmp_path / "y")
+    assert not list((tmp_path / "y").glob("*.duet"))
+    # A broken deflate stream (zlib.error) or a truncated file: one line as well.
+    broken = _package(tmp_path / "broken.zip", os.urandom(1 << 16) * 4)
+    data = bytearray(broken.read_bytes())
+    start = data.index(b"model.duet") + len(b"model.duet")
+    data[start + 100:start + 200] = bytes(100)
+    broken.write_bytes(bytes(data))
+    with pytest.raises(DuetInputError, match="damaged zip"):
+        bmz.duet_model_in_package(broken, tmp_path / "z")
+
+
+# ---------------------------------------------------------------------- 7. huge integers
+def test_huge_integer_in_a_model_header_is_a_one_line_error(tmp_path, capsys):
+    """Trigger: ``duet export-bmz bigint.duet`` printed a traceback and exited 1 (Python
+    refuses to convert integers of more than 4300 digits)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_duet import ModelFileError
+    from napari_duet._reader import model_kind
+    from napari_duet.noise_models import GaussianMixtureNoiseModel
+
+    big = "1" * 5000
+    for kind, field in (("nsn2n", "config"), ("noise_model", "config")):
+        path = tmp_path / f"{kind}.duet"
+        meta = {"format": "napari-duet", "format_version": "1", "kind": kind,
+                "config": "{}", "extra": "{}", "versions": "{}"}
+        meta[field] = '{"width": ' + big + "}"
+        save_file({"w": torch.zeros(1)}, str(path), metadata=meta)
+        assert model_kind(path) is None
+        capsys.readouterr()
+        assert main(["export-bmz", str(path), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "too long" in err and len(err) < 300
+    with pytest.raises(ModelFileError, match="too long"):
+        GaussianMixtureNoiseModel.load(tmp_path / "noise_model.duet")
+    meta["format_version"] = big
+    save_file({"w": torch.zeros(1)}, str(path), metadata=meta)
+    assert main(["export-bmz", str(path), "-q"]) == 2
+    assert len(capsys.readouterr().err) < 300
