@@ -316,7 +316,8 @@ def _package(path, model_bytes: bytes, compression=None):
     import zipfile
 
     rdf = "type: model\nname: x\nconfig:\n  napari_duet:\n    model_file: model.duet\n"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED if compression is None else compression) as zf:
+    method = zipfile.ZIP_DEFLATED if compression is None else compression
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
         zf.writestr("rdf.yaml", rdf)
         zf.writestr("model.duet", model_bytes)
     return path
