@@ -394,3 +394,60 @@ def test_huge_integer_in_a_model_header_is_a_one_line_error(tmp_path, capsys):
     save_file({"w": torch.zeros(1)}, str(path), metadata=meta)
     assert main(["export-bmz", str(path), "-q"]) == 2
     assert len(capsys.readouterr().err) < 300
+
+
+# ---------------------------------------------------------------------- 11. messages
+def test_corrupt_tiff_is_named_damaged_in_one_line(tmp_path, capsys):
+    """Trigger: a TIFF whose first-page offset is garbage printed a tifffile log line,
+    then "holds no usable image data (dtype float64)"."""
+    good = tmp_path / "v.tif"
+    tifffile.imwrite(good, np.random.default_rng(0).random((5, 32, 32)).astype(np.float32))
+    data = bytearray(good.read_bytes())
+    data[4:8] = b"\xff\xff\xff\x7f"
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(data))
+    trunc = tmp_path / "trunc.tif"
+    trunc.write_bytes(good.read_bytes()[: len(data) // 2])
+    for path in (bad, trunc):
+        for cmd in (["self2seg", str(path), "-o", str(tmp_path / "o")],
+                    ["nsn2n", str(path), "-o", str(tmp_path / "o.tif")]):
+            capsys.readouterr()
+            assert main([*cmd, "-q"]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is a damaged TIFF file" in err, err
+            assert "<tifffile" not in err and "dtype" not in err
+
+
+def test_five_d_input_with_too_few_slices_names_axis_options(tmp_path, capsys):
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, np.zeros((2, 3, 4, 16, 16), np.float32), photometric="minisblack")
+    assert main(["nsn2n", str(path), "-o", str(tmp_path / "o.tif"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--axis" in err and "--channel-axis" in err and "axis 1 has 3" in err
+
+
+def test_read_errors_are_not_reported_as_write_errors(tmp_path, model_file, monkeypatch,
+                                                      capsys):
+    """Trigger: a PermissionError reading --model was reported as "cannot write ...;
+    choose another output or free disk space"."""
+    import errno
+
+    import napari_duet.nsn2n._chunked_cli as chunked_cli
+
+    src = tmp_path / "vol.zarr"
+    zarr.save_array(str(src), _volume())
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(chunked_cli, "file_hash", denied)
+    assert main(["nsn2n", str(src), "-o", str(tmp_path / "o.ome.zarr"), "--model",
+                 str(model_file), "-q", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {model_file}: Permission denied" in err and "disk" not in err
+    # Writing: disk full names the output and the remedy.
+    from napari_duet.cli import os_error_message
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o.tif"))
+    assert "cannot write" in os_error_message(full) and "free disk space" in \
+        os_error_message(full)

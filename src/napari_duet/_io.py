@@ -31,23 +31,64 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DuetInputError(f"image file not found: {path}")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+    tiff = path.suffix.lower() in (".tif", ".tiff")
+    with _tiff_log() as logged:
+        try:
+            if tiff:
+                import tifffile
 
-            arr = tifffile.imread(str(path))
-        else:
-            from skimage.io import imread
+                arr = tifffile.imread(str(path))
+            else:
+                from skimage.io import imread
 
-            arr = imread(str(path))
-    except MemoryError:
-        raise  # not a bad file: the caller reports running out of memory
-    except Exception as exc:
-        raise DuetInputError(f"cannot read {path.name} as an image: {first_line(exc)}") from None
+                arr = imread(str(path))
+        except MemoryError:
+            raise  # not a bad file: the caller reports running out of memory
+        except Exception as exc:
+            if tiff:
+                raise DuetInputError(_damaged_tiff(path, logged, exc)) from None
+            raise DuetInputError(f"cannot read {path.name} as an image: "
+                                 f"{first_line(exc)}") from None
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf" or arr.size == 0:
+        if tiff and (logged or arr.size == 0):
+            raise DuetInputError(_damaged_tiff(path, logged))
         raise DuetInputError(f"{path.name} holds no usable image data (dtype {arr.dtype})")
     return arr
+
+
+@contextlib.contextmanager
+def _tiff_log() -> Iterator[list[str]]:
+    """Collect what tifffile logs while reading (a damaged file's reason) instead of
+    printing it above our own one-line error."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _damaged_tiff(path: Path, logged: list[str], exc: BaseException | None = None) -> str:
+    """One line: the TIFF is damaged, and why (tifffile's reason, without its object repr)."""
+    reason = first_line(exc) if exc is not None else ""
+    if not reason and logged:
+        reason = re.sub(r"^<[^>]*>\s*", "", logged[0])
+    reason = reason or "no image in it"
+    return (f"{path.name} is a damaged TIFF file ({reason[:100]}): the pixels cannot be "
+            "read; export it again from the source")
 
 
 def read_pixel_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -372,6 +413,10 @@ class ResultSet:
                 self._commit(staging)
         finally:
             _remove(staging)
+        if isinstance(exc, OSError) and exc.filename and staging in Path(exc.filename).parents:
+            # Name the result's path, not the staging folder's.
+            name = self.folder / Path(exc.filename).relative_to(staging)
+            raise OSError(exc.errno, exc.strerror or _reason(exc), str(name)) from exc
 
     def _commit(self, staging: Path) -> None:
         report_tmp = staging / self.report
@@ -637,15 +682,20 @@ def _open_tiff(path: Path):
 
     if not path.is_file():
         raise DuetInputError(f"image file not found: {path}")
-    try:
-        with tifffile.TiffFile(str(path)) as tif:
-            series = tif.series[0]
-            tiff_axes = str(series.axes)
-            ome_sizes = _ome_physical_sizes(tif) if tif.is_ome else {}
-        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
-        arr = zarr.open_array(store, mode="r")
-    except Exception as exc:
-        raise DuetInputError(f"cannot read {path.name} as an image: {_reason(exc)}") from None
+    with _tiff_log() as logged:
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                if not tif.series or not len(tif.pages):
+                    raise DuetInputError(_damaged_tiff(path, logged))
+                series = tif.series[0]
+                tiff_axes = str(series.axes)
+                ome_sizes = _ome_physical_sizes(tif) if tif.is_ome else {}
+            store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+            arr = zarr.open_array(store, mode="r")
+        except DuetInputError:
+            raise
+        except Exception as exc:
+            raise DuetInputError(_damaged_tiff(path, logged, exc)) from None
     axes = tuple(_TIFF_AXES.get(a, a.lower()) for a in tiff_axes)
     if len(axes) != arr.ndim or len(set(axes)) != len(axes):
         axes = ImageMeta.default(arr.ndim).axes

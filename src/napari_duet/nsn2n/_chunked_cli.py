@@ -55,16 +55,15 @@ def run_chunked(args: argparse.Namespace) -> int:
     from .._progress import run_to_end
     from .._versions import versions
     from ._chunked import auto_slab, iter_denoise_chunked
-    from ._cli import _report_path
+    from ._cli import _report_path, cli_layout
     from ._model import NSN2NModel
     from ._store import create_store
-    from ._volume import layout_for
 
     out = Path(args.output)
     source, meta = open_image(args.volume)
     if out.resolve() == Path(args.volume).resolve():
         raise DuetInputError("the output would overwrite the input: choose another -o path")
-    layout = layout_for(tuple(int(s) for s in source.shape), args.axis)
+    layout = cli_layout(tuple(int(s) for s in source.shape), args.axis)
     if args.slab is not None and args.slab < 1:
         raise DuetInputError(f"--slab must be at least 1, got {args.slab}")
     tta = not args.no_tta

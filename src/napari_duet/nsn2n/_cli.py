@@ -135,16 +135,34 @@ def _refuse_plane_channels(args: argparse.Namespace) -> None:
     channels before the plane are handled; channels the plane would take are refused."""
     from .._channels import find_channel_axis, refuse_channels, stated_axes
     from .._io import open_image
-    from ._volume import layout_for
 
     lazy, meta = open_image(args.volume)
     shape = tuple(int(n) for n in lazy.shape)
     c = find_channel_axis(shape, axes=stated_axes(args.volume, meta), given=args.channel_axis)
-    layout = layout_for(shape, args.axis)
+    layout = cli_layout(shape, args.axis, c)
     if c is not None and (c in layout.plane_axes or c == layout.axis):
         refuse_channels(Path(args.volume).name, shape, c,
                         "applying a model slab by slab needs the channels before the image "
                         "plane (e.g. C, Z, Y, X); move them, or --channel-axis none")
+
+
+def cli_layout(shape: tuple[int, ...], axis: int, channel_axis=None):
+    """:func:`~._volume.layout_for`, its "too few slices" error naming the options that
+    pick the axes (``--axis``, ``--channel-axis``) when another axis would do."""
+    from .._errors import DuetInputError
+    from ._volume import MIN_SLICES, layout_for
+
+    try:
+        return layout_for(shape, axis)
+    except DuetInputError as exc:
+        if "slices along axis" not in str(exc) or len(shape) < 3:
+            raise
+        others = [a for a in range(len(shape) - 2) if shape[a] >= MIN_SLICES
+                  and a != channel_axis]
+        which = f" (axis {others[0]} has {shape[others[0]]})" if others else ""
+        raise DuetInputError(f"{exc} in the {len(shape)}D input {tuple(shape)}: give the slice "
+                             f"axis with --axis{which} and a channel axis with --channel-axis"
+                             ) from None
 
 
 def _report_path(out: Path) -> Path:
@@ -174,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
     from ._diagnostics import noise_correlation, recommend_method, summarize_pairs
     from ._model import NSN2NModel
     from ._train import train
-    from ._volume import layout_for
 
     out = Path(args.output)
     if args.model and args.save_model:
@@ -212,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         volume, meta = read_image(args.volume), None
     in_shape = volume.shape
     volume, axis, channel_axis = _channels_first(volume, args, meta)
-    layout_for(volume.shape, axis)  # fail fast, before loading a model or training
+    cli_layout(volume.shape, axis, 0 if channel_axis is not None else None)  # fail fast
     with cli_run(args, "nsn2n") as bar:
         tta = not args.no_tta
         t0 = time.perf_counter()
