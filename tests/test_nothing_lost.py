@@ -414,7 +414,7 @@ def test_corrupt_tiff_is_named_damaged_in_one_line(tmp_path, capsys):
             capsys.readouterr()
             assert main([*cmd, "-q"]) == 2
             err = capsys.readouterr().err
-            assert err.count("\n") == 1 and "is a damaged TIFF file" in err, err
+            assert err.count("\n") == 1 and "it is a damaged TIFF file" in err, err
             assert "<tifffile" not in err and "dtype" not in err
 
 

@@ -87,8 +87,8 @@ def _damaged_tiff(path: Path, logged: list[str], exc: BaseException | None = Non
     if not reason and logged:
         reason = re.sub(r"^<[^>]*>\s*", "", logged[0])
     reason = reason or "no image in it"
-    return (f"{path.name} is a damaged TIFF file ({reason[:100]}): the pixels cannot be "
-            "read; export it again from the source")
+    return (f"cannot read {path.name}: it is a damaged TIFF file ({reason[:100]}); "
+            "export it again from the source")
 
 
 def read_pixel_info(path: str | os.PathLike) -> dict[str, Any]:
