@@ -451,3 +451,54 @@ def test_read_errors_are_not_reported_as_write_errors(tmp_path, model_file, monk
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o.tif"))
     assert "cannot write" in os_error_message(full) and "free disk space" in \
         os_error_message(full)
+
+
+# ---------------------------------------------------------------------- 8. declared sizes
+def _declared(path, shape, dtype=np.uint16):
+    """An OME-Zarr of a few KiB that declares ``shape`` (no chunk written)."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=shape, dtype=dtype, chunks=(1, 256, 256), fill_value=0)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": a, "type": "space"} for a in "zyx"], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale",
+                                                     "scale": [1.0, 1.0, 1.0]}]}]}]
+    return path
+
+
+def test_declared_sizes_are_checked_before_allocating(tmp_path, model_file, monkeypatch,
+                                                      capsys):
+    """Trigger: a 16 KiB OME-Zarr declaring a large shape was read whole (np.asarray) by
+    ``duet nsn2n`` training and ``export-bmz --test-input``; chunked runs said nothing."""
+    import argparse
+
+    import napari_duet._io as io
+    from napari_duet import DuetInputError
+    from napari_duet._export_cli import _test_volume
+
+    big = _declared(tmp_path / "big.ome.zarr", (8, 2048, 2048))  # 64 MiB declared
+    assert sum(p.stat().st_size for p in big.rglob("*") if p.is_file()) < 16 << 10
+    monkeypatch.setattr(io, "available_memory", lambda: 16 << 20, raising=False)
+    assert main(["nsn2n", str(big), "-o", str(tmp_path / "o.tif"), "-q", "--device", "cpu",
+                 "--iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "of memory" in err and "16.0 MiB is available" in err and "--model" in err
+    assert err.count("\n") == 1
+    # A TIFF that declares more than fits is refused before tifffile allocates it.
+    tif = tmp_path / "big.tif"
+    tifffile.imwrite(tif, np.zeros((4, 2048, 2048), np.uint16), compression="zlib",
+                     photometric="minisblack")
+    assert tif.stat().st_size < 1 << 20
+    with pytest.raises(DuetInputError, match="of memory.*chunk by chunk"):
+        io.read_image(tif)
+    # export-bmz reads only the centre of --test-input.
+    huge = _declared(tmp_path / "huge.ome.zarr", (4096, 1 << 16, 1 << 16))  # 32 TiB
+    vol = _test_volume(argparse.Namespace(test_input=str(huge), axis=0))
+    assert vol.shape == (8, 64, 64)
+    # A chunked run names what it will process before the first chunk.
+    monkeypatch.setattr(io, "available_memory", lambda: None, raising=False)
+    src = tmp_path / "vol.zarr"
+    zarr.save_array(str(src), _volume())
+    assert main(["nsn2n", str(src), "-o", str(tmp_path / "o.ome.zarr"), "--model",
+                 str(model_file), "--device", "cpu", "--no-tta"]) == 0
+    err = capsys.readouterr().err
+    assert f"{int(np.prod(SHAPE)):,} voxels" in err and "estimated time left" in err

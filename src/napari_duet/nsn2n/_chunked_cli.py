@@ -49,6 +49,7 @@ def run_chunked(args: argparse.Namespace) -> int:
         content_fingerprint,
         is_zarr_path,
         open_image,
+        require_memory,
         write_json,
         write_tiff_blocks,
     )
@@ -81,6 +82,12 @@ def run_chunked(args: argparse.Namespace) -> int:
                      "model_sha256": file_hash(args.model), "tta": tta,
                      "uncertainty": unc_path is not None}
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
+        # Memory is bounded by one slab (and its halo): its float32 input, guides, network
+        # activations and result, about 24 copies; it must fit even at one slice.
+        depth = (args.slab or auto_slab(plane)) + 4
+        require_memory(depth * plane * 4 * 24, f"one slab of {depth} slices of "
+                       f"{tuple(layout.shape[a] for a in layout.plane_axes)} px",
+                       "give --slab 1, or bin the planes")
         # Each output is built in a staging store beside it and put in place only when
         # complete: an earlier result survives a failed or interrupted run.
         paths = [out] + ([unc_path] if unc_path else [])

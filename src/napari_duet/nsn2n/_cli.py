@@ -176,12 +176,15 @@ def run(args: argparse.Namespace) -> int:
     from .._errors import DuetInputError
     from .._io import (
         ImageMeta,
+        array_bytes,
         check_outputs,
+        is_tiff_path,
         is_zarr_path,
         open_image,
         read_image,
         read_pixel_info,
         require_image_suffix,
+        require_memory,
         write_json,
         write_ome_zarr,
         write_tiff,
@@ -222,8 +225,17 @@ def run(args: argparse.Namespace) -> int:
 
         _refuse_plane_channels(args)
         return run_chunked(args)
-    if is_zarr_path(args.volume):
+    if is_zarr_path(args.volume) or is_tiff_path(args.volume):
+        # A few KiB of OME-Zarr or TIFF can declare any shape: the volume and the float32
+        # copies training holds (normalised, guides, result) must fit before reading.
         lazy, meta = open_image(args.volume)
+        hint = ("apply a trained model slab by slab instead (--model M.duet -o OUT.ome.zarr)"
+                if args.model else "train on a crop (fewer slices or a smaller plane), "
+                "then apply the model slab by slab (--model M.duet -o OUT.ome.zarr)")
+        require_memory(array_bytes(lazy.shape, lazy.dtype) + 16 * array_bytes(lazy.shape, "u1"),
+                       f"NS-N2N on {Path(args.volume).name} {tuple(lazy.shape)} in memory",
+                       hint)
+    if is_zarr_path(args.volume):
         volume = np.asarray(lazy[...])
     else:
         volume, meta = read_image(args.volume), None
