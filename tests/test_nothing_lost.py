@@ -502,3 +502,42 @@ def test_declared_sizes_are_checked_before_allocating(tmp_path, model_file, monk
                  str(model_file), "--device", "cpu", "--no-tta"]) == 0
     err = capsys.readouterr().err
     assert f"{int(np.prod(SHAPE)):,} voxels" in err and "estimated time left" in err
+
+
+# ---------------------------------------------------------------------- 10. dask clusters
+def _square(x):
+    return x * x
+
+
+def test_local_process_cluster_is_tls_on_loopback():
+    """Trigger: ``--scheduler processes:N`` started a LocalCluster listening without TLS;
+    anyone who reached the port could submit work (results are unpickled here)."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    from napari_duet._chunks import TaskRunner
+
+    with TaskRunner("processes:1") as runner:
+        address = runner._cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        assert runner._cluster.security.require_encryption
+        assert dict(runner.run(_square, [3])) == {3: 9}
+        # Without the run's credentials nobody connects.
+        with pytest.raises((OSError, TimeoutError, ValueError, TypeError)):
+            Client(address.replace("tls://", "tcp://"), timeout="2s")
+
+
+def test_scheduler_from_the_environment_is_said(monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    from napari_duet import DuetInputError
+    from napari_duet._chunks import TaskRunner
+
+    monkeypatch.setattr("napari_duet._chunks.CONNECT_TIMEOUT", "1s")
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
+    with pytest.raises(DuetInputError, match="cannot reach"), TaskRunner():
+        pass
+    err = capsys.readouterr().err
+    assert "from $DASK_SCHEDULER_ADDRESS" in err and "--scheduler local" in err
+    with pytest.raises(DuetInputError), TaskRunner("tcp://127.0.0.1:9"):
+        pass
+    assert "DASK_SCHEDULER_ADDRESS" not in capsys.readouterr().err

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -272,6 +273,8 @@ class TaskRunner:
     """
 
     def __init__(self, scheduler: str | None = None) -> None:
+        # True when the environment, not the command line, chose the scheduler.
+        self.from_env = scheduler is None and bool(os.environ.get(SCHEDULER_ENV))
         if scheduler is None:
             scheduler = os.environ.get(SCHEDULER_ENV) or None
         self.scheduler = None if scheduler in (None, "", "local") else str(scheduler)
@@ -298,10 +301,18 @@ class TaskRunner:
                 workers = 0
             if workers < 1:
                 raise DuetInputError(f"--scheduler {self.scheduler}: give {kind}:N with N >= 1")
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                         processes=kind == "processes", dashboard_address=None)
+            self._cluster = _local_cluster(LocalCluster, workers, kind == "processes")
             self.client = Client(self._cluster)
         else:
+            if self.from_env:
+                # The help says runs stay in this process by default: say why not.
+                print(f"duet: running the tasks on the dask scheduler {self.scheduler} "
+                      f"(from ${SCHEDULER_ENV}; --scheduler local runs them here)",
+                      file=sys.stderr)
+            if self.scheduler.startswith("tcp://") and not _loopback(self.scheduler):
+                print(f"duet: {self.scheduler} is neither encrypted nor authenticated: "
+                      "anyone who reaches it can run code as its workers' user; see "
+                      "docs/scale.md for tls://", file=sys.stderr)
             try:
                 self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT)
             except (OSError, TimeoutError, ValueError) as exc:
@@ -375,6 +386,29 @@ class TaskRunner:
             pending = [f for f in futures if not f.done()]
             if pending:
                 self.client.cancel(pending)
+
+
+def _loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def _local_cluster(LocalCluster, workers: int, processes: bool):
+    """A dask LocalCluster bound to this machine's loopback; worker processes talk TLS with
+    temporary credentials (``security=True``), so nobody else on a shared node can submit
+    work to it (task results are unpickled here)."""
+    kwargs: dict[str, Any] = {"n_workers": workers, "threads_per_worker": 1,
+                              "processes": processes, "dashboard_address": None}
+    if processes:
+        try:
+            import cryptography  # noqa: F401  (needed for the temporary credentials)
+        except ImportError:
+            raise DuetInputError("--scheduler processes:N needs the cryptography package "
+                                 "for its TLS credentials: pip install "
+                                 "'napari-duet[cluster]'") from None
+        kwargs.update(security=True, host="127.0.0.1", protocol="tls://")
+    # Threads talk in memory (inproc): nothing listens on the network.
+    return LocalCluster(**kwargs)
 
 
 # ---------------------------------------------------------------------- resume records
