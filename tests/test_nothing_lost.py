@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -596,3 +597,76 @@ def test_ddp_resume_equals_an_uninterrupted_two_process_run(tmp_path):
                        start_method="spawn")
     for r in range(2):
         assert json.loads((tmp_path / f"rank{r}.json").read_text())["same"], r
+
+
+# ---------------------------------------------------------------------- fault injection
+def _run_cli(argv) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os._exit(main(argv))
+
+
+def _arrays(store) -> dict[str, bytes] | None:
+    """Every array of an OME-Zarr result (all levels) and its record's completeness."""
+    if not store.exists():
+        return None
+    group = zarr.open_group(str(store), mode="r")
+    out = {k: np.asarray(group[k][...]).tobytes() for k in sorted(group.array_keys())}
+    out["complete"] = bytes([bool((group.attrs.get("napari_duet") or {}).get("complete"))])
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_loses_or_mixes_a_chunked_result(tmp_path, model_file):
+    """SIGKILL (not Ctrl-C) a chunked ``duet nsn2n`` run at random points, 24 times, on
+    two inputs in turn: after every kill the output is the earlier complete result or
+    the new complete one, and ``--resume`` then gives the uninterrupted result bit for
+    bit."""
+    import multiprocessing
+    import random
+    import signal
+
+    ctx = multiprocessing.get_context("fork")
+    vols = []
+    for seed in (0, 1):
+        src = tmp_path / f"vol{seed}.zarr"
+        zarr.save_array(str(src), _volume((12, 24, 24), seed=seed))
+        vols.append(src)
+    opts = ["--model", str(model_file), "--device", "cpu", "--no-tta", "--slab", "2", "-q"]
+    refs = []
+    t0 = time.perf_counter()
+    for i, src in enumerate(vols):
+        ref = tmp_path / f"ref{i}.ome.zarr"
+        assert main(["nsn2n", str(src), "-o", str(ref), *opts]) == 0
+        refs.append(_arrays(ref))
+    full = (time.perf_counter() - t0) / 2
+    out = tmp_path / "out.ome.zarr"
+    assert main(["nsn2n", str(vols[1]), "-o", str(out), *opts]) == 0
+    rng = random.Random(23)
+    outcomes = {"earlier": 0, "new": 0, "resumed": 0}
+    for run in range(24):
+        i = run % 2
+        earlier, new = refs[1 - i], refs[i]
+        child = ctx.Process(target=_run_cli, args=(["nsn2n", str(vols[i]), "-o", str(out),
+                                                    *opts],))
+        child.start()
+        time.sleep(rng.uniform(0.0, 1.6 * full))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        got = _arrays(out)
+        assert got in (earlier, new), f"run {run}: the output is neither result"
+        outcomes["earlier" if got == earlier else "new"] += 1
+        # Continue the staged run; a run killed before it staged anything is run again
+        # (--resume refuses to take another run's result for this one's).
+        if staging_path(out).exists() or got == new:
+            outcomes["resumed"] += 1
+            assert main(["nsn2n", str(vols[i]), "-o", str(out), *opts, "--resume"]) == 0
+        else:
+            assert main(["nsn2n", str(vols[i]), "-o", str(out), *opts]) == 0
+        assert _arrays(out) == new, f"run {run}: resumed result differs"
+        assert not staging_path(out).exists()
+        report = json.loads((tmp_path / "out.ome.json").read_text())
+        assert report["input"] == str(vols[i])
+    assert outcomes["earlier"] >= 5 and outcomes["resumed"] >= 5, outcomes
+    assert not list(tmp_path.glob(".partial-*"))

@@ -498,7 +498,8 @@ class RunStore:
 
     Without ``resume`` an earlier staging store is discarded.  With ``resume``:
     the staging store is continued when it is a run of ``signature``, refused
-    when it is another run's; with no staging store, an ``out`` that is a
+    when it is another run's, discarded when it has no record yet (killed while
+    being created); with no staging store, an ``out`` that is a
     complete run of ``signature`` is reused as is (:attr:`reused`: nothing to
     compute), and an incomplete one (written in place by an earlier version) is
     continued in place; any other ``out`` is refused.
@@ -530,6 +531,10 @@ class RunStore:
             _remove(self.staging)
             return
         if self.staging.exists():
+            if not (read_record(self.staging) or {}).get("run"):
+                # Killed while creating it: nothing finished in it, start afresh.
+                _remove(self.staging)
+                return
             self.record = RunRecord.open(self.staging, signature, hint=hint)
             return
         if self.out.exists():

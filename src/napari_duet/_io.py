@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -422,15 +424,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the system cannot (the caller then renames twice)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # file system or kernel without exchange
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def replace_tree(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Put the complete folder (or zarr store) ``staged`` at ``path``, replacing what is there.
 
-    The previous ``path`` is moved aside under a fresh private name first and
-    removed only once ``staged`` is in place, so at any moment one of the two
-    complete results exists (and, after a kill between the two renames, the old
-    one survives under ``.partial-old-*`` beside it).
+    On Linux the two are exchanged in one atomic step, so ``path`` always holds
+    one complete result, the earlier or the new one, whenever the process is
+    killed.  Elsewhere the earlier ``path`` is moved aside under a fresh private
+    name first and removed only once ``staged`` is in place (after a kill
+    between the two renames it survives under ``.partial-old-*`` beside it).
     """
     staged, path = Path(staged), Path(path)
+    if path.is_dir() and not path.is_symlink() and _exchange(staged, path):
+        _remove(staged)  # now the earlier result
+        return path
     aside = None
     if path.exists() or path.is_symlink():
         aside = Path(tempfile.mkdtemp(prefix=f".partial-old-{path.name}-", dir=path.parent))
