@@ -1119,7 +1119,15 @@ def build_pyramid(path: str | os.PathLike, levels: int | None = None) -> int:
                     for a, i in zip(lead[:-1], idx, strict=True):
                         sel[a] = slice(i, i + 1)
                     sel[blk_axis] = slice(b0, min(b0 + step, src.shape[blk_axis]))
-                    dst[tuple(sel)] = _halve(np.asarray(src[tuple(sel)]), (py, px), src.dtype)
+                    block = np.asarray(src[tuple(sel)])
+                    # Plane by plane: float64 temporaries of one plane, not of the block.
+                    half = np.empty_like(block, shape=tuple(
+                        (n + 1) // 2 if a in (py, px) else n for a, n in enumerate(block.shape)))
+                    for i in range(block.shape[blk_axis]):
+                        at = [slice(None)] * block.ndim
+                        at[blk_axis] = slice(i, i + 1)
+                        half[tuple(at)] = _halve(block[tuple(at)], (py, px), src.dtype)
+                    dst[tuple(sel)] = half
         src = dst
     _set_ngff_metadata(group, meta, levels, version)
     return levels
