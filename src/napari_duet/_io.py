@@ -690,7 +690,8 @@ def content_fingerprint(array, *, axis: int = 0, samples: int = 16,
     def visit(fixed: dict[int, int]) -> None:
         rest = [a for a in order if a not in fixed]
         size = int(np.prod([shape[a] for a in rest], dtype=np.int64)) * dtype.itemsize
-        if size <= leaf_bytes or len(rest) == 1:
+        # Never the whole array at once: lazy layers may be read one slice at a time only.
+        if (fixed and size <= leaf_bytes) or len(rest) == 1:
             sel = tuple(fixed.get(a, slice(None)) for a in range(len(shape)))
             h.update(np.ascontiguousarray(np.asarray(array[sel])).tobytes())
             return
