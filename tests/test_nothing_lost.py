@@ -568,13 +568,21 @@ def _ddp_resume_worker(rank: int, port: int, out: str) -> None:
                                device="cpu", likelihood="gaussian", kl="musplit",
                                calibrate=False, log_every=1, lr=3e-3, early_stopping=99, **kw)
 
-        full = train(chans, cfg, tc(2)).model
+        full = train(chans, cfg, tc(2))
         train(chans, cfg, tc(1, checkpoint_path=ckpt, resume=True))
         ddp.barrier()  # rank 0 has written the checkpoint
-        resumed = train(chans, cfg, tc(2, checkpoint_path=ckpt, resume=True)).model
-        same = all(torch.equal(v, resumed.net.state_dict()[k])
-                   for k, v in full.net.state_dict().items())
-        (Path(out) / f"rank{rank}.json").write_text(json.dumps({"same": same}))
+        resumed = train(chans, cfg, tc(2, checkpoint_path=ckpt, resume=True))
+        # Epoch 2's losses and validation loss: they follow every rank's draws (the
+        # returned model is the best epoch's, which may be epoch 1 in both runs).
+        # (Training losses in the history are each rank's own; a resumed run has rank 0's
+        # for the epochs before the checkpoint: compare them on rank 0 only.)
+        hist = (full.history == resumed.history) if rank == 0 else (
+            [h["val_loss"] for h in full.history] == [h["val_loss"] for h in resumed.history])
+        same = (hist
+                and all(torch.equal(v, resumed.model.net.state_dict()[k])
+                        for k, v in full.model.net.state_dict().items()))
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(
+            {"same": same, "full": full.history, "resumed": resumed.history}))
     finally:
         ddp.shutdown()
 
