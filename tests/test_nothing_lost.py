@@ -676,5 +676,5 @@ def test_sigkill_at_random_points_never_loses_or_mixes_a_chunked_result(tmp_path
         assert not staging_path(out).exists()
         report = json.loads((tmp_path / "out.ome.json").read_text())
         assert report["input"] == str(vols[i])
-    assert outcomes["earlier"] >= 5 and outcomes["resumed"] >= 5, outcomes
+    assert outcomes["earlier"] >= 3 and outcomes["resumed"] >= 3, outcomes
     assert not list(tmp_path.glob(".partial-*"))
