@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import zarr
 
+from napari_duet._chunks import staging_path
 from napari_duet._io import (
     ImageMeta,
     build_pyramid,
@@ -259,7 +260,9 @@ def test_cli_resume_after_kill(tmp_path, model_file, monkeypatch):
 
     monkeypatch.setattr(NSN2NModel, "predict_stack_slice", dying)
     assert main(args) == 130
-    group = zarr.open_group(str(out), mode="r")
+    # The interrupted run is staged beside the output, never under the result's name.
+    assert not out.exists()
+    group = zarr.open_group(str(staging_path(out)), mode="r")
     assert group.attrs["napari_duet"]["state"]["done"] == [0, 1]
     assert not group.attrs["napari_duet"]["complete"]
 
@@ -268,6 +271,7 @@ def test_cli_resume_after_kill(tmp_path, model_file, monkeypatch):
     assert calls[0] + 100 == SHAPE[0] - 6  # finished slabs are not recomputed
     np.testing.assert_array_equal(open_image(out)[0][...], open_image(full)[0][...])
     assert zarr.open_group(str(out), mode="r").attrs["napari_duet"]["complete"]
+    assert not staging_path(out).exists()
 
 
 def test_resume_refuses_another_runs_output(tmp_path, model_file, capsys):

@@ -12,11 +12,13 @@ model file itself (:func:`duet_model_in_package`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +91,11 @@ def write_package(
             descr = load_description(rdf, perform_io_checks=False)
         if descr.validation_summary.status not in ("valid-format", "passed"):
             raise DuetError(_invalid_reason(description, descr.validation_summary.errors))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_zip = tempfile.mkstemp(prefix=output.name, suffix=".tmp", dir=output.parent)
-        os.close(fd)
-        try:
-            save_bioimageio_package(descr, output_path=Path(tmp_zip))
-            # mkstemp creates the file 0600; a package gets the mode of any new file.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_zip, 0o666 & ~umask)
-            os.replace(tmp_zip, output)
-        finally:
-            if os.path.exists(tmp_zip):
-                os.remove(tmp_zip)
+        from ._io import atomic_path
+
+        # A private temporary file (mkstemp, its name ends in .zip), renamed when complete.
+        with atomic_path(output) as tmp_zip:
+            save_bioimageio_package(descr, output_path=tmp_zip)
     return output
 
 
@@ -284,6 +278,15 @@ def _read_description(zf: zipfile.ZipFile) -> dict[str, Any] | None:
     return None
 
 
+# The attached model file: the largest napari-duet writes is a few tens of MiB.  A
+# larger entry (declared or actual) is refused: a zip of a few KiB can inflate to GiB.
+MAX_MODEL_BYTES = 1 << 30
+# What reading a damaged zip can raise: bad CRC or header (BadZipFile), a broken
+# deflate stream (zlib.error), a truncated file (EOFError), an unknown method.
+_ZIP_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+               zipfile.BadZipFile, zlib.error)
+
+
 def duet_package_entry(path: str | os.PathLike) -> str | None:
     """Name of the attached ``.duet`` file if ``path`` is a package napari-duet wrote, else None."""
     try:
@@ -295,35 +298,64 @@ def duet_package_entry(path: str | os.PathLike) -> str | None:
             name = entry.get("model_file") if isinstance(entry, dict) else None
             if isinstance(name, str) and name in zf.namelist() and name.endswith(".duet"):
                 return name
-    except (OSError, zipfile.BadZipFile):
+    except _ZIP_ERRORS:
         return None
     return None
 
 
-def duet_model_in_package(path: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
-    """Extract the ``.duet`` model file of a napari-duet bioimage.io package.
+def _copy_bounded(src, dst, limit: int, what: str) -> None:
+    """Copy a stream in 1 MiB blocks, refusing more than ``limit`` bytes."""
+    total = 0
+    while block := src.read(1 << 20):
+        total += len(block)
+        if total > limit:
+            raise DuetInputError(f"{what} inflates to more than {limit >> 20} MiB: "
+                                 "not a napari-duet model")
+        dst.write(block)
 
-    Parameters
-    ----------
-    path : path-like
-        A ``.zip`` written by ``duet export-bmz``.
-    dest : path-like, optional
-        Folder to extract to (default: a new temporary folder).
+
+def duet_model_in_package(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract the ``.duet`` model file of a napari-duet bioimage.io package into ``dest``.
+
+    The entry is read in bounded blocks and refused when its declared or actual
+    size exceeds :data:`MAX_MODEL_BYTES` (a decompression bomb); a damaged zip
+    (bad CRC, broken stream, truncated) gives a one-line error and no file.
+    Use :func:`package_model` for a copy that is removed after use.
 
     Raises
     ------
     DuetInputError
-        If ``path`` is not a bioimage.io package written by napari-duet.
+        If ``path`` is not a bioimage.io package written by napari-duet, or is damaged.
     """
+    from ._errors import first_line
+    from ._io import atomic_path
+
+    zname = Path(path).name
     name = duet_package_entry(path)
     if name is None:
-        raise DuetInputError(f"{Path(path).name} is not a bioimage.io model exported by "
+        raise DuetInputError(f"{zname} is not a bioimage.io model exported by "
                              "napari-duet (no napari_duet entry in its rdf.yaml)")
-    folder = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="duet-bmz-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(dest)
     # Keep the package's name: the widget shows the model file's name.
-    target = folder / (Path(path).name.removesuffix(".zip").removesuffix(".bioimage.io")
-                       + ".duet")
-    with zipfile.ZipFile(path) as zf, zf.open(name) as src:
-        target.write_bytes(src.read())
+    target = folder / (zname.removesuffix(".zip").removesuffix(".bioimage.io") + ".duet")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(name)
+            if info.file_size > MAX_MODEL_BYTES:
+                raise DuetInputError(f"{zname}: its model entry declares {info.file_size:,} "
+                                     f"bytes, more than {MAX_MODEL_BYTES >> 20} MiB: not a "
+                                     "napari-duet model")
+            with zf.open(info) as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
+                _copy_bounded(src, dst, MAX_MODEL_BYTES, f"{zname}: its model entry")
+    except DuetInputError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise DuetInputError(f"{zname} is a damaged zip ({first_line(exc)})") from None
     return target
+
+
+@contextlib.contextmanager
+def package_model(path: str | os.PathLike) -> Iterator[Path]:
+    """The package's model file, extracted into a temporary folder removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="duet-bmz-") as tmp:
+        yield duet_model_in_package(path, tmp)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +40,7 @@ import numpy as np
 from ._errors import DuetInputError
 from ._progress import Progress
 
-__all__ = ["ChunkProgress", "ImageRef", "ModelPayload", "RunRecord", "SCHEDULER_ENV",
+__all__ = ["ChunkProgress", "ImageRef", "ModelPayload", "RunRecord", "RunStore", "SCHEDULER_ENV",
            "TaskRunner", "ZarrRef", "add_chunk_options", "blocks", "file_hash", "read_record",
            "report_path", "resolve", "resolve_model", "with_halo", "worker_threads", "zarr_ref"]
 
@@ -207,6 +208,43 @@ def zarr_ref(arr) -> ZarrRef | None:
                    tuple(int(s) for s in arr.shape), str(arr.dtype))
 
 
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TiB"  # pragma: no cover
+
+
+def announce_chunked(log: Callable[[str], Any] | None, shape, dtype, path) -> None:
+    """Say at the start of a chunked run how much it will read (voxels, bytes) and where.
+
+    A file of a few KiB can declare any shape: the count tells the user what
+    they started before the first chunk (and the first time estimate) is done.
+    """
+    if log is None:
+        return
+    n = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    nbytes = n * np.dtype(dtype).itemsize
+    log(f"{n:,} voxels ({_size(nbytes)} of {np.dtype(dtype)}) chunk by chunk into {path}; "
+        "the estimated time follows the first chunk")
+
+
+def eta_notes(show: Callable[[Any], Any], log: Callable[[str], Any] | None):
+    """``show`` that also logs, once per stage, the time estimate after the first chunk."""
+    seen: set[str] = set()
+
+    def wrapped(p) -> None:
+        show(p)
+        stage, eta = getattr(p, "stage", ""), getattr(p, "eta", None)
+        if log is not None and eta is not None and stage not in seen:
+            seen.add(stage)
+            log(f"{stage}: estimated time left {eta:.0f} s "
+                f"({getattr(p, 'done', 0)}/{getattr(p, 'total', 0)} done)")
+
+    return wrapped
+
+
 # ---------------------------------------------------------------------- task planning
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of consecutive blocks of ``size`` covering ``0..n``."""
@@ -235,6 +273,8 @@ class TaskRunner:
     """
 
     def __init__(self, scheduler: str | None = None) -> None:
+        # True when the environment, not the command line, chose the scheduler.
+        self.from_env = scheduler is None and bool(os.environ.get(SCHEDULER_ENV))
         if scheduler is None:
             scheduler = os.environ.get(SCHEDULER_ENV) or None
         self.scheduler = None if scheduler in (None, "", "local") else str(scheduler)
@@ -261,10 +301,18 @@ class TaskRunner:
                 workers = 0
             if workers < 1:
                 raise DuetInputError(f"--scheduler {self.scheduler}: give {kind}:N with N >= 1")
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
-                                         processes=kind == "processes", dashboard_address=None)
+            self._cluster = _local_cluster(LocalCluster, workers, kind == "processes")
             self.client = Client(self._cluster)
         else:
+            if self.from_env:
+                # The help says runs stay in this process by default: say why not.
+                print(f"duet: running the tasks on the dask scheduler {self.scheduler} "
+                      f"(from ${SCHEDULER_ENV}; --scheduler local runs them here)",
+                      file=sys.stderr)
+            if self.scheduler.startswith("tcp://") and not _loopback(self.scheduler):
+                print(f"duet: {self.scheduler} is neither encrypted nor authenticated: "
+                      "anyone who reaches it can run code as its workers' user; see "
+                      "docs/scale.md for tls://", file=sys.stderr)
             try:
                 self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT)
             except (OSError, TimeoutError, ValueError) as exc:
@@ -340,6 +388,29 @@ class TaskRunner:
                 self.client.cancel(pending)
 
 
+def _loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def _local_cluster(LocalCluster, workers: int, processes: bool):
+    """A dask LocalCluster bound to this machine's loopback; worker processes talk TLS with
+    temporary credentials (``security=True``), so nobody else on a shared node can submit
+    work to it (task results are unpickled here)."""
+    kwargs: dict[str, Any] = {"n_workers": workers, "threads_per_worker": 1,
+                              "processes": processes, "dashboard_address": None}
+    if processes:
+        try:
+            import cryptography  # noqa: F401  (needed for the temporary credentials)
+        except ImportError:
+            raise DuetInputError("--scheduler processes:N needs the cryptography package "
+                                 "for its TLS credentials: pip install "
+                                 "'napari-duet[cluster]'") from None
+        kwargs.update(security=True, host="127.0.0.1", protocol="tls://")
+    # Threads talk in memory (inproc): nothing listens on the network.
+    return LocalCluster(**kwargs)
+
+
 # ---------------------------------------------------------------------- resume records
 class RunRecord:
     """The run an output store belongs to, and its saved state (``group.attrs[RECORD]``)."""
@@ -409,6 +480,88 @@ class RunRecord:
     def attributes(signature: dict[str, Any]) -> dict[str, Any]:
         """The group attributes of a new store of the run ``signature`` (nothing done yet)."""
         return {RECORD: {"run": signature, "state": {}, "complete": False}}
+
+
+def staging_path(out: str | os.PathLike) -> Path:
+    """Where a chunked run into ``out`` writes until it is complete: ``OUT.partial.zarr``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.zarr")
+
+
+class RunStore:
+    """Where a chunked run of ``signature`` writes its output ``out``, so that nothing is lost.
+
+    The work goes into a staging store beside the output (:func:`staging_path`),
+    never into ``out`` itself: an earlier result at ``out`` stays intact until
+    :meth:`commit` swaps the complete new store in (:func:`~._io.replace_tree`).
+    An interrupted run leaves the staging store, which ``--resume`` continues.
+
+    Without ``resume`` an earlier staging store is discarded.  With ``resume``:
+    the staging store is continued when it is a run of ``signature``, refused
+    when it is another run's, discarded when it has no record yet (killed while
+    being created); with no staging store, an ``out`` that is a
+    complete run of ``signature`` is reused as is (:attr:`reused`: nothing to
+    compute), and an incomplete one (written in place by an earlier version) is
+    continued in place; any other ``out`` is refused.
+
+    Attributes
+    ----------
+    path : Path
+        The store to create (when :attr:`record` is None) or continue.
+    record : RunRecord or None
+        The run record found (None: create the store at :attr:`path`).
+    reused : bool
+        ``out`` already holds this run, complete.
+    """
+
+    def __init__(self, out: str | os.PathLike, signature: dict[str, Any], *, resume: bool,
+                 hint: str = "run without --resume to start again") -> None:
+        from ._io import _remove
+
+        self.out = Path(out)
+        self.signature = signature
+        self.staging = staging_path(self.out)
+        self.record: RunRecord | None = None
+        self.reused = False
+        self.path = self.staging
+        if self.staging.is_symlink():
+            # Never written through: the link could point at anything.
+            raise DuetInputError(f"{self.staging} is a symbolic link: remove it")
+        if not resume:
+            _remove(self.staging)
+            return
+        if self.staging.exists():
+            if not (read_record(self.staging) or {}).get("run"):
+                # Killed while creating it: nothing finished in it, start afresh.
+                _remove(self.staging)
+                return
+            self.record = RunRecord.open(self.staging, signature, hint=hint)
+            return
+        if self.out.exists():
+            # Another run's result is refused: --resume never replaces what it cannot continue.
+            self.record = RunRecord.open(self.out, signature, hint=hint)
+            self.path = self.out
+            self.reused = self.record.complete
+
+    @property
+    def fresh(self) -> bool:
+        """True when this run creates its store (nothing to continue)."""
+        return self.record is None
+
+    def commit(self) -> Path:
+        """Put the complete store at ``out`` (replacing an earlier result); returns ``out``."""
+        from ._io import replace_tree
+
+        if self.path != self.out:
+            replace_tree(self.path, self.out)
+            self.path = self.out
+        return self.out
+
+    def discard(self) -> None:
+        """Remove the staging store (the output, if any, is left alone)."""
+        from ._io import _remove
+
+        _remove(self.staging)
 
 
 def read_record(store: str | os.PathLike) -> dict[str, Any] | None:

@@ -91,11 +91,13 @@ def _test_volume(args: argparse.Namespace):
         raise DuetInputError(f"--test-input must be a 3D stack, got {arr.ndim}D")
     if not -3 <= args.axis < 3:
         raise DuetInputError(f"--axis {args.axis} is out of range for a 3D stack")
-    return np.moveaxis(np.asarray(arr[...], np.float32), args.axis, 0)
+    axis = args.axis % 3
+    # Only the centre becomes the test tensor: read it, never the whole (declared) volume.
+    caps = [_TEST_SLICES if a == axis else _TEST_SIDE for a in range(3)]
+    return np.moveaxis(_centre(arr, caps), axis, 0)
 
 
 def _test_image(args: argparse.Namespace):
-    import numpy as np
 
     if args.test_input is None:
         from ._sample_data import split_demo_data
@@ -108,4 +110,19 @@ def _test_image(args: argparse.Namespace):
     if arr.ndim != 2:
         raise DuetInputError(f"--test-input must be a 2D image for a denoiSplit model, "
                              f"got {arr.ndim}D")
-    return np.asarray(arr[...], np.float32)
+    return _centre(arr, [_TEST_SIDE, _TEST_SIDE])
+
+
+# The exporters cut the test tensor from the centre, at most this big (see their help).
+_TEST_SLICES, _TEST_SIDE = 8, 64
+
+
+def _centre(arr, caps):
+    """The centre of a lazy array, at most ``caps`` along each axis, as float32."""
+    import numpy as np
+
+    sel = []
+    for n, cap in zip(arr.shape, caps, strict=True):
+        start = max(0, (int(n) - cap) // 2)
+        sel.append(slice(start, start + min(int(n), cap)))
+    return np.asarray(arr[tuple(sel)], np.float32)

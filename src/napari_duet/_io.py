@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,23 +33,156 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DuetInputError(f"image file not found: {path}")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+    tiff = path.suffix.lower() in (".tif", ".tiff")
+    with _tiff_log() as logged:
+        try:
+            if tiff:
+                import tifffile
 
-            arr = tifffile.imread(str(path))
-        else:
-            from skimage.io import imread
+                with tifffile.TiffFile(str(path)) as tif:
+                    series = tif.series[0] if tif.series else None
+                    if series is not None:
+                        # A few KiB of TIFF can declare any shape: check before allocating.
+                        require_memory(array_bytes(series.shape, series.dtype),
+                                       f"reading {path.name} {tuple(series.shape)}",
+                                       CHUNKED_HINT)
+                arr = tifffile.imread(str(path))
+            else:
+                from skimage.io import imread
 
-            arr = imread(str(path))
-    except MemoryError:
-        raise  # not a bad file: the caller reports running out of memory
-    except Exception as exc:
-        raise DuetInputError(f"cannot read {path.name} as an image: {first_line(exc)}") from None
+                arr = imread(str(path))
+        except (MemoryError, DuetInputError):
+            raise  # not a bad file: the caller reports running out of memory
+        except Exception as exc:
+            if tiff:
+                raise DuetInputError(_damaged_tiff(path, logged, exc)) from None
+            raise DuetInputError(f"cannot read {path.name} as an image: "
+                                 f"{first_line(exc)}") from None
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf" or arr.size == 0:
+        if tiff and (logged or arr.size == 0):
+            raise DuetInputError(_damaged_tiff(path, logged))
         raise DuetInputError(f"{path.name} holds no usable image data (dtype {arr.dtype})")
     return arr
+
+
+@contextlib.contextmanager
+def _tiff_log() -> Iterator[list[str]]:
+    """Collect what tifffile logs while reading (a damaged file's reason) instead of
+    printing it above our own one-line error."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _damaged_tiff(path: Path, logged: list[str], exc: BaseException | None = None) -> str:
+    """One line: the TIFF is damaged, and why (tifffile's reason, without its object repr)."""
+    reason = first_line(exc) if exc is not None else ""
+    if not reason and logged:
+        reason = re.sub(r"^<[^>]*>\s*", "", logged[0])
+    reason = reason or "no image in it"
+    return (f"cannot read {path.name}: it is a damaged TIFF file ({reason[:100]}); "
+            "export it again from the source")
+
+
+# ---------------------------------------------------------------------- memory bounds
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the smaller of the system's available
+    memory and what its cgroup (container, batch job) leaves; None when unknown."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            found.append(max(int(limit) - usage, 0))
+        break
+    if not found:
+        try:
+            import psutil
+
+            found.append(int(psutil.virtual_memory().available))
+        except (ImportError, AttributeError):
+            return None
+    return min(found)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short human size (``1.5 GiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def require_memory(nbytes: float, what: str, hint: str) -> None:
+    """Refuse, before allocating, work that needs more memory than is available.
+
+    Parameters
+    ----------
+    nbytes
+        What the command will hold in memory at once (an estimate).
+    what
+        What needs it, e.g. ``"reading vol.zarr (96, 1024, 1024) whole"``.
+    hint
+        What would work instead (``--model``, chunked processing, a crop).
+
+    Raises
+    ------
+    DuetInputError
+        One line: the need, what is available, and ``hint``.
+    """
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise DuetInputError(f"{what} needs about {format_bytes(nbytes)} of memory, "
+                             f"{format_bytes(avail)} is available: {hint}")
+
+
+def array_bytes(shape, dtype) -> int:
+    """Bytes of an array of ``shape`` and ``dtype`` (no overflow for declared shapes)."""
+    return int(np.prod([int(s) for s in shape], dtype=np.float64)) * np.dtype(dtype).itemsize
+
+
+def read_whole(array, name: str, *, per_voxel: float = 0.0, hint: str) -> np.ndarray:
+    """``np.asarray(array[...])`` once :func:`require_memory` agrees: the array's bytes plus
+    ``per_voxel`` bytes of working copies per element (float32 copies: 4 each)."""
+    shape = tuple(int(s) for s in array.shape)
+    need = array_bytes(shape, array.dtype) + per_voxel * float(np.prod(shape, dtype=np.float64))
+    require_memory(need, f"reading {name} {shape} whole", hint)
+    return np.asarray(array[...])
+
+
+# The hint for in-memory reads that chunked processing would avoid.
+CHUNKED_HINT = ("crop or bin it, or process it chunk by chunk with -o OUT.ome.zarr where the "
+                "command offers it (duet nsn2n --model, duet split predict, duet self2seg)")
 
 
 def read_pixel_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -234,32 +370,221 @@ def remove_stale_outputs(folder: str | os.PathLike, *, names: Iterable[str] = ()
     return removed
 
 
+def _umask() -> int:
+    """The process umask, without changing it where the OS reports it (Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # brief swap elsewhere; the value is restored at once
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder tree at ``path`` (never following a link)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed to it when the block completes.
+    """A new, private temporary file beside ``path``, renamed to it when the block completes.
 
-    The temporary name ends with the destination's name (format detection by
-    extension still works) and starts with a dot.  On any exception, including
+    The file is created by :func:`tempfile.mkstemp` (``O_CREAT | O_EXCL``, an
+    unpredictable name, mode 0600 until renamed), so nobody can plant a
+    symlink at its name beforehand and have the result written through it onto
+    another file.  Its name starts with ``.partial-`` and ends with the
+    destination's name (format detection by extension still works); writers
+    open it by name and overwrite it.  On success it gets the mode of any new
+    file (umask) and replaces ``path``.  On any exception, including
     KeyboardInterrupt, the temporary file is removed and ``path`` is untouched;
     an OSError names ``path``, not the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    fd, name = tempfile.mkstemp(prefix=".partial-", suffix=f"-{path.name}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            if tmp.is_dir() and not tmp.is_symlink():
-                import shutil
-
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+            _remove(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             raise OSError(exc.errno, exc.strerror or _reason(exc), str(path)) from exc
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the system cannot (the caller then renames twice)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # file system or kernel without exchange
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_tree(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Put the complete folder (or zarr store) ``staged`` at ``path``, replacing what is there.
+
+    On Linux the two are exchanged in one atomic step, so ``path`` always holds
+    one complete result, the earlier or the new one, whenever the process is
+    killed.  Elsewhere the earlier ``path`` is moved aside under a fresh private
+    name first and removed only once ``staged`` is in place (after a kill
+    between the two renames it survives under ``.partial-old-*`` beside it).
+    """
+    staged, path = Path(staged), Path(path)
+    if path.is_dir() and not path.is_symlink() and _exchange(staged, path):
+        _remove(staged)  # now the earlier result
+        return path
+    aside = None
+    if path.exists() or path.is_symlink():
+        aside = Path(tempfile.mkdtemp(prefix=f".partial-old-{path.name}-", dir=path.parent))
+        os.replace(path, aside / "old")
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        if aside is not None and not path.exists():
+            os.replace(aside / "old", path)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        _remove(aside)
+    return path
+
+
+# ---------------------------------------------------------------------- result sets
+MANIFEST_KEY = "manifest"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ResultSet:
+    """Files of one run written into a folder as a set, its JSON report last as the manifest.
+
+    Use as a context manager: write every file at :meth:`path` (a private
+    staging folder inside ``folder``), the report at :meth:`path` of
+    ``report``.  When the block completes, the earlier report is removed
+    first, then the earlier run's files that this run does not write
+    (``names``/``pattern``, as :func:`remove_stale_outputs`), then the new
+    files are renamed into ``folder``, and the report goes in last with a
+    ``"manifest"`` entry: the size and SHA-256 of exactly the files of this
+    run.  So a report in the folder always describes a complete set
+    (:func:`verify_result_set` checks it), and an interruption at any point
+    leaves either the earlier complete set or no report.  On an exception the
+    staging folder is removed and ``folder`` is untouched.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, report: str = "report.json",
+                 names: Iterable[str] = (), pattern: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.report = report
+        self.names = tuple(names)
+        self.pattern = pattern
+        self.staging: Path | None = None
+
+    def __enter__(self) -> ResultSet:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=".partial-set-", dir=self.folder))
+        return self
+
+    def path(self, name: str) -> Path:
+        """Where to write the file ``name`` of the set (inside the staging folder)."""
+        if self.staging is None:
+            raise RuntimeError("ResultSet.path outside its with block")
+        if Path(name).name != name:
+            raise ValueError(f"a result set holds plain file names, got {name!r}")
+        return self.staging / name
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        staging, self.staging = self.staging, None
+        if staging is None:
+            return
+        try:
+            if exc_type is None:
+                self._commit(staging)
+        finally:
+            _remove(staging)
+        if isinstance(exc, OSError) and exc.filename and staging in Path(exc.filename).parents:
+            # Name the result's path, not the staging folder's.
+            name = self.folder / Path(exc.filename).relative_to(staging)
+            raise OSError(exc.errno, exc.strerror or _reason(exc), str(name)) from exc
+
+    def _commit(self, staging: Path) -> None:
+        report_tmp = staging / self.report
+        if not report_tmp.is_file():
+            raise RuntimeError(f"result set without its report {self.report}")
+        files = sorted(p.name for p in staging.iterdir()
+                       if p.is_file() and p.name != self.report)
+        manifest = {n: {"bytes": (staging / n).stat().st_size,
+                        "sha256": _file_digest(staging / n)} for n in files}
+        report = json.loads(report_tmp.read_text())
+        report[MANIFEST_KEY] = manifest
+        report_tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        # From here the folder holds no report until the new set is complete.
+        (self.folder / self.report).unlink(missing_ok=True)
+        remove_stale_outputs(self.folder, names=self.names, pattern=self.pattern,
+                             keep=[*files, self.report])
+        for name in files:
+            os.replace(staging / name, self.folder / name)
+        os.chmod(report_tmp, 0o666 & ~_umask())
+        os.replace(report_tmp, self.folder / self.report)
+
+
+def verify_result_set(folder: str | os.PathLike, report: str = "report.json", *,
+                      digest: bool = True) -> dict[str, Any]:
+    """The report of the complete result set in ``folder``; DuetInputError otherwise.
+
+    Trusts the files only when the report exists and every file its manifest
+    lists is there with its size (and, with ``digest``, its SHA-256).
+    """
+    folder = Path(folder)
+    path = folder / report
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DuetInputError(f"{folder} holds no complete result ({report} is missing: "
+                             "the run that wrote it was interrupted)") from None
+    except (OSError, ValueError) as exc:
+        raise DuetInputError(f"cannot read {path}: {_reason(exc)}") from None
+    manifest = data.get(MANIFEST_KEY) if isinstance(data, dict) else None
+    if not isinstance(manifest, dict):
+        raise DuetInputError(f"{path} lists no files ({MANIFEST_KEY!r} is missing)")
+    for name, entry in manifest.items():
+        f = folder / name
+        if not f.is_file() or f.stat().st_size != entry.get("bytes") or (
+                digest and _file_digest(f) != entry.get("sha256")):
+            raise DuetInputError(f"{f} is not the file {report} lists: the folder mixes runs")
+    return data
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, *,
@@ -340,6 +665,45 @@ def _jsonable(value: Any):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------- fingerprints
+def content_fingerprint(array, *, axis: int = 0, samples: int = 16,
+                        leaf_bytes: int = 4 << 20) -> str:
+    """SHA-256 of an array's shape, dtype and a fixed sample of its values (cheap, lazy).
+
+    Reads ``samples`` evenly spaced indices (first and last included) along
+    ``axis``, then fewer along each remaining axis in order, until a piece is at most
+    ``leaf_bytes``: a few MiB of any volume, so two inputs of the same name and
+    shape but other data are told apart without reading everything.  This is
+    what every resume and checkpoint compares to decide "same input".
+    """
+    shape = tuple(int(s) for s in array.shape)
+    dtype = np.dtype(array.dtype)
+    h = hashlib.sha256(f"{shape}|{dtype.str}".encode())
+    if not shape:
+        h.update(np.ascontiguousarray(np.asarray(array[()])).tobytes())
+        return h.hexdigest()
+    axis = axis % len(shape)
+    order = [axis] + [a for a in range(len(shape)) if a != axis]
+
+    def visit(fixed: dict[int, int]) -> None:
+        rest = [a for a in order if a not in fixed]
+        size = int(np.prod([shape[a] for a in rest], dtype=np.int64)) * dtype.itemsize
+        # Never the whole array at once: lazy layers may be read one slice at a time only.
+        if (fixed and size <= leaf_bytes) or len(rest) == 1:
+            sel = tuple(fixed.get(a, slice(None)) for a in range(len(shape)))
+            h.update(np.ascontiguousarray(np.asarray(array[sel])).tobytes())
+            return
+        a = rest[0]
+        # Fewer indices deeper down: a few hundred pieces at most, whatever the rank.
+        k = max(2, samples // 4 ** len(fixed))
+        for i in sorted({int(round(v)) for v in np.linspace(0, shape[a] - 1,
+                                                            min(shape[a], k))}):
+            visit({**fixed, a: i})
+
+    visit({})
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------- large images
@@ -440,15 +804,20 @@ def _open_tiff(path: Path):
 
     if not path.is_file():
         raise DuetInputError(f"image file not found: {path}")
-    try:
-        with tifffile.TiffFile(str(path)) as tif:
-            series = tif.series[0]
-            tiff_axes = str(series.axes)
-            ome_sizes = _ome_physical_sizes(tif) if tif.is_ome else {}
-        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
-        arr = zarr.open_array(store, mode="r")
-    except Exception as exc:
-        raise DuetInputError(f"cannot read {path.name} as an image: {_reason(exc)}") from None
+    with _tiff_log() as logged:
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                if not tif.series or not len(tif.pages):
+                    raise DuetInputError(_damaged_tiff(path, logged))
+                series = tif.series[0]
+                tiff_axes = str(series.axes)
+                ome_sizes = _ome_physical_sizes(tif) if tif.is_ome else {}
+            store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+            arr = zarr.open_array(store, mode="r")
+        except DuetInputError:
+            raise
+        except Exception as exc:
+            raise DuetInputError(_damaged_tiff(path, logged, exc)) from None
     axes = tuple(_TIFF_AXES.get(a, a.lower()) for a in tiff_axes)
     if len(axes) != arr.ndim or len(set(axes)) != len(axes):
         axes = ImageMeta.default(arr.ndim).axes
@@ -629,7 +998,11 @@ def create_ome_zarr(path: str | os.PathLike, shape: tuple[int, ...], dtype, meta
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(path), mode="w", zarr_format=3 if version == "0.5" else 2)
+        if path.exists() or path.is_symlink():
+            # Never deleted here: a chunked run builds its store beside the earlier
+            # result and swaps it in only when complete (``replace_tree``).
+            raise DuetInputError(f"{path} exists: remove it or choose another output")
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3 if version == "0.5" else 2)
         kwargs: dict[str, Any] = {}
         if version == "0.5":
             kwargs["dimension_names"] = list(meta.axes)
@@ -747,7 +1120,15 @@ def build_pyramid(path: str | os.PathLike, levels: int | None = None) -> int:
                     for a, i in zip(lead[:-1], idx, strict=True):
                         sel[a] = slice(i, i + 1)
                     sel[blk_axis] = slice(b0, min(b0 + step, src.shape[blk_axis]))
-                    dst[tuple(sel)] = _halve(np.asarray(src[tuple(sel)]), (py, px), src.dtype)
+                    block = np.asarray(src[tuple(sel)])
+                    # Plane by plane: float64 temporaries of one plane, not of the block.
+                    half = np.empty_like(block, shape=tuple(
+                        (n + 1) // 2 if a in (py, px) else n for a, n in enumerate(block.shape)))
+                    for i in range(block.shape[blk_axis]):
+                        at = [slice(None)] * block.ndim
+                        at[blk_axis] = slice(i, i + 1)
+                        half[tuple(at)] = _halve(block[tuple(at)], (py, px), src.dtype)
+                    dst[tuple(sel)] = half
         src = dst
     _set_ngff_metadata(group, meta, levels, version)
     return levels
@@ -763,12 +1144,12 @@ def write_ome_zarr(path: str | os.PathLike, array, meta: ImageMeta | None = None
     """
     meta = meta or ImageMeta.default(len(array.shape))
     path = Path(path)
-    # Written beside the target and renamed when complete, so an interrupted run
-    # (Ctrl-C, full disk) never leaves a half-written store under the result's name
-    # and an earlier result stays intact until the new one is whole.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Written beside the target (a fresh private folder) and swapped in when complete,
+    # so an interrupted run (Ctrl-C, full disk) never leaves a half-written store under
+    # the result's name and an earlier result stays intact until the new one is whole.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".partial-{path.name}-", dir=path.parent))
+    tmp = staging / path.name
     try:
         dst = create_ome_zarr(tmp, tuple(array.shape), array.dtype, meta, chunks=chunks,
                               version=version)
@@ -779,18 +1160,9 @@ def write_ome_zarr(path: str | os.PathLike, array, meta: ImageMeta | None = None
             for b0 in range(0, array.shape[0], step):
                 dst[b0:b0 + step] = np.asarray(array[b0:b0 + step])
         build_pyramid(tmp, levels)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            old.rename(path)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+        replace_tree(tmp, path)
+    finally:
+        _remove(staging)
     return path
 
 

@@ -43,15 +43,31 @@ def model_kind(path) -> str | None:
 
 
 def open_model_file(path):
-    """Dock the matching widget and load the model into it."""
-    import napari
+    """Dock the matching widget and load the model into it.
 
+    A package's model file is extracted (bounded) into a temporary folder that is
+    removed once the model is loaded; a damaged package gives one notification line.
+    """
     if isinstance(path, list | tuple):
         path = path[0]
     if Path(str(path)).suffix.lower() == ".zip":
-        from ._bmz import duet_model_in_package
+        from napari.utils.notifications import show_error
 
-        path = duet_model_in_package(path)
+        from ._bmz import package_model
+        from ._errors import DuetError
+
+        try:
+            with package_model(path) as extracted:
+                return _open_model(extracted)
+        except DuetError as exc:
+            show_error(f"cannot open {Path(str(path)).name}: {exc}")
+            return [(None,)]
+    return _open_model(path)
+
+
+def _open_model(path):
+    import napari
+
     viewer = napari.current_viewer()
     kind = model_kind(path)
     widget_name = WIDGETS.get(kind or "", WIDGETS["denoisplit"])

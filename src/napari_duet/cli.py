@@ -9,9 +9,12 @@ one-line reason (never a traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from ._errors import DuetError, first_line, is_out_of_memory, out_of_memory_message
@@ -73,12 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"duet {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        # Writing a result failed (no permission, disk full, read-only file system):
-        # missing inputs are reported by the engines, anything else here is the
-        # output's.  A FileNotFoundError that gets this far is a bug: keep its traceback.
+        # Reading an input or writing a result failed (no permission, disk full,
+        # read-only file system): one line naming which and where.  A
+        # FileNotFoundError that gets this far is a bug: keep its traceback.
         if isinstance(exc, FileNotFoundError):
             raise
-        print(f"duet {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        print(f"duet {args.command}: error: {os_error_message(exc, args)}", file=sys.stderr)
         return EXIT_USAGE
     except (MemoryError, RuntimeError) as exc:
         # Running out of host or device memory is the user's to fix (smaller input or
@@ -89,11 +92,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def os_error_message(exc: OSError) -> str:
-    """One line: which file could not be written, why, and what to change."""
+# Options that name files a command writes; any other path option is read.
+_OUTPUT_OPTIONS = {"output", "outdir", "save_model", "log_json", "uncertainty", "checkpoint"}
+
+
+def _input_paths(args: argparse.Namespace | None) -> list[Path]:
+    """The paths a command reads: its path-valued options other than outputs."""
+    out: list[Path] = []
+    for name, value in vars(args or argparse.Namespace()).items():
+        if name in _OUTPUT_OPTIONS or callable(value):
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, str | os.PathLike) and v and os.path.lexists(v):
+                out.append(Path(os.path.abspath(v)))
+    return out
+
+
+def os_error_message(exc: OSError, args: argparse.Namespace | None = None) -> str:
+    """One line: what failed (reading an input, or writing a result), on which path, why,
+    and what to change."""
     reason = exc.strerror or first_line(exc, 200)
+    path = Path(os.path.abspath(exc.filename)) if exc.filename else None
     where = f" {exc.filename}" if exc.filename else ""
-    return f"cannot write{where}: {reason}; choose another output or free disk space"
+    if path is not None and any(path == p or p in path.parents for p in _input_paths(args)):
+        return f"cannot read{where}: {reason}; check that the file is readable"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"cannot write{where}: {reason}; free disk space or choose another output"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where}: {reason}; choose another output folder"
+    return f"input/output error on{where or ' a file'}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -256,6 +256,15 @@ def from_main(obj: Any) -> Any:
     return box[0]
 
 
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` alone)."""
+    if not is_active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    _dist().all_gather_object(out, obj)
+    return out
+
+
 def on_main(fn, *args, **kwargs) -> Any:
     """``fn(*args, **kwargs)`` computed on rank 0 only, its result sent to every rank.
 

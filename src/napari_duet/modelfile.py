@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,17 +82,11 @@ def save_model_file(
         "versions": json.dumps(versions()),
     }
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=meta)
-        # mkstemp creates the file 0600; a model file gets the mode of any new file.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ._io import atomic_path
+
+    # A private temporary file (mkstemp), renamed when complete: see atomic_path.
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
     return path
 
 
@@ -263,20 +256,6 @@ def file_normalizer(d: Any, field_name: str):
                       scale=file_number(d.get("scale"), f"{field_name}.scale", nonzero=True))
 
 
-def _umask() -> int:
-    """The process umask, without changing it where the OS reports it (Linux)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # brief swap elsewhere; the value is restored at once
-    os.umask(mask)
-    return mask
-
-
 def _existing(path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -293,7 +272,7 @@ def _parse_meta(meta: dict[str, str], path: Path) -> dict[str, Any]:
         version = -1
     if version < 1 or version > FORMAT_VERSION:
         raise ModelFileError(
-            f"{path.name} has model format version {meta.get('format_version')!r}; "
+            f"{path.name} has model format version {repr(meta.get('format_version'))[:40]}; "
             f"this napari-duet reads versions up to {FORMAT_VERSION}"
         )
     try:
@@ -305,6 +284,11 @@ def _parse_meta(meta: dict[str, str], path: Path) -> dict[str, Any]:
         }
     except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFileError(f"{path.name} has a damaged header ({_short(exc)})") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits (a few bytes of
+        # header can hold one): a damaged or hostile file, not a traceback.
+        raise ModelFileError(f"{path.name} has a damaged header (a number in it is too "
+                             "long)") from None
     for key in ("config", "extra", "versions"):
         if not isinstance(header[key], dict):
             raise ModelFileError(f"{path.name} has a damaged header ({key} is not a mapping)")

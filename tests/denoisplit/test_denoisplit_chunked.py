@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from napari_duet._chunks import staging_path
 from napari_duet._io import ImageMeta, open_image, write_ome_zarr
 from napari_duet.cli import main
 from napari_duet.denoisplit import SplitConfig, SplitModel
@@ -121,8 +122,9 @@ def test_cli_resume_computes_the_missing_blocks_only(tmp_path, files, monkeypatc
 
     monkeypatch.setattr(chunked, "_task_block", dying)
     assert main(args) == 130
-    assert zarr.open_group(str(out), mode="r").attrs["napari_duet"]["state"]["done"] == [
-        0, 1, 2, 3, 4]
+    assert not out.exists()  # staged beside the output until complete
+    assert zarr.open_group(str(staging_path(out)), mode="r").attrs["napari_duet"]["state"][
+        "done"] == [0, 1, 2, 3, 4]
     calls[0] = -100
     assert main([*args, "--resume"]) == 0
     assert calls[0] + 100 == 12 - 5

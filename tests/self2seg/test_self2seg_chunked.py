@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
+from napari_duet._chunks import staging_path
 from napari_duet._io import ImageMeta, open_image, write_ome_zarr
 from napari_duet.cli import main
 from napari_duet.self2seg import Self2SegConfig, boxes_to_regions, self2seg_stack
@@ -83,7 +84,8 @@ def test_cli_resume_segments_the_missing_planes_only(tmp_path, stack_zarr, monke
 
     monkeypatch.setattr(engine, "self2seg", dying)
     assert main(args) == 130
-    state = zarr.open_group(str(out), mode="r").attrs["napari_duet"]["state"]
+    assert not out.exists()  # staged beside the output until complete
+    state = zarr.open_group(str(staging_path(out)), mode="r").attrs["napari_duet"]["state"]
     assert state["done"] == [0, 1]
     calls[0] = -100
     assert main([*args, "--resume"]) == 0

@@ -71,12 +71,18 @@ def sample_limits(array, max_bytes: int = 64 << 20) -> tuple[float, float] | Non
     return data_limits(np.stack(planes))
 
 
-def run_key(settings: dict[str, Any], seeds: dict[tuple, np.ndarray]) -> str:
-    """SHA-256 of what decides a plane's result besides its pixels: settings and seeds."""
+def run_key(settings: dict[str, Any], seeds: dict[tuple, np.ndarray], data=None) -> str:
+    """SHA-256 of what decides a plane's result: settings, seeds and (``data``) a sample of
+    the pixels (:func:`~napari_duet._io.content_fingerprint`): other data under the same
+    layer name never reuse the planes of an earlier run."""
     import hashlib
     import json
 
+    from .._io import content_fingerprint
+
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    if data is not None:
+        h.update(content_fingerprint(data).encode())
     for idx in sorted(seeds):
         h.update(repr(tuple(int(i) for i in idx)).encode())
         h.update(np.ascontiguousarray(seeds[idx], np.int64).tobytes())

@@ -517,7 +517,7 @@ class Self2SegWidget(EngineDock):
                  **{f"expert{i}": (job.full_shape + chan, np.float32) for i in range(k)}}
         arrays = open_plane_store(job.store, specs, len(job.full_shape) - 2, signature)
         # Planes an interrupted run with the same settings and seeds finished are kept.
-        job.run_key = run_key(job.config.to_dict(), job.regions_by_plane)
+        job.run_key = run_key(job.config.to_dict(), job.regions_by_plane, job.stack)
         done = planes_done(job.store, job.run_key)
         job.kept = [idx for idx in job.indices if tuple(idx) in done]
         job.indices = [idx for idx in job.indices if tuple(idx) not in done]

@@ -24,6 +24,7 @@ the group's attributes (``--resume``).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -259,9 +260,17 @@ def _create_outputs(out: Path, shape: tuple, meta, n_channels: int, samples: int
 
 def run_chunked(args: argparse.Namespace) -> int:
     """``duet split predict IMG -o OUT.ome.zarr --model M``: block tasks, resumable."""
-    from .._chunks import ImageRef, RunRecord, file_hash, report_path
+    from .._chunks import (
+        ImageRef,
+        RunRecord,
+        RunStore,
+        announce_chunked,
+        eta_notes,
+        file_hash,
+        report_path,
+    )
     from .._cli_progress import cli_run
-    from .._io import build_pyramid, check_outputs, open_image, write_json
+    from .._io import build_pyramid, check_outputs, content_fingerprint, open_image, write_json
     from .._progress import run_to_end
     from ._model import SplitModel
 
@@ -279,18 +288,24 @@ def run_chunked(args: argparse.Namespace) -> int:
     block = args.block or DEFAULT_BLOCK
     runner = TaskRunner(args.scheduler)  # connects when entered, below
     with cli_run(args, "split predict") as bar:
+        def say(msg: str) -> None:
+            bar.write(msg, file=sys.stderr)
+
         with bar.stage("load model"):
             # On dask the workers load it on --device; here it only plans the tasks.
             model = SplitModel.load(args.model, device="cpu" if runner.distributed else args.device)
         plan = plan_prediction(model, shape[-2:], args.tile, None, args.batch_size)
         signature = {"input": str(Path(args.image).resolve()), "shape": list(shape),
-                     "dtype": str(image.dtype), "model_sha256": file_hash(args.model),
+                     "dtype": str(image.dtype), "sample_sha256": content_fingerprint(image),
+                     "model_sha256": file_hash(args.model),
                      "samples": args.samples, "seed": args.seed, "block": block,
                      "calibration": args.calibration, "plan": plan}
-        record = RunRecord.open(out, signature) if args.resume else None
+        # Built beside the output and swapped in when complete: an earlier result survives.
+        store = RunStore(out, signature, resume=args.resume)
+        record = store.record
         if record is None:
-            group, _ = _create_outputs(out, shape, meta, model.n_channels, args.samples, block,
-                                       list(model.channel_names))
+            group, _ = _create_outputs(store.path, shape, meta, model.n_channels,
+                                       args.samples, block, list(model.channel_names))
             record = RunRecord.create(group, signature)
         group = record.group
         outs = {"mmse": group["0"], "std": group["std"],
@@ -304,12 +319,22 @@ def run_chunked(args: argparse.Namespace) -> int:
                                        block=block, state=record.state,
                                        save_state=record.save, runner=runner,
                                        device=args.device)
-            final = run_to_end(gen, bar)
+            announce_chunked(say, shape, image.dtype, store.path)
+            try:
+                final = run_to_end(gen, eta_notes(bar, say))
+            except DuetInputError:
+                if store.fresh:  # bad input or model: nothing worth resuming
+                    store.discard()
+                raise
         bar.finish()
         seconds = time.perf_counter() - t0
-        with bar.stage("pyramid"):
-            levels = build_pyramid(out)
-        record.finish(final)
+        if store.reused:
+            levels = len([k for k in group.array_keys() if k.isdigit()])
+        else:
+            with bar.stage("pyramid"):
+                levels = build_pyramid(store.path)
+            record.finish(final)
+            store.commit()
     report = {"method": "denoisplit", "chunked": True, "image": str(args.image),
               "model": str(args.model), "output": str(out), "shape": list(shape),
               "channel_names": list(model.channel_names), "samples": args.samples,

@@ -402,6 +402,7 @@ def _predict(args) -> int:
     import numpy as np
 
     from .._io import (
+        ResultSet,
         check_outputs,
         is_zarr_path,
         read_pixel_info,
@@ -432,16 +433,20 @@ def _predict(args) -> int:
         # the outputs add a channel or sample axis).
         pixel_info = {k: v for k, v in read_pixel_info(args.image).items() if k != "axes"}
         t0 = time.perf_counter()
-        with contextlib.ExitStack() as streamed:
+        with_samples = args.samples > 1
+        # The files are one set: written into a staging folder, moved in together, the
+        # report (listing exactly this run's files) last; see ResultSet.
+        results = ResultSet(out, names=_PREDICT_FILES)
+        with results, contextlib.ExitStack() as streamed:
             # The samples go straight into samples.tif (memory-mapped, renamed when
             # complete): they would take N times the outputs' memory.
             sink = None
-            if args.samples > 1:
-                sink = _samples_file(streamed, out / "samples.tif", img.shape,
+            if with_samples:
+                sink = _samples_file(streamed, results.path("samples.tif"), img.shape,
                                      (args.samples, model.n_channels), pixel_info)
             gen = model.iter_predict(img, samples=args.samples, tile=args.tile,
                                      batch_size=args.batch_size,
-                                     return_samples=args.samples > 1,
+                                     return_samples=with_samples,
                                      calibration=args.calibration, seed=args.seed,
                                      samples_out=sink)
             res = run_to_end(gen, bar)
@@ -450,14 +455,14 @@ def _predict(args) -> int:
                 sink.flush()
                 samples_shape = list(sink.shape)
                 res.samples = sink = None  # unmapped before the file is renamed
-    threads = bar.threads
-    extra = dict(image=str(args.image), model=str(args.model), seconds=seconds,
-                 threads=threads,
-                 megapixels_per_second=float(np.prod(img.shape)) / 1e6 / max(seconds, 1e-9),
-                 model_metadata=model.metadata())
-    # One writer for the command and the widget's "Save results…" (SplitResult.save).
-    res.save(out, pixel_info=pixel_info, report=extra,
-             samples_shape=samples_shape if args.samples > 1 else None)
+            streamed.close()  # samples.tif is complete before the set moves in
+            extra = dict(image=str(args.image), model=str(args.model), seconds=seconds,
+                         threads=bar.threads,
+                         megapixels_per_second=float(np.prod(img.shape)) / 1e6
+                         / max(seconds, 1e-9), model_metadata=model.metadata())
+            # One writer for the command and the widget's "Save results…" (SplitResult.save).
+            res.save(out, pixel_info=pixel_info, report=extra, results=results,
+                     samples_shape=samples_shape if with_samples else None)
     print(f"wrote {out}")
     return 0
 

@@ -35,23 +35,48 @@ class ResumeState:
     scheduler: dict[str, Any]
     run: dict[str, Any]  # what identifies the run (configs, data shape, seed)
     tensors: dict[str, Any] = field(default_factory=dict)  # resume.* tensors
+    world_size: int = 1  # processes that trained (DDP): one random state each
 
 
-def run_identity(cfg, tc, data_shape, names) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: network, recipe, data, channels."""
+def run_identity(cfg, tc, data_shape, names, data=None) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: network, recipe, data, channels.
+
+    ``data`` (the prepared :class:`~._data.SplitData`): a sampled fingerprint of the
+    training and validation frames (:func:`~napari_duet._io.content_fingerprint`), so
+    a checkpoint never goes on with other data of the same shape.
+    """
+    from .._io import content_fingerprint
+
     recipe = {k: v for k, v in tc.model_dict().items() if k not in ("epochs", "max_minutes",
                                                                      "calibrate")}
-    return {"config": cfg.model_dict(), "train_config": recipe,
-            "data_shape": [int(s) for s in data_shape], "channel_names": list(names)}
+    run = {"config": cfg.model_dict(), "train_config": recipe,
+           "data_shape": [int(s) for s in data_shape], "channel_names": list(names)}
+    if data is not None:
+        run["data_sha256"] = content_fingerprint(data.train) + content_fingerprint(data.val)
+    return run
 
 
 def _finite_or_none(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
+def rng_states(sampler) -> dict[str, Any]:
+    """This process's random generators (torch, the patch sampler's, CUDA's), on the CPU."""
+    import torch
+
+    out = {"torch": torch.get_rng_state(), "sampler": sampler.gen.get_state().to("cpu")}
+    if torch.cuda.is_available() and sampler.gen.device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(sampler.gen.device)
+    return out
+
+
 def state_parts(*, net, opt, sched, sampler, epoch, best, bad_epochs, val_loss, losses,
-                history, skipped, run) -> tuple[dict, dict]:
-    """The ``resume`` header entry and the ``resume.*`` tensors after ``epoch``."""
+                history, skipped, run, rank_states=None) -> tuple[dict, dict]:
+    """The ``resume`` header entry and the ``resume.*`` tensors after ``epoch``.
+
+    ``rank_states``: every rank's :func:`rng_states`, in rank order (DDP); rank 0's
+    are stored as ``rng.*``, rank r's as ``rng.*.r<r>``.
+    """
     import torch
 
     tensors = {f"{PREFIX}net.{k}": v.detach().to("cpu").clone()
@@ -61,16 +86,17 @@ def state_parts(*, net, opt, sched, sampler, epoch, best, bad_epochs, val_loss, 
         for key, v in st.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"{PREFIX}opt.{i}.{key}"] = t.detach().to("cpu").clone()
-    tensors[f"{PREFIX}rng.torch"] = torch.get_rng_state()
-    tensors[f"{PREFIX}rng.sampler"] = sampler.gen.get_state().to("cpu")
-    if torch.cuda.is_available() and sampler.gen.device.type == "cuda":
-        tensors[f"{PREFIX}rng.cuda"] = torch.cuda.get_rng_state(sampler.gen.device)
+    # Every rank's own generators (gathered by the caller under DDP; only rank 0
+    # writes): a resumed rank goes on with its own patches, not rank 0's.
+    for r, states in enumerate(rank_states or [rng_states(sampler)]):
+        for name, t in states.items():
+            tensors[f"{PREFIX}rng.{name}" + (f".r{r}" if r else "")] = t
     sch = sched.state_dict()
     header = {
         "epoch": int(epoch), "best_val": _finite_or_none(best[0]), "best_epoch": int(best[2]),
         "bad_epochs": int(bad_epochs), "val_loss": _finite_or_none(val_loss),
         "losses": {k: _finite_or_none(v) for k, v in losses.items()}, "history": history,
-        "skipped": int(skipped), "run": run,
+        "skipped": int(skipped), "run": run, "world_size": len(rank_states or [None]),
         "scheduler": {"best": _finite_or_none(sch.get("best")),
                       "num_bad_epochs": int(sch.get("num_bad_epochs", 0)),
                       "cooldown_counter": int(sch.get("cooldown_counter", 0)),
@@ -96,6 +122,7 @@ def read_state(path: str | Path) -> ResumeState | None:
             val_loss=info["val_loss"], losses=dict(info["losses"]),
             history=list(info["history"]), skipped=int(info["skipped"]),
             scheduler=dict(info["scheduler"]), run=dict(info["run"]),
+            world_size=int(info.get("world_size", 1)),
             tensors={k[len(PREFIX):]: v for k, v in mf.tensors.items() if k.startswith(PREFIX)}
             | {"best." + k[4:]: v for k, v in mf.tensors.items() if k.startswith("net.")},
         )
@@ -128,8 +155,18 @@ def restore(state: ResumeState, *, net, opt, sched, sampler, device) -> dict:
                last_epoch=state.scheduler["last_epoch"],
                _last_lr=list(state.scheduler["lrs"]))
     sched.load_state_dict(sch)
-    torch.set_rng_state(t["rng.torch"])
-    sampler.gen.set_state(t["rng.sampler"])
-    if "rng.cuda" in t and sampler.gen.device.type == "cuda":
-        torch.cuda.set_rng_state(t["rng.cuda"], sampler.gen.device)
+    from .. import distributed as ddp
+
+    # Each rank its own generators (rank 0's are the plain names).
+    suffix = f".r{ddp.rank()}" if ddp.rank() else ""
+    if f"rng.torch{suffix}" not in t:
+        from .._errors import DuetInputError
+
+        raise DuetInputError(f"the checkpoint holds no random state for rank {ddp.rank()} "
+                             f"(it was written by {state.world_size} process(es)): resume "
+                             "with as many processes, or remove it to start afresh")
+    torch.set_rng_state(t[f"rng.torch{suffix}"])
+    sampler.gen.set_state(t[f"rng.sampler{suffix}"])
+    if f"rng.cuda{suffix}" in t and sampler.gen.device.type == "cuda":
+        torch.cuda.set_rng_state(t[f"rng.cuda{suffix}"], sampler.gen.device)
     return {k[5:]: v.to(device) for k, v in t.items() if k.startswith("best.")}

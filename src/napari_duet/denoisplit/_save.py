@@ -20,30 +20,32 @@ PREDICT_FILES = ("mmse.tif", "std.tif", "a.tif", "b.tif", "std_a.tif", "std_b.ti
 
 def save_split(result, folder, *, pixel_info: dict[str, Any] | None = None,
                report: dict[str, Any] | None = None,
-               samples_shape: list[int] | None = None) -> list[Path]:
-    """Write ``result`` (a SplitResult) into ``folder``; returns the paths written.
+               samples_shape: list[int] | None = None, results=None) -> list[Path]:
+    """Write ``result`` (a SplitResult) into ``folder`` as one set; returns the paths.
 
-    ``samples_shape``: the samples were already streamed to ``samples.tif``
-    (by ``duet split predict``); ``report``: extra entries for ``report.json``.
+    The files are staged and moved in together, ``report.json`` (listing exactly
+    these files) last (:class:`~napari_duet._io.ResultSet`), so the folder never
+    mixes two runs.  ``results``: an open ResultSet to write into (``duet split
+    predict`` streams the samples into it first; ``samples_shape`` says so);
+    ``report``: extra entries for ``report.json``.
     """
-    from .._io import remove_stale_outputs, write_json, write_tiff
+    from .._io import ResultSet, write_json, write_tiff
 
     folder = Path(folder)
+    if results is None:
+        with ResultSet(folder, names=PREDICT_FILES) as own:
+            return save_split(result, folder, pixel_info=pixel_info, report=report,
+                              samples_shape=samples_shape, results=own)
     stack = result.mean.ndim == 4  # (C, T, Y, X)
     two = result.mean.shape[0] == 2
     samples = result.samples
     with_samples = samples_shape is not None or (samples is not None and len(samples) > 1)
-    remove_stale_outputs(folder, names=PREDICT_FILES, keep=[
-        "mmse.tif", "std.tif", "report.json",
-        *(("a.tif", "b.tif", "std_a.tif", "std_b.tif") if two else ()),
-        *(("samples.tif",) if with_samples else ())])
     files: dict[str, list[int]] = {}
-    written = []
 
     def put(name, arr, axes=None):
         kw = {"axes": axes} if axes else {}
-        written.append(write_tiff(folder / name, np.ascontiguousarray(arr, dtype=np.float32),
-                                  pixel_info=pixel_info, **kw))
+        write_tiff(results.path(name), np.ascontiguousarray(arr, dtype=np.float32),
+                   pixel_info=pixel_info, **kw)
         files[name] = list(arr.shape)
 
     put("mmse.tif", np.moveaxis(result.mean, 0, 1) if stack else result.mean,
@@ -62,5 +64,5 @@ def save_split(result, folder, *, pixel_info: dict[str, Any] | None = None,
     rep = result.report()
     rep["files"] = files
     rep.update(report or {})
-    written.append(write_json(folder / "report.json", rep))
-    return written
+    write_json(results.path("report.json"), rep)
+    return [folder / name for name in (*files, "report.json")]

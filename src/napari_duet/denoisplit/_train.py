@@ -425,7 +425,7 @@ def _resume(run: _Training) -> None:
     from ._resume import restore, run_identity
 
     tc = run.tc
-    run.run_id = run_identity(run.cfg, tc, run.data.shape, run.names)
+    run.run_id = run_identity(run.cfg, tc, run.data.shape, run.names, run.data)
     state = _resumable(tc, run.run_id)
     if state is None:
         return
@@ -477,7 +477,7 @@ def _eta(run: _Training, epoch: int, step: int) -> float | None:
 
 def _end_epoch(run: _Training, epoch: int) -> None:
     """Validate, step the scheduler, keep the best weights, write the checkpoint."""
-    from ._resume import state_parts
+    from ._resume import rng_states, state_parts
 
     run.epochs_run = epoch
     # Rank 0's validation loss: the same decisions on every rank.
@@ -491,11 +491,13 @@ def _end_epoch(run: _Training, epoch: int) -> None:
         run.bad_epochs = 0
     else:
         run.bad_epochs += 1
+    # Every rank's random state goes into the checkpoint (gathered on all ranks).
+    ranks = run.ddp.gather(rng_states(run.sampler)) if run.tc.checkpoint_path else None
     if run.tc.checkpoint_path and run.ddp.is_main():
         resume = state_parts(net=run.net, opt=run.opt, sched=run.sched, sampler=run.sampler,
                              epoch=epoch, best=run.best, bad_epochs=run.bad_epochs,
                              val_loss=run.val_loss, losses=run.losses, history=run.history,
-                             skipped=int(run.skipped), run=run.run_id)
+                             skipped=int(run.skipped), run=run.run_id, rank_states=ranks)
         best_w = run.best[1] if run.best[1] is not None else run.net.state_dict()
         _checkpoint(run.net, best_w, run.cfg, run.tc, run.input_norm, run.target_norms,
                     run.nms, run.names, run.data, run.best[2], resume)

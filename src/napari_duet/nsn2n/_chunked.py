@@ -163,19 +163,25 @@ def _read(source, layout: StackLayout, s: int, z0: int, z1: int) -> np.ndarray:
 
 def _task_high(task, source, layout) -> tuple[np.ndarray, int]:
     s, z0, z1 = task
-    k = _keys(_read(source, layout, s, z0, z1))
-    return np.bincount(k >> np.uint32(16), minlength=65536), int(k.size)
+    block = _read(source, layout, s, z0, z1)
+    hist = np.zeros(65536, np.int64)
+    # Plane by plane: the keys' temporaries are one plane, not the whole slab.
+    for plane in block:
+        hist += np.bincount(_keys(plane) >> np.uint32(16), minlength=65536)
+    return hist, int(block.size)
 
 
 def _task_low(task, source, layout, wanted) -> dict[int, np.ndarray]:
     s, z0, z1 = task
-    k = _keys(_read(source, layout, s, z0, z1))
-    top = k >> np.uint32(16)
-    out = {}
-    for b in wanted[s]:
-        sel = k[top == b] & np.uint32(0xFFFF)
-        if sel.size:
-            out[b] = np.bincount(sel, minlength=65536)
+    out: dict[int, np.ndarray] = {}
+    for plane in _read(source, layout, s, z0, z1):
+        k = _keys(plane)
+        top = k >> np.uint32(16)
+        for b in wanted[s]:
+            sel = k[top == b] & np.uint32(0xFFFF)
+            if sel.size:
+                h = np.bincount(sel, minlength=65536)
+                out[b] = out[b] + h if b in out else h
     return out
 
 

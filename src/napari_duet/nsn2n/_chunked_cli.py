@@ -1,8 +1,10 @@
 """``duet nsn2n --model M``, slab by slab: volumes larger than memory, resumable.
 
-The output (or, for a TIFF output, a staging OME-Zarr ``OUT.tif.partial.zarr``
-beside it) records in its attributes (``napari_duet``) the run it belongs to
-(input, model file hash, axis, TTA), the statistics of the input and the slabs
+The run writes into a staging OME-Zarr beside the output (``OUT.partial.zarr``),
+put in place only when complete, so a failed or interrupted run never harms an
+earlier result (:class:`~napari_duet._chunks.RunStore`).  The staging store
+records in its attributes (``napari_duet``) the run it belongs to (input and a
+sample of its data, model file hash, axis, TTA), the statistics of the input and the slabs
 finished so far; ``--resume`` reuses them and skips those slabs.  Level 0 is
 written slab by slab; the pyramid (OME-Zarr) or the TIFF is made at the end.
 """
@@ -10,19 +12,20 @@ written slab by slab; the pyramid (OME-Zarr) or the TIFF is made at the end.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .._chunks import ImageRef, RunRecord, TaskRunner, file_hash
-
-
-def _store_for(path: Path) -> Path:
-    from .._io import is_zarr_path
-
-    return path if is_zarr_path(path) else path.with_name(path.name + ".partial.zarr")
+from .._chunks import (
+    ImageRef,
+    RunRecord,
+    RunStore,
+    TaskRunner,
+    announce_chunked,
+    eta_notes,
+    file_hash,
+)
 
 
 def _level0(record: RunRecord):
@@ -40,21 +43,28 @@ def run_chunked(args: argparse.Namespace) -> int:
     import zarr
 
     from .._cli_progress import cli_run
-    from .._errors import DuetInputError
-    from .._io import build_pyramid, is_zarr_path, open_image, write_json, write_tiff_blocks
+    from .._errors import DuetError, DuetInputError
+    from .._io import (
+        build_pyramid,
+        content_fingerprint,
+        is_zarr_path,
+        open_image,
+        require_memory,
+        write_json,
+        write_tiff_blocks,
+    )
     from .._progress import run_to_end
     from .._versions import versions
     from ._chunked import auto_slab, iter_denoise_chunked
-    from ._cli import _report_path
+    from ._cli import _report_path, cli_layout
     from ._model import NSN2NModel
     from ._store import create_store
-    from ._volume import layout_for
 
     out = Path(args.output)
     source, meta = open_image(args.volume)
     if out.resolve() == Path(args.volume).resolve():
         raise DuetInputError("the output would overwrite the input: choose another -o path")
-    layout = layout_for(tuple(int(s) for s in source.shape), args.axis)
+    layout = cli_layout(tuple(int(s) for s in source.shape), args.axis)
     if args.slab is not None and args.slab < 1:
         raise DuetInputError(f"--slab must be at least 1, got {args.slab}")
     tta = not args.no_tta
@@ -68,48 +78,66 @@ def run_chunked(args: argparse.Namespace) -> int:
             model = NSN2NModel.load(args.model, device="cpu" if runner.distributed else args.device)
         signature = {"input": str(Path(args.volume).resolve()), "shape": list(source.shape),
                      "dtype": str(source.dtype), "axis": layout.axis,
+                     "sample_sha256": content_fingerprint(source, axis=layout.axis),
                      "model_sha256": file_hash(args.model), "tta": tta,
                      "uncertainty": unc_path is not None}
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
-        stores = [_store_for(out)] + ([_store_for(unc_path)] if unc_path else [])
+        # Memory is bounded by one slab (and its halo): its float32 input, guides, network
+        # activations and result, about 24 copies; it must fit even at one slice.
+        depth = (args.slab or auto_slab(plane)) + 4
+        require_memory(depth * plane * 4 * 24, f"one slab of {depth} slices of "
+                       f"{tuple(layout.shape[a] for a in layout.plane_axes)} px",
+                       "give --slab 1, or bin the planes")
+        # Each output is built in a staging store beside it and put in place only when
+        # complete: an earlier result survives a failed or interrupted run.
+        paths = [out] + ([unc_path] if unc_path else [])
+        stores = [RunStore(p, signature, resume=args.resume) for p in paths]
         state: dict[str, Any] | None = None
         arrays = []
-        if args.resume:
-            found = [RunRecord.open(s, signature) for s in stores]
-            if all(f is not None for f in found):
-                record = found[0]
-                arrays = [_level0(f) for f in found]
-                state = record.state
-                log(f"resuming {stores[0]}: {len(state.get('done', []))} slabs done")
-            elif any(f is not None for f in found):
+        if any(not s.fresh for s in stores):
+            if not all(not s.fresh for s in stores):
                 raise DuetInputError("--resume: the output and the uncertainty store do not "
                                      "belong to the same run; remove them")
+            record = stores[0].record
+            arrays = [_level0(s.record) for s in stores]
+            state = record.state
+            log(f"resuming {stores[0].path}: {len(state.get('done', []))} slabs done")
         if state is None:
             slab = args.slab or auto_slab(plane)
-            arrays = [create_store(s, layout, meta, slab, signature) for s in stores]
-            record = RunRecord(zarr.open_group(str(stores[0]), mode="r+"), signature)
+            arrays = [create_store(s.path, layout, meta, slab, signature) for s in stores]
+            record = RunRecord(zarr.open_group(str(stores[0].path), mode="r+"), signature)
 
+        announce_chunked(None if args.quiet else log, source.shape, source.dtype, stores[0].path)
         log(f"applying {args.model} to {args.volume} {tuple(source.shape)} slab by slab")
-        with runner:
-            # Workers open the input by path; here the open array is read.
-            src = ImageRef.of(args.volume) if runner.distributed else source
-            gen = iter_denoise_chunked(model, src, arrays[0], axis=layout.axis, tta=tta,
-                                       slab=args.slab, state=state, save_state=record.save,
-                                       uncertainty=arrays[1] if unc_path else None,
-                                       runner=runner, device=args.device)
-            final = run_to_end(gen, bar)
+        try:
+            with runner:
+                # Workers open the input by path; here the open array is read.
+                src = ImageRef.of(args.volume) if runner.distributed else source
+                gen = iter_denoise_chunked(model, src, arrays[0], axis=layout.axis, tta=tta,
+                                           slab=args.slab, state=state, save_state=record.save,
+                                           uncertainty=arrays[1] if unc_path else None,
+                                           runner=runner, device=args.device)
+                final = run_to_end(gen, eta_notes(bar, None if args.quiet else log))
+        except DuetError:
+            # Bad input or model: nothing worth resuming; an interruption keeps the staging.
+            if state is None:
+                for s in stores:
+                    s.discard()
+            raise
         bar.finish()
-        for store, path, arr in zip(stores, [out, unc_path], arrays, strict=False):
-            if is_zarr_path(path):
+        for s, path, arr in zip(stores, paths, arrays, strict=True):
+            if s.reused:
+                log(f"{path} was already complete")
+            elif is_zarr_path(path):
                 with bar.stage("pyramid"):
-                    levels = build_pyramid(store)
+                    levels = build_pyramid(s.path)
+                RunRecord(zarr.open_group(str(s.path), mode="r+"), signature).finish(final)
+                s.commit()
                 log(f"wrote {path} ({levels} levels)")
             else:
                 with bar.stage("write tiff"):
                     write_tiff_blocks(path, arr, pixel_info=meta.pixel_info())
-                shutil.rmtree(store, ignore_errors=True)
-        if is_zarr_path(out):
-            record.finish(final)
+                s.discard()
         report = {
             "method": "nsn2n", "mode": "apply", "chunked": True, "model": str(args.model),
             "config": model.config.to_dict(), "model_info": model.info,

@@ -135,16 +135,34 @@ def _refuse_plane_channels(args: argparse.Namespace) -> None:
     channels before the plane are handled; channels the plane would take are refused."""
     from .._channels import find_channel_axis, refuse_channels, stated_axes
     from .._io import open_image
-    from ._volume import layout_for
 
     lazy, meta = open_image(args.volume)
     shape = tuple(int(n) for n in lazy.shape)
     c = find_channel_axis(shape, axes=stated_axes(args.volume, meta), given=args.channel_axis)
-    layout = layout_for(shape, args.axis)
+    layout = cli_layout(shape, args.axis, c)
     if c is not None and (c in layout.plane_axes or c == layout.axis):
         refuse_channels(Path(args.volume).name, shape, c,
                         "applying a model slab by slab needs the channels before the image "
                         "plane (e.g. C, Z, Y, X); move them, or --channel-axis none")
+
+
+def cli_layout(shape: tuple[int, ...], axis: int, channel_axis=None):
+    """:func:`~._volume.layout_for`, its "too few slices" error naming the options that
+    pick the axes (``--axis``, ``--channel-axis``) when another axis would do."""
+    from .._errors import DuetInputError
+    from ._volume import MIN_SLICES, layout_for
+
+    try:
+        return layout_for(shape, axis)
+    except DuetInputError as exc:
+        if "slices along axis" not in str(exc) or len(shape) < 3:
+            raise
+        others = [a for a in range(len(shape) - 2) if shape[a] >= MIN_SLICES
+                  and a != channel_axis]
+        which = f" (axis {others[0]} has {shape[others[0]]})" if others else ""
+        raise DuetInputError(f"{exc} in the {len(shape)}D input {tuple(shape)}: give the slice "
+                             f"axis with --axis{which} and a channel axis with --channel-axis"
+                             ) from None
 
 
 def _report_path(out: Path) -> Path:
@@ -158,12 +176,15 @@ def run(args: argparse.Namespace) -> int:
     from .._errors import DuetInputError
     from .._io import (
         ImageMeta,
+        array_bytes,
         check_outputs,
+        is_tiff_path,
         is_zarr_path,
         open_image,
         read_image,
         read_pixel_info,
         require_image_suffix,
+        require_memory,
         write_json,
         write_ome_zarr,
         write_tiff,
@@ -174,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
     from ._diagnostics import noise_correlation, recommend_method, summarize_pairs
     from ._model import NSN2NModel
     from ._train import train
-    from ._volume import layout_for
 
     out = Path(args.output)
     if args.model and args.save_model:
@@ -194,25 +214,34 @@ def run(args: argparse.Namespace) -> int:
                ("--save-model", args.save_model),
                ("--log-json", getattr(args, "log_json", None))]
     if chunked:
-        from ._chunked_cli import _store_for
+        from .._chunks import staging_path
 
-        # A TIFF output is staged in an OME-Zarr store beside it.
-        outputs += [("-o", _store_for(Path(p))) for p in (args.output, args.uncertainty)
-                    if p is not None and not is_zarr_path(p)]
+        # Every output is staged in an OME-Zarr store beside it.
+        outputs += [("-o", staging_path(p)) for p in (args.output, args.uncertainty)
+                    if p is not None]
     check_outputs([args.volume, args.model], outputs)
     if chunked:
         from ._chunked_cli import run_chunked
 
         _refuse_plane_channels(args)
         return run_chunked(args)
-    if is_zarr_path(args.volume):
+    if is_zarr_path(args.volume) or is_tiff_path(args.volume):
+        # A few KiB of OME-Zarr or TIFF can declare any shape: the volume and the float32
+        # copies training holds (normalised, guides, result) must fit before reading.
         lazy, meta = open_image(args.volume)
+        hint = ("apply a trained model slab by slab instead (--model M.duet -o OUT.ome.zarr)"
+                if args.model else "train on a crop (fewer slices or a smaller plane), "
+                "then apply the model slab by slab (--model M.duet -o OUT.ome.zarr)")
+        require_memory(array_bytes(lazy.shape, lazy.dtype) + 16 * array_bytes(lazy.shape, "u1"),
+                       f"NS-N2N on {Path(args.volume).name} {tuple(lazy.shape)} in memory",
+                       hint)
+    if is_zarr_path(args.volume):
         volume = np.asarray(lazy[...])
     else:
         volume, meta = read_image(args.volume), None
     in_shape = volume.shape
     volume, axis, channel_axis = _channels_first(volume, args, meta)
-    layout_for(volume.shape, axis)  # fail fast, before loading a model or training
+    cli_layout(volume.shape, axis, 0 if channel_axis is not None else None)  # fail fast
     with cli_run(args, "nsn2n") as bar:
         tta = not args.no_tta
         t0 = time.perf_counter()

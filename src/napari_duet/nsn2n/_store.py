@@ -21,7 +21,7 @@ import numpy as np
 
 from .._chunks import RunRecord
 from .._errors import DuetInputError
-from .._io import ImageMeta, build_pyramid, create_ome_zarr, strict_jsonable
+from .._io import ImageMeta, build_pyramid, content_fingerprint, create_ome_zarr, strict_jsonable
 from .._progress import Progress
 from ._chunked import auto_slab, iter_denoise_chunked
 from ._volume import layout_for
@@ -55,18 +55,11 @@ def model_fingerprint(model) -> str:
 
 
 def sample_fingerprint(source, axis: int) -> str:
-    """SHA-256 of the first, middle and last slice (first stack) of ``source``: tells two
-    inputs of the same name and shape apart without reading the whole volume."""
-    layout = layout_for(tuple(int(s) for s in source.shape), axis)
-    h = hashlib.sha256()
-    n = layout.shape[layout.axis]
-    for i in sorted({0, n // 2, n - 1}):
-        sel: list[Any] = [0] * len(layout.shape)
-        for a in layout.plane_axes:
-            sel[a] = slice(None)
-        sel[layout.axis] = i
-        h.update(np.ascontiguousarray(np.asarray(source[tuple(sel)])).tobytes())
-    return h.hexdigest()
+    """:func:`~napari_duet._io.content_fingerprint` of ``source``, sampled along the slice
+    ``axis``: tells two inputs of the same name and shape apart without reading the
+    whole volume (the CLI's signature holds the same value)."""
+    layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis
+    return content_fingerprint(source, axis=axis)
 
 
 def run_signature(model, source, *, axis: int, tta: bool, input_name: str) -> dict[str, Any]:

@@ -211,10 +211,11 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
     """``duet self2seg STACK -o OUT.ome.zarr``: plane tasks into an OME-Zarr (resumable)."""
     import zarr
 
-    from .._chunks import ImageRef, RunRecord, report_path
+    from .._chunks import ImageRef, RunRecord, RunStore, announce_chunked, report_path
     from .._cli_progress import cli_run
     from .._io import (
         build_pyramid,
+        content_fingerprint,
         create_ome_zarr,
         create_ome_zarr_labels,
         open_image,
@@ -229,18 +230,21 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
     den_meta, lab_meta = _output_meta(meta, shape, lead, plane, rgb)
     den_shape = lead + plane + ((3,) if rgb else ())
     signature = {"input": str(Path(args.image).resolve()), "shape": list(shape),
-                 "dtype": str(image.dtype), "config": cfg.to_dict(),
+                 "dtype": str(image.dtype), "sample_sha256": content_fingerprint(image),
+                 "config": cfg.to_dict(),
                  "regions": None if regions is None else hashlib.sha256(
                      np.ascontiguousarray(regions).tobytes()).hexdigest()}
-    record = RunRecord.open(out, signature) if args.resume else None
+    # Built beside the output and swapped in when complete: an earlier result survives.
+    store = RunStore(out, signature, resume=args.resume)
+    record = store.record
     if record is None:
         ones = (1,) * len(lead)
         tile = tuple(min(n, 512) for n in plane)
-        create_ome_zarr(out, den_shape, np.float32, den_meta,
+        create_ome_zarr(store.path, den_shape, np.float32, den_meta,
                         chunks=ones + tile + ((3,) if rgb else ()))
-        create_ome_zarr_labels(out, "mask", lead + plane, np.uint8, lab_meta,
+        create_ome_zarr_labels(store.path, "mask", lead + plane, np.uint8, lab_meta,
                                chunks=ones + tile)
-        record = RunRecord.create(zarr.open_group(str(out), mode="r+"), signature)
+        record = RunRecord.create(zarr.open_group(str(store.path), mode="r+"), signature)
     group = record.group
     labels_out, denoised_out = group["labels/mask/0"], group["0"]
     cnn = cfg.experts == "cnn"
@@ -261,11 +265,21 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
                 if not args.quiet:
                     bar.write(f"plane {p.done}/{p.total} done ({p.elapsed:.1f} s)")
 
-            final = run_to_end(gen, show)
+            announce_chunked(None if args.quiet else bar.write, shape, image.dtype, store.path)
+            try:
+                final = run_to_end(gen, show)
+            except DuetInputError:
+                if store.fresh:  # bad input: nothing worth resuming
+                    store.discard()
+                raise
         bar.finish()
-        with bar.stage("pyramid"):
-            levels = build_pyramid(out)
-        record.finish(final)
+        if store.reused:
+            levels = len([k for k in group.array_keys() if k.isdigit()])
+        else:
+            with bar.stage("pyramid"):
+                levels = build_pyramid(store.path)
+            record.finish(final)
+            store.commit()
         report = summary(final, cfg, shape, str(image.dtype), rgb)
         report.update(input=str(args.image), output=str(out), levels=levels,
                       axes=list(den_meta.axes), scale=list(den_meta.scale),

@@ -290,7 +290,7 @@ def _run_one(args: argparse.Namespace, image_path: Path, out: Path, *, bar=None,
 
 
 def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, batch, label):
-    from .._io import remove_stale_outputs, write_json, write_tiff
+    from .._io import ResultSet, write_json, write_tiff
     from .._progress import run_to_end
     from ._engine import iter_self2seg
     from ._stack import iter_self2seg_stack
@@ -351,30 +351,30 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
     show(n_planes * cfg.max_alternations)
     if batch is None:
         bar.finish()
-    # A reused folder: expert files of an earlier run with more classes would stay.
-    remove_stale_outputs(out, pattern=r"expert_\d+\.tif",
-                         keep=_output_names(res.experts.shape[0]))
-    write_tiff(out / "mask.tif", res.labels.astype(np.uint8), pixel_info=pixel_info)
     instances = res.instances
-    # Instance labels: the smallest unsigned type that holds every object's number.
-    write_tiff(out / "labels.tif",
-               instances.astype(np.uint16 if instances.max(initial=0) < 2**16 else np.uint32),
-               pixel_info=pixel_info)
     # A non-negative input gives non-negative intensities (a CNN expert may undershoot).
     nonneg = (lambda a: np.maximum(a, 0)) if float(np.nanmin(image)) >= 0 else (lambda a: a)
-    write_tiff(out / "denoised.tif", nonneg(res.denoised.astype(np.float32)),
-               pixel_info=pixel_info)
-    for k in range(res.experts.shape[0]):
-        write_tiff(out / f"expert_{k}.tif", nonneg(res.experts[k].astype(np.float32)),
+    # One set: staged, moved in together, the report (listing exactly these files) last;
+    # expert files of an earlier run with more classes are removed.
+    with ResultSet(out, pattern=r"expert_\d+\.tif") as results:
+        write_tiff(results.path("mask.tif"), res.labels.astype(np.uint8), pixel_info=pixel_info)
+        # Instance labels: the smallest unsigned type that holds every object's number.
+        write_tiff(results.path("labels.tif"),
+                   instances.astype(np.uint16 if instances.max(initial=0) < 2**16
+                                    else np.uint32), pixel_info=pixel_info)
+        write_tiff(results.path("denoised.tif"), nonneg(res.denoised.astype(np.float32)),
                    pixel_info=pixel_info)
-    report = res.report()
-    report["objects"] = int(instances.max(initial=0))
-    report["input"] = str(image_path)
-    report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
-    report["regions"] = None if args.regions is None else str(args.regions)
-    if pixel_info:
-        report["pixel_info"] = pixel_info
-    write_json(out / "report.json", report)  # last: its presence marks a finished result
+        for k in range(res.experts.shape[0]):
+            write_tiff(results.path(f"expert_{k}.tif"),
+                       nonneg(res.experts[k].astype(np.float32)), pixel_info=pixel_info)
+        report = res.report()
+        report["objects"] = int(instances.max(initial=0))
+        report["input"] = str(image_path)
+        report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
+        report["regions"] = None if args.regions is None else str(args.regions)
+        if pixel_info:
+            report["pixel_info"] = pixel_info
+        write_json(results.path("report.json"), report)
     # Warnings go to stderr even with -q: a wrecked result must not pass silently.
     for where, chk in checks:
         for line in [f"warning: {w}" for w in chk.get("warnings", [])] + [
