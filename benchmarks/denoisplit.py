@@ -278,7 +278,18 @@ def devset(args, results: dict) -> None:
             train_s = time.perf_counter() - t
             res = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
             val = model.training.get("validation", {})
+            network = None
+            if val.get("constant_split_for"):
+                # What the network itself gives on the channels that fell back.
+                gate = model.net.network_gate
+                kept = gate.clone()
+                gate.fill_(1.0)
+                raw = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
+                gate.copy_(kept)
+                network = [range_invariant_psnr(raw.mean[c], test_clean[c])
+                           for c in range(len(names))]
             row[label] = {
+                "network_ri_psnr": network,
                 "ri_psnr": [range_invariant_psnr(res.mean[c], test_clean[c])
                             for c in range(len(names))],
                 "validation_gain_db": val.get("psnr_gain_db"),
@@ -299,6 +310,8 @@ def devset(args, results: dict) -> None:
                 cells.append(f"{label} {r['ri_psnr'][c]:6.2f} "
                              f"({r['ri_psnr'][c] - row['constant split'][c]:+.2f}; val "
                              f"{g if g is None else f'{g:+.2f}'})")
+                if r["network_ri_psnr"]:
+                    cells.append(f"network alone {r['network_ri_psnr'][c]:6.2f}")
             print(f"    {n:10s} " + "  ".join(cells))
         for label, _ in variants:
             r = row[label]

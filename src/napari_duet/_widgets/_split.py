@@ -249,6 +249,10 @@ class SplitWidget(EngineDock):
             "noise models: " + ("yes" if meta["noise_models"] else "no (Gaussian likelihood)"),
             calibration_line(getattr(model, "calibration", None), meta["channel_names"]),
         ]
+        learned = learned_text((meta.get("training") or {}).get("validation", {}).get(
+            "psnr_gain_db"))
+        if learned:
+            lines.append(learned)
         worse = split_worse_line(getattr(model, "calibration", None), meta["channel_names"])
         if worse:
             lines.append(worse)
