@@ -309,8 +309,8 @@ class LadderVAE(nn.Module):
         n = self.n_channels
         means = [float(t.offset) for t in target_norms]
         total = float(input_norm.offset)
-        if total > 0 and all(m >= 0 for m in means):
-            shares = [m / total for m in means]
+        if total > 0:
+            shares = [max(m, 0.0) / total for m in means]  # a channel of no signal: 0
         else:  # no meaningful intensity share (offset-subtracted data): equal shares
             shares = [1.0 / n] * n
         scale = [s * float(input_norm.scale) / float(t.scale)
