@@ -261,7 +261,7 @@ def test_self2seg_report_lists_exactly_its_files(tmp_path):
     assert main(["self2seg", str(img), "-o", str(out), "--experts", "constant",
                  "--max-alternations", "1", "-q"]) == 0
     rep = verify_result_set(out)
-    assert set(rep["manifest"]) == {"mask.tif", "denoised.tif", "expert_0.tif",
+    assert set(rep["manifest"]) == {"mask.tif", "labels.tif", "denoised.tif", "expert_0.tif",
                                     "expert_1.tif"}
     (out / "denoised.tif").write_bytes(b"other run")
     from napari_duet import DuetInputError

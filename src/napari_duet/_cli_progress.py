@@ -131,6 +131,8 @@ def describe(item) -> Event:
         extra.setdefault("losses", {})
     elif name == "TrainProgress":  # denoiSplit
         extra.update(epoch=item.epoch, epochs=item.epochs, val_loss=item.val_loss, lr=item.lr)
+        if getattr(item, "val_gain_db", None):  # per structure, over the constant split
+            extra["val_gain_db"] = dict(item.val_gain_db)
         extra.setdefault("losses", {})
         if stage != "train":  # noise models, calibration: no steps to count
             stage, done, total = stage.replace("_", " "), None, None

@@ -29,7 +29,7 @@ _HIGHPASS = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64) / 6.0
 _MAD = 1.4826
 # Least dynamic range of the signal-dependent variance (variance at the bright end over
 # the variance at the dark end) for the data to count as photon-limited.
-_SIGNAL_DEPENDENT_RATIO = 1.5
+_SIGNAL_DEPENDENT_RATIO = 2.0
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,19 @@ from ._config import SplitConfig, TrainConfig
 from ._metrics import ms_ssim, seam_metrics, split_metrics
 from ._model import SplitModel
 from ._predict import PredictProgress, SplitResult, tile_seams
-from ._train import SplitTrainResult, TrainProgress, calibrate_on, iter_train, train
+from ._train import (
+    LEARNED_DB,
+    SplitTrainResult,
+    TrainProgress,
+    calibrate_on,
+    iter_train,
+    learning_summary,
+    train,
+    validation_gains,
+)
 
 __all__ = [
+    "LEARNED_DB",
     "GaussianMixtureNoiseModel",
     "PredictProgress",
     "SplitConfig",
@@ -38,9 +48,11 @@ __all__ = [
     "fit_calibration",
     "fit_noise_model",
     "iter_train",
+    "learning_summary",
     "ms_ssim",
     "seam_metrics",
     "split_metrics",
     "tile_seams",
     "train",
+    "validation_gains",
 ]

@@ -45,7 +45,7 @@ CITATION = {
 #: SplitConfig fields the ladder VAE reads (its architecture).
 ARCH_FIELDS = ("n_levels", "z_dims", "filters", "blocks_per_level", "dropout", "batchnorm",
                "learn_top_prior", "stochastic_skip", "var_clip_max", "logvar_lower_bound",
-               "predict_logvar", "n_channels", "multiscale_count")
+               "predict_logvar", "n_channels", "multiscale_count", "split_fallback")
 _TEST_SIDE = 64
 _EXPORT_ATOL = 1e-4  # normalised units
 

@@ -357,13 +357,18 @@ def _train(args) -> int:
                   and p.epoch != last_epoch):
                 last_epoch = p.epoch
                 loss = p.losses.get("loss", float("nan"))
+                gains = "".join(f" {n} {g:+.2f} dB" for n, g in (p.val_gain_db or {}).items())
                 bar.write(f"[{p.elapsed:7.1f}s] epoch {p.epoch}/{p.epochs} loss {loss:.4f} "
-                          f"val {p.val_loss:.4f}", file=sys.stderr)
+                          f"val {p.val_loss:.4f}" + (f", over the constant split:{gains}"
+                                                     if gains else ""), file=sys.stderr)
         if not ddp.is_main():  # rank 0 writes the model
             return 0
         with bar.stage("save"):
             out = model.save(args.output)
     print(f"wrote {out}")
+    summary = (model.training.get("validation") or {}).get("summary")
+    if summary:
+        print(f"validation PSNR over the constant split: {summary}")
     if model.calibration is not None:
         from ._calibration import calibration_plot
 

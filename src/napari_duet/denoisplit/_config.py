@@ -52,6 +52,15 @@ class SplitConfig(EngineConfig):
         coarser context inputs, each the same number of pixels as the patch,
         centred on it, from the image downsampled 2x, 4x, ... (μSplit's
         lateral contextualisation).  At most ``n_levels``.
+    split_fallback : bool
+        Keep the constant split (the input times each channel's share of the
+        training intensity) as a fallback: a channel whose prediction does
+        worse than that split on the validation data after training gives
+        that split instead, so a structure the network did not learn stays
+        at it rather than below it.  On in the presets; off in model files
+        written before it existed.  (Learning a correction on top of that
+        split from the start was measured and dropped: the latents collapsed
+        to the prior and the output stayed at the split.)
     """
 
     n_levels: int = 4
@@ -67,6 +76,7 @@ class SplitConfig(EngineConfig):
     predict_logvar: bool = False
     n_channels: int = 2
     multiscale_count: int = 1
+    split_fallback: bool = False
 
     LABEL: ClassVar[str] = "denoiSplit network"
 
@@ -104,13 +114,14 @@ class SplitConfig(EngineConfig):
 
     @classmethod
     def default(cls) -> SplitConfig:
-        """The denoiSplit paper network (4 levels, 4x128 latents, 64 filters; ~3.0 M params)."""
-        return cls()
+        """The denoiSplit paper network (4 levels, 4x128 latents, 64 filters; ~3.0 M params),
+        with the constant-split fallback."""
+        return cls(split_fallback=True)
 
     @classmethod
     def small(cls) -> SplitConfig:
         """A small network for tests and CPUs (3 levels, 16 latents, 24 filters)."""
-        return cls(n_levels=3, z_dims=16, filters=24, dropout=0.0)
+        return cls(n_levels=3, z_dims=16, filters=24, dropout=0.0, split_fallback=True)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SplitConfig:

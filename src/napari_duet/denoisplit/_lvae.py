@@ -230,6 +230,12 @@ class LadderVAE(nn.Module):
         self.n_channels = n
         self.out_channels = 2 * n if cfg.predict_logvar else n
         self.output = nn.Conv2d(c, self.out_channels, 3, padding=1)
+        if cfg.split_fallback:
+            # A channel whose gate is 0 gives the constant split (set by training for
+            # channels it did not learn).  Buffers only in such networks, so older
+            # model files keep their state-dict keys.
+            self.register_buffer("split_scale", torch.zeros(n))
+            self.register_buffer("network_gate", torch.ones(n))
         if cfg.context_count:
             # Only built with lateral context, so plain models keep their state-dict keys.
             self.context = nn.ModuleList([ContextBranch(cfg) for _ in range(cfg.context_count)])
@@ -279,10 +285,37 @@ class LadderVAE(nn.Module):
             if kl is not None:
                 kls.append(kl)
         out = self.output(self.final(above))
+        if self.cfg.split_fallback:
+            n = self.n_channels
+            base = self.split_scale.view(1, n, 1, 1) * x[:, :1]
+            gate = self.network_gate.view(1, n, 1, 1)
+            mean = gate * out[:, :n] + (1 - gate) * base
+            out = torch.cat([mean, out[:, n:]], dim=1) if out.shape[1] > n else mean
         if self.cfg.predict_logvar:
             mean, lv = out.chunk(2, dim=1)
             out = torch.cat([mean, lv.clamp_min(self.cfg.logvar_lower_bound)], dim=1)
         return out, (kls[::-1] if compute_kl else None)
+
+    def set_split_scale(self, input_norm, target_norms) -> None:
+        """Set the constant split in normalised units from the data's normalisers.
+
+        Channel c's share of the training intensity is ``share_c = mean_c / mean``
+        (``mean``: that of the input, the sum of the channels), and its constant
+        split ``share_c * input``.  With the input normalised as
+        ``(input - mean) / sd`` and the target as ``(t - mean_c) / sd_c``, that
+        split is ``share_c * sd / sd_c`` times the normalised input (no offset,
+        since ``share_c * mean = mean_c``).
+        """
+        n = self.n_channels
+        means = [float(t.offset) for t in target_norms]
+        total = float(input_norm.offset)
+        if total > 0:
+            shares = [max(m, 0.0) / total for m in means]  # a channel of no signal: 0
+        else:  # no meaningful intensity share (offset-subtracted data): equal shares
+            shares = [1.0 / n] * n
+        scale = [s * float(input_norm.scale) / float(t.scale)
+                 for s, t in zip(shares, target_norms, strict=True)]
+        self.split_scale.copy_(torch.tensor(scale, dtype=self.split_scale.dtype))
 
     def latent_shapes(self, hw: tuple[int, int]) -> list[tuple[int, int, int]]:
         """(C, h, w) of each level's latent, bottom to top, for an input of size ``hw``."""

@@ -142,18 +142,18 @@ def batch_inputs(spec: str) -> list[Path] | None:
 
 
 def finished(folder: Path, n_classes: int | None = None) -> bool:
-    """True when ``folder`` holds a complete result: a readable report.json (written
-    last) and every image file it names."""
-    import json
+    """True when ``folder`` holds one complete Self2Seg result: a report whose manifest
+    matches the files beside it (sizes; see :func:`~napari_duet._io.verify_result_set`),
+    for ``n_classes`` classes when given."""
+    from .._io import verify_result_set
 
     try:
-        report = json.loads((folder / "report.json").read_text())
-    except (OSError, ValueError):
+        report = verify_result_set(folder, digest=False)
+    except DuetInputError:
         return False
-    if not isinstance(report, dict) or report.get("method") not in ("self2seg", None):
+    if report.get("method") != "self2seg":
         return False
-    k = n_classes if n_classes is not None else len(report.get("class_fractions") or [0, 0])
-    return all((folder / name).is_file() for name in _output_names(k)[:-1])
+    return n_classes is None or len(report.get("class_fractions") or []) == n_classes
 
 
 def _stems(files: list[Path]) -> list[str]:

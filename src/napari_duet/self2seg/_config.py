@@ -168,7 +168,7 @@ class Self2SegConfig(EngineConfig):
         generalised Anscombe transform, where the noise has one variance;
         the denoised output is mapped back with the exact unbiased inverse.
         "auto" (default) does so when the fitted variance at the bright end
-        is at least 1.5 times that at the dark end, else treats the noise as
+        is at least twice that at the dark end, else treats the noise as
         Gaussian.  Colour images are always treated as Gaussian.
     solver_tol : float
         Mask solver stopping tolerance (duality gap per pixel for two
