@@ -179,13 +179,16 @@ def run_case(half, name, clean, kind, args, log) -> dict:
         row["nsn2n_uncorrected"] = base.psnr(m, clean)
         row["nsn2n_power"] = base.psnr(rician_power_correction(m, sigma), clean)
         row["nsn2n"] = base.psnr(rician_unbiased_inverse(m, sigma), clean)
+        row["nsn2n_clamped"] = base.psnr(rician_unbiased_inverse(m, sigma, signed=False), clean)
         bg = clean < 0.02
         if bg.any():
             row["background_mean"] = {
                 "clean": float(clean[bg].mean()), "noisy": float(noisy[bg].mean()),
                 "uncorrected": float(m[bg].mean()),
                 "power": float(rician_power_correction(m, sigma)[bg].mean()),
-                "mean_inverse": float(rician_unbiased_inverse(m, sigma)[bg].mean())}
+                "mean_inverse": float(rician_unbiased_inverse(m, sigma)[bg].mean()),
+                "mean_inverse_clamped": float(
+                    rician_unbiased_inverse(m, sigma, signed=False)[bg].mean())}
         row["nsn2n_default_model"] = auto.kind
     else:
         res, sec = run_nsn2n(noisy, args, "auto")

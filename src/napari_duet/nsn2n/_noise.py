@@ -302,8 +302,13 @@ def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return a, b
 
 
-def choose_kind(means: np.ndarray, variances: np.ndarray) -> tuple[str, dict]:
+def choose_kind(means: np.ndarray, variances: np.ndarray, nonnegative: bool = True
+                ) -> tuple[str, dict]:
     """Pick the noise model from the variance-vs-mean curve (see :func:`fit_noise`).
+
+    ``nonnegative``: the data has (almost) no values below 0, as magnitudes;
+    Rician is only considered then (Gaussian noise on an offset of about 1.25
+    sigma mimics a Rayleigh background's mean and variance, not its sign).
 
     Returns the kind and the fitted numbers (``a``, ``b``, ``sigma``,
     ``growth``: relative rise of the variance over the signal range).
@@ -323,7 +328,7 @@ def choose_kind(means: np.ndarray, variances: np.ndarray) -> tuple[str, dict]:
     a_up, _ = _line_fit(means[len(means) // 2:], upper)
     up_growth = a_up * (means[-1] - means[len(means) // 2]) / max(float(np.median(upper)), floor)
     m0, v0 = means[0], variances[0]
-    if sigma_hi > 0 and v0 > 0 and abs(up_growth) < 2.0:
+    if nonnegative and sigma_hi > 0 and v0 > 0 and abs(up_growth) < 2.0:
         ratio = m0 / math.sqrt(v0)
         if (_RAYLEIGH_RATIO[0] <= ratio <= _RAYLEIGH_RATIO[1]
                 and _RAYLEIGH_VAR[0] <= v0 / sigma_hi**2 <= _RAYLEIGH_VAR[1]
@@ -339,6 +344,10 @@ def choose_kind(means: np.ndarray, variances: np.ndarray) -> tuple[str, dict]:
         return "poisson-gaussian", {"a": a, "b": b, "sigma": sigma_hi, "growth": growth}
     sig = float(np.sqrt(np.median(variances)))
     return "gaussian", {"a": a, "b": b, "sigma": sig, "growth": growth}
+
+
+def _nonnegative(stacks: np.ndarray) -> bool:
+    return float(np.mean(stacks < 0)) < 1e-3
 
 
 def fit_noise(stacks: np.ndarray, kind: str = "auto") -> NoiseModel:
@@ -367,10 +376,11 @@ def fit_noise(stacks: np.ndarray, kind: str = "auto") -> NoiseModel:
         # kind on its own (a channel 100x brighter than another is not photon
         # noise between them), then the parameters are fitted on all together
         # (channels of one camera share its gain).
-        kinds = {choose_kind(*variance_curve(s[None])[:2])[0] for s in stacks}
+        kinds = {choose_kind(*variance_curve(s[None])[:2], _nonnegative(s))[0]
+                 for s in stacks}
         kind = kinds.pop() if len(kinds) == 1 else "gaussian"
     means, variances, _ = variance_curve(stacks)
-    found, fit = choose_kind(means, variances)
+    found, fit = choose_kind(means, variances, _nonnegative(stacks))
     if kind == "auto":
         kind = found
     if kind == "gaussian":
