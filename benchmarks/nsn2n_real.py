@@ -179,7 +179,7 @@ def run_case(half, name, clean, kind, args, log) -> dict:
         row["nsn2n_uncorrected"] = base.psnr(m, clean)
         row["nsn2n_power"] = base.psnr(rician_power_correction(m, sigma), clean)
         row["nsn2n"] = base.psnr(rician_unbiased_inverse(m, sigma), clean)
-        row["nsn2n_clamped"] = base.psnr(rician_unbiased_inverse(m, sigma, signed=False), clean)
+        row["nsn2n_signed"] = base.psnr(rician_unbiased_inverse(m, sigma, signed=True), clean)
         bg = clean < 0.02
         if bg.any():
             row["background_mean"] = {
@@ -187,8 +187,8 @@ def run_case(half, name, clean, kind, args, log) -> dict:
                 "uncorrected": float(m[bg].mean()),
                 "power": float(rician_power_correction(m, sigma)[bg].mean()),
                 "mean_inverse": float(rician_unbiased_inverse(m, sigma)[bg].mean()),
-                "mean_inverse_clamped": float(
-                    rician_unbiased_inverse(m, sigma, signed=False)[bg].mean())}
+                "mean_inverse_signed": float(
+                    rician_unbiased_inverse(m, sigma, signed=True)[bg].mean())}
         row["nsn2n_default_model"] = auto.kind
     else:
         res, sec = run_nsn2n(noisy, args, "auto")

@@ -178,18 +178,19 @@ _NU = np.concatenate([np.linspace(0, 8, 801), np.linspace(8.05, 40, 640)])
 _MEAN_OF_NU = rician_mean(_NU)
 
 
-def rician_unbiased_inverse(m: np.ndarray, sigma: float, signed: bool = True) -> np.ndarray:
+def rician_unbiased_inverse(m: np.ndarray, sigma: float, signed: bool = False) -> np.ndarray:
     """Amplitude A whose Rician mean is ``m``: inverts ``E[M](A)``.
 
     A denoiser trained on magnitudes estimates E[M]; mapping that back through
     the mean function removes the upward bias at low signal.  Above 40 sigma
     ``E[M] ~ sqrt(A^2 + sigma^2)`` is exact to 1e-5 sigma.  Below the noise
-    floor ``sigma sqrt(pi/2)`` (the mean where A = 0) no amplitude fits:
-    ``signed`` (default) continues the inverse as an odd function there (small
-    negative values), because near the floor the inverse is a square root, and
-    clipping the estimate's small errors to 0 would leave a positive bias
-    (measured +0.024 on a volume at 0.08 mean signal, sigma 0.1); without it,
-    0 there.
+    floor ``sigma sqrt(pi/2)`` (the mean where A = 0) no amplitude fits: 0
+    there (default).  ``signed`` continues the inverse as an odd function
+    instead (small negative values): near the floor the inverse is a square
+    root, so clipping the estimate's errors leaves a small positive bias of
+    the mean, which the odd continuation cancels, but its negative values cost
+    PSNR (mitotic-plate crop, Rician sigma 0.08: 30.64 dB clipped, 25.73 dB
+    signed; background mean 0.0108 clipped against 0.0100 clean).
     """
     m = np.asarray(m, np.float64)
     r = m / sigma
