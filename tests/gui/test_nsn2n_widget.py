@@ -129,6 +129,9 @@ def test_check_noise_and_weight_map(widget):
     method, reason = widget.check_noise()
     assert method in {"nsn2n", "bm4d", "noise2fast"} and reason
     assert "Recommended" in widget.recommendation.text()
+    assert "noise" in reason and "sigma" in reason  # the noise model found, with parameters
+    widget.noise_model.value = "rician"
+    assert widget.config().noise_model == "rician"
     # every slice pair is listed and plotted
     assert len(widget.pairs) == layer.data.shape[0] - 1
     assert widget.pair_plot.isVisibleTo(widget) and widget.pairs_label.text()

@@ -49,6 +49,7 @@ def test_recommendation_rule_thresholds(monkeypatch):
         monkeypatch.setattr(d, "noise_correlation", lambda *a, **k: rho)
         monkeypatch.setattr(d, "matched_fraction", lambda *a, **k: frac)
         monkeypatch.setattr(d, "slice_similarity", lambda *a, **k: sim)
+        monkeypatch.setattr(d, "noise_model", lambda *a, **k: d.NoiseModel())
         return d.recommend_method(None)
 
     for sim in (0.95, 0.6):                        # correlated noise, thin / thick slices

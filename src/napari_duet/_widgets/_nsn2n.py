@@ -114,6 +114,9 @@ class NSN2NWidget(EngineDock):
         self.width = SpinBox(label="network width", value=0, min=0, max=256)
         self.context = ComboBox(label="network input", choices=["auto", "2.5d", "blind", "2d"],
                                 value=d.context)
+        self.noise_model = ComboBox(
+            label="noise model", value=d.noise_model,
+            choices=["auto", "gaussian", "poisson-gaussian", "rician"])
         self.guide = ComboBox(label="slice-matching filter", choices=["gaussian", "nlm"],
                               value=d.guide)
         self.lambda_rc = FloatSpinBox(label="λ regional consistency", value=d.lambda_rc,
@@ -187,6 +190,7 @@ class NSN2NWidget(EngineDock):
                 extra="Shown as auto when 0 (train for the time budget).")
         declare(self.width, C, "width", auto="auto", extra="Shown as auto when 0.")
         declare(self.context, C, "context")
+        declare(self.noise_model, C, "noise_model")
         declare(self.guide, C, "guide")
         declare(self.lambda_rc, C, "lambda_rc")
         declare(self.lambda_ic, C, "lambda_ic")
@@ -224,7 +228,7 @@ class NSN2NWidget(EngineDock):
         layout.addWidget(data)
         params = QGroupBox("Training")
         pform = QFormLayout(params)
-        for w in (self.budget, self.iterations, self.context):
+        for w in (self.budget, self.iterations, self.context, self.noise_model):
             pform.addRow(w.label, w.native)
         pform.addRow(self.tta.native)
         pform.addRow(self.show_uncertainty.native)
@@ -275,6 +279,7 @@ class NSN2NWidget(EngineDock):
         return NSN2NConfig(
             iterations=iters, budget=self.budget.value or "auto",
             width=self.width.value or None, context=self.context.value, guide=self.guide.value,
+            noise_model=self.noise_model.value,
             lambda_rc=self.lambda_rc.value, lambda_ic=self.lambda_ic.value,
             tta=self.tta.value, device=self.device.value, seed=self.seed.value,
             preview_index=self._current_index(),
@@ -316,7 +321,7 @@ class NSN2NWidget(EngineDock):
         try:
             layer, axis = self._layer_and_axis()
             volume, axis = self._volume(layer, axis, "Check noise")
-            method, reason = recommend_method(volume, axis)
+            method, reason = recommend_method(volume, axis, self.config())
             pairs = pair_diagnostics(volume, axis)
         except Exception as exc:
             self.report(exc)
@@ -558,7 +563,7 @@ class NSN2NWidget(EngineDock):
             net = {"blind": "blind-spot", "2.5d": "2.5D", "2d": "2D"}.get(info.get("context"), "")
             extra = (f"; matched fraction {result.matched_fraction:.0%}; "
                      f"{info.get('iterations_done')} steps, {net} network, width "
-                     f"{info.get('width')}")
+                     f"{info.get('width')}; {result.model.noise.describe()}")
         self.status.setText(f"Done in {job.seconds:.1f} s{extra}.")
         show_info(f"NS-N2N finished on {src.name}")
 

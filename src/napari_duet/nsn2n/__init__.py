@@ -18,6 +18,7 @@ from ._config import NSN2NConfig
 from ._diagnostics import (
     matched_fraction,
     noise_correlation,
+    noise_model,
     pair_diagnostics,
     recommend_method,
     slice_similarity,
@@ -25,6 +26,7 @@ from ._diagnostics import (
     weight_map,
 )
 from ._model import DenoiseProgress, DenoiseResult, NSN2NModel
+from ._noise import NoiseModel, fit_noise
 from ._train import NSN2NProgress, TrainResult, iter_train, resolve_budget, train
 
 __all__ = [
@@ -33,10 +35,13 @@ __all__ = [
     "NSN2NConfig",
     "NSN2NModel",
     "NSN2NProgress",
+    "NoiseModel",
     "TrainResult",
     "iter_train",
+    "fit_noise",
     "matched_fraction",
     "noise_correlation",
+    "noise_model",
     "pair_diagnostics",
     "recommend_method",
     "resolve_budget",

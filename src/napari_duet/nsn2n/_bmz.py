@@ -139,6 +139,11 @@ def export_bmz(
         raise DuetInputError(
             f"only the Gaussian guide can be exported (this model uses {model.config.guide!r}); "
             "retrain with --guide gaussian")
+    if model.noise.kind != "gaussian":
+        raise DuetInputError(
+            f"a model trained with the {model.noise.kind} noise model cannot be exported (the "
+            "BioImage Model Zoo package has no variance-stabilising transform or bias "
+            "correction); retrain with --noise-model gaussian")
     vol = np.asarray(test_volume)
     if vol.ndim != 3 or vol.shape[0] < 3:
         raise DuetInputError(f"the test volume must be a (Z, Y, X) stack with at least 3 "

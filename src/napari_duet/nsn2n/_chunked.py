@@ -185,14 +185,16 @@ def _task_low(task, source, layout, wanted) -> dict[int, np.ndarray]:
     return out
 
 
-def _task_tau(task, source, layout, norms, config, stride: int, plane: int) -> np.ndarray:
+def _task_tau(task, source, layout, norms, config, stride: int, plane: int,
+              noise=None) -> np.ndarray:
     """The strided guide differences of the pairs ``(z0-1, z0) .. (z1-2, z1-1)`` of a slab."""
     from ._guide import guide_stack
 
     s, z0, z1 = task
     first = max(z0 - 1, 0)  # the slice before the slab pairs with its first slice
     norm = Normalizer(**norms[s])
-    guides = guide_stack(norm.forward(_read(source, layout, s, first, z1)), config)
+    raw = _read(source, layout, s, first, z1)
+    guides = guide_stack(norm.forward(noise.forward(raw) if noise is not None else raw), config)
     flat = np.abs(np.diff(guides, axis=0)).astype(np.float32, copy=False).ravel()
     return flat[(-first * plane) % stride::stride].copy()
 
@@ -210,6 +212,18 @@ def _normalizer_from(n: int, hist: np.ndarray, low_hist: dict[int, np.ndarray]) 
     if not np.isfinite(scale) or scale <= 1e-12 * max(1.0, abs(float(lo_v))):
         scale = 1.0
     return Normalizer(offset=float(lo_v), scale=scale)
+
+
+def _noise_normalizer(norm: Normalizer, noise) -> Normalizer:
+    """The normaliser of the noise-transformed data from that of the raw data.
+
+    The transform is monotone, so it maps the raw percentiles onto those of the
+    transformed data (as the in-memory path fits them)."""
+    if noise.kind != "poisson-gaussian":
+        return norm
+    lo, hi = noise.forward(np.array([norm.offset, norm.offset + norm.scale], np.float32))
+    scale = float(hi - lo)
+    return Normalizer(offset=float(lo), scale=scale if scale > 1e-12 else 1.0)
 
 
 def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, model,
@@ -244,7 +258,8 @@ def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, mode
         for b, h in parts.items():
             low[s][b] += h
         yield tick()
-    norms = [_normalizer_from(sizes[s], hist[s], low[s]) for s in range(n_s)]
+    norms = [_noise_normalizer(_normalizer_from(sizes[s], hist[s], low[s]), model.noise)
+             for s in range(n_s)]
     taus: list[float] = []
     if model.is_context and not fit_tau:
         taus = [float(model.config.tau)] * n_s
@@ -255,7 +270,8 @@ def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, mode
         stride = size // 1_000_000 if size > 2_000_000 else 1  # as the in-memory path
         parts: dict[tuple, np.ndarray] = {}
         for task, part in runner.run(_task_tau, tasks, source, layout,
-                                     [n.to_dict() for n in norms], model.config, stride, plane):
+                                     [n.to_dict() for n in norms], model.config, stride, plane,
+                                     model.noise):
             parts[task] = part
             yield tick()
         for s in range(n_s):
@@ -279,7 +295,7 @@ def _task_denoise(task, model, source, out, uncertainty, layout: StackLayout, ha
     io = StackIO(layout)
     normalizer = Normalizer(**norm)
     a, b = with_halo(z0, z1, halo, layout.shape[layout.axis])
-    sub = normalizer.forward(io.read(resolve(source), s, a, b))
+    sub = normalizer.forward(model.noise.forward(io.read(resolve(source), s, a, b)))
     w = None
     if model.is_context:
         from ._guide import guide_stack
@@ -291,9 +307,10 @@ def _task_denoise(task, model, source, out, uncertainty, layout: StackLayout, ha
     with torch.inference_mode():
         for z in range(z0, z1):
             mean, sd = model.predict_stack_slice(sub, z - a, w, tta)
-            den[z - z0] = normalizer.inverse(mean)
+            d = normalizer.inverse(mean)
+            den[z - z0] = model.noise.inverse(d)
             if std is not None:
-                std[z - z0] = normalizer.inverse_scale(sd)
+                std[z - z0] = model.noise.inverse_scale(normalizer.inverse_scale(sd), d)
     # The slab is whole chunks of ``out`` along the axis: no other task writes them.
     io.write(resolve(out), s, z0, den)
     if std is not None:

@@ -53,6 +53,11 @@ def register(subparsers) -> None:
                    "2.5d; 2.5d: neighbouring slices are inputs too, split so that no target "
                    "is an input; blind: the slice itself with a blind spot plus its "
                    "neighbours; 2d: the paper's one-slice network")
+    p.add_argument("--noise-model", choices=("auto", "gaussian", "poisson-gaussian", "rician"),
+                   default=None, dest="noise_model",
+                   help="how the noise depends on the signal (default auto: fitted from the "
+                   "data; poisson-gaussian for raw camera data, rician for MRI magnitude); "
+                   "the model found and its parameters are in the report")
     p.add_argument("--guide", choices=("gaussian", "bilateral", "nlm"), default=None,
                    help=cli_help(C, "guide"))
     p.add_argument("--tau", type=float, default=None, help=cli_help(C, "tau"))
@@ -256,11 +261,12 @@ def run(args: argparse.Namespace) -> int:
             report = {
                 "method": "nsn2n", "mode": "apply", "model": str(args.model),
                 "config": model.config.to_dict(), "model_info": model.info,
+                "noise_model": model.noise.to_dict(),
                 "versions": versions(),
             }
         else:
             changes = {"device": args.device, "seed": args.seed, "tta": tta}
-            for name in ("iterations", "width", "guide", "tau", "context"):
+            for name in ("iterations", "width", "guide", "tau", "context", "noise_model"):
                 if getattr(args, name) is not None:
                     changes[name] = getattr(args, name)
             if args.budget is not None and args.budget != "auto":
@@ -301,7 +307,9 @@ def run(args: argparse.Namespace) -> int:
             rho = info.get("noise_correlation")
             if rho is None:
                 rho = noise_correlation(volume, axis=axis)
-            method, reason = recommend_method(volume, axis=axis, rho=rho)
+            noise = result.model.noise
+            log(f"noise model: {noise.describe()}")
+            method, reason = recommend_method(volume, axis=axis, rho=rho, noise=noise)
             report["noise_correlation"] = rho
             report["recommendation"] = {"method": method, "reason": reason}
             log(f"recommendation: {method} ({reason})")

@@ -11,6 +11,7 @@ GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 CONTEXTS = ("auto", "2.5d", "blind", "2d")
+NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
@@ -35,6 +36,15 @@ class NSN2NConfig(EngineConfig):
         of the noise is low, else ``"2.5d"`` (:func:`resolve_context`).
         ``"2d"``: the paper's pair form (one slice in, a neighbour as target, with
         the RC and IC losses).
+    noise_model : {"auto", "gaussian", "poisson-gaussian", "rician"}
+        How the noise depends on the signal (see ``_noise.py``).
+        ``"poisson-gaussian"`` (camera data): gain and offset are fitted from the
+        data, the network works after the generalised Anscombe transform, and the
+        result is mapped back with the exact unbiased inverse.  ``"rician"`` (MRI
+        magnitude): sigma is fitted and the output's upward bias at low signal is
+        removed.  ``"gaussian"``: constant variance, no transform.  ``"auto"``
+        (default): chosen from the fitted variance-vs-mean relationship; the
+        choice and its parameters are in the report and the model file.
     iterations : int or None
         Optimiser steps.  None (default): train for ``budget`` seconds.  With a
         number and ``budget="auto"``, exactly that many steps (reproducible).
@@ -100,6 +110,14 @@ class NSN2NConfig(EngineConfig):
              "independent noise); 2d = one neighbouring slice (the paper's form).",
         auto="measures the noise: blind for pixel-independent noise, else 2.5d",
         choices=("auto", "2.5d", "blind", "2d"))
+    noise_model: str = param(
+        "auto", label="noise model",
+        help="How the noise depends on the signal: gaussian = the same everywhere; "
+             "poisson-gaussian = raw camera data (photon noise grows with brightness; the "
+             "network works on a variance-stabilised stack); rician = MRI magnitude images "
+             "(the bias at low signal is removed).",
+        auto="fitted from the data (noise variance against signal)",
+        choices=("auto", "gaussian", "poisson-gaussian", "rician"))
     iterations: int | None = param(
         None, label="training steps",
         help="Train exactly this many steps (reproducible) instead of for a time budget.",
@@ -166,6 +184,7 @@ class NSN2NConfig(EngineConfig):
     def validate(self) -> None:
         """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
         check_choice("context", self.context, CONTEXTS)
+        check_choice("noise_model", self.noise_model, NOISE_MODELS)
         check_int("iterations", self.iterations, 1, optional=True)
         need(self.budget == "auto" or (isinstance(self.budget, int | float)
                                        and not isinstance(self.budget, bool)

@@ -20,7 +20,8 @@ from scipy import ndimage
 from .._errors import DuetInputError
 from ._config import NSN2NConfig
 from ._guide import guide_stack
-from ._volume import prepare
+from ._noise import NoiseModel, fit_noise
+from ._volume import prepare, raw_stacks
 from ._weights import auto_tau, guide_similarity, weight_maps
 
 # Lag-1 in-plane correlation of the noise above which single-image denoisers
@@ -118,6 +119,30 @@ def stacks_noise_correlation(stacks: np.ndarray, config: NSN2NConfig) -> float:
     return float(np.median(vals)) if vals else float("nan")
 
 
+def noise_model(volume, axis: int = 0, kind: str = "auto") -> NoiseModel:
+    """Fit the noise model of ``volume`` (input units): which kind, with its parameters.
+
+    ``kind="auto"`` picks Gaussian, Poisson-Gaussian (camera: gain, offset, read
+    noise) or Rician (MRI magnitude: sigma) from the variance of the noise
+    against the local mean (:func:`~napari_duet.nsn2n._noise.fit_noise`);
+    ``NoiseModel.describe()`` gives the line the widget and the CLI show.
+    """
+    return fit_noise(raw_stacks(volume, axis)[1], kind)
+
+
+def _noise_advice(noise: NoiseModel | None) -> str:
+    if noise is None:
+        return ""
+    if noise.kind == "poisson-gaussian":
+        return ("; " + noise.describe() + ": NS-N2N (noise_model auto) stabilises it with the "
+                "generalised Anscombe transform and maps back without bias; give it the raw "
+                "camera data (offset not subtracted, not rescaled)")
+    if noise.kind == "rician":
+        return ("; " + noise.describe() + ": NS-N2N (noise_model auto) removes the upward "
+                "bias of the magnitude at low signal")
+    return "; " + noise.describe()
+
+
 def matched_fraction(volume, axis: int = 0, config: NSN2NConfig | None = None) -> float:
     """Mean of W over (up to 16 evenly spaced) neighbouring pairs."""
     config = config or NSN2NConfig()
@@ -191,7 +216,8 @@ def summarize_pairs(pairs: list[dict]) -> str:
 
 
 def recommend_method(
-    volume, axis: int = 0, config: NSN2NConfig | None = None, rho: float | None = None
+    volume, axis: int = 0, config: NSN2NConfig | None = None, rho: float | None = None,
+    noise: NoiseModel | None = None,
 ) -> tuple[str, str]:
     """Recommend NS-N2N (and which network) or a single-image denoiser for this volume.
 
@@ -207,7 +233,10 @@ def recommend_method(
       estimated, on thin and thick slices.
 
     ``rho``: the in-plane noise correlation when already measured (training
-    with ``context="auto"`` records it), else it is measured here.
+    with ``context="auto"`` records it), else it is measured here.  ``noise``:
+    the fitted noise model (training records it; else fitted here); the reason
+    names it and what NS-N2N does about it (photon noise: the variance-
+    stabilising transform; MRI magnitude: the Rician bias correction).
 
     Returns
     -------
@@ -219,25 +248,28 @@ def recommend_method(
     """
     if rho is None:
         rho = noise_correlation(volume, axis, config)
+    if noise is None:
+        noise = noise_model(volume, axis, (config or NSN2NConfig()).noise_model)
+    advice = _noise_advice(noise)
     frac = matched_fraction(volume, axis, config)
     sim = slice_similarity(volume, axis, config)
     if sim < LOW_SIMILARITY:
         return ("noise2fast",
                 f"neighbouring slices are barely alike (correlation {sim:.2f}; slice spacing "
-                "too large?): a single-image denoiser such as Noise2Fast fits better")
+                "too large?): a single-image denoiser such as Noise2Fast fits better" + advice)
     if frac < LOW_MATCH:
         return ("noise2fast",
                 f"only {frac:.0%} of pixels match between neighbouring slices (large spacing "
-                "or motion): a single-image denoiser such as Noise2Fast is safer")
+                "or motion): a single-image denoiser such as Noise2Fast is safer" + advice)
     if np.isfinite(rho) and rho >= CORRELATED_NOISE:
         return ("nsn2n",
                 f"noise is correlated within slices (lag-1 correlation {rho:.2f}) and "
                 f"{frac:.0%} of pixels match between slices: NS-N2N's 2.5D network (chosen "
                 "automatically) removes such noise; BM4D with an estimated noise level and "
-                "single-image denoisers cannot")
+                "single-image denoisers cannot" + advice)
     thick = "thin" if sim >= THIN_SLICES else "thick"
     return ("nsn2n",
             f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}) on "
             f"{thick} slices ({frac:.0%} of pixels match): NS-N2N's blind-spot network "
             "(chosen automatically) uses each slice and its neighbours and measured above "
-            "BM4D with an estimated noise level on such noise")
+            "BM4D with an estimated noise level on such noise" + advice)

@@ -22,6 +22,7 @@ from ..modelfile import (
     save_model_file,
 )
 from ._config import NSN2NConfig
+from ._noise import IDENTITY, NoiseModel
 from ._volume import NORM_HIGH, NORM_LOW, prepare
 
 if TYPE_CHECKING:
@@ -100,6 +101,10 @@ class NSN2NModel:
     training : dict, optional
         Training facts (tau, matched fraction, iterations done, ...); also
         readable as ``info`` (older name).
+    noise : NoiseModel, optional
+        The fitted noise model (default: Gaussian, no transform; files written
+        before noise models load so).  Volumes are transformed with it before
+        the normalisation and mapped back after the network (``_noise.py``).
     """
 
     def __init__(
@@ -109,10 +114,12 @@ class NSN2NModel:
         normalizers: list[Normalizer],
         training: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        noise: NoiseModel | None = None,
     ) -> None:
         from ..devices import resolve_device
 
         self.config = config
+        self.noise = noise or IDENTITY
         self.normalizers = list(normalizers)
         self.training = dict(training or {})
         self.device = resolve_device(device)
@@ -134,6 +141,7 @@ class NSN2NModel:
             "config": self.config.to_dict(),
             "network": self.net.config(),
             "context": self.context,
+            "noise_model": self.noise.to_dict(),
             "normalizers": [n.to_dict() for n in self.normalizers],
             "training": self.training,
         }
@@ -165,7 +173,7 @@ class NSN2NModel:
         import torch
 
         tta = self.config.tta if tta is None else bool(tta)
-        layout, stacks, fitted = prepare(volume, axis)
+        layout, stacks, fitted = prepare(volume, axis, noise=self.noise)
         norms = fitted if normalizers is None else list(normalizers)
         if len(norms) != len(stacks):
             norms = fitted
@@ -179,9 +187,10 @@ class NSN2NModel:
                 w = self.pair_weights(stack) if self.is_context else None  # blind: none
                 for z in range(stack.shape[0]):
                     mean, std = self.predict_stack_slice(stack, z, w, tta)
-                    out[s, z] = norms[s].inverse(mean)
+                    d = norms[s].inverse(mean)
+                    out[s, z] = self.noise.inverse(d)
                     if unc is not None:
-                        unc[s, z] = norms[s].inverse_scale(std)
+                        unc[s, z] = self.noise.inverse_scale(norms[s].inverse_scale(std), d)
                     done += 1
                     el = time.perf_counter() - t0
                     yield DenoiseProgress(done=done, total=n_slices, elapsed=el,
@@ -355,6 +364,7 @@ class NSN2NModel:
                 "normalizers": [n.to_dict() for n in self.normalizers],
                 "normalization": {"mode": "percentile", "low": NORM_LOW, "high": NORM_HIGH},
                 "info": self.training,
+                "noise_model": self.noise.to_dict(),
             },
         )
 
@@ -387,6 +397,9 @@ class NSN2NModel:
             if network.get("arch") not in _CONTEXT_OF_ARCH:
                 # Files written before the 2.5D network hold the paper's 2D U-Net.
                 cfg["context"] = "2d"
+            # Files written before noise models: Gaussian noise, no transform.
+            noise = NoiseModel.from_dict(mf.extra.get("noise_model") or {"kind": "gaussian"})
+            cfg["noise_model"] = noise.kind
             # Older files also saved run-time options: dropped (set when used).
             config = NSN2NConfig.from_model_dict(cfg, device=str(device))
             norms = [file_normalizer(d, f"normalizers[{i}]")
@@ -398,7 +411,7 @@ class NSN2NModel:
         except Exception as exc:  # wrong shapes/keys, bad config: the file is damaged
             raise ModelFileError(
                 f"{name} is not a usable NS-N2N model ({first_line(exc)})") from None
-        return cls(net, config, norms, mf.extra.get("info", {}), device=dev)
+        return cls(net, config, norms, mf.extra.get("info", {}), device=dev, noise=noise)
 
 
 def _network_spec(network: Any) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from .._versions import versions
 from ._config import NSN2NConfig
 from ._guide import guide_stack
 from ._model import DenoiseResult, NSN2NModel
-from ._volume import prepare
+from ._noise import fit_noise
+from ._volume import prepare, raw_stacks
 from ._weights import MIN_PAIR_FRACTION, guide_similarity, weight_maps
 
 # Mean matched fraction below which results degrade visibly (the reference
@@ -113,6 +114,7 @@ class TrainResult:
             "training": {k: self.model.info.get(k) for k in
                          ("iterations_done", "budget_s", "width", "context",
                           "noise_correlation", "device", "world_size")},
+            "noise_model": self.model.noise.to_dict(),
             "final_losses": final,
             "loss_history": self.loss_history,
             "warnings": list(self.warnings),
@@ -271,7 +273,14 @@ def iter_train(
 
     config = config or NSN2NConfig()
     t_start = time.perf_counter()
-    layout, stacks, norms = prepare(volume, axis)
+    layout, raw = raw_stacks(volume, axis)
+    # How the noise depends on the signal, fitted in input units; photon noise is
+    # then stabilised (unit variance) before the normalisation, so the training,
+    # the blind-spot blend's per-slice sigma and the context choice all see
+    # noise of constant variance.
+    noise = fit_noise(raw, config.noise_model)
+    layout, stacks, norms = prepare(volume, axis, noise=noise, raw=(layout, raw))
+    del raw
     device = ddp.rank_device(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
     n_stacks, n_z = stacks.shape[:2]
     budget = resolve_budget(config, device, int(stacks.size))
@@ -347,7 +356,8 @@ def iter_train(
     keys = (("total", "recon", "self", "gap") if context else ("total", "recon", "blind")
             if blind else ("total", "recon", "rc", "ic"))
     history: dict[str, list[float]] = {k: [] for k in keys}
-    model = NSN2NModel(net, config.replace(width=width, context=mode), norms, device=device)
+    model = NSN2NModel(net, config.replace(width=width, context=mode, noise_model=noise.kind),
+                       norms, device=device, noise=noise)
     # Time one slice's inference before training, for the first ETAs (it is measured
     # again at every preview).  Eval mode without gradients: nothing the training
     # uses changes, so the results stay the same; it also takes the network's
@@ -408,7 +418,7 @@ def iter_train(
             p, _ = model.predict_stack_slice(
                 stacks[0], preview_index, w[0] if context else None, False)
             infer_per_slice = time.perf_counter() - t0
-            preview = norms[0].inverse(p)
+            preview = noise.inverse(norms[0].inverse(p))
         now = time.perf_counter()
         if t_timed is None:
             # The first step carries one-off set-up (allocations, kernel selection):
@@ -435,6 +445,7 @@ def iter_train(
         "iterations_done": it, "budget_s": budget, "width": width,
         # the in-plane noise correlation that chose the network (None: context given)
         "context": mode, "noise_correlation": float(noise_rho) if np.isfinite(noise_rho) else None,
+        "noise_model": noise.to_dict(),
         "device": str(device),
         "world_size": ddp.world_size(),
         "train_shape": list(layout.shape), "axis": layout.axis,

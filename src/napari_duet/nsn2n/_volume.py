@@ -91,15 +91,28 @@ def layout_for(shape: tuple[int, ...], axis: int) -> StackLayout:
     return StackLayout(tuple(int(s) for s in shape), axis, plane, tuple(rest[:-2]))
 
 
-def prepare(volume, axis: int) -> tuple[StackLayout, np.ndarray, list[Normalizer]]:
-    """Validate, move axes and normalise.
+def raw_stacks(volume, axis: int) -> tuple[StackLayout, np.ndarray]:
+    """Validate and move axes: the layout and the float32 stacks ``(S, Z, Y, X)``, unscaled."""
+    arr = as_float_image(volume, name="volume")
+    layout = layout_for(arr.shape, axis)
+    return layout, layout.to_stacks(arr)
+
+
+def prepare(volume, axis: int, noise=None, raw: tuple | None = None
+            ) -> tuple[StackLayout, np.ndarray, list[Normalizer]]:
+    """Validate, move axes, apply the noise model's transform and normalise.
+
+    ``noise``: a fitted :class:`~napari_duet.nsn2n._noise.NoiseModel` whose
+    ``forward`` (the variance-stabilising transform for photon noise, else the
+    identity) is applied before the normalisation.  ``raw``: the result of
+    :func:`raw_stacks` when already computed.
 
     Returns the layout, the normalised float32 stacks ``(S, Z, Y, X)`` and one
     :class:`Normalizer` per stack.
     """
-    arr = as_float_image(volume, name="volume")
-    layout = layout_for(arr.shape, axis)
-    stacks = layout.to_stacks(arr)
+    layout, stacks = raw if raw is not None else raw_stacks(volume, axis)
+    if noise is not None:
+        stacks = noise.forward(stacks)
     norms = [fit_normalizer(s, "percentile", NORM_LOW, NORM_HIGH) for s in stacks]
     out = np.empty_like(stacks)
     for i, (s, n) in enumerate(zip(stacks, norms, strict=True)):
