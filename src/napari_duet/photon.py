@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["PoissonGaussian", "fit_poisson_gaussian", "gat", "inverse_gat", "StabilizedScale"]
+__all__ = ["PoissonGaussian", "fit_poisson_gaussian", "gat", "inverse_gat",
+           "anscombe_unbiased_inverse", "StabilizedScale"]
 
 # High-pass kernel whose response to white noise of variance s^2 has variance s^2
 # (Immerkaer's Laplacian difference, divided by its norm 6).
@@ -30,6 +31,7 @@ _MAD = 1.4826
 # Least dynamic range of the signal-dependent variance (variance at the bright end over
 # the variance at the dark end) for the data to count as photon-limited.
 _SIGNAL_DEPENDENT_RATIO = 2.0
+_ANSCOMBE_ZERO = 2.0 * np.sqrt(3.0 / 8.0)  # transform of zero photons: the inverse's floor
 
 
 @dataclass(frozen=True)
@@ -146,20 +148,30 @@ def gat(z, a: float, b: float) -> np.ndarray:
     return (2.0 / a) * np.sqrt(np.maximum(a * z + 0.375 * a * a + b, 0.0))
 
 
+def anscombe_unbiased_inverse(d) -> np.ndarray:
+    """Closed-form approximation of the exact unbiased inverse of the Anscombe transform.
+
+    Makitalo and Foi (2011): ``I(D) = D^2/4 + sqrt(3/2)/(4D) - 11/(8D^2) +
+    5 sqrt(3/2)/(8D^3) - 1/8`` photons.  It is 0 at ``D = 2 sqrt(3/8)`` (the
+    transform of zero photons); below that the estimate is 0 photons.
+    """
+    d = np.maximum(np.asarray(d, np.float64), _ANSCOMBE_ZERO)
+    s = np.sqrt(1.5)
+    y = 0.25 * d**2 + 0.25 * s / d - 11.0 / 8.0 / d**2 + 0.625 * s / d**3 - 0.125
+    return np.maximum(y, 0.0)
+
+
 def inverse_gat(d, a: float, b: float) -> np.ndarray:
     """Exact unbiased inverse of :func:`gat` (closed-form approximation).
 
     Maps the mean of the stabilised data back to the mean of ``z``, unbiased
-    at low counts where the algebraic inverse ``(a d / 2)^2 ...`` is not.
-    Values below the transform's validity range are clamped to its floor.
+    at low counts where the algebraic inverse ``(a d / 2)^2 ...`` is not;
+    the result never goes below the level of zero photons.
     """
     if not a > 0:
         raise ValueError(f"the gain a must be > 0, got {a!r}")
-    d = np.maximum(np.asarray(d, np.float64), 0.8)
-    s = np.sqrt(1.5)
-    photons = 0.25 * d**2 + 0.25 * s / d - 11.0 / 8.0 / d**2 + 0.625 * s / d**3 - 0.125
     # In photon units the Gaussian part adds b / a^2 to the variance (mean shift absorbed).
-    return a * photons - b / a
+    return a * anscombe_unbiased_inverse(d) - b / a
 
 
 @dataclass(frozen=True)

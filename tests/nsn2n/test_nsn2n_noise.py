@@ -14,10 +14,10 @@ from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, noise_model, recommend_me
 from napari_duet.nsn2n._noise import (
     NoiseModel,
     fit_noise,
-    gat_unbiased_inverse,
     rician_mean,
     rician_unbiased_inverse,
 )
+from napari_duet.photon import anscombe_unbiased_inverse as gat_unbiased_inverse
 
 
 def _camera(clean, photons=30.0, gain=2.0, offset=100.0, read=3.0, seed=0) -> np.ndarray:

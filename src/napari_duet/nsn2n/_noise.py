@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..photon import gat, inverse_gat
+
 NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
 KINDS = NOISE_MODELS[1:]
 # Relative growth of the noise variance over the signal range above which the
@@ -49,7 +51,6 @@ _N_BINS = 24
 _RAYLEIGH_VAR_FACTOR = 2 - math.pi / 2  # variance of a Rayleigh / sigma^2
 _MAX_SLICES = 16
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) / 6.0  # unit energy
-_GAT_ZERO = 2.0 * math.sqrt(3.0 / 8.0)  # E[GAT] of zero photons: the inverse's floor
 
 
 @dataclass(frozen=True)
@@ -85,16 +86,13 @@ class NoiseModel:
         x = np.asarray(x, np.float32)
         if self.kind != "poisson-gaussian":
             return x
-        a, b = self.gain, self.b
-        y = x / a + b / (a * a)  # Poisson-like: var(y) = E[y]
-        return (2.0 * np.sqrt(np.maximum(y + 0.375, 0.0))).astype(np.float32)
+        return gat(x, self.gain, self.b).astype(np.float32)
 
     def inverse(self, d: np.ndarray) -> np.ndarray:
         """Back to input units, without bias (exact unbiased inverses, see module doc)."""
         d = np.asarray(d, np.float32)
         if self.kind == "poisson-gaussian":
-            y = gat_unbiased_inverse(d)
-            return (self.gain * y - self.b / self.gain).astype(np.float32)
+            return inverse_gat(d, self.gain, self.b).astype(np.float32)
         if self.kind == "rician" and self.sigma > 0:
             return rician_unbiased_inverse(d, self.sigma)
         return d
@@ -153,19 +151,6 @@ class NoiseModel:
 
 
 # -------------------------------------------------------------------- inverses
-def gat_unbiased_inverse(d: np.ndarray) -> np.ndarray:
-    """Closed-form approximation of the exact unbiased inverse of the Anscombe transform.
-
-    Makitalo & Foi (2011): ``I(D) = D^2/4 + sqrt(3/2)/(4D) - 11/(8D^2) +
-    5 sqrt(3/2)/(8D^3) - 1/8``.  It is 0 at D = 2 sqrt(3/8) (the transform of
-    zero photons); below, the estimate is 0 photons.
-    """
-    d = np.maximum(np.asarray(d, np.float64), _GAT_ZERO)
-    s = math.sqrt(1.5)
-    y = d * d / 4 + s / (4 * d) - 11 / (8 * d * d) + 5 * s / (8 * d**3) - 0.125
-    return np.maximum(y, 0.0).astype(np.float32)
-
-
 def rician_mean(nu: np.ndarray) -> np.ndarray:
     """E[M] / sigma of a Rician of amplitude ``nu`` sigma (Laguerre L_1/2 form)."""
     from scipy.special import i0e, i1e
