@@ -521,6 +521,21 @@ class EngineDock(QWidget):
     def ask_folder(self, title: str) -> str | None:
         return QFileDialog.getExistingDirectory(self, title) or None
 
+    def save_results_dialog(self, title: str) -> list[Path] | None:
+        """Ask for a folder and write the last results into it (:meth:`save_results`)."""
+        from napari.utils.notifications import show_info
+
+        folder = self.ask_folder(title)
+        if not folder:
+            return None
+        try:
+            paths = self.save_results(folder)
+        except Exception as exc:
+            self.report(exc, "Save results")
+            return None
+        show_info(f"Saved {len(paths)} files to {folder}")
+        return paths
+
     def save_with_dialog(self, title: str, default: str, filters: str,
                          save: Callable[[str], Any], context: str = "Save") -> Any:
         """Ask for a path and call ``save(path)``; a failure is a notification."""

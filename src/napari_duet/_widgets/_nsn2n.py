@@ -656,14 +656,7 @@ class NSN2NWidget(EngineDock):
         return self.last_result.save(folder)
 
     def _save_results_dialog(self):
-        folder = self.ask_folder("Save NS-N2N results into")
-        if folder:
-            try:
-                paths = self.save_results(folder)
-            except Exception as exc:
-                self.report(exc, "Save results")
-                return
-            show_info(f"Saved {len(paths)} files to {folder}")
+        self.save_results_dialog("Save NS-N2N results into")
 
     def after_run(self, job: _Job):
         self._remove_helper_layers()

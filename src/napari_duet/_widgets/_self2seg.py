@@ -839,14 +839,7 @@ class Self2SegWidget(EngineDock):
         return written
 
     def _save_dialog(self):
-        folder = self.ask_folder("Save Self2Seg results into")
-        if folder:
-            try:
-                paths = self.save_results(folder)
-            except Exception as exc:
-                self.report(exc, "Save results")
-                return
-            show_info(f"Saved {len(paths)} files to {folder}")
+        self.save_results_dialog("Save Self2Seg results into")
 
     def _export_dialog(self):
         self.save_with_dialog("Export Self2Seg report", "self2seg.json", "JSON (*.json)",

@@ -487,14 +487,7 @@ class SplitWidget(EngineDock):
         return self.last_result.save(folder, report=extra)
 
     def _save_results_dialog(self):
-        folder = self.ask_folder("Save the split into")
-        if folder:
-            try:
-                paths = self.save_results(folder)
-            except Exception as exc:
-                self.report(exc, "Save results")
-                return
-            show_info(f"Saved {len(paths)} files to {folder}")
+        self.save_results_dialog("Save the split into")
 
     def after_cancel(self, job: _Job) -> None:
         if job.kind != "train" or job.best_model is None:
