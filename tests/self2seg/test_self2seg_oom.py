@@ -48,8 +48,8 @@ def test_oom_exits_2_with_one_line(raiser, stack, small_tif, tmp_path, capsys, m
     def boom(*args, **kwargs):
         raiser()
 
-    monkeypatch.setattr(engine, "self2seg", boom)
-    monkeypatch.setattr(stack_mod, "self2seg_stack", boom)
+    monkeypatch.setattr(engine, "iter_self2seg", boom)
+    monkeypatch.setattr(stack_mod, "iter_self2seg_stack", boom)
     if stack:
         tifffile.imwrite(small_tif, np.zeros((2, 32, 32), np.uint8), photometric="minisblack")
     code = main(["self2seg", str(small_tif), "-o", str(tmp_path / "o"), "--quiet"])
@@ -67,7 +67,7 @@ def test_other_runtime_errors_are_not_hidden(small_tif, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("shape mismatch in a bug")
 
-    monkeypatch.setattr(engine, "self2seg", boom)
+    monkeypatch.setattr(engine, "iter_self2seg", boom)
     with pytest.raises(RuntimeError, match="bug"):
         main(["self2seg", str(small_tif), "-o", str(tmp_path / "o"), "--quiet"])
 
