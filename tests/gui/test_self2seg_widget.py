@@ -214,14 +214,21 @@ def test_gui_stays_responsive(widget, qtbot):
     timer.setInterval(10)
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
     timer.start()
+    t0 = time.perf_counter()
     widget.run()
     _wait(qtbot, widget)
+    run_s = time.perf_counter() - t0
     timer.stop()
     gaps = np.diff(stamps)
     worst = float(gaps.max())
-    print(f"worst GUI-thread gap during a run: {worst * 1000:.0f} ms over {len(stamps)} ticks")
-    # A frozen viewer (work on the GUI thread) shows gaps of seconds; allow CI jitter.
-    assert worst < 1.0
+    print(f"worst GUI-thread gap during a run: {worst * 1000:.0f} ms over {len(stamps)} ticks "
+          f"of a {run_s:.1f} s run")
+    # Work on the GUI thread freezes it for most of the run (one gap ~ the whole run); a
+    # worker leaves only short gaps. Relative to the run, so a loaded machine (slower run,
+    # longer scheduling gaps) does not fail it; the ms figures live in
+    # benchmarks/gui_responsiveness.py.
+    assert len(stamps) > 20
+    assert worst < max(1.0, 0.25 * run_s)
 
 
 def test_stack_current_and_all_slices(widget, qtbot):
