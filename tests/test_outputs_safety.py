@@ -316,7 +316,7 @@ def test_reused_self2seg_folder_loses_stale_expert_files(files, tmp_path):
     assert main([*base, "--classes", "2"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["denoised.tif", "expert_0.tif", "expert_1.tif", "expert_notes.tif",
-                     "mask.tif", "notes.txt", "report.json"]
+                     "labels.tif", "mask.tif", "notes.txt", "report.json"]
     assert json.loads((out / "report.json").read_text())["parameters"]["n_classes"] == 2
 
 
