@@ -369,8 +369,8 @@ def _setup(image, regions, config, progress: bool) -> _Run:
     t_start = time.perf_counter()
     arr = np.asarray(image)
     f, norm, rgb, noise = prepare_image(arr, cfg.noise_model)
-    seeds, labels, init_masks = _initial_regions(f, regions, cfg)
     sigma_n = estimate_noise(f)
+    seeds, labels, init_masks = _initial_regions(f, regions, cfg, sigma_n)
     run = _Run(f=f, norm=norm, rgb=rgb, cfg=cfg, user_cfg=cfg, image_shape=tuple(arr.shape),
                image_dtype=str(arr.dtype), seeds=seeds, init_masks=init_masks, labels=labels,
                sigma_n=sigma_n, progress=progress, t_start=t_start,
@@ -385,7 +385,7 @@ def _setup(image, regions, config, progress: bool) -> _Run:
     return run
 
 
-def _initial_regions(f: np.ndarray, regions, cfg: Self2SegConfig):
+def _initial_regions(f: np.ndarray, regions, cfg: Self2SegConfig, sigma_n: float):
     """The seeds, first labels and first training regions (from ``regions`` or automatic)."""
     k_cls = cfg.n_classes
     if regions is not None:
@@ -397,7 +397,7 @@ def _initial_regions(f: np.ndarray, regions, cfg: Self2SegConfig):
     labels = auto_labels(grey, k_cls, method=cfg.init, sigma=cfg.init_sigma, invert=cfg.invert,
                          noise_floor=min(floor, _FIRST_PASS_FLOOR) if cfg.init_snr else floor)
     if cfg.init_snr > 0:
-        sigma = _start_scale(grey, labels, estimate_noise(f), cfg)
+        sigma = _start_scale(grey, labels, sigma_n, cfg)
         labels = auto_labels(grey, k_cls, method=cfg.init, sigma=sigma, invert=cfg.invert,
                              noise_floor=floor)
     init_masks = [labels == k for k in range(k_cls)]
