@@ -557,6 +557,21 @@ class RunStore:
             self.path = self.out
         return self.out
 
+    def finish(self, record, final: Any, bar) -> int:
+        """End a run: pyramid, record and swap in (a reused store is left as it is).
+
+        Returns the number of resolution levels of the store's first array.
+        """
+        from ._io import build_pyramid
+
+        if self.reused:
+            return len([k for k in record.group.array_keys() if k.isdigit()])
+        with bar.stage("pyramid"):
+            levels = build_pyramid(self.path)
+        record.finish(final)
+        self.commit()
+        return levels
+
     def discard(self) -> None:
         """Remove the staging store (the output, if any, is left alone)."""
         from ._io import _remove

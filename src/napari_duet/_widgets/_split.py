@@ -211,7 +211,7 @@ class SplitWidget(EngineDock):
         self.load_btn.setToolTip("Load a .duet model (or a bioimage.io zip made from one)")
         self.split_btn.setToolTip("Split the chosen image into its structures")
         self.cancel_btn.setToolTip("Stop the split or the training")
-        self.train_cancel_btn.setToolTip("Stop the training (nothing is kept)")
+        self.train_cancel_btn.setToolTip("Stop the training; the best model so far is kept")
         self.calib_btn.setToolTip("How the model's std compares with its real error on "
                                   "validation data (RMV against RMSE)")
         self.nm_btn.setToolTip("The noise models: how noisy each structure's pixels are at "

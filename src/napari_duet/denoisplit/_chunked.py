@@ -270,7 +270,7 @@ def run_chunked(args: argparse.Namespace) -> int:
         report_path,
     )
     from .._cli_progress import cli_run
-    from .._io import build_pyramid, check_outputs, content_fingerprint, open_image, write_json
+    from .._io import check_outputs, content_fingerprint, open_image, write_json
     from .._progress import run_to_end
     from ._model import SplitModel
 
@@ -328,13 +328,7 @@ def run_chunked(args: argparse.Namespace) -> int:
                 raise
         bar.finish()
         seconds = time.perf_counter() - t0
-        if store.reused:
-            levels = len([k for k in group.array_keys() if k.isdigit()])
-        else:
-            with bar.stage("pyramid"):
-                levels = build_pyramid(store.path)
-            record.finish(final)
-            store.commit()
+        levels = store.finish(record, final, bar)
     report = {"method": "denoisplit", "chunked": True, "image": str(args.image),
               "model": str(args.model), "output": str(out), "shape": list(shape),
               "channel_names": list(model.channel_names), "samples": args.samples,

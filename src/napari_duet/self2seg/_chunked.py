@@ -214,7 +214,6 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
     from .._chunks import ImageRef, RunRecord, RunStore, announce_chunked, report_path
     from .._cli_progress import cli_run
     from .._io import (
-        build_pyramid,
         content_fingerprint,
         create_ome_zarr,
         create_ome_zarr_labels,
@@ -273,13 +272,7 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
                     store.discard()
                 raise
         bar.finish()
-        if store.reused:
-            levels = len([k for k in group.array_keys() if k.isdigit()])
-        else:
-            with bar.stage("pyramid"):
-                levels = build_pyramid(store.path)
-            record.finish(final)
-            store.commit()
+        levels = store.finish(record, final, bar)
         report = summary(final, cfg, shape, str(image.dtype), rgb)
         report.update(input=str(args.image), output=str(out), levels=levels,
                       axes=list(den_meta.axes), scale=list(den_meta.scale),
