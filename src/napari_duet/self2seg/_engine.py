@@ -27,6 +27,7 @@ from .._errors import DuetInputError
 from .._progress import Progress, run_to_end
 from ..intensity import Normalizer, as_float_image, fit_normalizer
 from ..photon import StabilizedScale, fit_poisson_gaussian, gat
+from ._borders import refine_borders
 from ._config import Self2SegConfig
 from ._energy import (
     auto_filter_size,
@@ -136,6 +137,7 @@ class Self2SegResult:
     local_energy: bool = False
     shared_pretrain: bool = False
     noise: dict = field(default_factory=dict)
+    borders: dict = field(default_factory=dict)  # _borders.BorderRefinement.to_dict()
 
     @property
     def mask(self) -> np.ndarray:
@@ -167,7 +169,7 @@ class Self2SegResult:
                          "local_energy": bool(self.local_energy),
                          "shared_pretrain": bool(self.shared_pretrain),
                          "noise_sigma": float(self.noise_sigma),
-                         "noise_model": self.noise},
+                         "noise_model": self.noise, "border_refinement": self.borders},
             "image": {"shape": [int(s) for s in self.image_shape], "dtype": self.image_dtype},
             "energies": [float(e) for e in self.energies],
             "alternations": int(self.alternations),
@@ -749,6 +751,14 @@ def _finish(run: _Run) -> Self2SegResult:
     run.timings["total"] = time.perf_counter() - run.t_start
     final = _state_of(run, run.energies[-1], run.timings["total"])
     cfg = run.cfg
+    borders: dict = {}
+    if cfg.refine_borders and run.seeds is None and cfg.n_classes == 2:
+        grey = final.denoised.mean(axis=-1) if run.rgb else final.denoised
+        fg, info = refine_borders(grey, final.labels == 1, dark=cfg.invert)
+        borders = info.to_dict()
+        if info.changed:
+            run.labels = fg.astype(np.uint8)
+            final = _state_of(run, run.energies[-1], run.timings["total"])
     # Say when the result contradicts the seeds or collapsed (it is not an error).
     from ._checks import check_result
 
@@ -766,6 +776,7 @@ def _finish(run: _Run) -> Self2SegResult:
         scale=float(run.scale), history=run.history, filter_size=int(cfg.filter_size),
         noise_sigma=float(run.sigma_n), local_energy=bool(cfg.local_energy),
         shared_pretrain=bool(cfg.shared_pretrain), noise=dict(run.noise), checks=checks,
+        borders=borders,
     )
 
 
