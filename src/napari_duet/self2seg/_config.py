@@ -108,9 +108,9 @@ class Self2SegConfig(EngineConfig):
         maximum-likelihood variance) instead of ``e^2`` (Chan-Vese).
     refine_borders : bool
         Automatic start, two classes: after the last alternation, cut each
-        isolated object again from the denoised image at the midpoint between
-        its interior and the background around it (within 5 pixels of its
-        border); objects in clusters, or whose interior the cut would eat
+        isolated object again from the denoised image at a level between
+        its interior and the background around it (40 % of the way up, within
+        5 pixels of its border); objects in clusters, or whose interior the cut would eat
         into, keep their mask.  Fixes the one-to-two-pixel ring around small
         bright nuclei at high signal-to-noise.
     mu_scale : float
