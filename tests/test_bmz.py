@@ -256,11 +256,11 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
 
 def test_reader_opens_exported_zip_like_the_model(exported, tmp_path):
     from napari_duet._bmz import duet_model_in_package
-    from napari_duet._reader import get_reader
+    from napari_duet._reader import get_reader, open_model_file
 
     model, zip_path = exported
-    assert get_reader(str(zip_path)) is not None
-    assert get_reader(str(model)) is not None
+    # Both open with the model reader (a callable that docks the widget), not a guess.
+    assert get_reader(str(zip_path)) is get_reader(str(model)) is open_model_file
     extracted = duet_model_in_package(zip_path, tmp_path)
     assert extracted.read_bytes() == model.read_bytes()
     foreign = tmp_path / "other.zip"

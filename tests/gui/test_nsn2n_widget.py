@@ -40,7 +40,13 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.image_picker.value = layer
     assert widget.axis.value == 0
     yields = []
-    assert widget.show_weight_map() is not None
+    # W of the slice on screen and the next one: a 2D map in [0, 1] over the slice, with the
+    # stack's pixel size so it overlays the slice.
+    wmap = widget.show_weight_map()
+    assert wmap.data.shape == noisy.shape[1:]
+    assert 0.0 <= float(wmap.data.min()) and float(wmap.data.max()) <= 1.0
+    assert float(wmap.data.mean()) > 0.5  # neighbouring slices of one stack mostly match
+    np.testing.assert_allclose(wmap.scale[-2:], (0.5, 0.5))
     widget.train()
     widget.worker.yielded.connect(lambda p: yields.append(p))
     _wait(qtbot, widget)
@@ -96,7 +102,9 @@ def test_cancel_training_keeps_a_usable_model(widget, qtbot, tmp_path):
     text = widget.status.text()
     assert "Cancelled after" in text and "Denoise layer" in text
     assert "NS-N2N denoised" not in viewer.layers
-    assert widget.train_btn.isEnabled() and widget.model is not None
+    assert widget.train_btn.isEnabled()
+    # The model kept is the one trained so far: it denoises the stack to its shape.
+    assert widget.model.predict(noisy[:4], tta=False).denoised.shape == noisy[:4].shape
     assert widget.denoise_btn.isEnabled() and widget.save_btn.isEnabled()
     assert widget.model.info["cancelled"] and widget.model.info["iterations_done"] >= 30
     widget.denoise()

@@ -51,7 +51,14 @@ def test_drop_model_docks_widget_and_splits(make_napari_viewer, qtbot, model_pat
     viewer.open(str(model_path), plugin="napari-duet")  # what drag-and-drop does
     assert len(viewer.layers) == n_layers  # a model adds no layer
     widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
-    assert widget.model is not None
+    # The dropped file's model, not another one: same weights, same output.
+    from napari_duet.denoisplit import SplitModel
+
+    probe = (data.noisy_a + data.noisy_b)[:32, :32]
+    np.testing.assert_array_equal(
+        widget.model.predict(probe, deterministic=True, samples=1).mean,
+        SplitModel.load(model_path, device="cpu").predict(probe, deterministic=True,
+                                                          samples=1).mean)
     info = widget.model_info.text()
     assert "actin" in info and "mito" in info and "calibration" in info
     widget.image_picker.value = image
@@ -204,7 +211,19 @@ def test_split_screenshot_and_save_results(make_napari_viewer, qtbot, model_path
     _wait(qtbot, widget)
     image.visible = False
     shot = viewer.screenshot(str(tmp_path / "split_widget.png"), canvas_only=False)
-    assert shot[..., :3].std() > 5
+    assert shot.ndim == 3 and (tmp_path / "split_widget.png").stat().st_size > 0
+    # The split's layers are really drawn: with every layer hidden the canvas is one flat
+    # colour, with the results shown it is not (an undrawn GL surface fails both ways).
+    results = [layer for layer in viewer.layers if layer is not image]
+    assert results
+    shown = viewer.screenshot(canvas_only=True)[..., :3]
+    for layer in results:
+        layer.visible = False
+    empty = viewer.screenshot(canvas_only=True)[..., :3]
+    for layer in results:
+        layer.visible = True
+    assert np.ptp(empty.reshape(-1, 3), axis=0).max() <= 1
+    assert np.any(shown != empty, axis=-1).mean() > 0.05
     # Save results: the files of `duet split predict`, from the same writer.
     from napari_duet.denoisplit._save import PREDICT_FILES
 
