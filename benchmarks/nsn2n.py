@@ -188,7 +188,7 @@ def make_noise(shape, kind: str, seed: int, zcorr: float = 0.2):
 
 
 def psnr(x: np.ndarray, clean: np.ndarray) -> float:
-    from napari_duet.metrics import psnr as _psnr
+    from napari_duet.core.metrics import psnr as _psnr
 
     return float(_psnr(x, clean, data_range=1.0))
 
@@ -375,8 +375,8 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    from napari_duet._io import write_json
-    from napari_duet._versions import versions
+    from napari_duet.core.io import write_json
+    from napari_duet.core.versions import versions
 
     if args.timing_only:
         timing = timing_case(args, log)

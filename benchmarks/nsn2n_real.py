@@ -255,8 +255,8 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from napari_duet._io import write_json
-    from napari_duet._versions import versions
+    from napari_duet.core.io import write_json
+    from napari_duet.core.versions import versions
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""

@@ -2,7 +2,7 @@
 
 The model is trained on the CPU, with a fixed seed, on a synthetic field of
 filaments and puncta (``synthetic_split``) that is different from the demo
-image the sample shows (see ``napari_duet._sample_data.split_demo``).  Its
+image the sample shows (see ``napari_duet._napari._sample_data.split_demo``).  Its
 noise models are fitted to the field's clean and noisy versions (known for
 synthetic data).  It takes about five CPU minutes on one thread:
 

@@ -32,8 +32,8 @@ def _arrays(prefix: str, obj, names) -> dict[str, np.ndarray]:
 
 
 def _self2seg() -> dict[str, np.ndarray]:
+    from napari_duet.core.synthetic import synthetic_nuclei
     from napari_duet.self2seg import Self2SegConfig, self2seg, self2seg_stack
-    from napari_duet.synthetic import synthetic_nuclei
 
     fast = dict(expert_steps=30, expert_steps_warm=15, patience=15, n_average=2, batch_size=4,
                 crop=24, expert_width=8, expert_depth=3, device="cpu", threads=1)
@@ -90,8 +90,8 @@ def _denoisplit() -> dict[str, np.ndarray]:
 
 
 def _n2f() -> dict[str, np.ndarray]:
-    from napari_duet.n2f import noise2fast
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.n2f import noise2fast
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     img = np.asarray(synthetic_nuclei((48, 48), seed=2).noisy, np.float32)
     den = noise2fast(img, steps=40, device="cpu", seed=0, width=8, depth=3, patience=0,
@@ -103,7 +103,7 @@ def _write_zarr(path: Path, arr: np.ndarray, axes) -> None:
     try:
         from napari_duet.io import ImageMeta, write_ome_zarr
     except ImportError:
-        from napari_duet._io import ImageMeta, write_ome_zarr
+        from napari_duet.core.io import ImageMeta, write_ome_zarr
     meta = ImageMeta(tuple(axes), (1.0,) * len(axes), ("micrometer",) * len(axes))
     write_ome_zarr(path, arr, meta, levels=1)
 
@@ -135,8 +135,8 @@ def _duet(*args: str) -> None:
 def _chunked() -> dict[str, np.ndarray]:
     from scipy import ndimage
 
+    from napari_duet.core.synthetic import synthetic_nuclei
     from napari_duet.nsn2n import NSN2NConfig, train
-    from napari_duet.synthetic import synthetic_nuclei
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

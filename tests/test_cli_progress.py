@@ -10,10 +10,10 @@ import pytest
 import tifffile
 import torch
 
-from napari_duet._cli_progress import CLIProgress, describe
-from napari_duet._progress import run_to_end
 from napari_duet.cli import main
-from napari_duet.devices import parse_threads, resolve_threads, run_with_threads, torch_threads
+from napari_duet.cli._progress import CLIProgress, describe
+from napari_duet.core.devices import parse_threads, resolve_threads, run_with_threads, torch_threads
+from napari_duet.core.progress import run_to_end
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_threads_set_during_run_and_restored(blob, tmp_path, monkeypatch):
     before = torch.get_num_threads()
     target = 2 if before == 1 else 1
     seen = []
-    import napari_duet._progress as engine  # the CLI drives the engine with run_to_end
+    import napari_duet.core.progress as engine  # the CLI drives the engine with run_to_end
 
     real = engine.run_to_end
 
@@ -249,7 +249,7 @@ def test_describe_maps_engine_objects():
 
 
 def test_describe_reads_the_base_fields_of_any_progress():
-    from napari_duet._progress import Progress
+    from napari_duet.core.progress import Progress
 
     ev = describe(Progress(stage="fit", done=2, total=5, losses={"nll": 0.5}, eta=3.0))
     assert (ev.stage, ev.done, ev.total) == ("fit", 2, 5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_duet._progress import Progress, run_to_end
+from napari_duet.core.progress import Progress, run_to_end
 from napari_duet.denoisplit import PredictProgress, SplitModel, TrainProgress
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, NSN2NProgress, iter_train
 from napari_duet.nsn2n._chunked import ChunkProgress

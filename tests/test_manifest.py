@@ -50,7 +50,7 @@ def test_napari_lists_plugin_widgets_and_samples():
 
 @pytest.mark.parametrize("key", ["nuclei_low_noise", "nuclei_medium_noise", "nuclei_high_noise"])
 def test_sample_data_has_noise_and_truth(key):
-    from napari_duet import _sample_data
+    from napari_duet._napari import _sample_data
 
     layers = getattr(_sample_data, key)()
     (img, meta, kind), (mask, _, mkind) = layers

@@ -9,8 +9,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_duet._chunks import staging_path
-from napari_duet._io import (
+from napari_duet.cli import main
+from napari_duet.core.chunks import staging_path
+from napari_duet.core.io import (
     ImageMeta,
     build_pyramid,
     create_ome_zarr,
@@ -18,7 +19,6 @@ from napari_duet._io import (
     write_ome_zarr,
     write_tiff_blocks,
 )
-from napari_duet.cli import main
 
 SHAPE = (12, 48, 40)
 
@@ -43,7 +43,7 @@ def _model(context: bool | str = True, seed: int = 0):
     """
     import torch
 
-    from napari_duet.networks.unet import UNet2D
+    from napari_duet.core.networks.unet import UNet2D
     from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
     from napari_duet.nsn2n._blind import BlindNet
     from napari_duet.nsn2n._context import ContextNet
@@ -344,7 +344,7 @@ def test_training_reads_zarr_and_writes_ome_zarr(tmp_path):
 
 def test_write_ome_zarr_is_atomic(tmp_path, monkeypatch):
     """An interrupted write leaves the earlier result whole and no partial store behind."""
-    from napari_duet import _io
+    from napari_duet.core import io as _io
 
     path = tmp_path / "out.ome.zarr"
     first = np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
@@ -353,7 +353,7 @@ def test_write_ome_zarr_is_atomic(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_io, "build_pyramid", interrupted)
+    monkeypatch.setattr(_io.ngff, "build_pyramid", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _io.write_ome_zarr(path, np.zeros_like(first))
     monkeypatch.undo()

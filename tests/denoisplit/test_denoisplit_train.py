@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_duet import DuetInputError
+from napari_duet.core.metrics import range_invariant_psnr
 from napari_duet.denoisplit import (
     SplitConfig,
     SplitModel,
@@ -18,7 +19,6 @@ from napari_duet.denoisplit import (
 )
 from napari_duet.denoisplit._calibration import calibration_stats
 from napari_duet.denoisplit._synthetic import synthetic_split
-from napari_duet.metrics import range_invariant_psnr
 
 
 def _fast(**kw) -> TrainConfig:

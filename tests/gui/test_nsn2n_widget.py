@@ -218,7 +218,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     finished slabs and the next Denoise continues from them."""
     import zarr
 
-    from napari_duet._io import open_image, write_ome_zarr
+    from napari_duet.core.io import open_image, write_ome_zarr
 
     noisy = _volume((14, 32, 36), seed=5)[0]
     write_ome_zarr(tmp_path / "vol.ome.zarr", noisy)

@@ -124,7 +124,7 @@ def test_blind_mode_denoises():
     clean = make_clean(8, 48, 48)
     noisy = add_noise(clean, 0.1)
     res = train(noisy, config=NSN2NConfig(**{**BLIND, "iterations": 200, "width": 16}))
-    from napari_duet.metrics import psnr
+    from napari_duet.core.metrics import psnr
 
     assert psnr(res.denoised, clean, 1.0) > psnr(noisy, clean, 1.0) + 5.0
 
@@ -135,7 +135,7 @@ def test_moving_content_does_not_break_the_blind_mode():
     The blind-spot network reads the neighbours as extra inputs, not as targets,
     so where they do not match it relies on the frame itself.
     """
-    from napari_duet.metrics import psnr
+    from napari_duet.core.metrics import psnr
 
     clean = make_clean(8, 48, 48)
     clean[4:] = np.roll(clean[4:], 9, axis=2)

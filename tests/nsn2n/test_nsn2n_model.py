@@ -4,7 +4,7 @@ import torch
 from nsn2n_synth import add_noise, make_clean
 
 from napari_duet import ModelFileError
-from napari_duet.modelfile import read_model_header, save_model_file
+from napari_duet.core.modelfile import read_model_header, save_model_file
 from napari_duet.nsn2n import DenoiseResult, NSN2NModel
 
 

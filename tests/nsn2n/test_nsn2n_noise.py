@@ -9,7 +9,8 @@ import pytest
 from nsn2n_synth import FAST, add_noise, make_clean
 from scipy import ndimage
 
-from napari_duet.metrics import psnr
+from napari_duet.core.metrics import psnr
+from napari_duet.core.photon import anscombe_unbiased_inverse as gat_unbiased_inverse
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, noise_model, recommend_method, train
 from napari_duet.nsn2n._noise import (
     NoiseModel,
@@ -17,7 +18,6 @@ from napari_duet.nsn2n._noise import (
     rician_mean,
     rician_unbiased_inverse,
 )
-from napari_duet.photon import anscombe_unbiased_inverse as gat_unbiased_inverse
 
 
 def _camera(clean, photons=30.0, gain=2.0, offset=100.0, read=3.0, seed=0) -> np.ndarray:
@@ -130,7 +130,7 @@ def test_noise_model_recorded_in_report_model_file_and_cli(tmp_path):
     import tifffile
 
     from napari_duet.cli import main
-    from napari_duet.modelfile import read_model_header, save_model_file
+    from napari_duet.core.modelfile import read_model_header, save_model_file
 
     raw = _camera(_sparse(6, 40, 40), read=1.0)
     res = train(raw, config=NSN2NConfig(**{**FAST, "context": "blind", "iterations": 3}))
@@ -186,7 +186,7 @@ def test_chunked_apply_matches_in_memory_with_photon_noise():
 
 
 def test_bad_noise_model_values_are_refused():
-    from napari_duet._config import ConfigError
+    from napari_duet.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="noise_model"):
         NSN2NConfig(noise_model="poisson")

@@ -4,7 +4,7 @@ from nsn2n_synth import FAST, add_noise, make_clean
 from scipy import ndimage
 
 from napari_duet import DuetInputError
-from napari_duet.metrics import psnr
+from napari_duet.core.metrics import psnr
 from napari_duet.nsn2n import NSN2NConfig, NSN2NProgress, TrainResult, iter_train, train
 
 

@@ -14,7 +14,7 @@ import pytest
 from nsn2n_synth import add_noise
 from scipy import ndimage
 
-from napari_duet.metrics import psnr
+from napari_duet.core.metrics import psnr
 from napari_duet.nsn2n import NSN2NConfig, train
 
 bm4d = pytest.importorskip("bm4d", reason="bm4d is a benchmark-only extra ('bench')")

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError, ModelFileError, first_line
-from .._progress import run_to_end
-from ..intensity import Normalizer
-from ..noise_models import GaussianMixtureNoiseModel
+from ..core.errors import DuetInputError, ModelFileError, first_line
+from ..core.intensity import Normalizer
+from ..core.noise_models import GaussianMixtureNoiseModel
+from ..core.progress import run_to_end
 from ._calibration import apply_calibration
 from ._config import SplitConfig
 from ._data import as_frames
@@ -55,7 +55,7 @@ def default_tile(shape: tuple[int, int], patch: int, overlap: int, multiple: int
     the network can hold in the batch budget; a frame that fits in one tile
     is computed once, untiled.
     """
-    from ..tiling import count_tiles
+    from ..core.tiling import count_tiles
 
     budget, per_px = _pass_budget(filters, device)
     largest = int(min(1024, (budget / per_px) ** 0.5)) // multiple * multiple
@@ -158,7 +158,7 @@ class SplitModel:
         ``resume``: a training checkpoint's header entry and ``resume.*`` tensors
         (see :mod:`._resume`), stored beside the model.
         """
-        from ..modelfile import save_model_file
+        from ..core.modelfile import save_model_file
 
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         nm_cfg = None
@@ -187,8 +187,8 @@ class SplitModel:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> SplitModel:
         """Load a model file; foreign or damaged files raise ModelFileError."""
-        from ..devices import resolve_device
-        from ..modelfile import file_normalizer, load_model_file, meta_state_shapes
+        from ..core.devices import resolve_device
+        from ..core.modelfile import file_normalizer, load_model_file, meta_state_shapes
         from ._lvae import LadderVAE
 
         name = Path(path).name
@@ -440,7 +440,7 @@ def _header_sizes(header) -> tuple[SplitConfig, int, list[dict]]:
     ``header`` is the parsed header dict or a ModelFile.  Raises ValueError /
     DuetInputError naming the field (SplitConfig bounds its own sizes).
     """
-    from ..modelfile import file_int
+    from ..core.modelfile import file_int
 
     get = header.get if isinstance(header, dict) else lambda k: getattr(header, k)
     config, ex = get("config"), get("extra")
@@ -460,7 +460,7 @@ def _checked_calibration(cal, n: int) -> dict | None:
     Scalar factors must be finite and positive (zero would report a zero
     std, NaN an all-NaN one); the linear maps' coefficients finite.
     """
-    from ..modelfile import file_number
+    from ..core.modelfile import file_number
 
     if cal is None:
         return None

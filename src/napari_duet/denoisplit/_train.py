@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError
-from .._progress import Progress, run_to_end
-from ..noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
+from ..core.errors import DuetInputError
+from ..core.noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
+from ..core.progress import Progress, run_to_end
 from ._config import MAX_CHANNELS, MIN_CHANNELS, SplitConfig, TrainConfig
 from ._data import (
     PatchSampler,
@@ -100,7 +100,7 @@ class SplitTrainResult:
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: network, training facts, calibration, versions."""
-        from .._versions import versions
+        from ..core.versions import versions
 
         m = self.model
         cal = m.calibration or {}
@@ -172,7 +172,7 @@ def make_train_step(net, opt, sampler: PatchSampler, *, batch_size: int, loss_kw
     """
     import torch
 
-    from .. import distributed as ddp
+    from ..core import distributed as ddp
     from ._losses import split_loss
 
     grads = FlatGrads(net.parameters())
@@ -241,7 +241,7 @@ def iter_train(
     channel_names : sequence of str, optional
         Stored in the model (default A, B, C, ...).
     bootstrap_kwargs : dict, optional
-        Passed to :func:`~napari_duet.noise_models.bootstrap_noise_model`.
+        Passed to :func:`~napari_duet.core.noise_models.bootstrap_noise_model`.
 
     Yields
     ------
@@ -292,7 +292,7 @@ class _Training:
     input_norm: Any
     target_norms: list
     t0: float
-    ddp: Any  # the napari_duet.distributed module
+    ddp: Any  # the napari_duet.core.distributed module
     nms: list[GaussianMixtureNoiseModel] | None = None
     net: Any = None
     opt: Any = None
@@ -363,8 +363,8 @@ def _resolve_configs(n_ch: int, config, train_config, channel_names):
 
 def _prepare(channels, cfg: SplitConfig, tc: TrainConfig, names) -> _Training:
     """Pick the device, seed the generators, split the data and fit the normalisers."""
-    from .. import distributed as ddp
-    from ..devices import resolve_device, seed_everything
+    from ..core import distributed as ddp
+    from ..core.devices import resolve_device, seed_everything
 
     device = ddp.rank_device(resolve_device(tc.device))  # cuda:LOCAL_RANK under torchrun
     rng = seed_everything(tc.seed)
@@ -720,7 +720,7 @@ def best_model_so_far(run: _Training) -> SplitModel:
 
 def _final_model(run: _Training) -> SplitModel:
     """The best weights as a :class:`SplitModel`, with the facts of the training."""
-    from ..networks import count_parameters
+    from ..core.networks import count_parameters
 
     net, tc, ddp = run.net, run.tc, run.ddp
     if run.best[1] is not None:

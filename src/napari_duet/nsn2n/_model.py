@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import ModelFileError, first_line
-from .._progress import Progress, run_to_end
-from ..intensity import Normalizer
-from ..modelfile import (
+from ..core.errors import ModelFileError, first_line
+from ..core.intensity import Normalizer
+from ..core.modelfile import (
     file_int,
     file_normalizer,
     load_model_file,
     meta_state_shapes,
     save_model_file,
 )
+from ..core.progress import Progress, run_to_end
 from ._config import NSN2NConfig
 from ._noise import IDENTITY, NoiseModel
 from ._volume import NORM_HIGH, NORM_LOW, prepare
@@ -92,7 +92,7 @@ class NSN2NModel:
     Parameters
     ----------
     net : torch.nn.Module
-        The denoiser (a :class:`~napari_duet.networks.unet.UNet2D`).
+        The denoiser (a :class:`~napari_duet.core.networks.unet.UNet2D`).
     config : NSN2NConfig
         Configuration it was trained with.
     normalizers : list of Normalizer
@@ -116,7 +116,7 @@ class NSN2NModel:
         device: str | torch.device = "cpu",
         noise: NoiseModel | None = None,
     ) -> None:
-        from ..devices import resolve_device
+        from ..core.devices import resolve_device
 
         self.config = config
         self.noise = noise or IDENTITY
@@ -330,7 +330,7 @@ class NSN2NModel:
         """Run the network on (B, Y, X) or (B, C, Y, X), tiled above the tile size."""
         import torch
 
-        from ..networks.unet import predict_2d
+        from ..core.networks.unet import predict_2d
 
         if batch.ndim == 3:
             batch = batch[:, None]
@@ -377,8 +377,7 @@ class NSN2NModel:
         ModelFileError
             If the file is missing, corrupted, foreign or of another kind.
         """
-        from ..devices import resolve_device
-        from ._context import build_net
+        from ..core.devices import resolve_device
 
         dev = resolve_device(device)
         name = Path(path).name
@@ -412,6 +411,19 @@ class NSN2NModel:
             raise ModelFileError(
                 f"{name} is not a usable NS-N2N model ({first_line(exc)})") from None
         return cls(net, config, norms, mf.extra.get("info", {}), device=dev, noise=noise)
+
+
+def build_net(network: dict):
+    """Network from a model file's ``network`` entry (2.5D, blind-spot or the paper's 2D U-Net)."""
+    from ..core.networks.unet import UNet2D
+    from ._blind import BlindNet
+    from ._context import ContextNet
+
+    if network.get("arch") == ContextNet.arch:
+        return ContextNet(width=int(network["width"]), depth=int(network["depth"]))
+    if network.get("arch") == BlindNet.arch:
+        return BlindNet(width=int(network["width"]), depth=int(network["depth"]))
+    return UNet2D(**network)
 
 
 def _network_spec(network: Any) -> dict[str, Any]:

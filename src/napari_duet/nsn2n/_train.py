@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import Progress, run_to_end
-from .._versions import versions
+from ..core.progress import Progress, run_to_end
+from ..core.versions import versions
 from ._config import NSN2NConfig
 from ._guide import guide_stack
 from ._model import DenoiseResult, NSN2NModel
@@ -264,9 +264,9 @@ def iter_train(
     """
     import torch
 
-    from .. import distributed as ddp
-    from ..devices import resolve_device, seed_everything
-    from ..networks.unet import UNet2D
+    from ..core import distributed as ddp
+    from ..core.devices import resolve_device, seed_everything
+    from ..core.networks.unet import UNet2D
     from ._blind import BlindNet, blind_loss, sample_blind_batch
     from ._context import ContextNet, context_loss, sample_context_batch
     from ._losses import nsn2n_losses

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._errors import DuetInputError
-from .._progress import Progress, run_to_end
-from ..intensity import Normalizer, as_float_image, fit_normalizer
-from ..photon import StabilizedScale, fit_poisson_gaussian, gat
+from ..core.errors import DuetInputError
+from ..core.intensity import Normalizer, as_float_image, fit_normalizer
+from ..core.photon import StabilizedScale, fit_poisson_gaussian, gat
+from ..core.progress import Progress, run_to_end
 from ._config import Self2SegConfig
 from ._energy import (
     auto_filter_size,
@@ -155,7 +155,7 @@ class Self2SegResult:
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, energies, timings, versions, image info."""
-        from .._versions import versions
+        from ..core.versions import versions
 
         counts = np.bincount(self.labels.ravel(), minlength=self.config.n_classes)
         return {
@@ -444,7 +444,7 @@ def _setup_torch(run: _Run) -> None:
     if cfg.experts == "cnn":
         import torch as torch_mod
 
-        from ..devices import resolve_device
+        from ..core.devices import resolve_device
 
         run.torch_mod = torch_mod
         run.device = resolve_device(cfg.device)

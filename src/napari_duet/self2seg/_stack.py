@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError
-from .._progress import Progress, run_to_end
+from ..core.errors import DuetInputError
+from ..core.progress import Progress, run_to_end
 from ._config import Self2SegConfig
 from ._engine import Self2SegProgress, Self2SegResult, Self2SegState
 from ._regions import validate_regions
@@ -97,7 +97,7 @@ class Self2SegStackResult:
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, image, one report per plane, timings."""
-        from .._versions import versions
+        from ..core.versions import versions
 
         k = self.config.n_classes
         counts = np.bincount(self.labels.ravel(), minlength=k)
@@ -144,10 +144,10 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> tuple[tuple
 
 
 def _plane_engine():
-    """``iter_self2seg`` as the package exposes it now (so a wrapped engine is used)."""
-    from .. import self2seg as package
+    """``iter_self2seg`` as :mod:`._engine` holds it now (so a wrapped engine is used)."""
+    from . import _engine
 
-    return package.iter_self2seg
+    return _engine.iter_self2seg
 
 
 def _plane_regions(regions, lead: tuple, plane: tuple,
