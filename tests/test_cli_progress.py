@@ -333,3 +333,29 @@ def test_split_and_noise_model_progress(split_files, capsys, monkeypatch):
                  str(root / "pq"), "--samples", "2", "--tile", "16", "--device", "cpu",
                  "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_describe_asks_the_progress_not_its_class_name():
+    """A progress type describes itself (``fields()``): a type that only shares an engine
+    type's name is not read as that engine's (the old describe branched on the name)."""
+    from dataclasses import dataclass
+
+    from napari_duet.core.progress import Progress
+
+    @dataclass(kw_only=True)
+    class Self2SegState(Progress):  # the engine's class name, none of its fields
+        pass
+
+    ev = describe(Self2SegState(stage="merge", done=1, total=4, losses={"l1": 0.5}))
+    assert (ev.stage, ev.done, ev.total) == ("merge", 1, 4)
+    assert ev.fields == {"losses": {"l1": 0.5}}
+
+    @dataclass(kw_only=True)
+    class Custom(Progress):
+        score: float = 0.0
+
+        def fields(self):
+            return "scoring", 3, 5, {"score": self.score}
+
+    ev = describe(Custom(score=0.25))
+    assert (ev.stage, ev.done, ev.total, ev.fields) == ("scoring", 3, 5, {"score": 0.25})

@@ -145,9 +145,9 @@ def _numeric(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def describe(item) -> Event:
     """Map an engine's progress object to an :class:`Event`.
 
-    Every engine's progress extends :class:`~napari_duet.core.progress.Progress`, so
-    the stage, work done and total come from its base fields; the numeric extras
-    (losses, energy, matched fraction...) are the type's own.
+    Every engine's progress extends :class:`~napari_duet.core.progress.Progress` and
+    describes itself (:meth:`~napari_duet.core.progress.Progress.fields`): the stage,
+    work done and total, and its numeric extras (losses, energy, matched fraction...).
     """
     if isinstance(item, Event):
         return item
@@ -156,36 +156,7 @@ def describe(item) -> Event:
         done, total = getattr(item, "done", None), getattr(item, "total", None)
         return Event(str(stage), done if isinstance(done, int) else None,
                      total if isinstance(total, int) else None, {})
-    name = type(item).__name__
-    stage, done, total = item.stage or "run", int(item.done), int(item.total) or None
-    extra: dict[str, Any] = {}
-    if item.losses:
-        extra["losses"] = dict(item.losses)
-    if name == "Self2SegStackState":
-        # One bar over all planes, counted in alternations.
-        st = item.state
-        per = max(int(st.max_alternations), 1)
-        done = (item.plane + 1) * per if item.finished else item.plane * per + int(st.alternation)
-        return Event("self2seg", done, item.n_planes * per,
-                     {"plane": item.plane + 1, "planes": item.n_planes,
-                      "alternation": st.alternation, "energy": st.energy})
-    if name == "Self2SegState":
-        return Event("self2seg", done, total,
-                     {"alternation": item.alternation, "energy": item.energy})
-    if name == "NSN2NProgress":
-        extra.update(iteration=item.iteration, iterations=item.iterations,
-                     matched_fraction=item.matched_fraction)
-        extra.setdefault("losses", {})
-    elif name == "TrainProgress":  # denoiSplit
-        extra.update(epoch=item.epoch, epochs=item.epochs, val_loss=item.val_loss, lr=item.lr)
-        if getattr(item, "val_gain_db", None):  # per structure, over the constant split
-            extra["val_gain_db"] = dict(item.val_gain_db)
-        extra.setdefault("losses", {})
-        if stage != "train":  # noise models, calibration: no steps to count
-            stage, done, total = stage.replace("_", " "), None, None
-    if name in ("NSN2NProgress", "TrainProgress", "DenoiseProgress") or item.eta is not None:
-        extra["eta"] = item.eta
-    return Event(stage, done, total, extra)
+    return Event(*item.fields())
 
 
 # Units of the bars, by stage.

@@ -291,8 +291,8 @@ def _run_one(args: argparse.Namespace, image_path: Path, out: Path, *, bar=None,
 def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, batch, label):
     from ..core.io import ResultSet, write_json, write_tiff
     from ..core.progress import run_to_end
-    from ..self2seg._engine import iter_self2seg
-    from ..self2seg._stack import iter_self2seg_stack
+    from ..self2seg._engine import Self2SegProgress, iter_self2seg
+    from ..self2seg._stack import Self2SegStackState, iter_self2seg_stack
 
     n_planes = int(np.prod(np.shape(image)[:len(lead)], dtype=np.int64)) if lead else 1
     per = cfg.max_alternations
@@ -308,8 +308,7 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
     show(0.0)  # the clock starts with the run, not at the first alternation
 
     def progress(item):
-        name = type(item).__name__
-        if name == "Self2SegProgress":  # within an alternation: a steady bar
+        if isinstance(item, Self2SegProgress):  # within an alternation: a steady bar
             plane = item.plane
             within = item.fraction * item.n_planes - plane  # this plane's share done
             what = "training experts" if item.stage == "experts" else "updating the mask"
@@ -318,7 +317,7 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
                  stage_name=what)
             return
         where = ""
-        if hasattr(item, "n_planes"):  # a stack: Self2SegStackState
+        if isinstance(item, Self2SegStackState):
             st = item.state
             done = (item.plane + (1 if item.finished else
                                   st.alternation / max(st.max_alternations, 1)))

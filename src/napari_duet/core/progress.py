@@ -74,3 +74,18 @@ class Progress:
         if self.total <= 0:
             return None
         return min(max(self.done / self.total, 0.0), 1.0)
+
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """What a progress bar or log line shows: ``(stage, done, total, extras)``.
+
+        ``done`` / ``total`` None: nothing to count (``total`` 0 is unknown);
+        ``extras`` are the numeric details (latest losses, ETA).  Engines whose
+        progress carries more override this, so the CLI's bars and ``--log-json``
+        read every engine the same way.
+        """
+        extra: dict[str, Any] = {}
+        if self.losses:
+            extra["losses"] = dict(self.losses)
+        if self.eta is not None:
+            extra["eta"] = self.eta
+        return self.stage or "run", int(self.done), int(self.total) or None, extra

@@ -81,6 +81,20 @@ class TrainProgress(Progress):
             within = 1.0  # the epochs are over (early stopping may end them sooner)
         return 0.05 + 0.9 * within
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Adds the epoch, validation loss, learning rate, gains, losses and ETA; the
+        noise-model and calibration stages have no steps to count."""
+        stage, done, total, extra = super().fields()
+        extra.pop("eta", None)
+        extra.update(epoch=self.epoch, epochs=self.epochs, val_loss=self.val_loss, lr=self.lr)
+        if self.val_gain_db:  # per structure, over the constant split
+            extra["val_gain_db"] = dict(self.val_gain_db)
+        extra.setdefault("losses", {})
+        if stage != "train":
+            stage, done, total = stage.replace("_", " "), None, None
+        extra["eta"] = self.eta
+        return stage, done, total, extra
+
 
 @dataclass
 class SplitTrainResult:

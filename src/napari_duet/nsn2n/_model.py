@@ -68,6 +68,12 @@ class DenoiseProgress(Progress):
 
     stage: str = "denoise"
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Slices denoised, and the ETA (None until known)."""
+        stage, done, total, extra = super().fields()
+        extra["eta"] = self.eta
+        return stage, done, total, extra
+
 
 def _dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     """One of the 8 flips/rotations of the last two axes."""

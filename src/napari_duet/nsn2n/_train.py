@@ -72,6 +72,16 @@ class NSN2NProgress(Progress):
         start, share = _STAGE_SHARES.get(self.stage, (0.0, 1.0))
         return start + share * within
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Adds the iterations, the matched fraction, the losses and the ETA."""
+        stage, done, total, extra = super().fields()
+        extra.pop("eta", None)
+        extra.update(iteration=self.iteration, iterations=self.iterations,
+                     matched_fraction=self.matched_fraction)
+        extra.setdefault("losses", {})
+        extra["eta"] = self.eta
+        return stage, done, total, extra
+
 
 # (start, share) of each stage in the whole run, for :attr:`NSN2NProgress.fraction`.
 _STAGE_SHARES = {"guide": (0.0, 0.05), "train": (0.05, 0.85), "denoise": (0.9, 0.1)}

@@ -74,6 +74,11 @@ class Self2SegState(Progress):
         self.stage = self.stage or "alternation"
         self.done, self.total = int(self.alternation), int(self.max_alternations)
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Alternations done of planned, and the energy (see :meth:`Progress.fields`)."""
+        return ("self2seg", int(self.done), int(self.total) or None,
+                {"alternation": self.alternation, "energy": self.energy})
+
 
 @dataclass(kw_only=True)
 class Self2SegProgress(Progress):

@@ -57,6 +57,15 @@ class Self2SegStackState(Progress):
         """True on the extra state yielded once the plane is finished."""
         return self.result is not None
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """One count over all planes, in alternations (see :meth:`Progress.fields`)."""
+        st = self.state
+        per = max(int(st.max_alternations), 1)
+        done = (self.plane + 1) * per if self.finished else self.plane * per + int(st.alternation)
+        return ("self2seg", done, self.n_planes * per,
+                {"plane": self.plane + 1, "planes": self.n_planes,
+                 "alternation": st.alternation, "energy": st.energy})
+
     @property
     def fraction(self) -> float:
         """Share of the stack done (each plane's alternations count equally)."""
