@@ -378,7 +378,7 @@ def synthetic(args, results: dict) -> None:
     tc = TrainConfig(epochs=1000, max_minutes=args.synthetic_minutes, patch_size=32,
                      batch_size=16, device=args.device, lr=3e-3, calib_samples=10,
                      seed=args.seed)
-    model = train(d.noisy_a[:1], d.noisy_b[:1], SplitConfig.small(), tc, noise_models=nms).model
+    model = train([d.noisy_a[:1], d.noisy_b[:1]], SplitConfig.small(), tc, noise_models=nms).model
     inp = d.noisy_a[1] + d.noisy_b[1]
     res = model.predict(inp, samples=20, tile=64)
     clean = np.stack([d.clean_a[1], d.clean_b[1]])

@@ -198,8 +198,8 @@ def run_case(half, name, clean, kind, args, log) -> dict:
             res_g, _ = run_nsn2n(noisy, args, "gaussian")
             row["nsn2n_gaussian"] = base.psnr(unit(res_g.denoised), clean)
     row["nsn2n_seconds"] = sec
-    row["steps"] = res.model.info.get("iterations_done")
-    row["context"] = res.model.info.get("context")
+    row["steps"] = res.model.training.get("iterations_done")
+    row["context"] = res.model.training.get("context")
     log(f"{half} {name} {kind}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float) and k != "bm4d_est_sigma")
         + f" [auto: {auto.kind}]")

@@ -58,7 +58,7 @@ def main() -> None:
             val = f"{p.val_loss:.4g}" if p.val_loss is not None else "-"
             print(f"epoch {p.epoch}/{p.epochs} val {val} ({p.elapsed:.0f} s)", flush=True)
 
-    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms,
+    model = train([d.noisy_a, d.noisy_b], cfg, tc, noise_models=nms,
                   channel_names=("filaments", "puncta"), callback=report).model
     path = model.save(args.output)
     size = path.stat().st_size

@@ -76,7 +76,7 @@ def test_nsn2n_trains_on_cuda_and_loads_on_cpu(tmp_path):
     assert psnr(res.denoised, clean, 1.0) > psnr(noisy, clean, 1.0) + 2
     path = res.model.save(tmp_path / "n.duet")
     back = NSN2NModel.load(path, device="cpu")
-    on_cpu = back.denoise(noisy, axis=0).denoised
+    on_cpu = back.predict(noisy, axis=0).denoised
     np.testing.assert_allclose(on_cpu, res.denoised, atol=2e-3)
 
 
@@ -90,7 +90,7 @@ def test_denoisplit_trains_with_amp_on_cuda_and_predicts_on_cpu(tmp_path):
     cfg = SplitConfig(n_levels=2, z_dims=8, filters=16, dropout=0.0)
     tc = TrainConfig(epochs=2, patch_size=32, batch_size=8, steps_per_epoch=20, device="cuda",
                      calib_samples=4, log_every=1000)
-    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms).model
+    model = train([d.noisy_a, d.noisy_b], cfg, tc, noise_models=nms).model
     img = d.noisy_a + d.noisy_b
     gpu = model.predict(img, deterministic=True, tile=32)
     assert gpu.mean.shape == (2, 96, 96) and np.isfinite(gpu.mean).all()

@@ -160,11 +160,11 @@ def test_split_checkpoint_refuses_other_training_data_of_the_same_shape():
         tc = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=16,
                          device="cpu", likelihood="gaussian", kl="musplit", log_every=1,
                          calibrate=False, checkpoint_path=ckpt, resume=True)
-        for _ in iter_train(d.noisy_a, d.noisy_b, cfg, tc):
+        for _ in iter_train([d.noisy_a, d.noisy_b], cfg, tc):
             pass
         with pytest.raises(DuetInputError, match="another run .*data_sha256"):
             next(iter_train(other.noisy_a, other.noisy_b, cfg, tc))
-        for _ in iter_train(d.noisy_a, d.noisy_b, cfg, tc):  # the same data: resumes
+        for _ in iter_train([d.noisy_a, d.noisy_b], cfg, tc):  # the same data: resumes
             pass
 
 

@@ -175,7 +175,7 @@ def test_chunked_equals_in_memory(context, slab):
 
     vol = _volume()
     model = _model(context)
-    ref = model.denoise(vol, axis=0, tta=True)
+    ref = model.predict(vol, axis=0, tta=True)
     out = np.full(vol.shape, np.nan, np.float32)
     unc = np.full(vol.shape, np.nan, np.float32)
     events = list(iter_denoise_chunked(model, zarr.array(vol), out, axis=0, tta=True,
@@ -192,7 +192,7 @@ def test_chunked_4d_and_other_axis():
 
     vol = np.stack([_volume((20, 12, 24), seed=s) for s in (0, 1)]).transpose(0, 1, 2, 3)
     model = _model(True)
-    ref = model.denoise(vol, axis=2, tta=False).denoised
+    ref = model.predict(vol, axis=2, tta=False).denoised
     out = np.zeros(vol.shape, np.float32)
     list(iter_denoise_chunked(model, vol, out, axis=2, tta=False, slab=4))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.ptp(vol))
@@ -218,7 +218,7 @@ def test_cli_zarr_in_zarr_out_equals_in_memory(tmp_path, model_file):
                  "--device", "cpu", "--slab", "4", "--log-json", str(log)]) == 0
     arr, got = open_image(out)
     assert got == meta and arr.dtype == np.float32
-    ref = NSN2NModel.load(model_file, device="cpu").denoise(vol, axis=0).denoised
+    ref = NSN2NModel.load(model_file, device="cpu").predict(vol, axis=0).denoised
     np.testing.assert_allclose(arr[...], ref, rtol=1e-5, atol=1e-5 * np.ptp(vol))
     events = [json.loads(line) for line in log.read_text().splitlines()]
     slabs = [e for e in events if e.get("stage") == "denoise"]

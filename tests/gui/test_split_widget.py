@@ -34,7 +34,7 @@ def model_path(tmp_path_factory, data):
     from napari_duet.denoisplit import train
 
     net, tc = _tiny_configs()
-    model = train(data.noisy_a, data.noisy_b, net, tc, channel_names=("actin", "mito"),
+    model = train([data.noisy_a, data.noisy_b], net, tc, channel_names=("actin", "mito"),
                   bootstrap_kwargs=FAST_BOOTSTRAP).model
     return model.save(tmp_path_factory.mktemp("model") / "tiny.duet")
 
@@ -161,7 +161,7 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
     seen = []  # (phase, epoch, step, progress bar, status) after the widget's handler
     widget.train()
     widget.worker.yielded.connect(lambda p: seen.append(
-        (p.phase, p.epoch, p.step, widget.progress.value(), widget.status.text())))
+        (p.stage, p.epoch, p.step, widget.progress.value(), widget.status.text())))
     _wait(qtbot, widget)
     assert widget.model is not None and widget.split_btn.isEnabled()
     assert widget.plot.curves

@@ -95,13 +95,14 @@ def test_auto_context_picks_blind_for_white_and_25d_for_correlated_noise():
     cfg = NSN2NConfig(**{**BLIND, "context": "auto", "iterations": 2})
     white = train(add_noise(clean, 0.1), config=cfg)
     corr = train(add_noise(clean, 0.1, correlated=True), config=cfg)
-    assert white.model.info["context"] == "blind" and white.model.is_blind
-    assert corr.model.info["context"] == "2.5d" and corr.model.is_context
-    assert white.model.info["noise_correlation"] < 0.25 < corr.model.info["noise_correlation"]
+    assert white.model.training["context"] == "blind" and white.model.is_blind
+    assert corr.model.training["context"] == "2.5d" and corr.model.is_context
+    assert (white.model.training["noise_correlation"] < 0.25
+            < corr.model.training["noise_correlation"])
     assert white.model.config.context == "blind"  # the file records what was trained
     assert white.report()["training"]["context"] == "blind"
     rho = white.report()["training"]["noise_correlation"]
-    assert rho == white.model.info["noise_correlation"]
+    assert rho == white.model.training["noise_correlation"]
     # a context given by the user is not measured: None, not NaN (the report is JSON)
     fixed = train(add_noise(clean, 0.1), config=cfg.replace(context="2.5d"))
     assert fixed.report()["training"]["noise_correlation"] is None
@@ -115,8 +116,8 @@ def test_blind_model_round_trip(tmp_path):
     path = res.model.save(tmp_path / "b.duet")
     loaded = NSN2NModel.load(path, device="cpu")
     assert loaded.is_blind and loaded.config.context == "blind" and loaded.halo == 2
-    a = res.model.denoise(noisy, tta=False).denoised
-    np.testing.assert_array_equal(a, loaded.denoise(noisy, tta=False).denoised)
+    a = res.model.predict(noisy, tta=False).denoised
+    np.testing.assert_array_equal(a, loaded.predict(noisy, tta=False).denoised)
     np.testing.assert_array_equal(a, res.denoised)
 
 

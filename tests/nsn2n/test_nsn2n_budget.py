@@ -37,7 +37,7 @@ def test_training_stops_at_the_time_budget_and_reports_it():
     t0 = time.perf_counter()
     res = train(noisy, config=cfg)
     spent = time.perf_counter() - t0
-    info = res.model.info
+    info = res.model.training
     assert info["budget_s"] == 1.5 and info["iterations_done"] > 5
     assert 1.5 <= res.timings["train"] < 1.5 + 3.0  # stops within a step (or a slow one)
     assert spent < 10
@@ -52,7 +52,7 @@ def test_budget_caps_fixed_iterations():
     cfg = NSN2NConfig(**{**FAST, "iterations": 10**6, "budget": 0.5, "preview_every": 0,
                          "tta": False})
     res = train(noisy, config=cfg)
-    assert res.model.info["iterations_done"] < 10**6
+    assert res.model.training["iterations_done"] < 10**6
     assert res.timings["train"] < 2.0
 
 

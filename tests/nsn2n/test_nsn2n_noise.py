@@ -142,8 +142,8 @@ def test_noise_model_recorded_in_report_model_file_and_cli(tmp_path):
     loaded = NSN2NModel.load(path, device="cpu")
     assert loaded.noise == NoiseModel.from_dict(res.model.noise.to_dict())
     assert loaded.config.noise_model == "poisson-gaussian"
-    np.testing.assert_allclose(loaded.denoise(raw, tta=False).denoised,
-                               res.model.denoise(raw, tta=False).denoised, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(loaded.predict(raw, tta=False).denoised,
+                               res.model.predict(raw, tta=False).denoised, rtol=1e-4, atol=1e-3)
     # files written before noise models: Gaussian, no transform
     cfg = res.model.config.model_dict()
     del cfg["noise_model"]
@@ -179,7 +179,7 @@ def test_chunked_apply_matches_in_memory_with_photon_noise():
     raw = _camera(_sparse(10, 32, 32), read=1.0)
     model = NSN2NModel(net, NSN2NConfig(context="blind", noise_model="poisson-gaussian"), [],
                        noise=fit_noise(raw, "poisson-gaussian"))
-    ref = model.denoise(raw, axis=0, tta=False).denoised
+    ref = model.predict(raw, axis=0, tta=False).denoised
     out = np.zeros(raw.shape, np.float32)
     list(iter_denoise_chunked(model, raw, out, axis=0, tta=False, slab=4))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * float(np.ptp(raw)))

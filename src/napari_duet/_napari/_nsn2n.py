@@ -2,7 +2,7 @@
 
 Train & denoise runs :func:`napari_duet.nsn2n.iter_train` in a thread worker
 (live loss plot, preview of the current slice, progress); a trained or loaded
-model denoises any image layer through :meth:`NSN2NModel.iter_denoise`.
+model denoises any image layer through :meth:`NSN2NModel.iter_predict`.
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ class NSN2NWidget(EngineDock):
             return
         self.status.setText(f"Denoising {layer.name}…")
         self.start(_Job(kind="denoise", source=SourceInfo.of(layer),
-                        nonnegative=_nonnegative(volume)), self.model.iter_denoise,
+                        nonnegative=_nonnegative(volume)), self.model.iter_predict,
                    volume, vaxis, self.tta.value, threads=self.threads.value,
                    desc=f"NS-N2N denoise {layer.name}")
 
@@ -559,7 +559,7 @@ class NSN2NWidget(EngineDock):
         self._show_result(job, denoised, unc)
         extra = ""
         if job.kind == "train":
-            info = result.model.info
+            info = result.model.training
             net = {"blind": "blind-spot", "2.5d": "2.5D", "2d": "2D"}.get(info.get("context"), "")
             extra = (f"; matched fraction {result.matched_fraction:.0%}; "
                      f"{info.get('iterations_done')} steps, {net} network, width "
@@ -636,10 +636,10 @@ class NSN2NWidget(EngineDock):
         """Keep the model a cancelled training had trained so far, and offer to use it."""
         model = job.model
         model.net.eval()
-        info = dict(getattr(model, "info", None) or {})
+        info = dict(getattr(model, "training", None) or {})
         info.setdefault("iterations_done", job.steps)
         info["cancelled"] = True
-        model.info = info
+        model.training = info
         self.model = model
         self.model_label.setText(f"Model: trained on {job.source.name} for {job.steps} "
                                  "steps (cancelled)")

@@ -554,8 +554,8 @@ class Self2SegWidget(EngineDock):
         where = f" (slice {idx}, {plane_no + 1}/{len(job.indices)})" if idx else ""
         if isinstance(state, Self2SegProgress):
             if state.stage == "experts":
-                what = (f"training experts, step {state.step}/{state.total_steps}"
-                        if state.total_steps > 1 else "fitting experts")
+                what = (f"training experts, step {state.done}/{state.total}"
+                        if state.total > 1 else "fitting experts")
             else:
                 what = "updating the mask"
             self.status.setText(f"Alternation {state.alternation}/{state.max_alternations}"

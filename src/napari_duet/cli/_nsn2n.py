@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             denoised, unc = res.denoised, res.uncertainty
             report = {
                 "method": "nsn2n", "mode": "apply", "model": str(args.model),
-                "config": model.config.to_dict(), "model_info": model.info,
+                "config": model.config.to_dict(), "model_info": model.training,
                 "noise_model": model.noise.to_dict(),
                 "versions": versions(),
             }
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
             report = {"mode": "train", **result.report()}
             for w in result.warnings:
                 log(f"warning: {w}")
-            info = result.model.info
+            info = result.model.training
             log(f"trained {info.get('iterations_done')} steps in {result.timings['train']:.0f}s "
                 f"(budget {info.get('budget_s')}, width {info.get('width')}, "
                 f"{info.get('context')}, {info.get('device')})")

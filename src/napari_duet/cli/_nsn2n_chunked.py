@@ -162,7 +162,7 @@ def run_chunked(args: argparse.Namespace) -> int:
                 s.discard()
         report = {
             "method": "nsn2n", "mode": "apply", "chunked": True, "model": str(args.model),
-            "config": model.config.to_dict(), "model_info": model.info,
+            "config": model.config.to_dict(), "model_info": model.training,
             "slab": final["slab"], "normalizers": final["normalizers"],
             "taus": final.get("taus"), "resumed": bool(args.resume and state),
             "scheduler": runner.scheduler or "local",

@@ -151,7 +151,7 @@ def load_model_file(
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
         except Exception as exc:
             raise corrupted(exc) from None
-        header = _parse_meta(meta, path)
+        header = migrate(_parse_meta(meta, path))
         if kind is not None and header["kind"] != kind:
             raise ModelFileError(
                 f"{path.name} is a {header['kind']!r} model, but a {kind!r} model is needed"
@@ -254,6 +254,37 @@ def file_normalizer(d: Any, field_name: str):
         raise ValueError(f"{field_name} must be a mapping, got {type(d).__name__}")
     return Normalizer(offset=file_number(d.get("offset"), f"{field_name}.offset"),
                       scale=file_number(d.get("scale"), f"{field_name}.scale", nonzero=True))
+
+
+# The NS-N2N networks that read neighbouring slices; any other is the paper's 2D U-Net.
+_NSN2N_SLICE_ARCHS = ("nsn2n-context", "nsn2n-blind")
+
+
+def migrate(header: dict[str, Any]) -> dict[str, Any]:
+    """Bring the header of a file written by an earlier napari-duet to the current format.
+
+    The one place that knows older files; the engines' loaders read current headers
+    only.  Format version 1 gained fields over time:
+
+    * NS-N2N files written before the 2.5D and blind-spot networks hold the paper's
+      2D U-Net: their ``context`` is ``"2d"``;
+    * NS-N2N files written before noise models: Gaussian noise, no transform;
+    * denoiSplit files written before N-channel support hold two channels with no
+      ``n_channels`` (the configuration's default, 2) and noise models ``a`` and ``b``:
+      readable as they are.
+
+    Run-time options some files also saved are dropped by the configurations'
+    ``from_model_dict``.  Returns a new header; ``header`` is left as it is.
+    """
+    header = {**header, "config": dict(header["config"]), "extra": dict(header["extra"])}
+    config, extra = header["config"], header["extra"]
+    if header["kind"] == "nsn2n":
+        network = extra.get("network")
+        if isinstance(network, dict) and network.get("arch") not in _NSN2N_SLICE_ARCHS:
+            config["context"] = "2d"
+        if not extra.get("noise_model"):
+            extra["noise_model"] = {"kind": "gaussian"}
+    return header
 
 
 def _existing(path) -> Path:

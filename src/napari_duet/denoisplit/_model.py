@@ -221,8 +221,7 @@ class SplitModel:
             target_norms = [file_normalizer(d, f"target_normalizers[{c}]")
                             for c, d in enumerate(targets)]
             calibration = _checked_calibration(ex.get("calibration"), n)
-            # Files written before N-channel support hold two channels, no n_channels
-            # field (SplitConfig defaults to 2) and noise models a and b.
+            # Older files: see core.modelfile.migrate.
             nms = [
                 GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, _nm_prefix(i),
                                                           name=name)
@@ -381,9 +380,25 @@ class SplitModel:
         )
         return result
 
-    def predict(self, image, **kwargs) -> SplitResult:
+    def predict(
+        self,
+        image,
+        *,
+        samples: int = 20,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int | None = None,
+        return_samples: bool = False,
+        calibration: str = "scalar",
+        deterministic: bool = False,
+        seed: int = 0,
+        samples_out=None,
+    ) -> SplitResult:
         """Run :meth:`iter_predict` to the end (same parameters)."""
-        return run_to_end(self.iter_predict(image, **kwargs))
+        return run_to_end(self.iter_predict(
+            image, samples=samples, tile=tile, overlap=overlap, batch_size=batch_size,
+            return_samples=return_samples, calibration=calibration,
+            deterministic=deterministic, seed=seed, samples_out=samples_out))
 
     def _finish(self, raw, frames, was_2d, *, samples, calibration,
                 samples_out=None) -> SplitResult:

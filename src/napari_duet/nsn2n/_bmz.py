@@ -189,7 +189,7 @@ def _description(model: NSN2NModel, path: Path, name: str, authors: list[str], l
         for a in ("z", "y", "x")
     ]
     to_float = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
-    info = json.loads(json.dumps(model.info, default=str))  # plain YAML types only
+    info = json.loads(json.dumps(model.training, default=str))  # plain YAML types only
     return model_description(
         name=name,
         summary=(f"NS-N2N self-supervised volume denoiser ({arch}), trained with "

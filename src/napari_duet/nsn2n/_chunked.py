@@ -1,6 +1,6 @@
 """NS-N2N inference on volumes larger than memory: slab by slab along the slice axis.
 
-The in-memory path (:meth:`NSN2NModel.iter_denoise`) needs two statistics of the
+The in-memory path (:meth:`NSN2NModel.iter_predict`) needs two statistics of the
 whole stack before it denoises a slice: the intensity normalisation (0.1/99.9
 percentiles) and, for the 2.5D network, the matching threshold tau (a quantile of
 the guide differences of all neighbouring pairs).  Here both are computed in

@@ -105,8 +105,7 @@ class NSN2NModel:
         Normalisation of the training stacks (kept for provenance; volumes to
         denoise are normalised with their own percentiles by default).
     training : dict, optional
-        Training facts (tau, matched fraction, iterations done, ...); also
-        readable as ``info`` (older name).
+        Training facts (tau, matched fraction, iterations done, ...).
     noise : NoiseModel, optional
         The fitted noise model (default: Gaussian, no transform; files written
         before noise models load so).  Volumes are transformed with it before
@@ -130,15 +129,6 @@ class NSN2NModel:
         self.training = dict(training or {})
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """Training facts (older name of :attr:`training`)."""
-        return self.training
-
-    @info.setter
-    def info(self, value: dict[str, Any]) -> None:
-        self.training = dict(value or {})
 
     def metadata(self) -> dict[str, Any]:
         """Kind, configuration, network, normalisation and training facts (for reports)."""
@@ -208,10 +198,6 @@ class NSN2NModel:
     def predict(self, volume, axis: int = 0, tta: bool | None = None) -> DenoiseResult:
         """Denoise a volume (see :meth:`iter_predict`)."""
         return run_to_end(self.iter_predict(volume, axis=axis, tta=tta))
-
-    # The first names of the two methods, kept for existing scripts.
-    iter_denoise = iter_predict
-    denoise = predict
 
     @property
     def context(self) -> str:
@@ -398,14 +384,9 @@ class NSN2NModel:
             mf = load_model_file(path, kind=KIND, device="cpu", expect=expect,
                                  what="NS-N2N model")
             network = _network_spec(mf.extra["network"])
-            cfg = dict(mf.config)
-            if network.get("arch") not in _CONTEXT_OF_ARCH:
-                # Files written before the 2.5D network hold the paper's 2D U-Net.
-                cfg["context"] = "2d"
-            # Files written before noise models: Gaussian noise, no transform.
-            noise = NoiseModel.from_dict(mf.extra.get("noise_model") or {"kind": "gaussian"})
+            cfg = dict(mf.config)  # older files: see core.modelfile.migrate
+            noise = NoiseModel.from_dict(mf.extra["noise_model"])
             cfg["noise_model"] = noise.kind
-            # Older files also saved run-time options: dropped (set when used).
             config = NSN2NConfig.from_model_dict(cfg, device=str(device))
             norms = [file_normalizer(d, f"normalizers[{i}]")
                      for i, d in enumerate(mf.extra.get("normalizers") or [])]

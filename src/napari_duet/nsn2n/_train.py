@@ -121,7 +121,7 @@ class TrainResult:
             "slice_similarity": self.slice_similarity,
             "pair_matched_fractions": self.pair_fractions,
             "pairs": self.pairs,
-            "training": {k: self.model.info.get(k) for k in
+            "training": {k: self.model.training.get(k) for k in
                          ("iterations_done", "budget_s", "width", "context",
                           "noise_correlation", "device", "world_size")},
             "noise_model": self.model.noise.to_dict(),
@@ -450,7 +450,7 @@ def iter_train(
                             preview_index=preview_index, model=model)
     net.eval()
     t_den = time.perf_counter()
-    model.info = {
+    model.training = {
         "tau": taus, "matched_fraction": matched, "slice_similarity": similarity,
         "iterations_done": it, "budget_s": budget, "width": width,
         # the in-plane noise correlation that chose the network (None: context given)
@@ -462,7 +462,7 @@ def iter_train(
     }
 
     # 3. denoise the training volume with its own normalisation
-    gen = model.iter_denoise(volume, axis=axis, normalizers=norms)
+    gen = model.iter_predict(volume, axis=axis, normalizers=norms)
     while True:
         try:
             p = next(gen)

@@ -85,7 +85,7 @@ class Self2SegProgress(Progress):
     """Progress within an alternation, yielded between states with ``progress=True``.
 
     ``stage`` is "experts" (training the region experts: ``done`` (``step``) of
-    ``total`` (``total_steps``) training steps of this alternation, all experts
+    ``total`` training steps of this alternation, all experts
     together; for constant and linear experts one step per expert) or "mask"
     (the mask update has started: step 0 of 1).  Early stopping can end an
     expert's training before its share of ``total``.
@@ -96,16 +96,6 @@ class Self2SegProgress(Progress):
     expert: int | None = None  # class of the expert in training (None: shared pretraining)
     plane: int = 0  # set by :func:`iter_self2seg_stack`
     n_planes: int = 1
-
-    @property
-    def step(self) -> int:
-        """Training steps done in this alternation (= ``done``)."""
-        return self.done
-
-    @property
-    def total_steps(self) -> int:
-        """Training steps planned for this alternation (= ``total``)."""
-        return self.total
 
     @property
     def fraction(self) -> float:
