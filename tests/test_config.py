@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_duet import DuetInputError
-from napari_duet._config import ConfigError, EngineConfig
+from napari_duet.core.config import ConfigError, EngineConfig
 from napari_duet.denoisplit import SplitConfig, TrainConfig
 from napari_duet.nsn2n import NSN2NConfig
 from napari_duet.self2seg import Self2SegConfig
@@ -74,8 +74,8 @@ def test_split_model_files_refuse_unknown_config_keys(tmp_path):
     import torch
 
     from napari_duet import ModelFileError
+    from napari_duet.core.modelfile import save_model_file
     from napari_duet.denoisplit import SplitModel
-    from napari_duet.modelfile import save_model_file
 
     path = save_model_file(tmp_path / "m.duet", kind="denoisplit",
                            config={**SplitConfig.small().to_dict(), "filterz": 8},

@@ -21,7 +21,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_duet._progress import Progress, run_to_end
+from napari_duet.core.progress import Progress, run_to_end
 from napari_duet.denoisplit import SplitConfig, SplitModel, TrainConfig
 from napari_duet.denoisplit import iter_train as split_iter_train
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
@@ -125,6 +125,11 @@ def test_progress_fields_are_consistent(engine, models):
                 assert fraction >= last_fraction - 1e-9, (p, last_fraction)
             last_fraction = fraction
         assert all(isinstance(v, float) and math.isfinite(v) for v in p.losses.values()), p
+        # What the CLI's bars and --log-json read: the same numbers, JSON-ready.
+        stage, done, total, extras = p.fields()
+        assert stage and isinstance(done, int | None) and (total is None or total > 0), p
+        assert done is None or total is None or 0 <= done <= total, (p, done, total)
+        json.dumps(extras, allow_nan=False)
     if not engine.startswith("self2seg"):  # Self2Seg's steps have no whole-run share; its states do
         # (denoiSplit keeps its last 5 % for the calibration, switched off here)
         assert progress[-1].fraction >= 0.95 - 1e-9, progress[-1]
@@ -199,6 +204,14 @@ def test_model_files_round_trip(models, tmp_path):
 def test_configs_round_trip_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     assert type(config).from_dict(data) == config
+
+
+def test_no_pre_1_0_aliases():
+    """One name per method: the shims removed before the first release stay removed."""
+    from napari_duet.self2seg import Self2SegProgress
+
+    assert not {"denoise", "iter_denoise", "info"} & set(dir(NSN2NModel))
+    assert not {"step", "total_steps"} & set(dir(Self2SegProgress))
 
 
 def _path(p):

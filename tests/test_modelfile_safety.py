@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from napari_duet import ModelFileError
-from napari_duet._io import write_json
 from napari_duet.cli import main
+from napari_duet.core.intensity import Normalizer
+from napari_duet.core.io import write_json
+from napari_duet.core.modelfile import save_model_file
+from napari_duet.core.noise_models import GaussianMixtureNoiseModel
 from napari_duet.denoisplit import SplitConfig, SplitModel
 from napari_duet.denoisplit._lvae import LadderVAE
-from napari_duet.intensity import Normalizer
-from napari_duet.modelfile import save_model_file
-from napari_duet.noise_models import GaussianMixtureNoiseModel
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
 from napari_duet.nsn2n._context import ContextNet
 
@@ -217,7 +217,7 @@ _PROBE = textwrap.dedent("""
     torch.set_num_threads(1)
     from napari_duet import ModelFileError
     from napari_duet.denoisplit import SplitModel
-    from napari_duet.noise_models import GaussianMixtureNoiseModel
+    from napari_duet.core.noise_models import GaussianMixtureNoiseModel
     from napari_duet.nsn2n import NSN2NModel
 
     loaders = {"denoisplit": lambda p: SplitModel.load(p, device="cpu"),

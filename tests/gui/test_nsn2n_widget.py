@@ -64,7 +64,7 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     assert not viewer.layers["NS-N2N uncertainty"].visible  # not over the result
     assert widget.plot.curves and widget.save_btn.isEnabled()
     # the status names the network the run chose (white noise: auto -> blind-spot)
-    net = widget.model.info["context"]
+    net = widget.model.training["context"]
     assert {"blind": "blind-spot network", "2.5d": "2.5D network"}[net] in widget.status.text()
     # Save, load into a fresh state, denoise another layer.
     path = widget.save_model(tmp_path / "m.duet")
@@ -106,7 +106,7 @@ def test_cancel_training_keeps_a_usable_model(widget, qtbot, tmp_path):
     # The model kept is the one trained so far: it denoises the stack to its shape.
     assert widget.model.predict(noisy[:4], tta=False).denoised.shape == noisy[:4].shape
     assert widget.denoise_btn.isEnabled() and widget.save_btn.isEnabled()
-    assert widget.model.info["cancelled"] and widget.model.info["iterations_done"] >= 30
+    assert widget.model.training["cancelled"] and widget.model.training["iterations_done"] >= 30
     widget.denoise()
     _wait(qtbot, widget)
     out = viewer.layers["NS-N2N denoised"].data
@@ -226,7 +226,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     finished slabs and the next Denoise continues from them."""
     import zarr
 
-    from napari_duet._io import open_image, write_ome_zarr
+    from napari_duet.core.io import open_image, write_ome_zarr
 
     noisy = _volume((14, 32, 36), seed=5)[0]
     write_ome_zarr(tmp_path / "vol.ome.zarr", noisy)
@@ -241,7 +241,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     widget.slab = 2  # 7 slabs
     widget.output_folder.setText(str(tmp_path / "out"))
     widget.image_picker.value = layer
-    expected = tiny_model.denoise(noisy, 0, tta=False).denoised
+    expected = tiny_model.predict(noisy, 0, tta=False).denoised
     # Cancel after the first finished slab.
     seen = []
 
@@ -304,7 +304,7 @@ def test_multiscale_layer_uses_level_0_lazily(widget, qtbot, tmp_path, tiny_mode
     widget.denoise()
     assert widget.worker is not None  # chunked: runs although the data are lazy
     _wait(qtbot, widget)
-    expected = tiny_model.denoise(noisy, 0, tta=True)
+    expected = tiny_model.predict(noisy, 0, tta=True)
     for what, want in (("denoised", expected.denoised), ("uncertainty", expected.uncertainty)):
         out = viewer.layers[f"NS-N2N {what}"]
         level0 = out.data[0] if out.multiscale else out.data
@@ -331,7 +331,7 @@ def test_large_layer_is_read_slab_by_slab_only(widget, qtbot, tmp_path, tiny_mod
     assert data.largest <= (2 + 4) * 32 * 36
     out = widget.viewer.layers["NS-N2N denoised"]
     level0 = np.asarray(out.data[0] if out.multiscale else out.data)
-    expected = tiny_model.denoise(noisy, 0, tta=False).denoised
+    expected = tiny_model.predict(noisy, 0, tta=False).denoised
     np.testing.assert_allclose(level0, expected, atol=1e-6)
 
 

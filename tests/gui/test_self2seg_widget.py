@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_duet.metrics import dice
-from napari_duet.synthetic import synthetic_nuclei
+from napari_duet.core.metrics import dice
+from napari_duet.core.synthetic import synthetic_nuclei
 
 pytestmark = pytest.mark.gui
 
@@ -41,14 +41,14 @@ def _sample(viewer, shape=(96, 96), sigma=20.0, seed=3):
 
 
 def test_widget_opens_from_manifest(widget):
-    from napari_duet._widgets._self2seg import Self2SegWidget
+    from napari_duet._napari._self2seg import Self2SegWidget
 
     assert isinstance(widget, Self2SegWidget)
     assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
 
 
 def test_seed_roles_become_region_masks(widget):
-    from napari_duet._widgets._seeds import seeds_to_regions
+    from napari_duet._napari._seeds import seeds_to_regions
 
     viewer = widget.viewer
     layer, _ = _sample(viewer, shape=(60, 80))
@@ -118,7 +118,7 @@ def test_run_updates_layers_live_and_segments(widget, qtbot):
 @pytest.fixture
 def endless_engine(monkeypatch):
     """The real engine, then its last state again and again: only Cancel can stop it."""
-    import napari_duet.self2seg as s2s
+    import napari_duet.self2seg._engine as s2s  # the plane engine the stack runs call
 
     real = s2s.iter_self2seg
     produced: list[float] = []  # when the worker produced each state
@@ -261,7 +261,7 @@ def test_rgb_image(widget, qtbot):
     layer = viewer.add_image(rgb, name="rgb", rgb=True)
     widget.image_picker.value = layer
     shown = []
-    from napari_duet._widgets import _self2seg
+    from napari_duet._napari import _self2seg
 
     real = _self2seg.show_info
     _self2seg.show_info = lambda msg: (shown.append(msg), real(msg))
@@ -317,7 +317,7 @@ def test_export_report_and_screenshot(widget, qtbot, tmp_path):
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 def test_out_of_memory_becomes_a_notification(widget, qtbot, errors, monkeypatch, kind):
     """MemoryError and torch's allocator errors (a RuntimeError) end in one notification."""
-    import napari_duet.self2seg as s2s
+    import napari_duet.self2seg._engine as s2s  # the plane engine the stack runs call
 
     def oom(image, regions=None, config=None, **kwargs):
         if kind == "numpy":
@@ -370,8 +370,8 @@ def test_painted_labels_serve_as_seeds(widget, qtbot, errors):
 
 def test_failed_run_leaves_no_layers(widget, qtbot, errors, monkeypatch):
     """A run that fails before its first alternation removes the result layers it added."""
-    import napari_duet.self2seg as s2s
-    from napari_duet._errors import DuetInputError
+    import napari_duet.self2seg._engine as s2s  # the plane engine the stack runs call
+    from napari_duet.core.errors import DuetInputError
 
     def failing(image, regions=None, config=None, **kwargs):
         time.sleep(0.2)
@@ -411,7 +411,7 @@ def test_expert_layers_get_contrast_from_their_data(widget, qtbot):
 
 
 def test_a_few_outliers_do_not_make_a_result_black(make_napari_viewer):
-    from napari_duet._widgets._common import set_or_add_layer
+    from napari_duet._napari._common import set_or_add_layer
 
     viewer = make_napari_viewer()
     data = np.random.default_rng(0).normal(100, 10, (64, 64)).astype(np.float32)
@@ -546,7 +546,7 @@ def test_new_seeds_layer_matches_a_stack(widget):
 
 def test_result_names_are_short_and_name_their_source_elsewhere(widget, qtbot):
     """Issue 25: the kind comes first and whole; the source is in metadata and tooltip."""
-    from napari_duet._widgets._common import result_name
+    from napari_duet._napari._common import result_name
 
     assert result_name("C1-2024_03_experiment_12_final.tif", "S2S mask") == "S2S mask"
     viewer = widget.viewer
@@ -566,7 +566,7 @@ def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, mo
     Run does only the others, and the result equals the in-memory run."""
     import dask.array as da
 
-    import napari_duet.self2seg as s2s
+    import napari_duet.self2seg._engine as s2s  # the plane engine the stack runs call
 
     real = s2s.iter_self2seg
 

@@ -34,7 +34,7 @@ def model_path(tmp_path_factory, data):
     from napari_duet.denoisplit import train
 
     net, tc = _tiny_configs()
-    model = train(data.noisy_a, data.noisy_b, net, tc, channel_names=("actin", "mito"),
+    model = train([data.noisy_a, data.noisy_b], net, tc, channel_names=("actin", "mito"),
                   bootstrap_kwargs=FAST_BOOTSTRAP).model
     return model.save(tmp_path_factory.mktemp("model") / "tiny.duet")
 
@@ -168,7 +168,7 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
     seen = []  # (phase, epoch, step, progress bar, status) after the widget's handler
     widget.train()
     widget.worker.yielded.connect(lambda p: seen.append(
-        (p.phase, p.epoch, p.step, widget.progress.value(), widget.status.text())))
+        (p.stage, p.epoch, p.step, widget.progress.value(), widget.status.text())))
     _wait(qtbot, widget)
     assert widget.model is not None and widget.split_btn.isEnabled()
     assert widget.plot.curves
@@ -184,7 +184,7 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
 
 
 def test_model_info_says_when_calibration_or_split_is_poor():
-    from napari_duet._widgets._split import calibration_line, split_worse_line
+    from napari_duet._napari._split import calibration_line, split_worse_line
 
     names = ("actin", "mito")
     good = {"stats_after": [{"ence": 0.05}, {"ence": 0.1}], "rmse": [1.0, 2.0],
@@ -239,7 +239,7 @@ def test_split_screenshot_and_save_results(make_napari_viewer, qtbot, model_path
     np.testing.assert_allclose(tifffile.imread(tmp_path / "res" / "a.tif"),
                                widget.last_result.mean[0], rtol=1e-6)
     # One wording of the calibration: the status says what the model panel says.
-    from napari_duet._widgets._split import calibration_state
+    from napari_duet._napari._split import calibration_state
 
     _, detail = calibration_state(widget.model.calibration, widget.model.channel_names)
     assert detail in widget.status.text() and detail in widget.legend.text()
@@ -332,7 +332,7 @@ def test_command_line_parses_back_to_the_same_training(make_napari_viewer, setti
     import shlex
 
     from napari_duet.cli import build_parser
-    from napari_duet.denoisplit._cli import train_configs
+    from napari_duet.cli._split import train_configs
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")

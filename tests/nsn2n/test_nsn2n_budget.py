@@ -62,7 +62,7 @@ def test_training_stops_at_the_time_budget_and_reports_it(clock):
     cfg = NSN2NConfig(**{**FAST, "iterations": None, "budget": 1.5, "preview_every": 0,
                          "tta": False})
     res = train(noisy, config=cfg)
-    info = res.model.info
+    info = res.model.training
     steps = info["iterations_done"]
     assert info["budget_s"] == 1.5 and steps > 5
     # Trains until the budget is spent, and stops within the step that spends it.
@@ -79,7 +79,7 @@ def test_budget_caps_fixed_iterations(clock):
     cfg = NSN2NConfig(**{**FAST, "iterations": 10**6, "budget": 0.5, "preview_every": 0,
                          "tta": False})
     res = train(noisy, config=cfg)
-    steps = res.model.info["iterations_done"]
+    steps = res.model.training["iterations_done"]
     assert 1 < steps < 10**6
     assert 0.5 <= res.timings["train"] <= 0.5 + 2 * res.timings["train"] / steps
 

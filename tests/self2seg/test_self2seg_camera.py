@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
 from napari_duet.self2seg import Self2SegConfig, self2seg
 
 

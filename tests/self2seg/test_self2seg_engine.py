@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from napari_duet import DuetInputError
-from napari_duet._progress import run_to_end
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
+from napari_duet.core.progress import run_to_end
 from napari_duet.self2seg import (
     Self2SegConfig,
     Self2SegResult,
@@ -229,8 +229,8 @@ def test_region_variance_keeps_dim_objects_that_chan_vese_drops():
 
 
 def test_ensembled_expert_denoising_beats_each_expert_alone():
-    from napari_duet.metrics import psnr
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.metrics import psnr
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     gains = []
     for seed in (0, 1):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
+from napari_duet.core.synthetic import sparse_dim_nuclei, two_textures
 from napari_duet.self2seg import Self2SegConfig, boxes_to_regions, convex_chan_vese, self2seg
-from napari_duet.synthetic import sparse_dim_nuclei, two_textures
 
 # The default experts: seconds per 160^2 image on one CPU thread.
 TEXTURE_CFG = dict(device="cpu",
@@ -58,7 +58,7 @@ def test_seeds_train_the_learned_experts_from_the_first_alternation(monkeypatch)
 
 def test_sparse_dim_nuclei_at_high_noise_do_not_collapse():
     """Otsu on the smoothed image starts from noise blobs here; the noise floor does not."""
-    from napari_duet.metrics import dice as d
+    from napari_duet.core.metrics import dice as d
 
     clean, truth = sparse_dim_nuclei(seed=3)
     rng = np.random.default_rng(50)

@@ -10,7 +10,7 @@ held-out data turns into an error estimate.
 torch is imported only when a function needs it.
 """
 
-from ..noise_models import (
+from ..core.noise_models import (
     GaussianMixtureNoiseModel,
     bootstrap_noise_model,
     fit_noise_model,

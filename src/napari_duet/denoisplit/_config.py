@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import EngineConfig, check_choice, check_int, check_number, need, param
-from .._errors import DuetInputError
+from ..core.config import EngineConfig, check_choice, check_int, check_number, need, param
+from ..core.errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
 KL_FORMS = ("denoisplit", "musplit")
@@ -81,7 +81,7 @@ class SplitConfig(EngineConfig):
     LABEL: ClassVar[str] = "denoiSplit network"
 
     def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        """Check every value (see :class:`~napari_duet.core.config.EngineConfig`)."""
         # Upper bounds far above any useful network: a model file's header names
         # these sizes, and unbounded ones would build networks of many gigabytes.
         check_int("n_levels", self.n_levels, 1, 7)
@@ -243,7 +243,7 @@ class TrainConfig(EngineConfig):
     LABEL: ClassVar[str] = "denoiSplit training"
 
     def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        """Check every value (see :class:`~napari_duet.core.config.EngineConfig`)."""
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
         check_choice("kl", self.kl, KL_FORMS)
         for name in ("epochs", "patch_size", "batch_size", "calib_samples", "log_every",

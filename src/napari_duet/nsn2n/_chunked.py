@@ -1,6 +1,6 @@
 """NS-N2N inference on volumes larger than memory: slab by slab along the slice axis.
 
-The in-memory path (:meth:`NSN2NModel.iter_denoise`) needs two statistics of the
+The in-memory path (:meth:`NSN2NModel.iter_predict`) needs two statistics of the
 whole stack before it denoises a slice: the intensity normalisation (0.1/99.9
 percentiles) and, for the 2.5D network, the matching threshold tau (a quantile of
 the guide differences of all neighbouring pairs).  Here both are computed in
@@ -22,7 +22,7 @@ per-slice filters, so recomputing them in the halo changes nothing.
 Peak memory: a slab plus its halo (``slab + 4`` planes) and the network's
 tiles; the number of slices never matters.
 
-Every pass is a set of slab tasks run by a :class:`~napari_duet._chunks.TaskRunner`:
+Every pass is a set of slab tasks run by a :class:`~napari_duet.core.chunks.TaskRunner`:
 here, one after the other, or on dask workers, which read their slab from the
 input and write their denoised slab straight into the output store (whole
 chunks along the slice axis), while the histograms and guide differences come
@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from .._chunks import TaskRunner, blocks, resolve, resolve_model, with_halo, worker_threads
-from .._errors import DuetInputError
-from .._progress import Progress
-from ..intensity import Normalizer
+from ..core.chunks import TaskRunner, blocks, resolve, resolve_model, with_halo, worker_threads
+from ..core.errors import DuetInputError
+from ..core.intensity import Normalizer
+from ..core.progress import Progress
 from ._volume import NORM_HIGH, NORM_LOW, StackLayout, layout_for
 
 # Slices the 2.5D network reads on each side of the slice it denoises (offsets +-2).
@@ -341,7 +341,7 @@ def iter_denoise_chunked(
     source : array-like or ImageRef
         nD volume (numpy, zarr, dask...); only slabs are read from it.  On
         dask workers: a zarr array in a local store or an
-        :class:`~napari_duet._chunks.ImageRef`.
+        :class:`~napari_duet.core.chunks.ImageRef`.
     out, uncertainty : array-like
         Writable arrays of ``source``'s shape (e.g. zarr arrays); ``uncertainty``
         (optional, needs TTA) receives the spread over flips/rotations.

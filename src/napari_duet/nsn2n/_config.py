@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import EngineConfig, check_choice, check_int, check_number, need, param
+from ..core.config import EngineConfig, check_choice, check_int, check_number, need, param
 
 GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
@@ -182,7 +182,7 @@ class NSN2NConfig(EngineConfig):
     LABEL: ClassVar[str] = "NS-N2N"
 
     def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        """Check every value (see :class:`~napari_duet.core.config.EngineConfig`)."""
         check_choice("context", self.context, CONTEXTS)
         check_choice("noise_model", self.noise_model, NOISE_MODELS)
         check_int("iterations", self.iterations, 1, optional=True)

@@ -22,7 +22,7 @@ def save_result(result, folder, *, pixel_info: dict[str, Any] | None = None,
 
     ``report``: extra entries for ``report.json`` (input name, axis, ...).
     """
-    from .._io import check_outputs, remove_stale_outputs, write_json, write_tiff
+    from ..core.io import check_outputs, remove_stale_outputs, write_json, write_tiff
 
     folder = Path(folder)
     model = getattr(result, "model", None)

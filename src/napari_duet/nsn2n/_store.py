@@ -2,7 +2,7 @@
 
 :func:`iter_denoise_to_zarr` wraps :func:`~napari_duet.nsn2n._chunked.iter_denoise_chunked`:
 it creates the OME-Zarr (:func:`create_store`, as ``duet nsn2n --model M`` does),
-records in the store's attributes (:class:`~napari_duet._chunks.RunRecord`)
+records in the store's attributes (:class:`~napari_duet.core.chunks.RunRecord`)
 which run it belongs to and the slabs finished so far, continues an interrupted
 run of the same input, model and options where it stopped, and adds the
 pyramid once level 0 is complete.
@@ -19,10 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .._chunks import RunRecord
-from .._errors import DuetInputError
-from .._io import ImageMeta, build_pyramid, content_fingerprint, create_ome_zarr, strict_jsonable
-from .._progress import Progress
+from ..core.chunks import RunRecord
+from ..core.errors import DuetInputError
+from ..core.io import (
+    ImageMeta,
+    build_pyramid,
+    content_fingerprint,
+    create_ome_zarr,
+    strict_jsonable,
+)
+from ..core.progress import Progress
 from ._chunked import auto_slab, iter_denoise_chunked
 from ._volume import layout_for
 
@@ -55,7 +61,7 @@ def model_fingerprint(model) -> str:
 
 
 def sample_fingerprint(source, axis: int) -> str:
-    """:func:`~napari_duet._io.content_fingerprint` of ``source``, sampled along the slice
+    """:func:`~napari_duet.core.io.content_fingerprint` of ``source``, sampled along the slice
     ``axis``: tells two inputs of the same name and shape apart without reading the
     whole volume (the CLI's signature holds the same value)."""
     layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import Progress, run_to_end
-from .._versions import versions
+from ..core.progress import Progress, run_to_end
+from ..core.versions import versions
 from ._config import NSN2NConfig
 from ._guide import guide_stack
 from ._model import DenoiseResult, NSN2NModel
@@ -72,6 +72,16 @@ class NSN2NProgress(Progress):
         start, share = _STAGE_SHARES.get(self.stage, (0.0, 1.0))
         return start + share * within
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Adds the iterations, the matched fraction, the losses and the ETA."""
+        stage, done, total, extra = super().fields()
+        extra.pop("eta", None)
+        extra.update(iteration=self.iteration, iterations=self.iterations,
+                     matched_fraction=self.matched_fraction)
+        extra.setdefault("losses", {})
+        extra["eta"] = self.eta
+        return stage, done, total, extra
+
 
 # (start, share) of each stage in the whole run, for :attr:`NSN2NProgress.fraction`.
 _STAGE_SHARES = {"guide": (0.0, 0.05), "train": (0.05, 0.85), "denoise": (0.9, 0.1)}
@@ -111,7 +121,7 @@ class TrainResult:
             "slice_similarity": self.slice_similarity,
             "pair_matched_fractions": self.pair_fractions,
             "pairs": self.pairs,
-            "training": {k: self.model.info.get(k) for k in
+            "training": {k: self.model.training.get(k) for k in
                          ("iterations_done", "budget_s", "width", "context",
                           "noise_correlation", "device", "world_size")},
             "noise_model": self.model.noise.to_dict(),
@@ -264,9 +274,9 @@ def iter_train(
     """
     import torch
 
-    from .. import distributed as ddp
-    from ..devices import resolve_device, seed_everything
-    from ..networks.unet import UNet2D
+    from ..core import distributed as ddp
+    from ..core.devices import resolve_device, seed_everything
+    from ..core.networks.unet import UNet2D
     from ._blind import BlindNet, blind_loss, sample_blind_batch
     from ._context import ContextNet, context_loss, sample_context_batch
     from ._losses import nsn2n_losses
@@ -440,7 +450,7 @@ def iter_train(
                             preview_index=preview_index, model=model)
     net.eval()
     t_den = time.perf_counter()
-    model.info = {
+    model.training = {
         "tau": taus, "matched_fraction": matched, "slice_similarity": similarity,
         "iterations_done": it, "budget_s": budget, "width": width,
         # the in-plane noise correlation that chose the network (None: context given)
@@ -452,7 +462,7 @@ def iter_train(
     }
 
     # 3. denoise the training volume with its own normalisation
-    gen = model.iter_denoise(volume, axis=axis, normalizers=norms)
+    gen = model.iter_predict(volume, axis=axis, normalizers=norms)
     while True:
         try:
             p = next(gen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import ConfigError, EngineConfig, param
+from ..core.config import ConfigError, EngineConfig, param
 
 EXPERT_CHOICES = ("cnn", "linear", "constant")
 INIT_CHOICES = ("auto", "threshold", "otsu")
@@ -164,7 +164,7 @@ class Self2SegConfig(EngineConfig):
         Noise of the image.  Raw camera images carry photon (Poisson) noise
         whose variance grows with the signal, plus read noise:
         "poisson-gaussian" fits ``var = a * signal + b`` to the image
-        (:func:`napari_duet.photon.fit_poisson_gaussian`) and runs on its
+        (:func:`napari_duet.core.photon.fit_poisson_gaussian`) and runs on its
         generalised Anscombe transform, where the noise has one variance;
         the denoised output is mapped back with the exact unbiased inverse.
         "auto" (default) does so when the fitted variance at the bright end
@@ -273,7 +273,7 @@ class Self2SegConfig(EngineConfig):
     LABEL: ClassVar[str] = "Self2Seg"
 
     def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
+        """Check every value (see :class:`~napari_duet.core.config.EngineConfig`)."""
         def bad(msg: str):
             raise ConfigError(msg)
 
