@@ -187,6 +187,7 @@ def _norm(a: dict) -> float:
     return sum(float((v.float() ** 2).sum()) for v in a.values()) ** 0.5
 
 
+@pytest.mark.slow
 def test_collective_helpers(ddp_runs):
     for r, res in enumerate(ddp_runs):
         c = res["checks"]
@@ -236,6 +237,7 @@ def test_python_m_runs_the_cli():
     assert proc.stdout.startswith("napari-duet ")
 
 
+@pytest.mark.slow
 def test_torchrun_nsn2n_writes_one_model_that_applies(tmp_path):
     from napari_duet.core.io import read_image, write_tiff
     from napari_duet.nsn2n import NSN2NModel
@@ -260,6 +262,7 @@ def test_torchrun_nsn2n_writes_one_model_that_applies(tmp_path):
     np.testing.assert_allclose(den, read_image(tmp_path / "den.tif"), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_torchrun_split_train_writes_one_model_that_applies(tmp_path):
     from napari_duet.core.io import write_tiff
     from napari_duet.denoisplit import SplitModel

@@ -32,6 +32,7 @@ def test_self2seg_segments_real_nuclei_at_high_noise(shared_data):
     assert ours > 0.78 and ours > dice(smooth > threshold_otsu(smooth), truth) - 0.01
 
 
+@pytest.mark.slow
 def test_nsn2n_denoises_a_real_stack_with_in_plane_correlated_noise(shared_data):
     from scipy import ndimage as ndi
 

@@ -153,6 +153,7 @@ def test_layer_names_show_structure_and_kind_within_the_visible_width(make_napar
         assert source in layer.get_source_str()  # the layer list's tooltip names the source
 
 
+@pytest.mark.slow
 def test_bad_seed_box_gives_a_warning_and_a_hint(make_napari_viewer, qtbot, bad_seed_case,
                                                  monkeypatch):
     """Issue 25's case: one background box on a slightly brighter patch collapses the

@@ -180,6 +180,7 @@ def test_budget_and_auto_fields_map_to_the_config(widget):
 
 
 
+@pytest.mark.slow
 def test_threads_setting_applies_during_the_run(widget, qtbot, monkeypatch):
     import torch
 

@@ -560,6 +560,7 @@ def test_result_names_are_short_and_name_their_source_elsewhere(widget, qtbot):
     assert layer.name in mask.get_source_str()  # the layer list's tooltip
 
 
+@pytest.mark.slow
 def test_lazy_stack_runs_plane_by_plane_into_a_store(widget, qtbot, tmp_path, monkeypatch):
     """A dask-backed stack is segmented plane by plane into a zarr store (in the chosen
     folder), shown lazily; Cancel keeps the finished planes and the source layer, the next

@@ -45,6 +45,7 @@ def clean():
     return _clean()
 
 
+@pytest.mark.slow
 def test_nsn2n_beats_bm4d_with_estimated_sigma_on_correlated_noise(clean):
     noisy = add_noise(clean, 0.1, correlated=True, seed=2)
     ref, sigma = _bm4d_estimated(noisy)
@@ -56,6 +57,7 @@ def test_nsn2n_beats_bm4d_with_estimated_sigma_on_correlated_noise(clean):
     assert p_ours > p_bm4d + 2.5, (p_noisy, p_bm4d, p_ours)  # measured +3.6 dB
 
 
+@pytest.mark.slow
 def test_nsn2n_beats_bm4d_on_white_noise(clean):
     noisy = add_noise(clean, 0.1, seed=2)
     ref, sigma = _bm4d_estimated(noisy)

@@ -228,6 +228,7 @@ def test_region_variance_keeps_dim_objects_that_chan_vese_drops():
     assert all(b <= a + 1e-6 for a, b in zip(rv.energies, rv.energies[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_ensembled_expert_denoising_beats_each_expert_alone():
     from napari_duet.core.metrics import psnr
     from napari_duet.core.synthetic import synthetic_nuclei

@@ -16,6 +16,7 @@ TEXTURE_CFG = dict(device="cpu",
     ("inside", "outside", "seed"),
     [("grating", "blobs", 0), ("fine", "coarse", 1), ("horizontal", "vertical", 2)],
 )
+@pytest.mark.slow
 def test_textures_separate_with_one_seed_box_per_region(inside, outside, seed):
     img, truth, fg_box, bg_box = two_textures(inside, outside, (160, 160), seed=seed)
     regions = boxes_to_regions(img.shape, [fg_box], [bg_box])
@@ -26,6 +27,7 @@ def test_textures_separate_with_one_seed_box_per_region(inside, outside, seed):
     assert ours >= 0.9, (ours, cv)
 
 
+@pytest.mark.slow
 def test_seeds_train_the_learned_experts_from_the_first_alternation(monkeypatch):
     """Every CNN expert training sees all of its class's seeds and none of another's.
 
@@ -72,6 +74,7 @@ def test_sparse_dim_nuclei_at_high_noise_do_not_collapse():
     assert d(ours, truth) > 0.6
 
 
+@pytest.mark.slow
 def test_lambda_is_checked_against_the_seeds_on_photographic_textures():
     """Photographs of textures (held out): where the first mask contradicts the seeds, the
     automatic lambda grows; a lambda the user gave is left alone."""
