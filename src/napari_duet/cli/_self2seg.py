@@ -11,6 +11,7 @@ import numpy as np
 
 from ..core.devices import DEVICE_CHOICES
 from ..core.errors import DuetInputError
+from ._params import add_param_options, config_from_args
 from ._progress import add_chunk_options, add_run_options, cli_run
 
 
@@ -39,11 +40,8 @@ _BOX_HELP = ("in pixels: Y0 X0 Y1 X1 = top row, left column, bottom row, right c
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``self2seg`` sub-command to ``duet``."""
-    from ..core.config import cli_help
-    from ..self2seg._config import NOISE_CHOICES
-    from ..self2seg._config import Self2SegConfig as C
+    from ..self2seg import Self2SegConfig as C
 
-    d = C()
     p = subparsers.add_parser(
         "self2seg",
         help="segment and denoise an image or a stack jointly (Self2Seg)",
@@ -86,21 +84,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "2 foreground); (Y, X) for every plane, or one per plane with the "
                         "stack's shape, where a plane without labels starts automatically. "
                         "Not together with the box options")
-    p.add_argument("--lam", type=float, default=None, metavar="L", help=cli_help(C, "lam"))
-    p.add_argument("--classes", type=int, default=d.n_classes, metavar="K",
-                   help=cli_help(C, "n_classes"))
-    p.add_argument("--experts", choices=("cnn", "linear", "constant"), default=None,
-                   help=cli_help(C, "experts"))
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                   help=cli_help(C, "device"))
-    p.add_argument("--seed", type=int, default=d.seed, metavar="S", help=cli_help(C, "seed"))
-    p.add_argument("--max-alternations", type=int, default=None, metavar="N",
-                   help=cli_help(C, "max_alternations"))
-    p.add_argument("--invert", action="store_true", help=cli_help(C, "invert"))
-    p.add_argument("--noise-model", choices=NOISE_CHOICES, default=d.noise_model,
-                   help=cli_help(C, "noise_model"))
-    p.add_argument("--expert-steps", type=int, default=None, metavar="N",
-                   help=cli_help(C, "expert_steps"))
+    # --classes, --lam, --experts, ... and --config: from Self2SegConfig's declarations.
+    add_param_options(p, C, skip=("threads",),  # --threads: add_run_options ("auto" too)
+                      overrides={"device": {"choices": DEVICE_CHOICES}})
     add_chunk_options(p, unit="planes")
     add_run_options(p, quiet_help="do not print progress",
                     threads_help="torch CPU threads for CNN experts: a number, or auto "
@@ -166,6 +152,7 @@ def _stems(files: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..core.io import is_zarr_path
 
+    _config(args)  # bad parameters (or --config file) stop here, before any work
     files = batch_inputs(args.image)
     if files is None:
         return _run_one(args, Path(args.image), Path(args.outdir))
@@ -204,19 +191,14 @@ class _Batch:
 
 
 def _config(args):
-    from ..self2seg._config import Self2SegConfig
+    """The run's configuration: ``--config`` file, then the options given, then
+    ``--threads`` (auto: the engine's choice, 1 thread for CNN experts on a CPU)."""
+    from ..self2seg import Self2SegConfig
 
-    changes = {"n_classes": args.classes, "lam": args.lam, "device": args.device,
-               "seed": args.seed, "invert": args.invert, "noise_model": args.noise_model}
-    if args.experts is not None:
-        changes["experts"] = args.experts
-    if args.max_alternations is not None:
-        changes["max_alternations"] = args.max_alternations
-    if args.expert_steps is not None:
-        changes["expert_steps"] = args.expert_steps
-    if args.threads != "auto":  # auto: the engine's choice (1 thread for CNN experts on a CPU)
-        changes["threads"] = args.threads
-    return Self2SegConfig(**changes)
+    extra = {} if args.threads == "auto" else {"threads": args.threads}
+    cfg = config_from_args(Self2SegConfig, args, skip=("threads",), **extra)
+    args.classes = cfg.n_classes  # the file names and seed checks follow the config
+    return cfg
 
 
 def _threads(args, cfg):

@@ -21,12 +21,14 @@ import difflib
 import math
 import numbers
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .errors import DuetInputError
 
-__all__ = ["ConfigError", "EngineConfig", "check_choice", "check_int", "check_number", "need",
-           "cli_help", "param", "param_help", "param_info", "param_label"]
+__all__ = ["ConfigError", "EngineConfig", "check_choice", "check_declared", "check_int",
+           "check_number", "cli_help", "load_params", "need", "param", "param_help",
+           "param_info", "param_label", "param_type", "save_params", "user_params"]
 
 C = TypeVar("C", bound="EngineConfig")
 
@@ -95,26 +97,79 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- declarations
-def param(default: Any = dataclasses.MISSING, *, label: str, help: str, auto: str | None = None,
-          choices: tuple | None = None, lo: float | None = None, hi: float | None = None,
-          example: str | None = None, none: str | None = None) -> Any:
-    """A configuration field with its user-facing declaration in ``metadata``.
+def param(default: Any = dataclasses.MISSING, *, label: str | None = None,
+          help: str | None = None, auto: str | None = None, choices: tuple | None = None,
+          lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+          hi_open: bool = False, odd: bool = False, example: str | None = None,
+          none: str | None = None, cli: str | None = None, metavar: str | None = None) -> Any:
+    """A configuration field with its one declaration in ``metadata``.
 
-    The one declaration of a parameter that the command-line help
-    (:func:`param_help`) and the widgets' labels and tooltips read, so they
-    cannot drift apart.  ``label``: a few plain words (widget label);
-    ``help``: one or two sentences for a biologist, without jargon first;
-    ``auto``: what the automatic value (None / "auto") does; ``choices``,
-    ``lo``/``hi``: the allowed values where cheap to state; ``example``: a
-    typical command-line value; ``none``: what None means when it is not
-    "automatic" (e.g. "no limit").
+    The declaration is all that is written about a parameter: :meth:`EngineConfig.validate`
+    checks the value from it (type from the annotation, ``choices``, bounds, ``odd``), the
+    CLI package builds the argparse option from it and the napari plugin the control, so
+    the three cannot drift apart.
+
+    ``label``: a few plain words (widget label); ``help``: one or two sentences for a
+    biologist, without jargon first; a field with ``help`` is user-facing (it gets a
+    command-line option and may get a control), one without is an expert setting that is
+    still validated.  ``auto``: what the automatic value (None / "auto") does; ``none``: what
+    None means when it is not "automatic" (e.g. "no limit").  ``choices``: the allowed
+    values; ``lo``/``hi``: bounds (``lo_open``/``hi_open`` exclude them); ``odd``: an odd
+    integer.  ``example``: a typical command-line value.  ``cli``: the option's name when it
+    is not the field's (``--classes`` for ``n_classes``); ``metavar``: its placeholder.
     """
-    meta = {"label": label, "help": help}
-    for key, value in (("auto", auto), ("choices", choices), ("lo", lo), ("hi", hi),
-                       ("example", example), ("none", none)):
+    meta: dict[str, Any] = {}
+    for key, value in (("label", label), ("help", help), ("auto", auto), ("choices", choices),
+                       ("lo", lo), ("hi", hi), ("example", example), ("none", none),
+                       ("cli", cli), ("metavar", metavar)):
         if value is not None:
             meta[key] = value
+    for key, flag in (("lo_open", lo_open), ("hi_open", hi_open), ("odd", odd)):
+        if flag:
+            meta[key] = True
     return dataclasses.field(default=default, metadata=meta)
+
+
+def param_type(cls: type, name: str) -> tuple[type, bool]:
+    """``(base type, None allowed)`` of field ``name``, from its annotation
+    (``int``, ``float``, ``str`` or ``bool``; ``float | None`` gives ``(float, True)``)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            parts = [p.strip() for p in str(ann).split("|")]
+            base = next((b for b in (bool, int, float, str) if b.__name__ in parts), object)
+            return base, "None" in parts
+    raise KeyError(f"{cls.__name__} has no parameter {name!r}")
+
+
+def user_params(cls: type) -> tuple[str, ...]:
+    """The user-facing parameters of config class ``cls`` (declared with ``help``)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("help"))
+
+
+def check_declared(cls: type, name: str, value: Any) -> None:
+    """Check ``value`` against field ``name``'s declaration; raise :class:`ConfigError`
+    ("<name> must be <rule>, got <value>")."""
+    info = param_info(cls, name)
+    base, optional = param_type(cls, name)
+    if optional and value is None:
+        return
+    if "choices" in info:
+        check_choice(name, value, info["choices"])
+        return
+    lo, hi = info.get("lo"), info.get("hi")
+    if base is bool:
+        need(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+    elif base is int:
+        check_int(name, value, None if lo is None else int(lo), None if hi is None else int(hi),
+                  optional=optional)
+        need(not info.get("odd") or value % 2 == 1, f"{name} must be odd, got {value!r}")
+    elif base is float:
+        check_number(name, value, lo, hi, lo_open=bool(info.get("lo_open")),
+                     hi_open=bool(info.get("hi_open")), optional=optional)
+    elif base is str:
+        need(isinstance(value, str) and value != "",
+             f"{name} must be a non-empty text, got {value!r}")
 
 
 def param_info(cls: type, name: str) -> dict[str, Any]:
@@ -146,6 +201,11 @@ def param_help(cls: type, name: str, *, default: bool = True, extra: str = "") -
         text = f"{text} {extra}".strip()
     if "choices" in info:
         text += " Choices: " + ", ".join(map(str, info["choices"])) + "."
+    elif "lo" in info or "hi" in info:
+        lo, hi = info.get("lo"), info.get("hi")
+        text += (f" From {lo:g} to {hi:g}." if lo is not None and hi is not None
+                 else f" At least {lo:g}." if lo is not None and not info.get("lo_open")
+                 else f" Above {lo:g}." if lo is not None else f" At most {hi:g}.")
     if default:
         value = _default_of(cls, name)
         if value is None and info.get("none"):
@@ -166,6 +226,11 @@ def param_help(cls: type, name: str, *, default: bool = True, extra: str = "") -
 def cli_help(cls: type, name: str, **kwargs: Any) -> str:
     """:func:`param_help` for ``argparse`` (a literal ``%`` escaped)."""
     return param_help(cls, name, **kwargs).replace("%", "%%")
+
+
+def _declares_rule(meta: Mapping[str, Any]) -> bool:
+    """True when a field's declaration states what values it takes (then it is checked)."""
+    return bool(meta) and bool({"help", "choices", "lo", "hi", "odd", "check"} & set(meta))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +256,15 @@ class EngineConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check the values; raise :class:`ConfigError` naming the field (subclasses)."""
+        """Check every declared field (:func:`param`), then the cross-field rules of
+        :meth:`check`; raise :class:`ConfigError` naming the field."""
+        for f in dataclasses.fields(self):
+            if _declares_rule(f.metadata):
+                check_declared(type(self), f.name, getattr(self, f.name))
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve several fields (subclasses; the declarations cover the rest)."""
 
     # ------------------------------------------------------------------ keys
     @classmethod
@@ -245,3 +318,47 @@ class EngineConfig:
         cls.check_keys(runtime)
         kept = {k: v for k, v in dict(d).items() if k not in cls.RUNTIME}
         return cls.from_dict({**kept, **runtime})
+
+
+# ---------------------------------------------------------------------------- parameter files
+#: Written into parameter files, so a file says which engine it is for.
+PARAMS_FORMAT = "napari-duet parameters"
+
+
+def save_params(path, config: EngineConfig) -> Path:
+    """Write ``config`` as a parameter file (JSON): what "Save parameters…" in a widget
+    writes and ``duet <engine> --config FILE`` reads back.  Run-time options (device,
+    threads, …) are included: the file repeats the run."""
+    from .io import write_json
+
+    path = Path(path)
+    write_json(path, {"format": PARAMS_FORMAT, "engine": config.LABEL,
+                      "parameters": config.to_dict()})
+    return path
+
+
+def load_params(path, cls: type[C]) -> dict[str, Any]:
+    """The parameters of a parameter file for config class ``cls`` (a dict to update a
+    config with); a file that is not JSON, is for another engine or names an unknown
+    parameter raises :class:`ConfigError` with one line.  A plain JSON object of parameters
+    is accepted too."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"parameter file {path.name} is not readable JSON: {reason}") from None
+    if isinstance(data, dict) and data.get("format") == PARAMS_FORMAT:
+        if data.get("engine") != cls.LABEL:
+            raise ConfigError(f"parameter file {path.name} is for {data.get('engine')!r}, "
+                              f"not {cls.LABEL}")
+        data = data.get("parameters")
+    if not isinstance(data, dict):
+        raise ConfigError(f"parameter file {path.name} must hold a JSON object of "
+                          f"{cls.LABEL} parameters")
+    cls.check_keys(data)
+    return data
