@@ -495,15 +495,15 @@ def test_cancel_takes_effect_within_seconds(widget, qtbot, monkeypatch):
     def on_yield(item):
         state = item[2]
         if (not pressed and isinstance(state, Self2SegProgress) and state.stage == "experts"
-                and state.alternation == 2 and state.step >= 20):
-            pressed.append(state.step)
+                and state.alternation == 2 and state.done >= 20):
+            pressed.append(state.done)
             widget.cancel()
 
     widget.run()
     widget.worker.yielded.connect(on_yield)
     _wait(qtbot, widget)
     assert pressed, "no progress event arrived during the expert training"
-    assert len(produced_after) <= 1, [getattr(s, "step", s) for s in produced_after]
+    assert len(produced_after) <= 1, [getattr(s, "done", s) for s in produced_after]
     assert "Cancelled during alternation 2" in widget.status.text()
     # The first alternation's result is kept.
     assert widget.viewer.layers["S2S mask"].data.any()

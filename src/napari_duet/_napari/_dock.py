@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QProgressBar,
+    QPushButton,
     QScrollArea,
     QSizePolicy,
     QToolButton,
@@ -237,6 +238,88 @@ def declare(widget, cls: type, name: str, *, extra: str = "", auto: str | None =
         except Exception:  # pragma: no cover - a widget without a settable label
             pass
     return label
+
+
+# ---------------------------------------------------------------------------- parameters
+#: Upper bounds of spin boxes whose parameter declares none (a control needs one).
+_INT_MAX, _FLOAT_MAX = 2**31 - 1, 1e6
+
+
+def param_control(cls: type, name: str, **overrides: Any):
+    """The magicgui control of config field ``name`` of ``cls``, built from its declaration
+    (:func:`napari_duet.core.config.param`): a combo box for choices, a check box for a
+    switch, a spin box within the declared bounds for a number; label and tooltip as
+    :func:`declare` gives them.  A number that may be None ("auto") shows "auto" at 0.
+    ``overrides``: magicgui keywords for this widget only (tighter bounds, the device names
+    of this machine, a check box's text)."""
+    import dataclasses
+
+    from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox
+
+    from ..core.config import param_info, param_type
+
+    info = param_info(cls, name)
+    base, optional = param_type(cls, name)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    if "choices" in info or "choices" in overrides:
+        kwargs = {"choices": list(info.get("choices", ())), "value": default}
+        widget_type = ComboBox
+    elif base is bool:
+        kwargs, widget_type = {"value": bool(default)}, CheckBox
+    elif base in (int, float):
+        lo = 0 if optional else info.get("lo", 0)
+        hi = info.get("hi", _INT_MAX if base is int else _FLOAT_MAX)
+        kwargs = {"min": lo, "max": hi, "value": lo if default is None else default}
+        widget_type = SpinBox if base is int else FloatSpinBox
+    else:
+        kwargs, widget_type = {"value": default}, LineEdit
+    kwargs.update(overrides)
+    if widget_type is ComboBox and kwargs.get("value") not in kwargs["choices"]:
+        kwargs["value"] = kwargs["choices"][0]
+    widget = widget_type(label=name, **kwargs)
+    widget.param_name = name
+    declare(widget, cls, name, auto="auto" if optional and base in (int, float) else None,
+            extra="Shown as auto at 0." if optional and base in (int, float) else "")
+    return widget
+
+
+def control_values(cls: type, controls: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the controls show (0 in an "auto" spin box is None)."""
+    from ..core.config import param_type
+
+    values = {}
+    for name, widget in controls.items():
+        base, optional = param_type(cls, name)
+        value = widget.value
+        if optional and base in (int, float) and not value:
+            value = None
+        values[name] = value
+    return values
+
+
+def set_controls(cls: type, controls: dict[str, Any], values: dict[str, Any]) -> None:
+    """Show ``values`` (parameters by name) in the controls; a value a control cannot show
+    (outside its range, a device this machine lacks) raises DuetInputError and changes none."""
+    from ..core.config import param_label, param_type
+
+    staged = []
+    for name, value in values.items():
+        widget = controls.get(name)
+        if widget is None:
+            continue
+        base, optional = param_type(cls, name)
+        shown = 0 if (value is None and optional and base in (int, float)) else value
+        choices = getattr(widget, "choices", None)
+        if choices is not None and shown not in choices:
+            raise DuetInputError(f"{param_label(cls, name)}: {shown!r} is not available here "
+                                 f"(choices: {', '.join(map(str, choices))})")
+        if base in (int, float) and not isinstance(shown, bool) and shown is not None and (
+                shown < widget.min or shown > widget.max):
+            raise DuetInputError(f"{param_label(cls, name)}: {shown!r} is outside "
+                                 f"{widget.min:g}..{widget.max:g}")
+        staged.append((widget, shown))
+    for widget, shown in staged:
+        widget.value = shown
 
 
 def set_auto_text(widget, text: str = "auto") -> None:
@@ -547,6 +630,52 @@ class EngineDock(QWidget):
         except Exception as exc:
             self.report(exc, context)
             return None
+
+    # ------------------------------------------------------------------ parameters
+    #: The widget's parameter controls by config field (widgets that offer Save/Load
+    #: parameters fill it) and the config class they build.
+    param_controls: dict[str, Any] = {}
+    param_class: type | None = None
+    PARAM_FILTER = "napari-duet parameters (*.json);;All files (*)"
+
+    def param_buttons(self) -> tuple[QPushButton, QPushButton]:
+        """"Save parameters…" and "Load parameters…" buttons, wired to the dialogs."""
+        save = QPushButton("Save parameters…")
+        save.setToolTip("Write these parameters to a JSON file; `duet <command> --config FILE` "
+                        "runs them on a cluster, Load parameters… brings them back here.")
+        load = QPushButton("Load parameters…")
+        load.setToolTip("Set the controls from a parameter file (Save parameters…).")
+        save.clicked.connect(lambda: self.save_with_dialog(
+            "Save parameters", f"{self.engine_name.lower()}-parameters.json",
+            self.PARAM_FILTER, self.save_parameters, "Save parameters"))
+        load.clicked.connect(self._load_parameters_dialog)
+        return save, load
+
+    def save_parameters(self, path: str | Path) -> Path:
+        """Write the controls' configuration as a parameter file
+        (:func:`napari_duet.core.config.save_params`)."""
+        from ..core.config import save_params
+
+        return save_params(path, self.config())
+
+    def load_parameters(self, path: str | Path) -> bool:
+        """Set the controls from a parameter file; a bad file (not JSON, another engine's,
+        an unknown parameter or a bad value) is one notification and changes nothing."""
+        from ..core.config import load_params
+
+        try:
+            values = load_params(path, self.param_class)
+            self.param_class().replace(**values)  # every value valid, before any control moves
+            set_controls(self.param_class, self.param_controls, values)
+        except Exception as exc:
+            self.report(exc, f"{self.engine_name}: cannot load parameters from "
+                             f"{Path(path).name}")
+            return False
+        return True
+
+    def _load_parameters_dialog(self) -> bool:
+        path = self.ask_open_path("Load parameters", self.PARAM_FILTER)
+        return bool(path) and self.load_parameters(path)
 
     def load_model_file(self, loader: Callable[..., Any], path: str | Path,
                         device: str) -> Any | None:

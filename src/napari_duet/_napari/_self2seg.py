@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
@@ -53,7 +53,17 @@ from ._common import (
     warm_up_torch,
 )
 from ._curves import CurvePlot
-from ._dock import Collapsible, EngineDock, Job, SourceInfo, declare, is_large, layer_data
+from ._dock import (
+    Collapsible,
+    EngineDock,
+    Job,
+    SourceInfo,
+    control_values,
+    declare,
+    is_large,
+    layer_data,
+    param_control,
+)
 from ._lazy import (
     mark_plane_done,
     open_plane_store,
@@ -131,7 +141,6 @@ class Self2SegWidget(EngineDock):
 
         self._results_by_source: dict[int, dict] = {}
         self._last_reports: dict | None = None
-        defaults = {f.name: f.default for f in dataclasses.fields(Self2SegConfig)}
 
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.seeds_picker = layer_picker(napari_viewer, Shapes, "seeds", nullable=True)
@@ -140,28 +149,27 @@ class Self2SegWidget(EngineDock):
         self.new_seeds_btn = QPushButton("New seeds layer")
         self.new_seeds_btn.setToolTip("Add a Shapes layer for seed boxes, ready to draw rectangles")
         self.role = ComboBox(label="new boxes are", choices=role_names(2), value="foreground")
-        self.n_classes = SpinBox(label="classes", value=defaults["n_classes"], min=2, max=8)
-        self.lam = FloatSpinBox(label="border smoothness λ", value=defaults["lam"] or 0.0,
-                                min=0.0, max=1e6, step=0.1)
-        self.max_alternations = SpinBox(label="max alternations",
-                                        value=defaults["max_alternations"], min=1, max=50)
-        self.experts = ComboBox(label="experts", choices=["cnn", "linear", "constant"],
-                                value=defaults["experts"])
-        self.expert_width = SpinBox(label="expert width", value=defaults["expert_width"],
-                                    min=1, max=256)
-        self.expert_steps = SpinBox(label="training steps", value=defaults["expert_steps"],
-                                    min=1, max=100000)
-        self.device = ComboBox(label="device", choices=["auto", *available_devices()],
-                               value="auto")
-        self.seed = SpinBox(label="seed", value=defaults["seed"], min=0, max=2**31 - 1)
-        self.threads = SpinBox(label="CPU threads",
-                               value=resolve_threads("auto", napari_open=True),
-                               min=1, max=max_threads())
-        self.invert = CheckBox(text="dark objects are foreground (automatic start)",
-                               value=bool(defaults["invert"]))
-        self.noise_model = ComboBox(label="noise", choices=["auto", "gaussian",
-                                                             "poisson-gaussian"],
-                                    value=defaults["noise_model"])
+        # The parameter controls, built from Self2SegConfig's declarations (label, tooltip,
+        # bounds, choices); only what differs in the widget is given here.
+        C = Self2SegConfig
+        self.param_class = C
+        self.n_classes = param_control(C, "n_classes", max=8)
+        self.lam = param_control(C, "lam", step=0.1)
+        self.max_alternations = param_control(C, "max_alternations", max=50)
+        self.experts = param_control(C, "experts")
+        self.expert_width = param_control(C, "expert_width", max=256)
+        self.expert_steps = param_control(C, "expert_steps", max=100000)
+        self.device = param_control(C, "device", choices=["auto", *available_devices()])
+        self.seed = param_control(C, "seed", min=0)
+        self.threads = param_control(C, "threads", min=1, max=max_threads(),
+                                     value=resolve_threads("auto", napari_open=True))
+        self.invert = param_control(C, "invert")
+        self.noise_model = param_control(C, "noise_model")
+        self.param_controls = {w.param_name: w for w in (
+            self.n_classes, self.lam, self.max_alternations, self.experts, self.expert_width,
+            self.expert_steps, self.device, self.seed, self.threads, self.invert,
+            self.noise_model)}
+        self.save_params_btn, self.load_params_btn = self.param_buttons()
         self.scope = ComboBox(label="slices", choices=list(SCOPES), value=SCOPES[0])
         self._tooltips()
 
@@ -244,6 +252,8 @@ class Self2SegWidget(EngineDock):
         buttons.addWidget(self.cancel_btn, 0, 1)
         buttons.addWidget(self.export_btn, 1, 0)
         buttons.addWidget(self.save_btn, 1, 1)
+        buttons.addWidget(self.save_params_btn, 2, 0)
+        buttons.addWidget(self.load_params_btn, 2, 1)
         layout.addLayout(buttons)
         objects = QGroupBox("Objects")
         oform = QVBoxLayout(objects)
@@ -257,18 +267,7 @@ class Self2SegWidget(EngineDock):
     def _tooltips(self):
         from ..self2seg import Self2SegConfig as C
 
-        declare(self.n_classes, C, "n_classes")
-        declare(self.lam, C, "lam", auto="auto",
-                extra="Shown as auto when 0.")
-        declare(self.max_alternations, C, "max_alternations")
-        declare(self.experts, C, "experts")
-        declare(self.expert_width, C, "expert_width")
-        declare(self.expert_steps, C, "expert_steps")
-        declare(self.device, C, "device")
-        declare(self.seed, C, "seed")
         declare(self.threads, C, "threads", extra="Here the default leaves napari a core.")
-        declare(self.invert, C, "invert")
-        declare(self.noise_model, C, "noise_model")
         self.invert.text = "dark objects (no seeds)"
         self.image_picker.tooltip = "The image to segment and denoise (2D, a stack, or RGB)."
         self.seeds_picker.tooltip = ("Shapes layer with seed boxes: each shape's role "
@@ -346,19 +345,7 @@ class Self2SegWidget(EngineDock):
         """The engine configuration from the controls (raises DuetInputError)."""
         from ..self2seg import Self2SegConfig
 
-        return Self2SegConfig(
-            n_classes=self.n_classes.value,
-            lam=self.lam.value or None,
-            max_alternations=self.max_alternations.value,
-            experts=self.experts.value,
-            expert_width=self.expert_width.value,
-            expert_steps=self.expert_steps.value,
-            device=self.device.value,
-            seed=self.seed.value,
-            invert=self.invert.value,
-            noise_model=self.noise_model.value,
-            threads=self.threads.value,
-        )
+        return Self2SegConfig(**control_values(Self2SegConfig, self.param_controls))
 
     def _lead_indices(self, image: Image) -> list[tuple[int, ...]]:
         n_lead = image.ndim - 2
