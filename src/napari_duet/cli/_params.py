@@ -10,11 +10,20 @@ options default to "not given", so ``--config PARAMS.json`` (a parameter file, a
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
 from ..core.config import EngineConfig, cli_help, load_params, param_info, param_type, user_params
 
 _TYPES = {int: int, float: float, str: str}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Option help wrapped without breaking an option name at its dashes
+    (``--max-alternations`` stays one word, so it can be searched for)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def option_dest(cls: type[EngineConfig], name: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.devices import DEVICE_CHOICES
 from ..core.errors import DuetInputError
-from ._params import add_param_options, config_from_args
+from ._params import HelpFormatter, add_param_options, config_from_args
 from ._progress import add_chunk_options, add_run_options, cli_run
 
 
@@ -58,7 +58,7 @@ def register(subparsers) -> argparse.ArgumentParser:
             "A folder or a glob pattern processes every image in it, each into "
             "OUTDIR/<name>/.", 79),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("image", metavar="IMAGE",
                    help="input image: a TIFF or any format scikit-image reads (2D grey or "
