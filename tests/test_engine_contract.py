@@ -8,13 +8,13 @@ import pytest
 from napari_duet.core.progress import Progress, run_to_end
 from napari_duet.denoisplit import PredictProgress, SplitModel, TrainProgress
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, NSN2NProgress, iter_train
-from napari_duet.nsn2n._chunked import ChunkProgress
+from napari_duet.nsn2n._chunked import SlabProgress
 from napari_duet.nsn2n._model import DenoiseProgress
 from napari_duet.self2seg import Self2SegConfig, Self2SegProgress, Self2SegState, iter_self2seg
 from napari_duet.self2seg._stack import Self2SegStackState
 
 
-@pytest.mark.parametrize("cls", [NSN2NProgress, DenoiseProgress, ChunkProgress, Self2SegState,
+@pytest.mark.parametrize("cls", [NSN2NProgress, DenoiseProgress, SlabProgress, Self2SegState,
                                  Self2SegProgress, Self2SegStackState, TrainProgress,
                                  PredictProgress])
 def test_every_progress_type_extends_the_base(cls):

@@ -455,7 +455,7 @@ def test_cancel_takes_effect_within_seconds(widget, qtbot):
     def on_yield(item):
         state = item[2]
         if (not pressed and isinstance(state, Self2SegProgress) and state.stage == "experts"
-                and state.alternation == 2 and state.step >= 20):
+                and state.alternation == 2 and state.done >= 20):
             pressed.append(time.perf_counter())
             widget.cancel()
 
