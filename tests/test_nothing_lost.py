@@ -163,7 +163,7 @@ def test_split_checkpoint_refuses_other_training_data_of_the_same_shape():
         for _ in iter_train([d.noisy_a, d.noisy_b], cfg, tc):
             pass
         with pytest.raises(DuetInputError, match="another run .*data_sha256"):
-            next(iter_train(other.noisy_a, other.noisy_b, cfg, tc))
+            next(iter_train([other.noisy_a, other.noisy_b], cfg, tc))
         for _ in iter_train([d.noisy_a, d.noisy_b], cfg, tc):  # the same data: resumes
             pass
 

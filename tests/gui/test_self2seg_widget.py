@@ -527,12 +527,12 @@ def test_save_results_writes_every_result_and_the_seeds(widget, qtbot, tmp_path)
     assert widget.save_btn.isEnabled()
     paths = widget.save_results(tmp_path / "out")
     names = sorted(p.name for p in paths)
-    assert names == ["noisy_denoised.tif", "noisy_expert_background.tif",
-                     "noisy_expert_foreground.tif", "noisy_mask.tif", "noisy_objects.csv",
-                     "noisy_objects.tif", "noisy_seeds.tif", "noisy_self2seg.json"]
-    mask = tifffile.imread(tmp_path / "out" / "noisy_mask.tif")
+    # The names duet self2seg writes (one folder per image).
+    assert names == ["denoised.tif", "expert_0.tif", "expert_1.tif", "labels.tif", "mask.tif",
+                     "objects.csv", "report.json", "seeds.tif"]
+    mask = tifffile.imread(tmp_path / "out" / "mask.tif")
     np.testing.assert_array_equal(mask, widget.job.results["layers"]["mask"].data)
-    seeds_img = tifffile.imread(tmp_path / "out" / "noisy_seeds.tif")
+    seeds_img = tifffile.imread(tmp_path / "out" / "seeds.tif")
     assert seeds_img[32, 32] == 2 and seeds_img[1, 10] == 1
 
 

@@ -71,22 +71,20 @@ def sample_limits(array, max_bytes: int = 64 << 20) -> tuple[float, float] | Non
     return data_limits(np.stack(planes))
 
 
-def run_key(settings: dict[str, Any], seeds: dict[tuple, np.ndarray], data=None) -> str:
-    """SHA-256 of what decides a plane's result: settings, seeds and (``data``) a sample of
-    the pixels (:func:`~napari_duet.core.io.content_fingerprint`): other data under the same
-    layer name never reuse the planes of an earlier run."""
+def run_key(settings: dict[str, Any], seeds: dict[tuple, np.ndarray], data) -> str:
+    """Key of what decides a plane's result: the run's signature
+    (:func:`~napari_duet.core.chunks.run_signature`: the data's content and the settings)
+    and the seeds, so other data under the same layer name never reuse the planes of an
+    earlier run."""
     import hashlib
-    import json
 
-    from ..core.io import content_fingerprint
+    from ..core.chunks import run_signature, signature_key
 
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    if data is not None:
-        h.update(content_fingerprint(data).encode())
+    h = hashlib.sha256()
     for idx in sorted(seeds):
         h.update(repr(tuple(int(i) for i in idx)).encode())
         h.update(np.ascontiguousarray(seeds[idx], np.int64).tobytes())
-    return h.hexdigest()
+    return signature_key(run_signature(data, settings=settings, seeds=h.hexdigest()))
 
 
 def _plane_log(path: Path, key: str) -> tuple[RunRecord, list]:

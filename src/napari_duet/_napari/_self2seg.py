@@ -790,27 +790,24 @@ class Self2SegWidget(EngineDock):
     def save_results(self, folder: str | Path) -> list[Path]:
         """Write every result layer of the last run, its seeds and its report into ``folder``.
 
-        Files are ``<image>_<result>.tif`` (mask, denoised, expert_<role>),
-        ``<image>_seeds.tif`` (0 = no seed, k + 1 = class k; when the run had
-        seeds) and ``<image>_self2seg.json`` (the report, after a run that
-        finished a plane).  Results of a large layer are already on disk (the
-        zarr store); they are written as TIFF plane by plane.  Returns the paths
-        written.
+        The file names are ``duet self2seg``'s (:func:`~napari_duet.self2seg._save.result_file`):
+        ``mask.tif``, ``labels.tif`` (the objects), ``denoised.tif``, ``expert_<k>.tif``,
+        ``seeds.tif`` (0 = no seed, k + 1 = class k; when the run had seeds),
+        ``report.json`` (after a run that finished a plane) and ``objects.csv``.
+        Results of a large layer are already on disk (the zarr store); they are
+        written as TIFF plane by plane.  Returns the paths written.
         """
         from ..core.io import write_tiff_blocks
+        from ..self2seg._save import result_file
 
         job = self.job
         layers = self._saved_layers()
         if job is None or not layers:
             raise DuetInputError("no results to save: run Self2Seg first")
         folder = Path(folder)
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.source_name)
-        roles = role_names(job.n_classes)
         written = []
         for key, layer in layers.items():
-            what = f"expert_{roles[int(key[6:])]}" if key.startswith("expert") else key
-            what = what.replace(" ", "_")
-            path = folder / f"{stem}_{what}.tif"
+            path = folder / result_file(key)
             if isinstance(layer.data, np.ndarray):
                 written.append(write_tiff(path, layer.data))
             else:
@@ -818,11 +815,11 @@ class Self2SegWidget(EngineDock):
                 written.append(write_tiff_blocks(path, layer.data))
         seeds = job.seed_image()
         if seeds is not None:
-            written.append(write_tiff(folder / f"{stem}_seeds.tif", seeds))
+            written.append(write_tiff(folder / result_file("seeds"), seeds))
         if self._last_reports:
-            written.append(write_json(folder / f"{stem}_self2seg.json", self._last_reports))
+            written.append(write_json(folder / result_file("report"), self._last_reports))
         if self.objects and len(self.objects["label"]):
-            written.append(self.export_csv(folder / f"{stem}_objects.csv"))
+            written.append(self.export_csv(folder / result_file("objects_csv")))
         return written
 
     def _save_dialog(self):

@@ -15,16 +15,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from ..core.chunks import (
-    ImageRef,
+    ChunkedRun,
     RunRecord,
-    RunStore,
     TaskRunner,
     announce_chunked,
     eta_notes,
     file_hash,
+    run_signature,
 )
 
 
@@ -65,17 +64,15 @@ def run_chunked(args: argparse.Namespace) -> int:
     """Execute ``duet nsn2n --model M`` slab by slab (see the module docstring)."""
     import zarr
 
-    from ..core.errors import DuetError, DuetInputError
+    from ..core.errors import DuetInputError
     from ..core.io import (
         build_pyramid,
-        content_fingerprint,
         is_zarr_path,
         open_image,
         require_memory,
         write_json,
         write_tiff_blocks,
     )
-    from ..core.progress import run_to_end
     from ..core.versions import versions
     from ..nsn2n._chunked import auto_slab, iter_denoise_chunked
     from ..nsn2n._model import NSN2NModel
@@ -91,18 +88,16 @@ def run_chunked(args: argparse.Namespace) -> int:
         raise DuetInputError(f"--slab must be at least 1, got {args.slab}")
     tta = not args.no_tta
     unc_path = Path(args.uncertainty) if args.uncertainty and tta else None
-    runner = TaskRunner(args.scheduler)  # connects when entered, below
     with cli_run(args, "nsn2n") as bar:
         t0 = time.perf_counter()
         log = (lambda *_: None) if args.quiet else (lambda msg: bar.write(msg, file=sys.stderr))
         with bar.stage("load model"):
             # On dask the workers load it on --device; here it only plans the tasks.
-            model = NSN2NModel.load(args.model, device="cpu" if runner.distributed else args.device)
-        signature = {"input": str(Path(args.volume).resolve()), "shape": list(source.shape),
-                     "dtype": str(source.dtype), "axis": layout.axis,
-                     "sample_sha256": content_fingerprint(source, axis=layout.axis),
-                     "model_sha256": file_hash(args.model), "tta": tta,
-                     "uncertainty": unc_path is not None}
+            distributed = TaskRunner(args.scheduler).distributed
+            model = NSN2NModel.load(args.model, device="cpu" if distributed else args.device)
+        signature = run_signature(source, input=Path(args.volume).resolve(), axis=layout.axis,
+                                  model_sha256=file_hash(args.model), tta=tta,
+                                  uncertainty=unc_path is not None)
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
         # Memory is bounded by one slab (and its halo): its float32 input, guides, network
         # activations and result, about 24 copies; it must fit even at one slice.
@@ -113,41 +108,29 @@ def run_chunked(args: argparse.Namespace) -> int:
         # Each output is built in a staging store beside it and put in place only when
         # complete: an earlier result survives a failed or interrupted run.
         paths = [out] + ([unc_path] if unc_path else [])
-        stores = [RunStore(p, signature, resume=args.resume) for p in paths]
-        state: dict[str, Any] | None = None
-        arrays = []
-        if any(not s.fresh for s in stores):
-            if not all(not s.fresh for s in stores):
-                raise DuetInputError("--resume: the output and the uncertainty store do not "
-                                     "belong to the same run; remove them")
-            record = stores[0].record
-            arrays = [_level0(s.record) for s in stores]
-            state = record.state
-            log(f"resuming {stores[0].path}: {len(state.get('done', []))} slabs done")
-        if state is None:
+        run = ChunkedRun(paths, signature, resume=args.resume, scheduler=args.scheduler)
+        state = run.state
+        if run.fresh:
             slab = args.slab or auto_slab(plane)
-            arrays = [create_store(s.path, layout, meta, slab, signature) for s in stores]
-            record = RunRecord(zarr.open_group(str(stores[0].path), mode="r+"), signature)
+            arrays = [create_store(s.path, layout, meta, slab, signature) for s in run.stores]
+            record = RunRecord(zarr.open_group(str(run.store.path), mode="r+"), signature)
+        else:
+            record = run.store.record
+            arrays = [_level0(s.record) for s in run.stores]
+            log(f"resuming {run.store.path}: {len(state.get('done', []))} slabs done")
 
-        announce_chunked(None if args.quiet else log, source.shape, source.dtype, stores[0].path)
+        announce_chunked(None if args.quiet else log, source.shape, source.dtype,
+                         run.store.path)
         log(f"applying {args.model} to {args.volume} {tuple(source.shape)} slab by slab")
-        try:
-            with runner:
-                # Workers open the input by path; here the open array is read.
-                src = ImageRef.of(args.volume) if runner.distributed else source
-                gen = iter_denoise_chunked(model, src, arrays[0], axis=layout.axis, tta=tta,
-                                           slab=args.slab, state=state, save_state=record.save,
-                                           uncertainty=arrays[1] if unc_path else None,
-                                           runner=runner, device=args.device)
-                final = run_to_end(gen, eta_notes(bar, None if args.quiet else log))
-        except DuetError:
-            # Bad input or model: nothing worth resuming; an interruption keeps the staging.
-            if state is None:
-                for s in stores:
-                    s.discard()
-            raise
+        with run.runner as runner:
+            gen = iter_denoise_chunked(model, run.source(args.volume, source), arrays[0],
+                                       axis=layout.axis, tta=tta, slab=args.slab,
+                                       state=state, save_state=record.save,
+                                       uncertainty=arrays[1] if unc_path else None,
+                                       runner=runner, device=args.device)
+            final = run.run(gen, eta_notes(bar, None if args.quiet else log))
         bar.finish()
-        for s, path, arr in zip(stores, paths, arrays, strict=True):
+        for s, path, arr in zip(run.stores, paths, arrays, strict=True):
             if s.reused:
                 log(f"{path} was already complete")
             elif is_zarr_path(path):

@@ -271,7 +271,6 @@ def _run_one(args: argparse.Namespace, image_path: Path, out: Path, *, bar=None,
 
 
 def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, batch, label):
-    from ..core.io import ResultSet, write_json, write_tiff
     from ..core.progress import run_to_end
     from ..self2seg._engine import Self2SegProgress, iter_self2seg
     from ..self2seg._stack import Self2SegStackState, iter_self2seg_stack
@@ -331,36 +330,19 @@ def _segment(args, image, image_path, out, regions, cfg, lead, pixel_info, bar, 
     show(n_planes * cfg.max_alternations)
     if batch is None:
         bar.finish()
-    instances = res.instances
+    report = {"input": str(image_path),
+              "boxes": {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box},
+              "regions": None if args.regions is None else str(args.regions)}
     # A non-negative input gives non-negative intensities (a CNN expert may undershoot).
-    nonneg = (lambda a: np.maximum(a, 0)) if float(np.nanmin(image)) >= 0 else (lambda a: a)
-    # One set: staged, moved in together, the report (listing exactly these files) last;
-    # expert files of an earlier run with more classes are removed.
-    with ResultSet(out, pattern=r"expert_\d+\.tif") as results:
-        write_tiff(results.path("mask.tif"), res.labels.astype(np.uint8), pixel_info=pixel_info)
-        # Instance labels: the smallest unsigned type that holds every object's number.
-        write_tiff(results.path("labels.tif"),
-                   instances.astype(np.uint16 if instances.max(initial=0) < 2**16
-                                    else np.uint32), pixel_info=pixel_info)
-        write_tiff(results.path("denoised.tif"), nonneg(res.denoised.astype(np.float32)),
-                   pixel_info=pixel_info)
-        for k in range(res.experts.shape[0]):
-            write_tiff(results.path(f"expert_{k}.tif"),
-                       nonneg(res.experts[k].astype(np.float32)), pixel_info=pixel_info)
-        report = res.report()
-        report["objects"] = int(instances.max(initial=0))
-        report["input"] = str(image_path)
-        report["boxes"] = {"fg": args.fg_box, "bg": args.bg_box, "class": args.class_box}
-        report["regions"] = None if args.regions is None else str(args.regions)
-        if pixel_info:
-            report["pixel_info"] = pixel_info
-        write_json(results.path("report.json"), report)
+    res.save(out, pixel_info=pixel_info, nonnegative=float(np.nanmin(image)) >= 0,
+             report=report)
+    n_objects = int(res.instances.max(initial=0))
     # Warnings go to stderr even with -q: a wrecked result must not pass silently.
     for where, chk in checks:
         for line in [f"warning: {w}" for w in chk.get("warnings", [])] + [
                 f"hint: {h}" for h in chk.get("hints", [])]:
             bar.write(f"duet self2seg: {label}{where}{line}", file=sys.stderr)
     if not args.quiet:
-        bar.write(f"{label}{summary}, {report['objects']} object(s); wrote {out}/mask.tif, "
+        bar.write(f"{label}{summary}, {n_objects} object(s); wrote {out}/mask.tif, "
                   "labels.tif, denoised.tif, expert_*.tif, report.json")
     return 0

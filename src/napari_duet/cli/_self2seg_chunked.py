@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.chunks import ChunkProgress, TaskRunner
-from ..core.errors import DuetInputError
+from ..core.chunks import ChunkProgress
 from ..self2seg._chunked import iter_self2seg_chunked, summary
 from ..self2seg._config import Self2SegConfig
 from ..self2seg._stack import stack_layout
@@ -33,15 +32,8 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
     """``duet self2seg STACK -o OUT.ome.zarr``: plane tasks into an OME-Zarr (resumable)."""
     import zarr
 
-    from ..core.chunks import ImageRef, RunRecord, RunStore, announce_chunked, report_path
-    from ..core.io import (
-        content_fingerprint,
-        create_ome_zarr,
-        create_ome_zarr_labels,
-        open_image,
-        write_json,
-    )
-    from ..core.progress import run_to_end
+    from ..core.chunks import ChunkedRun, announce_chunked, report_path, run_signature
+    from ..core.io import create_ome_zarr, create_ome_zarr_labels, open_image, write_json
     from ._progress import cli_run
 
     out = Path(args.outdir)
@@ -50,24 +42,24 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
     lead, plane, rgb = stack_layout(shape)
     den_meta, lab_meta = _output_meta(meta, shape, lead, plane, rgb)
     den_shape = lead + plane + ((3,) if rgb else ())
-    signature = {"input": str(Path(args.image).resolve()), "shape": list(shape),
-                 "dtype": str(image.dtype), "sample_sha256": content_fingerprint(image),
-                 "config": cfg.to_dict(),
-                 "regions": None if regions is None else hashlib.sha256(
-                     np.ascontiguousarray(regions).tobytes()).hexdigest()}
+    signature = run_signature(
+        image, input=Path(args.image).resolve(), config=cfg.to_dict(),
+        regions=None if regions is None else hashlib.sha256(
+            np.ascontiguousarray(regions).tobytes()).hexdigest())
     # Built beside the output and swapped in when complete: an earlier result survives.
-    store = RunStore(out, signature, resume=args.resume)
-    record = store.record
-    if record is None:
+    run = ChunkedRun([out], signature, resume=args.resume, scheduler=args.scheduler)
+
+    def build(path: Path):
         ones = (1,) * len(lead)
         tile = tuple(min(n, 512) for n in plane)
-        create_ome_zarr(store.path, den_shape, np.float32, den_meta,
+        create_ome_zarr(path, den_shape, np.float32, den_meta,
                         chunks=ones + tile + ((3,) if rgb else ()))
-        create_ome_zarr_labels(store.path, "mask", lead + plane, np.uint8, lab_meta,
+        create_ome_zarr_labels(path, "mask", lead + plane, np.uint8, lab_meta,
                                chunks=ones + tile)
-        record = RunRecord.create(zarr.open_group(str(store.path), mode="r+"), signature)
-    group = record.group
-    labels_out, denoised_out = group["labels/mask/0"], group["0"]
+        return zarr.open_group(str(path), mode="r+")
+
+    record = run.open(build)
+    labels_out, denoised_out = record.group["labels/mask/0"], record.group["0"]
     cnn = cfg.experts == "cnn"
     threads = args.threads
     if threads == "auto" and cnn:  # as the engine: one thread for CNN experts on a CPU
@@ -76,25 +68,22 @@ def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
         threads = 1 if resolve_device(cfg.device).type == "cpu" else "auto"
     t0 = time.perf_counter()
     with cli_run(args, "self2seg", needs_torch=cnn, threads=threads) as bar:
-        with TaskRunner(args.scheduler) as runner:
-            src = ImageRef.of(args.image) if runner.distributed else image
-            gen = iter_self2seg_chunked(src, labels_out, denoised_out, regions, cfg,
-                                        rgb=rgb, state=record.state, save_state=record.save,
+        with run.runner as runner:
+            gen = iter_self2seg_chunked(run.source(args.image, image), labels_out,
+                                        denoised_out, regions, cfg, rgb=rgb,
+                                        state=record.state, save_state=record.save,
                                         runner=runner)
+
             def show(p: ChunkProgress) -> None:
                 bar(p)
                 if not args.quiet:
                     bar.write(f"plane {p.done}/{p.total} done ({p.elapsed:.1f} s)")
 
-            announce_chunked(None if args.quiet else bar.write, shape, image.dtype, store.path)
-            try:
-                final = run_to_end(gen, show)
-            except DuetInputError:
-                if store.fresh:  # bad input: nothing worth resuming
-                    store.discard()
-                raise
+            announce_chunked(None if args.quiet else bar.write, shape, image.dtype,
+                             run.store.path)
+            final = run.run(gen, show)
         bar.finish()
-        levels = store.finish(record, final, bar)
+        levels = run.finish(final, bar)[0]
         report = summary(final, cfg, shape, str(image.dtype), rgb)
         report.update(input=str(args.image), output=str(out), levels=levels,
                       axes=list(den_meta.axes), scale=list(den_meta.scale),

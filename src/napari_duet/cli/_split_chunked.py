@@ -46,16 +46,14 @@ def _create_outputs(out: Path, shape: tuple, meta, n_channels: int, samples: int
 def run_chunked(args: argparse.Namespace) -> int:
     """``duet split predict IMG -o OUT.ome.zarr --model M``: block tasks, resumable."""
     from ..core.chunks import (
-        ImageRef,
-        RunRecord,
-        RunStore,
+        ChunkedRun,
         announce_chunked,
         eta_notes,
         file_hash,
         report_path,
+        run_signature,
     )
-    from ..core.io import check_outputs, content_fingerprint, open_image, write_json
-    from ..core.progress import run_to_end
+    from ..core.io import check_outputs, open_image, write_json
     from ..denoisplit._model import SplitModel
     from ._progress import cli_run
 
@@ -71,49 +69,41 @@ def run_chunked(args: argparse.Namespace) -> int:
     if len(shape) not in (2, 3):
         raise DuetInputError(f"the image must be (Y, X) or (N, Y, X), got shape {shape}")
     block = args.block or DEFAULT_BLOCK
-    runner = TaskRunner(args.scheduler)  # connects when entered, below
     with cli_run(args, "split predict") as bar:
         def say(msg: str) -> None:
             bar.write(msg, file=sys.stderr)
 
         with bar.stage("load model"):
             # On dask the workers load it on --device; here it only plans the tasks.
-            model = SplitModel.load(args.model, device="cpu" if runner.distributed else args.device)
+            distributed = TaskRunner(args.scheduler).distributed
+            model = SplitModel.load(args.model, device="cpu" if distributed else args.device)
         plan = plan_prediction(model, shape[-2:], args.tile, None, args.batch_size)
-        signature = {"input": str(Path(args.image).resolve()), "shape": list(shape),
-                     "dtype": str(image.dtype), "sample_sha256": content_fingerprint(image),
-                     "model_sha256": file_hash(args.model),
-                     "samples": args.samples, "seed": args.seed, "block": block,
-                     "calibration": args.calibration, "plan": plan}
+        signature = run_signature(
+            image, input=Path(args.image).resolve(), model_sha256=file_hash(args.model),
+            samples=args.samples, seed=args.seed, block=block, calibration=args.calibration,
+            plan=plan)
         # Built beside the output and swapped in when complete: an earlier result survives.
-        store = RunStore(out, signature, resume=args.resume)
-        record = store.record
-        if record is None:
-            group, _ = _create_outputs(store.path, shape, meta, model.n_channels,
-                                       args.samples, block, list(model.channel_names))
-            record = RunRecord.create(group, signature)
+        run = ChunkedRun([out], signature, resume=args.resume, scheduler=args.scheduler)
+        record = run.open(lambda path: _create_outputs(
+            path, shape, meta, model.n_channels, args.samples, block,
+            list(model.channel_names))[0])
         group = record.group
         outs = {"mmse": group["0"], "std": group["std"],
                 "samples": group["samples"] if args.samples > 1 else None}
         t0 = time.perf_counter()
-        with runner:
-            src = ImageRef.of(args.image) if runner.distributed else image
-            gen = iter_predict_chunked(model, src, outs, samples=args.samples,
-                                       tile=plan["tile"], batch_size=plan["batch_size"],
+        with run.runner as runner:
+            gen = iter_predict_chunked(model, run.source(args.image, image), outs,
+                                       samples=args.samples, tile=plan["tile"],
+                                       batch_size=plan["batch_size"],
                                        calibration=args.calibration, seed=args.seed,
                                        block=block, state=record.state,
                                        save_state=record.save, runner=runner,
                                        device=args.device)
-            announce_chunked(say, shape, image.dtype, store.path)
-            try:
-                final = run_to_end(gen, eta_notes(bar, say))
-            except DuetInputError:
-                if store.fresh:  # bad input or model: nothing worth resuming
-                    store.discard()
-                raise
+            announce_chunked(say, shape, image.dtype, run.store.path)
+            final = run.run(gen, eta_notes(bar, say))
         bar.finish()
         seconds = time.perf_counter() - t0
-        levels = store.finish(record, final, bar)
+        levels = run.finish(final, bar)[0]
     report = {"method": "denoisplit", "chunked": True, "image": str(args.image),
               "model": str(args.model), "output": str(out), "shape": list(shape),
               "channel_names": list(model.channel_names), "samples": args.samples,

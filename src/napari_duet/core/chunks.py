@@ -40,9 +40,10 @@ import numpy as np
 from .errors import DuetInputError
 from .progress import Progress
 
-__all__ = ["ChunkProgress", "ImageRef", "ModelPayload", "RunRecord", "RunStore", "SCHEDULER_ENV",
-           "TaskRunner", "ZarrRef", "blocks", "file_hash", "read_record",
-           "report_path", "resolve", "resolve_model", "with_halo", "worker_threads", "zarr_ref"]
+__all__ = ["ChunkProgress", "ChunkedRun", "ImageRef", "ModelPayload", "RunRecord", "RunStore",
+           "SCHEDULER_ENV", "TaskRunner", "ZarrRef", "blocks", "file_hash", "read_record",
+           "report_path", "resolve", "resolve_model", "run_signature", "signature_key",
+           "with_halo", "worker_threads", "zarr_ref"]
 
 RECORD = "napari_duet"
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -567,6 +568,93 @@ class RunStore:
         _remove(self.staging)
 
 
+class ChunkedRun:
+    """One resumable chunked run: its output stores, where its tasks run, and its end.
+
+    The one engine behind every chunked run (``duet self2seg``, ``duet split predict``
+    and ``duet nsn2n --model`` into OME-Zarr): each output gets a :class:`RunStore`
+    (opened or resumed for ``signature``, see :func:`run_signature`), the tasks run
+    here or on dask (:class:`TaskRunner`, entered by the caller around the run), a
+    run that fails on bad input or model discards what it created (nothing worth
+    resuming) while an interruption keeps it for ``--resume``, and :meth:`finish`
+    builds the pyramid, records the run complete and swaps the store in.
+
+    Parameters
+    ----------
+    outputs : sequence of path
+        The outputs, written together (e.g. an image and its uncertainty).
+    signature : dict
+        What identifies the run (:func:`run_signature`).
+    resume : bool
+        Continue an interrupted run of ``signature`` (else start afresh).
+    scheduler : str, optional
+        Where the tasks run (:class:`TaskRunner`); None: here, one after the other.
+    """
+
+    def __init__(self, outputs, signature: dict[str, Any], *, resume: bool = False,
+                 scheduler: str | None = None) -> None:
+        self.signature = signature
+        self.stores = [RunStore(p, signature, resume=resume) for p in outputs]
+        if len({s.fresh for s in self.stores}) > 1:
+            raise DuetInputError("--resume: the outputs do not belong to the same run; "
+                                 "remove them")
+        self._fresh = self.stores[0].fresh  # before open() records the new run
+        self.runner = TaskRunner(scheduler)  # connects when entered
+
+    @property
+    def store(self) -> RunStore:
+        """The store of the first output."""
+        return self.stores[0]
+
+    @property
+    def fresh(self) -> bool:
+        """True when this run creates its stores (nothing to continue)."""
+        return self._fresh
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """The saved state of the run continued (None: a fresh run)."""
+        return None if self.store.record is None else self.store.record.state
+
+    def open(self, build: Callable[[Path], Any]) -> RunRecord:
+        """The record of the run: a continued run's, or a new one in the store that
+        ``build(path)`` creates (and returns the zarr group of)."""
+        store = self.store
+        if store.record is None:
+            store.record = RunRecord.create(build(store.path), self.signature)
+        return store.record
+
+    def source(self, path: str | os.PathLike, array):
+        """What the tasks read: ``array`` here; on dask a reference by ``path`` (workers
+        open the input themselves)."""
+        return ImageRef.of(path) if self.runner.distributed else array
+
+    def run(self, gen, progress: Callable[[Any], Any] | None = None):
+        """Run the chunked generator ``gen`` to its end, passing every item to ``progress``."""
+        from .errors import DuetError
+        from .progress import run_to_end
+
+        try:
+            return run_to_end(gen, progress)
+        except DuetError:
+            if self.fresh:  # bad input or model: nothing worth resuming
+                for s in self.stores:
+                    s.discard()
+            raise
+
+    def finish(self, final: Any, bar) -> list[int]:
+        """Pyramid, record and swap in every store (see :meth:`RunStore.finish`); returns
+        the number of resolution levels of each."""
+        import zarr
+
+        levels = []
+        for s in self.stores:
+            record = s.record or RunRecord(zarr.open_group(str(s.path), mode="r+"),
+                                           self.signature)
+            levels.append(s.finish(record, final, bar))
+        return levels
+
+
 def read_record(store: str | os.PathLike) -> dict[str, Any] | None:
     """The run record of the zarr group ``store`` (None: no store, or not a run's)."""
     import zarr
@@ -585,3 +673,36 @@ def report_path(out: str | os.PathLike) -> Path:
     """The JSON report beside an output: ``OUT.ome.zarr`` -> ``OUT.ome.json`` (as NS-N2N)."""
     out = Path(out)
     return out.with_name(out.stem + ".json")
+
+
+def run_signature(source, *, input: str | os.PathLike | None = None, axis: int | None = None,
+                  **params: Any) -> dict[str, Any]:
+    """What identifies a chunked run: the input and its content, and the parameters.
+
+    The input is named (``input``: a resolved path, or a layer's name) and
+    fingerprinted from its pixels (:func:`~napari_duet.core.io.content_fingerprint`,
+    sampled along ``axis``), so other data under the same name and shape never
+    continue an earlier run; ``params`` (JSON-able: configuration, model hash,
+    options) are added as they are.  Every chunked run, in the CLI and in the
+    widgets, is keyed by this one signature.
+    """
+    from .io import content_fingerprint
+
+    sig: dict[str, Any] = {
+        "input": None if input is None else str(input),
+        "shape": [int(s) for s in source.shape], "dtype": str(np.dtype(source.dtype)),
+        "sample_sha256": content_fingerprint(source, axis=0 if axis is None else axis)}
+    if axis is not None:
+        sig["axis"] = int(axis)
+    sig.update(params)
+    return sig
+
+
+def signature_key(signature: dict[str, Any]) -> str:
+    """SHA-256 of a :func:`run_signature` (a short key to compare runs by)."""
+    import json
+
+    from .io import strict_jsonable
+
+    return hashlib.sha256(json.dumps(strict_jsonable(signature), sort_keys=True,
+                                     default=str).encode()).hexdigest()

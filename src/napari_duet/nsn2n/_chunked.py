@@ -38,10 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from ..core.chunks import TaskRunner, blocks, resolve, resolve_model, with_halo, worker_threads
+from ..core.chunks import (
+    ChunkProgress,
+    TaskRunner,
+    blocks,
+    resolve,
+    resolve_model,
+    with_halo,
+    worker_threads,
+)
 from ..core.errors import DuetInputError
 from ..core.intensity import Normalizer
-from ..core.progress import Progress
 from ._volume import NORM_HIGH, NORM_LOW, StackLayout, layout_for
 
 # Slices the 2.5D network reads on each side of the slice it denoises (offsets +-2).
@@ -51,24 +58,17 @@ _SLAB_PIXELS = 8 * 1024 * 1024
 _MAX_SLAB = 16
 
 
-@dataclass
-class ChunkProgress(Progress):
+@dataclass(kw_only=True)
+class SlabProgress(ChunkProgress):
     """Progress of :func:`iter_denoise_chunked`: ``done`` of ``total`` units of ``stage``.
 
     Stages: ``"statistics"`` (slabs read for the normalisation and tau) and
     ``"denoise"`` (slices denoised; ``slab`` of ``slabs`` finished, ``skipped``
-    of them done by an earlier, interrupted run).  ``stage``, ``done`` and
-    ``total`` may be given by position; ``elapsed`` and ``eta`` (None:
-    unknown) as keywords.
+    of them done by an earlier, interrupted run).
     """
 
-    # Redeclared without kw_only so that they stay positional.
-    stage: str = ""
-    done: int = 0
-    total: int = 0
     slab: int = 0
     slabs: int = 0
-    skipped: int = 0
 
 
 def auto_slab(plane_pixels: int) -> int:
@@ -227,7 +227,7 @@ def _noise_normalizer(norm: Normalizer, noise) -> Normalizer:
 
 
 def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, model,
-                t0: float) -> Generator[ChunkProgress, None, tuple[list[Normalizer], list]]:
+                t0: float) -> Generator[SlabProgress, None, tuple[list[Normalizer], list]]:
     """Per-stack normalisers (exact percentiles, two passes) and taus (one more pass)."""
     n_s, n_z = layout.n_stacks, layout.shape[layout.axis]
     plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
@@ -236,10 +236,11 @@ def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, mode
     total = len(tasks) * (3 if fit_tau else 2)
     count = 0
 
-    def tick() -> ChunkProgress:
+    def tick() -> SlabProgress:
         nonlocal count
         count += 1
-        return ChunkProgress("statistics", count, total, elapsed=time.perf_counter() - t0)
+        return SlabProgress(stage="statistics", done=count, total=total,
+                            elapsed=time.perf_counter() - t0)
 
     hist = np.zeros((n_s, 65536), np.int64)
     sizes = [0] * n_s
@@ -331,7 +332,7 @@ def iter_denoise_chunked(
     save_state: Callable[[dict[str, Any]], None] | None = None,
     runner: TaskRunner | None = None,
     device: str = "auto",
-) -> Generator[ChunkProgress, None, dict[str, Any]]:
+) -> Generator[SlabProgress, None, dict[str, Any]]:
     """Denoise ``source`` into ``out`` slab by slab, yielding progress.
 
     Parameters
@@ -409,7 +410,7 @@ def iter_denoise_chunked(
         computed += z1 - z0
         el = time.perf_counter() - t1
         eta = el / computed * (total_slices - slices_done)
-        yield ChunkProgress("denoise", slices_done, total_slices, slab=len(done),
-                            slabs=n_s * n_slabs, skipped=skipped,
-                            elapsed=time.perf_counter() - t0, eta=eta)
+        yield SlabProgress(stage="denoise", done=slices_done, total=total_slices,
+                           slab=len(done), slabs=n_s * n_slabs, skipped=skipped,
+                           elapsed=time.perf_counter() - t0, eta=eta)
     return state

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..core.chunks import RunRecord
+from ..core.chunks import run_signature as chunked_run_signature
 from ..core.errors import DuetInputError
 from ..core.io import (
     ImageMeta,
     build_pyramid,
-    content_fingerprint,
     create_ome_zarr,
     strict_jsonable,
 )
@@ -60,21 +60,12 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def sample_fingerprint(source, axis: int) -> str:
-    """:func:`~napari_duet.core.io.content_fingerprint` of ``source``, sampled along the slice
-    ``axis``: tells two inputs of the same name and shape apart without reading the
-    whole volume (the CLI's signature holds the same value)."""
-    layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis
-    return content_fingerprint(source, axis=axis)
-
-
 def run_signature(model, source, *, axis: int, tta: bool, input_name: str) -> dict[str, Any]:
-    """What identifies a run: the input (name, shape, dtype, a sample of its slices), the
-    model and the options."""
-    return {"input": str(input_name), "shape": [int(s) for s in source.shape],
-            "dtype": str(np.dtype(source.dtype)), "axis": int(axis),
-            "sample_sha256": sample_fingerprint(source, axis),
-            "model_sha256": model_fingerprint(model), "tta": bool(tta)}
+    """What identifies a run (:func:`napari_duet.core.chunks.run_signature`): the input
+    (name, shape, dtype, a sample of its slices along ``axis``), the model and the options."""
+    layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis
+    return chunked_run_signature(source, input=input_name, axis=axis,
+                                 model_sha256=model_fingerprint(model), tta=bool(tta))
 
 
 def create_store(path: str | Path, layout, meta: ImageMeta, slab: int,

@@ -104,6 +104,13 @@ class Self2SegStackResult:
 
         return label_instances(self.labels, self.config.n_classes)
 
+    def save(self, folder, **kwargs) -> list:
+        """Write mask.tif, labels.tif, denoised.tif, expert_<k>.tif and report.json into
+        ``folder`` (see :func:`~._save.save_self2seg` for the options); returns the paths."""
+        from ._save import save_self2seg
+
+        return save_self2seg(self, folder, **kwargs)
+
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, image, one report per plane, timings."""
         from ..core.versions import versions
