@@ -18,10 +18,11 @@ from napari_duet.core.config import (
     save_params,
     user_params,
 )
+from napari_duet.nsn2n import NSN2NConfig
 from napari_duet.self2seg import Self2SegConfig
 
-DECLARED = [(Self2SegConfig, f.name) for f in dataclasses.fields(Self2SegConfig)
-            if {"lo", "hi", "choices"} & set(f.metadata)]
+DECLARED = [(cls, f.name) for cls in (Self2SegConfig, NSN2NConfig)
+            for f in dataclasses.fields(cls) if {"lo", "hi", "choices"} & set(f.metadata)]
 
 
 def _bad_values(cls, name):
@@ -46,6 +47,12 @@ def test_declared_bounds_and_choices_are_enforced(cls, name):
         with pytest.raises(ConfigError, match=rf"^{name} must be .*, got {value!r}$"):
             cls(**{name: value})
     cls(**{name: getattr(cls(), name)})  # the default itself is valid
+
+
+def test_rules_a_declaration_cannot_state_stay_explicit():
+    with pytest.raises(ConfigError, match="budget must be 'auto' or a positive number"):
+        NSN2NConfig(budget="fast")
+    assert NSN2NConfig(budget=30).budget == 30
 
 
 def test_cross_field_and_odd_rules_stay():
@@ -124,3 +131,24 @@ def test_parameter_files_round_trip_and_name_their_engine(tmp_path):
     data = json.loads(path.read_text())
     assert data["engine"] == "Self2Seg" and data["format"] == "napari-duet parameters"
     assert Self2SegConfig.from_dict(load_params(path, Self2SegConfig)) == cfg
+
+
+def test_nsn2n_config_file_and_flags(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    vol = (rng.normal(100, 20, (5, 24, 24))).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, vol)
+    params = save_params(tmp_path / "p.json", NSN2NConfig(
+        iterations=3, width=4, batch_size=2, crop_size=16, seed=6, tta=False, device="cpu"))
+    out = tmp_path / "out.tif"
+    assert main(["nsn2n", str(path), "-o", str(out), "--config", str(params), "--seed", "8",
+                 "-q"]) == 0
+    rep = json.loads((tmp_path / "out.json").read_text())["config"]
+    assert (rep["iterations"], rep["width"], rep["seed"], rep["tta"]) == (3, 4, 8, False)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"iterations": 3, "widht": 4}))
+    capsys.readouterr()
+    assert main(["nsn2n", str(path), "-o", str(tmp_path / "o2.tif"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "widht" in err and "did you mean 'width'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o2.tif").exists()

@@ -10,7 +10,9 @@ from pathlib import Path
 from ..core import distributed as ddp
 from ..core.channels import CHANNEL_AXIS_HELP
 from ..core.devices import DEVICE_CHOICES
+from ..core.errors import DuetInputError
 from ._nsn2n_chunked import _report_path, cli_layout, run_chunked
+from ._params import add_param_options, config_from_args
 from ._progress import add_run_options, channel_axis_arg, cli_run, run_command
 
 
@@ -46,22 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--budget", default=None, metavar="SECONDS",
                    help=cli_help(C, "budget", extra="Or 'auto'; the resolved value is in "
                                  "the report."))
-    p.add_argument("--iterations", type=int, default=None, metavar="N",
-                   help=cli_help(C, "iterations"))
-    p.add_argument("--width", type=int, default=None, metavar="W", help=cli_help(C, "width"))
-    p.add_argument("--context", choices=("auto", "2.5d", "blind", "2d"), default=None,
-                   help="auto (default): blind for noise independent between pixels, else "
-                   "2.5d; 2.5d: neighbouring slices are inputs too, split so that no target "
-                   "is an input; blind: the slice itself with a blind spot plus its "
-                   "neighbours; 2d: the paper's one-slice network")
-    p.add_argument("--noise-model", choices=("auto", "gaussian", "poisson-gaussian", "rician"),
-                   default=None, dest="noise_model",
-                   help="how the noise depends on the signal (default auto: fitted from the "
-                   "data; poisson-gaussian for raw camera data, rician for MRI magnitude); "
-                   "the model found and its parameters are in the report")
-    p.add_argument("--guide", choices=("gaussian", "bilateral", "nlm"), default=None,
-                   help=cli_help(C, "guide"))
-    p.add_argument("--tau", type=float, default=None, help=cli_help(C, "tau"))
+    # --iterations, --width, --context, --noise-model, --guide, --tau, --lambda-rc, ...,
+    # --seed and --config: from NSN2NConfig's declarations.
+    add_param_options(p, C, skip=("budget", "tta", "device"))
     p.add_argument("--save-model", metavar="M", default=None,
                    help="write the trained model to this file (.duet)")
     p.add_argument("--model", metavar="M", default=None,
@@ -82,7 +71,6 @@ def register(subparsers) -> None:
                    help="one prediction per slice: faster, no uncertainty map")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="where to compute (default auto: CUDA, MPS, else CPU)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help=cli_help(C, "seed"))
     add_run_options(p)
     # Under torchrun every rank runs the command; only rank 0 logs and writes.
     p.set_defaults(func=lambda args: run_command(run, args), distributed=True)
@@ -156,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``duet nsn2n``; returns the exit code (errors raise DuetError -> exit 2)."""
     import numpy as np
 
+    if not args.model:
+        _config(args)  # bad parameters (or --config file) stop here, before any work
+
     from ..core.errors import DuetInputError
     from ..core.io import (
         ImageMeta,
@@ -174,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..core.progress import run_to_end
     from ..core.versions import versions
-    from ..nsn2n._config import NSN2NConfig
     from ..nsn2n._diagnostics import noise_correlation, recommend_method, summarize_pairs
     from ..nsn2n._model import NSN2NModel
     from ..nsn2n._train import train
@@ -242,18 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 "versions": versions(),
             }
         else:
-            changes = {"device": args.device, "seed": args.seed, "tta": tta}
-            for name in ("iterations", "width", "guide", "tau", "context", "noise_model"):
-                if getattr(args, name) is not None:
-                    changes[name] = getattr(args, name)
-            if args.budget is not None and args.budget != "auto":
-                try:
-                    changes["budget"] = float(args.budget)
-                except ValueError:
-                    raise DuetInputError(
-                        f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
-                    ) from None
-            config = NSN2NConfig().replace(**changes)
+            config = _config(args)
             last_log = [0.0]
 
             def progress(p) -> None:
@@ -312,3 +291,23 @@ def run(args: argparse.Namespace) -> int:
         write_json(_report_path(out), report)
         log(f"wrote {out} and {_report_path(out)} in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _config(args: argparse.Namespace):
+    """The training configuration: ``--config`` file, the options given, then
+    ``--budget``, ``--no-tta`` and ``--device`` when given."""
+    from ..nsn2n import NSN2NConfig
+
+    extra = {}
+    if args.no_tta:
+        extra["tta"] = False
+    if args.device != "auto":
+        extra["device"] = args.device
+    if args.budget is not None and args.budget != "auto":
+        try:
+            extra["budget"] = float(args.budget)
+        except ValueError:
+            raise DuetInputError(
+                f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
+            ) from None
+    return config_from_args(NSN2NConfig, args, skip=("budget", "tta", "device"), **extra)

@@ -132,13 +132,16 @@ def param(default: Any = dataclasses.MISSING, *, label: str | None = None,
 
 def param_type(cls: type, name: str) -> tuple[type, bool]:
     """``(base type, None allowed)`` of field ``name``, from its annotation
-    (``int``, ``float``, ``str`` or ``bool``; ``float | None`` gives ``(float, True)``)."""
+    (``int``, ``float``, ``str`` or ``bool``; ``float | None`` gives ``(float, True)``; a
+    mixed type such as ``float | str`` gives ``object``: checked by the config's ``check``)."""
     for f in dataclasses.fields(cls):
         if f.name == name:
             ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             parts = [p.strip() for p in str(ann).split("|")]
-            base = next((b for b in (bool, int, float, str) if b.__name__ in parts), object)
-            return base, "None" in parts
+            bases = [b for b in (bool, int, float, str) if b.__name__ in parts]
+            # One type, or a mixed one ("float | str": seconds or "auto"), which the
+            # config's own check() handles.
+            return (bases[0] if len(bases) == 1 else object), "None" in parts
     raise KeyError(f"{cls.__name__} has no parameter {name!r}")
 
 
