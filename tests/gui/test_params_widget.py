@@ -89,3 +89,25 @@ def test_widget_parameters_run_identically_from_the_cli(make_napari_viewer, qtbo
     report = json.loads((out / "report.json").read_text())["parameters"]
     assert {k: report[k] for k in ("experts", "max_alternations", "seed", "lam")} == {
         "experts": "constant", "max_alternations": 3, "seed": 2, "lam": 1.2}
+
+
+def test_nsn2n_parameters_save_and_load(make_napari_viewer, tmp_path, errors):
+    viewer = make_napari_viewer()
+    _, first = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
+    _set(first, iterations=60, budget=0, width=8, context="2d", seed=5, lambda_rc=0.25)
+    path = first.save_parameters(tmp_path / "n.json")
+    _, second = make_napari_viewer().window.add_plugin_dock_widget(
+        "napari-duet", "Slice denoising (NS-N2N)")
+    assert second.load_parameters(path), errors
+    keep = ("iterations", "budget", "width", "context", "seed", "lambda_rc", "tta", "guide")
+    a, b = first.config().to_dict(), second.config().to_dict()
+    assert {k: b[k] for k in keep} == {k: a[k] for k in keep}
+    assert b["budget"] == "auto" and b["iterations"] == 60
+    # A Self2Seg file is not an NS-N2N file: one notification, nothing changed.
+    other = tmp_path / "s.json"
+    from napari_duet.core.config import save_params
+
+    save_params(other, Self2SegConfig())
+    assert not second.load_parameters(other)
+    assert len(errors) == 1 and "Self2Seg" in errors[0]
+    assert second.config().to_dict()["width"] == 8

@@ -308,13 +308,15 @@ def set_controls(cls: type, controls: dict[str, Any], values: dict[str, Any]) ->
         if widget is None:
             continue
         base, optional = param_type(cls, name)
-        shown = 0 if (value is None and optional and base in (int, float)) else value
+        numeric = hasattr(widget, "min") and hasattr(widget, "max")
+        # None / "auto" show as 0 in a number control (its "auto" text).
+        shown = 0 if (numeric and (value is None or value == "auto")) else value
         choices = getattr(widget, "choices", None)
         if choices is not None and shown not in choices:
             raise DuetInputError(f"{param_label(cls, name)}: {shown!r} is not available here "
                                  f"(choices: {', '.join(map(str, choices))})")
-        if base in (int, float) and not isinstance(shown, bool) and shown is not None and (
-                shown < widget.min or shown > widget.max):
+        if numeric and not isinstance(shown, bool) and (
+                not isinstance(shown, int | float) or shown < widget.min or shown > widget.max):
             raise DuetInputError(f"{param_label(cls, name)}: {shown!r} is outside "
                                  f"{widget.min:g}..{widget.max:g}")
         staged.append((widget, shown))

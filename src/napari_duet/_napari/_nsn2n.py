@@ -165,6 +165,16 @@ class NSN2NWidget(EngineDock):
         self.pairs: list[dict] = []
         self.status.setText("Choose a stack or time-lapse and press Train & denoise.")
         self.plot = CurvePlot("Training losses", "loss", xlabel="iteration")
+        from ..nsn2n import NSN2NConfig
+
+        # Save/Load parameters: the controls by config field ("auto" shows as 0).
+        self.param_class = NSN2NConfig
+        self.param_controls = {
+            "iterations": self.iterations, "budget": self.budget, "width": self.width,
+            "context": self.context, "guide": self.guide, "noise_model": self.noise_model,
+            "lambda_rc": self.lambda_rc, "lambda_ic": self.lambda_ic, "tta": self.tta,
+            "device": self.device, "seed": self.seed}
+        self.save_params_btn, self.load_params_btn = self.param_buttons()
         self._tooltips()
         self._build_layout()
 
@@ -251,6 +261,8 @@ class NSN2NWidget(EngineDock):
         buttons.addWidget(self.denoise_btn, 1, 0)
         buttons.addWidget(self.save_results_btn, 1, 1)
         buttons.addWidget(self.n2f_btn, 2, 0, 1, 2)
+        buttons.addWidget(self.save_params_btn, 3, 0)
+        buttons.addWidget(self.load_params_btn, 3, 1)
         mrow.addLayout(buttons)
         mrow.addWidget(self.model_label)
         layout.addWidget(models)
