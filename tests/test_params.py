@@ -18,10 +18,11 @@ from napari_duet.core.config import (
     save_params,
     user_params,
 )
+from napari_duet.denoisplit import SplitConfig, TrainConfig
 from napari_duet.nsn2n import NSN2NConfig
 from napari_duet.self2seg import Self2SegConfig
 
-DECLARED = [(cls, f.name) for cls in (Self2SegConfig, NSN2NConfig)
+DECLARED = [(cls, f.name) for cls in (Self2SegConfig, NSN2NConfig, SplitConfig, TrainConfig)
             for f in dataclasses.fields(cls) if {"lo", "hi", "choices"} & set(f.metadata)]
 
 
@@ -53,6 +54,10 @@ def test_rules_a_declaration_cannot_state_stay_explicit():
     with pytest.raises(ConfigError, match="budget must be 'auto' or a positive number"):
         NSN2NConfig(budget="fast")
     assert NSN2NConfig(budget=30).budget == 30
+    with pytest.raises(ConfigError, match="multiscale_count must be at most n_levels"):
+        SplitConfig(n_levels=2, multiscale_count=3)
+    with pytest.raises(ConfigError, match="var_clip_max must be a finite number"):
+        SplitConfig(var_clip_max=float("inf"))
 
 
 def test_cross_field_and_odd_rules_stay():
