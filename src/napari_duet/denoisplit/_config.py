@@ -222,6 +222,9 @@ class TrainConfig(EngineConfig):
         "auto", label="device",
         help="Where to train: auto uses a GPU (CUDA or Apple MPS) when there is one, else the "
              "CPU.")
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
+        none="torch's setting as it is (the command's --threads, the widget's setting)")
     likelihood: str = "noise_model"
     kl: str = "denoisplit"
     free_bits: float = 1.0
@@ -239,7 +242,8 @@ class TrainConfig(EngineConfig):
     checkpoint_path: str | None = None
     resume: bool = False
 
-    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "log_every", "checkpoint_path", "resume")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_path",
+                                          "resume")
     LABEL: ClassVar[str] = "denoiSplit training"
 
     def validate(self) -> None:
@@ -257,5 +261,7 @@ class TrainConfig(EngineConfig):
         for name in ("free_bits", "kl_weight", "grad_clip"):
             check_number(name, getattr(self, name), 0)
         check_int("seed", self.seed)
+        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+             f"threads must be a positive integer or None, got {self.threads!r}")
         need(isinstance(self.device, str) and bool(self.device),
              f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -232,6 +233,13 @@ def iter_train(
         ``.model``: the best model by validation loss, calibrated on the
         validation data when ``train_config.calibrate``; ``.report()``.
     """
+    if train_config is not None and train_config.threads is not None:  # in its threads
+        from ..core.devices import in_threads
+
+        inner = dataclasses.replace(train_config, threads=None)
+        return (yield from in_threads(train_config.threads, iter_train(
+            channels, config, inner, noise_models, channel_names=channel_names,
+            bootstrap_kwargs=bootstrap_kwargs)))
     if not isinstance(channels, list | tuple):
         raise DuetInputError("give the noisy acquisitions of 2 to 4 structures as a list, "
                              "[a, b, ...]")

@@ -176,9 +176,12 @@ class NSN2NConfig(EngineConfig):
              "the CPU.")
     seed: int = param(
         0, label="random seed", help="Seed of crops, augmentations and initial weights.")
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
+        none="torch's setting as it is (the command's --threads, the widget's setting)")
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "tile",
-                                          "device")
+                                          "device", "threads")
     LABEL: ClassVar[str] = "NS-N2N"
 
     def validate(self) -> None:
@@ -210,6 +213,8 @@ class NSN2NConfig(EngineConfig):
         check_int("preview_every", self.preview_every, 0)
         check_int("preview_index", self.preview_index, optional=True)
         check_int("tile", self.tile, 32, MAX_TILE)
+        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+             f"threads must be a positive integer or None, got {self.threads!r}")
         need(isinstance(self.device, str) and bool(self.device),
              f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
         check_int("seed", self.seed)
