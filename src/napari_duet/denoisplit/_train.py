@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,16 @@ class SplitTrainResult:
 
     model: SplitModel
     history: list[dict] = field(default_factory=list)
+
+    def save(self, folder) -> list[Path]:
+        """Write ``model.duet`` and ``report.json`` into ``folder``; returns the paths."""
+        from ..core.io import write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [Path(self.model.save(folder / "model.duet"))]
+        report = {**self.report(), "files": [p.name for p in written]}
+        return [*written, write_json(folder / "report.json", report)]
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: network, training facts, calibration, versions."""
