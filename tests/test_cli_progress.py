@@ -359,3 +359,31 @@ def test_describe_asks_the_progress_not_its_class_name():
 
     ev = describe(Custom(score=0.25))
     assert (ev.stage, ev.done, ev.total, ev.fields) == ("scoring", 3, 5, {"score": 0.25})
+
+
+@pytest.mark.parametrize("engine", ["nsn2n", "denoisplit"])
+def test_engines_take_threads_like_self2seg(engine):
+    """``threads`` in the configuration sets torch's CPU threads for the run and restores
+    them, in NS-N2N and denoiSplit as in Self2Seg (no such field before)."""
+    before = torch.get_num_threads()
+    seen = []
+    if engine == "nsn2n":
+        from napari_duet.nsn2n import NSN2NConfig, iter_train
+
+        cfg = NSN2NConfig(iterations=2, width=4, batch_size=2, crop_size=16, device="cpu",
+                          context="2.5d", threads=before + 1)
+        vol = np.random.default_rng(0).random((5, 24, 24)).astype(np.float32)
+        gen = iter_train(vol, 0, cfg)
+    else:
+        from napari_duet.denoisplit import SplitConfig, TrainConfig, iter_train
+
+        rng = np.random.default_rng(0)
+        chans = [rng.random((32, 32)).astype(np.float32) for _ in range(2)]
+        tc = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=16,
+                         device="cpu", likelihood="gaussian", kl="musplit", calibrate=False,
+                         threads=before + 1)
+        gen = iter_train(chans, SplitConfig(n_levels=2, z_dims=4, filters=8), tc)
+    for _ in gen:
+        seen.append(torch.get_num_threads())
+    assert seen and set(seen) == {before + 1}
+    assert torch.get_num_threads() == before

@@ -54,9 +54,9 @@ def test_numpy_integers_are_stored_as_ints(cls):
 
 
 @pytest.mark.parametrize(("cls", "runtime"), [
-    (NSN2NConfig, {"tta", "tile", "device", "preview_every", "preview_index"}),
+    (NSN2NConfig, {"tta", "tile", "device", "threads", "preview_every", "preview_index"}),
     (Self2SegConfig, {"device", "threads"}),
-    (TrainConfig, {"device", "log_every", "checkpoint_path", "resume"}),
+    (TrainConfig, {"device", "threads", "log_every", "checkpoint_path", "resume"}),
     (SplitConfig, set()),
 ])
 def test_model_dict_holds_no_run_time_option(cls, runtime):

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                                  "the report."))
     # --iterations, --width, --context, --noise-model, --guide, --tau, --lambda-rc, ...,
     # --seed and --config: from NSN2NConfig's declarations.
-    add_param_options(p, C, skip=("budget", "tta", "device"))
+    add_param_options(p, C, skip=("budget", "tta", "device", "threads"))  # --threads: run options
     p.add_argument("--save-model", metavar="M", default=None,
                    help="write the trained model to this file (.duet)")
     p.add_argument("--model", metavar="M", default=None,
@@ -310,4 +310,5 @@ def _config(args: argparse.Namespace):
             raise DuetInputError(
                 f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
             ) from None
-    return config_from_args(NSN2NConfig, args, skip=("budget", "tta", "device"), **extra)
+    return config_from_args(NSN2NConfig, args, skip=("budget", "tta", "device", "threads"),
+                            **extra)

@@ -176,6 +176,16 @@ def torch_threads(threads: str | int | None = "auto", *, napari_open: bool | Non
             torch.set_num_threads(old)
 
 
+def in_threads(threads: int | None, gen):
+    """Generator: drive ``gen`` with torch's CPU threads set to ``threads`` (restored when it
+    ends or is closed); None leaves them as they are.  How every engine applies its
+    configuration's ``threads``."""
+    if threads is None:
+        return (yield from gen)
+    with torch_threads(int(threads)):
+        return (yield from gen)
+
+
 def run_with_threads(threads, generator_function, *args, **kwargs):
     """Generator: run ``generator_function(*args, **kwargs)`` under :func:`torch_threads`.
 

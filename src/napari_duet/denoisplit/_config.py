@@ -216,6 +216,9 @@ class TrainConfig(EngineConfig):
         "auto", label="device",
         help="Where to train: auto uses a GPU (CUDA or Apple MPS) when there is one, else the "
              "CPU.")
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
+        none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
     likelihood: str = param("noise_model", choices=LIKELIHOODS)
     kl: str = param("denoisplit", choices=KL_FORMS)
     free_bits: float = param(1.0, lo=0)
@@ -233,7 +236,8 @@ class TrainConfig(EngineConfig):
     checkpoint_path: str | None = None
     resume: bool = False
 
-    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "log_every", "checkpoint_path", "resume")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_path",
+                                          "resume")
     LABEL: ClassVar[str] = "denoiSplit training"
 
     def check(self) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,16 @@ class SplitTrainResult:
 
     model: SplitModel
     history: list[dict] = field(default_factory=list)
+
+    def save(self, folder) -> list[Path]:
+        """Write ``model.duet`` and ``report.json`` into ``folder``; returns the paths."""
+        from ..core.io import write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [Path(self.model.save(folder / "model.duet"))]
+        report = {**self.report(), "files": [p.name for p in written]}
+        return [*written, write_json(folder / "report.json", report)]
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: network, training facts, calibration, versions."""
@@ -232,6 +244,13 @@ def iter_train(
         ``.model``: the best model by validation loss, calibrated on the
         validation data when ``train_config.calibrate``; ``.report()``.
     """
+    if train_config is not None and train_config.threads is not None:  # in its threads
+        from ..core.devices import in_threads
+
+        inner = dataclasses.replace(train_config, threads=None)
+        return (yield from in_threads(train_config.threads, iter_train(
+            channels, config, inner, noise_models, channel_names=channel_names,
+            bootstrap_kwargs=bootstrap_kwargs)))
     if not isinstance(channels, list | tuple):
         raise DuetInputError("give the noisy acquisitions of 2 to 4 structures as a list, "
                              "[a, b, ...]")

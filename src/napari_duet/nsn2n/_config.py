@@ -179,9 +179,12 @@ class NSN2NConfig(EngineConfig):
     seed: int = param(
         0, label="random seed", help="Seed of crops, augmentations and initial weights.",
         metavar="S")
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
+        none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "tile",
-                                          "device")
+                                          "device", "threads")
     LABEL: ClassVar[str] = "NS-N2N"
 
     def check(self) -> None:

@@ -51,6 +51,14 @@ class DenoiseResult:
     denoised: np.ndarray
     uncertainty: np.ndarray | None
 
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable summary: what was written (the caller adds model and input)."""
+        from ..core.versions import versions
+
+        return {"method": "nsn2n", "mode": "apply",
+                "shape": [int(s) for s in np.shape(self.denoised)],
+                "tta": self.uncertainty is not None, "versions": versions()}
+
     def save(self, folder, **kwargs) -> list:
         """Write denoised.tif, uncertainty.tif and report.json into ``folder``
         (:func:`._save.save_result`)."""

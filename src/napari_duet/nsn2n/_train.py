@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator
@@ -272,6 +273,11 @@ def iter_train(
     DuetInputError
         For 2D input, fewer than 3 slices, a wrong axis or a bad config.
     """
+    if config is not None and config.threads is not None:  # the same run, in its threads
+        from ..core.devices import in_threads
+
+        inner = dataclasses.replace(config, threads=None)
+        return (yield from in_threads(config.threads, iter_train(volume, axis, inner)))
     import torch
 
     from ..core import distributed as ddp
