@@ -264,7 +264,7 @@ def test_progress_events_within_alternations_change_nothing(monkeypatch):
     events = [x for x in items if isinstance(x, Self2SegProgress)]
     # Alternation 2 trains CNN experts: its step count rises, then the mask follows.
     alt2 = [e for e in events if e.alternation == 2]
-    steps = [e.step for e in alt2 if e.stage == "experts"]
+    steps = [e.done for e in alt2 if e.stage == "experts"]
     assert len(steps) >= 3 and steps == sorted(steps) and steps[-1] > steps[0]
     assert alt2[-1].stage == "mask"
     fractions = [e.fraction for e in events]
