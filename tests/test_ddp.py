@@ -129,7 +129,7 @@ def _nsn2n(batch: int):
     cfg = NSN2NConfig(iterations=4, width=8, batch_size=batch, crop_size=16, preview_every=0,
                       tta=False, device="cpu", seed=0, lr=3e-3)
     res = train(_volume(), config=cfg)
-    return _params(res.model.net), res.loss_history["total"], res.model.info
+    return _params(res.model.net), res.loss_history["total"], res.model.training
 
 
 def _split(batch: int):
@@ -254,7 +254,7 @@ def test_torchrun_nsn2n_writes_one_model_that_applies(tmp_path):
     assert report["training"]["world_size"] == WORLD
     assert report["training"]["iterations_done"] >= 1
     model = NSN2NModel.load(tmp_path / "m.duet", device="cpu")
-    assert model.info["world_size"] == WORLD
+    assert model.training["world_size"] == WORLD
     den = model.predict(vol, tta=False).denoised
     assert den.shape == vol.shape and np.isfinite(den).all()
     np.testing.assert_allclose(den, read_image(tmp_path / "den.tif"), atol=1e-3)
