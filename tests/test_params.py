@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_duet import DuetInputError
 from napari_duet.cli import main
 from napari_duet.core.config import (
     ConfigError,
@@ -157,3 +158,25 @@ def test_nsn2n_config_file_and_flags(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "widht" in err and "did you mean 'width'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o2.tif").exists()
+
+
+def test_split_train_config_file_and_flags(tmp_path):
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._split import train_configs
+
+    params = save_params(tmp_path / "t.json", TrainConfig(epochs=7, patch_size=32, seed=4,
+                                                         likelihood="gaussian"))
+    base = ["split", "train", "--channel-a", "a.tif", "--channel-b", "b.tif", "-o", "m.duet"]
+    args = build_parser().parse_args([*base, "--config", str(params), "--seed", "9"])
+    net, tc = train_configs(args, 2)
+    assert (tc.epochs, tc.patch_size, tc.seed, tc.likelihood) == (7, 32, 9, "gaussian")
+    assert net == SplitConfig.preset("default", n_channels=2)
+    # Without a file: the presets and the TrainConfig defaults, as before.
+    net, tc = train_configs(build_parser().parse_args([*base, "--config", "small"]), 2)
+    assert net == SplitConfig.preset("small", n_channels=2) and tc == TrainConfig()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epoch": 3}))
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        train_configs(build_parser().parse_args([*base, "--config", str(bad)]), 2)
+    with pytest.raises(DuetInputError, match="--config must be small, default or a .json"):
+        train_configs(build_parser().parse_args([*base, "--config", "huge"]), 2)

@@ -60,25 +60,28 @@ def register(subparsers) -> None:
     tr.add_argument("--lateral-context", type=int, default=None, metavar="M",
                     help="multiscale count: 1 = off, M = the image plus M-1 coarser context "
                     "inputs (at most the number of levels; default: the config's)")
-    tr.add_argument("--likelihood", choices=("noise_model", "gaussian"), default="noise_model",
+    tr.add_argument("--likelihood", choices=("noise_model", "gaussian"), default=None,
                     help="reconstruction likelihood: GMM noise models (denoiSplit, default) "
                     "or Gaussian with predicted variance (no noise models)")
-    tr.add_argument("--kl", choices=("denoisplit", "musplit"), default="denoisplit",
+    tr.add_argument("--kl", choices=("denoisplit", "musplit"), default=None,
                     help="KL form: summed per level with free bits (denoisplit, default) or "
                     "averaged (musplit)")
     # Help from the one declaration the widget's tooltips read (TrainConfig's fields).
-    tr.add_argument("--epochs", type=int, default=100, help=cli_help(_TC, "epochs"))
+    tr.add_argument("--epochs", type=int, default=None, help=cli_help(_TC, "epochs"))
     tr.add_argument("--steps-per-epoch", type=int, default=None,
                     help=cli_help(_TC, "steps_per_epoch"))
     tr.add_argument("--max-minutes", type=float, default=None,
                     help=cli_help(_TC, "max_minutes"))
-    tr.add_argument("--patch-size", type=int, default=64, help=cli_help(_TC, "patch_size"))
-    tr.add_argument("--batch-size", type=int, default=32, help=cli_help(_TC, "batch_size"))
-    tr.add_argument("--config", choices=("small", "default"), default="default",
-                    help="network size: default (paper, ~3.0 M parameters) or small (CPU)")
+    tr.add_argument("--patch-size", type=int, default=None, help=cli_help(_TC, "patch_size"))
+    tr.add_argument("--batch-size", type=int, default=None, help=cli_help(_TC, "batch_size"))
+    tr.add_argument("--config", default="default", metavar="{small,default,PARAMS.json}",
+                    help="network size: default (paper, ~3.0 M parameters) or small (CPU); or "
+                    "a JSON file of training parameters (TrainConfig, as save_params writes "
+                    "them) with the default network: options given on the command line "
+                    "override its values, an unknown parameter exits with code 2")
     tr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                     help="compute device (default auto: CUDA, MPS, CPU)")
-    tr.add_argument("--seed", type=int, default=0, help=cli_help(_TC, "seed"))
+    tr.add_argument("--seed", type=int, default=None, help=cli_help(_TC, "seed"))
     tr.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
                     help="denoiser used to bootstrap noise models (default auto)")
     tr.add_argument("--no-calibration", action="store_true",
@@ -202,20 +205,31 @@ def _channel_names(files: list[str]) -> tuple[str, ...]:
 
 def train_configs(args: argparse.Namespace, n_channels: int):
     """The (SplitConfig, TrainConfig) that ``duet split train`` options ask for."""
+    from ..core.config import load_params
+    from ..core.errors import DuetInputError
     from ..denoisplit._config import SplitConfig, TrainConfig
 
     over = {"n_channels": n_channels}
     if args.lateral_context is not None:
         over["multiscale_count"] = args.lateral_context
-    cfg = SplitConfig.preset(args.config, **over)
-    tc = TrainConfig(
-        epochs=args.epochs, max_minutes=args.max_minutes, patch_size=args.patch_size,
-        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
-        device=args.device, likelihood=args.likelihood, kl=args.kl,
-        calibrate=not args.no_calibration,
-        checkpoint_path=getattr(args, "checkpoint", None),
-        resume=getattr(args, "checkpoint", None) is not None,
-    )
+    preset, values = args.config, {}
+    if str(preset).lower().endswith(".json"):  # a parameter file; the default network
+        values, preset = load_params(preset, TrainConfig), "default"
+    elif preset not in ("small", "default"):
+        raise DuetInputError(f"--config must be small, default or a .json parameter file, "
+                             f"got {preset!r}")
+    cfg = SplitConfig.preset(preset, **over)
+    for name in ("epochs", "max_minutes", "patch_size", "batch_size", "steps_per_epoch",
+                 "seed", "likelihood", "kl"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.device != "auto":
+        values["device"] = args.device
+    if args.no_calibration:
+        values["calibrate"] = False
+    checkpoint = getattr(args, "checkpoint", None)
+    tc = TrainConfig.from_dict({**values, "checkpoint_path": checkpoint,
+                                "resume": checkpoint is not None})
     return cfg, tc
 
 
