@@ -85,6 +85,7 @@ def _load_fmd(letters=("G", "R")):
 
 def quality(args, results: dict) -> None:
     """Per channel: constant split, Gaussian-likelihood split, denoiSplit, noisy acquisition."""
+    from napari_duet.core.metrics import range_invariant_psnr
     from napari_duet.denoisplit import (
         SplitConfig,
         TrainConfig,
@@ -92,7 +93,6 @@ def quality(args, results: dict) -> None:
         split_metrics,
         train,
     )
-    from napari_duet.metrics import range_invariant_psnr
 
     letters = tuple(args.structures.split(","))
     names = tuple(STRUCTURES[x] for x in letters)
@@ -232,8 +232,8 @@ def _devset_problem(key: str, rng):
 def devset(args, results: dict) -> None:
     """Every development image: denoiSplit vs the constant split and the noisy single
     acquisition per structure (RI-PSNR vs clean), trained on the left 3/4."""
+    from napari_duet.core.metrics import range_invariant_psnr
     from napari_duet.denoisplit import SplitConfig, TrainConfig, bootstrap_noise_model, train
-    from napari_duet.metrics import range_invariant_psnr
 
     keys = []
     for k in args.devset_images.split(","):
@@ -378,7 +378,7 @@ def synthetic(args, results: dict) -> None:
     tc = TrainConfig(epochs=1000, max_minutes=args.synthetic_minutes, patch_size=32,
                      batch_size=16, device=args.device, lr=3e-3, calib_samples=10,
                      seed=args.seed)
-    model = train(d.noisy_a[:1], d.noisy_b[:1], SplitConfig.small(), tc, noise_models=nms).model
+    model = train([d.noisy_a[:1], d.noisy_b[:1]], SplitConfig.small(), tc, noise_models=nms).model
     inp = d.noisy_a[1] + d.noisy_b[1]
     res = model.predict(inp, samples=20, tile=64)
     clean = np.stack([d.clean_a[1], d.clean_b[1]])
@@ -412,12 +412,12 @@ def _ls_rmse(pred, ref):
 def speed(args, results: dict) -> None:
     import torch
 
+    from napari_duet.core.devices import resolve_device
+    from napari_duet.core.intensity import Normalizer
+    from napari_duet.core.networks import count_parameters
+    from napari_duet.core.noise_models import fit_noise_model
     from napari_duet.denoisplit import SplitConfig, SplitModel, TrainConfig
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.devices import resolve_device
-    from napari_duet.intensity import Normalizer
-    from napari_duet.networks import count_parameters
-    from napari_duet.noise_models import fit_noise_model
 
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
@@ -488,9 +488,9 @@ def synthetic_train_step(net, p: int, bs: int, nms, rng, side: int, forward=None
     """The training step of ``iter_train`` on random data (for timing), as a function."""
     import torch
 
+    from napari_duet.core.intensity import Normalizer
     from napari_duet.denoisplit._data import PatchSampler
     from napari_duet.denoisplit._train import make_train_step
-    from napari_duet.intensity import Normalizer
 
     dev = next(net.parameters()).device
     data = rng.uniform(0, 3000, size=(4, 2, side, side)).astype(np.float32)
@@ -563,7 +563,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_duet.devices import resolve_device
+    from napari_duet.core.devices import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -594,7 +594,7 @@ def main(argv=None) -> int:
         args.speed_samples = 10
     results: dict = {"args": vars(args), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "torch_threads": torch.get_num_threads()}
-    from napari_duet._versions import versions
+    from napari_duet.core.versions import versions
 
     results["versions"] = versions()
     if not args.skip_quality:

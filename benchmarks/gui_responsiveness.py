@@ -30,7 +30,7 @@ def main() -> None:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     viewer = napari.Viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")

@@ -188,7 +188,7 @@ def make_noise(shape, kind: str, seed: int, zcorr: float = 0.2):
 
 
 def psnr(x: np.ndarray, clean: np.ndarray) -> float:
-    from napari_duet.metrics import psnr as _psnr
+    from napari_duet.core.metrics import psnr as _psnr
 
     return float(_psnr(x, clean, data_range=1.0))
 
@@ -266,7 +266,7 @@ def run_case(name, clean, kind, args, log) -> dict:
     row["nsn2n_seconds"] = time.perf_counter() - t0
     row["nsn2n"] = psnr(res.denoised, clean)
     row["timings"] = res.timings
-    row["resolved"] = {k: res.model.info.get(k) for k in
+    row["resolved"] = {k: res.model.training.get(k) for k in
                        ("iterations_done", "budget_s", "width", "context", "device",
                         "noise_correlation")}
     row["matched_fraction"] = res.matched_fraction
@@ -298,7 +298,7 @@ def timing_case(args, log) -> dict:
     import torch
 
     out = {"shape": list(clean.shape), "seconds_total": total, "timings": res.timings,
-           "resolved": {k: res.model.info.get(k) for k in
+           "resolved": {k: res.model.training.get(k) for k in
                         ("iterations_done", "budget_s", "width", "context", "device")},
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "loadavg_after": os.getloadavg(),
@@ -375,8 +375,8 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    from napari_duet._io import write_json
-    from napari_duet._versions import versions
+    from napari_duet.core.io import write_json
+    from napari_duet.core.versions import versions
 
     if args.timing_only:
         timing = timing_case(args, log)

@@ -198,8 +198,8 @@ def run_case(half, name, clean, kind, args, log) -> dict:
             res_g, _ = run_nsn2n(noisy, args, "gaussian")
             row["nsn2n_gaussian"] = base.psnr(unit(res_g.denoised), clean)
     row["nsn2n_seconds"] = sec
-    row["steps"] = res.model.info.get("iterations_done")
-    row["context"] = res.model.info.get("context")
+    row["steps"] = res.model.training.get("iterations_done")
+    row["context"] = res.model.training.get("context")
     log(f"{half} {name} {kind}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float) and k != "bm4d_est_sigma")
         + f" [auto: {auto.kind}]")
@@ -255,8 +255,8 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from napari_duet._io import write_json
-    from napari_duet._versions import versions
+    from napari_duet.core.io import write_json
+    from napari_duet.core.versions import versions
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""

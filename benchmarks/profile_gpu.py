@@ -27,7 +27,7 @@ def sync():
 def part_fit(args, out):
     import torch
 
-    from napari_duet.noise_models import fit_noise_model
+    from napari_duet.core.noise_models import fit_noise_model
 
     rng = np.random.default_rng(0)
     s = rng.uniform(0, 5000, 1_000_000).astype(np.float32)
@@ -37,7 +37,7 @@ def part_fit(args, out):
     t = time.perf_counter()
     nm = fit_noise_model(s, x, device="cuda")
     out["fit_graph_s"] = time.perf_counter() - t
-    import napari_duet.noise_models as nmod
+    import napari_duet.core.noise_models as nmod
 
     graphed = nmod._fit_steps
 
@@ -63,9 +63,9 @@ def _train_setup(p, bs, compile_net=False):
     import torch
 
     from denoisplit import synthetic_train_step
+    from napari_duet.core.noise_models import fit_noise_model
     from napari_duet.denoisplit import SplitConfig
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.noise_models import fit_noise_model
 
     rng = np.random.default_rng(0)
     s = rng.uniform(0, 5000, 100_000).astype(np.float32)
@@ -121,10 +121,10 @@ def part_train(args, out):
 def part_predict(args, out):
     import torch
 
+    from napari_duet.core.intensity import Normalizer
+    from napari_duet.core.noise_models import fit_noise_model
     from napari_duet.denoisplit import SplitConfig, SplitModel
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.intensity import Normalizer
-    from napari_duet.noise_models import fit_noise_model
 
     rng = np.random.default_rng(0)
     s = rng.uniform(0, 5000, 100_000).astype(np.float32)

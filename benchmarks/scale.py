@@ -71,7 +71,7 @@ def make_volume(path: Path, shape: tuple[int, int, int], slab: int, seed: int = 
     """A noisy uint16 volume of smooth blobs, written slab by slab as OME-Zarr."""
     from scipy import ndimage
 
-    from napari_duet._io import ImageMeta, create_ome_zarr
+    from napari_duet.core.io import ImageMeta, create_ome_zarr
 
     meta = ImageMeta(("z", "y", "x"), (2.0, 0.3, 0.3), ("micrometer",) * 3)
     arr = create_ome_zarr(path, shape, np.uint16, meta,
@@ -278,7 +278,7 @@ def check_output(vol: Path, out: Path, model: Path, n: int = 3) -> dict:
     import torch
     import zarr
 
-    from napari_duet.intensity import Normalizer
+    from napari_duet.core.intensity import Normalizer
     from napari_duet.nsn2n import NSN2NModel
 
     torch.set_num_threads(1)

@@ -26,7 +26,7 @@ order.  Held-out check: synthetic nuclei-like images with known masks and
 varied sizes, contrasts, foreground fractions, textures and backgrounds
 (generated here with fixed seeds; never used to choose parameters).
 
-Also a sparse, dim nuclei set (:func:`napari_duet.synthetic.sparse_dim_nuclei`,
+Also a sparse, dim nuclei set (:func:`napari_duet.core.synthetic.sparse_dim_nuclei`,
 the low-signal collapse check) and, with ``--textures``, two-texture images
 with one seed box per region.  Anchors: BM3D (``pip install
 'napari-duet[bench]'``) with the true sigma and with sigma estimated
@@ -103,7 +103,7 @@ def camera_noise(images, photons: float, gain: float = 2.0, read: float = 3.0,
 def gat_bm3d(raw: np.ndarray, gain: float = 2.0, read: float = 3.0,
              offset: float = 100.0) -> np.ndarray:
     """The expert's pipeline for photon noise: GAT (true parameters), BM3D, unbiased inverse."""
-    from napari_duet.photon import gat, inverse_gat
+    from napari_duet.core.photon import gat, inverse_gat
 
     a, b = gain, read**2 - gain * offset  # var(z) = a z + b
     d = bm3d_denoise(gat(raw, a, b), 1.0)[0]
@@ -125,7 +125,7 @@ def synthetic_nuclei(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A nuclei-like 8-bit image with a known mask (varied statistics per seed)."""
     from scipy import ndimage as ndi
 
-    from napari_duet.synthetic import random_ellipse
+    from napari_duet.core.synthetic import random_ellipse
 
     rng = np.random.default_rng(seed)
     h = int(rng.choice([128, 192, 256, 320]))
@@ -187,7 +187,7 @@ def otsu(img: np.ndarray) -> np.ndarray:
 
 
 def run_set(name, items, sigmas, methods, quick, device="cpu"):
-    from napari_duet.metrics import dice, psnr
+    from napari_duet.core.metrics import dice, psnr
     from napari_duet.self2seg import (
         Self2SegConfig,
         convex_chan_vese,
@@ -250,7 +250,7 @@ def run_set(name, items, sigmas, methods, quick, device="cpu"):
 
 def run_dsb(half: str, sigmas, photons, quick: bool, device: str = "cpu") -> list[dict]:
     """The 60 DSB2018 development images: Dice and instance AP against the classical anchor."""
-    from napari_duet.metrics import average_precision, dice
+    from napari_duet.core.metrics import average_precision, dice
     from napari_duet.self2seg import Self2SegConfig, label_instances, self2seg
 
     items = load_real(DSB, instances=True)
@@ -327,14 +327,14 @@ def run_textures(quick: bool) -> list[dict]:
     """Two textures of equal mean and std, one 30x30 seed box per region (issue 10)."""
     from skimage import data
 
-    from napari_duet.metrics import dice
+    from napari_duet.core.metrics import dice
+    from napari_duet.core.synthetic import two_textures
     from napari_duet.self2seg import (
         Self2SegConfig,
         boxes_to_regions,
         convex_chan_vese,
         self2seg,
     )
-    from napari_duet.synthetic import two_textures
 
     pairs = [("grating", "blobs"), ("fine", "coarse"), ("horizontal", "vertical"),
              ("blobs", "grating"), ("coarse", "fine"), ("vertical", "horizontal")]
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
         rows += run_set("synthetic held-out", synth, sigmas, args.methods, args.quick,
                             args.device)
     if not args.no_sparse:
-        from napari_duet.synthetic import sparse_dim_nuclei
+        from napari_duet.core.synthetic import sparse_dim_nuclei
 
         print("== sparse dim nuclei ==", flush=True)
         sparse = [(f"sparse{i}",) + sparse_dim_nuclei(7000 + i) for i in range(args.n_synthetic)]

@@ -38,7 +38,7 @@ def main() -> None:
     from napari_duet.denoisplit._synthetic import synthetic_split
 
     small = synthetic_split((64, 64), seed=0)
-    model = train(small.noisy_a, small.noisy_b,
+    model = train([small.noisy_a, small.noisy_b],
                   SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0),
                   TrainConfig(epochs=1, steps_per_epoch=4, patch_size=32, batch_size=4,
                               device="cpu", calibrate=False),

@@ -24,7 +24,7 @@ CHILD = r"""
 import resource, sys, time, numpy as np, torch, tifffile
 from napari_duet.denoisplit import SplitConfig, SplitModel
 from napari_duet.denoisplit._lvae import LadderVAE
-from napari_duet.intensity import Normalizer
+from napari_duet.core.intensity import Normalizer
 torch.set_num_threads(1)
 size, n, mode, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 batch, tile = int(sys.argv[5]) or None, int(sys.argv[6])

@@ -2,7 +2,7 @@
 
 The model is trained on the CPU, with a fixed seed, on a synthetic field of
 filaments and puncta (``synthetic_split``) that is different from the demo
-image the sample shows (see ``napari_duet._sample_data.split_demo``).  Its
+image the sample shows (see ``napari_duet._napari._sample_data.split_demo``).  Its
 noise models are fitted to the field's clean and noisy versions (known for
 synthetic data).  It takes about five CPU minutes on one thread:
 
@@ -58,7 +58,7 @@ def main() -> None:
             val = f"{p.val_loss:.4g}" if p.val_loss is not None else "-"
             print(f"epoch {p.epoch}/{p.epochs} val {val} ({p.elapsed:.0f} s)", flush=True)
 
-    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms,
+    model = train([d.noisy_a, d.noisy_b], cfg, tc, noise_models=nms,
                   channel_names=("filaments", "puncta"), callback=report).model
     path = model.save(args.output)
     size = path.stat().st_size

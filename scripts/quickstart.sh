@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for the README's Quick start:
 #   bash scripts/quickstart.sh napari   # set everything up, open napari with the plugin and a sample
-#   bash scripts/quickstart.sh test     # set everything up, run the whole test suite
+#   bash scripts/quickstart.sh test     # set everything up, check the package, run the whole test suite
 # Works on a fresh Debian machine with Python 3.11 and root (system packages come from apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,11 +36,14 @@ setup_python() {
     echo "[quickstart] creating .venv"
     "$PY" -m venv .venv
   fi
-  # torch is pinned to the CPU build (see pyproject.toml); the stamp skips pip when nothing changed.
+  # The stamp skips pip when nothing changed.
   local stamp=.venv/.duet-installed
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "[quickstart] installing napari-duet and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    # The CPU build of torch before the package: pyproject.toml declares a range, which a bare
+    # pip would fill with the multi-GB CUDA build.
+    bash scripts/install_cpu_torch.sh .venv/bin/python
     .venv/bin/python -m pip install -q -e ".[testing]"
     touch "$stamp"
   fi
@@ -63,6 +66,9 @@ case "$mode" in
     # Architecture contracts (pyproject.toml [tool.importlinter]): Qt-free core, independent
     # method packages, shared modules that never reach into a method package.
     .venv/bin/lint-imports
+    # The package a user installs: sdist + wheel, twine check, the wheel in a fresh venv outside
+    # the tree (samples, manifest, demo model). Skipped when pytest gets arguments (a targeted run).
+    if [ $# -eq 0 ]; then bash scripts/check_package.sh .venv/bin/python; fi
     # pytest-xvfb starts a virtual screen for the GUI tests (offscreen Qt cannot draw layers).
     exec .venv/bin/python -m pytest "$@"
     ;;

@@ -24,7 +24,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def one_torch_thread():
     """Tiny networks run faster on one thread, and far faster on a busy CI machine."""
-    from napari_duet.devices import torch_threads
+    from napari_duet.core.devices import torch_threads
 
     with torch_threads(1):
         yield

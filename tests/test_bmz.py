@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_duet._sample_data import synthetic_volume
 from napari_duet.cli import main
+from napari_duet.core.synthetic import synthetic_volume
 
 pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed "
                     "(pip install 'napari-duet[bmz]' or the testing extra)")
@@ -59,7 +59,7 @@ def _white_noise_volume(shape=(6, 40, 40)) -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny 2.5D model and its package (written once for the module)."""
-    from napari_duet.devices import torch_threads
+    from napari_duet.core.devices import torch_threads
 
     tmp = tmp_path_factory.mktemp("bmz")
     with torch_threads(1):
@@ -200,8 +200,8 @@ def test_denoisplit_mmse_exports_and_passes(tmp_path, one_torch_thread):
     """The bundled demo model, its MMSE of 4 seeded samples: bioimage.io reproduces it."""
     import yaml
 
-    from napari_duet._bmz import duet_package_entry
-    from napari_duet._sample_data import split_demo_model_path
+    from napari_duet.core.bmz import duet_package_entry
+    from napari_duet.denoisplit._demo import split_demo_model_path
 
     out = tmp_path / "split.zip"
     assert main(["export-bmz", str(split_demo_model_path()), "-o", str(out), "-q",
@@ -221,7 +221,7 @@ def test_denoisplit_mmse_exports_and_passes(tmp_path, one_torch_thread):
 
 def test_model_names_follow_bioimageio_rules():
     from napari_duet import DuetInputError
-    from napari_duet._bmz import model_name
+    from napari_duet.core.bmz import model_name
 
     assert model_name(None, "denoiSplit", "run:3 é") == "denoiSplit run-3 -"
     assert len(model_name(None, "NS-N2N denoiser", "x" * 300)) == 128  # cut, not refused
@@ -236,11 +236,11 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     same weights it computes what ``networks.unet.UNet2D`` computes, without napari-duet."""
     import torch
 
-    from napari_duet.networks.unet import UNet2D
+    from napari_duet.core.networks.unet import UNet2D
     from napari_duet.nsn2n._bmz import network_source
 
     source = network_source()
-    assert "napari_duet" not in source.replace("napari_duet.networks.unet", "")
+    assert "napari_duet" not in source.replace("napari_duet.core.networks.unet", "")
     namespace: dict = {"__name__": "packaged"}
     exec(compile(source, "nsn2n_network.py", "exec"), namespace)
     torch.manual_seed(0)
@@ -255,12 +255,12 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
 
 
 def test_reader_opens_exported_zip_like_the_model(exported, tmp_path):
-    from napari_duet._bmz import duet_model_in_package
-    from napari_duet._reader import get_reader
+    from napari_duet._napari._reader import get_reader, open_model_file
+    from napari_duet.core.bmz import duet_model_in_package
 
     model, zip_path = exported
-    assert get_reader(str(zip_path)) is not None
-    assert get_reader(str(model)) is not None
+    # Both open with the model reader (a callable that docks the widget), not a guess.
+    assert get_reader(str(zip_path)) is get_reader(str(model)) is open_model_file
     extracted = duet_model_in_package(zip_path, tmp_path)
     assert extracted.read_bytes() == model.read_bytes()
     foreign = tmp_path / "other.zip"
@@ -286,7 +286,7 @@ def test_cli_errors_are_one_line(exported, tmp_path, capsys):
 
 
 def test_dropping_the_zip_loads_the_model_in_the_widget(exported, make_napari_viewer):
-    from napari_duet._reader import get_reader
+    from napari_duet._napari._reader import get_reader
 
     viewer = make_napari_viewer()
     _, zip_path = exported

@@ -7,8 +7,8 @@ import pytest
 import tifffile
 
 from napari_duet import DuetInputError
-from napari_duet._channels import find_channel_axis
 from napari_duet.cli import main
+from napari_duet.core.channels import find_channel_axis
 
 
 @pytest.mark.parametrize(("shape", "axes", "given", "expected"), [

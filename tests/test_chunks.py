@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_duet._chunks import RunRecord, TaskRunner, blocks, report_path, with_halo
-from napari_duet._errors import DuetInputError
-from napari_duet._io import ImageMeta, open_image, write_ome_zarr
 from napari_duet.cli import main
+from napari_duet.core.chunks import RunRecord, TaskRunner, blocks, report_path, with_halo
+from napari_duet.core.errors import DuetInputError
+from napari_duet.core.io import ImageMeta, open_image, write_ome_zarr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,7 +70,7 @@ def test_scheduler_from_environment(monkeypatch):
 
 
 def test_unreachable_scheduler_exits_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("napari_duet._chunks.CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("napari_duet.core.chunks.CONNECT_TIMEOUT", "1s")
     vol = _volume((5, 16, 16))
     src = tmp_path / "v.zarr"
     zarr.save_array(str(src), vol)
@@ -95,7 +95,7 @@ def test_run_record_refuses_another_run(tmp_path):
 
 def test_run_record_belongs_and_finish(tmp_path):
     """The widgets' checks (``belongs``) and the end of a run (``finish``) read the same record."""
-    from napari_duet._chunks import read_record
+    from napari_duet.core.chunks import read_record
 
     sig = {"input": "a", "shape": [3, 4]}
     rec = RunRecord.create(zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), sig)
@@ -151,7 +151,7 @@ def test_nsn2n_cluster_equals_local(tmp_path, cluster):
 
 # ---------------------------------------------------------------------- Self2Seg, denoiSplit
 def test_self2seg_cluster_equals_local(tmp_path, cluster):
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     stack = np.stack([synthetic_nuclei((32, 36), noise_sigma=15, seed=s).noisy
                       for s in range(3)]).astype(np.uint16)
@@ -170,9 +170,9 @@ def test_self2seg_cluster_equals_local(tmp_path, cluster):
 def test_split_cluster_equals_local(tmp_path, cluster):
     import torch
 
+    from napari_duet.core.intensity import Normalizer
     from napari_duet.denoisplit import SplitConfig, SplitModel
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.intensity import Normalizer
 
     cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0, multiscale_count=2)
     torch.manual_seed(0)

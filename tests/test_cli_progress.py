@@ -10,10 +10,10 @@ import pytest
 import tifffile
 import torch
 
-from napari_duet._cli_progress import CLIProgress, describe
-from napari_duet._progress import run_to_end
 from napari_duet.cli import main
-from napari_duet.devices import parse_threads, resolve_threads, run_with_threads, torch_threads
+from napari_duet.cli._progress import CLIProgress, describe
+from napari_duet.core.devices import parse_threads, resolve_threads, run_with_threads, torch_threads
+from napari_duet.core.progress import run_to_end
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_threads_set_during_run_and_restored(blob, tmp_path, monkeypatch):
     before = torch.get_num_threads()
     target = 2 if before == 1 else 1
     seen = []
-    import napari_duet._progress as engine  # the CLI drives the engine with run_to_end
+    import napari_duet.core.progress as engine  # the CLI drives the engine with run_to_end
 
     real = engine.run_to_end
 
@@ -249,7 +249,7 @@ def test_describe_maps_engine_objects():
 
 
 def test_describe_reads_the_base_fields_of_any_progress():
-    from napari_duet._progress import Progress
+    from napari_duet.core.progress import Progress
 
     ev = describe(Progress(stage="fit", done=2, total=5, losses={"nll": 0.5}, eta=3.0))
     assert (ev.stage, ev.done, ev.total) == ("fit", 2, 5)
@@ -333,3 +333,57 @@ def test_split_and_noise_model_progress(split_files, capsys, monkeypatch):
                  str(root / "pq"), "--samples", "2", "--tile", "16", "--device", "cpu",
                  "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_describe_asks_the_progress_not_its_class_name():
+    """A progress type describes itself (``fields()``): a type that only shares an engine
+    type's name is not read as that engine's (the old describe branched on the name)."""
+    from dataclasses import dataclass
+
+    from napari_duet.core.progress import Progress
+
+    @dataclass(kw_only=True)
+    class Self2SegState(Progress):  # the engine's class name, none of its fields
+        pass
+
+    ev = describe(Self2SegState(stage="merge", done=1, total=4, losses={"l1": 0.5}))
+    assert (ev.stage, ev.done, ev.total) == ("merge", 1, 4)
+    assert ev.fields == {"losses": {"l1": 0.5}}
+
+    @dataclass(kw_only=True)
+    class Custom(Progress):
+        score: float = 0.0
+
+        def fields(self):
+            return "scoring", 3, 5, {"score": self.score}
+
+    ev = describe(Custom(score=0.25))
+    assert (ev.stage, ev.done, ev.total, ev.fields) == ("scoring", 3, 5, {"score": 0.25})
+
+
+@pytest.mark.parametrize("engine", ["nsn2n", "denoisplit"])
+def test_engines_take_threads_like_self2seg(engine):
+    """``threads`` in the configuration sets torch's CPU threads for the run and restores
+    them, in NS-N2N and denoiSplit as in Self2Seg (no such field before)."""
+    before = torch.get_num_threads()
+    seen = []
+    if engine == "nsn2n":
+        from napari_duet.nsn2n import NSN2NConfig, iter_train
+
+        cfg = NSN2NConfig(iterations=2, width=4, batch_size=2, crop_size=16, device="cpu",
+                          context="2.5d", threads=before + 1)
+        vol = np.random.default_rng(0).random((5, 24, 24)).astype(np.float32)
+        gen = iter_train(vol, 0, cfg)
+    else:
+        from napari_duet.denoisplit import SplitConfig, TrainConfig, iter_train
+
+        rng = np.random.default_rng(0)
+        chans = [rng.random((32, 32)).astype(np.float32) for _ in range(2)]
+        tc = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=16,
+                         device="cpu", likelihood="gaussian", kl="musplit", calibrate=False,
+                         threads=before + 1)
+        gen = iter_train(chans, SplitConfig(n_levels=2, z_dims=4, filters=8), tc)
+    for _ in gen:
+        seen.append(torch.get_num_threads())
+    assert seen and set(seen) == {before + 1}
+    assert torch.get_num_threads() == before

@@ -34,7 +34,7 @@ def _assert_scale(path, spacing=None):
 
 
 def test_split_predict_outputs_keep_pixel_size(tmp_path, one_torch_thread):
-    from napari_duet._sample_data import split_demo_data, split_demo_model_path
+    from napari_duet.denoisplit._demo import split_demo_data, split_demo_model_path
 
     image = split_demo_data()[0][:64, :64].astype(np.float32)
     src = tmp_path / "sum.tif"
@@ -49,7 +49,7 @@ def test_split_predict_outputs_keep_pixel_size(tmp_path, one_torch_thread):
 
 
 def test_nsn2n_training_output_keeps_voxel_size(tmp_path, one_torch_thread):
-    from napari_duet._sample_data import synthetic_volume
+    from napari_duet.core.synthetic import synthetic_volume
 
     vol = synthetic_volume((5, 32, 32))[0]
     src = tmp_path / "vol.tif"
@@ -63,7 +63,7 @@ def test_nsn2n_training_output_keeps_voxel_size(tmp_path, one_torch_thread):
 
 
 def test_self2seg_2d_outputs_keep_pixel_size(tmp_path):
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     img = np.asarray(synthetic_nuclei(shape=(48, 48), seed=0).noisy, np.float32)
     src = tmp_path / "img.tif"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_duet import DuetInputError
-from napari_duet._config import ConfigError, EngineConfig
+from napari_duet.core.config import ConfigError, EngineConfig
 from napari_duet.denoisplit import SplitConfig, TrainConfig
 from napari_duet.nsn2n import NSN2NConfig
 from napari_duet.self2seg import Self2SegConfig
@@ -54,9 +54,9 @@ def test_numpy_integers_are_stored_as_ints(cls):
 
 
 @pytest.mark.parametrize(("cls", "runtime"), [
-    (NSN2NConfig, {"tta", "tile", "device", "preview_every", "preview_index"}),
+    (NSN2NConfig, {"tta", "tile", "device", "threads", "preview_every", "preview_index"}),
     (Self2SegConfig, {"device", "threads"}),
-    (TrainConfig, {"device", "log_every", "checkpoint_path", "resume"}),
+    (TrainConfig, {"device", "threads", "log_every", "checkpoint_path", "resume"}),
     (SplitConfig, set()),
 ])
 def test_model_dict_holds_no_run_time_option(cls, runtime):
@@ -74,8 +74,8 @@ def test_split_model_files_refuse_unknown_config_keys(tmp_path):
     import torch
 
     from napari_duet import ModelFileError
+    from napari_duet.core.modelfile import save_model_file
     from napari_duet.denoisplit import SplitModel
-    from napari_duet.modelfile import save_model_file
 
     path = save_model_file(tmp_path / "m.duet", kind="denoisplit",
                            config={**SplitConfig.small().to_dict(), "filterz": 8},

@@ -16,15 +16,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_auto_picks_cuda():
-    from napari_duet.devices import resolve_device
+    from napari_duet.core.devices import resolve_device
 
     assert resolve_device("auto").type == "cuda"
 
 
 def test_self2seg_on_cuda_matches_cpu_quality():
-    from napari_duet.metrics import dice, psnr
+    from napari_duet.core.metrics import dice, psnr
+    from napari_duet.core.synthetic import synthetic_nuclei
     from napari_duet.self2seg import Self2SegConfig, self2seg
-    from napari_duet.synthetic import synthetic_nuclei
 
     s = synthetic_nuclei((128, 160), noise_sigma=30.0, seed=4)
     cfg = Self2SegConfig(max_alternations=3, seed=1)
@@ -53,9 +53,9 @@ def test_self2seg_mask_solver_on_cuda_matches_numpy():
 
 
 def test_noise2fast_on_cuda_denoises():
-    from napari_duet.metrics import psnr
-    from napari_duet.n2f import noise2fast
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.metrics import psnr
+    from napari_duet.core.n2f import noise2fast
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     s = synthetic_nuclei((96, 97), noise_sigma=30.0, seed=2)
     den = noise2fast(s.noisy, steps=150, device="cuda", seed=0)
@@ -64,7 +64,7 @@ def test_noise2fast_on_cuda_denoises():
 
 
 def test_nsn2n_trains_on_cuda_and_loads_on_cpu(tmp_path):
-    from napari_duet.metrics import psnr
+    from napari_duet.core.metrics import psnr
     from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, train
     from nsn2n.nsn2n_synth import FAST, add_noise, make_clean
 
@@ -76,7 +76,7 @@ def test_nsn2n_trains_on_cuda_and_loads_on_cpu(tmp_path):
     assert psnr(res.denoised, clean, 1.0) > psnr(noisy, clean, 1.0) + 2
     path = res.model.save(tmp_path / "n.duet")
     back = NSN2NModel.load(path, device="cpu")
-    on_cpu = back.denoise(noisy, axis=0).denoised
+    on_cpu = back.predict(noisy, axis=0).denoised
     np.testing.assert_allclose(on_cpu, res.denoised, atol=2e-3)
 
 
@@ -90,7 +90,7 @@ def test_denoisplit_trains_with_amp_on_cuda_and_predicts_on_cpu(tmp_path):
     cfg = SplitConfig(n_levels=2, z_dims=8, filters=16, dropout=0.0)
     tc = TrainConfig(epochs=2, patch_size=32, batch_size=8, steps_per_epoch=20, device="cuda",
                      calib_samples=4, log_every=1000)
-    model = train(d.noisy_a, d.noisy_b, cfg, tc, noise_models=nms).model
+    model = train([d.noisy_a, d.noisy_b], cfg, tc, noise_models=nms).model
     img = d.noisy_a + d.noisy_b
     gpu = model.predict(img, deterministic=True, tile=32)
     assert gpu.mean.shape == (2, 96, 96) and np.isfinite(gpu.mean).all()
@@ -105,7 +105,7 @@ def test_denoisplit_trains_with_amp_on_cuda_and_predicts_on_cpu(tmp_path):
 
 def test_noise_model_fit_as_cuda_graph_recovers_poisson_gaussian_std():
     from denoisplit.denoisplit_helpers import poisson_gaussian
-    from napari_duet.noise_models import fit_noise_model
+    from napari_duet.core.noise_models import fit_noise_model
 
     s, x = poisson_gaussian(400_000, seed=1)
     nm = fit_noise_model(s, x, device="cuda")  # defaults: 2000 steps, graph replay

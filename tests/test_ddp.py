@@ -55,7 +55,7 @@ def _channels() -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- shared patches
 def _slice_of_global(batch: int) -> slice:
-    from napari_duet import distributed as ddp
+    from napari_duet.core import distributed as ddp
 
     r = ddp.rank()
     return slice(r * batch, (r + 1) * batch)
@@ -66,7 +66,7 @@ def _sharded_crops(sample):
     stream = np.random.default_rng(1234)
 
     def wrapper(rng, *data, batch, crop):
-        from napari_duet import distributed as ddp
+        from napari_duet.core import distributed as ddp
 
         out = sample(stream, *data, batch * ddp.world_size(), crop)
         return tuple(x[_slice_of_global(batch)] for x in out)
@@ -81,7 +81,7 @@ def _sharded_patches(sample):
     """denoiSplit PatchSampler.sample, the same idea (a fixed torch stream)."""
 
     def wrapper(self, batch):
-        from napari_duet import distributed as ddp
+        from napari_duet.core import distributed as ddp
 
         if not hasattr(self, "_stream"):
             self._stream = torch.Generator(device=self.device).manual_seed(1234)
@@ -129,7 +129,7 @@ def _nsn2n(batch: int):
     cfg = NSN2NConfig(iterations=4, width=8, batch_size=batch, crop_size=16, preview_every=0,
                       tta=False, device="cpu", seed=0, lr=3e-3)
     res = train(_volume(), config=cfg)
-    return _params(res.model.net), res.loss_history["total"], res.model.info
+    return _params(res.model.net), res.loss_history["total"], res.model.training
 
 
 def _split(batch: int):
@@ -150,7 +150,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    from napari_duet import distributed as ddp
+    from napari_duet.core import distributed as ddp
 
     assert ddp.init_from_env("cpu")
     try:
@@ -187,6 +187,7 @@ def _norm(a: dict) -> float:
     return sum(float((v.float() ** 2).sum()) for v in a.values()) ** 0.5
 
 
+@pytest.mark.slow
 def test_collective_helpers(ddp_runs):
     for r, res in enumerate(ddp_runs):
         c = res["checks"]
@@ -236,8 +237,9 @@ def test_python_m_runs_the_cli():
     assert proc.stdout.startswith("napari-duet ")
 
 
+@pytest.mark.slow
 def test_torchrun_nsn2n_writes_one_model_that_applies(tmp_path):
-    from napari_duet._io import read_image, write_tiff
+    from napari_duet.core.io import read_image, write_tiff
     from napari_duet.nsn2n import NSN2NModel
 
     vol = _volume()
@@ -254,14 +256,15 @@ def test_torchrun_nsn2n_writes_one_model_that_applies(tmp_path):
     assert report["training"]["world_size"] == WORLD
     assert report["training"]["iterations_done"] >= 1
     model = NSN2NModel.load(tmp_path / "m.duet", device="cpu")
-    assert model.info["world_size"] == WORLD
+    assert model.training["world_size"] == WORLD
     den = model.predict(vol, tta=False).denoised
     assert den.shape == vol.shape and np.isfinite(den).all()
     np.testing.assert_allclose(den, read_image(tmp_path / "den.tif"), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_torchrun_split_train_writes_one_model_that_applies(tmp_path):
-    from napari_duet._io import write_tiff
+    from napari_duet.core.io import write_tiff
     from napari_duet.denoisplit import SplitModel
 
     a, b = _channels()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_duet.devices import release_device_memory
+from napari_duet.core.devices import release_device_memory
 
 
 def test_release_is_a_no_op_without_a_device(monkeypatch):

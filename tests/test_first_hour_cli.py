@@ -26,7 +26,7 @@ from napari_duet.cli import main
 def test_user_facing_fields_declare_label_and_help(cls_path, names):
     import importlib
 
-    from napari_duet._config import param_help, param_label
+    from napari_duet.core.config import param_help, param_label
 
     module, name = cls_path.split(":")
     cls = getattr(importlib.import_module(module), name)
@@ -40,7 +40,7 @@ def test_user_facing_fields_declare_label_and_help(cls_path, names):
 
 
 def test_automatic_defaults_say_what_auto_does():
-    from napari_duet._config import param_help
+    from napari_duet.core.config import param_help
     from napari_duet.denoisplit import TrainConfig
     from napari_duet.nsn2n import NSN2NConfig
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from napari_duet import DuetInputError, ModelFileError
-from napari_duet._io import read_image, write_tiff
-from napari_duet._progress import run_to_end
 from napari_duet.cli import main
-from napari_duet.devices import resolve_device
-from napari_duet.intensity import as_float_image, fit_normalizer
-from napari_duet.metrics import dice, psnr, range_invariant_psnr
-from napari_duet.modelfile import load_model_file, read_model_header, save_model_file
-from napari_duet.tiling import apply_tiled, count_tiles, iter_tiles, pad_to_multiple
+from napari_duet.core.devices import resolve_device
+from napari_duet.core.intensity import as_float_image, fit_normalizer
+from napari_duet.core.io import read_image, write_tiff
+from napari_duet.core.metrics import dice, psnr, range_invariant_psnr
+from napari_duet.core.modelfile import load_model_file, read_model_header, save_model_file
+from napari_duet.core.progress import run_to_end
+from napari_duet.core.tiling import apply_tiled, count_tiles, iter_tiles, pad_to_multiple
 
 
 def test_resolve_device():
@@ -178,7 +178,7 @@ def test_cli_help_and_usage(capsys):
 
 
 def test_report_json_is_plain(tmp_path):
-    from napari_duet._io import write_json
+    from napari_duet.core.io import write_json
 
     p = write_json(tmp_path / "r.json", {"a": np.float32(1.5), "b": np.arange(3)})
     assert json.loads(p.read_text()) == {"a": 1.5, "b": [0, 1, 2]}

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from napari_duet import ModelFileError
-from napari_duet._io import write_json
 from napari_duet.cli import main
+from napari_duet.core.intensity import Normalizer
+from napari_duet.core.io import write_json
+from napari_duet.core.modelfile import save_model_file
+from napari_duet.core.noise_models import GaussianMixtureNoiseModel
 from napari_duet.denoisplit import SplitConfig, SplitModel
 from napari_duet.denoisplit._lvae import LadderVAE
-from napari_duet.intensity import Normalizer
-from napari_duet.modelfile import save_model_file
-from napari_duet.noise_models import GaussianMixtureNoiseModel
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
 from napari_duet.nsn2n._context import ContextNet
 
@@ -217,7 +217,7 @@ _PROBE = textwrap.dedent("""
     torch.set_num_threads(1)
     from napari_duet import ModelFileError
     from napari_duet.denoisplit import SplitModel
-    from napari_duet.noise_models import GaussianMixtureNoiseModel
+    from napari_duet.core.noise_models import GaussianMixtureNoiseModel
     from napari_duet.nsn2n import NSN2NModel
 
     loaders = {"denoisplit": lambda p: SplitModel.load(p, device="cpu"),
@@ -254,7 +254,7 @@ _PROBE = textwrap.dedent("""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
 def test_hostile_files_fail_fast_without_large_allocations(files, hostile_files):
-    """Every hostile file, loaded under a 1 GiB address-space limit: ModelFileError in < 1 s.
+    """Every hostile file, loaded under a 1 GiB address-space limit: ModelFileError.
 
     Before the checks, the width-512/depth-6 NS-N2N header alone built a
     127 GB network and filters=3000 an 11 GB one.
@@ -266,9 +266,10 @@ def test_hostile_files_fail_fast_without_large_allocations(files, hostile_files)
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    for case, (res, seconds) in report["results"].items():
+    # No time limit here (it flakes on a loaded machine): the address-space limit above turns
+    # any large allocation into a MemoryError, which is not a ModelFileError.
+    for case, (res, _seconds) in report["results"].items():
         assert res.startswith("ModelFileError"), (case, res)
-        assert seconds < 1.0, (case, seconds)
     # Peak RSS grew by less than 200 MiB over all of them (the networks asked
     # for would have taken 10-130 GB).
     assert report["rss_growth_kib"] < 200 * 1024, report["rss_growth_kib"]
@@ -318,7 +319,10 @@ def test_old_two_channel_file_still_loads():
 
     path = Path(__file__).parent / "denoisplit" / "data" / "old_two_channel_v1.safetensors"
     model = SplitModel.load(path, device="cpu")
-    assert model.n_channels == 2 and model.noise_models is not None
+    assert model.n_channels == 2 and len(model.noise_models) == 2
+    img = np.random.default_rng(0).uniform(0, 20, size=(24, 24)).astype(np.float32)
+    out = model.predict(img, deterministic=True, samples=1, tile=24)
+    assert out.mean.shape == (2, 24, 24) and np.isfinite(out.mean).all()
 
 
 def test_unexpected_tensor_is_rejected(files, tmp_path):

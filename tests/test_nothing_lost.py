@@ -18,8 +18,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_duet._chunks import staging_path
-from napari_duet._io import (
+from napari_duet.cli import main
+from napari_duet.core.chunks import staging_path
+from napari_duet.core.io import (
     ImageMeta,
     ResultSet,
     atomic_path,
@@ -29,7 +30,6 @@ from napari_duet._io import (
     write_ome_zarr,
     write_tiff,
 )
-from napari_duet.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,7 +90,7 @@ def test_failed_chunked_run_keeps_the_previous_store(tmp_path, model_file, capsy
 def test_self2seg_chunked_run_replaces_the_store_only_when_complete(tmp_path, monkeypatch):
     """An interrupted self2seg run into an existing store leaves that store whole."""
     import napari_duet.self2seg._engine as engine
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     stack = np.stack([synthetic_nuclei((32, 32), seed=s).noisy for s in range(3)])
     src = tmp_path / "s.ome.zarr"
@@ -160,11 +160,11 @@ def test_split_checkpoint_refuses_other_training_data_of_the_same_shape():
         tc = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, patch_size=16,
                          device="cpu", likelihood="gaussian", kl="musplit", log_every=1,
                          calibrate=False, checkpoint_path=ckpt, resume=True)
-        for _ in iter_train(d.noisy_a, d.noisy_b, cfg, tc):
+        for _ in iter_train([d.noisy_a, d.noisy_b], cfg, tc):
             pass
         with pytest.raises(DuetInputError, match="another run .*data_sha256"):
-            next(iter_train(other.noisy_a, other.noisy_b, cfg, tc))
-        for _ in iter_train(d.noisy_a, d.noisy_b, cfg, tc):  # the same data: resumes
+            next(iter_train([other.noisy_a, other.noisy_b], cfg, tc))
+        for _ in iter_train([d.noisy_a, d.noisy_b], cfg, tc):  # the same data: resumes
             pass
 
 
@@ -172,9 +172,9 @@ def test_split_checkpoint_refuses_other_training_data_of_the_same_shape():
 def _split_predict_files(tmp_path):
     import torch
 
+    from napari_duet.core.intensity import Normalizer
     from napari_duet.denoisplit import SplitConfig, SplitModel
     from napari_duet.denoisplit._lvae import LadderVAE
-    from napari_duet.intensity import Normalizer
 
     torch.manual_seed(0)
     cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0)
@@ -191,7 +191,7 @@ def _split_predict_files(tmp_path):
 def test_interrupted_split_predict_leaves_the_earlier_complete_set(tmp_path, monkeypatch):
     """Trigger: split predict writes mmse.tif, std.tif, a.tif... one at a time; killed
     after the first, the folder held a new mmse.tif beside the old std.tif and report."""
-    import napari_duet._io as io
+    import napari_duet.core.io as io
 
     model, img = _split_predict_files(tmp_path)
     out = tmp_path / "pred"
@@ -253,7 +253,7 @@ def test_result_set_killed_while_moving_in_leaves_no_trusted_report(tmp_path, mo
 
 
 def test_self2seg_report_lists_exactly_its_files(tmp_path):
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     img = tmp_path / "n.tif"
     tifffile.imwrite(img, synthetic_nuclei((32, 32), seed=0).noisy)
@@ -331,7 +331,7 @@ def test_package_model_entry_is_bounded_checked_and_not_left_behind(tmp_path, mo
     import tempfile
     import zipfile
 
-    import napari_duet._bmz as bmz
+    import napari_duet.core.bmz as bmz
     from napari_duet import DuetInputError
 
     good = _package(tmp_path / "good.zip", model_file.read_bytes())
@@ -374,8 +374,8 @@ def test_huge_integer_in_a_model_header_is_a_one_line_error(tmp_path, capsys):
     from safetensors.torch import save_file
 
     from napari_duet import ModelFileError
-    from napari_duet._reader import model_kind
-    from napari_duet.noise_models import GaussianMixtureNoiseModel
+    from napari_duet._napari._reader import model_kind
+    from napari_duet.core.noise_models import GaussianMixtureNoiseModel
 
     big = "1" * 5000
     for kind, field in (("nsn2n", "config"), ("noise_model", "config")):
@@ -433,7 +433,7 @@ def test_read_errors_are_not_reported_as_write_errors(tmp_path, model_file, monk
     choose another output or free disk space"."""
     import errno
 
-    import napari_duet.nsn2n._chunked_cli as chunked_cli
+    import napari_duet.cli._nsn2n_chunked as chunked_cli
 
     src = tmp_path / "vol.zarr"
     zarr.save_array(str(src), _volume())
@@ -472,13 +472,13 @@ def test_declared_sizes_are_checked_before_allocating(tmp_path, model_file, monk
     ``duet nsn2n`` training and ``export-bmz --test-input``; chunked runs said nothing."""
     import argparse
 
-    import napari_duet._io as io
+    import napari_duet.core.io as io
     from napari_duet import DuetInputError
-    from napari_duet._export_cli import _test_volume
+    from napari_duet.cli._export import _test_volume
 
     big = _declared(tmp_path / "big.ome.zarr", (8, 2048, 2048))  # 64 MiB declared
     assert sum(p.stat().st_size for p in big.rglob("*") if p.is_file()) < 16 << 10
-    monkeypatch.setattr(io, "available_memory", lambda: 16 << 20, raising=False)
+    monkeypatch.setattr(io.memory, "available_memory", lambda: 16 << 20, raising=False)
     assert main(["nsn2n", str(big), "-o", str(tmp_path / "o.tif"), "-q", "--device", "cpu",
                  "--iterations", "1"]) == 2
     err = capsys.readouterr().err
@@ -496,7 +496,7 @@ def test_declared_sizes_are_checked_before_allocating(tmp_path, model_file, monk
     vol = _test_volume(argparse.Namespace(test_input=str(huge), axis=0))
     assert vol.shape == (8, 64, 64)
     # A chunked run names what it will process before the first chunk.
-    monkeypatch.setattr(io, "available_memory", lambda: None, raising=False)
+    monkeypatch.setattr(io.memory, "available_memory", lambda: None, raising=False)
     src = tmp_path / "vol.zarr"
     zarr.save_array(str(src), _volume())
     assert main(["nsn2n", str(src), "-o", str(tmp_path / "o.ome.zarr"), "--model",
@@ -516,7 +516,7 @@ def test_local_process_cluster_is_tls_on_loopback():
     pytest.importorskip("distributed")
     from distributed import Client
 
-    from napari_duet._chunks import TaskRunner
+    from napari_duet.core.chunks import TaskRunner
 
     with TaskRunner("processes:1") as runner:
         address = runner._cluster.scheduler_address
@@ -531,9 +531,9 @@ def test_local_process_cluster_is_tls_on_loopback():
 def test_scheduler_from_the_environment_is_said(monkeypatch, capsys):
     pytest.importorskip("distributed")
     from napari_duet import DuetInputError
-    from napari_duet._chunks import TaskRunner
+    from napari_duet.core.chunks import TaskRunner
 
-    monkeypatch.setattr("napari_duet._chunks.CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("napari_duet.core.chunks.CONNECT_TIMEOUT", "1s")
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
     with pytest.raises(DuetInputError, match="cannot reach"), TaskRunner():
         pass
@@ -552,7 +552,7 @@ def _ddp_resume_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
-    from napari_duet import distributed as ddp
+    from napari_duet.core import distributed as ddp
     from napari_duet.denoisplit import SplitConfig, TrainConfig, train
 
     assert ddp.init_from_env("cpu")

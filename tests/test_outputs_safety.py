@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_duet._errors import DuetInputError
-from napari_duet._io import (
+from napari_duet.cli import main
+from napari_duet.core.errors import DuetInputError
+from napari_duet.core.io import (
     check_outputs,
     remove_stale_outputs,
     write_json,
     write_tiff,
 )
-from napari_duet.cli import main
 
 
 def _one_line_error(capsys, command: str) -> str:
@@ -61,7 +61,7 @@ def files(tmp_path):
 # ------------------------------------------------------------ outputs that would collide
 def test_noise_model_output_named_like_its_plot_is_refused(files, tmp_path, capsys,
                                                            monkeypatch):
-    _forbid(monkeypatch, "napari_duet.noise_models.fit_noise_model")
+    _forbid(monkeypatch, "napari_duet.core.noise_models.fit_noise_model")
     out = tmp_path / "nm.png"
     out.write_bytes(b"an earlier plot")
     rc = main(["noise-model", "fit", "--signal", str(files["signal"]), "--observation",
@@ -99,7 +99,7 @@ def test_output_equal_to_the_input_is_refused(files, tmp_path, capsys, monkeypat
         tifffile.imwrite(src, tifffile.imread(files["img"]))
         args = ["self2seg", str(src), "-o", str(out), "--experts", "constant"]
     elif command == "noise-model":
-        _forbid(monkeypatch, "napari_duet.noise_models.fit_noise_model")
+        _forbid(monkeypatch, "napari_duet.core.noise_models.fit_noise_model")
         src = files["signal"]
         args = ["noise-model", "fit", "--signal", str(src), "--observation",
                 str(files["obs"]), "-o", str(src), "--device", "cpu"]
@@ -184,7 +184,7 @@ def test_unwritable_output_fails_before_the_work(files, tmp_path, capsys, monkey
         args = ["self2seg", str(files["img"]), "-o", str(_unwritable_out(tmp_path, "out")),
                 "--experts", "constant"]
     elif command == "noise-model":
-        _forbid(monkeypatch, "napari_duet.noise_models.fit_noise_model")
+        _forbid(monkeypatch, "napari_duet.core.noise_models.fit_noise_model")
         args = ["noise-model", "fit", "--signal", str(files["signal"]), "--observation",
                 str(files["obs"]), "-o", str(_unwritable_out(tmp_path, "nm.duet"))]
     elif command == "split-train":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_duet.photon import StabilizedScale, fit_poisson_gaussian, gat, inverse_gat
+from napari_duet.core.photon import StabilizedScale, fit_poisson_gaussian, gat, inverse_gat
 
 
 def _camera(photons_img, rng, gain=2.0, read=3.0, offset=100.0):
@@ -62,7 +62,7 @@ def test_inverse_is_unbiased_at_low_counts():
 
 
 def test_stabilized_scale_round_trips():
-    from napari_duet.intensity import fit_normalizer
+    from napari_duet.core.intensity import fit_normalizer
 
     z = np.linspace(100, 600, 50)
     fit = fit_poisson_gaussian(_camera(_ramp_scene(), np.random.default_rng(7)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_duet.metrics import dice, psnr
+from napari_duet.core.metrics import dice, psnr
 
 pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -32,6 +32,7 @@ def test_self2seg_segments_real_nuclei_at_high_noise(shared_data):
     assert ours > 0.78 and ours > dice(smooth > threshold_otsu(smooth), truth) - 0.01
 
 
+@pytest.mark.slow
 def test_nsn2n_denoises_a_real_stack_with_in_plane_correlated_noise(shared_data):
     from scipy import ndimage as ndi
 
@@ -48,7 +49,7 @@ def test_nsn2n_denoises_a_real_stack_with_in_plane_correlated_noise(shared_data)
 
 
 def test_noise_model_fitted_on_a_real_confocal_pair_predicts_its_noise(shared_data):
-    from napari_duet.noise_models import fit_noise_model
+    from napari_duet.core.noise_models import fit_noise_model
 
     folder = shared_data / "fmd_confocal"
     signal = tifffile.imread(folder / "clean" / "BPAE_G.tif").astype(np.float32)[:256, :256]

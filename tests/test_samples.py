@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_duet import _sample_data
-from napari_duet.metrics import range_invariant_psnr
+from napari_duet._napari import _sample_data
+from napari_duet.core.metrics import range_invariant_psnr
 
 
 def test_nsn2n_volume_is_a_small_noisy_anisotropic_stack():

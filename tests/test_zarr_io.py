@@ -9,8 +9,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_duet._chunks import staging_path
-from napari_duet._io import (
+from napari_duet.cli import main
+from napari_duet.core.chunks import staging_path
+from napari_duet.core.io import (
     ImageMeta,
     build_pyramid,
     create_ome_zarr,
@@ -18,7 +19,6 @@ from napari_duet._io import (
     write_ome_zarr,
     write_tiff_blocks,
 )
-from napari_duet.cli import main
 
 SHAPE = (12, 48, 40)
 
@@ -43,7 +43,7 @@ def _model(context: bool | str = True, seed: int = 0):
     """
     import torch
 
-    from napari_duet.networks.unet import UNet2D
+    from napari_duet.core.networks.unet import UNet2D
     from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
     from napari_duet.nsn2n._blind import BlindNet
     from napari_duet.nsn2n._context import ContextNet
@@ -175,7 +175,7 @@ def test_chunked_equals_in_memory(context, slab):
 
     vol = _volume()
     model = _model(context)
-    ref = model.denoise(vol, axis=0, tta=True)
+    ref = model.predict(vol, axis=0, tta=True)
     out = np.full(vol.shape, np.nan, np.float32)
     unc = np.full(vol.shape, np.nan, np.float32)
     events = list(iter_denoise_chunked(model, zarr.array(vol), out, axis=0, tta=True,
@@ -192,7 +192,7 @@ def test_chunked_4d_and_other_axis():
 
     vol = np.stack([_volume((20, 12, 24), seed=s) for s in (0, 1)]).transpose(0, 1, 2, 3)
     model = _model(True)
-    ref = model.denoise(vol, axis=2, tta=False).denoised
+    ref = model.predict(vol, axis=2, tta=False).denoised
     out = np.zeros(vol.shape, np.float32)
     list(iter_denoise_chunked(model, vol, out, axis=2, tta=False, slab=4))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.ptp(vol))
@@ -218,7 +218,7 @@ def test_cli_zarr_in_zarr_out_equals_in_memory(tmp_path, model_file):
                  "--device", "cpu", "--slab", "4", "--log-json", str(log)]) == 0
     arr, got = open_image(out)
     assert got == meta and arr.dtype == np.float32
-    ref = NSN2NModel.load(model_file, device="cpu").denoise(vol, axis=0).denoised
+    ref = NSN2NModel.load(model_file, device="cpu").predict(vol, axis=0).denoised
     np.testing.assert_allclose(arr[...], ref, rtol=1e-5, atol=1e-5 * np.ptp(vol))
     events = [json.loads(line) for line in log.read_text().splitlines()]
     slabs = [e for e in events if e.get("stage") == "denoise"]
@@ -344,7 +344,7 @@ def test_training_reads_zarr_and_writes_ome_zarr(tmp_path):
 
 def test_write_ome_zarr_is_atomic(tmp_path, monkeypatch):
     """An interrupted write leaves the earlier result whole and no partial store behind."""
-    from napari_duet import _io
+    from napari_duet.core import io as _io
 
     path = tmp_path / "out.ome.zarr"
     first = np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
@@ -353,7 +353,7 @@ def test_write_ome_zarr_is_atomic(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_io, "build_pyramid", interrupted)
+    monkeypatch.setattr(_io.ngff, "build_pyramid", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _io.write_ome_zarr(path, np.zeros_like(first))
     monkeypatch.undo()

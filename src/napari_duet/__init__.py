@@ -12,6 +12,6 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from ._errors import DuetError, DuetInputError, ModelFileError
+from .core.errors import DuetError, DuetInputError, ModelFileError
 
 __all__ = ["DuetError", "DuetInputError", "ModelFileError", "__version__"]

@@ -9,13 +9,13 @@ import pytest
 import torch
 import zarr
 
-from napari_duet._chunks import staging_path
-from napari_duet._io import ImageMeta, open_image, write_ome_zarr
 from napari_duet.cli import main
+from napari_duet.core.chunks import staging_path
+from napari_duet.core.intensity import Normalizer
+from napari_duet.core.io import ImageMeta, open_image, write_ome_zarr
 from napari_duet.denoisplit import SplitConfig, SplitModel
 from napari_duet.denoisplit import _chunked as chunked
 from napari_duet.denoisplit._lvae import LadderVAE
-from napari_duet.intensity import Normalizer
 
 META = ImageMeta(("t", "y", "x"), (5.0, 0.4, 0.4), ("second", "micrometer", "micrometer"))
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from napari_duet.core.intensity import Normalizer
 from napari_duet.denoisplit._data import (
     PatchSampler,
     fit_normalizers,
     prepare_data,
     validation_patches,
 )
-from napari_duet.intensity import Normalizer
 
 
 def test_frame_split_for_stacks_and_strip_split_for_images():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_duet.core.metrics import range_invariant_psnr
 from napari_duet.denoisplit import (
     SplitConfig,
     SplitModel,
@@ -15,7 +16,6 @@ from napari_duet.denoisplit import (
     validation_gains,
 )
 from napari_duet.denoisplit._synthetic import synthetic_multi
-from napari_duet.metrics import range_invariant_psnr
 
 GAIN, READ = 4.0, 8.0
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from napari_duet import DuetInputError
+from napari_duet.core.networks import count_parameters
 from napari_duet.denoisplit import SplitConfig
 from napari_duet.denoisplit._losses import gaussian_nll, kl_denoisplit, kl_musplit
 from napari_duet.denoisplit._lvae import LadderVAE, stable_variance
-from napari_duet.networks import count_parameters
 
 
 def test_default_config_matches_reference_parameter_count():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_duet.core.metrics import range_invariant_psnr
 from napari_duet.denoisplit import ms_ssim, split_metrics
-from napari_duet.metrics import range_invariant_psnr
 
 
 def _img(seed=0, shape=(64, 80)):

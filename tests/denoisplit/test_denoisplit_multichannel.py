@@ -14,6 +14,9 @@ import torch
 
 from napari_duet import DuetInputError
 from napari_duet.cli import main
+from napari_duet.core.intensity import Normalizer
+from napari_duet.core.metrics import range_invariant_psnr
+from napari_duet.core.noise_models import GaussianMixtureNoiseModel
 from napari_duet.denoisplit import (
     SplitConfig,
     SplitModel,
@@ -26,9 +29,6 @@ from napari_duet.denoisplit import (
 from napari_duet.denoisplit._data import PatchSampler, context_inputs, prepare_data
 from napari_duet.denoisplit._lvae import LadderVAE
 from napari_duet.denoisplit._synthetic import synthetic_multi
-from napari_duet.intensity import Normalizer
-from napari_duet.metrics import range_invariant_psnr
-from napari_duet.noise_models import GaussianMixtureNoiseModel
 
 DATA = Path(__file__).parent / "data"
 
@@ -49,7 +49,7 @@ def test_old_two_channel_file_loads_and_predicts_the_same(tmp_path):
     path = tmp_path / "old.duet"
     shutil.copy(DATA / "old_two_channel_v1.safetensors", path)
     exp = np.load(DATA / "old_two_channel_expected.npz")
-    from napari_duet.modelfile import read_model_header
+    from napari_duet.core.modelfile import read_model_header
 
     header = read_model_header(path)
     assert "n_channels" not in header["config"] and "multiscale_count" not in header["config"]

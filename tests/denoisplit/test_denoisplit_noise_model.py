@@ -8,7 +8,7 @@ import torch
 from denoisplit_helpers import poisson_gaussian
 
 from napari_duet import DuetInputError, ModelFileError
-from napari_duet.noise_models import (
+from napari_duet.core.noise_models import (
     GaussianMixtureNoiseModel,
     bootstrap_noise_model,
     fit_noise_model,

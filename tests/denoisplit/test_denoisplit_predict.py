@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from napari_duet import DuetInputError
-from napari_duet._progress import run_to_end
+from napari_duet.core.intensity import Normalizer
+from napari_duet.core.progress import run_to_end
 from napari_duet.denoisplit import SplitModel
 from napari_duet.denoisplit._lvae import LadderVAE
 from napari_duet.denoisplit._predict import tiled_sampling
-from napari_duet.intensity import Normalizer
 
 
 def _local_net(batch_sizes: list[int]):
@@ -130,8 +130,8 @@ def test_samples_streamed_to_a_file_equal_those_in_memory(tiny_config, tmp_path,
 
 @pytest.mark.parametrize("shape", [(96, 96), (512, 384), (1024, 1024), (300, 5000)])
 def test_default_tile_computes_fewest_pixels_and_fits_memory(shape):
+    from napari_duet.core.tiling import count_tiles
     from napari_duet.denoisplit._model import default_batch_size, default_tile
-    from napari_duet.tiling import count_tiles
 
     dev = torch.device("cpu")
     tile = default_tile(shape, 64, 32, 8, 64, dev)

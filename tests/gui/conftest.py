@@ -9,7 +9,7 @@ import pytest
 def errors(monkeypatch):
     """Record error notifications instead of showing them."""
     seen: list[str] = []
-    from napari_duet._widgets import _common
+    from napari_duet._napari import _common
 
     monkeypatch.setattr(_common, "show_error", seen.append)
     return seen

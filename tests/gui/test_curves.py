@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.mark.parametrize("lo,hi", [(0.0, 1.0), (-3.5e5, -2.7e5), (0.0213, 0.0561), (7.0, 7.0)])
 def test_nice_ticks_are_round_and_inside_the_range(lo, hi):
-    from napari_duet._widgets._curves import nice_ticks
+    from napari_duet._napari._curves import nice_ticks
 
     ticks = nice_ticks(lo, hi)
     assert ticks and all(lo - 1e-9 <= t <= hi + 1e-9 for t in ticks)
@@ -22,7 +22,7 @@ def test_nice_ticks_are_round_and_inside_the_range(lo, hi):
 
 
 def test_tick_labels_tell_close_ticks_apart():
-    from napari_duet._widgets._curves import nice_ticks, tick_labels
+    from napari_duet._napari._curves import nice_ticks, tick_labels
 
     labels = tick_labels(nice_ticks(-33695.9, -33650.2))  # energies differing in digit 4
     assert len(set(labels)) == len(labels) >= 2
@@ -32,7 +32,7 @@ def test_tick_labels_tell_close_ticks_apart():
 def test_curves_are_painted_in_their_colours(qtbot):
     from qtpy.QtGui import QColor
 
-    from napari_duet._widgets._curves import COLORS, CurvePlot
+    from napari_duet._napari._curves import COLORS, CurvePlot
 
     plot = CurvePlot("Energy per alternation", "energy")
     qtbot.addWidget(plot)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def dock(make_napari_viewer):
-    from napari_duet._widgets._dock import EngineDock
+    from napari_duet._napari._dock import EngineDock
 
     class Probe(EngineDock):
         engine_name = "Probe"
@@ -44,7 +44,7 @@ def _wait(qtbot, dock):
 
 
 def _gen(fractions, result="ok", endless=False):
-    from napari_duet._progress import Progress
+    from napari_duet.core.progress import Progress
 
     for done, total in fractions:
         yield Progress(stage="s", done=done, total=total)
@@ -55,7 +55,7 @@ def _gen(fractions, result="ok", endless=False):
 
 
 def test_bar_follows_the_common_progress_fields(dock, qtbot):
-    from napari_duet._widgets._dock import Job
+    from napari_duet._napari._dock import Job
 
     dock.start(Job(kind="test"), _gen, [(0, 0), (1, 4), (4, 4)], threads=1)
     assert dock.start(Job(kind="other"), _gen, []) is None  # one run at a time
@@ -68,7 +68,7 @@ def test_bar_follows_the_common_progress_fields(dock, qtbot):
 
 
 def test_a_result_that_cannot_be_shown_is_a_notification(dock, qtbot, errors):
-    from napari_duet._widgets._dock import Job
+    from napari_duet._napari._dock import Job
 
     dock.start(Job(kind="test"), _gen, [(1, 2)], "bad", threads=1)
     _wait(qtbot, dock)
@@ -78,7 +78,7 @@ def test_a_result_that_cannot_be_shown_is_a_notification(dock, qtbot, errors):
 
 
 def test_cancel_calls_the_hook_and_resets_a_busy_bar(dock, qtbot):
-    from napari_duet._widgets._dock import Job
+    from napari_duet._napari._dock import Job
 
     worker = dock.start(Job(kind="long"), _gen, [], endless=True, threads=1)
     worker.yielded.connect(lambda _: dock.cancel())
@@ -91,8 +91,8 @@ def test_cancel_calls_the_hook_and_resets_a_busy_bar(dock, qtbot):
 def test_progress_fraction_reads_old_and_new_progress_types():
     from types import SimpleNamespace as NS
 
-    from napari_duet._progress import Progress
-    from napari_duet._widgets._dock import progress_fraction
+    from napari_duet._napari._dock import progress_fraction
+    from napari_duet.core.progress import Progress
 
     assert progress_fraction(Progress(done=3, total=4)) == 0.75
     assert progress_fraction(Progress()) is None
@@ -105,7 +105,7 @@ def test_progress_fraction_reads_old_and_new_progress_types():
 def test_layer_data_and_placement(make_napari_viewer):
     import dask.array as da
 
-    from napari_duet._widgets._dock import SourceInfo, is_large, layer_data
+    from napari_duet._napari._dock import SourceInfo, is_large, layer_data
 
     viewer = make_napari_viewer()
     level0 = da.zeros((4, 64, 64), chunks=(1, 64, 64))

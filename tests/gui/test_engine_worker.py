@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gui
 
 
 def _start(qtbot, gen_fn, events):
-    from napari_duet._widgets._common import start_engine_worker
+    from napari_duet._napari._common import start_engine_worker
 
     return start_engine_worker(
         gen_fn, desc="test", total=None,
@@ -33,7 +33,7 @@ def test_runtime_error_is_reported_and_finishes(qtbot):
     qtbot.waitUntil(lambda: ("finish", None) in events, timeout=10_000)
     errors = [e for kind, e in events if kind == "error"]
     assert errors and "out of memory" in str(errors[0])
-    from napari_duet._widgets._common import error_message
+    from napari_duet._napari._common import error_message
 
     # Running out of memory says what to change (one line), not just the exception type.
     msg = error_message(errors[0])

@@ -92,7 +92,7 @@ def test_every_control_has_a_tooltip_and_a_help_button(make_napari_viewer, monke
     assert widget.advanced.folded and not widget.advanced.content.isVisible()
     # "?" opens the widget's section of the docs.
     opened = []
-    from napari_duet._widgets import _dock
+    from napari_duet._napari import _dock
 
     monkeypatch.setattr(_dock.QDesktopServices, "openUrl", lambda url: opened.append(url)
                         or True)
@@ -104,9 +104,9 @@ def test_tooltips_and_cli_help_come_from_one_declaration(make_napari_viewer):
     """The widget's tooltip and `duet self2seg --help` read the same field metadata."""
     import argparse
 
-    from napari_duet._config import param_help, param_info
+    from napari_duet.cli._self2seg import register
+    from napari_duet.core.config import param_help, param_info
     from napari_duet.self2seg import Self2SegConfig
-    from napari_duet.self2seg._cli import register
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")
@@ -153,11 +153,12 @@ def test_layer_names_show_structure_and_kind_within_the_visible_width(make_napar
         assert source in layer.get_source_str()  # the layer list's tooltip names the source
 
 
+@pytest.mark.slow
 def test_bad_seed_box_gives_a_warning_and_a_hint(make_napari_viewer, qtbot, bad_seed_case,
                                                  monkeypatch):
     """Issue 25's case: one background box on a slightly brighter patch collapses the
     mask; the widget says so, with what to change, and why the run stopped."""
-    from napari_duet._widgets import _self2seg
+    from napari_duet._napari import _self2seg
 
     shown = []
     monkeypatch.setattr(_self2seg, "show_warning", shown.append)
@@ -186,7 +187,7 @@ def test_bad_seed_box_gives_a_warning_and_a_hint(make_napari_viewer, qtbot, bad_
 
 def test_good_run_states_why_it_stopped_and_counts_objects(make_napari_viewer, qtbot,
                                                            tmp_path):
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")

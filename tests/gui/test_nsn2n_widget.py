@@ -40,7 +40,13 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     widget.image_picker.value = layer
     assert widget.axis.value == 0
     yields = []
-    assert widget.show_weight_map() is not None
+    # W of the slice on screen and the next one: a 2D map in [0, 1] over the slice, with the
+    # stack's pixel size so it overlays the slice.
+    wmap = widget.show_weight_map()
+    assert wmap.data.shape == noisy.shape[1:]
+    assert 0.0 <= float(wmap.data.min()) and float(wmap.data.max()) <= 1.0
+    assert float(wmap.data.mean()) > 0.5  # neighbouring slices of one stack mostly match
+    np.testing.assert_allclose(wmap.scale[-2:], (0.5, 0.5))
     widget.train()
     widget.worker.yielded.connect(lambda p: yields.append(p))
     _wait(qtbot, widget)
@@ -58,7 +64,7 @@ def test_train_live_updates_and_result_layers(widget, qtbot, tmp_path):
     assert not viewer.layers["NS-N2N uncertainty"].visible  # not over the result
     assert widget.plot.curves and widget.save_btn.isEnabled()
     # the status names the network the run chose (white noise: auto -> blind-spot)
-    net = widget.model.info["context"]
+    net = widget.model.training["context"]
     assert {"blind": "blind-spot network", "2.5d": "2.5D network"}[net] in widget.status.text()
     # Save, load into a fresh state, denoise another layer.
     path = widget.save_model(tmp_path / "m.duet")
@@ -96,9 +102,11 @@ def test_cancel_training_keeps_a_usable_model(widget, qtbot, tmp_path):
     text = widget.status.text()
     assert "Cancelled after" in text and "Denoise layer" in text
     assert "NS-N2N denoised" not in viewer.layers
-    assert widget.train_btn.isEnabled() and widget.model is not None
+    assert widget.train_btn.isEnabled()
+    # The model kept is the one trained so far: it denoises the stack to its shape.
+    assert widget.model.predict(noisy[:4], tta=False).denoised.shape == noisy[:4].shape
     assert widget.denoise_btn.isEnabled() and widget.save_btn.isEnabled()
-    assert widget.model.info["cancelled"] and widget.model.info["iterations_done"] >= 30
+    assert widget.model.training["cancelled"] and widget.model.training["iterations_done"] >= 30
     widget.denoise()
     _wait(qtbot, widget)
     out = viewer.layers["NS-N2N denoised"].data
@@ -172,6 +180,7 @@ def test_budget_and_auto_fields_map_to_the_config(widget):
 
 
 
+@pytest.mark.slow
 def test_threads_setting_applies_during_the_run(widget, qtbot, monkeypatch):
     import torch
 
@@ -218,7 +227,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     finished slabs and the next Denoise continues from them."""
     import zarr
 
-    from napari_duet._io import open_image, write_ome_zarr
+    from napari_duet.core.io import open_image, write_ome_zarr
 
     noisy = _volume((14, 32, 36), seed=5)[0]
     write_ome_zarr(tmp_path / "vol.ome.zarr", noisy)
@@ -233,7 +242,7 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     widget.slab = 2  # 7 slabs
     widget.output_folder.setText(str(tmp_path / "out"))
     widget.image_picker.value = layer
-    expected = tiny_model.denoise(noisy, 0, tta=False).denoised
+    expected = tiny_model.predict(noisy, 0, tta=False).denoised
     # Cancel after the first finished slab.
     seen = []
 
@@ -296,7 +305,7 @@ def test_multiscale_layer_uses_level_0_lazily(widget, qtbot, tmp_path, tiny_mode
     widget.denoise()
     assert widget.worker is not None  # chunked: runs although the data are lazy
     _wait(qtbot, widget)
-    expected = tiny_model.denoise(noisy, 0, tta=True)
+    expected = tiny_model.predict(noisy, 0, tta=True)
     for what, want in (("denoised", expected.denoised), ("uncertainty", expected.uncertainty)):
         out = viewer.layers[f"NS-N2N {what}"]
         level0 = out.data[0] if out.multiscale else out.data
@@ -323,7 +332,7 @@ def test_large_layer_is_read_slab_by_slab_only(widget, qtbot, tmp_path, tiny_mod
     assert data.largest <= (2 + 4) * 32 * 36
     out = widget.viewer.layers["NS-N2N denoised"]
     level0 = np.asarray(out.data[0] if out.multiscale else out.data)
-    expected = tiny_model.denoise(noisy, 0, tta=False).denoised
+    expected = tiny_model.predict(noisy, 0, tta=False).denoised
     np.testing.assert_allclose(level0, expected, atol=1e-6)
 
 

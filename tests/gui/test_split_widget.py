@@ -34,7 +34,7 @@ def model_path(tmp_path_factory, data):
     from napari_duet.denoisplit import train
 
     net, tc = _tiny_configs()
-    model = train(data.noisy_a, data.noisy_b, net, tc, channel_names=("actin", "mito"),
+    model = train([data.noisy_a, data.noisy_b], net, tc, channel_names=("actin", "mito"),
                   bootstrap_kwargs=FAST_BOOTSTRAP).model
     return model.save(tmp_path_factory.mktemp("model") / "tiny.duet")
 
@@ -51,7 +51,14 @@ def test_drop_model_docks_widget_and_splits(make_napari_viewer, qtbot, model_pat
     viewer.open(str(model_path), plugin="napari-duet")  # what drag-and-drop does
     assert len(viewer.layers) == n_layers  # a model adds no layer
     widget = viewer.window.dock_widgets["Split (denoiSplit) (napari-duet)"]
-    assert widget.model is not None
+    # The dropped file's model, not another one: same weights, same output.
+    from napari_duet.denoisplit import SplitModel
+
+    probe = (data.noisy_a + data.noisy_b)[:32, :32]
+    np.testing.assert_array_equal(
+        widget.model.predict(probe, deterministic=True, samples=1).mean,
+        SplitModel.load(model_path, device="cpu").predict(probe, deterministic=True,
+                                                          samples=1).mean)
     info = widget.model_info.text()
     assert "actin" in info and "mito" in info and "calibration" in info
     widget.image_picker.value = image
@@ -161,7 +168,7 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
     seen = []  # (phase, epoch, step, progress bar, status) after the widget's handler
     widget.train()
     widget.worker.yielded.connect(lambda p: seen.append(
-        (p.phase, p.epoch, p.step, widget.progress.value(), widget.status.text())))
+        (p.stage, p.epoch, p.step, widget.progress.value(), widget.status.text())))
     _wait(qtbot, widget)
     assert widget.model is not None and widget.split_btn.isEnabled()
     assert widget.plot.curves
@@ -177,7 +184,7 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
 
 
 def test_model_info_says_when_calibration_or_split_is_poor():
-    from napari_duet._widgets._split import calibration_line, split_worse_line
+    from napari_duet._napari._split import calibration_line, split_worse_line
 
     names = ("actin", "mito")
     good = {"stats_after": [{"ence": 0.05}, {"ence": 0.1}], "rmse": [1.0, 2.0],
@@ -204,7 +211,19 @@ def test_split_screenshot_and_save_results(make_napari_viewer, qtbot, model_path
     _wait(qtbot, widget)
     image.visible = False
     shot = viewer.screenshot(str(tmp_path / "split_widget.png"), canvas_only=False)
-    assert shot[..., :3].std() > 5
+    assert shot.ndim == 3 and (tmp_path / "split_widget.png").stat().st_size > 0
+    # The split's layers are really drawn: with every layer hidden the canvas is one flat
+    # colour, with the results shown it is not (an undrawn GL surface fails both ways).
+    results = [layer for layer in viewer.layers if layer is not image]
+    assert results
+    shown = viewer.screenshot(canvas_only=True)[..., :3]
+    for layer in results:
+        layer.visible = False
+    empty = viewer.screenshot(canvas_only=True)[..., :3]
+    for layer in results:
+        layer.visible = True
+    assert np.ptp(empty.reshape(-1, 3), axis=0).max() <= 1
+    assert np.any(shown != empty, axis=-1).mean() > 0.05
     # Save results: the files of `duet split predict`, from the same writer.
     from napari_duet.denoisplit._save import PREDICT_FILES
 
@@ -220,7 +239,7 @@ def test_split_screenshot_and_save_results(make_napari_viewer, qtbot, model_path
     np.testing.assert_allclose(tifffile.imread(tmp_path / "res" / "a.tif"),
                                widget.last_result.mean[0], rtol=1e-6)
     # One wording of the calibration: the status says what the model panel says.
-    from napari_duet._widgets._split import calibration_state
+    from napari_duet._napari._split import calibration_state
 
     _, detail = calibration_state(widget.model.calibration, widget.model.channel_names)
     assert detail in widget.status.text() and detail in widget.legend.text()
@@ -313,7 +332,7 @@ def test_command_line_parses_back_to_the_same_training(make_napari_viewer, setti
     import shlex
 
     from napari_duet.cli import build_parser
-    from napari_duet.denoisplit._cli import train_configs
+    from napari_duet.cli._split import train_configs
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Split (denoiSplit)")

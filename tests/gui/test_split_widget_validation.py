@@ -36,7 +36,9 @@ def test_train_tab_plots_validation_gain_per_structure(make_napari_viewer, qtbot
     widget = _widget(make_napari_viewer, monkeypatch, epochs=3)
     widget.train()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT)
-    assert widget.model is not None
+    # The widget holds the model it trained: two structures, named, trained for 3 epochs.
+    assert widget.model.n_channels == 2
+    assert list(widget.model.channel_names) == ["actin", "mito"]
     # One point per epoch and structure, the gains the model records at the end.
     curves = widget.val_plot.curves
     assert set(curves) == {"actin", "mito"} and all(len(v) == 3 for v in curves.values())

@@ -95,13 +95,14 @@ def test_auto_context_picks_blind_for_white_and_25d_for_correlated_noise():
     cfg = NSN2NConfig(**{**BLIND, "context": "auto", "iterations": 2})
     white = train(add_noise(clean, 0.1), config=cfg)
     corr = train(add_noise(clean, 0.1, correlated=True), config=cfg)
-    assert white.model.info["context"] == "blind" and white.model.is_blind
-    assert corr.model.info["context"] == "2.5d" and corr.model.is_context
-    assert white.model.info["noise_correlation"] < 0.25 < corr.model.info["noise_correlation"]
+    assert white.model.training["context"] == "blind" and white.model.is_blind
+    assert corr.model.training["context"] == "2.5d" and corr.model.is_context
+    assert (white.model.training["noise_correlation"] < 0.25
+            < corr.model.training["noise_correlation"])
     assert white.model.config.context == "blind"  # the file records what was trained
     assert white.report()["training"]["context"] == "blind"
     rho = white.report()["training"]["noise_correlation"]
-    assert rho == white.model.info["noise_correlation"]
+    assert rho == white.model.training["noise_correlation"]
     # a context given by the user is not measured: None, not NaN (the report is JSON)
     fixed = train(add_noise(clean, 0.1), config=cfg.replace(context="2.5d"))
     assert fixed.report()["training"]["noise_correlation"] is None
@@ -115,8 +116,8 @@ def test_blind_model_round_trip(tmp_path):
     path = res.model.save(tmp_path / "b.duet")
     loaded = NSN2NModel.load(path, device="cpu")
     assert loaded.is_blind and loaded.config.context == "blind" and loaded.halo == 2
-    a = res.model.denoise(noisy, tta=False).denoised
-    np.testing.assert_array_equal(a, loaded.denoise(noisy, tta=False).denoised)
+    a = res.model.predict(noisy, tta=False).denoised
+    np.testing.assert_array_equal(a, loaded.predict(noisy, tta=False).denoised)
     np.testing.assert_array_equal(a, res.denoised)
 
 
@@ -124,7 +125,7 @@ def test_blind_mode_denoises():
     clean = make_clean(8, 48, 48)
     noisy = add_noise(clean, 0.1)
     res = train(noisy, config=NSN2NConfig(**{**BLIND, "iterations": 200, "width": 16}))
-    from napari_duet.metrics import psnr
+    from napari_duet.core.metrics import psnr
 
     assert psnr(res.denoised, clean, 1.0) > psnr(noisy, clean, 1.0) + 5.0
 
@@ -135,7 +136,7 @@ def test_moving_content_does_not_break_the_blind_mode():
     The blind-spot network reads the neighbours as extra inputs, not as targets,
     so where they do not match it relies on the frame itself.
     """
-    from napari_duet.metrics import psnr
+    from napari_duet.core.metrics import psnr
 
     clean = make_clean(8, 48, 48)
     clean[4:] = np.roll(clean[4:], 9, axis=2)

@@ -4,7 +4,7 @@ import torch
 from nsn2n_synth import add_noise, make_clean
 
 from napari_duet import ModelFileError
-from napari_duet.modelfile import read_model_header, save_model_file
+from napari_duet.core.modelfile import read_model_header, save_model_file
 from napari_duet.nsn2n import DenoiseResult, NSN2NModel
 
 
@@ -18,22 +18,22 @@ def test_save_load_round_trip_on_another_volume(trained, tmp_path):
     assert loaded.config.model_dict() == result.model.config.model_dict() == saved
     assert loaded.config.device == "cpu"
     other = (add_noise(make_clean(6, 40, 36, seed=5)) * 1000 + 200).astype(np.uint16)
-    a = result.model.denoise(other, axis=0)
-    b = loaded.denoise(other, axis=0)
+    a = result.model.predict(other, axis=0)
+    b = loaded.predict(other, axis=0)
     assert isinstance(b, DenoiseResult)
     np.testing.assert_array_equal(a.denoised, b.denoised)
     np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
     assert b.denoised.shape == other.shape and b.denoised.dtype == np.float32
     # applied in the other volume's intensity scale
     assert abs(b.denoised.mean() - other.mean()) < 0.1 * (other.max() - other.min())
-    assert loaded.info["matched_fraction"] == pytest.approx(result.matched_fraction)
+    assert loaded.training["matched_fraction"] == pytest.approx(result.matched_fraction)
 
 
 def test_tta_off_gives_no_uncertainty_and_iter_denoise_reports_slices(trained):
     model = trained[0].model
     vol = add_noise(make_clean(4, 20, 20))
-    assert model.denoise(vol, tta=False).uncertainty is None
-    gen = model.iter_denoise(vol, axis=0)
+    assert model.predict(vol, tta=False).uncertainty is None
+    gen = model.iter_predict(vol, axis=0)
     dones = [p.done for p in gen]
     assert dones == [1, 2, 3, 4]
 
@@ -41,9 +41,9 @@ def test_tta_off_gives_no_uncertainty_and_iter_denoise_reports_slices(trained):
 def test_tiled_inference_matches_untiled_for_large_slices(trained):
     model = trained[0].model
     vol = add_noise(make_clean(3, 70, 90))
-    full = model.denoise(vol, tta=False).denoised
+    full = model.predict(vol, tta=False).denoised
     model_tiled = NSN2NModel(model.net, model.config.replace(tile=48), model.normalizers)
-    tiled = model_tiled.denoise(vol, tta=False).denoised
+    tiled = model_tiled.predict(vol, tta=False).denoised
     assert tiled.shape == full.shape
     # overlaps hide most seams; the border of each kept region can differ slightly
     diff = np.abs(tiled - full)
@@ -86,8 +86,8 @@ def test_model_files_from_before_the_25d_network_load_as_2d(tmp_path):
     old = NSN2NModel.load(path, device="cpu")
     assert old.config.context == "2d" and not old.is_context
     assert old.config.tta and old.config.tile == 512  # dropped: the defaults apply
-    np.testing.assert_allclose(old.denoise(noisy, tta=False).denoised,
-                               res.model.denoise(noisy, tta=False).denoised, atol=1e-5)
+    np.testing.assert_allclose(old.predict(noisy, tta=False).denoised,
+                               res.model.predict(noisy, tta=False).denoised, atol=1e-5)
 
 
 def test_25d_model_round_trip(trained, tmp_path):

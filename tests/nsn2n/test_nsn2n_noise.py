@@ -9,7 +9,8 @@ import pytest
 from nsn2n_synth import FAST, add_noise, make_clean
 from scipy import ndimage
 
-from napari_duet.metrics import psnr
+from napari_duet.core.metrics import psnr
+from napari_duet.core.photon import anscombe_unbiased_inverse as gat_unbiased_inverse
 from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, noise_model, recommend_method, train
 from napari_duet.nsn2n._noise import (
     NoiseModel,
@@ -17,7 +18,6 @@ from napari_duet.nsn2n._noise import (
     rician_mean,
     rician_unbiased_inverse,
 )
-from napari_duet.photon import anscombe_unbiased_inverse as gat_unbiased_inverse
 
 
 def _camera(clean, photons=30.0, gain=2.0, offset=100.0, read=3.0, seed=0) -> np.ndarray:
@@ -130,7 +130,7 @@ def test_noise_model_recorded_in_report_model_file_and_cli(tmp_path):
     import tifffile
 
     from napari_duet.cli import main
-    from napari_duet.modelfile import read_model_header, save_model_file
+    from napari_duet.core.modelfile import read_model_header, save_model_file
 
     raw = _camera(_sparse(6, 40, 40), read=1.0)
     res = train(raw, config=NSN2NConfig(**{**FAST, "context": "blind", "iterations": 3}))
@@ -142,8 +142,8 @@ def test_noise_model_recorded_in_report_model_file_and_cli(tmp_path):
     loaded = NSN2NModel.load(path, device="cpu")
     assert loaded.noise == NoiseModel.from_dict(res.model.noise.to_dict())
     assert loaded.config.noise_model == "poisson-gaussian"
-    np.testing.assert_allclose(loaded.denoise(raw, tta=False).denoised,
-                               res.model.denoise(raw, tta=False).denoised, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(loaded.predict(raw, tta=False).denoised,
+                               res.model.predict(raw, tta=False).denoised, rtol=1e-4, atol=1e-3)
     # files written before noise models: Gaussian, no transform
     cfg = res.model.config.model_dict()
     del cfg["noise_model"]
@@ -179,14 +179,14 @@ def test_chunked_apply_matches_in_memory_with_photon_noise():
     raw = _camera(_sparse(10, 32, 32), read=1.0)
     model = NSN2NModel(net, NSN2NConfig(context="blind", noise_model="poisson-gaussian"), [],
                        noise=fit_noise(raw, "poisson-gaussian"))
-    ref = model.denoise(raw, axis=0, tta=False).denoised
+    ref = model.predict(raw, axis=0, tta=False).denoised
     out = np.zeros(raw.shape, np.float32)
     list(iter_denoise_chunked(model, raw, out, axis=0, tta=False, slab=4))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * float(np.ptp(raw)))
 
 
 def test_bad_noise_model_values_are_refused():
-    from napari_duet._config import ConfigError
+    from napari_duet.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="noise_model"):
         NSN2NConfig(noise_model="poisson")

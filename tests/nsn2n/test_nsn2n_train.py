@@ -4,7 +4,7 @@ from nsn2n_synth import FAST, add_noise, make_clean
 from scipy import ndimage
 
 from napari_duet import DuetInputError
-from napari_duet.metrics import psnr
+from napari_duet.core.metrics import psnr
 from napari_duet.nsn2n import NSN2NConfig, NSN2NProgress, TrainResult, iter_train, train
 
 
@@ -64,7 +64,7 @@ def test_paper_2d_context_still_trains(volume_pair):
     res = train(noisy, config=NSN2NConfig(**{**FAST, "context": "2d", "iterations": 150}))
     assert set(res.loss_history) == {"total", "recon", "rc", "ic"}
     assert psnr(res.denoised, clean, 1.0) > psnr(noisy, clean, 1.0) + 2.0
-    assert res.model.info["context"] == "2d" and not res.model.is_context
+    assert res.model.training["context"] == "2d" and not res.model.is_context
 
 
 def test_no_target_slice_is_ever_an_input():

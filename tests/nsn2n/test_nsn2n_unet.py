@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_duet.networks import count_parameters
-from napari_duet.networks.unet import UNet2D, predict_2d
+from napari_duet.core.networks import count_parameters
+from napari_duet.core.networks.unet import UNet2D, predict_2d
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 37, 50), (2, 1, 8, 8), (1, 1, 5, 3)])

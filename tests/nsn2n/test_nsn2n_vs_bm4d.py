@@ -14,7 +14,7 @@ import pytest
 from nsn2n_synth import add_noise
 from scipy import ndimage
 
-from napari_duet.metrics import psnr
+from napari_duet.core.metrics import psnr
 from napari_duet.nsn2n import NSN2NConfig, train
 
 bm4d = pytest.importorskip("bm4d", reason="bm4d is a benchmark-only extra ('bench')")
@@ -45,6 +45,7 @@ def clean():
     return _clean()
 
 
+@pytest.mark.slow
 def test_nsn2n_beats_bm4d_with_estimated_sigma_on_correlated_noise(clean):
     noisy = add_noise(clean, 0.1, correlated=True, seed=2)
     ref, sigma = _bm4d_estimated(noisy)
@@ -56,12 +57,13 @@ def test_nsn2n_beats_bm4d_with_estimated_sigma_on_correlated_noise(clean):
     assert p_ours > p_bm4d + 2.5, (p_noisy, p_bm4d, p_ours)  # measured +3.6 dB
 
 
+@pytest.mark.slow
 def test_nsn2n_beats_bm4d_on_white_noise(clean):
     noisy = add_noise(clean, 0.1, seed=2)
     ref, sigma = _bm4d_estimated(noisy)
     assert 0.08 < sigma < 0.12  # right on white noise
     res = train(noisy, config=CFG.replace(iterations=600))
-    assert res.model.info["context"] == "blind"  # chosen from the noise's correlation
+    assert res.model.training["context"] == "blind"  # chosen from the noise's correlation
     p_noisy, p_bm4d, p_ours = (psnr(a, clean, 1.0) for a in (noisy, ref, res.denoised))
     print("white: noisy, BM4D est, NS-N2N", p_noisy, p_bm4d, p_ours)
     # measured: blind 29.76 dB, BM4D 29.04 dB, the 2.5D network 28.08 dB (600 steps)

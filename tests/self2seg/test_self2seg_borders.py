@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
 from napari_duet.self2seg._borders import refine_borders
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
 from napari_duet.self2seg import Self2SegConfig, self2seg
 
 
@@ -22,6 +22,7 @@ def _sparse_camera(seed, photons=5.0, bg=0.3, shape=(160, 224), fraction=0.008):
     return np.clip(np.round(raw), 0, 65535).astype(np.uint16), m
 
 
+@pytest.mark.slow
 def test_sparse_photon_limited_image_does_not_collapse(one_torch_thread):
     # <= 10 photons at the brightest pixel, 0.8 % foreground: the previous automatic
     # start (noise floor 1.5, one smoothing scale) gave Dice 0.29 here.
@@ -32,6 +33,7 @@ def test_sparse_photon_limited_image_does_not_collapse(one_torch_thread):
     assert res.instances.max() >= 0.5 * (np.unique(res.instances).size - 1)
 
 
+@pytest.mark.slow
 def test_raw_camera_image_segments_as_well_as_its_offset_free_version(one_torch_thread):
     raw, m = _sparse_camera(2, photons=20.0, bg=2.0, fraction=0.05)
     floating = (raw.astype(np.float32) - 100.0) / 2.0  # photons, no offset

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_duet.n2f._checkerboard import (
+from napari_duet.core.n2f._checkerboard import (
     blind_prediction,
     checkerboard_merge,
     checkerboard_split,

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_duet._chunks import staging_path
-from napari_duet._io import ImageMeta, open_image, write_ome_zarr
 from napari_duet.cli import main
+from napari_duet.core.chunks import staging_path
+from napari_duet.core.io import ImageMeta, open_image, write_ome_zarr
+from napari_duet.core.synthetic import synthetic_nuclei
 from napari_duet.self2seg import Self2SegConfig, boxes_to_regions, self2seg_stack
 from napari_duet.self2seg._chunked import iter_self2seg_chunked
-from napari_duet.synthetic import synthetic_nuclei
 
 FAST = ["--experts", "constant", "--max-alternations", "2"]
 META = ImageMeta(("z", "y", "x"), (2.0, 0.3, 0.3), ("micrometer",) * 3)

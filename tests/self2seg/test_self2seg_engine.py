@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from napari_duet import DuetInputError
-from napari_duet._progress import run_to_end
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
+from napari_duet.core.progress import run_to_end
 from napari_duet.self2seg import (
     Self2SegConfig,
     Self2SegResult,
@@ -228,9 +228,10 @@ def test_region_variance_keeps_dim_objects_that_chan_vese_drops():
     assert all(b <= a + 1e-6 for a, b in zip(rv.energies, rv.energies[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_ensembled_expert_denoising_beats_each_expert_alone():
-    from napari_duet.metrics import psnr
-    from napari_duet.synthetic import synthetic_nuclei
+    from napari_duet.core.metrics import psnr
+    from napari_duet.core.synthetic import synthetic_nuclei
 
     gains = []
     for seed in (0, 1):
@@ -265,7 +266,7 @@ def test_progress_events_within_alternations_change_nothing(monkeypatch):
     events = [x for x in items if isinstance(x, Self2SegProgress)]
     # Alternation 2 trains CNN experts: its step count rises, then the mask follows.
     alt2 = [e for e in events if e.alternation == 2]
-    steps = [e.step for e in alt2 if e.stage == "experts"]
+    steps = [e.done for e in alt2 if e.stage == "experts"]
     assert len(steps) >= 3 and steps == sorted(steps) and steps[-1] > steps[0]
     assert alt2[-1].stage == "mask"
     fractions = [e.fraction for e in events]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_duet.metrics import average_precision
+from napari_duet.core.metrics import average_precision
 from napari_duet.self2seg import (
     Self2SegConfig,
     label_instances,

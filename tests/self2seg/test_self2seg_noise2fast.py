@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_duet import DuetInputError
-from napari_duet.n2f import noise2fast
+from napari_duet.core.n2f import noise2fast
 
 
 def test_noise2fast_denoises_and_keeps_scale():

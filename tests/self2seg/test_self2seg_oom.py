@@ -1,5 +1,6 @@
 """Running out of memory: ``duet`` exits 2 with one line, never a traceback."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_duet._errors import is_out_of_memory, out_of_memory_message
 from napari_duet.cli import main
+from napari_duet.core.errors import is_out_of_memory, out_of_memory_message
 
 
 def _numpy_oom():
@@ -86,7 +87,7 @@ _CHILD = textwrap.dedent(
     import resource, sys
     # Import everything the run needs first, then cap the address space 400 MiB above it.
     import numpy, scipy.ndimage, skimage.filters, tifffile
-    import napari_duet.self2seg, napari_duet.self2seg._cli
+    import napari_duet.self2seg, napari_duet.cli._self2seg
     from napari_duet.cli import main
     size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     limit = size + 400 * 2**20
@@ -107,7 +108,9 @@ def test_real_run_under_a_memory_limit(tmp_path):
         [sys.executable, "-c", _CHILD, "self2seg", str(path), "-o", str(tmp_path / "o"),
          "--experts", "constant", "--max-alternations", "1", "--quiet"],
         capture_output=True, text=True, timeout=600,
-        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+             # the package under test, also when it is run from a source tree
+             "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert "Traceback" not in proc.stderr
     assert proc.returncode in (0, 2), proc.stderr

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_duet.metrics import dice
+from napari_duet.core.metrics import dice
+from napari_duet.core.synthetic import sparse_dim_nuclei, two_textures
 from napari_duet.self2seg import Self2SegConfig, boxes_to_regions, convex_chan_vese, self2seg
-from napari_duet.synthetic import sparse_dim_nuclei, two_textures
 
 # The default experts: seconds per 160^2 image on one CPU thread.
 TEXTURE_CFG = dict(device="cpu",
@@ -16,6 +16,7 @@ TEXTURE_CFG = dict(device="cpu",
     ("inside", "outside", "seed"),
     [("grating", "blobs", 0), ("fine", "coarse", 1), ("horizontal", "vertical", 2)],
 )
+@pytest.mark.slow
 def test_textures_separate_with_one_seed_box_per_region(inside, outside, seed):
     img, truth, fg_box, bg_box = two_textures(inside, outside, (160, 160), seed=seed)
     regions = boxes_to_regions(img.shape, [fg_box], [bg_box])
@@ -26,6 +27,7 @@ def test_textures_separate_with_one_seed_box_per_region(inside, outside, seed):
     assert ours >= 0.9, (ours, cv)
 
 
+@pytest.mark.slow
 def test_seeds_train_the_learned_experts_from_the_first_alternation(monkeypatch):
     """Every CNN expert training sees all of its class's seeds and none of another's.
 
@@ -58,7 +60,7 @@ def test_seeds_train_the_learned_experts_from_the_first_alternation(monkeypatch)
 
 def test_sparse_dim_nuclei_at_high_noise_do_not_collapse():
     """Otsu on the smoothed image starts from noise blobs here; the noise floor does not."""
-    from napari_duet.metrics import dice as d
+    from napari_duet.core.metrics import dice as d
 
     clean, truth = sparse_dim_nuclei(seed=3)
     rng = np.random.default_rng(50)
@@ -72,6 +74,7 @@ def test_sparse_dim_nuclei_at_high_noise_do_not_collapse():
     assert d(ours, truth) > 0.6
 
 
+@pytest.mark.slow
 def test_lambda_is_checked_against_the_seeds_on_photographic_textures():
     """Photographs of textures (held out): where the first mask contradicts the seeds, the
     automatic lambda grows; a lambda the user gave is left alone."""

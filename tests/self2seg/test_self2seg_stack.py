@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_duet._errors import DuetInputError
-from napari_duet._progress import run_to_end
 from napari_duet.cli import main
+from napari_duet.core.errors import DuetInputError
+from napari_duet.core.progress import run_to_end
+from napari_duet.core.synthetic import synthetic_nuclei
 from napari_duet.self2seg import (
     Self2SegConfig,
     Self2SegStackResult,
@@ -18,7 +19,6 @@ from napari_duet.self2seg import (
     self2seg,
     self2seg_stack,
 )
-from napari_duet.synthetic import synthetic_nuclei
 
 FAST = {"experts": "constant", "max_alternations": 2}
 

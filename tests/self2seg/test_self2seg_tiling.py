@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_duet.networks.n2f_cnn import N2FNet  # noqa: E402
+from napari_duet.core.networks.n2f_cnn import N2FNet  # noqa: E402
+from napari_duet.core.tiling import apply_tiled, count_tiles  # noqa: E402
 from napari_duet.self2seg._experts import CNNExpert, inference_tile  # noqa: E402
-from napari_duet.tiling import apply_tiled, count_tiles  # noqa: E402
 
 
 def _untiled(net, img):

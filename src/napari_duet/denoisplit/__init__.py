@@ -10,12 +10,13 @@ held-out data turns into an error estimate.
 torch is imported only when a function needs it.
 """
 
-from ..noise_models import (
+from ..core.noise_models import (
     GaussianMixtureNoiseModel,
     bootstrap_noise_model,
     fit_noise_model,
 )
 from ._calibration import calibration_plot, calibration_stats, fit_calibration
+from ._chunked import iter_predict_chunked
 from ._config import SplitConfig, TrainConfig
 from ._metrics import ms_ssim, seam_metrics, split_metrics
 from ._model import SplitModel
@@ -47,6 +48,7 @@ __all__ = [
     "calibration_stats",
     "fit_calibration",
     "fit_noise_model",
+    "iter_predict_chunked",
     "iter_train",
     "learning_summary",
     "ms_ssim",

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._bmz import (
+from ..core.bmz import (
     MODEL_FILE,
     check_reproduces,
     cover_png,
@@ -33,7 +33,7 @@ from .._bmz import (
     tensor_description,
     write_package,
 )
-from .._errors import DuetError, DuetInputError
+from ..core.errors import DuetError, DuetInputError
 from ._model import SplitModel
 
 NETWORK_FILE = "denoisplit_network.py"

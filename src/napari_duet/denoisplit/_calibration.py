@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import DuetInputError
-from .._plotting import save_figure
+from ..core.errors import DuetInputError
+from ..core.plotting import save_figure
 
 
 def _flat(*arrays):

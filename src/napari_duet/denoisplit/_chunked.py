@@ -23,20 +23,17 @@ the group's attributes (``--resume``).
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable, Generator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._chunks import ChunkProgress, TaskRunner, blocks, resolve, resolve_model, worker_threads
-from .._errors import DuetInputError
+from ..core.chunks import ChunkProgress, TaskRunner, blocks, resolve, resolve_model, worker_threads
+from ..core.errors import DuetInputError
 from ._model import plan_prediction
 
-__all__ = ["iter_predict_chunked", "plan_prediction", "run_chunked"]
+__all__ = ["iter_predict_chunked", "plan_prediction"]
 
 # Output block side (pixels) of one task when not given: bounds a task's memory
 # (samples: N x C x block² floats) while keeping the tiles computed twice few.
@@ -45,7 +42,7 @@ DEFAULT_BLOCK = 1024
 
 def _index_maps(shape: tuple[int, int], multiple: int) -> tuple[np.ndarray, np.ndarray]:
     """For each row/column of the padded frame, the frame row/column it copies."""
-    from ..tiling import pad_to_multiple
+    from ..core.tiling import pad_to_multiple
 
     # Padding an index image copies indices exactly as it copies pixels (separably).
     return tuple(pad_to_multiple(np.arange(n, dtype=np.int64)[:, None], multiple,
@@ -74,7 +71,7 @@ def _task_block(task, model, source, outs: dict, plan: dict, frame_shape: tuple[
     import torch
     from torch.nn import functional as F
 
-    from ..tiling import iter_tiles
+    from ..core.tiling import iter_tiles
     from ._predict import _write_tile
 
     number, f, (y0, y1), (x0, x1), seed = task
@@ -229,114 +226,3 @@ def iter_predict_chunked(
                             elapsed=el, eta=el / n * (len(todo) - n))
     state.update(done=sorted(done), plan=plan)
     return state
-
-
-def _create_outputs(out: Path, shape: tuple, meta, n_channels: int, samples: int, block: int,
-                    names: list[str]):
-    """The output group: MMSE as the OME-Zarr image, ``std`` and ``samples`` beside it."""
-    import zarr
-
-    from .._io import ImageMeta, create_ome_zarr
-
-    lead = shape[:-2]
-    axes = (*meta.axes[:-2], "c", *meta.axes[-2:])
-    omeg = ImageMeta(axes, (*meta.scale[:-2], 1.0, *meta.scale[-2:]),
-                     (*meta.units[:-2], None, *meta.units[-2:]))
-    if len(set(axes)) != len(axes):
-        omeg = ImageMeta.default(len(axes))
-    full = (*lead, n_channels, *shape[-2:])
-    chunks = (*(1,) * len(lead), n_channels, *(min(block, n) for n in shape[-2:]))
-    create_ome_zarr(out, full, np.float32, omeg, chunks=chunks)
-    group = zarr.open_group(str(out), mode="r+")
-    kw: dict[str, Any] = {"dimension_names": list(omeg.axes)}
-    group.create_array("std", shape=full, dtype=np.float32, chunks=chunks, fill_value=0, **kw)
-    if samples > 1:
-        kw = {"dimension_names": ["sample", *omeg.axes]}
-        group.create_array("samples", shape=(samples, *full), dtype=np.float32,
-                           chunks=(1, *chunks), fill_value=0, **kw)
-    group.attrs["channel_names"] = list(names)
-    return group, omeg
-
-
-def run_chunked(args: argparse.Namespace) -> int:
-    """``duet split predict IMG -o OUT.ome.zarr --model M``: block tasks, resumable."""
-    from .._chunks import (
-        ImageRef,
-        RunRecord,
-        RunStore,
-        announce_chunked,
-        eta_notes,
-        file_hash,
-        report_path,
-    )
-    from .._cli_progress import cli_run
-    from .._io import check_outputs, content_fingerprint, open_image, write_json
-    from .._progress import run_to_end
-    from ._model import SplitModel
-
-    out = Path(args.output)
-    if args.samples < 1:
-        raise DuetInputError("--samples must be >= 1")
-    if args.block is not None and args.block < 1:
-        raise DuetInputError(f"--block must be at least 1, got {args.block}")
-    check_outputs([args.image, args.model], [("-o", out), ("report", report_path(out)),
-                                             ("--log-json", getattr(args, "log_json", None))])
-    image, meta = open_image(args.image)
-    shape = tuple(int(s) for s in image.shape)
-    if len(shape) not in (2, 3):
-        raise DuetInputError(f"the image must be (Y, X) or (N, Y, X), got shape {shape}")
-    block = args.block or DEFAULT_BLOCK
-    runner = TaskRunner(args.scheduler)  # connects when entered, below
-    with cli_run(args, "split predict") as bar:
-        def say(msg: str) -> None:
-            bar.write(msg, file=sys.stderr)
-
-        with bar.stage("load model"):
-            # On dask the workers load it on --device; here it only plans the tasks.
-            model = SplitModel.load(args.model, device="cpu" if runner.distributed else args.device)
-        plan = plan_prediction(model, shape[-2:], args.tile, None, args.batch_size)
-        signature = {"input": str(Path(args.image).resolve()), "shape": list(shape),
-                     "dtype": str(image.dtype), "sample_sha256": content_fingerprint(image),
-                     "model_sha256": file_hash(args.model),
-                     "samples": args.samples, "seed": args.seed, "block": block,
-                     "calibration": args.calibration, "plan": plan}
-        # Built beside the output and swapped in when complete: an earlier result survives.
-        store = RunStore(out, signature, resume=args.resume)
-        record = store.record
-        if record is None:
-            group, _ = _create_outputs(store.path, shape, meta, model.n_channels,
-                                       args.samples, block, list(model.channel_names))
-            record = RunRecord.create(group, signature)
-        group = record.group
-        outs = {"mmse": group["0"], "std": group["std"],
-                "samples": group["samples"] if args.samples > 1 else None}
-        t0 = time.perf_counter()
-        with runner:
-            src = ImageRef.of(args.image) if runner.distributed else image
-            gen = iter_predict_chunked(model, src, outs, samples=args.samples,
-                                       tile=plan["tile"], batch_size=plan["batch_size"],
-                                       calibration=args.calibration, seed=args.seed,
-                                       block=block, state=record.state,
-                                       save_state=record.save, runner=runner,
-                                       device=args.device)
-            announce_chunked(say, shape, image.dtype, store.path)
-            try:
-                final = run_to_end(gen, eta_notes(bar, say))
-            except DuetInputError:
-                if store.fresh:  # bad input or model: nothing worth resuming
-                    store.discard()
-                raise
-        bar.finish()
-        seconds = time.perf_counter() - t0
-        levels = store.finish(record, final, bar)
-    report = {"method": "denoisplit", "chunked": True, "image": str(args.image),
-              "model": str(args.model), "output": str(out), "shape": list(shape),
-              "channel_names": list(model.channel_names), "samples": args.samples,
-              "seed": args.seed, "block": block, **plan, "calibration": args.calibration,
-              "arrays": ["0 (mmse)", "std", *(["samples"] if args.samples > 1 else [])],
-              "levels": levels, "scheduler": runner.scheduler or "local", "seconds": seconds,
-              "megapixels_per_second": float(np.prod(shape)) / 1e6 / max(seconds, 1e-9),
-              "model_metadata": model.metadata()}
-    write_json(report_path(out), report)
-    print(f"wrote {out}")
-    return 0

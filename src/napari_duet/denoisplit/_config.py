@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import EngineConfig, check_choice, check_int, check_number, need, param
-from .._errors import DuetInputError
+from ..core.config import EngineConfig, check_number, need, param
+from ..core.errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
 KL_FORMS = ("denoisplit", "musplit")
@@ -63,36 +63,30 @@ class SplitConfig(EngineConfig):
         to the prior and the output stayed at the split.)
     """
 
-    n_levels: int = 4
-    z_dims: int = 128
-    filters: int = 64
-    blocks_per_level: int = 1
-    dropout: float = 0.1
+    # Upper bounds far above any useful network: a model file's header names these sizes,
+    # and unbounded ones would build networks of many gigabytes.
+    n_levels: int = param(4, lo=1, hi=7)
+    z_dims: int = param(128, lo=1, hi=MAX_WIDTH)
+    filters: int = param(64, lo=1, hi=MAX_WIDTH)
+    blocks_per_level: int = param(1, lo=1, hi=MAX_BLOCKS)
+    dropout: float = param(0.1, lo=0.0, hi=1.0, hi_open=True)
     batchnorm: bool = True
     learn_top_prior: bool = True
     stochastic_skip: bool = True
     var_clip_max: float = 20.0
     logvar_lower_bound: float = -5.0
     predict_logvar: bool = False
-    n_channels: int = 2
-    multiscale_count: int = 1
+    n_channels: int = param(2, lo=MIN_CHANNELS, hi=MAX_CHANNELS)
+    multiscale_count: int = param(1, lo=1)
     split_fallback: bool = False
 
     LABEL: ClassVar[str] = "denoiSplit network"
 
-    def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
-        # Upper bounds far above any useful network: a model file's header names
-        # these sizes, and unbounded ones would build networks of many gigabytes.
-        check_int("n_levels", self.n_levels, 1, 7)
-        check_int("z_dims", self.z_dims, 1, MAX_WIDTH)
-        check_int("filters", self.filters, 1, MAX_WIDTH)
-        check_int("blocks_per_level", self.blocks_per_level, 1, MAX_BLOCKS)
-        check_int("n_channels", self.n_channels, MIN_CHANNELS, MAX_CHANNELS)
-        check_int("multiscale_count", self.multiscale_count, 1)
+    def check(self) -> None:
+        """What the field declarations cannot say: finite clipping bounds, and lateral
+        context within the levels."""
         check_number("var_clip_max", self.var_clip_max)
         check_number("logvar_lower_bound", self.logvar_lower_bound)
-        check_number("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         need(self.multiscale_count <= self.n_levels,
              f"multiscale_count must be at most n_levels ({self.n_levels}), "
              f"got {self.multiscale_count}")
@@ -204,58 +198,47 @@ class TrainConfig(EngineConfig):
         example="--epochs 50")
     max_minutes: float | None = param(
         None, label="max minutes", help="Stop training after this many minutes.",
-        none="no limit", example="--max-minutes 30")
+        none="no limit", example="--max-minutes 30", lo=0, lo_open=True)
     patch_size: int = param(
         64, label="patch size",
         help="Side of the square training patches in pixels (a multiple of 2^levels): "
              "larger sees more context and needs more memory.",
-        lo=16)
+        lo=1)
     batch_size: int = param(
         32, label="batch size", help="Patches per training step (bounded by memory).", lo=1)
     steps_per_epoch: int | None = param(
         None, label="steps per epoch", help="Training steps per epoch.",
-        auto="about 4 passes over the data, 10 to 500 steps")
-    lr: float = 1e-3
+        auto="about 4 passes over the data, 10 to 500 steps", lo=1)
+    lr: float = param(1e-3, lo=0, lo_open=True)
     seed: int = param(
         0, label="random seed", help="Seed of patches, augmentations and initial weights.")
     device: str = param(
         "auto", label="device",
         help="Where to train: auto uses a GPU (CUDA or Apple MPS) when there is one, else the "
              "CPU.")
-    likelihood: str = "noise_model"
-    kl: str = "denoisplit"
-    free_bits: float = 1.0
-    kl_weight: float = 1.0
-    val_fraction: float = 0.15
-    lr_patience: int = 30
-    lr_factor: float = 0.5
-    early_stopping: int = 200
-    grad_clip: float = 0.5
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
+        none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
+    likelihood: str = param("noise_model", choices=LIKELIHOODS)
+    kl: str = param("denoisplit", choices=KL_FORMS)
+    free_bits: float = param(1.0, lo=0)
+    kl_weight: float = param(1.0, lo=0)
+    val_fraction: float = param(0.15, lo=0.0, hi=0.9, lo_open=True, hi_open=True)
+    lr_patience: int = param(30, lo=0)
+    lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
+    early_stopping: int = param(200, lo=1)
+    grad_clip: float = param(0.5, lo=0)
     augment: bool = True
     mixed_precision: bool = True
     calibrate: bool = True
-    calib_samples: int = 20
-    log_every: int = 20
+    calib_samples: int = param(20, lo=1)
+    log_every: int = param(20, lo=1)
     checkpoint_path: str | None = None
     resume: bool = False
 
-    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "log_every", "checkpoint_path", "resume")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_path",
+                                          "resume")
     LABEL: ClassVar[str] = "denoiSplit training"
 
-    def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
-        check_choice("likelihood", self.likelihood, LIKELIHOODS)
-        check_choice("kl", self.kl, KL_FORMS)
-        for name in ("epochs", "patch_size", "batch_size", "calib_samples", "log_every",
-                     "lr_patience", "early_stopping"):
-            check_int(name, getattr(self, name), 0 if name == "lr_patience" else 1)
-        check_int("steps_per_epoch", self.steps_per_epoch, 1, optional=True)
-        check_number("max_minutes", self.max_minutes, 0, lo_open=True, optional=True)
-        check_number("val_fraction", self.val_fraction, 0.0, 0.9, lo_open=True, hi_open=True)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_number("lr_factor", self.lr_factor, 0, 1, lo_open=True, hi_open=True)
-        for name in ("free_bits", "kl_weight", "grad_clip"):
-            check_number(name, getattr(self, name), 0)
-        check_int("seed", self.seed)
-        need(isinstance(self.device, str) and bool(self.device),
-             f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+    def check(self) -> None:
+        """Nothing beyond the field declarations (each checked by ``validate``)."""

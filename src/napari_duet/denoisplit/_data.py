@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._errors import DuetInputError
-from ..intensity import Normalizer, as_float_image
+from ..core.errors import DuetInputError
+from ..core.intensity import Normalizer, as_float_image
 
 _MIN_FRAMES_FOR_FRAME_SPLIT = 5
 _MAX_VAL_PATCHES = 64

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import range_invariant_psnr
+from ..core.metrics import range_invariant_psnr
 
 _MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 

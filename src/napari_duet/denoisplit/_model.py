@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError, ModelFileError, first_line
-from .._progress import run_to_end
-from ..intensity import Normalizer
-from ..noise_models import GaussianMixtureNoiseModel
+from ..core.errors import DuetInputError, ModelFileError, first_line
+from ..core.intensity import Normalizer
+from ..core.noise_models import GaussianMixtureNoiseModel
+from ..core.progress import run_to_end
 from ._calibration import apply_calibration
 from ._config import SplitConfig
 from ._data import as_frames
@@ -55,7 +55,7 @@ def default_tile(shape: tuple[int, int], patch: int, overlap: int, multiple: int
     the network can hold in the batch budget; a frame that fits in one tile
     is computed once, untiled.
     """
-    from ..tiling import count_tiles
+    from ..core.tiling import count_tiles
 
     budget, per_px = _pass_budget(filters, device)
     largest = int(min(1024, (budget / per_px) ** 0.5)) // multiple * multiple
@@ -158,7 +158,7 @@ class SplitModel:
         ``resume``: a training checkpoint's header entry and ``resume.*`` tensors
         (see :mod:`._resume`), stored beside the model.
         """
-        from ..modelfile import save_model_file
+        from ..core.modelfile import save_model_file
 
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         nm_cfg = None
@@ -187,8 +187,8 @@ class SplitModel:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> SplitModel:
         """Load a model file; foreign or damaged files raise ModelFileError."""
-        from ..devices import resolve_device
-        from ..modelfile import file_normalizer, load_model_file, meta_state_shapes
+        from ..core.devices import resolve_device
+        from ..core.modelfile import file_normalizer, load_model_file, meta_state_shapes
         from ._lvae import LadderVAE
 
         name = Path(path).name
@@ -221,8 +221,7 @@ class SplitModel:
             target_norms = [file_normalizer(d, f"target_normalizers[{c}]")
                             for c, d in enumerate(targets)]
             calibration = _checked_calibration(ex.get("calibration"), n)
-            # Files written before N-channel support hold two channels, no n_channels
-            # field (SplitConfig defaults to 2) and noise models a and b.
+            # Older files: see core.modelfile.migrate.
             nms = [
                 GaussianMixtureNoiseModel.from_file_parts(c, mf.tensors, _nm_prefix(i),
                                                           name=name)
@@ -381,9 +380,25 @@ class SplitModel:
         )
         return result
 
-    def predict(self, image, **kwargs) -> SplitResult:
+    def predict(
+        self,
+        image,
+        *,
+        samples: int = 20,
+        tile: int | None = None,
+        overlap: int | None = None,
+        batch_size: int | None = None,
+        return_samples: bool = False,
+        calibration: str = "scalar",
+        deterministic: bool = False,
+        seed: int = 0,
+        samples_out=None,
+    ) -> SplitResult:
         """Run :meth:`iter_predict` to the end (same parameters)."""
-        return run_to_end(self.iter_predict(image, **kwargs))
+        return run_to_end(self.iter_predict(
+            image, samples=samples, tile=tile, overlap=overlap, batch_size=batch_size,
+            return_samples=return_samples, calibration=calibration,
+            deterministic=deterministic, seed=seed, samples_out=samples_out))
 
     def _finish(self, raw, frames, was_2d, *, samples, calibration,
                 samples_out=None) -> SplitResult:
@@ -440,7 +455,7 @@ def _header_sizes(header) -> tuple[SplitConfig, int, list[dict]]:
     ``header`` is the parsed header dict or a ModelFile.  Raises ValueError /
     DuetInputError naming the field (SplitConfig bounds its own sizes).
     """
-    from ..modelfile import file_int
+    from ..core.modelfile import file_int
 
     get = header.get if isinstance(header, dict) else lambda k: getattr(header, k)
     config, ex = get("config"), get("extra")
@@ -460,7 +475,7 @@ def _checked_calibration(cal, n: int) -> dict | None:
     Scalar factors must be finite and positive (zero would report a zero
     std, NaN an all-NaN one); the linear maps' coefficients finite.
     """
-    from ..modelfile import file_number
+    from ..core.modelfile import file_number
 
     if cal is None:
         return None

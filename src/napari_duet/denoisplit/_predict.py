@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import Progress
-from ..tiling import count_tiles, iter_tiles, pad_to_multiple
+from ..core.progress import Progress
+from ..core.tiling import count_tiles, iter_tiles, pad_to_multiple
 
 
 @dataclass(kw_only=True)
@@ -220,7 +220,7 @@ def tile_seams(shape: tuple[int, int], tile: int, overlap: int,
     does: pad to the multiple, tile, crop): each seam is the first row (or
     column) written by the next tile, in image coordinates.
     """
-    from ..tiling import _axis_tiles
+    from ..core.tiling import _axis_tiles
 
     seams = []
     for n in shape:

@@ -42,10 +42,10 @@ def run_identity(cfg, tc, data_shape, names, data=None) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: network, recipe, data, channels.
 
     ``data`` (the prepared :class:`~._data.SplitData`): a sampled fingerprint of the
-    training and validation frames (:func:`~napari_duet._io.content_fingerprint`), so
+    training and validation frames (:func:`~napari_duet.core.io.content_fingerprint`), so
     a checkpoint never goes on with other data of the same shape.
     """
-    from .._io import content_fingerprint
+    from ..core.io import content_fingerprint
 
     recipe = {k: v for k, v in tc.model_dict().items() if k not in ("epochs", "max_minutes",
                                                                      "calibrate")}
@@ -108,7 +108,7 @@ def state_parts(*, net, opt, sched, sampler, epoch, best, bad_epochs, val_loss, 
 
 def read_state(path: str | Path) -> ResumeState | None:
     """The resume state of a checkpoint file (None: the file holds none)."""
-    from ..modelfile import load_model_file
+    from ..core.modelfile import load_model_file
 
     mf = load_model_file(path, kind="denoisplit", what="denoiSplit checkpoint")
     info = mf.extra.get("resume")
@@ -127,7 +127,7 @@ def read_state(path: str | Path) -> ResumeState | None:
             | {"best." + k[4:]: v for k, v in mf.tensors.items() if k.startswith("net.")},
         )
     except (KeyError, TypeError, ValueError) as exc:
-        from .._errors import ModelFileError, first_line
+        from ..core.errors import ModelFileError, first_line
 
         raise ModelFileError(f"{Path(path).name} is a damaged checkpoint ({first_line(exc)})"
                              ) from None
@@ -155,12 +155,12 @@ def restore(state: ResumeState, *, net, opt, sched, sampler, device) -> dict:
                last_epoch=state.scheduler["last_epoch"],
                _last_lr=list(state.scheduler["lrs"]))
     sched.load_state_dict(sch)
-    from .. import distributed as ddp
+    from ..core import distributed as ddp
 
     # Each rank its own generators (rank 0's are the plain names).
     suffix = f".r{ddp.rank()}" if ddp.rank() else ""
     if f"rng.torch{suffix}" not in t:
-        from .._errors import DuetInputError
+        from ..core.errors import DuetInputError
 
         raise DuetInputError(f"the checkpoint holds no random state for rank {ddp.rank()} "
                              f"(it was written by {state.world_size} process(es)): resume "

@@ -24,12 +24,12 @@ def save_split(result, folder, *, pixel_info: dict[str, Any] | None = None,
     """Write ``result`` (a SplitResult) into ``folder`` as one set; returns the paths.
 
     The files are staged and moved in together, ``report.json`` (listing exactly
-    these files) last (:class:`~napari_duet._io.ResultSet`), so the folder never
+    these files) last (:class:`~napari_duet.core.io.ResultSet`), so the folder never
     mixes two runs.  ``results``: an open ResultSet to write into (``duet split
     predict`` streams the samples into it first; ``samples_shape`` says so);
     ``report``: extra entries for ``report.json``.
     """
-    from .._io import ResultSet, write_json, write_tiff
+    from ..core.io import ResultSet, write_json, write_tiff
 
     folder = Path(folder)
     if results is None:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError
-from .._progress import Progress, run_to_end
-from ..noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
+from ..core.errors import DuetInputError
+from ..core.noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
+from ..core.progress import Progress, run_to_end
 from ._config import MAX_CHANNELS, MIN_CHANNELS, SplitConfig, TrainConfig
 from ._data import (
     PatchSampler,
@@ -35,7 +36,6 @@ class TrainProgress(Progress):
     (``done`` of ``total`` channels), ``"train"`` during the epochs (``done``
     of ``total`` steps over all planned epochs, filled from ``epoch``,
     ``step`` and ``steps_per_epoch``) and ``"calibrate"`` at the end.
-    ``phase`` is the older name of ``stage``.
 
     ``val_gain_db`` (after each epoch's validation, then carried along) maps
     each channel name to the PSNR gain in dB of the model over the constant
@@ -64,11 +64,6 @@ class TrainProgress(Progress):
             self.total = self.epochs * self.steps_per_epoch
 
     @property
-    def phase(self) -> str:
-        """Older name of :attr:`stage`."""
-        return self.stage
-
-    @property
     def fraction(self) -> float:
         """Share of the run: noise models 5 %, epochs 90 %, calibration 5 %.
 
@@ -80,6 +75,20 @@ class TrainProgress(Progress):
         if self.stage == "calibrate":
             within = 1.0  # the epochs are over (early stopping may end them sooner)
         return 0.05 + 0.9 * within
+
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Adds the epoch, validation loss, learning rate, gains, losses and ETA; the
+        noise-model and calibration stages have no steps to count."""
+        stage, done, total, extra = super().fields()
+        extra.pop("eta", None)
+        extra.update(epoch=self.epoch, epochs=self.epochs, val_loss=self.val_loss, lr=self.lr)
+        if self.val_gain_db:  # per structure, over the constant split
+            extra["val_gain_db"] = dict(self.val_gain_db)
+        extra.setdefault("losses", {})
+        if stage != "train":
+            stage, done, total = stage.replace("_", " "), None, None
+        extra["eta"] = self.eta
+        return stage, done, total, extra
 
 
 @dataclass
@@ -98,9 +107,19 @@ class SplitTrainResult:
     model: SplitModel
     history: list[dict] = field(default_factory=list)
 
+    def save(self, folder) -> list[Path]:
+        """Write ``model.duet`` and ``report.json`` into ``folder``; returns the paths."""
+        from ..core.io import write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [Path(self.model.save(folder / "model.duet"))]
+        report = {**self.report(), "files": [p.name for p in written]}
+        return [*written, write_json(folder / "report.json", report)]
+
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: network, training facts, calibration, versions."""
-        from .._versions import versions
+        from ..core.versions import versions
 
         m = self.model
         cal = m.calibration or {}
@@ -115,15 +134,6 @@ class SplitTrainResult:
                                                     "naive_rmse") if k in cal} or None,
             "versions": versions(),
         }
-
-    def __getattr__(self, name: str):
-        # ``train`` returned the model itself before; forward its attributes so that
-        # existing scripts keep working, with a warning.
-        if name.startswith("__") or name in ("model", "history"):
-            raise AttributeError(name)
-        warnings.warn("denoisplit.train now returns a SplitTrainResult: use result.model."
-                      f"{name}", DeprecationWarning, stacklevel=2)
-        return getattr(self.model, name)
 
 
 class FlatGrads:
@@ -172,7 +182,7 @@ def make_train_step(net, opt, sampler: PatchSampler, *, batch_size: int, loss_kw
     """
     import torch
 
-    from .. import distributed as ddp
+    from ..core import distributed as ddp
     from ._losses import split_loss
 
     grads = FlatGrads(net.parameters())
@@ -192,38 +202,20 @@ def make_train_step(net, opt, sampler: PatchSampler, *, batch_size: int, loss_kw
     return step
 
 
-def _channels_and_rest(args) -> tuple[list, tuple]:
-    """Split positional arguments into the channels and (config, train_config, noise_models).
-
-    New form: ``(channels_list, config, train_config, noise_models)``; the
-    older ``(channel_a, channel_b, config, ...)`` form still works: leading
-    arrays up to the first config (or None) are the channels.
-    """
-    if not args:
-        raise DuetInputError("give the noisy acquisitions of 2 to 4 structures")
-    if isinstance(args[0], list | tuple):
-        return list(args[0]), tuple(args[1:])
-    n = 0
-    while n < len(args) and args[n] is not None and not isinstance(
-            args[n], SplitConfig | TrainConfig):
-        n += 1
-    return list(args[:n]), tuple(args[n:])
-
-
 def iter_train(
-    *args,
+    channels: Sequence,
     config: SplitConfig | None = None,
     train_config: TrainConfig | None = None,
     noise_models: Sequence[GaussianMixtureNoiseModel] | None = None,
+    *,
     channel_names: Sequence[str] | None = None,
     bootstrap_kwargs: dict | None = None,
 ) -> Generator[TrainProgress, None, SplitTrainResult]:
     """Train a splitting model on N noisy single-structure acquisitions (N = 2 to 4).
 
     The network sees their sum and learns to give back each structure (each
-    through its noise model, so it learns their clean signals).  Call it as
-    ``iter_train([a, b, c], config, train_config, noise_models)`` or, for two
-    channels, ``iter_train(a, b, config, train_config, noise_models)``.
+    through its noise model, so it learns their clean signals):
+    ``iter_train([a, b, c], config, train_config, noise_models)``.
 
     Parameters
     ----------
@@ -241,7 +233,7 @@ def iter_train(
     channel_names : sequence of str, optional
         Stored in the model (default A, B, C, ...).
     bootstrap_kwargs : dict, optional
-        Passed to :func:`~napari_duet.noise_models.bootstrap_noise_model`.
+        Passed to :func:`~napari_duet.core.noise_models.bootstrap_noise_model`.
 
     Yields
     ------
@@ -252,15 +244,20 @@ def iter_train(
         ``.model``: the best model by validation loss, calibrated on the
         validation data when ``train_config.calibrate``; ``.report()``.
     """
-    channels, rest = _channels_and_rest(args)
-    if len(rest) > 3:
-        raise TypeError("iter_train takes channels, config, train_config, noise_models")
-    given = dict(zip(("config", "train_config", "noise_models"), rest, strict=False))
-    cfg, tc, names = _resolve_configs(len(channels), given.get("config", config),
-                                      given.get("train_config", train_config), channel_names)
+    if train_config is not None and train_config.threads is not None:  # in its threads
+        from ..core.devices import in_threads
+
+        inner = dataclasses.replace(train_config, threads=None)
+        return (yield from in_threads(train_config.threads, iter_train(
+            channels, config, inner, noise_models, channel_names=channel_names,
+            bootstrap_kwargs=bootstrap_kwargs)))
+    if not isinstance(channels, list | tuple):
+        raise DuetInputError("give the noisy acquisitions of 2 to 4 structures as a list, "
+                             "[a, b, ...]")
+    channels = list(channels)
+    cfg, tc, names = _resolve_configs(len(channels), config, train_config, channel_names)
     run = _prepare(channels, cfg, tc, names)
-    run.nms = yield from _noise_models(run, channels, given.get("noise_models", noise_models),
-                                       bootstrap_kwargs)
+    run.nms = yield from _noise_models(run, channels, noise_models, bootstrap_kwargs)
     _build(run)
     _resume(run)
     run.net.train()
@@ -292,7 +289,7 @@ class _Training:
     input_norm: Any
     target_norms: list
     t0: float
-    ddp: Any  # the napari_duet.distributed module
+    ddp: Any  # the napari_duet.core.distributed module
     nms: list[GaussianMixtureNoiseModel] | None = None
     net: Any = None
     opt: Any = None
@@ -363,8 +360,8 @@ def _resolve_configs(n_ch: int, config, train_config, channel_names):
 
 def _prepare(channels, cfg: SplitConfig, tc: TrainConfig, names) -> _Training:
     """Pick the device, seed the generators, split the data and fit the normalisers."""
-    from .. import distributed as ddp
-    from ..devices import resolve_device, seed_everything
+    from ..core import distributed as ddp
+    from ..core.devices import resolve_device, seed_everything
 
     device = ddp.rank_device(resolve_device(tc.device))  # cuda:LOCAL_RANK under torchrun
     rng = seed_everything(tc.seed)
@@ -720,7 +717,7 @@ def best_model_so_far(run: _Training) -> SplitModel:
 
 def _final_model(run: _Training) -> SplitModel:
     """The best weights as a :class:`SplitModel`, with the facts of the training."""
-    from ..networks import count_parameters
+    from ..core.networks import count_parameters
 
     net, tc, ddp = run.net, run.tc, run.ddp
     if run.best[1] is not None:
@@ -850,9 +847,20 @@ def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data,
                    ).save(tc.checkpoint_path, resume=resume)
 
 
-def train(*args, callback=None, **kwargs) -> SplitTrainResult:
+def train(
+    channels: Sequence,
+    config: SplitConfig | None = None,
+    train_config: TrainConfig | None = None,
+    noise_models: Sequence[GaussianMixtureNoiseModel] | None = None,
+    *,
+    channel_names: Sequence[str] | None = None,
+    bootstrap_kwargs: dict | None = None,
+    callback: Callable[[TrainProgress], None] | None = None,
+) -> SplitTrainResult:
     """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every TrainProgress.
 
     Returns a :class:`SplitTrainResult` (the model is ``.model``).
     """
-    return run_to_end(iter_train(*args, **kwargs), callback)
+    return run_to_end(iter_train(channels, config, train_config, noise_models,
+                                 channel_names=channel_names,
+                                 bootstrap_kwargs=bootstrap_kwargs), callback)

@@ -14,6 +14,7 @@ Typical use::
     result.model.save("stack.duet")
 """
 
+from ._chunked import SlabProgress, iter_denoise_chunked
 from ._config import NSN2NConfig
 from ._diagnostics import (
     matched_fraction,
@@ -27,6 +28,7 @@ from ._diagnostics import (
 )
 from ._model import DenoiseProgress, DenoiseResult, NSN2NModel
 from ._noise import NoiseModel, fit_noise
+from ._store import StoreResult, iter_denoise_to_zarr
 from ._train import NSN2NProgress, TrainResult, iter_train, resolve_budget, train
 
 __all__ = [
@@ -36,7 +38,11 @@ __all__ = [
     "NSN2NModel",
     "NSN2NProgress",
     "NoiseModel",
+    "SlabProgress",
+    "StoreResult",
     "TrainResult",
+    "iter_denoise_chunked",
+    "iter_denoise_to_zarr",
     "iter_train",
     "fit_noise",
     "matched_fraction",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._bmz import (
+from ..core.bmz import (
     MODEL_FILE,
     centre_crop,
     check_reproduces,
@@ -32,7 +32,7 @@ from .._bmz import (
     tensor_description,
     write_package,
 )
-from .._errors import DuetError, DuetInputError
+from ..core.errors import DuetError, DuetInputError
 from ._model import NSN2NModel
 
 NETWORK_FILE = "nsn2n_network.py"
@@ -83,14 +83,14 @@ def network_source() -> str:
     U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``) in place of its import."""
     import inspect
 
-    from ..networks import unet
+    from ..core.networks import unet
 
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")
     marked = [line for line in source.splitlines(keepends=True)
               if line.startswith("from ") and line.rstrip().endswith("# bmz: drop")]
     if len(marked) != 1:
         raise DuetError("bmz_network.py changed: update nsn2n._bmz.network_source")
-    banner = "\n# ---- UNet2D (napari_duet.networks.unet)\n"
+    banner = "\n# ---- UNet2D (napari_duet.core.networks.unet)\n"
     network = "\n\n".join(inspect.getsource(obj) for obj in (unet._block, unet.UNet2D))
     return source.replace(marked[0], banner + network)
 
@@ -189,7 +189,7 @@ def _description(model: NSN2NModel, path: Path, name: str, authors: list[str], l
         for a in ("z", "y", "x")
     ]
     to_float = [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]
-    info = json.loads(json.dumps(model.info, default=str))  # plain YAML types only
+    info = json.loads(json.dumps(model.training, default=str))  # plain YAML types only
     return model_description(
         name=name,
         summary=(f"NS-N2N self-supervised volume denoiser ({arch}), trained with "

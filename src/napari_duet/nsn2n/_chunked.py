@@ -1,6 +1,6 @@
 """NS-N2N inference on volumes larger than memory: slab by slab along the slice axis.
 
-The in-memory path (:meth:`NSN2NModel.iter_denoise`) needs two statistics of the
+The in-memory path (:meth:`NSN2NModel.iter_predict`) needs two statistics of the
 whole stack before it denoises a slice: the intensity normalisation (0.1/99.9
 percentiles) and, for the 2.5D network, the matching threshold tau (a quantile of
 the guide differences of all neighbouring pairs).  Here both are computed in
@@ -22,7 +22,7 @@ per-slice filters, so recomputing them in the halo changes nothing.
 Peak memory: a slab plus its halo (``slab + 4`` planes) and the network's
 tiles; the number of slices never matters.
 
-Every pass is a set of slab tasks run by a :class:`~napari_duet._chunks.TaskRunner`:
+Every pass is a set of slab tasks run by a :class:`~napari_duet.core.chunks.TaskRunner`:
 here, one after the other, or on dask workers, which read their slab from the
 input and write their denoised slab straight into the output store (whole
 chunks along the slice axis), while the histograms and guide differences come
@@ -38,10 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from .._chunks import TaskRunner, blocks, resolve, resolve_model, with_halo, worker_threads
-from .._errors import DuetInputError
-from .._progress import Progress
-from ..intensity import Normalizer
+from ..core.chunks import (
+    ChunkProgress,
+    TaskRunner,
+    blocks,
+    resolve,
+    resolve_model,
+    with_halo,
+    worker_threads,
+)
+from ..core.errors import DuetInputError
+from ..core.intensity import Normalizer
 from ._volume import NORM_HIGH, NORM_LOW, StackLayout, layout_for
 
 # Slices the 2.5D network reads on each side of the slice it denoises (offsets +-2).
@@ -51,24 +58,17 @@ _SLAB_PIXELS = 8 * 1024 * 1024
 _MAX_SLAB = 16
 
 
-@dataclass
-class ChunkProgress(Progress):
+@dataclass(kw_only=True)
+class SlabProgress(ChunkProgress):
     """Progress of :func:`iter_denoise_chunked`: ``done`` of ``total`` units of ``stage``.
 
     Stages: ``"statistics"`` (slabs read for the normalisation and tau) and
     ``"denoise"`` (slices denoised; ``slab`` of ``slabs`` finished, ``skipped``
-    of them done by an earlier, interrupted run).  ``stage``, ``done`` and
-    ``total`` may be given by position; ``elapsed`` and ``eta`` (None:
-    unknown) as keywords.
+    of them done by an earlier, interrupted run).
     """
 
-    # Redeclared without kw_only so that they stay positional.
-    stage: str = ""
-    done: int = 0
-    total: int = 0
     slab: int = 0
     slabs: int = 0
-    skipped: int = 0
 
 
 def auto_slab(plane_pixels: int) -> int:
@@ -227,7 +227,7 @@ def _noise_normalizer(norm: Normalizer, noise) -> Normalizer:
 
 
 def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, model,
-                t0: float) -> Generator[ChunkProgress, None, tuple[list[Normalizer], list]]:
+                t0: float) -> Generator[SlabProgress, None, tuple[list[Normalizer], list]]:
     """Per-stack normalisers (exact percentiles, two passes) and taus (one more pass)."""
     n_s, n_z = layout.n_stacks, layout.shape[layout.axis]
     plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
@@ -236,10 +236,11 @@ def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, mode
     total = len(tasks) * (3 if fit_tau else 2)
     count = 0
 
-    def tick() -> ChunkProgress:
+    def tick() -> SlabProgress:
         nonlocal count
         count += 1
-        return ChunkProgress("statistics", count, total, elapsed=time.perf_counter() - t0)
+        return SlabProgress(stage="statistics", done=count, total=total,
+                            elapsed=time.perf_counter() - t0)
 
     hist = np.zeros((n_s, 65536), np.int64)
     sizes = [0] * n_s
@@ -331,7 +332,7 @@ def iter_denoise_chunked(
     save_state: Callable[[dict[str, Any]], None] | None = None,
     runner: TaskRunner | None = None,
     device: str = "auto",
-) -> Generator[ChunkProgress, None, dict[str, Any]]:
+) -> Generator[SlabProgress, None, dict[str, Any]]:
     """Denoise ``source`` into ``out`` slab by slab, yielding progress.
 
     Parameters
@@ -341,7 +342,7 @@ def iter_denoise_chunked(
     source : array-like or ImageRef
         nD volume (numpy, zarr, dask...); only slabs are read from it.  On
         dask workers: a zarr array in a local store or an
-        :class:`~napari_duet._chunks.ImageRef`.
+        :class:`~napari_duet.core.chunks.ImageRef`.
     out, uncertainty : array-like
         Writable arrays of ``source``'s shape (e.g. zarr arrays); ``uncertainty``
         (optional, needs TTA) receives the spread over flips/rotations.
@@ -409,7 +410,7 @@ def iter_denoise_chunked(
         computed += z1 - z0
         el = time.perf_counter() - t1
         eta = el / computed * (total_slices - slices_done)
-        yield ChunkProgress("denoise", slices_done, total_slices, slab=len(done),
-                            slabs=n_s * n_slabs, skipped=skipped,
-                            elapsed=time.perf_counter() - t0, eta=eta)
+        yield SlabProgress(stage="denoise", done=slices_done, total=total_slices,
+                           slab=len(done), slabs=n_s * n_slabs, skipped=skipped,
+                           elapsed=time.perf_counter() - t0, eta=eta)
     return state

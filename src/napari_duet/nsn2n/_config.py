@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import EngineConfig, check_choice, check_int, check_number, need, param
+from ..core.config import EngineConfig, check_int, need, param
 
 GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
@@ -109,7 +109,7 @@ class NSN2NConfig(EngineConfig):
              "within a slice); blind = also the slice itself with hidden pixels (for pixel-"
              "independent noise); 2d = one neighbouring slice (the paper's form).",
         auto="measures the noise: blind for pixel-independent noise, else 2.5d",
-        choices=("auto", "2.5d", "blind", "2d"))
+        choices=CONTEXTS)
     noise_model: str = param(
         "auto", label="noise model",
         help="How the noise depends on the signal: gaussian = the same everywhere; "
@@ -117,11 +117,11 @@ class NSN2NConfig(EngineConfig):
              "network works on a variance-stabilised stack); rician = MRI magnitude images "
              "(the bias at low signal is removed).",
         auto="fitted from the data (noise variance against signal)",
-        choices=("auto", "gaussian", "poisson-gaussian", "rician"))
+        choices=NOISE_MODELS)
     iterations: int | None = param(
         None, label="training steps",
         help="Train exactly this many steps (reproducible) instead of for a time budget.",
-        auto="train for the time budget", lo=1)
+        auto="train for the time budget", lo=1, metavar="N")
     budget: float | str = param(
         "auto", label="time budget (s)", help="Training time in seconds.",
         auto="by device and volume size; about 4 minutes on a CPU for 48 × 256 × 256",
@@ -130,86 +130,68 @@ class NSN2NConfig(EngineConfig):
         None, label="network width",
         help="Feature channels of the network's first level; wider is slower and sometimes "
              "better.",
-        auto="24 on a CPU, 48 on a GPU (16 for 2d)", lo=1)
-    depth: int = 2
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 1e-5
-    schedule: str = "cosine"
-    batch_size: int = 8
-    crop_size: int = 64
+        auto="24 on a CPU, 48 on a GPU (16 for 2d)", lo=1, hi=512, metavar="W")
+    depth: int = param(2, lo=0, hi=6)
+    lr: float = param(1e-3, lo=0, lo_open=True)
+    optimizer: str = param("adam", choices=OPTIMIZERS)
+    weight_decay: float = param(1e-5, lo=0)
+    schedule: str = param("cosine", choices=SCHEDULES)
+    batch_size: int = param(8, lo=1)
+    crop_size: int = param(64, lo=8)
     guide: str = param(
         "gaussian", label="slice-matching filter",
         help="Smoothing used to compare neighbouring slices and find where they match (only "
              "there does a neighbour stand in for the slice): gaussian is fast; nlm (non-local"
              " means, the paper's choice) is slow; bilateral keeps edges.",
-        choices=("gaussian", "bilateral", "nlm"))
-    guide_sigma: float = 2.0
-    median_size: int = 5
+        choices=GUIDES)
+    # Upper bounds far above useful values: a model file's config sets them for inference
+    # too, and huge filters would take hours or many gigabytes.
+    guide_sigma: float = param(2.0, lo=0, hi=MAX_SIGMA, lo_open=True)
+    median_size: int = param(5, lo=1, hi=MAX_MEDIAN)
     tau: float | None = param(
         None, label="matching threshold",
         help="How different two smoothed neighbouring slices may be and still count as "
              "matching (normalised units).",
-        auto="3 × the noise level of the differences")
-    tau_factor: float = 3.0
+        auto="3 × the noise level of the differences", lo=0, lo_open=True, metavar="T")
+    tau_factor: float = param(3.0, lo=0, lo_open=True)
     lambda_rc: float = param(
         0.5, label="weight: matched regions",
         help="2d network only: weight of the loss that keeps the denoised slice close to its "
              "neighbour where the two match (regional consistency).",
-        lo=0)
+        lo=0, metavar="W")
     lambda_ic: float = param(
         1.0, label="weight: slice continuity",
         help="2d network only: weight of the loss that keeps neighbouring denoised slices "
              "alike (inter-slice continuity).",
-        lo=0)
+        lo=0, metavar="W")
     residual: bool = True
-    preview_every: int = 50
+    preview_every: int = param(50, lo=0)
     preview_index: int | None = None
     tta: bool = param(
         True, label="test-time augmentation",
         help="Denoise 8 flipped/rotated copies and average them: cleaner, about 8 times "
              "slower, and gives an uncertainty map (their spread).")
-    tile: int = 512
+    tile: int = param(512, lo=32, hi=MAX_TILE)
     device: str = param(
         "auto", label="device",
         help="Where to compute: auto uses a GPU (CUDA or Apple MPS) when there is one, else "
              "the CPU.")
     seed: int = param(
-        0, label="random seed", help="Seed of crops, augmentations and initial weights.")
+        0, label="random seed", help="Seed of crops, augmentations and initial weights.",
+        metavar="S")
+    threads: int | None = param(
+        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
+        none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "tile",
-                                          "device")
+                                          "device", "threads")
     LABEL: ClassVar[str] = "NS-N2N"
 
-    def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
-        check_choice("context", self.context, CONTEXTS)
-        check_choice("noise_model", self.noise_model, NOISE_MODELS)
-        check_int("iterations", self.iterations, 1, optional=True)
+    def check(self) -> None:
+        """What the field declarations cannot say (each field's own rule is declared with
+        :func:`~napari_duet.core.config.param` and checked by ``validate``)."""
         need(self.budget == "auto" or (isinstance(self.budget, int | float)
                                        and not isinstance(self.budget, bool)
                                        and self.budget > 0),
              f"budget must be 'auto' or a positive number of seconds, got {self.budget!r}")
-        check_int("width", self.width, 1, 512, optional=True)
-        check_int("depth", self.depth, 0, 6)
-        check_number("lr", self.lr, 0, lo_open=True)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_number("weight_decay", self.weight_decay, 0)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("crop_size", self.crop_size, 8)
-        check_choice("guide", self.guide, GUIDES)
-        # Upper bounds far above useful values: a model file's config sets them for
-        # inference too, and huge filters would take hours or many gigabytes.
-        check_number("guide_sigma", self.guide_sigma, 0, MAX_SIGMA, lo_open=True)
-        check_int("median_size", self.median_size, 1, MAX_MEDIAN)
-        check_number("tau", self.tau, 0, lo_open=True, optional=True)
-        check_number("tau_factor", self.tau_factor, 0, lo_open=True)
-        check_number("lambda_rc", self.lambda_rc, 0)
-        check_number("lambda_ic", self.lambda_ic, 0)
-        check_int("preview_every", self.preview_every, 0)
         check_int("preview_index", self.preview_index, optional=True)
-        check_int("tile", self.tile, 32, MAX_TILE)
-        need(isinstance(self.device, str) and bool(self.device),
-             f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        check_int("seed", self.seed)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..networks.unet import UNet2D
+from ..core.networks.unet import UNet2D
 
 OFFSETS = (-2, -1, 0, 1, 2)
 SELF_IN = (0,)
@@ -92,17 +92,6 @@ class ContextNet(CorrectionNet):
         base_self = x[:, 2:3]
         base_gap = 0.5 * (x[:, 1:2] + x[:, 3:4])
         return mode * base_self + (1 - mode) * base_gap
-
-
-def build_net(network: dict) -> nn.Module:
-    """Network from a model file's ``network`` entry (2.5D, blind-spot or the paper's 2D U-Net)."""
-    if network.get("arch") == ContextNet.arch:
-        return ContextNet(width=int(network["width"]), depth=int(network["depth"]))
-    from ._blind import BlindNet
-
-    if network.get("arch") == BlindNet.arch:
-        return BlindNet(width=int(network["width"]), depth=int(network["depth"]))
-    return UNet2D(**network)
 
 
 def neighbour_index(i: int, d: int, n_z: int, allowed: tuple[int, ...]) -> int | None:

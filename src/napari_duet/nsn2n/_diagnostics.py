@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .._errors import DuetInputError
+from ..core.errors import DuetInputError
 from ._config import NSN2NConfig
 from ._guide import guide_stack
 from ._noise import NoiseModel, fit_noise

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import ModelFileError, first_line
-from .._progress import Progress, run_to_end
-from ..intensity import Normalizer
-from ..modelfile import (
+from ..core.errors import ModelFileError, first_line
+from ..core.intensity import Normalizer
+from ..core.modelfile import (
     file_int,
     file_normalizer,
     load_model_file,
     meta_state_shapes,
     save_model_file,
 )
+from ..core.progress import Progress, run_to_end
 from ._config import NSN2NConfig
 from ._noise import IDENTITY, NoiseModel
 from ._volume import NORM_HIGH, NORM_LOW, prepare
@@ -51,6 +51,14 @@ class DenoiseResult:
     denoised: np.ndarray
     uncertainty: np.ndarray | None
 
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable summary: what was written (the caller adds model and input)."""
+        from ..core.versions import versions
+
+        return {"method": "nsn2n", "mode": "apply",
+                "shape": [int(s) for s in np.shape(self.denoised)],
+                "tta": self.uncertainty is not None, "versions": versions()}
+
     def save(self, folder, **kwargs) -> list:
         """Write denoised.tif, uncertainty.tif and report.json into ``folder``
         (:func:`._save.save_result`)."""
@@ -67,6 +75,12 @@ class DenoiseProgress(Progress):
     """
 
     stage: str = "denoise"
+
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Slices denoised, and the ETA (None until known)."""
+        stage, done, total, extra = super().fields()
+        extra["eta"] = self.eta
+        return stage, done, total, extra
 
 
 def _dihedral(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -92,15 +106,14 @@ class NSN2NModel:
     Parameters
     ----------
     net : torch.nn.Module
-        The denoiser (a :class:`~napari_duet.networks.unet.UNet2D`).
+        The denoiser (a :class:`~napari_duet.core.networks.unet.UNet2D`).
     config : NSN2NConfig
         Configuration it was trained with.
     normalizers : list of Normalizer
         Normalisation of the training stacks (kept for provenance; volumes to
         denoise are normalised with their own percentiles by default).
     training : dict, optional
-        Training facts (tau, matched fraction, iterations done, ...); also
-        readable as ``info`` (older name).
+        Training facts (tau, matched fraction, iterations done, ...).
     noise : NoiseModel, optional
         The fitted noise model (default: Gaussian, no transform; files written
         before noise models load so).  Volumes are transformed with it before
@@ -116,7 +129,7 @@ class NSN2NModel:
         device: str | torch.device = "cpu",
         noise: NoiseModel | None = None,
     ) -> None:
-        from ..devices import resolve_device
+        from ..core.devices import resolve_device
 
         self.config = config
         self.noise = noise or IDENTITY
@@ -124,15 +137,6 @@ class NSN2NModel:
         self.training = dict(training or {})
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """Training facts (older name of :attr:`training`)."""
-        return self.training
-
-    @info.setter
-    def info(self, value: dict[str, Any]) -> None:
-        self.training = dict(value or {})
 
     def metadata(self) -> dict[str, Any]:
         """Kind, configuration, network, normalisation and training facts (for reports)."""
@@ -202,10 +206,6 @@ class NSN2NModel:
     def predict(self, volume, axis: int = 0, tta: bool | None = None) -> DenoiseResult:
         """Denoise a volume (see :meth:`iter_predict`)."""
         return run_to_end(self.iter_predict(volume, axis=axis, tta=tta))
-
-    # The first names of the two methods, kept for existing scripts.
-    iter_denoise = iter_predict
-    denoise = predict
 
     @property
     def context(self) -> str:
@@ -330,7 +330,7 @@ class NSN2NModel:
         """Run the network on (B, Y, X) or (B, C, Y, X), tiled above the tile size."""
         import torch
 
-        from ..networks.unet import predict_2d
+        from ..core.networks.unet import predict_2d
 
         if batch.ndim == 3:
             batch = batch[:, None]
@@ -377,8 +377,7 @@ class NSN2NModel:
         ModelFileError
             If the file is missing, corrupted, foreign or of another kind.
         """
-        from ..devices import resolve_device
-        from ._context import build_net
+        from ..core.devices import resolve_device
 
         dev = resolve_device(device)
         name = Path(path).name
@@ -393,14 +392,9 @@ class NSN2NModel:
             mf = load_model_file(path, kind=KIND, device="cpu", expect=expect,
                                  what="NS-N2N model")
             network = _network_spec(mf.extra["network"])
-            cfg = dict(mf.config)
-            if network.get("arch") not in _CONTEXT_OF_ARCH:
-                # Files written before the 2.5D network hold the paper's 2D U-Net.
-                cfg["context"] = "2d"
-            # Files written before noise models: Gaussian noise, no transform.
-            noise = NoiseModel.from_dict(mf.extra.get("noise_model") or {"kind": "gaussian"})
+            cfg = dict(mf.config)  # older files: see core.modelfile.migrate
+            noise = NoiseModel.from_dict(mf.extra["noise_model"])
             cfg["noise_model"] = noise.kind
-            # Older files also saved run-time options: dropped (set when used).
             config = NSN2NConfig.from_model_dict(cfg, device=str(device))
             norms = [file_normalizer(d, f"normalizers[{i}]")
                      for i, d in enumerate(mf.extra.get("normalizers") or [])]
@@ -412,6 +406,19 @@ class NSN2NModel:
             raise ModelFileError(
                 f"{name} is not a usable NS-N2N model ({first_line(exc)})") from None
         return cls(net, config, norms, mf.extra.get("info", {}), device=dev, noise=noise)
+
+
+def build_net(network: dict):
+    """Network from a model file's ``network`` entry (2.5D, blind-spot or the paper's 2D U-Net)."""
+    from ..core.networks.unet import UNet2D
+    from ._blind import BlindNet
+    from ._context import ContextNet
+
+    if network.get("arch") == ContextNet.arch:
+        return ContextNet(width=int(network["width"]), depth=int(network["depth"]))
+    if network.get("arch") == BlindNet.arch:
+        return BlindNet(width=int(network["width"]), depth=int(network["depth"]))
+    return UNet2D(**network)
 
 
 def _network_spec(network: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..photon import gat, inverse_gat
+from ..core.photon import gat, inverse_gat
 
 NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
 KINDS = NOISE_MODELS[1:]
@@ -353,7 +353,7 @@ def fit_noise(stacks: np.ndarray, kind: str = "auto") -> NoiseModel:
     the mean of the darkest bin of local means (background), and the read noise
     the noise there.
     """
-    from .._errors import DuetInputError
+    from ..core.errors import DuetInputError
 
     if kind not in NOISE_MODELS:
         raise DuetInputError(f"noise_model must be one of {', '.join(NOISE_MODELS)}, "

@@ -22,7 +22,7 @@ def save_result(result, folder, *, pixel_info: dict[str, Any] | None = None,
 
     ``report``: extra entries for ``report.json`` (input name, axis, ...).
     """
-    from .._io import check_outputs, remove_stale_outputs, write_json, write_tiff
+    from ..core.io import check_outputs, remove_stale_outputs, write_json, write_tiff
 
     folder = Path(folder)
     model = getattr(result, "model", None)
@@ -41,7 +41,7 @@ def save_result(result, folder, *, pixel_info: dict[str, Any] | None = None,
                                   pixel_info=pixel_info))
     if model is not None:
         written.append(Path(model.save(folder / "model.duet")))
-    rep = dict(result.report()) if hasattr(result, "report") else {"method": "nsn2n"}
+    rep = dict(result.report())
     rep.update(report or {})
     rep["files"] = [p.name for p in written]
     written.append(write_json(folder / "report.json", rep))

@@ -2,7 +2,7 @@
 
 :func:`iter_denoise_to_zarr` wraps :func:`~napari_duet.nsn2n._chunked.iter_denoise_chunked`:
 it creates the OME-Zarr (:func:`create_store`, as ``duet nsn2n --model M`` does),
-records in the store's attributes (:class:`~napari_duet._chunks.RunRecord`)
+records in the store's attributes (:class:`~napari_duet.core.chunks.RunRecord`)
 which run it belongs to and the slabs finished so far, continues an interrupted
 run of the same input, model and options where it stopped, and adds the
 pyramid once level 0 is complete.
@@ -19,10 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .._chunks import RunRecord
-from .._errors import DuetInputError
-from .._io import ImageMeta, build_pyramid, content_fingerprint, create_ome_zarr, strict_jsonable
-from .._progress import Progress
+from ..core.chunks import RunRecord
+from ..core.chunks import run_signature as chunked_run_signature
+from ..core.errors import DuetInputError
+from ..core.io import (
+    ImageMeta,
+    build_pyramid,
+    create_ome_zarr,
+    strict_jsonable,
+)
+from ..core.progress import Progress
 from ._chunked import auto_slab, iter_denoise_chunked
 from ._volume import layout_for
 
@@ -54,21 +60,12 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def sample_fingerprint(source, axis: int) -> str:
-    """:func:`~napari_duet._io.content_fingerprint` of ``source``, sampled along the slice
-    ``axis``: tells two inputs of the same name and shape apart without reading the
-    whole volume (the CLI's signature holds the same value)."""
-    layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis
-    return content_fingerprint(source, axis=axis)
-
-
 def run_signature(model, source, *, axis: int, tta: bool, input_name: str) -> dict[str, Any]:
-    """What identifies a run: the input (name, shape, dtype, a sample of its slices), the
-    model and the options."""
-    return {"input": str(input_name), "shape": [int(s) for s in source.shape],
-            "dtype": str(np.dtype(source.dtype)), "axis": int(axis),
-            "sample_sha256": sample_fingerprint(source, axis),
-            "model_sha256": model_fingerprint(model), "tta": bool(tta)}
+    """What identifies a run (:func:`napari_duet.core.chunks.run_signature`): the input
+    (name, shape, dtype, a sample of its slices along ``axis``), the model and the options."""
+    layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis
+    return chunked_run_signature(source, input=input_name, axis=axis,
+                                 model_sha256=model_fingerprint(model), tta=bool(tta))
 
 
 def create_store(path: str | Path, layout, meta: ImageMeta, slab: int,

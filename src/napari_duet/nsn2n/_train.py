@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator
@@ -10,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import Progress, run_to_end
-from .._versions import versions
+from ..core.progress import Progress, run_to_end
+from ..core.versions import versions
 from ._config import NSN2NConfig
 from ._guide import guide_stack
 from ._model import DenoiseResult, NSN2NModel
@@ -72,6 +73,16 @@ class NSN2NProgress(Progress):
         start, share = _STAGE_SHARES.get(self.stage, (0.0, 1.0))
         return start + share * within
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Adds the iterations, the matched fraction, the losses and the ETA."""
+        stage, done, total, extra = super().fields()
+        extra.pop("eta", None)
+        extra.update(iteration=self.iteration, iterations=self.iterations,
+                     matched_fraction=self.matched_fraction)
+        extra.setdefault("losses", {})
+        extra["eta"] = self.eta
+        return stage, done, total, extra
+
 
 # (start, share) of each stage in the whole run, for :attr:`NSN2NProgress.fraction`.
 _STAGE_SHARES = {"guide": (0.0, 0.05), "train": (0.05, 0.85), "denoise": (0.9, 0.1)}
@@ -111,7 +122,7 @@ class TrainResult:
             "slice_similarity": self.slice_similarity,
             "pair_matched_fractions": self.pair_fractions,
             "pairs": self.pairs,
-            "training": {k: self.model.info.get(k) for k in
+            "training": {k: self.model.training.get(k) for k in
                          ("iterations_done", "budget_s", "width", "context",
                           "noise_correlation", "device", "world_size")},
             "noise_model": self.model.noise.to_dict(),
@@ -262,11 +273,16 @@ def iter_train(
     DuetInputError
         For 2D input, fewer than 3 slices, a wrong axis or a bad config.
     """
+    if config is not None and config.threads is not None:  # the same run, in its threads
+        from ..core.devices import in_threads
+
+        inner = dataclasses.replace(config, threads=None)
+        return (yield from in_threads(config.threads, iter_train(volume, axis, inner)))
     import torch
 
-    from .. import distributed as ddp
-    from ..devices import resolve_device, seed_everything
-    from ..networks.unet import UNet2D
+    from ..core import distributed as ddp
+    from ..core.devices import resolve_device, seed_everything
+    from ..core.networks.unet import UNet2D
     from ._blind import BlindNet, blind_loss, sample_blind_batch
     from ._context import ContextNet, context_loss, sample_context_batch
     from ._losses import nsn2n_losses
@@ -440,7 +456,7 @@ def iter_train(
                             preview_index=preview_index, model=model)
     net.eval()
     t_den = time.perf_counter()
-    model.info = {
+    model.training = {
         "tau": taus, "matched_fraction": matched, "slice_similarity": similarity,
         "iterations_done": it, "budget_s": budget, "width": width,
         # the in-plane noise correlation that chose the network (None: context given)
@@ -452,7 +468,7 @@ def iter_train(
     }
 
     # 3. denoise the training volume with its own normalisation
-    gen = model.iter_denoise(volume, axis=axis, normalizers=norms)
+    gen = model.iter_predict(volume, axis=axis, normalizers=norms)
     while True:
         try:
             p = next(gen)

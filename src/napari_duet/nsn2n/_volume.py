@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._errors import DuetInputError
-from ..intensity import Normalizer, as_float_image, fit_normalizer
+from ..core.errors import DuetInputError
+from ..core.intensity import Normalizer, as_float_image, fit_normalizer
 
 MIN_SLICES = 3
 # Percentiles mapped to 0/1: robust to hot pixels, keeps a little headroom.

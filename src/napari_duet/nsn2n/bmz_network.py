@@ -3,7 +3,7 @@
 This file is copied into every NS-N2N bioimage.io package that napari-duet
 exports (``duet export-bmz``) as the architecture source, with the import
 line marked ``# bmz: drop`` replaced by the source of napari-duet's U-Net
-(``_block`` and ``UNet2D`` of :mod:`napari_duet.networks.unet`), so the
+(``_block`` and ``UNet2D`` of :mod:`napari_duet.core.networks.unet`), so the
 packaged file imports nothing but torch: the package runs without napari-duet
 (in ``bioimageio.core``, deepImageJ, ilastik, ...).
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..networks.unet import UNet2D  # bmz: drop
+from ..core.networks.unet import UNet2D  # bmz: drop
 
 NORM_LOW, NORM_HIGH = 0.1, 99.9
 CONTEXT_ARCH = "nsn2n-context"

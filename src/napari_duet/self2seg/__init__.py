@@ -7,6 +7,7 @@ squared residuals; the two steps alternate.  See ``docs/self2seg.md``.
 """
 
 from ._baselines import convex_chan_vese, sequential_n2f_chan_vese
+from ._chunked import iter_self2seg_chunked, iter_self2seg_into
 from ._config import Self2SegConfig
 from ._engine import Self2SegProgress, Self2SegResult, Self2SegState, iter_self2seg, self2seg
 from ._instances import OBJECT_COLUMNS, label_instances, measure_objects, split_instances
@@ -28,6 +29,8 @@ __all__ = [
     "Self2SegStackState",
     "Self2SegStackResult",
     "iter_self2seg_stack",
+    "iter_self2seg_chunked",
+    "iter_self2seg_into",
     "self2seg_stack",
     "boxes_to_regions",
     "split_instances",

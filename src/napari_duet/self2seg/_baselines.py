@@ -35,7 +35,7 @@ def sequential_n2f_chan_vese(
     The returned ``denoised`` and ``experts`` are the Noise2Fast output (one
     denoiser for the whole image); the timings include the denoising.
     """
-    from ..n2f import noise2fast
+    from ..core.n2f import noise2fast
 
     cfg = (config or Self2SegConfig()).replace(experts="constant")
     if cfg.filter_size is None:

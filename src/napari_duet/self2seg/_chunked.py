@@ -20,17 +20,14 @@ with the engine's states and the experts kept.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import time
 from collections.abc import Callable, Generator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._chunks import ChunkProgress, TaskRunner, resolve, worker_threads
-from .._errors import DuetInputError
+from ..core.chunks import ChunkProgress, TaskRunner, resolve, worker_threads
+from ..core.errors import DuetInputError
 from ._config import Self2SegConfig
 from ._stack import (
     Self2SegStackState,
@@ -41,7 +38,7 @@ from ._stack import (
     stack_layout,
 )
 
-__all__ = ["iter_self2seg_chunked", "iter_self2seg_into", "run_chunked"]
+__all__ = ["iter_self2seg_chunked", "iter_self2seg_into"]
 
 
 def _write_plane(out: dict[str, Any], idx: tuple[int, ...], result) -> None:
@@ -182,7 +179,7 @@ def iter_self2seg_chunked(
 def summary(state: dict[str, Any], config: Self2SegConfig, shape: tuple, dtype: str,
             rgb: bool) -> dict[str, Any]:
     """The report of a chunked run, as :meth:`Self2SegStackResult.report` gives in memory."""
-    from .._versions import versions
+    from ..core.versions import versions
 
     reps = [state["reports"][k] for k in sorted(state["reports"], key=int)]
     counts = np.sum([r.get("counts", [0] * config.n_classes) for r in reps], axis=0)
@@ -192,95 +189,3 @@ def summary(state: dict[str, Any], config: Self2SegConfig, shape: tuple, dtype: 
         "class_fractions": [float(c) / max(1, int(counts.sum())) for c in counts],
         "planes": reps, "versions": versions(),
     }
-
-
-def _output_meta(meta, shape: tuple, lead: tuple, plane: tuple, rgb: bool):
-    """Axes/scale of the denoised output and of the labels (no colour axis)."""
-    from .._io import ImageMeta
-
-    keep = len(lead) + 2 + (1 if rgb else 0)  # a trailing grey axis of 1 is dropped
-    den = ImageMeta(meta.axes[:keep], meta.scale[:keep], meta.units[:keep])
-    n = len(lead) + 2
-    lab = ImageMeta(meta.axes[:n], meta.scale[:n], meta.units[:n])
-    if len(set(den.axes)) != len(den.axes):
-        den, lab = ImageMeta.default(keep), ImageMeta.default(n)
-    return den, lab
-
-
-def run_chunked(args: argparse.Namespace, cfg: Self2SegConfig, regions) -> int:
-    """``duet self2seg STACK -o OUT.ome.zarr``: plane tasks into an OME-Zarr (resumable)."""
-    import zarr
-
-    from .._chunks import ImageRef, RunRecord, RunStore, announce_chunked, report_path
-    from .._cli_progress import cli_run
-    from .._io import (
-        content_fingerprint,
-        create_ome_zarr,
-        create_ome_zarr_labels,
-        open_image,
-        write_json,
-    )
-    from .._progress import run_to_end
-
-    out = Path(args.outdir)
-    image, meta = open_image(args.image)
-    shape = tuple(int(s) for s in image.shape)
-    lead, plane, rgb = stack_layout(shape)
-    den_meta, lab_meta = _output_meta(meta, shape, lead, plane, rgb)
-    den_shape = lead + plane + ((3,) if rgb else ())
-    signature = {"input": str(Path(args.image).resolve()), "shape": list(shape),
-                 "dtype": str(image.dtype), "sample_sha256": content_fingerprint(image),
-                 "config": cfg.to_dict(),
-                 "regions": None if regions is None else hashlib.sha256(
-                     np.ascontiguousarray(regions).tobytes()).hexdigest()}
-    # Built beside the output and swapped in when complete: an earlier result survives.
-    store = RunStore(out, signature, resume=args.resume)
-    record = store.record
-    if record is None:
-        ones = (1,) * len(lead)
-        tile = tuple(min(n, 512) for n in plane)
-        create_ome_zarr(store.path, den_shape, np.float32, den_meta,
-                        chunks=ones + tile + ((3,) if rgb else ()))
-        create_ome_zarr_labels(store.path, "mask", lead + plane, np.uint8, lab_meta,
-                               chunks=ones + tile)
-        record = RunRecord.create(zarr.open_group(str(store.path), mode="r+"), signature)
-    group = record.group
-    labels_out, denoised_out = group["labels/mask/0"], group["0"]
-    cnn = cfg.experts == "cnn"
-    threads = args.threads
-    if threads == "auto" and cnn:  # as the engine: one thread for CNN experts on a CPU
-        from ..devices import resolve_device
-
-        threads = 1 if resolve_device(cfg.device).type == "cpu" else "auto"
-    t0 = time.perf_counter()
-    with cli_run(args, "self2seg", needs_torch=cnn, threads=threads) as bar:
-        with TaskRunner(args.scheduler) as runner:
-            src = ImageRef.of(args.image) if runner.distributed else image
-            gen = iter_self2seg_chunked(src, labels_out, denoised_out, regions, cfg,
-                                        rgb=rgb, state=record.state, save_state=record.save,
-                                        runner=runner)
-            def show(p: ChunkProgress) -> None:
-                bar(p)
-                if not args.quiet:
-                    bar.write(f"plane {p.done}/{p.total} done ({p.elapsed:.1f} s)")
-
-            announce_chunked(None if args.quiet else bar.write, shape, image.dtype, store.path)
-            try:
-                final = run_to_end(gen, show)
-            except DuetInputError:
-                if store.fresh:  # bad input: nothing worth resuming
-                    store.discard()
-                raise
-        bar.finish()
-        levels = store.finish(record, final, bar)
-        report = summary(final, cfg, shape, str(image.dtype), rgb)
-        report.update(input=str(args.image), output=str(out), levels=levels,
-                      axes=list(den_meta.axes), scale=list(den_meta.scale),
-                      scheduler=runner.scheduler or "local",
-                      regions=None if args.regions is None else str(args.regions),
-                      seconds=time.perf_counter() - t0)
-        write_json(report_path(out), report)
-        if not args.quiet:
-            bar.write(f"{len(final['done'])} plane(s); wrote {out} (denoised, labels/mask) "
-                      f"and {report_path(out)}")
-    return 0

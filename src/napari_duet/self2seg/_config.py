@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._config import ConfigError, EngineConfig, param
+from ..core.config import EngineConfig, param
 
 EXPERT_CHOICES = ("cnn", "linear", "constant")
 INIT_CHOICES = ("auto", "threshold", "otsu")
@@ -171,7 +171,7 @@ class Self2SegConfig(EngineConfig):
         Noise of the image.  Raw camera images carry photon (Poisson) noise
         whose variance grows with the signal, plus read noise:
         "poisson-gaussian" fits ``var = a * signal + b`` to the image
-        (:func:`napari_duet.photon.fit_poisson_gaussian`) and runs on its
+        (:func:`napari_duet.core.photon.fit_poisson_gaussian`) and runs on its
         generalised Anscombe transform, where the noise has one variance;
         the denoised output is mapped back with the exact unbiased inverse.
         "auto" (default) does so when the fitted variance at the bright end
@@ -196,59 +196,59 @@ class Self2SegConfig(EngineConfig):
         2, label="classes",
         help="Number of regions to separate: 2 = objects and background; more for several "
              "kinds of region (one seed role each).",
-        lo=2, hi=16)
+        lo=2, hi=16, cli="classes", metavar="K")
     lam: float | None = param(
         None, label="border smoothness λ",
         help="How smooth region borders are, as a multiple of a scale measured on the image: 2"
              " = twice as smooth (fewer, rounder objects), 0.5 = follows finer detail. Lower "
              "it if small objects vanish; raise it if the mask is speckled.",
-        auto="1 × the measured scale", example="--lam 0.5")
-    lam_scale: float = 1.0
-    lam_noise: float = 3.0
+        auto="1 × the measured scale", example="--lam 0.5", lo=0, lo_open=True, metavar="L")
+    lam_scale: float = param(1.0, lo=0, lo_open=True)
+    lam_noise: float = param(3.0, lo=0)
     experts: str = param(
         "cnn", label="region denoiser",
         help="How each region is modelled and denoised: cnn = a small self-supervised network "
              "(Noise2Fast-style; best, slowest); linear = a linear filter; constant = one "
              "intensity per region (classic Chan-Vese; fastest).",
-        choices=("cnn", "linear", "constant"))
+        choices=EXPERT_CHOICES)
     max_alternations: int = param(
         4, label="max alternations",
         help="Most rounds of (train the region denoisers, update the mask); a run stops "
              "earlier when the mask stops changing.",
-        lo=1, example="--max-alternations 6")
+        lo=1, example="--max-alternations 6", metavar="N")
     expert_width: int = param(
         16, label="network width",
         help="Feature channels of the cnn region denoisers; wider is slower and rarely better.",
-        lo=1)
-    expert_depth: int = 5
+        lo=1, metavar="N")
+    expert_depth: int = param(5, lo=2)
     expert_steps: int = param(
         200, label="training steps",
         help="Training steps of a fresh cnn region denoiser (later alternations continue with "
              "fewer). More steps denoise better and take longer.",
-        lo=1, example="--expert-steps 400")
-    expert_steps_warm: int = 60
+        lo=1, example="--expert-steps 400", metavar="N")
+    expert_steps_warm: int = param(60, lo=0)
     shared_pretrain: bool | None = None
     ensemble_shared: bool = True
-    finetune_lr_factor: float = 0.3
-    batch_size: int = 8
-    crop: int = 32
-    lr: float = 1e-3
-    patience: int = 50
-    n_average: int = 3
-    linear_size: int = 9
-    filter_size: int | None = None
-    filter_snr: float = 2.0
+    finetune_lr_factor: float = param(0.3, lo=0, lo_open=True)
+    batch_size: int = param(8, lo=1)
+    crop: int = param(32, lo=8)
+    lr: float = param(1e-3, lo=0, lo_open=True)
+    patience: int = param(50, lo=0)
+    n_average: int = param(3, lo=1)
+    linear_size: int = param(9, lo=1, odd=True)
+    filter_size: int | None = param(None, lo=0)
+    filter_snr: float = param(2.0, lo=0, lo_open=True)
     region_variance: bool = True
     refine_borders: bool = True
-    mu_scale: float = 0.5
+    mu_scale: float = param(0.5, lo=0)
     clamp_experts: bool = True
-    max_fraction_change: float = 3.0
-    stop_ratio: float = 0.15
-    stop_changed: float = 0.002
-    init: str = "auto"
-    init_sigma: float = 2.0
-    init_snr: float = 6.0
-    init_noise_floor: float = 3.0
+    max_fraction_change: float = param(3.0, lo=1, lo_open=True)
+    stop_ratio: float = param(0.15, lo=0)
+    stop_changed: float = param(0.002, lo=0)
+    init: str = param("auto", choices=INIT_CHOICES)
+    init_sigma: float = param(2.0, lo=0)
+    init_snr: float = param(6.0, lo=0)
+    init_noise_floor: float = param(3.0, lo=0)
     invert: bool = param(
         False, label="dark objects",
         help="Automatic start (no seeds) only: the darker region is the foreground (dark "
@@ -263,8 +263,8 @@ class Self2SegConfig(EngineConfig):
              "same everywhere.",
         auto="poisson-gaussian when the fitted noise clearly grows with the signal, else "
              "gaussian")
-    solver_tol: float = 1e-4
-    solver_max_iter: int = 500
+    solver_tol: float = param(1e-4, lo=0, lo_open=True)
+    solver_max_iter: int = param(500, lo=1)
     device: str = param(
         "auto", label="device",
         help="Where the cnn region denoisers run: auto uses a GPU (CUDA or Apple MPS) when "
@@ -272,66 +272,15 @@ class Self2SegConfig(EngineConfig):
     seed: int = param(
         0, label="random seed",
         help="Seed of every random choice: the same seed and settings give the same result on "
-             "a CPU.")
+             "a CPU.", metavar="S")
     threads: int | None = param(
         None, label="CPU threads", help="torch CPU threads during the run.",
-        auto="1 on a CPU, the fastest for these small networks")
+        auto="1 on a CPU, the fastest for these small networks", lo=1)
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads")
     LABEL: ClassVar[str] = "Self2Seg"
 
-    def validate(self) -> None:
-        """Check every value (see :class:`~napari_duet._config.EngineConfig`)."""
-        def bad(msg: str):
-            raise ConfigError(msg)
-
-        if not isinstance(self.n_classes, int) or self.n_classes < 2:
-            bad(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
-        if self.n_classes > 16:
-            bad(f"n_classes must be <= 16, got {self.n_classes}")
-        if self.lam is not None and not (float(self.lam) > 0):
-            bad(f"lam must be > 0 (or None for automatic), got {self.lam!r}")
-        if not self.lam_scale > 0:
-            bad(f"lam_scale must be > 0, got {self.lam_scale!r}")
-        if self.experts not in EXPERT_CHOICES:
-            bad(f"experts must be one of {', '.join(EXPERT_CHOICES)}, got {self.experts!r}")
-        if self.noise_model not in NOISE_CHOICES:
-            bad(f"noise_model must be one of {', '.join(NOISE_CHOICES)}, "
-                f"got {self.noise_model!r}")
-        if self.init not in INIT_CHOICES:
-            bad(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
-        for name in ("max_alternations", "expert_width", "expert_depth", "expert_steps",
-                     "batch_size", "crop", "n_average", "linear_size", "solver_max_iter"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                bad(f"{name} must be a positive integer, got {value!r}")
-        if self.filter_size is not None and (not isinstance(self.filter_size, int)
-                                             or self.filter_size < 0):
-            bad(f"filter_size must be a non-negative integer or None, got {self.filter_size!r}")
-        if not self.filter_snr > 0:
-            bad(f"filter_snr must be > 0, got {self.filter_snr!r}")
-        for name in ("expert_steps_warm", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                bad(f"{name} must be a non-negative integer, got {value!r}")
-        if self.expert_depth < 2:
-            bad(f"expert_depth must be >= 2, got {self.expert_depth}")
-        if self.crop < 8:
-            bad(f"crop must be >= 8, got {self.crop}")
-        if self.linear_size % 2 == 0:
-            bad(f"linear_size must be odd, got {self.linear_size}")
-        for name in ("lr", "solver_tol", "finetune_lr_factor"):
-            if not getattr(self, name) > 0:
-                bad(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lam_noise", "mu_scale", "init_sigma",
-                     "init_snr", "init_noise_floor", "stop_ratio", "stop_changed"):
-            if not getattr(self, name) >= 0:
-                bad(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.max_fraction_change > 1:
-            bad(f"max_fraction_change must be > 1, got {self.max_fraction_change!r}")
-        if not isinstance(self.seed, int):
-            bad(f"seed must be an integer, got {self.seed!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            bad(f"threads must be a positive integer or None, got {self.threads!r}")
-        if not isinstance(self.device, str) or not self.device:
-            bad(f"device must be a name such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
+    def check(self) -> None:
+        """What the field declarations cannot say (each field's own rule is declared with
+        :func:`~napari_duet.core.config.param` and checked by ``validate``): nothing yet
+        beyond them for Self2Seg."""

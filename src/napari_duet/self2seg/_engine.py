@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._errors import DuetInputError
-from .._progress import Progress, run_to_end
-from ..intensity import Normalizer, as_float_image, fit_normalizer
-from ..photon import StabilizedScale, fit_poisson_gaussian, gat
+from ..core.errors import DuetInputError
+from ..core.intensity import Normalizer, as_float_image, fit_normalizer
+from ..core.photon import StabilizedScale, fit_poisson_gaussian, gat
+from ..core.progress import Progress, run_to_end
 from ._borders import refine_borders
 from ._config import Self2SegConfig
 from ._energy import (
@@ -75,13 +75,18 @@ class Self2SegState(Progress):
         self.stage = self.stage or "alternation"
         self.done, self.total = int(self.alternation), int(self.max_alternations)
 
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """Alternations done of planned, and the energy (see :meth:`Progress.fields`)."""
+        return ("self2seg", int(self.done), int(self.total) or None,
+                {"alternation": self.alternation, "energy": self.energy})
+
 
 @dataclass(kw_only=True)
 class Self2SegProgress(Progress):
     """Progress within an alternation, yielded between states with ``progress=True``.
 
     ``stage`` is "experts" (training the region experts: ``done`` (``step``) of
-    ``total`` (``total_steps``) training steps of this alternation, all experts
+    ``total`` training steps of this alternation, all experts
     together; for constant and linear experts one step per expert) or "mask"
     (the mask update has started: step 0 of 1).  Early stopping can end an
     expert's training before its share of ``total``.
@@ -92,16 +97,6 @@ class Self2SegProgress(Progress):
     expert: int | None = None  # class of the expert in training (None: shared pretraining)
     plane: int = 0  # set by :func:`iter_self2seg_stack`
     n_planes: int = 1
-
-    @property
-    def step(self) -> int:
-        """Training steps done in this alternation (= ``done``)."""
-        return self.done
-
-    @property
-    def total_steps(self) -> int:
-        """Training steps planned for this alternation (= ``total``)."""
-        return self.total
 
     @property
     def fraction(self) -> float:
@@ -155,9 +150,16 @@ class Self2SegResult:
 
         return label_instances(self.labels, self.config.n_classes)
 
+    def save(self, folder, **kwargs) -> list:
+        """Write mask.tif, labels.tif, denoised.tif, expert_<k>.tif and report.json into
+        ``folder`` (see :func:`~._save.save_self2seg` for the options); returns the paths."""
+        from ._save import save_self2seg
+
+        return save_self2seg(self, folder, **kwargs)
+
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, energies, timings, versions, image info."""
-        from .._versions import versions
+        from ..core.versions import versions
 
         counts = np.bincount(self.labels.ravel(), minlength=self.config.n_classes)
         return {
@@ -446,7 +448,7 @@ def _setup_torch(run: _Run) -> None:
     if cfg.experts == "cnn":
         import torch as torch_mod
 
-        from ..devices import resolve_device
+        from ..core.devices import resolve_device
 
         run.torch_mod = torch_mod
         run.device = resolve_device(cfg.device)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..n2f._checkerboard import blind_prediction, checkerboard_split, even_crop
-from ..n2f._trainer import Noise2FastTrainer, inference_tile
+from ..core.n2f._checkerboard import blind_prediction, checkerboard_split, even_crop
+from ..core.n2f._trainer import Noise2FastTrainer, inference_tile
 
 __all__ = ["ExpertOutput", "ConstantExpert", "LinearExpert", "CNNExpert", "box_filter",
            "make_expert", "inference_tile"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._errors import DuetInputError
+from ..core.errors import DuetInputError
 
 __all__ = ["split_instances", "label_instances", "measure_objects", "OBJECT_COLUMNS"]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._errors import DuetInputError
+from ..core.errors import DuetInputError
 
 __all__ = ["boxes_to_regions", "validate_regions", "auto_labels"]
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._rof import _STEP, RofResult
+
 __all__ = [
     "grad",
     "div",
@@ -38,8 +40,6 @@ __all__ = [
     "potts_energy",
 ]
 
-# tau * sigma * ||grad||^2 < 1 with ||grad||^2 <= 8.
-_STEP = 0.99 / np.sqrt(8.0)
 
 
 def grad(u: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -117,12 +117,6 @@ def _project_ball(p: np.ndarray, radius: float, buf: np.ndarray | None = None) -
     p /= nrm
 
 
-@dataclass
-class RofResult:
-    w: np.ndarray
-    p: np.ndarray
-    iterations: int
-    gap: float
 
 
 def rof(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._solver import _STEP, RofResult
+from ._rof import _STEP, RofResult
 
 __all__ = ["rof_torch"]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DuetInputError
-from .._progress import Progress, run_to_end
+from ..core.errors import DuetInputError
+from ..core.progress import Progress, run_to_end
 from ._config import Self2SegConfig
 from ._engine import Self2SegProgress, Self2SegResult, Self2SegState
 from ._regions import validate_regions
@@ -56,6 +56,15 @@ class Self2SegStackState(Progress):
     def finished(self) -> bool:
         """True on the extra state yielded once the plane is finished."""
         return self.result is not None
+
+    def fields(self) -> tuple[str, int | None, int | None, dict[str, Any]]:
+        """One count over all planes, in alternations (see :meth:`Progress.fields`)."""
+        st = self.state
+        per = max(int(st.max_alternations), 1)
+        done = (self.plane + 1) * per if self.finished else self.plane * per + int(st.alternation)
+        return ("self2seg", done, self.n_planes * per,
+                {"plane": self.plane + 1, "planes": self.n_planes,
+                 "alternation": st.alternation, "energy": st.energy})
 
     @property
     def fraction(self) -> float:
@@ -95,9 +104,16 @@ class Self2SegStackResult:
 
         return label_instances(self.labels, self.config.n_classes)
 
+    def save(self, folder, **kwargs) -> list:
+        """Write mask.tif, labels.tif, denoised.tif, expert_<k>.tif and report.json into
+        ``folder`` (see :func:`~._save.save_self2seg` for the options); returns the paths."""
+        from ._save import save_self2seg
+
+        return save_self2seg(self, folder, **kwargs)
+
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary: parameters, image, one report per plane, timings."""
-        from .._versions import versions
+        from ..core.versions import versions
 
         k = self.config.n_classes
         counts = np.bincount(self.labels.ravel(), minlength=k)
@@ -144,10 +160,10 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> tuple[tuple
 
 
 def _plane_engine():
-    """``iter_self2seg`` as the package exposes it now (so a wrapped engine is used)."""
-    from .. import self2seg as package
+    """``iter_self2seg`` as :mod:`._engine` holds it now (so a wrapped engine is used)."""
+    from . import _engine
 
-    return package.iter_self2seg
+    return _engine.iter_self2seg
 
 
 def _plane_regions(regions, lead: tuple, plane: tuple,

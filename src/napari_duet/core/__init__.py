@@ -1,0 +1,1 @@
+"""Shared pieces every engine and front end builds on: no napari, Qt or argparse."""

@@ -1,0 +1,113 @@
+"""Save/Load parameters in the Self2Seg widget; a widget's file runs identically from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_duet.cli import main
+from napari_duet.core.synthetic import synthetic_nuclei
+from napari_duet.self2seg import Self2SegConfig
+
+pytestmark = pytest.mark.gui
+RUN_TIMEOUT = 240_000
+
+
+def _widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-duet", "Self2Seg")
+    return widget
+
+
+def _set(widget, **values):
+    for name, value in values.items():
+        widget.param_controls[name].value = value
+
+
+def test_controls_are_the_declarations(make_napari_viewer):
+    widget = _widget(make_napari_viewer)
+    # Every control shows the config default and the declared choices; config() reads them.
+    cfg = widget.config()
+    defaults = Self2SegConfig()
+    for name in ("n_classes", "max_alternations", "experts", "expert_width", "expert_steps",
+                 "seed", "invert", "noise_model", "lam"):
+        assert getattr(cfg, name) == getattr(defaults, name), name
+    assert tuple(widget.experts.choices) == ("cnn", "linear", "constant")
+    assert widget.lam.value == 0 and cfg.lam is None  # "auto" at 0
+    assert widget.max_alternations.min == 1  # the declared lower bound
+
+
+def test_saved_parameters_load_back_into_another_widget(make_napari_viewer, tmp_path):
+    first = _widget(make_napari_viewer)
+    _set(first, n_classes=3, lam=2.5, experts="linear", max_alternations=5, seed=11,
+         invert=True, noise_model="gaussian", expert_steps=123)
+    path = first.save_parameters(tmp_path / "p.json")
+    second = _widget(make_napari_viewer)
+    assert second.config() != first.config()
+    assert second.load_parameters(path)
+    assert second.config() == first.config()
+    assert second.lam.value == 2.5 and second.experts.value == "linear"
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ({"experts": "constant", "max_alternatons": 2}, "max_alternatons"),
+    ({"experts": "magic"}, "experts must be one of"),
+    ({"n_classes": 12}, "classes"),  # valid for the engine, beyond the widget's 8
+    ("{not json", "not readable JSON"),
+])
+def test_a_bad_parameter_file_is_one_notification_and_changes_nothing(
+        make_napari_viewer, tmp_path, errors, content, words):
+    widget = _widget(make_napari_viewer)
+    _set(widget, seed=4)
+    before = widget.config()
+    path = tmp_path / "p.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(
+        {"seed": 9, **content}))
+    assert not widget.load_parameters(path)
+    assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0], errors
+    assert widget.config() == before  # not even the valid seed was applied
+
+
+def test_widget_parameters_run_identically_from_the_cli(make_napari_viewer, qtbot, tmp_path):
+    widget = _widget(make_napari_viewer)
+    data = synthetic_nuclei((64, 64), noise_sigma=20.0, seed=3)
+    layer = widget.viewer.add_image(data.noisy, name="noisy")
+    widget.image_picker.value = layer
+    _set(widget, experts="constant", max_alternations=3, seed=2, lam=1.2, device="cpu")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=RUN_TIMEOUT)
+    in_napari = np.asarray(widget.viewer.layers["S2S mask"].data)
+    params = widget.save_parameters(tmp_path / "params.json")
+    tifffile.imwrite(tmp_path / "noisy.tif", data.noisy)
+    out = tmp_path / "out"
+    assert main(["self2seg", str(tmp_path / "noisy.tif"), "-o", str(out), "--config",
+                 str(params), "-q"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "mask.tif"), in_napari)
+    report = json.loads((out / "report.json").read_text())["parameters"]
+    assert {k: report[k] for k in ("experts", "max_alternations", "seed", "lam")} == {
+        "experts": "constant", "max_alternations": 3, "seed": 2, "lam": 1.2}
+
+
+def test_nsn2n_parameters_save_and_load(make_napari_viewer, tmp_path, errors):
+    viewer = make_napari_viewer()
+    _, first = viewer.window.add_plugin_dock_widget("napari-duet", "Slice denoising (NS-N2N)")
+    _set(first, iterations=60, budget=0, width=8, context="2d", seed=5, lambda_rc=0.25)
+    path = first.save_parameters(tmp_path / "n.json")
+    _, second = make_napari_viewer().window.add_plugin_dock_widget(
+        "napari-duet", "Slice denoising (NS-N2N)")
+    assert second.load_parameters(path), errors
+    keep = ("iterations", "budget", "width", "context", "seed", "lambda_rc", "tta", "guide")
+    a, b = first.config().to_dict(), second.config().to_dict()
+    assert {k: b[k] for k in keep} == {k: a[k] for k in keep}
+    assert b["budget"] == "auto" and b["iterations"] == 60
+    # A Self2Seg file is not an NS-N2N file: one notification, nothing changed.
+    other = tmp_path / "s.json"
+    from napari_duet.core.config import save_params
+
+    save_params(other, Self2SegConfig())
+    assert not second.load_parameters(other)
+    assert len(errors) == 1 and "Self2Seg" in errors[0]
+    assert second.config().to_dict()["width"] == 8

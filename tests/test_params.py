@@ -1,0 +1,182 @@
+"""Each parameter is declared once: validation, the CLI options and ``--config`` come from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_duet import DuetInputError
+from napari_duet.cli import main
+from napari_duet.core.config import (
+    ConfigError,
+    load_params,
+    param_info,
+    param_type,
+    save_params,
+    user_params,
+)
+from napari_duet.denoisplit import SplitConfig, TrainConfig
+from napari_duet.nsn2n import NSN2NConfig
+from napari_duet.self2seg import Self2SegConfig
+
+DECLARED = [(cls, f.name) for cls in (Self2SegConfig, NSN2NConfig, SplitConfig, TrainConfig)
+            for f in dataclasses.fields(cls) if {"lo", "hi", "choices"} & set(f.metadata)]
+
+
+def _bad_values(cls, name):
+    """Values just outside the declaration of ``name`` (and of the wrong type)."""
+    info = param_info(cls, name)
+    base, _ = param_type(cls, name)
+    if "choices" in info:
+        return ["no-such-choice"]
+    bad = []
+    if "lo" in info:
+        bad.append(info["lo"] if info.get("lo_open") else info["lo"] - 1)
+    if "hi" in info:
+        bad.append(info["hi"] + 1)
+    if base is int:
+        bad.append(1.5)
+    return bad
+
+
+@pytest.mark.parametrize(("cls", "name"), DECLARED)
+def test_declared_bounds_and_choices_are_enforced(cls, name):
+    for value in _bad_values(cls, name):
+        with pytest.raises(ConfigError, match=rf"^{name} must be .*, got {value!r}$"):
+            cls(**{name: value})
+    cls(**{name: getattr(cls(), name)})  # the default itself is valid
+
+
+def test_rules_a_declaration_cannot_state_stay_explicit():
+    with pytest.raises(ConfigError, match="budget must be 'auto' or a positive number"):
+        NSN2NConfig(budget="fast")
+    assert NSN2NConfig(budget=30).budget == 30
+    with pytest.raises(ConfigError, match="multiscale_count must be at most n_levels"):
+        SplitConfig(n_levels=2, multiscale_count=3)
+    with pytest.raises(ConfigError, match="var_clip_max must be a finite number"):
+        SplitConfig(var_clip_max=float("inf"))
+
+
+def test_cross_field_and_odd_rules_stay():
+    with pytest.raises(ConfigError, match="linear_size must be odd"):
+        Self2SegConfig(linear_size=4)
+    with pytest.raises(ConfigError, match="threads must be a positive integer or None"):
+        Self2SegConfig(threads=0)
+
+
+def test_every_user_facing_self2seg_parameter_has_a_cli_option_with_its_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["self2seg", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in user_params(Self2SegConfig):
+        flag = "--" + param_info(Self2SegConfig, name).get("cli", name).replace("_", "-")
+        assert flag in text, flag
+        if name == "threads":  # --threads (with "auto") is every compute command's option
+            continue
+        # the declaration's help, first words
+        assert " ".join(param_info(Self2SegConfig, name)["help"].split()[:4]) in text, name
+    assert "--config PARAMS.json" in text
+
+
+@pytest.fixture
+def blob_tif(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:44]
+    mask = (yy - 20) ** 2 + (xx - 22) ** 2 < 100
+    img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, img)
+    return path
+
+
+def _report(out):
+    return json.loads((out / "report.json").read_text())["parameters"]
+
+
+def test_config_file_sets_parameters_and_flags_override_it(blob_tif, tmp_path):
+    params = save_params(tmp_path / "p.json", Self2SegConfig(
+        experts="constant", max_alternations=2, seed=5, lam=1.5, device="cpu"))
+    out = tmp_path / "a"
+    assert main(["self2seg", str(blob_tif), "-o", str(out), "--config", str(params), "-q"]) == 0
+    got = _report(out)
+    assert (got["experts"], got["max_alternations"], got["seed"], got["lam"]) == (
+        "constant", 2, 5, 1.5)
+    out = tmp_path / "b"
+    assert main(["self2seg", str(blob_tif), "-o", str(out), "--config", str(params),
+                 "--seed", "7", "-q"]) == 0
+    got = _report(out)
+    assert got["seed"] == 7 and got["max_alternations"] == 2  # the flag wins, the rest stays
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ({"experts": "constant", "max_alternatons": 2}, "max_alternatons"),
+    ({"experts": "magic"}, "experts must be one of"),
+    ({"format": "napari-duet parameters", "engine": "NS-N2N", "parameters": {}}, "NS-N2N"),
+    ("[1, 2]", "JSON object"),
+    ("{not json", "not readable JSON"),
+])
+def test_bad_config_file_exits_2_with_one_line_and_writes_nothing(blob_tif, tmp_path, capsys,
+                                                                  content, words):
+    path = tmp_path / "p.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    out = tmp_path / "out"
+    assert main(["self2seg", str(blob_tif), "-o", str(out), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_parameter_files_round_trip_and_name_their_engine(tmp_path):
+    cfg = Self2SegConfig(experts="linear", n_classes=3, lam=None, invert=True, threads=2)
+    path = save_params(tmp_path / "p.json", cfg)
+    data = json.loads(path.read_text())
+    assert data["engine"] == "Self2Seg" and data["format"] == "napari-duet parameters"
+    assert Self2SegConfig.from_dict(load_params(path, Self2SegConfig)) == cfg
+
+
+def test_nsn2n_config_file_and_flags(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    vol = (rng.normal(100, 20, (5, 24, 24))).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, vol)
+    params = save_params(tmp_path / "p.json", NSN2NConfig(
+        iterations=3, width=4, batch_size=2, crop_size=16, seed=6, tta=False, device="cpu"))
+    out = tmp_path / "out.tif"
+    assert main(["nsn2n", str(path), "-o", str(out), "--config", str(params), "--seed", "8",
+                 "-q"]) == 0
+    rep = json.loads((tmp_path / "out.json").read_text())["config"]
+    assert (rep["iterations"], rep["width"], rep["seed"], rep["tta"]) == (3, 4, 8, False)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"iterations": 3, "widht": 4}))
+    capsys.readouterr()
+    assert main(["nsn2n", str(path), "-o", str(tmp_path / "o2.tif"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "widht" in err and "did you mean 'width'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o2.tif").exists()
+
+
+def test_split_train_config_file_and_flags(tmp_path):
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._split import train_configs
+
+    params = save_params(tmp_path / "t.json", TrainConfig(epochs=7, patch_size=32, seed=4,
+                                                         likelihood="gaussian"))
+    base = ["split", "train", "--channel-a", "a.tif", "--channel-b", "b.tif", "-o", "m.duet"]
+    args = build_parser().parse_args([*base, "--config", str(params), "--seed", "9"])
+    net, tc = train_configs(args, 2)
+    assert (tc.epochs, tc.patch_size, tc.seed, tc.likelihood) == (7, 32, 9, "gaussian")
+    assert net == SplitConfig.preset("default", n_channels=2)
+    # Without a file: the presets and the TrainConfig defaults, as before.
+    net, tc = train_configs(build_parser().parse_args([*base, "--config", "small"]), 2)
+    assert net == SplitConfig.preset("small", n_channels=2) and tc == TrainConfig()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epoch": 3}))
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        train_configs(build_parser().parse_args([*base, "--config", str(bad)]), 2)
+    with pytest.raises(DuetInputError, match="--config must be small, default or a .json"):
+        train_configs(build_parser().parse_args([*base, "--config", "huge"]), 2)
