@@ -53,3 +53,19 @@ def bad_seed_case(shared_data):
     fg_box = [35, 628, 45, 638]  # centre of the largest nucleus, in the crop
     bg_box = [133, 25, 163, 55]  # the brighter background patch, in the crop
     return noisy[y0:y1, x0:x1], fg_box, bg_box, truth[y0:y1, x0:x1]
+
+
+@pytest.fixture
+def blob_tif(tmp_path):
+    """A small noisy 8-bit TIFF of one bright disc (the CLI tests' input)."""
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:44]
+    mask = (yy - 20) ** 2 + (xx - 22) ** 2 < 100
+    img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, img)
+    return path
+

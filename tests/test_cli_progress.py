@@ -17,17 +17,6 @@ from napari_duet.core.progress import run_to_end
 
 
 @pytest.fixture
-def blob(tmp_path):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:40, 0:44]
-    mask = (yy - 20) ** 2 + (xx - 22) ** 2 < 100
-    img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
-    path = tmp_path / "img.tif"
-    tifffile.imwrite(path, img)
-    return path
-
-
-@pytest.fixture
 def volume(tmp_path):
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:24, 0:24]
@@ -81,10 +70,10 @@ def _assert_increasing(evs, total=None):
 
 
 # --------------------------------------------------------------------------- self2seg
-def test_self2seg_bar_on_stderr_and_json_log(blob, tmp_path, capsys, monkeypatch):
+def test_self2seg_bar_on_stderr_and_json_log(blob_tif, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DUET_PROGRESS", "1")
     log = tmp_path / "log.jsonl"
-    code = main(["self2seg", str(blob), "-o", str(tmp_path / "o"), "--experts", "constant",
+    code = main(["self2seg", str(blob_tif), "-o", str(tmp_path / "o"), "--experts", "constant",
                  "--max-alternations", "3", "--log-json", str(log)])
     assert code == 0
     cap = capsys.readouterr()
@@ -102,10 +91,10 @@ def test_self2seg_bar_on_stderr_and_json_log(blob, tmp_path, capsys, monkeypatch
     assert "alt/s" not in cap.err  # no rate in alternations per second
 
 
-def test_self2seg_bar_moves_within_alternations(blob, tmp_path):
+def test_self2seg_bar_moves_within_alternations(blob_tif, tmp_path):
     """CNN experts: progress events between alternations, at fractional counts."""
     log = tmp_path / "cnn.jsonl"
-    assert main(["self2seg", str(blob), "-o", str(tmp_path / "o"), "--expert-steps", "30",
+    assert main(["self2seg", str(blob_tif), "-o", str(tmp_path / "o"), "--expert-steps", "30",
                  "--max-alternations", "2", "-q", "--log-json", str(log)]) == 0
     evs = _progress(_events(log), "self2seg")
     _assert_increasing(evs, total=2)
@@ -113,10 +102,10 @@ def test_self2seg_bar_moves_within_alternations(blob, tmp_path):
     assert inside and any(e.get("stage_name") == "training experts" for e in evs)
 
 
-def test_self2seg_quiet_has_no_bar_but_keeps_log(blob, tmp_path, capsys, monkeypatch):
+def test_self2seg_quiet_has_no_bar_but_keeps_log(blob_tif, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DUET_PROGRESS", "1")
     log = tmp_path / "q.jsonl"
-    code = main(["self2seg", str(blob), "-o", str(tmp_path / "o"), "--experts", "constant",
+    code = main(["self2seg", str(blob_tif), "-o", str(tmp_path / "o"), "--experts", "constant",
                  "--max-alternations", "2", "-q", "--log-json", str(log)])
     assert code == 0
     cap = capsys.readouterr()
@@ -124,8 +113,8 @@ def test_self2seg_quiet_has_no_bar_but_keeps_log(blob, tmp_path, capsys, monkeyp
     assert _progress(_events(log), "self2seg")
 
 
-def test_self2seg_stack_progress_covers_planes(blob, tmp_path, monkeypatch):
-    img = tifffile.imread(blob)
+def test_self2seg_stack_progress_covers_planes(blob_tif, tmp_path, monkeypatch):
+    img = tifffile.imread(blob_tif)
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.stack([img, img[::-1]]))
     log = tmp_path / "s.jsonl"
@@ -136,15 +125,15 @@ def test_self2seg_stack_progress_covers_planes(blob, tmp_path, monkeypatch):
     assert evs[-1]["done"] == 4 and {e["plane"] for e in evs if "plane" in e} == {1, 2}
 
 
-def test_no_bar_when_stderr_is_not_a_terminal(blob, tmp_path, capsys, monkeypatch):
+def test_no_bar_when_stderr_is_not_a_terminal(blob_tif, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DUET_PROGRESS", raising=False)
-    assert main(["self2seg", str(blob), "-o", str(tmp_path / "o"), "--experts", "constant",
+    assert main(["self2seg", str(blob_tif), "-o", str(tmp_path / "o"), "--experts", "constant",
                  "--max-alternations", "1"]) == 0
     assert "\r" not in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- threads
-def test_threads_set_during_run_and_restored(blob, tmp_path, monkeypatch):
+def test_threads_set_during_run_and_restored(blob_tif, tmp_path, monkeypatch):
     before = torch.get_num_threads()
     target = 2 if before == 1 else 1
     seen = []
@@ -160,7 +149,7 @@ def test_threads_set_during_run_and_restored(blob, tmp_path, monkeypatch):
         return real(gen, cb)
 
     monkeypatch.setattr(engine, "run_to_end", spy)
-    assert main(["self2seg", str(blob), "-o", str(tmp_path / "o"), "--experts", "constant",
+    assert main(["self2seg", str(blob_tif), "-o", str(tmp_path / "o"), "--experts", "constant",
                  "--max-alternations", "2", "-q", "--threads", str(target)]) == 0
     assert seen and set(seen) == {target}
     assert torch.get_num_threads() == before
@@ -176,9 +165,9 @@ def test_threads_restored_after_error(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "many"])
-def test_bad_threads_exit_2_with_one_line(blob, tmp_path, capsys, bad):
+def test_bad_threads_exit_2_with_one_line(blob_tif, tmp_path, capsys, bad):
     with pytest.raises(SystemExit) as exc:
-        main(["self2seg", str(blob), "-o", str(tmp_path / "o"), "--threads", bad])
+        main(["self2seg", str(blob_tif), "-o", str(tmp_path / "o"), "--threads", bad])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "--threads" in err and err.count("\n") == 0

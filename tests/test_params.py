@@ -83,16 +83,6 @@ def test_every_user_facing_self2seg_parameter_has_a_cli_option_with_its_help(cap
     assert "--config PARAMS.json" in text
 
 
-@pytest.fixture
-def blob_tif(tmp_path):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:40, 0:44]
-    mask = (yy - 20) ** 2 + (xx - 22) ** 2 < 100
-    img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
-    path = tmp_path / "img.tif"
-    tifffile.imwrite(path, img)
-    return path
-
 
 def _report(out):
     return json.loads((out / "report.json").read_text())["parameters"]
