@@ -170,3 +170,60 @@ def test_split_train_config_file_and_flags(tmp_path):
         train_configs(build_parser().parse_args([*base, "--config", str(bad)]), 2)
     with pytest.raises(DuetInputError, match="--config must be small, default or a .json"):
         train_configs(build_parser().parse_args([*base, "--config", "huge"]), 2)
+
+
+def test_split_train_options_are_generated_from_the_declarations(capsys):
+    from napari_duet.cli._params import option_flag
+
+    with pytest.raises(SystemExit) as e:
+        main(["split", "train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    # likelihood and kl are declared user-facing now: their options carry the declared help.
+    assert {"likelihood", "kl"} <= set(user_params(TrainConfig))
+    for name in user_params(TrainConfig):
+        assert option_flag(TrainConfig, name) in text, name
+        if name == "threads":  # --threads (with "auto") is every compute command's option
+            continue
+        assert " ".join(param_info(TrainConfig, name)["help"].split()[:4]) in text, name
+    assert "{small,default,PARAMS.json}" in text  # the split's own --config stays
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--likelihood", "poisson"], "--likelihood: invalid choice"),
+    (["--device", "tpu"], "--device: invalid choice"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--patch-size", "x"], "--patch-size: invalid int value"),
+])
+def test_split_train_bad_option_exits_2_with_one_line(tmp_path, capsys, argv, words):
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.ones((32, 32), np.float32))
+    try:  # argparse's own refusals exit; a declaration's refusal returns 2
+        rc = main(["split", "train", "--channel-a", str(tmp_path / "a.tif"), "--channel-b",
+                   str(tmp_path / "b.tif"), "-o", str(tmp_path / "m.duet"), *argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and words in err[-1], err
+    assert not (tmp_path / "m.duet").exists()
+
+
+def test_split_train_file_values_and_options_over_them(tmp_path):
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._split import train_configs
+
+    # lr and free_bits have no option: only a parameter file sets them.
+    params = save_params(tmp_path / "t.json", TrainConfig(device="cpu", lr=2e-4, free_bits=0.5,
+                                                         kl="musplit", max_minutes=3.0))
+    base = ["split", "train", "--channel-a", "a.tif", "--channel-b", "b.tif", "-o", "m.duet",
+            "--config", str(params)]
+    _, tc = train_configs(build_parser().parse_args(base), 2)
+    assert (tc.device, tc.lr, tc.free_bits, tc.kl, tc.max_minutes) == (
+        "cpu", 2e-4, 0.5, "musplit", 3.0)
+    assert tc.checkpoint_path is None and not tc.resume and tc.calibrate
+    # An option given overrides the file, even when it gives the default value.
+    _, tc = train_configs(build_parser().parse_args(
+        [*base, "--device", "auto", "--kl", "denoisplit", "--no-calibration",
+         "--checkpoint", "c.duet"]), 2)
+    assert (tc.device, tc.kl, tc.lr, tc.calibrate) == ("auto", "denoisplit", 2e-4, False)
+    assert tc.checkpoint_path == "c.duet" and tc.resume

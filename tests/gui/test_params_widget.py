@@ -111,3 +111,82 @@ def test_nsn2n_parameters_save_and_load(make_napari_viewer, tmp_path, errors):
     assert not second.load_parameters(other)
     assert len(errors) == 1 and "Self2Seg" in errors[0]
     assert second.config().to_dict()["width"] == 8
+
+
+def _split_widget(make_napari_viewer):
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget(
+        "napari-duet", "Split (denoiSplit)")
+    return widget
+
+
+def test_split_parameters_save_load_and_show_in_the_command(make_napari_viewer, tmp_path):
+    first = _split_widget(make_napari_viewer)
+    # The buttons are the dock's shared ones, in the Train tab.
+    assert first.save_params_btn.text() == "Save parameters…"
+    assert first.tabs.widget(1).isAncestorOf(first.load_params_btn)
+    _set(first, epochs=7, max_minutes=2.5, patch_size=48, batch_size=5, seed=13,
+         device="cpu")
+    path = first.save_parameters(tmp_path / "s.json")
+    saved = json.loads(path.read_text())
+    assert saved["engine"] == "denoiSplit training"
+    assert {k: saved["parameters"][k] for k in ("epochs", "max_minutes", "patch_size",
+                                                "batch_size", "seed", "device")} == {
+        "epochs": 7, "max_minutes": 2.5, "patch_size": 48, "batch_size": 5, "seed": 13,
+        "device": "cpu"}
+    second = _split_widget(make_napari_viewer)
+    assert second.train_configs()[1] != first.train_configs()[1]
+    assert second.load_parameters(path)
+    assert second.train_configs()[1] == first.train_configs()[1]
+    # The controls moved, so the command-line equivalent follows them.
+    assert "--epochs 7" in second.command.text() and "--seed 13" in second.command.text()
+    # "no limit" (0 minutes) saves as None and loads back as 0.
+    _set(second, max_minutes=0.0)
+    assert first.load_parameters(second.save_parameters(tmp_path / "n.json"))
+    assert first.max_minutes.value == 0 and first.train_configs()[1].max_minutes is None
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ({"epoch": 3}, "did you mean 'epochs'"),
+    ({"patch_size": 8}, "outside"),  # valid for the engine, below the widget's 16
+    ({"kl": "magic"}, "kl must be one of"),
+    ("[1, 2", "not readable JSON"),
+])
+def test_a_bad_split_parameter_file_is_one_notification_and_changes_nothing(
+        make_napari_viewer, tmp_path, errors, content, words):
+    widget = _split_widget(make_napari_viewer)
+    _set(widget, seed=4)
+    before, command = widget.train_configs(), widget.command.text()
+    path = tmp_path / "p.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(
+        {"seed": 9, **content}))
+    assert not widget.load_parameters(path)
+    assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0], errors
+    assert widget.train_configs() == before and widget.command.text() == command
+    # Another engine's file is refused the same way.
+    from napari_duet.core.config import save_params
+
+    assert not widget.load_parameters(save_params(tmp_path / "s.json", Self2SegConfig()))
+    assert len(errors) == 2 and "Self2Seg" in errors[1]
+
+
+def test_split_widget_parameters_train_from_the_cli(make_napari_viewer, tmp_path):
+    from napari_duet.denoisplit import SplitModel
+    from napari_duet.denoisplit._synthetic import synthetic_split
+
+    widget = _split_widget(make_napari_viewer)
+    _set(widget, epochs=1, patch_size=16, batch_size=3, seed=21, device="cpu",
+         max_minutes=5.0)
+    params = widget.save_parameters(tmp_path / "split-params.json")
+    d = synthetic_split((32, 48), seed=0)
+    for name, arr in (("a", d.noisy_a), ("b", d.noisy_b)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", arr.astype(np.float32))
+    model = tmp_path / "m.duet"
+    assert main(["split", "train", "--channel-a", str(tmp_path / "a.tif"), "--channel-b",
+                 str(tmp_path / "b.tif"), "-o", str(model), "--config", str(params),
+                 "--likelihood", "gaussian", "--steps-per-epoch", "2", "--no-calibration",
+                 "--threads", "1", "-q"]) == 0
+    training = SplitModel.load(model).metadata()["training"]
+    tc = training["train_config"]
+    assert {k: tc[k] for k in ("epochs", "patch_size", "batch_size", "seed", "max_minutes")} \
+        == {"epochs": 1, "patch_size": 16, "batch_size": 3, "seed": 21, "max_minutes": 5.0}
+    assert training["epochs_run"] == 1 and tc["likelihood"] == "gaussian"

@@ -653,12 +653,17 @@ class EngineDock(QWidget):
         load.clicked.connect(self._load_parameters_dialog)
         return save, load
 
+    def param_config(self):
+        """The ``param_class`` configuration the controls show (what Save parameters…
+        writes); the widget's ``config()`` unless the widget says otherwise."""
+        return self.config()
+
     def save_parameters(self, path: str | Path) -> Path:
         """Write the controls' configuration as a parameter file
         (:func:`napari_duet.core.config.save_params`)."""
         from ..core.config import save_params
 
-        return save_params(path, self.config())
+        return save_params(path, self.param_config())
 
     def load_parameters(self, path: str | Path) -> bool:
         """Set the controls from a parameter file; a bad file (not JSON, another engine's,

@@ -44,6 +44,7 @@ from ._dock import (
     EngineDock,
     Job,
     SourceInfo,
+    control_values,
     data_nbytes,
     declare,
     eta_text,
@@ -159,6 +160,15 @@ class SplitWidget(EngineDock):
                                   xlabel="epoch")
         self.learned_info = QLabel("")
         self.learned_info.setWordWrap(True)
+
+        # Save/Load parameters (the dock's shared buttons): the training controls by
+        # TrainConfig field; the file is what `duet split train --config FILE.json` reads.
+        self.param_class = TrainConfig
+        self.param_controls = {
+            "epochs": self.epochs, "max_minutes": self.max_minutes,
+            "patch_size": self.patch_size, "batch_size": self.train_batch,
+            "device": self.train_device, "seed": self.seed}
+        self.save_params_btn, self.load_params_btn = self.param_buttons()
 
         self.save_results_btn = QPushButton("Save results…")
         self.save_results_btn.setToolTip(
@@ -284,6 +294,10 @@ class SplitWidget(EngineDock):
         trow.addWidget(self.train_cancel_btn)
         trow.addWidget(self.save_btn)
         t.addLayout(trow)
+        prow = QHBoxLayout()
+        prow.addWidget(self.save_params_btn)
+        prow.addWidget(self.load_params_btn)
+        t.addLayout(prow)
         t.addWidget(QLabel("Command line equivalent:"))
         t.addWidget(self.command)
         t.addWidget(self.plot)
@@ -574,11 +588,12 @@ class SplitWidget(EngineDock):
     def _train_config(self):
         from ..denoisplit import TrainConfig
 
-        return TrainConfig(
-            epochs=self.epochs.value, max_minutes=self.max_minutes.value or None,
-            patch_size=self.patch_size.value, batch_size=self.train_batch.value,
-            device=self.train_device.value, seed=self.seed.value,
-        )
+        # "no limit" (0) in max minutes is None, as control_values reads every "auto".
+        return TrainConfig(**control_values(TrainConfig, self.param_controls))
+
+    def param_config(self):
+        """The training parameters (TrainConfig) that Save parameters… writes."""
+        return self._train_config()
 
     def train(self):
         """Train on the chosen layers (one per structure) in a worker."""

@@ -38,10 +38,12 @@ def option_flag(cls: type[EngineConfig], name: str) -> str:
 
 def add_param_options(parser: argparse.ArgumentParser, cls: type[EngineConfig], *,
                       skip: tuple[str, ...] = (),
-                      overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                      overrides: dict[str, dict[str, Any]] | None = None,
+                      config_option: bool = True) -> None:
     """Add one option per user-facing parameter of ``cls`` (not those in ``skip``), and
-    ``--config PARAMS.json``.  ``overrides``: argparse keywords for one option (for example
-    the device names this machine offers)."""
+    ``--config PARAMS.json`` (unless ``config_option`` is False: a command whose
+    ``--config`` takes more than a parameter file adds its own).  ``overrides``: argparse
+    keywords for one option (for example the device names this machine offers)."""
     overrides = overrides or {}
     for name in user_params(cls):
         if name in skip:
@@ -62,6 +64,8 @@ def add_param_options(parser: argparse.ArgumentParser, cls: type[EngineConfig], 
         if "choices" in kwargs and "metavar" not in overrides.get(name, {}):
             kwargs.pop("metavar", None)
         parser.add_argument(option_flag(cls, name), **kwargs)
+    if not config_option:
+        return
     parser.add_argument(
         "--config", metavar="PARAMS.json", default=None,
         help=f"{cls.LABEL} parameters from a JSON file (as the widget's \"Save parameters…\" "

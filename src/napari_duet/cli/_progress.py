@@ -100,7 +100,8 @@ def run_command(func, args) -> int:
 
     if not launched():
         return func(args)
-    with session(getattr(args, "device", "auto")):
+    # A device option generated from a declaration defaults to None (not given): auto.
+    with session(getattr(args, "device", None) or "auto"):
         if not is_main():
             args = argparse.Namespace(**{**vars(args), "quiet": True, "log_json": None})
         return func(args)

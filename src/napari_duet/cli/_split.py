@@ -15,6 +15,7 @@ from ..core.errors import DuetInputError
 # Every file ``split predict`` may write into its folder (which of them depends on the
 # model and --samples); files of an earlier run that this one does not write are removed.
 from ..denoisplit._save import PREDICT_FILES as _PREDICT_FILES
+from ._params import add_param_options, config_from_args
 from ._progress import add_chunk_options, add_run_options, cli_run, run_command
 
 
@@ -30,7 +31,6 @@ def register(subparsers) -> None:
                                 parser_class=type(split))
     split.set_defaults(func=lambda args: _usage(split))
 
-    from ..core.config import cli_help
     from ..denoisplit._config import TrainConfig as _TC
 
     tr = ssub.add_parser("train", help="train a splitting model on 2 to 4 channels",
@@ -60,28 +60,20 @@ def register(subparsers) -> None:
     tr.add_argument("--lateral-context", type=int, default=None, metavar="M",
                     help="multiscale count: 1 = off, M = the image plus M-1 coarser context "
                     "inputs (at most the number of levels; default: the config's)")
-    tr.add_argument("--likelihood", choices=("noise_model", "gaussian"), default=None,
-                    help="reconstruction likelihood: GMM noise models (denoiSplit, default) "
-                    "or Gaussian with predicted variance (no noise models)")
-    tr.add_argument("--kl", choices=("denoisplit", "musplit"), default=None,
-                    help="KL form: summed per level with free bits (denoisplit, default) or "
-                    "averaged (musplit)")
-    # Help from the one declaration the widget's tooltips read (TrainConfig's fields).
-    tr.add_argument("--epochs", type=int, default=None, help=cli_help(_TC, "epochs"))
-    tr.add_argument("--steps-per-epoch", type=int, default=None,
-                    help=cli_help(_TC, "steps_per_epoch"))
-    tr.add_argument("--max-minutes", type=float, default=None,
-                    help=cli_help(_TC, "max_minutes"))
-    tr.add_argument("--patch-size", type=int, default=None, help=cli_help(_TC, "patch_size"))
-    tr.add_argument("--batch-size", type=int, default=None, help=cli_help(_TC, "batch_size"))
+    # The training options (--epochs, --patch-size, --likelihood, --device, ...) come from
+    # TrainConfig's declarations, as the Split widget's controls do.  --threads is the
+    # run option every command has (add_run_options); the fields without a declared help
+    # (lr, free_bits, ...) are set through a --config parameter file.
+    add_param_options(tr, _TC, skip=("threads",), config_option=False,
+                      overrides={"device": {"choices": DEVICE_CHOICES}})
+    # Not the generic --config: it also names a network preset (SplitConfig, not
+    # TrainConfig), so it keeps its default "small"/"default" choice beside a file.
     tr.add_argument("--config", default="default", metavar="{small,default,PARAMS.json}",
                     help="network size: default (paper, ~3.0 M parameters) or small (CPU); or "
-                    "a JSON file of training parameters (TrainConfig, as save_params writes "
-                    "them) with the default network: options given on the command line "
-                    "override its values, an unknown parameter exits with code 2")
-    tr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                    help="compute device (default auto: CUDA, MPS, CPU)")
-    tr.add_argument("--seed", type=int, default=None, help=cli_help(_TC, "seed"))
+                    "a JSON file of training parameters (TrainConfig, as the Split widget's "
+                    "\"Save parameters…\" writes them) with the default network: options "
+                    "given on the command line override its values, an unknown parameter "
+                    "exits with code 2")
     tr.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
                     help="denoiser used to bootstrap noise models (default auto)")
     tr.add_argument("--no-calibration", action="store_true",
@@ -204,32 +196,32 @@ def _channel_names(files: list[str]) -> tuple[str, ...]:
 
 
 def train_configs(args: argparse.Namespace, n_channels: int):
-    """The (SplitConfig, TrainConfig) that ``duet split train`` options ask for."""
-    from ..core.config import load_params
+    """The (SplitConfig, TrainConfig) that ``duet split train`` options ask for: the
+    ``--config`` file's training values (if it names one), then the options given."""
     from ..core.errors import DuetInputError
     from ..denoisplit._config import SplitConfig, TrainConfig
 
     over = {"n_channels": n_channels}
     if args.lateral_context is not None:
         over["multiscale_count"] = args.lateral_context
-    preset, values = args.config, {}
+    preset, params_file = args.config, None
     if str(preset).lower().endswith(".json"):  # a parameter file; the default network
-        values, preset = load_params(preset, TrainConfig), "default"
+        params_file, preset = preset, "default"
     elif preset not in ("small", "default"):
         raise DuetInputError(f"--config must be small, default or a .json parameter file, "
                              f"got {preset!r}")
     cfg = SplitConfig.preset(preset, **over)
-    for name in ("epochs", "max_minutes", "patch_size", "batch_size", "steps_per_epoch",
-                 "seed", "likelihood", "kl"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    if args.device != "auto":
-        values["device"] = args.device
-    if args.no_calibration:
-        values["calibrate"] = False
+    # Options with no declaration of their own: --no-calibration switches a field off
+    # (the generated switch of a bool can only turn one on), and --checkpoint both names
+    # the file and resumes from it (always the option's: it is the path checked before
+    # training).
     checkpoint = getattr(args, "checkpoint", None)
-    tc = TrainConfig.from_dict({**values, "checkpoint_path": checkpoint,
-                                "resume": checkpoint is not None})
+    extra = {"checkpoint_path": checkpoint, "resume": checkpoint is not None}
+    if args.no_calibration:
+        extra["calibrate"] = False
+    tc = config_from_args(TrainConfig, argparse.Namespace(**{**vars(args),
+                                                             "config": params_file}),
+                          skip=("threads",), **extra)
     return cfg, tc
 
 

@@ -219,8 +219,15 @@ class TrainConfig(EngineConfig):
     threads: int | None = param(
         None, label="CPU threads", help="torch CPU threads during the run (restored after).",
         none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
-    likelihood: str = param("noise_model", choices=LIKELIHOODS)
-    kl: str = param("denoisplit", choices=KL_FORMS)
+    likelihood: str = param(
+        "noise_model", label="likelihood", choices=LIKELIHOODS,
+        help="Reconstruction likelihood: the structures' GMM noise models (noise_model, "
+             "denoiSplit) or a Gaussian with predicted variance (gaussian, needs no noise "
+             "models).")
+    kl: str = param(
+        "denoisplit", label="KL form", choices=KL_FORMS,
+        help="KL term: summed per level with free bits (denoisplit) or averaged per level "
+             "(musplit, μSplit).")
     free_bits: float = param(1.0, lo=0)
     kl_weight: float = param(1.0, lo=0)
     val_fraction: float = param(0.15, lo=0.0, hi=0.9, lo_open=True, hi_open=True)
