@@ -56,16 +56,25 @@ def bad_seed_case(shared_data):
 
 
 @pytest.fixture
-def blob_tif(tmp_path):
-    """A small noisy 8-bit TIFF of one bright disc (the CLI tests' input)."""
+def write_blob(tmp_path):
+    """Writes a noisy 8-bit TIFF of one bright disc centred in ``shape``; returns
+    ``(path, mask)`` (the CLI tests' input)."""
     import numpy as np
     import tifffile
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:40, 0:44]
-    mask = (yy - 20) ** 2 + (xx - 22) ** 2 < 100
-    img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
-    path = tmp_path / "img.tif"
-    tifffile.imwrite(path, img)
-    return path
+    def write(shape=(40, 44), radius=10):
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+        mask = (yy - shape[0] // 2) ** 2 + (xx - shape[1] // 2) ** 2 < radius**2
+        img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
+        path = tmp_path / "img.tif"
+        tifffile.imwrite(path, img)
+        return path, mask
 
+    return write
+
+
+@pytest.fixture
+def blob_tif(write_blob):
+    """A 40 x 44 noisy TIFF of one bright disc (its path)."""
+    return write_blob()[0]

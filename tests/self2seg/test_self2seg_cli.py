@@ -8,14 +8,8 @@ from napari_duet.cli import main
 
 
 @pytest.fixture
-def blob_tif(tmp_path):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:48, 0:56]
-    mask = (yy - 24) ** 2 + (xx - 28) ** 2 < 144
-    img = (40 + 120 * mask + rng.normal(0, 30, mask.shape)).clip(0, 255).astype(np.uint8)
-    path = tmp_path / "img.tif"
-    tifffile.imwrite(path, img)
-    return path, mask
+def blob_tif(write_blob):
+    return write_blob((48, 56), radius=12)
 
 
 def test_cli_writes_outputs(blob_tif, tmp_path, capsys):

@@ -19,7 +19,7 @@ mask they have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -36,7 +36,7 @@ class BorderRefinement:
     changed: int  # pixels that changed class
 
     def to_dict(self) -> dict:
-        return {"objects": self.objects, "refined": self.refined, "changed": self.changed}
+        return asdict(self)
 
 
 def refine_borders(image: np.ndarray, foreground: np.ndarray, *, margin: int = 5,
