@@ -227,3 +227,84 @@ def test_split_train_file_values_and_options_over_them(tmp_path):
          "--checkpoint", "c.duet"]), 2)
     assert (tc.device, tc.kl, tc.lr, tc.calibrate) == ("auto", "denoisplit", 2e-4, False)
     assert tc.checkpoint_path == "c.duet" and tc.resume
+
+
+def test_switches_are_declared_both_ways_and_override_a_file(tmp_path):
+    """A declared switch gives --x and --no-x (BooleanOptionalAction), each overriding the
+    parameter file: before, a generated switch could only turn a setting on, so
+    --no-calibration and --no-tta were written by hand and --calibration did not exist."""
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._nsn2n import _config
+    from napari_duet.cli._split import train_configs
+
+    off = save_params(tmp_path / "off.json", TrainConfig(calibrate=False))
+    base = ["split", "train", "--channel-a", "a.tif", "--channel-b", "b.tif", "-o", "m.duet"]
+    parse = build_parser().parse_args
+    assert not train_configs(parse([*base, "--config", str(off)]), 2)[1].calibrate
+    assert train_configs(parse([*base, "--config", str(off), "--calibration"]), 2)[1].calibrate
+    assert not train_configs(parse([*base, "--no-calibration"]), 2)[1].calibrate
+    # --checkpoint is declared too: from a file it names the checkpoint and resumes.
+    ckpt = save_params(tmp_path / "c.json", TrainConfig(checkpoint_path="c.duet"))
+    tc = train_configs(parse([*base, "--config", str(ckpt)]), 2)[1]
+    assert tc.checkpoint_path == "c.duet" and tc.resume
+    # NS-N2N's test-time augmentation: --no-tta as before, and --tta over a file.
+    no_tta = save_params(tmp_path / "n.json", NSN2NConfig(tta=False))
+    nbase = ["nsn2n", "v.tif", "-o", "o.tif"]
+    assert not _config(parse([*nbase, "--no-tta"])).tta
+    assert not _config(parse([*nbase, "--config", str(no_tta)])).tta
+    assert _config(parse([*nbase, "--config", str(no_tta), "--tta"])).tta
+    # Self2Seg's --invert gained its --no-invert.
+    assert parse(["self2seg", "x.tif", "-o", "o", "--no-invert"]).invert is False
+
+
+def test_split_predict_options_and_config_file_come_from_the_declarations(tmp_path, capsys):
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._split import predict_config
+    from napari_duet.denoisplit import PredictConfig
+
+    with pytest.raises(SystemExit):
+        main(["split", "predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in user_params(PredictConfig):
+        flag = "--" + param_info(PredictConfig, name).get("cli", name).replace("_", "-")
+        assert flag in text, name
+        assert " ".join(param_info(PredictConfig, name)["help"].split()[:4]) in text, name
+    params = save_params(tmp_path / "p.json", PredictConfig(samples=5, tile=64, seed=3,
+                                                           calibration="none"))
+    base = ["split", "predict", "img.tif", "--model", "m.duet", "-o", "out"]
+    pc = predict_config(build_parser().parse_args([*base, "--config", str(params),
+                                                   "--seed", "8"]))
+    assert (pc.samples, pc.tile, pc.seed, pc.calibration) == (5, 64, 8, "none")
+    assert predict_config(build_parser().parse_args(base)) == PredictConfig()
+
+
+def test_split_predict_bad_value_exits_2_with_one_line(tmp_path, capsys):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.ones((16, 16), np.float32))
+    rc = main(["split", "predict", str(img), "--model", str(tmp_path / "m.duet"), "-o",
+               str(tmp_path / "out"), "--samples", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "samples must be a positive integer, got 0" in err[-1], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_parameter_file_records_the_network(tmp_path):
+    """The file a widget writes names its network (preset and lateral context), and
+    ``split train --config FILE`` trains that network, not always the default one."""
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._split import train_configs
+
+    net = SplitConfig.preset("small", n_channels=2, multiscale_count=3)
+    path = save_params(tmp_path / "p.json", TrainConfig(epochs=3),
+                       network=net.params_section())
+    assert json.loads(path.read_text())["network"] == {"preset": "small",
+                                                       "multiscale_count": 3}
+    base = ["split", "train", "--channel-a", "a.tif", "--channel-b", "b.tif", "-o", "m.duet",
+            "--config", str(path)]
+    got, tc = train_configs(build_parser().parse_args(base), 2)
+    assert got == net and tc.epochs == 3
+    got, _ = train_configs(build_parser().parse_args([*base, "--lateral-context", "1"]), 2)
+    assert got == SplitConfig.preset("small", n_channels=2)
+    bad = save_params(tmp_path / "b.json", TrainConfig(), network={"preset": "huge"})
+    with pytest.raises(ConfigError, match="network preset must be small or default"):
+        train_configs(build_parser().parse_args([*base[:-1], str(bad)]), 2)

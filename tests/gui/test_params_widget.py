@@ -113,6 +113,51 @@ def test_nsn2n_parameters_save_and_load(make_napari_viewer, tmp_path, errors):
     assert second.config().to_dict()["width"] == 8
 
 
+def test_nsn2n_controls_are_the_declarations(make_napari_viewer):
+    """The NS-N2N controls are generated from NSN2NConfig's declarations, as Self2Seg's:
+    each is tagged with its field, shows the declared label, choices and lower bound, and
+    the widget's config is the config defaults ("auto" at 0)."""
+    from napari_duet.core.config import param_info, param_label
+    from napari_duet.nsn2n import NSN2NConfig
+
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget(
+        "napari-duet", "Slice denoising (NS-N2N)")
+    for name, control in widget.param_controls.items():
+        assert control.param_name == name
+        assert control.label == param_label(NSN2NConfig, name)
+        choices = param_info(NSN2NConfig, name).get("choices")
+        if choices and name not in ("guide", "device"):  # the widget narrows these two
+            assert tuple(control.choices) == choices, name
+    assert widget.lambda_rc.min == param_info(NSN2NConfig, "lambda_rc")["lo"]
+    cfg = widget.config()
+    defaults = NSN2NConfig()
+    for name in widget.param_controls:
+        assert getattr(cfg, name) == getattr(defaults, name), name
+    assert widget.budget.value == 0 and widget.budget.auto_value == "auto"
+    assert widget.iterations.auto_value is None
+
+
+def test_split_parameter_file_keeps_the_network(make_napari_viewer, tmp_path):
+    """Save parameters… records the network preset and lateral context; Load parameters…
+    and ``split train --config`` both bring them back."""
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._split import train_configs
+
+    first = _split_widget(make_napari_viewer)
+    first.net_config.value = "default"
+    first.lateral_context.value = True
+    _set(first, epochs=4)
+    path = first.save_parameters(tmp_path / "s.json")
+    assert json.loads(path.read_text())["network"]["preset"] == "default"
+    second = _split_widget(make_napari_viewer)
+    assert second.net_config.value == "small" and not second.lateral_context.value
+    assert second.load_parameters(path)
+    assert second.train_configs() == first.train_configs()
+    args = build_parser().parse_args(["split", "train", "--channel-a", "a.tif", "--channel-b",
+                                      "b.tif", "-o", "m.duet", "--config", str(path)])
+    assert train_configs(args, 2) == first.train_configs()
+
+
 def _split_widget(make_napari_viewer):
     _, widget = make_napari_viewer().window.add_plugin_dock_widget(
         "napari-duet", "Split (denoiSplit)")

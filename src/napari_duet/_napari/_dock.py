@@ -245,13 +245,14 @@ def declare(widget, cls: type, name: str, *, extra: str = "", auto: str | None =
 _INT_MAX, _FLOAT_MAX = 2**31 - 1, 1e6
 
 
-def param_control(cls: type, name: str, **overrides: Any):
+def param_control(cls: type, name: str, *, number: type | None = None, **overrides: Any):
     """The magicgui control of config field ``name`` of ``cls``, built from its declaration
     (:func:`napari_duet.core.config.param`): a combo box for choices, a check box for a
     switch, a spin box within the declared bounds for a number; label and tooltip as
     :func:`declare` gives them.  A number that may be None ("auto") shows "auto" at 0.
-    ``overrides``: magicgui keywords for this widget only (tighter bounds, the device names
-    of this machine, a check box's text)."""
+    ``number``: the type a field of mixed type ("auto" or seconds) is shown as, with its
+    "auto" at 0 too.  ``overrides``: magicgui keywords for this widget only (tighter
+    bounds, the device names of this machine, a check box's text)."""
     import dataclasses
 
     from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox
@@ -261,38 +262,52 @@ def param_control(cls: type, name: str, **overrides: Any):
     info = param_info(cls, name)
     base, optional = param_type(cls, name)
     default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    auto: dict[str, Any] = {}  # the value 0 stands for, when the control has one
+    if base is object and number is not None:
+        base, auto["value"] = number, default
+    elif optional and base in (int, float):
+        auto["value"] = None
     if "choices" in info or "choices" in overrides:
         kwargs = {"choices": list(info.get("choices", ())), "value": default}
         widget_type = ComboBox
     elif base is bool:
         kwargs, widget_type = {"value": bool(default)}, CheckBox
     elif base in (int, float):
-        lo = 0 if optional else info.get("lo", 0)
+        lo = 0 if auto else info.get("lo", 0)
         hi = info.get("hi", _INT_MAX if base is int else _FLOAT_MAX)
-        kwargs = {"min": lo, "max": hi, "value": lo if default is None else default}
+        shows_auto = default is None or (auto and default == auto["value"])
+        kwargs = {"min": lo, "max": hi, "value": lo if shows_auto else default}
         widget_type = SpinBox if base is int else FloatSpinBox
     else:
         kwargs, widget_type = {"value": default}, LineEdit
     kwargs.update(overrides)
     if widget_type is ComboBox and kwargs.get("value") not in kwargs["choices"]:
         kwargs["value"] = kwargs["choices"][0]
-    widget = widget_type(label=name, **kwargs)
+    if kwargs.get("min", 0) != 0:  # no 0 to show "auto" at (CPU threads from 1)
+        auto.clear()
+    # A check box's text is its label, unless the widget gives one.
+    widget = widget_type(**({} if "text" in kwargs else {"label": name}), **kwargs)
     widget.param_name = name
-    declare(widget, cls, name, auto="auto" if optional and base in (int, float) else None,
-            extra="Shown as auto at 0." if optional and base in (int, float) else "")
+    if auto:
+        widget.auto_value = auto["value"]
+    declare(widget, cls, name, auto="auto" if auto else None,
+            extra="Shown as auto at 0." if auto else "")
     return widget
 
 
 def control_values(cls: type, controls: dict[str, Any]) -> dict[str, Any]:
-    """The parameters the controls show (0 in an "auto" spin box is None)."""
+    """The parameters the controls show (0 in an "auto" spin box is None, or "auto")."""
     from ..core.config import param_type
 
     values = {}
     for name, widget in controls.items():
         base, optional = param_type(cls, name)
         value = widget.value
-        if optional and base in (int, float) and not value:
-            value = None
+        if not value and not isinstance(value, bool):
+            if hasattr(widget, "auto_value"):
+                value = widget.auto_value
+            elif optional and base in (int, float):
+                value = None
         values[name] = value
     return values
 
@@ -658,22 +673,35 @@ class EngineDock(QWidget):
         writes); the widget's ``config()`` unless the widget says otherwise."""
         return self.config()
 
+    def param_sections(self) -> dict[str, Any]:
+        """Entries a parameter file holds beside the parameters (none unless a widget
+        has settings outside ``param_class``, such as denoiSplit's network preset)."""
+        return {}
+
+    def apply_param_sections(self, sections: dict[str, Any]) -> Callable[[], None]:
+        """Check a parameter file's other entries (:meth:`param_sections`) and return
+        what shows them in the controls (run only when the whole file is valid); raise
+        DuetInputError for a value the widget cannot show."""
+        return lambda: None
+
     def save_parameters(self, path: str | Path) -> Path:
         """Write the controls' configuration as a parameter file
         (:func:`napari_duet.core.config.save_params`)."""
         from ..core.config import save_params
 
-        return save_params(path, self.param_config())
+        return save_params(path, self.param_config(), **self.param_sections())
 
     def load_parameters(self, path: str | Path) -> bool:
         """Set the controls from a parameter file; a bad file (not JSON, another engine's,
         an unknown parameter or a bad value) is one notification and changes nothing."""
-        from ..core.config import load_params
+        from ..core.config import read_params
 
         try:
-            values = load_params(path, self.param_class)
+            values, sections = read_params(path, self.param_class)
             self.param_class().replace(**values)  # every value valid, before any control moves
+            show_sections = self.apply_param_sections(sections)
             set_controls(self.param_class, self.param_controls, values)
+            show_sections()
         except Exception as exc:
             self.report(exc, f"{self.engine_name}: cannot load parameters from "
                              f"{Path(path).name}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
@@ -36,11 +36,12 @@ from ._dock import (
     EngineDock,
     Job,
     SourceInfo,
+    control_values,
     data_nbytes,
-    declare,
     eta_text,
     is_large,
     layer_data,
+    param_control,
 )
 from ._lazy import sample_limits
 
@@ -105,28 +106,29 @@ class NSN2NWidget(EngineDock):
         self.model = None
         self.slab: int | None = None  # slices per slab of large layers (None: automatic)
         self._results: dict[int, dict] = {}
-        d = NSN2NConfig()
 
         self.image_picker = layer_picker(napari_viewer, Image, "image")
         self.axis = ComboBox(label="slice axis", choices=[])
-        self.budget = SpinBox(label="time budget (s)", value=0, min=0, max=86_400)
-        self.iterations = SpinBox(label="iterations", value=0, min=0, max=1_000_000)
-        self.width = SpinBox(label="network width", value=0, min=0, max=256)
-        self.context = ComboBox(label="network input", choices=["auto", "2.5d", "blind", "2d"],
-                                value=d.context)
-        self.noise_model = ComboBox(
-            label="noise model", value=d.noise_model,
-            choices=["auto", "gaussian", "poisson-gaussian", "rician"])
-        self.guide = ComboBox(label="slice-matching filter", choices=["gaussian", "nlm"],
-                              value=d.guide)
-        self.lambda_rc = FloatSpinBox(label="λ regional consistency", value=d.lambda_rc,
-                                      min=0, max=100, step=0.1)
-        self.lambda_ic = FloatSpinBox(label="λ inter-slice continuity", value=d.lambda_ic,
-                                      min=0, max=100, step=0.1)
-        self.tta = CheckBox(text="test-time augmentation (mean + uncertainty)", value=d.tta)
-        self.device = ComboBox(label="device", choices=["auto", *available_devices()],
-                               value="auto")
-        self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1)
+        # The parameter controls, built from NSN2NConfig's declarations (label, tooltip,
+        # bounds, choices; "auto" at 0); only what differs in the widget is given here.
+        C = NSN2NConfig
+        self.param_class = C
+        self.budget = param_control(C, "budget", number=int, max=86_400)
+        self.iterations = param_control(C, "iterations", max=1_000_000)
+        self.width = param_control(C, "width", max=256)
+        self.context = param_control(C, "context")
+        self.noise_model = param_control(C, "noise_model")
+        self.guide = param_control(C, "guide", choices=["gaussian", "nlm"])
+        self.lambda_rc = param_control(C, "lambda_rc", max=100, step=0.1)
+        self.lambda_ic = param_control(C, "lambda_ic", max=100, step=0.1)
+        self.tta = param_control(C, "tta", text="test-time augmentation (mean + uncertainty)")
+        self.device = param_control(C, "device", choices=["auto", *available_devices()])
+        self.seed = param_control(C, "seed")
+        self.param_controls = {w.param_name: w for w in (
+            self.iterations, self.budget, self.width, self.context, self.guide,
+            self.noise_model, self.lambda_rc, self.lambda_ic, self.tta, self.device,
+            self.seed)}
+        # Passed to the run, not part of the configuration that Save parameters… writes.
         self.threads = SpinBox(label="CPU threads",
                                value=resolve_threads("auto", napari_open=True),
                                min=1, max=max_threads())
@@ -165,15 +167,6 @@ class NSN2NWidget(EngineDock):
         self.pairs: list[dict] = []
         self.status.setText("Choose a stack or time-lapse and press Train & denoise.")
         self.plot = CurvePlot("Training losses", "loss", xlabel="iteration")
-        from ..nsn2n import NSN2NConfig
-
-        # Save/Load parameters: the controls by config field ("auto" shows as 0).
-        self.param_class = NSN2NConfig
-        self.param_controls = {
-            "iterations": self.iterations, "budget": self.budget, "width": self.width,
-            "context": self.context, "guide": self.guide, "noise_model": self.noise_model,
-            "lambda_rc": self.lambda_rc, "lambda_ic": self.lambda_ic, "tta": self.tta,
-            "device": self.device, "seed": self.seed}
         self.save_params_btn, self.load_params_btn = self.param_buttons()
         self._tooltips()
         self._build_layout()
@@ -193,20 +186,6 @@ class NSN2NWidget(EngineDock):
         self._update_axes()
 
     def _tooltips(self):
-        from ..nsn2n import NSN2NConfig as C
-
-        declare(self.budget, C, "budget", auto="auto", extra="Shown as auto when 0.")
-        declare(self.iterations, C, "iterations", auto="auto",
-                extra="Shown as auto when 0 (train for the time budget).")
-        declare(self.width, C, "width", auto="auto", extra="Shown as auto when 0.")
-        declare(self.context, C, "context")
-        declare(self.noise_model, C, "noise_model")
-        declare(self.guide, C, "guide")
-        declare(self.lambda_rc, C, "lambda_rc")
-        declare(self.lambda_ic, C, "lambda_ic")
-        declare(self.tta, C, "tta")
-        declare(self.device, C, "device")
-        declare(self.seed, C, "seed")
         self.threads.tooltip = ("torch CPU threads during training and denoising; the "
                                 "default leaves napari a core.")
         self.image_picker.tooltip = "The stack or time-lapse to denoise (3D or more)."
@@ -287,14 +266,10 @@ class NSN2NWidget(EngineDock):
     def config(self):
         from ..nsn2n import NSN2NConfig
 
-        iters = self.iterations.value or None
+        values = control_values(NSN2NConfig, self.param_controls)
+        iters = values["iterations"]
         return NSN2NConfig(
-            iterations=iters, budget=self.budget.value or "auto",
-            width=self.width.value or None, context=self.context.value, guide=self.guide.value,
-            noise_model=self.noise_model.value,
-            lambda_rc=self.lambda_rc.value, lambda_ic=self.lambda_ic.value,
-            tta=self.tta.value, device=self.device.value, seed=self.seed.value,
-            preview_index=self._current_index(),
+            **values, preview_index=self._current_index(),
             # About 20 previews per run with fixed steps; every 50 steps with a budget.
             preview_every=max(1, iters // 20) if iters else 50,
         )

@@ -595,6 +595,29 @@ class SplitWidget(EngineDock):
         """The training parameters (TrainConfig) that Save parameters… writes."""
         return self._train_config()
 
+    def param_sections(self) -> dict:
+        """The network (preset and lateral context) beside the training parameters, so
+        that ``duet split train --config FILE`` trains the same network."""
+        return {"network": self.train_configs()[0].params_section()}
+
+    def apply_param_sections(self, sections: dict):
+        from ..denoisplit import SplitConfig
+
+        if "network" not in sections:  # an older file or a plain object: keep the network
+            return lambda: None
+        net = SplitConfig.from_params_section(sections["network"],
+                                              n_channels=self.n_structures.value)
+        lateral = net.multiscale_count > 1
+        if lateral and net.multiscale_count != self._lateral_count(net.preset_name()):
+            raise DuetInputError(f"lateral context of {net.multiscale_count} scales is not "
+                                 f"available here (on: {self._lateral_count(net.preset_name())})")
+
+        def show():
+            self.net_config.value = net.preset_name()
+            self.lateral_context.value = lateral
+
+        return show
+
     def train(self):
         """Train on the chosen layers (one per structure) in a worker."""
         if self.running:

@@ -50,7 +50,8 @@ def register(subparsers) -> None:
                                  "the report."))
     # --iterations, --width, --context, --noise-model, --guide, --tau, --lambda-rc, ...,
     # --seed and --config: from NSN2NConfig's declarations.
-    add_param_options(p, C, skip=("budget", "tta", "device", "threads"))  # --threads: run options
+    # --tta/--no-tta is the declared switch; --threads is a run option.
+    add_param_options(p, C, skip=("budget", "device", "threads"))
     p.add_argument("--save-model", metavar="M", default=None,
                    help="write the trained model to this file (.duet)")
     p.add_argument("--model", metavar="M", default=None,
@@ -67,8 +68,6 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", metavar="U.tif", default=None,
                    help="also write the uncertainty map (spread over flips/rotations), "
                    "TIFF or OME-Zarr as for -o")
-    p.add_argument("--no-tta", action="store_true",
-                   help="one prediction per slice: faster, no uncertainty map")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                    help="where to compute (default auto: CUDA, MPS, else CPU)")
     add_run_options(p)
@@ -215,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     volume, axis, channel_axis = _channels_first(volume, args, meta)
     cli_layout(volume.shape, axis, 0 if channel_axis is not None else None)  # fail fast
     with cli_run(args, "nsn2n") as bar:
-        tta = not args.no_tta
+        tta = args.tta is not False  # the model's default: on
         t0 = time.perf_counter()
         log = (lambda *_: None) if args.quiet else (lambda msg: bar.write(msg, file=sys.stderr))
 
@@ -295,12 +294,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace):
     """The training configuration: ``--config`` file, the options given, then
-    ``--budget``, ``--no-tta`` and ``--device`` when given."""
+    ``--budget`` and ``--device`` when given."""
     from ..nsn2n import NSN2NConfig
 
     extra = {}
-    if args.no_tta:
-        extra["tta"] = False
     if args.device != "auto":
         extra["device"] = args.device
     if args.budget is not None and args.budget != "auto":
@@ -310,5 +307,5 @@ def _config(args: argparse.Namespace):
             raise DuetInputError(
                 f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
             ) from None
-    return config_from_args(NSN2NConfig, args, skip=("budget", "tta", "device", "threads"),
+    return config_from_args(NSN2NConfig, args, skip=("budget", "device", "threads"),
                             **extra)

@@ -86,7 +86,7 @@ def run_chunked(args: argparse.Namespace) -> int:
     layout = cli_layout(tuple(int(s) for s in source.shape), args.axis)
     if args.slab is not None and args.slab < 1:
         raise DuetInputError(f"--slab must be at least 1, got {args.slab}")
-    tta = not args.no_tta
+    tta = args.tta is not False  # --no-tta turns it off
     unc_path = Path(args.uncertainty) if args.uncertainty and tta else None
     with cli_run(args, "nsn2n") as bar:
         t0 = time.perf_counter()

@@ -13,7 +13,19 @@ import argparse
 import textwrap
 from typing import Any
 
-from ..core.config import EngineConfig, cli_help, load_params, param_info, param_type, user_params
+from ..core.config import (
+    EngineConfig,
+    cli_help,
+    load_params,
+    option_dest,
+    option_flag,
+    param_info,
+    param_type,
+    user_params,
+)
+
+__all__ = ["HelpFormatter", "add_param_options", "config_from_args", "option_dest",
+           "option_flag"]
 
 _TYPES = {int: int, float: float, str: str}
 
@@ -24,16 +36,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
-
-
-def option_dest(cls: type[EngineConfig], name: str) -> str:
-    """The ``args`` attribute of parameter ``name`` (its declared ``cli`` name, or itself)."""
-    return param_info(cls, name).get("cli", name)
-
-
-def option_flag(cls: type[EngineConfig], name: str) -> str:
-    """The option of parameter ``name``: ``--`` and its ``cli`` name with dashes."""
-    return "--" + option_dest(cls, name).replace("_", "-")
 
 
 def add_param_options(parser: argparse.ArgumentParser, cls: type[EngineConfig], *,
@@ -52,8 +54,8 @@ def add_param_options(parser: argparse.ArgumentParser, cls: type[EngineConfig], 
         base, _optional = param_type(cls, name)
         kwargs: dict[str, Any] = {"dest": option_dest(cls, name), "default": None,
                                   "help": cli_help(cls, name)}
-        if base is bool:
-            kwargs.update(action="store_const", const=True)
+        if base is bool:  # a switch both ways: --tta / --no-tta (not given: None)
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = _TYPES.get(base, str)
             if "choices" in info:

@@ -31,6 +31,7 @@ def register(subparsers) -> None:
                                 parser_class=type(split))
     split.set_defaults(func=lambda args: _usage(split))
 
+    from ..denoisplit._config import PredictConfig as _PC
     from ..denoisplit._config import TrainConfig as _TC
 
     tr = ssub.add_parser("train", help="train a splitting model on 2 to 4 channels",
@@ -47,10 +48,6 @@ def register(subparsers) -> None:
                     help="second of two structures, same shape as A")
     tr.add_argument("-o", "--output", required=True, metavar="MODEL",
                     help="model file to write (.duet); a calibration plot (PNG) goes beside it")
-    tr.add_argument("--checkpoint", metavar="CKPT", default=None,
-                    help="after every epoch, write the best model so far and the training state "
-                    "to CKPT (.duet, loads as a model); run the same command again to resume "
-                    "from it (on a CPU with the same result as an uninterrupted run)")
     tr.add_argument("--noise-model", action="append", default=None, metavar="NM",
                     help="noise model of one channel (from 'duet noise-model fit'), repeated "
                     "in the order of --channel; bootstrapped from the data when omitted")
@@ -60,8 +57,9 @@ def register(subparsers) -> None:
     tr.add_argument("--lateral-context", type=int, default=None, metavar="M",
                     help="multiscale count: 1 = off, M = the image plus M-1 coarser context "
                     "inputs (at most the number of levels; default: the config's)")
-    # The training options (--epochs, --patch-size, --likelihood, --device, ...) come from
-    # TrainConfig's declarations, as the Split widget's controls do.  --threads is the
+    # The training options (--epochs, --patch-size, --likelihood, --device,
+    # --calibration/--no-calibration, --checkpoint, ...) come from TrainConfig's
+    # declarations, as the Split widget's controls do.  --threads is the
     # run option every command has (add_run_options); the fields without a declared help
     # (lr, free_bits, ...) are set through a --config parameter file.
     add_param_options(tr, _TC, skip=("threads",), config_option=False,
@@ -71,13 +69,12 @@ def register(subparsers) -> None:
     tr.add_argument("--config", default="default", metavar="{small,default,PARAMS.json}",
                     help="network size: default (paper, ~3.0 M parameters) or small (CPU); or "
                     "a JSON file of training parameters (TrainConfig, as the Split widget's "
-                    "\"Save parameters…\" writes them) with the default network: options "
+                    "\"Save parameters…\" writes them) with the network it records "
+                    "(default when it records none; --lateral-context overrides): options "
                     "given on the command line override its values, an unknown parameter "
                     "exits with code 2")
     tr.add_argument("--denoiser", choices=("auto", "noise2fast", "smooth"), default="auto",
                     help="denoiser used to bootstrap noise models (default auto)")
-    tr.add_argument("--no-calibration", action="store_true",
-                    help="skip fitting the std calibration on the validation split")
     add_run_options(tr, quiet_help="no progress lines")
     # Under torchrun every rank trains; only rank 0 logs and writes the model.
     tr.set_defaults(func=lambda args: run_command(_train, args), distributed=True)
@@ -94,20 +91,9 @@ def register(subparsers) -> None:
                     "folder for mmse.tif and std.tif ((C,Y,X), or (T,C,Y,X) for a "
                     "stack), samples.tif, report.json; two-channel models also write a.tif, "
                     "b.tif, std_a.tif, std_b.tif")
-    pr.add_argument("--samples", type=int, default=20,
-                    help="posterior samples per tile (default 20, as in the Split widget); "
-                    "samples.tif is written when > 1")
-    pr.add_argument("--tile", type=int, default=None,
-                    help="tile side in pixels (default: the size that computes the fewest "
-                    "pixels, up to 1024; a frame that fits is computed untiled)")
-    pr.add_argument("--batch-size", type=int, default=None,
-                    help="network passes per batch, tiles x samples (default: from the "
-                    "memory free on the device)")
-    pr.add_argument("--calibration", choices=("scalar", "linear", "none"), default="scalar",
-                    help="std calibration to apply when the model has one (default scalar)")
-    pr.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                    help="compute device (default auto)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    # --samples, --tile, --batch-size, --calibration, --device, --seed and --config:
+    # from PredictConfig's declarations.
+    add_param_options(pr, _PC, overrides={"device": {"choices": DEVICE_CHOICES}})
     pr.add_argument("--block", type=int, default=None, metavar="N",
                     help="with a .zarr output: output block side of one task in pixels "
                     "(default 1024)")
@@ -197,7 +183,9 @@ def _channel_names(files: list[str]) -> tuple[str, ...]:
 
 def train_configs(args: argparse.Namespace, n_channels: int):
     """The (SplitConfig, TrainConfig) that ``duet split train`` options ask for: the
-    ``--config`` file's training values (if it names one), then the options given."""
+    ``--config`` file's training values and network (if it names a file), then the
+    options given."""
+    from ..core.config import read_params
     from ..core.errors import DuetInputError
     from ..denoisplit._config import SplitConfig, TrainConfig
 
@@ -205,24 +193,20 @@ def train_configs(args: argparse.Namespace, n_channels: int):
     if args.lateral_context is not None:
         over["multiscale_count"] = args.lateral_context
     preset, params_file = args.config, None
-    if str(preset).lower().endswith(".json"):  # a parameter file; the default network
-        params_file, preset = preset, "default"
+    if str(preset).lower().endswith(".json"):  # a parameter file: its network, if recorded
+        params_file = preset
+        network = read_params(params_file, TrainConfig)[1].get("network")
+        cfg = SplitConfig.from_params_section(network, **over)
     elif preset not in ("small", "default"):
         raise DuetInputError(f"--config must be small, default or a .json parameter file, "
                              f"got {preset!r}")
-    cfg = SplitConfig.preset(preset, **over)
-    # Options with no declaration of their own: --no-calibration switches a field off
-    # (the generated switch of a bool can only turn one on), and --checkpoint both names
-    # the file and resumes from it (always the option's: it is the path checked before
-    # training).
-    checkpoint = getattr(args, "checkpoint", None)
-    extra = {"checkpoint_path": checkpoint, "resume": checkpoint is not None}
-    if args.no_calibration:
-        extra["calibrate"] = False
+    else:
+        cfg = SplitConfig.preset(preset, **over)
     tc = config_from_args(TrainConfig, argparse.Namespace(**{**vars(args),
                                                              "config": params_file}),
-                          skip=("threads",), **extra)
-    return cfg, tc
+                          skip=("threads",))
+    # A checkpoint is always resumed from: the same command run again goes on.
+    return cfg, tc.replace(resume=tc.checkpoint_path is not None)
 
 
 def _calibration_png(model_path) -> Path:
@@ -251,17 +235,17 @@ def _train(args) -> int:
     from ..denoisplit._train import iter_train
 
     files, nm_files = _channel_args(args)
+    cfg, tc = train_configs(args, len(files))
     # Before training: the model (and its plot) can be written and overwrite no input.
     check_outputs([*files, *(nm_files or [])],
                   [("-o", args.output),
                    ("calibration plot",
-                    None if args.no_calibration else _calibration_png(args.output)),
-                   ("--checkpoint", args.checkpoint),
+                    _calibration_png(args.output) if tc.calibrate else None),
+                   ("--checkpoint", tc.checkpoint_path),
                    ("--log-json", getattr(args, "log_json", None))])
     channels = [_read_one_channel(f, "split train takes one file per structure, each one "
                                      "channel: save the channels as separate files") for f in files]
     nms = None if nm_files is None else [_load_nm(f) for f in nm_files]
-    cfg, tc = train_configs(args, len(files))
     names = _channel_names(files)
     with cli_run(args, "split train") as bar:
         gen = iter_train(channels, cfg, tc, nms, channel_names=names,
@@ -328,6 +312,14 @@ def _samples_file(stack, path: Path, image_shape, lead: tuple[int, int], pixel_i
                            **kwargs)
 
 
+def predict_config(args: argparse.Namespace):
+    """The :class:`~napari_duet.denoisplit.PredictConfig` of ``duet split predict``: the
+    ``--config`` file's values, then the options given."""
+    from ..denoisplit._config import PredictConfig
+
+    return config_from_args(PredictConfig, args)
+
+
 def _predict(args) -> int:
     import numpy as np
 
@@ -340,13 +332,12 @@ def _predict(args) -> int:
     from ..core.progress import run_to_end
     from ..denoisplit._model import SplitModel
 
-    if args.samples < 1:
-        raise DuetInputError("--samples must be >= 1")
+    pc = predict_config(args)
     out = Path(args.output)
     if is_zarr_path(out):  # block tasks into an OME-Zarr (denoisplit/_chunked.py)
         from ._split_chunked import run_chunked
 
-        return run_chunked(args)
+        return run_chunked(args, pc)
     if args.resume or args.scheduler or args.block is not None:
         raise DuetInputError("--resume, --scheduler and --block write an OME-Zarr: give "
                              "-o OUT.ome.zarr")
@@ -356,14 +347,14 @@ def _predict(args) -> int:
                   folders={"-o": out})
     with cli_run(args, "split predict") as bar:
         with bar.stage("load model"):
-            model = SplitModel.load(args.model, device=args.device)
+            model = SplitModel.load(args.model, device=pc.device)
         img = _read_one_channel(args.image, "split predict takes the one-channel sum of the "
                                 "structures: save that channel on its own")
         # The input's pixel size and units go to every output (its axes do not:
         # the outputs add a channel or sample axis).
         pixel_info = {k: v for k, v in read_pixel_info(args.image).items() if k != "axes"}
         t0 = time.perf_counter()
-        with_samples = args.samples > 1
+        with_samples = pc.samples > 1
         # The files are one set: written into a staging folder, moved in together, the
         # report (listing exactly this run's files) last; see ResultSet.
         results = ResultSet(out, names=_PREDICT_FILES)
@@ -373,11 +364,11 @@ def _predict(args) -> int:
             sink = None
             if with_samples:
                 sink = _samples_file(streamed, results.path("samples.tif"), img.shape,
-                                     (args.samples, model.n_channels), pixel_info)
-            gen = model.iter_predict(img, samples=args.samples, tile=args.tile,
-                                     batch_size=args.batch_size,
+                                     (pc.samples, model.n_channels), pixel_info)
+            gen = model.iter_predict(img, samples=pc.samples, tile=pc.tile,
+                                     batch_size=pc.batch_size,
                                      return_samples=with_samples,
-                                     calibration=args.calibration, seed=args.seed,
+                                     calibration=pc.calibration, seed=pc.seed,
                                      samples_out=sink)
             res = run_to_end(gen, bar)
             seconds = time.perf_counter() - t0

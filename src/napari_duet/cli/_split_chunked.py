@@ -13,6 +13,7 @@ import numpy as np
 from ..core.chunks import TaskRunner
 from ..core.errors import DuetInputError
 from ..denoisplit._chunked import DEFAULT_BLOCK, iter_predict_chunked
+from ..denoisplit._config import PredictConfig
 from ..denoisplit._model import plan_prediction
 
 
@@ -43,8 +44,9 @@ def _create_outputs(out: Path, shape: tuple, meta, n_channels: int, samples: int
     return group, omeg
 
 
-def run_chunked(args: argparse.Namespace) -> int:
-    """``duet split predict IMG -o OUT.ome.zarr --model M``: block tasks, resumable."""
+def run_chunked(args: argparse.Namespace, pc: PredictConfig) -> int:
+    """``duet split predict IMG -o OUT.ome.zarr --model M``: block tasks, resumable;
+    ``pc``: the command's :class:`~napari_duet.denoisplit.PredictConfig`."""
     from ..core.chunks import (
         ChunkedRun,
         announce_chunked,
@@ -58,8 +60,6 @@ def run_chunked(args: argparse.Namespace) -> int:
     from ._progress import cli_run
 
     out = Path(args.output)
-    if args.samples < 1:
-        raise DuetInputError("--samples must be >= 1")
     if args.block is not None and args.block < 1:
         raise DuetInputError(f"--block must be at least 1, got {args.block}")
     check_outputs([args.image, args.model], [("-o", out), ("report", report_path(out)),
@@ -76,29 +76,29 @@ def run_chunked(args: argparse.Namespace) -> int:
         with bar.stage("load model"):
             # On dask the workers load it on --device; here it only plans the tasks.
             distributed = TaskRunner(args.scheduler).distributed
-            model = SplitModel.load(args.model, device="cpu" if distributed else args.device)
-        plan = plan_prediction(model, shape[-2:], args.tile, None, args.batch_size)
+            model = SplitModel.load(args.model, device="cpu" if distributed else pc.device)
+        plan = plan_prediction(model, shape[-2:], pc.tile, None, pc.batch_size)
         signature = run_signature(
             image, input=Path(args.image).resolve(), model_sha256=file_hash(args.model),
-            samples=args.samples, seed=args.seed, block=block, calibration=args.calibration,
+            samples=pc.samples, seed=pc.seed, block=block, calibration=pc.calibration,
             plan=plan)
         # Built beside the output and swapped in when complete: an earlier result survives.
         run = ChunkedRun([out], signature, resume=args.resume, scheduler=args.scheduler)
         record = run.open(lambda path: _create_outputs(
-            path, shape, meta, model.n_channels, args.samples, block,
+            path, shape, meta, model.n_channels, pc.samples, block,
             list(model.channel_names))[0])
         group = record.group
         outs = {"mmse": group["0"], "std": group["std"],
-                "samples": group["samples"] if args.samples > 1 else None}
+                "samples": group["samples"] if pc.samples > 1 else None}
         t0 = time.perf_counter()
         with run.runner as runner:
             gen = iter_predict_chunked(model, run.source(args.image, image), outs,
-                                       samples=args.samples, tile=plan["tile"],
+                                       samples=pc.samples, tile=plan["tile"],
                                        batch_size=plan["batch_size"],
-                                       calibration=args.calibration, seed=args.seed,
+                                       calibration=pc.calibration, seed=pc.seed,
                                        block=block, state=record.state,
                                        save_state=record.save, runner=runner,
-                                       device=args.device)
+                                       device=pc.device)
             announce_chunked(say, shape, image.dtype, run.store.path)
             final = run.run(gen, eta_notes(bar, say))
         bar.finish()
@@ -106,9 +106,9 @@ def run_chunked(args: argparse.Namespace) -> int:
         levels = run.finish(final, bar)[0]
     report = {"method": "denoisplit", "chunked": True, "image": str(args.image),
               "model": str(args.model), "output": str(out), "shape": list(shape),
-              "channel_names": list(model.channel_names), "samples": args.samples,
-              "seed": args.seed, "block": block, **plan, "calibration": args.calibration,
-              "arrays": ["0 (mmse)", "std", *(["samples"] if args.samples > 1 else [])],
+              "channel_names": list(model.channel_names), "samples": pc.samples,
+              "seed": pc.seed, "block": block, **plan, "calibration": pc.calibration,
+              "arrays": ["0 (mmse)", "std", *(["samples"] if pc.samples > 1 else [])],
               "levels": levels, "scheduler": runner.scheduler or "local", "seconds": seconds,
               "megapixels_per_second": float(np.prod(shape)) / 1e6 / max(seconds, 1e-9),
               "model_metadata": model.metadata()}

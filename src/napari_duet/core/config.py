@@ -27,8 +27,9 @@ from typing import Any, ClassVar, TypeVar
 from .errors import DuetInputError
 
 __all__ = ["ConfigError", "EngineConfig", "check_choice", "check_declared", "check_int",
-           "check_number", "cli_help", "load_params", "need", "param", "param_help",
-           "param_info", "param_label", "param_type", "save_params", "user_params"]
+           "check_number", "cli_help", "load_params", "need", "option_args", "option_dest",
+           "option_flag", "param", "param_help", "param_info", "param_label", "param_type",
+           "read_params", "save_params", "user_params"]
 
 C = TypeVar("C", bound="EngineConfig")
 
@@ -231,6 +232,33 @@ def cli_help(cls: type, name: str, **kwargs: Any) -> str:
     return param_help(cls, name, **kwargs).replace("%", "%%")
 
 
+def option_dest(cls: type, name: str) -> str:
+    """The command-line name of parameter ``name`` (its declared ``cli`` name, or itself):
+    the ``args`` attribute of its generated option."""
+    return param_info(cls, name).get("cli", name)
+
+
+def option_flag(cls: type, name: str) -> str:
+    """The option of parameter ``name``: ``--`` and its command-line name with dashes
+    (a switch also has ``--no-<name>``)."""
+    return "--" + option_dest(cls, name).replace("_", "-")
+
+
+def option_args(cls: type, name: str, value: Any) -> list[str]:
+    """The command-line words that set parameter ``name`` to ``value`` through its
+    generated option (the inverse of parsing it): ``["--epochs", "7"]``, a switch
+    ``["--calibration"]`` or ``["--no-calibration"]``; ``[]`` for None (the option not
+    given).  Floats are written with ``repr`` so that they parse back exactly."""
+    flag = option_flag(cls, name)
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, float):
+        return [flag, repr(value)]
+    return [flag, str(value)]
+
+
 def _declares_rule(meta: Mapping[str, Any]) -> bool:
     """True when a field's declaration states what values it takes (then it is checked)."""
     return bool(meta) and bool({"help", "choices", "lo", "hi", "odd", "check"} & set(meta))
@@ -328,15 +356,17 @@ class EngineConfig:
 PARAMS_FORMAT = "napari-duet parameters"
 
 
-def save_params(path, config: EngineConfig) -> Path:
+def save_params(path, config: EngineConfig, **sections: Any) -> Path:
     """Write ``config`` as a parameter file (JSON): what "Save parameters…" in a widget
     writes and ``duet <engine> --config FILE`` reads back.  Run-time options (device,
-    threads, …) are included: the file repeats the run."""
+    threads, …) are included: the file repeats the run.  ``sections``: more JSON-able
+    entries beside the parameters (denoiSplit's network preset), read back by
+    :func:`read_params`."""
     from .io import write_json
 
     path = Path(path)
     write_json(path, {"format": PARAMS_FORMAT, "engine": config.LABEL,
-                      "parameters": config.to_dict()})
+                      "parameters": config.to_dict(), **sections})
     return path
 
 
@@ -345,6 +375,12 @@ def load_params(path, cls: type[C]) -> dict[str, Any]:
     config with); a file that is not JSON, is for another engine or names an unknown
     parameter raises :class:`ConfigError` with one line.  A plain JSON object of parameters
     is accepted too."""
+    return read_params(path, cls)[0]
+
+
+def read_params(path, cls: type[C]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(parameters, sections)`` of a parameter file: :func:`load_params`'s dict and the
+    other entries :func:`save_params` wrote beside it (empty for a plain JSON object)."""
     import json
 
     path = Path(path)
@@ -355,13 +391,16 @@ def load_params(path, cls: type[C]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"parameter file {path.name} is not readable JSON: {reason}") from None
+    sections: dict[str, Any] = {}
     if isinstance(data, dict) and data.get("format") == PARAMS_FORMAT:
         if data.get("engine") != cls.LABEL:
             raise ConfigError(f"parameter file {path.name} is for {data.get('engine')!r}, "
                               f"not {cls.LABEL}")
+        sections = {k: v for k, v in data.items()
+                    if k not in ("format", "engine", "parameters")}
         data = data.get("parameters")
     if not isinstance(data, dict):
         raise ConfigError(f"parameter file {path.name} must hold a JSON object of "
                           f"{cls.LABEL} parameters")
     cls.check_keys(data)
-    return data
+    return data, sections

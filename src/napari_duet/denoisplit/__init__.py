@@ -17,7 +17,7 @@ from ..core.noise_models import (
 )
 from ._calibration import calibration_plot, calibration_stats, fit_calibration
 from ._chunked import iter_predict_chunked
-from ._config import SplitConfig, TrainConfig
+from ._config import PredictConfig, SplitConfig, TrainConfig
 from ._metrics import ms_ssim, seam_metrics, split_metrics
 from ._model import SplitModel
 from ._predict import PredictProgress, SplitResult, tile_seams
@@ -35,6 +35,7 @@ from ._train import (
 __all__ = [
     "LEARNED_DB",
     "GaussianMixtureNoiseModel",
+    "PredictConfig",
     "PredictProgress",
     "SplitConfig",
     "SplitModel",

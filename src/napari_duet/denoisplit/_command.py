@@ -6,13 +6,13 @@ It only writes arguments (no argparse): the CLI parses them back with
 
 from __future__ import annotations
 
+from ..core.config import option_args, user_params
 from ..core.errors import DuetInputError
 
-# TrainConfig fields that ``duet split train`` options set
-# (see :func:`napari_duet.cli._split.train_configs`).
-_TRAIN_OPTIONS = ("epochs", "max_minutes", "patch_size", "batch_size", "steps_per_epoch",
-                  "seed", "device", "likelihood", "kl", "calibrate", "checkpoint_path",
-                  "resume")
+# TrainConfig fields whose generated ``duet split train`` option is left out of the
+# command: --threads belongs to the machine the command runs on; ``resume`` has no option
+# (the CLI resumes whenever --checkpoint is given).
+_NOT_WRITTEN = ("threads",)
 
 
 def command_line(config, train_config, channels, output: str = "model.duet", *,
@@ -41,20 +41,22 @@ def command_line(config, train_config, channels, output: str = "model.duet", *,
         When a setting has no command-line option (a custom network, a training
         field the command does not expose).
     """
-    from dataclasses import fields
-
     from ..denoisplit._config import SplitConfig, TrainConfig
 
     n = config.n_channels
-    preset = next((name for name in ("small", "default") if SplitConfig.preset(
-        name, n_channels=n, multiscale_count=config.multiscale_count) == config), None)
+    preset = config.preset_name()
     if preset is None:
         raise DuetInputError("this network is not a preset (small or default): no command line")
-    default = TrainConfig()
-    fixed = [f.name for f in fields(TrainConfig) if f.name not in _TRAIN_OPTIONS
-             and getattr(train_config, f.name) != getattr(default, f.name)]
+    default, tc = TrainConfig(), train_config
+    options = [name for name in user_params(TrainConfig) if name not in _NOT_WRITTEN]
+    fixed = [name for name in TrainConfig.field_names()
+             if name not in (*options, *_NOT_WRITTEN, "resume")
+             and getattr(tc, name) != getattr(default, name)]
     if fixed:
         raise DuetInputError("no command-line option for " + ", ".join(fixed))
+    if tc.resume != (tc.checkpoint_path is not None):
+        raise DuetInputError("--checkpoint always resumes: no command line for a "
+                             "checkpoint without resume")
     channels = [str(c) for c in channels]
     if len(channels) != n:
         raise DuetInputError(f"{n} channels in the network, {len(channels)} files")
@@ -63,27 +65,15 @@ def command_line(config, train_config, channels, output: str = "model.duet", *,
         argv += ["--channel-a", channels[0], "--channel-b", channels[1]]
     else:
         argv += [x for c in channels for x in ("--channel", c)]
-    tc = train_config
     argv += ["-o", str(output), "--config", preset]
     if config.multiscale_count != SplitConfig.preset(preset).multiscale_count:
         argv += ["--lateral-context", str(config.multiscale_count)]
-    argv += ["--epochs", str(tc.epochs), "--patch-size", str(tc.patch_size),
-             "--batch-size", str(tc.batch_size), "--seed", str(tc.seed), "--device", tc.device]
-    if tc.steps_per_epoch is not None:
-        argv += ["--steps-per-epoch", str(tc.steps_per_epoch)]
-    if tc.max_minutes is not None:
-        argv += ["--max-minutes", repr(float(tc.max_minutes))]
-    if tc.likelihood != default.likelihood:
-        argv += ["--likelihood", tc.likelihood]
-    if tc.kl != default.kl:
-        argv += ["--kl", tc.kl]
-    if not tc.calibrate:
-        argv.append("--no-calibration")
-    if tc.checkpoint_path is not None:
-        if not tc.resume:
-            raise DuetInputError("--checkpoint always resumes: no command line for a "
-                                 "checkpoint without resume")
-        argv += ["--checkpoint", str(tc.checkpoint_path)]
+    # Every option from its declaration, in declaration order; a switch only when it is
+    # off its default (None: the option is not given, which is the default).
+    for name in options:
+        value = getattr(tc, name)
+        if not (isinstance(value, bool) and value == getattr(default, name)):
+            argv += option_args(TrainConfig, name, value)
     if denoiser != "auto":
         argv += ["--denoiser", denoiser]
     return argv

@@ -130,6 +130,37 @@ class SplitConfig(EngineConfig):
             raise DuetInputError(f"unknown network config {name!r}: use small or default")
         return replace(cfg, **overrides) if overrides else cfg
 
+    def preset_name(self) -> str | None:
+        """``"small"`` or ``"default"`` when this network is that preset (with its own
+        channel count and lateral context), else None (a custom network)."""
+        return next((name for name in ("small", "default") if self.preset(
+            name, n_channels=self.n_channels, multiscale_count=self.multiscale_count) == self),
+            None)
+
+    def params_section(self) -> dict:
+        """What a training parameter file records of this network: its preset and lateral
+        context (``{"preset": "small", "multiscale_count": 1}``, the file's ``network``
+        entry, read back by :meth:`from_params_section`)."""
+        name = self.preset_name()
+        if name is None:
+            raise DuetInputError("this network is not a preset (small or default)")
+        return {"preset": name, "multiscale_count": self.multiscale_count}
+
+    @classmethod
+    def from_params_section(cls, section, **overrides) -> SplitConfig:
+        """The network a parameter file's ``network`` entry names (the default network
+        when the file has none); ``overrides`` as for :meth:`preset`."""
+        section = dict(section or {})
+        unknown = set(section) - {"preset", "multiscale_count"}
+        need(not unknown, f"unknown network entries in the parameter file: "
+                          f"{', '.join(sorted(map(str, unknown)))}")
+        preset = section.get("preset", "default")
+        need(preset in ("small", "default"),
+             f"network preset must be small or default, got {preset!r}")
+        if "multiscale_count" in section:
+            overrides = {"multiscale_count": section["multiscale_count"], **overrides}
+        return cls.preset(preset, **overrides)
+
 
 @dataclass(frozen=True)
 class TrainConfig(EngineConfig):
@@ -237,10 +268,18 @@ class TrainConfig(EngineConfig):
     grad_clip: float = param(0.5, lo=0)
     augment: bool = True
     mixed_precision: bool = True
-    calibrate: bool = True
+    calibrate: bool = param(
+        True, label="calibrate std", cli="calibration",
+        help="Fit the calibration of the predicted std on the validation split after "
+             "training (--no-calibration skips it).")
     calib_samples: int = param(20, lo=1)
     log_every: int = param(20, lo=1)
-    checkpoint_path: str | None = None
+    checkpoint_path: str | None = param(
+        None, label="checkpoint", cli="checkpoint", metavar="CKPT",
+        help="After every epoch, write the best model so far and the training state to this "
+             "file (.duet, loads as a model); the same command run again resumes from it (on "
+             "a CPU with the same result as an uninterrupted run).",
+        none="no checkpoint")
     resume: bool = False
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads", "log_every", "checkpoint_path",
@@ -249,3 +288,52 @@ class TrainConfig(EngineConfig):
 
     def check(self) -> None:
         """Nothing beyond the field declarations (each checked by ``validate``)."""
+
+
+CALIBRATIONS = ("scalar", "linear", "none")
+
+
+@dataclass(frozen=True)
+class PredictConfig(EngineConfig):
+    """Parameters of splitting an image with a trained model
+    (:meth:`SplitModel.iter_predict <napari_duet.denoisplit.SplitModel.iter_predict>`;
+    ``duet split predict`` generates its options from these declarations).
+
+    Parameters
+    ----------
+    samples : int
+        Posterior samples per tile (the MMSE is their mean, the std their spread).
+    tile : int, optional
+        Tile side in pixels; None: the size that computes the fewest pixels.
+    batch_size : int, optional
+        Network passes per batch (tiles x samples); None: from the free memory.
+    calibration : {"scalar", "linear", "none"}
+        Std calibration applied when the model has one.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    seed : int
+        Seed of the sampling.
+    """
+
+    samples: int = param(
+        20, label="samples",
+        help="Posterior samples per tile, as in the Split widget; the MMSE is their mean, the "
+             "std their spread, and samples.tif is written when > 1.", lo=1, metavar="N")
+    tile: int | None = param(
+        None, label="tile", help="Tile side in pixels.",
+        auto="the size that computes the fewest pixels, up to 1024; a frame that fits is "
+             "computed untiled", lo=1, metavar="TILE")
+    batch_size: int | None = param(
+        None, label="batch size", help="Network passes per batch, tiles x samples.",
+        auto="from the memory free on the device", lo=1, metavar="B")
+    calibration: str = param(
+        "scalar", label="std calibration", choices=CALIBRATIONS,
+        help="Std calibration to apply when the model has one.")
+    device: str = param(
+        "auto", label="device",
+        help="Where to compute: auto uses a GPU (CUDA or Apple MPS) when there is one, else "
+             "the CPU.")
+    seed: int = param(0, label="random seed", help="Seed of the sampling.", metavar="S")
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("tile", "batch_size", "device")
+    LABEL: ClassVar[str] = "denoiSplit prediction"
