@@ -168,6 +168,38 @@ def _chunked() -> dict[str, np.ndarray]:
         _duet("nsn2n", str(tmp / "vol.ome.zarr"), "--model", str(tmp / "n.duet"),
               "-o", str(tmp / "den.ome.zarr"), "--device", "cpu")
         out.update(_zarr_arrays("chunked_nsn2n", tmp / "den.ome.zarr"))
+        # Slab by slab into TIFF files (--slab: chunked), with the uncertainty of TTA.
+        _duet("nsn2n", str(tmp / "vol.ome.zarr"), "--model", str(tmp / "n.duet"),
+              "-o", str(tmp / "den.tif"), "--uncertainty", str(tmp / "unc.tif"),
+              "--slab", "2", "--device", "cpu")
+        import tifffile
+
+        for name in ("den", "unc"):
+            out[f"chunked_nsn2n_tiff/{name}"] = tifffile.imread(tmp / f"{name}.tif")
+        # What the NS-N2N widget runs for a large layer (OME-Zarr with uncertainty).
+        from napari_duet.nsn2n import NSN2NModel, iter_denoise_to_zarr
+
+        try:
+            from napari_duet.nsn2n._store import run_signature as widget_signature
+        except ImportError:  # pragma: no cover - moved
+            widget_signature = None
+        model = NSN2NModel.load(tmp / "n.duet", device="cpu")
+        try:
+            from napari_duet.core.io import ImageMeta
+        except ImportError:  # pragma: no cover - before the io package
+            from napari_duet.io import ImageMeta
+        sig = widget_signature(model, f, axis=0, tta=True, input_name="vol")
+        sig["uncertainty"] = True
+        gen = iter_denoise_to_zarr(model, f, tmp / "w.ome.zarr", ImageMeta.default(3), axis=0,
+                                   tta=True, signature=sig, slab=2,
+                                   uncertainty_path=tmp / "wu.ome.zarr")
+        try:
+            while True:
+                next(gen)
+        except StopIteration:
+            pass
+        out.update(_zarr_arrays("widget_nsn2n", tmp / "w.ome.zarr"))
+        out.update(_zarr_arrays("widget_nsn2n_unc", tmp / "wu.ome.zarr"))
     return out
 
 
