@@ -112,6 +112,69 @@ def test_run_record_belongs_and_finish(tmp_path):
         RunRecord.open(tmp_path / "plain", sig, hint="choose another output")
 
 
+def test_in_place_store_is_continued_or_refused_never_overwritten(tmp_path):
+    """An in-place run (the Self2Seg widget's plane store, shown while it fills) reopens a
+    store of its own run and refuses anything else; before, the widget's own logic opened
+    any other store with mode "w", deleting what it held."""
+    from napari_duet.core.chunks import ChunkedRun, run_fits, staging_path
+
+    sig = {"input": "a"}
+    run = ChunkedRun([tmp_path / "p.zarr"], sig, resume=True, staged=False)
+    assert run.fresh and run.store.path == tmp_path / "p.zarr"
+    rec = run.open(lambda path: zarr.open_group(str(path), mode="w"))
+    rec.save({"done": [1]})
+    again = ChunkedRun([tmp_path / "p.zarr"], sig, resume=True, staged=False)
+    assert not again.fresh and again.state == {"done": [1]}
+    with pytest.raises(DuetInputError, match="choose another"):
+        ChunkedRun([tmp_path / "p.zarr"], {"input": "b"}, resume=True, staged=False,
+                   hint="choose another folder")
+    assert RunRecord.belongs(tmp_path / "p.zarr", sig)
+    # A name is free for a run when neither it nor its staging store holds another run's.
+    assert run_fits(tmp_path / "p.zarr", sig) and not run_fits(tmp_path / "p.zarr", {"x": 1})
+    RunRecord.create(zarr.open_group(str(staging_path(tmp_path / "q.zarr")), mode="w"), sig)
+    assert run_fits(tmp_path / "q.zarr", sig) and not run_fits(tmp_path / "q.zarr", {"x": 1})
+
+
+def test_widget_store_is_staged_until_complete_and_resumes(tmp_path):
+    """The NS-N2N widget's large-layer run goes through the chunked-run engine: closed
+    mid-way (Cancel), the output does not exist yet (before, a half-written store sat at
+    the output's name, written in place) and the next run continues the staged store to
+    the result of an uninterrupted run."""
+    from napari_duet.core.chunks import staging_path
+    from napari_duet.nsn2n import iter_denoise_to_zarr
+    from napari_duet.nsn2n._store import run_signature
+
+    model, vol = _model(), _volume((8, 24, 20)).astype(np.float32)
+    sig = run_signature(model, vol, axis=0, tta=False, input_name="vol")
+
+    def run(path, stop_after=None):
+        gen = iter_denoise_to_zarr(model, vol, path, ImageMeta.default(3), axis=0, tta=False,
+                                   signature=sig, slab=2)
+        n = 0
+        try:
+            while True:
+                p = next(gen)
+                n += getattr(p, "stage", "") == "denoise"
+                if stop_after and n >= stop_after:
+                    gen.close()
+                    return None
+        except StopIteration as stop:
+            return stop.value
+
+    whole = run(tmp_path / "whole.ome.zarr")
+    assert whole.levels >= 1 and not whole.reused
+    out = tmp_path / "cut.ome.zarr"
+    assert run(out, stop_after=2) is None
+    assert not out.exists() and staging_path(out).exists()
+    done = zarr.open_group(str(staging_path(out))).attrs["napari_duet"]["state"]["done"]
+    assert 1 <= len(done) < 4
+    res = run(out)
+    assert res.resumed_slabs == len(done) and out.exists() and not staging_path(out).exists()
+    np.testing.assert_array_equal(zarr.open_group(str(out))["0"][...],
+                                  zarr.open_group(str(tmp_path / "whole.ome.zarr"))["0"][...])
+    assert run(out).reused  # finished: returned as it is
+
+
 # ---------------------------------------------------------------------- NS-N2N on a cluster
 def _model():
     import torch

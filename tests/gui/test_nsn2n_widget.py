@@ -257,13 +257,17 @@ def test_zarr_layer_is_denoised_slab_by_slab_like_in_memory(widget, qtbot, tmp_p
     assert "Cancelled" in widget.status.text() and "kept" in widget.status.text()
     assert layer in viewer.layers and "NS-N2N denoised" not in viewer.layers
     store = tmp_path / "out" / "vol NS-N2N denoised.ome.zarr"
-    done = zarr.open_group(str(store)).attrs["napari_duet"]["state"]["done"]
+    # Built beside the output (the chunked-run engine's staging store) until complete.
+    staged = tmp_path / "out" / "vol NS-N2N denoised.ome.zarr.partial.zarr"
+    assert not store.exists() and staged.name in widget.status.text()
+    done = zarr.open_group(str(staged)).attrs["napari_duet"]["state"]["done"]
     assert 1 <= len(done) < 7
     # Denoise again: continues, and the result equals the in-memory one.
     paced.delay = 0.0
     widget.denoise()
     _wait(qtbot, widget)
     assert "interrupted run" in widget.status.text()
+    assert store.exists() and not staged.exists()  # swapped in when complete
     out = viewer.layers["NS-N2N denoised"]
     level0 = out.data[0] if out.multiscale else out.data
     assert not isinstance(level0, np.ndarray)  # opened lazily from the store

@@ -594,14 +594,16 @@ class EngineDock(QWidget):
         return Path(folder)
 
     @staticmethod
-    def free_store(folder: Path, stem: str, suffix: str,
-                   reusable: Callable[[Path], bool]) -> Path:
-        """``folder/<stem><suffix>``, or with a number when that exists and is not
-        ``reusable`` (a store of the same run): results never overwrite other data."""
+    def free_store(folder: Path, stem: str, suffix: str, signature: dict[str, Any]) -> Path:
+        """``folder/<stem><suffix>``, or with a number when that (or its staging store)
+        holds anything but a run of ``signature`` (:func:`~napari_duet.core.chunks.run_fits`):
+        results never overwrite other data."""
+        from ..core.chunks import run_fits
+
         stem = "".join(c if c.isalnum() or c in "-_. " else "_" for c in stem).strip()
         for n in range(1, 1000):
             path = folder / (stem + (f" {n}" if n > 1 else "") + suffix)
-            if not path.exists() or reusable(path):
+            if run_fits(path, signature):
                 return path
         raise DuetInputError(f"no free output name for {stem}{suffix} in {folder}")
 

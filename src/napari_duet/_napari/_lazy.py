@@ -7,22 +7,23 @@ from typing import Any
 
 import numpy as np
 
-from ..core.chunks import RunRecord, read_record
+from ..core.chunks import ChunkedRun, RunRecord, read_record
 from ._common import data_limits
 
 
 def open_plane_store(path: Path, specs: dict[str, tuple[tuple, Any]], lead: int,
                      signature: dict[str, Any]) -> dict[str, Any]:
     """Zarr arrays ``specs`` (key -> (shape, dtype)), one chunk per plane of the ``lead``
-    leading axes, in the group ``path``; a store of the same ``signature``
-    (:meth:`RunRecord.belongs <napari_duet.core.chunks.RunRecord.belongs>`) is reopened
-    (its planes kept), anything else at ``path`` must not exist."""
+    leading axes, in the group ``path``, opened or continued by the chunked-run engine
+    (:class:`~napari_duet.core.chunks.ChunkedRun`, in place: the layers show the planes
+    as they are written): a store of the same ``signature`` is reopened (its planes
+    kept), anything else at ``path`` is refused."""
     import zarr
 
-    reuse = path.exists() and RunRecord.belongs(path, signature)
-    group = zarr.open_group(str(path), mode="a" if reuse else "w")
-    if not reuse:
-        RunRecord.create(group, signature)
+    run = ChunkedRun([path], signature, resume=True, staged=False,
+                     hint="choose another results folder or remove it")
+    reuse = not run.fresh
+    group = run.open(lambda p: zarr.open_group(str(p), mode="w")).group
     arrays = {}
     for key, (shape, dtype) in specs.items():
         if reuse and key in group and group[key].shape == tuple(shape):

@@ -424,15 +424,14 @@ class NSN2NWidget(EngineDock):
 
     def chunked_output(self, source: SourceInfo, signature: dict) -> Path | None:
         """The OME-Zarr a large layer is denoised into: ``<source> NS-N2N denoised.ome.zarr``
-        in the results folder.  An existing store of the same run is continued (or reused
-        when finished); other data are never overwritten: the name gets a number."""
-        from ..core.chunks import RunRecord
-
+        in the results folder (built beside it until complete).  A store of the same run
+        is continued (or reused when finished); other data are never overwritten: the name
+        gets a number."""
         folder = self.results_folder(source)
         if folder is None:
             return None
         return self.free_store(folder, f"{source.name} {TAG} denoised", ".ome.zarr",
-                               lambda path: RunRecord.belongs(path, signature))
+                               signature)
 
     def _denoise_chunked(self, layer: Image, axis: int) -> None:
         from ..nsn2n._store import iter_denoise_to_zarr, run_signature
@@ -614,8 +613,11 @@ class NSN2NWidget(EngineDock):
             self._keep_cancelled_model(job)
             return
         if job.chunked:
-            self.status.setText(f"Cancelled: the finished slabs are kept in {job.output}; "
-                                "Denoise continues where it stopped.")
+            from ..core.chunks import staging_path
+
+            self.status.setText(f"Cancelled: the finished slabs are kept in "
+                                f"{staging_path(job.output)}; Denoise continues where it "
+                                "stopped.")
         else:
             super().after_cancel(job)
 

@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.chunks import RunRecord
 from ..core.devices import available_devices, max_threads, resolve_threads
 from ..core.errors import DuetInputError
 from ..core.io import write_json, write_tiff
@@ -497,8 +496,7 @@ class Self2SegWidget(EngineDock):
         k = job.n_classes
         signature = {"source": str(job.source.path or job.source.name),
                      "shape": list(job.full_shape), "classes": k, "rgb": job.source.rgb}
-        job.store = self.free_store(folder, f"{job.source.name} {TAG}", ".zarr",
-                                    lambda path: RunRecord.belongs(path, signature))
+        job.store = self.free_store(folder, f"{job.source.name} {TAG}", ".zarr", signature)
         specs = {"mask": (job.full_shape, np.uint8),
                  "denoised": (job.full_shape + chan, np.float32),
                  **{f"expert{i}": (job.full_shape + chan, np.float32) for i in range(k)}}

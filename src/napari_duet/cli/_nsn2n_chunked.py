@@ -6,7 +6,8 @@ earlier result (:class:`~napari_duet.core.chunks.RunStore`).  The staging store
 records in its attributes (``napari_duet``) the run it belongs to (input and a
 sample of its data, model file hash, axis, TTA), the statistics of the input and the slabs
 finished so far; ``--resume`` reuses them and skips those slabs.  Level 0 is
-written slab by slab; the pyramid (OME-Zarr) or the TIFF is made at the end.
+written slab by slab; the pyramid (OME-Zarr) or the TIFF is made at the end
+(:func:`~napari_duet.nsn2n._store.iter_denoise_into`, the widget's run too).
 """
 
 from __future__ import annotations
@@ -18,23 +19,13 @@ from pathlib import Path
 
 from ..core.chunks import (
     ChunkedRun,
-    RunRecord,
     TaskRunner,
     announce_chunked,
     eta_notes,
     file_hash,
     run_signature,
 )
-
-
-def _level0(record: RunRecord):
-    from ..core.errors import DuetInputError
-
-    try:
-        return record.group["0"]
-    except KeyError:
-        raise DuetInputError("the output to resume has no level 0: remove it or run without "
-                             "--resume") from None
+from ..core.progress import run_to_end
 
 
 def cli_layout(shape: tuple[int, ...], axis: int, channel_axis=None):
@@ -62,21 +53,12 @@ def _report_path(out: Path) -> Path:
 
 def run_chunked(args: argparse.Namespace) -> int:
     """Execute ``duet nsn2n --model M`` slab by slab (see the module docstring)."""
-    import zarr
-
     from ..core.errors import DuetInputError
-    from ..core.io import (
-        build_pyramid,
-        is_zarr_path,
-        open_image,
-        require_memory,
-        write_json,
-        write_tiff_blocks,
-    )
+    from ..core.io import open_image, require_memory, write_json
     from ..core.versions import versions
-    from ..nsn2n._chunked import auto_slab, iter_denoise_chunked
+    from ..nsn2n._chunked import auto_slab
     from ..nsn2n._model import NSN2NModel
-    from ..nsn2n._store import create_store
+    from ..nsn2n._store import iter_denoise_into
     from ._progress import cli_run
 
     out = Path(args.output)
@@ -110,39 +92,19 @@ def run_chunked(args: argparse.Namespace) -> int:
         paths = [out] + ([unc_path] if unc_path else [])
         run = ChunkedRun(paths, signature, resume=args.resume, scheduler=args.scheduler)
         state = run.state
-        if run.fresh:
-            slab = args.slab or auto_slab(plane)
-            arrays = [create_store(s.path, layout, meta, slab, signature) for s in run.stores]
-            record = RunRecord(zarr.open_group(str(run.store.path), mode="r+"), signature)
-        else:
-            record = run.store.record
-            arrays = [_level0(s.record) for s in run.stores]
+        if not run.fresh:
             log(f"resuming {run.store.path}: {len(state.get('done', []))} slabs done")
-
         announce_chunked(None if args.quiet else log, source.shape, source.dtype,
                          run.store.path)
         log(f"applying {args.model} to {args.volume} {tuple(source.shape)} slab by slab")
         with run.runner as runner:
-            gen = iter_denoise_chunked(model, run.source(args.volume, source), arrays[0],
-                                       axis=layout.axis, tta=tta, slab=args.slab,
-                                       state=state, save_state=record.save,
-                                       uncertainty=arrays[1] if unc_path else None,
-                                       runner=runner, device=args.device)
-            final = run.run(gen, eta_notes(bar, None if args.quiet else log))
+            gen = iter_denoise_into(run, model, run.source(args.volume, source), layout, meta,
+                                    tta=tta, slab=args.slab, runner=runner, device=args.device)
+            result = run_to_end(gen, eta_notes(bar, None if args.quiet else log))
         bar.finish()
-        for s, path, arr in zip(run.stores, paths, arrays, strict=True):
-            if s.reused:
-                log(f"{path} was already complete")
-            elif is_zarr_path(path):
-                with bar.stage("pyramid"):
-                    levels = build_pyramid(s.path)
-                RunRecord(zarr.open_group(str(s.path), mode="r+"), signature).finish(final)
-                s.commit()
-                log(f"wrote {path} ({levels} levels)")
-            else:
-                with bar.stage("write tiff"):
-                    write_tiff_blocks(path, arr, pixel_info=meta.pixel_info())
-                s.discard()
+        final = result.final
+        for s, path in zip(run.stores, paths, strict=True):
+            log(f"{path} was already complete" if s.reused else f"wrote {path}")
         report = {
             "method": "nsn2n", "mode": "apply", "chunked": True, "model": str(args.model),
             "config": model.config.to_dict(), "model_info": model.training,

@@ -42,8 +42,8 @@ from .progress import Progress
 
 __all__ = ["ChunkProgress", "ChunkedRun", "ImageRef", "ModelPayload", "RunRecord", "RunStore",
            "SCHEDULER_ENV", "TaskRunner", "ZarrRef", "blocks", "file_hash", "read_record",
-           "report_path", "resolve", "resolve_model", "run_signature", "signature_key",
-           "with_halo", "worker_threads", "zarr_ref"]
+           "report_path", "resolve", "resolve_model", "run_fits", "run_signature",
+           "signature_key", "staging_path", "with_halo", "worker_threads", "zarr_ref"]
 
 RECORD = "napari_duet"
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -504,7 +504,8 @@ class RunStore:
     """
 
     def __init__(self, out: str | os.PathLike, signature: dict[str, Any], *, resume: bool,
-                 hint: str = "run without --resume to start again") -> None:
+                 hint: str = "run without --resume to start again",
+                 staged: bool = True) -> None:
         from .io.outputs import _remove
 
         self.out = Path(out)
@@ -513,6 +514,14 @@ class RunStore:
         self.record: RunRecord | None = None
         self.reused = False
         self.path = self.staging
+        if not staged:
+            # In place (a store that layers show while it fills): continued or reused when
+            # it is a run of ``signature``, refused when it is anything else.
+            self.path = self.out
+            if resume and self.out.exists():
+                self.record = RunRecord.open(self.out, signature, hint=hint)
+                self.reused = self.record.complete
+            return
         if self.staging.is_symlink():
             # Never written through: the link could point at anything.
             raise DuetInputError(f"{self.staging} is a symbolic link: remove it")
@@ -546,16 +555,25 @@ class RunStore:
             self.path = self.out
         return self.out
 
-    def finish(self, record, final: Any, bar) -> int:
-        """End a run: pyramid, record and swap in (a reused store is left as it is).
+    def finish(self, record, final: Any, bar=None, *,
+               pixel_info: dict[str, Any] | None = None) -> int:
+        """End a run: pyramid, record and swap in (a reused store is left as it is); an
+        output that is not a zarr store (``.tif``) is written from the staged level 0
+        (with ``pixel_info``) and the staging store removed.  ``bar``: a progress bar
+        whose ``stage(name)`` frames the step (None: no bar).
 
-        Returns the number of resolution levels of the store's first array.
+        Returns the number of resolution levels of the store's first array (1 for TIFF).
         """
-        from .io import build_pyramid
+        from .io import build_pyramid, is_zarr_path, write_tiff_blocks
 
         if self.reused:
             return len([k for k in record.group.array_keys() if k.isdigit()])
-        with bar.stage("pyramid"):
+        if not is_zarr_path(self.out):
+            with _stage(bar, "write tiff"):
+                write_tiff_blocks(self.out, record.group["0"], pixel_info=pixel_info)
+            self.discard()
+            return 1
+        with _stage(bar, "pyramid"):
             levels = build_pyramid(self.path)
         record.finish(final)
         self.commit()
@@ -566,6 +584,25 @@ class RunStore:
         from .io.outputs import _remove
 
         _remove(self.staging)
+
+
+def _stage(bar, name: str):
+    """``bar.stage(name)``, or nothing without a bar."""
+    import contextlib
+
+    return contextlib.nullcontext() if bar is None else bar.stage(name)
+
+
+def run_fits(out: str | os.PathLike, signature: dict[str, Any]) -> bool:
+    """True when a run of ``signature`` may write ``out``: neither it nor its staging
+    store holds anything but a run of ``signature`` (continued or reused), or a staging
+    store a killed run left without a record (discarded).  Widgets pick the first free
+    name with it, so a result never overwrites other data."""
+    out, staged = Path(out), staging_path(out)
+    if staged.exists() and (read_record(staged) or {}).get("run") and not RunRecord.belongs(
+            staged, signature):
+        return False
+    return not out.exists() or RunRecord.belongs(out, signature)
 
 
 class ChunkedRun:
@@ -592,9 +629,12 @@ class ChunkedRun:
     """
 
     def __init__(self, outputs, signature: dict[str, Any], *, resume: bool = False,
-                 scheduler: str | None = None) -> None:
+                 scheduler: str | None = None,
+                 hint: str = "run without --resume to start again",
+                 staged: bool = True) -> None:
         self.signature = signature
-        self.stores = [RunStore(p, signature, resume=resume) for p in outputs]
+        self.stores = [RunStore(p, signature, resume=resume, hint=hint, staged=staged)
+                       for p in outputs]
         if len({s.fresh for s in self.stores}) > 1:
             raise DuetInputError("--resume: the outputs do not belong to the same run; "
                                  "remove them")
@@ -612,46 +652,60 @@ class ChunkedRun:
         return self._fresh
 
     @property
+    def reused(self) -> bool:
+        """True when every output already holds this run, complete: nothing to compute."""
+        return all(s.reused for s in self.stores)
+
+    @property
     def state(self) -> dict[str, Any] | None:
         """The saved state of the run continued (None: a fresh run)."""
         return None if self.store.record is None else self.store.record.state
 
     def open(self, build: Callable[[Path], Any]) -> RunRecord:
-        """The record of the run: a continued run's, or a new one in the store that
-        ``build(path)`` creates (and returns the zarr group of)."""
-        store = self.store
-        if store.record is None:
-            store.record = RunRecord.create(build(store.path), self.signature)
-        return store.record
+        """The record of the run: a continued run's, or a new one in the stores that
+        ``build(path)`` creates (and returns the zarr group of), one per output; the
+        first output's record holds the run's state."""
+        for store in self.stores:
+            if store.record is None:
+                store.record = RunRecord.create(build(store.path), self.signature)
+        return self.store.record
 
     def source(self, path: str | os.PathLike, array):
         """What the tasks read: ``array`` here; on dask a reference by ``path`` (workers
         open the input themselves)."""
         return ImageRef.of(path) if self.runner.distributed else array
 
-    def run(self, gen, progress: Callable[[Any], Any] | None = None):
-        """Run the chunked generator ``gen`` to its end, passing every item to ``progress``."""
+    def iter(self, gen):
+        """Yield from the chunked generator ``gen`` and return its value; a run that fails
+        on bad input or model (:class:`~napari_duet.core.errors.DuetError`) discards the
+        stores it created, while closing the generator (Cancel) keeps them to resume."""
         from .errors import DuetError
-        from .progress import run_to_end
 
         try:
-            return run_to_end(gen, progress)
+            return (yield from gen)
         except DuetError:
             if self.fresh:  # bad input or model: nothing worth resuming
                 for s in self.stores:
                     s.discard()
             raise
 
-    def finish(self, final: Any, bar) -> list[int]:
-        """Pyramid, record and swap in every store (see :meth:`RunStore.finish`); returns
-        the number of resolution levels of each."""
+    def run(self, gen, progress: Callable[[Any], Any] | None = None):
+        """Run the chunked generator ``gen`` to its end, passing every item to ``progress``."""
+        from .progress import run_to_end
+
+        return run_to_end(self.iter(gen), progress)
+
+    def finish(self, final: Any, bar=None, *,
+               pixel_info: dict[str, Any] | None = None) -> list[int]:
+        """Pyramid (or TIFF), record and swap in every store (see :meth:`RunStore.finish`);
+        returns the number of resolution levels of each."""
         import zarr
 
         levels = []
         for s in self.stores:
             record = s.record or RunRecord(zarr.open_group(str(s.path), mode="r+"),
                                            self.signature)
-            levels.append(s.finish(record, final, bar))
+            levels.append(s.finish(record, final, bar, pixel_info=pixel_info))
         return levels
 
 
