@@ -225,13 +225,13 @@ def test_reporter_strict_json_and_stage(tmp_path, capsys, monkeypatch):
 
 def test_describe_maps_engine_objects():
     from napari_duet.denoisplit._predict import PredictProgress
-    from napari_duet.denoisplit._train import TrainProgress
+    from napari_duet.denoisplit._train import SplitTrainProgress
 
-    ev = describe(TrainProgress(epoch=2, epochs=3, step=4, steps_per_epoch=10,
+    ev = describe(SplitTrainProgress(epoch=2, epochs=3, step=4, steps_per_epoch=10,
                                 losses={"loss": 1.0}))
     assert (ev.stage, ev.done, ev.total) == ("train", 14, 30)
     assert ev.fields["losses"] == {"loss": 1.0} and ev.fields["epoch"] == 2
-    ev = describe(TrainProgress(epochs=3, stage="noise_model", done=0, total=2))
+    ev = describe(SplitTrainProgress(epochs=3, stage="noise_model", done=0, total=2))
     assert ev.stage == "noise model" and ev.total is None
     ev = describe(PredictProgress(done=3, total=8, elapsed=1.0))
     assert (ev.stage, ev.done, ev.total) == ("predict", 3, 8)

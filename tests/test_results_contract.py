@@ -46,7 +46,7 @@ def test_nsn2n_prediction_reports_what_it_holds(tmp_path):
 
 @pytest.mark.parametrize("path", [
     "napari_duet.self2seg:Self2SegResult", "napari_duet.self2seg:Self2SegStackResult",
-    "napari_duet.nsn2n:TrainResult", "napari_duet.nsn2n:DenoiseResult",
+    "napari_duet.nsn2n:NSN2NResult", "napari_duet.nsn2n:DenoiseResult",
     "napari_duet.denoisplit:SplitTrainResult", "napari_duet.denoisplit:SplitResult",
 ])
 def test_every_result_type_has_report_and_save(path):

@@ -11,8 +11,8 @@ from napari_duet.core.metrics import range_invariant_psnr
 from napari_duet.denoisplit import (
     SplitConfig,
     SplitModel,
+    SplitTrainProgress,
     TrainConfig,
-    TrainProgress,
     fit_noise_model,
     iter_train,
     train,
@@ -107,7 +107,7 @@ def test_iter_train_progress_and_cancel(tiny_config, tmp_path, monkeypatch):
                      _fast(epochs=3, likelihood="gaussian", kl="musplit",
                            checkpoint_path=str(ckpt)))
     first = next(gen)
-    assert isinstance(first, TrainProgress) and first.stage == "train"
+    assert isinstance(first, SplitTrainProgress) and first.stage == "train"
     assert not hasattr(first, "phase")  # one name for the stage
     assert (first.epoch, first.step, first.epochs, first.steps_per_epoch) == (1, 1, 3, 3)
     assert (first.done, first.total) == (1, 9) and 0.05 < first.fraction < 0.2

@@ -5,13 +5,13 @@ from scipy import ndimage
 
 from napari_duet import DuetInputError
 from napari_duet.core.metrics import psnr
-from napari_duet.nsn2n import NSN2NConfig, NSN2NProgress, TrainResult, iter_train, train
+from napari_duet.nsn2n import NSN2NConfig, NSN2NProgress, NSN2NResult, iter_train, train
 
 
 def test_denoising_beats_noisy_input_and_losses_decrease(volume_pair, trained):
     clean, noisy = volume_pair
     result, _ = trained
-    assert isinstance(result, TrainResult)
+    assert isinstance(result, NSN2NResult)
     gain = psnr(result.denoised, clean, 1.0) - psnr(noisy, clean, 1.0)
     assert gain > 3.0
     rec = result.loss_history["recon"]

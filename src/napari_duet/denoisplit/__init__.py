@@ -23,8 +23,8 @@ from ._model import SplitModel
 from ._predict import PredictProgress, SplitResult, tile_seams
 from ._train import (
     LEARNED_DB,
+    SplitTrainProgress,
     SplitTrainResult,
-    TrainProgress,
     calibrate_on,
     iter_train,
     learning_summary,
@@ -40,9 +40,9 @@ __all__ = [
     "SplitConfig",
     "SplitModel",
     "SplitResult",
+    "SplitTrainProgress",
     "SplitTrainResult",
     "TrainConfig",
-    "TrainProgress",
     "bootstrap_noise_model",
     "calibrate_on",
     "calibration_plot",

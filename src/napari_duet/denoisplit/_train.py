@@ -29,7 +29,7 @@ from ._model import SplitModel
 
 
 @dataclass(kw_only=True)
-class TrainProgress(Progress):
+class SplitTrainProgress(Progress):
     """Yielded during training (every step; losses refresh every ``log_every`` steps).
 
     ``stage`` is ``"noise_model"`` while bootstrapping the noise models
@@ -210,7 +210,7 @@ def iter_train(
     *,
     channel_names: Sequence[str] | None = None,
     bootstrap_kwargs: dict | None = None,
-) -> Generator[TrainProgress, None, SplitTrainResult]:
+) -> Generator[SplitTrainProgress, None, SplitTrainResult]:
     """Train a splitting model on N noisy single-structure acquisitions (N = 2 to 4).
 
     The network sees their sum and learns to give back each structure (each
@@ -237,7 +237,7 @@ def iter_train(
 
     Yields
     ------
-    TrainProgress
+    SplitTrainProgress
     Returns
     -------
     SplitTrainResult
@@ -316,7 +316,7 @@ class _Training:
     validated_epoch: int | None = None  # the epoch they were measured after
     val_raw: Any = None  # the validation patches, raw (P, N, p, p)
 
-    def progress(self, **kw) -> TrainProgress:
+    def progress(self, **kw) -> SplitTrainProgress:
         """A progress event with the run's current losses, learning rate and best epoch."""
         kw.setdefault("elapsed", time.perf_counter() - self.t0)
         kw.setdefault("best_epoch", self.best[2])
@@ -324,7 +324,7 @@ class _Training:
         if self.best[1] is not None:
             def snapshot():
                 return best_model_so_far(self)
-        return TrainProgress(epochs=self.tc.epochs, steps_per_epoch=self.steps,
+        return SplitTrainProgress(epochs=self.tc.epochs, steps_per_epoch=self.steps,
                              losses=dict(self.losses), val_loss=self.val_loss,
                              lr=self.opt.param_groups[0]["lr"],
                              val_gain_db=None if self.val_gains is None else dict(self.val_gains),
@@ -381,7 +381,7 @@ def _noise_models(run: _Training, channels, given, bootstrap_kwargs):
     if given is None:
         nms = []
         for c in range(n_ch):
-            yield TrainProgress(stage="noise_model", done=c, total=n_ch, epochs=tc.epochs,
+            yield SplitTrainProgress(stage="noise_model", done=c, total=n_ch, epochs=tc.epochs,
                                 elapsed=time.perf_counter() - run.t0)
             frames = _channel_frames(channels[c])
             kw = {"device": tc.device, "seed": tc.seed, **(bootstrap_kwargs or {})}
@@ -855,9 +855,9 @@ def train(
     *,
     channel_names: Sequence[str] | None = None,
     bootstrap_kwargs: dict | None = None,
-    callback: Callable[[TrainProgress], None] | None = None,
+    callback: Callable[[SplitTrainProgress], None] | None = None,
 ) -> SplitTrainResult:
-    """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every TrainProgress.
+    """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every progress.
 
     Returns a :class:`SplitTrainResult` (the model is ``.model``).
     """

@@ -29,7 +29,7 @@ from ._diagnostics import (
 from ._model import DenoiseProgress, DenoiseResult, NSN2NModel
 from ._noise import NoiseModel, fit_noise
 from ._store import StoreResult, iter_denoise_to_zarr
-from ._train import NSN2NProgress, TrainResult, iter_train, resolve_budget, train
+from ._train import NSN2NProgress, NSN2NResult, iter_train, resolve_budget, train
 
 __all__ = [
     "DenoiseProgress",
@@ -37,10 +37,10 @@ __all__ = [
     "NSN2NConfig",
     "NSN2NModel",
     "NSN2NProgress",
+    "NSN2NResult",
     "NoiseModel",
     "SlabProgress",
     "StoreResult",
-    "TrainResult",
     "iter_denoise_chunked",
     "iter_denoise_to_zarr",
     "iter_train",

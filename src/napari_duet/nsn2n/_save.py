@@ -18,7 +18,7 @@ RESULT_FILES = ("denoised.tif", "uncertainty.tif", "report.json", "model.duet")
 
 def save_result(result, folder, *, pixel_info: dict[str, Any] | None = None,
                 report: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``result`` (a TrainResult or DenoiseResult) into ``folder``; returns the paths.
+    """Write ``result`` (a NSN2NResult or DenoiseResult) into ``folder``; returns the paths.
 
     ``report``: extra entries for ``report.json`` (input name, axis, ...).
     """

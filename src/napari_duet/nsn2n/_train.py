@@ -89,7 +89,7 @@ _STAGE_SHARES = {"guide": (0.0, 0.05), "train": (0.05, 0.85), "denoise": (0.9, 0
 
 
 @dataclass
-class TrainResult:
+class NSN2NResult:
     """Result of :func:`train` / :func:`iter_train`."""
 
     model: NSN2NModel
@@ -242,7 +242,7 @@ def _sample_batch(
 
 def iter_train(
     volume, axis: int = 0, config: NSN2NConfig | None = None
-) -> Generator[NSN2NProgress, None, TrainResult]:
+) -> Generator[NSN2NProgress, None, NSN2NResult]:
     """Train NS-N2N on ``volume`` and denoise it, yielding progress.
 
     Parameters
@@ -264,7 +264,7 @@ def iter_train(
 
     Returns
     -------
-    TrainResult
+    NSN2NResult
         The model, the denoised volume (input shape, float32, input scale), its
         uncertainty, loss curves, the matched fraction and warnings.
 
@@ -480,7 +480,7 @@ def iter_train(
                             iteration=it, iterations=it, matched_fraction=matched,
                             preview_index=preview_index)
     t_end = time.perf_counter()
-    return TrainResult(
+    return NSN2NResult(
         model=model,
         denoised=result.denoised,
         uncertainty=result.uncertainty,
@@ -501,6 +501,6 @@ def train(
     axis: int = 0,
     config: NSN2NConfig | None = None,
     callback: Callable[[NSN2NProgress], None] | None = None,
-) -> TrainResult:
+) -> NSN2NResult:
     """Run :func:`iter_train` to the end (``callback`` gets every progress state)."""
     return run_to_end(iter_train(volume, axis=axis, config=config), callback)
