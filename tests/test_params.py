@@ -308,3 +308,27 @@ def test_split_parameter_file_records_the_network(tmp_path):
     bad = save_params(tmp_path / "b.json", TrainConfig(), network={"preset": "huge"})
     with pytest.raises(ConfigError, match="network preset must be small or default"):
         train_configs(build_parser().parse_args([*base[:-1], str(bad)]), 2)
+
+
+def test_nsn2n_budget_and_device_options_are_generated(tmp_path, capsys):
+    """--budget (seconds or auto) and --device come from NSN2NConfig's declarations like the
+    other options, so both override a parameter file: before, the hand-written --device
+    defaulted to auto, and --device auto could not override a file's device."""
+    from napari_duet.cli import build_parser
+    from napari_duet.cli._nsn2n import _config
+
+    params = save_params(tmp_path / "p.json", NSN2NConfig(device="cpu", budget=30.0))
+    base = ["nsn2n", "v.tif", "-o", "o.tif", "--config", str(params)]
+    parse = build_parser().parse_args
+    cfg = _config(parse(base))
+    assert (cfg.device, cfg.budget) == ("cpu", 30.0)
+    cfg = _config(parse([*base, "--device", "auto", "--budget", "auto"]))
+    assert (cfg.device, cfg.budget) == ("auto", "auto")
+    assert _config(parse([*base, "--budget", "12.5"])).budget == 12.5
+    vol = tmp_path / "v.tif"
+    tifffile.imwrite(vol, np.ones((5, 16, 16), np.float32))
+    capsys.readouterr()
+    assert main(["nsn2n", str(vol), "-o", str(tmp_path / "o.tif"), "--budget", "fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget must be 'auto' or a positive number" in err[0], err
+    assert not (tmp_path / "o.tif").exists()

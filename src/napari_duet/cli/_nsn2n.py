@@ -10,7 +10,6 @@ from pathlib import Path
 from ..core import distributed as ddp
 from ..core.channels import CHANNEL_AXIS_HELP
 from ..core.devices import DEVICE_CHOICES
-from ..core.errors import DuetInputError
 from ._nsn2n_chunked import _report_path, cli_layout, run_chunked
 from ._params import add_param_options, config_from_args
 from ._progress import add_run_options, channel_axis_arg, cli_run, run_command
@@ -44,14 +43,13 @@ def register(subparsers) -> None:
     p.add_argument("--channel-axis", type=channel_axis_arg, default="auto", metavar="C",
                    help=CHANNEL_AXIS_HELP + "; each channel is denoised as its own stack, "
                    "one network for all")
-    # Help from the one declaration the widget's tooltips read (NSN2NConfig's fields).
-    p.add_argument("--budget", default=None, metavar="SECONDS",
-                   help=cli_help(C, "budget", extra="Or 'auto'; the resolved value is in "
-                                 "the report."))
-    # --iterations, --width, --context, --noise-model, --guide, --tau, --lambda-rc, ...,
-    # --seed and --config: from NSN2NConfig's declarations.
-    # --tta/--no-tta is the declared switch; --threads is a run option.
-    add_param_options(p, C, skip=("budget", "device", "threads"))
+    # --budget, --iterations, --width, --context, --noise-model, --guide, --tau, ...,
+    # --tta/--no-tta, --device, --seed and --config: from NSN2NConfig's declarations, as the
+    # widget's controls; --threads is a run option.
+    add_param_options(p, C, skip=("threads",), overrides={
+        "budget": {"help": cli_help(C, "budget", extra="Or 'auto'; the resolved value is in "
+                                    "the report.")},
+        "device": {"choices": DEVICE_CHOICES}})
     p.add_argument("--save-model", metavar="M", default=None,
                    help="write the trained model to this file (.duet)")
     p.add_argument("--model", metavar="M", default=None,
@@ -68,8 +66,6 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", metavar="U.tif", default=None,
                    help="also write the uncertainty map (spread over flips/rotations), "
                    "TIFF or OME-Zarr as for -o")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                   help="where to compute (default auto: CUDA, MPS, else CPU)")
     add_run_options(p)
     # Under torchrun every rank runs the command; only rank 0 logs and writes.
     p.set_defaults(func=lambda args: run_command(run, args), distributed=True)
@@ -220,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.model:
             with bar.stage("load model"):
-                model = NSN2NModel.load(args.model, device=args.device)
+                model = NSN2NModel.load(args.model, device=args.device or "auto")
             log(f"applying {args.model} to {args.volume} {volume.shape}")
             res = run_to_end(model.iter_predict(volume, axis=axis, tta=tta), bar)
             denoised, unc = res.denoised, res.uncertainty
@@ -293,19 +289,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    """The training configuration: ``--config`` file, the options given, then
-    ``--budget`` and ``--device`` when given."""
+    """The training configuration: the ``--config`` file, then the options given."""
     from ..nsn2n import NSN2NConfig
 
-    extra = {}
-    if args.device != "auto":
-        extra["device"] = args.device
-    if args.budget is not None and args.budget != "auto":
-        try:
-            extra["budget"] = float(args.budget)
-        except ValueError:
-            raise DuetInputError(
-                f"--budget must be a number of seconds or 'auto', got {args.budget!r}"
-            ) from None
-    return config_from_args(NSN2NConfig, args, skip=("budget", "device", "threads"),
-                            **extra)
+    return config_from_args(NSN2NConfig, args, skip=("threads",))

@@ -70,13 +70,14 @@ def run_chunked(args: argparse.Namespace) -> int:
         raise DuetInputError(f"--slab must be at least 1, got {args.slab}")
     tta = args.tta is not False  # --no-tta turns it off
     unc_path = Path(args.uncertainty) if args.uncertainty and tta else None
+    device = args.device or "auto"
     with cli_run(args, "nsn2n") as bar:
         t0 = time.perf_counter()
         log = (lambda *_: None) if args.quiet else (lambda msg: bar.write(msg, file=sys.stderr))
         with bar.stage("load model"):
             # On dask the workers load it on --device; here it only plans the tasks.
             distributed = TaskRunner(args.scheduler).distributed
-            model = NSN2NModel.load(args.model, device="cpu" if distributed else args.device)
+            model = NSN2NModel.load(args.model, device="cpu" if distributed else device)
         signature = run_signature(source, input=Path(args.volume).resolve(), axis=layout.axis,
                                   model_sha256=file_hash(args.model), tta=tta,
                                   uncertainty=unc_path is not None)
@@ -99,7 +100,7 @@ def run_chunked(args: argparse.Namespace) -> int:
         log(f"applying {args.model} to {args.volume} {tuple(source.shape)} slab by slab")
         with run.runner as runner:
             gen = iter_denoise_into(run, model, run.source(args.volume, source), layout, meta,
-                                    tta=tta, slab=args.slab, runner=runner, device=args.device)
+                                    tta=tta, slab=args.slab, runner=runner, device=device)
             result = run_to_end(gen, eta_notes(bar, None if args.quiet else log))
         bar.finish()
         final = result.final

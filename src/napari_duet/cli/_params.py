@@ -27,7 +27,16 @@ from ..core.config import (
 __all__ = ["HelpFormatter", "add_param_options", "config_from_args", "option_dest",
            "option_flag"]
 
-_TYPES = {int: int, float: float, str: str}
+def number_or_text(text: str) -> float | str:
+    """The value of an option of mixed type ("auto" or seconds): a number when the text is
+    one, else the text (the config's check says what is allowed)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+_TYPES = {int: int, float: float, str: str, object: number_or_text}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -57,7 +66,7 @@ def add_param_options(parser: argparse.ArgumentParser, cls: type[EngineConfig], 
         if base is bool:  # a switch both ways: --tta / --no-tta (not given: None)
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _TYPES.get(base, str)
+            kwargs["type"] = _TYPES[base]
             if "choices" in info:
                 kwargs["choices"] = tuple(info["choices"])
             else:

@@ -125,7 +125,7 @@ class NSN2NConfig(EngineConfig):
     budget: float | str = param(
         "auto", label="time budget (s)", help="Training time in seconds.",
         auto="by device and volume size; about 4 minutes on a CPU for 48 × 256 × 256",
-        example="--budget 120")
+        example="--budget 120", metavar="SECONDS")
     width: int | None = param(
         None, label="network width",
         help="Feature channels of the network's first level; wider is slower and sometimes "
