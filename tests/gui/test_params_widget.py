@@ -137,6 +137,27 @@ def test_nsn2n_controls_are_the_declarations(make_napari_viewer):
     assert widget.iterations.auto_value is None
 
 
+def test_split_controls_are_the_declarations(make_napari_viewer):
+    """The Split tab's controls come from PredictConfig (as `split predict`'s options) and
+    the Train tab's from TrainConfig: tagged with their field, the declared label and
+    lower bound, "auto" (or "no limit") at 0 read back as None."""
+    from napari_duet.core.config import param_info, param_label
+    from napari_duet.denoisplit import PredictConfig, TrainConfig
+
+    widget = _split_widget(make_napari_viewer)
+    for cls, controls in ((PredictConfig, widget.predict_controls),
+                          (TrainConfig, widget.param_controls)):
+        for name, control in controls.items():
+            assert control.param_name == name and control.label == param_label(cls, name)
+    assert widget.samples.min == param_info(PredictConfig, "samples")["lo"]
+    assert widget._predict_values() == {"samples": 20, "tile": None, "batch_size": None}
+    widget.tile.value = 64
+    assert widget._predict_values()["tile"] == 64
+    assert widget.max_minutes.value == 0 and widget.max_minutes.auto_value is None
+    assert widget.max_minutes.native.lineEdit().text() == "no limit"
+    assert widget.train_configs()[1].max_minutes is None
+
+
 def test_split_parameter_file_keeps_the_network(make_napari_viewer, tmp_path):
     """Save parameters… records the network preset and lateral context; Load parameters…
     and ``split train --config`` both bring them back."""

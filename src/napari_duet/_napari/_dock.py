@@ -245,13 +245,15 @@ def declare(widget, cls: type, name: str, *, extra: str = "", auto: str | None =
 _INT_MAX, _FLOAT_MAX = 2**31 - 1, 1e6
 
 
-def param_control(cls: type, name: str, *, number: type | None = None, **overrides: Any):
+def param_control(cls: type, name: str, *, number: type | None = None, auto_text: str = "auto",
+                  **overrides: Any):
     """The magicgui control of config field ``name`` of ``cls``, built from its declaration
     (:func:`napari_duet.core.config.param`): a combo box for choices, a check box for a
     switch, a spin box within the declared bounds for a number; label and tooltip as
     :func:`declare` gives them.  A number that may be None ("auto") shows "auto" at 0.
     ``number``: the type a field of mixed type ("auto" or seconds) is shown as, with its
-    "auto" at 0 too.  ``overrides``: magicgui keywords for this widget only (tighter
+    "auto" at 0 too; ``auto_text``: what 0 shows ("no limit" where None means that).
+    ``overrides``: magicgui keywords for this widget only (tighter
     bounds, the device names of this machine, a check box's text)."""
     import dataclasses
 
@@ -290,8 +292,8 @@ def param_control(cls: type, name: str, *, number: type | None = None, **overrid
     widget.param_name = name
     if auto:
         widget.auto_value = auto["value"]
-    declare(widget, cls, name, auto="auto" if auto else None,
-            extra="Shown as auto at 0." if auto else "")
+    declare(widget, cls, name, auto=auto_text if auto else None,
+            extra=f"Shown as {auto_text} at 0." if auto else "")
     return widget
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
@@ -46,10 +46,9 @@ from ._dock import (
     SourceInfo,
     control_values,
     data_nbytes,
-    declare,
     eta_text,
     layer_data,
-    set_auto_text,
+    param_control,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +84,7 @@ class SplitWidget(EngineDock):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        from ..denoisplit import TrainConfig
+        from ..denoisplit import PredictConfig, TrainConfig
 
         self.model = None
         self.model_path: Path | None = None
@@ -94,13 +93,16 @@ class SplitWidget(EngineDock):
 
         # Split tab
         self.image_picker = layer_picker(napari_viewer, Image, "image")
-        self.samples = SpinBox(label="posterior samples", value=20, min=1, max=1000)
-        self.tile = SpinBox(label="tile", value=0, min=0, max=8192)
-        self.batch_size = SpinBox(label="batch size", value=0, min=0, max=4096)
-        set_auto_text(self.tile)
-        set_auto_text(self.batch_size)
+        # The split's controls from PredictConfig's declarations (as `duet split predict`'s
+        # options), the training's from TrainConfig's (as `duet split train`'s).
+        P, T = PredictConfig, TrainConfig
+        self.samples = param_control(P, "samples", max=1000)
+        self.tile = param_control(P, "tile", max=8192)
+        self.batch_size = param_control(P, "batch_size", max=4096)
+        self.predict_controls = {w.param_name: w for w in (self.samples, self.tile,
+                                                           self.batch_size)}
         self.keep_samples = CheckBox(text="add posterior samples as layers", value=True)
-        self.device = ComboBox(label="device", choices=devices, value="auto")
+        self.device = param_control(P, "device", choices=devices)
         self.threads = SpinBox(label="CPU threads",
                                value=resolve_threads("auto", napari_open=True),
                                min=1, max=max_threads())
@@ -119,7 +121,6 @@ class SplitWidget(EngineDock):
         self.legend.setWordWrap(True)
 
         # Train tab
-        d = TrainConfig()
         self.n_structures = SpinBox(label="structures", value=2, min=2, max=MAX_STRUCTURES)
         self.n_structures.tooltip = "How many structures the image is split into (2 to 4)"
         self.train_pickers = [layer_picker(napari_viewer, Image, f"structure {chr(65 + c)}")
@@ -131,17 +132,14 @@ class SplitWidget(EngineDock):
             "Feed the network two lower-resolution views around each patch (μSplit's lateral "
             "contextualisation); slower per step.")
         self.net_config = ComboBox(label="network", choices=["small", "default"], value="small")
-        self.epochs = SpinBox(label="epochs", value=min(d.epochs, 20), min=1, max=100000)
-        self.max_minutes = FloatSpinBox(label="max minutes", value=0.0, min=0,
-                                        max=100000)
-        set_auto_text(self.max_minutes, "no limit")
-        self.patch_size = SpinBox(label="patch size", value=d.patch_size, min=16, max=1024,
-                                  step=16)
-        self.train_batch = SpinBox(label="batch size", value=d.batch_size, min=1, max=1024)
-        self.train_device = ComboBox(label="device", choices=devices, value="auto")
+        self.epochs = param_control(T, "epochs", value=min(T().epochs, 20), max=100000)
+        self.max_minutes = param_control(T, "max_minutes", auto_text="no limit", max=100000)
+        self.patch_size = param_control(T, "patch_size", min=16, max=1024, step=16)
+        self.train_batch = param_control(T, "batch_size", max=1024)
+        self.train_device = param_control(T, "device", choices=devices)
         self.train_threads = SpinBox(label="CPU threads", value=self.threads.value,
                                      min=1, max=max_threads())
-        self.seed = SpinBox(label="seed", value=d.seed, min=0, max=2**31 - 1)
+        self.seed = param_control(T, "seed")
         self.bootstrap = ComboBox(label="noise models", value="noise2fast", choices=[
             ("bootstrap with Noise2Fast", "noise2fast"),
             ("bootstrap with smoothing (fast)", "smooth")])
@@ -200,22 +198,12 @@ class SplitWidget(EngineDock):
         self._on_n_structures()
 
     def _tooltips(self):
-        from ..denoisplit import TrainConfig as T
 
         self.image_picker.tooltip = ("The superimposed image to split (one channel: 2D, or a "
                                      "stack split frame by frame).")
-        self.samples.tooltip = ("Posterior samples drawn per pixel: their mean is the split, "
-                                "their spread the uncertainty. More = smoother estimate, "
-                                "slower. Default: 20.")
-        self.tile.tooltip = ("Tile side in pixels for large images (bounds the memory). "
-                             "Shown as auto when 0: chosen from the model and the memory.")
-        self.batch_size.tooltip = ("Tiles or samples computed at once (bounds the memory). "
-                                   "Shown as auto when 0.")
         self.keep_samples.tooltip = ("Add the posterior samples (a layer with a sample "
                                      "slider) and the difference of two samples, which shows "
                                      "where the split is ambiguous.")
-        self.device.tooltip = ("Where to compute: auto uses a GPU (CUDA or Apple MPS) when "
-                               "there is one, else the CPU.")
         self.threads.tooltip = "torch CPU threads; the default leaves napari a core."
         self.train_threads.tooltip = self.threads.tooltip
         self.load_btn.setToolTip("Load a .duet model (or a bioimage.io zip made from one)")
@@ -233,12 +221,6 @@ class SplitWidget(EngineDock):
                               "field of view or others, same microscope)")
         self.net_config.tooltip = ("Network size: small trains fast on a CPU; default is the "
                                    "paper's (for a GPU).")
-        declare(self.epochs, T, "epochs")
-        declare(self.max_minutes, T, "max_minutes", extra="Shown as no limit when 0.")
-        declare(self.patch_size, T, "patch_size")
-        declare(self.train_batch, T, "batch_size")
-        declare(self.train_device, T, "device")
-        declare(self.seed, T, "seed")
 
     def _build_layout(self):
         tabs = QTabWidget()
@@ -420,10 +402,15 @@ class SplitWidget(EngineDock):
         self.start(
             _Job(kind="split", source=SourceInfo.of(layer),
                  nonnegative=bool(np.nanmin(data) >= 0)), self.model.iter_predict, data,
-            samples=self.samples.value, tile=self.tile.value or None,
-            batch_size=self.batch_size.value or None, return_samples=self.keep_samples.value,
+            **self._predict_values(), return_samples=self.keep_samples.value,
             threads=self.threads.value, desc=f"denoiSplit split {layer.name}",
         )
+
+    def _predict_values(self) -> dict:
+        """samples, tile and batch size as the controls show them (0: None, automatic)."""
+        from ..denoisplit import PredictConfig
+
+        return control_values(PredictConfig, self.predict_controls)
 
     def update_controls(self, running: bool):
         has_model = self.model is not None

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..core import distributed as ddp
+from ..core.config import cli_help
 from ..core.devices import DEVICE_CHOICES
 from ..core.errors import DuetInputError
 
@@ -93,7 +94,9 @@ def register(subparsers) -> None:
                     "b.tif, std_a.tif, std_b.tif")
     # --samples, --tile, --batch-size, --calibration, --device, --seed and --config:
     # from PredictConfig's declarations.
-    add_param_options(pr, _PC, overrides={"device": {"choices": DEVICE_CHOICES}})
+    add_param_options(pr, _PC, overrides={
+        "device": {"choices": DEVICE_CHOICES},
+        "samples": {"help": cli_help(_PC, "samples", extra="samples.tif is written when > 1.")}})
     pr.add_argument("--block", type=int, default=None, metavar="N",
                     help="with a .zarr output: output block side of one task in pixels "
                     "(default 1024)")

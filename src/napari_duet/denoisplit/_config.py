@@ -316,15 +316,16 @@ class PredictConfig(EngineConfig):
     """
 
     samples: int = param(
-        20, label="samples",
-        help="Posterior samples per tile, as in the Split widget; the MMSE is their mean, the "
-             "std their spread, and samples.tif is written when > 1.", lo=1, metavar="N")
+        20, label="posterior samples",
+        help="Posterior samples drawn per pixel: their mean is the split (MMSE), their spread "
+             "the uncertainty (std); more is smoother and slower.", lo=1, metavar="N")
     tile: int | None = param(
-        None, label="tile", help="Tile side in pixels.",
+        None, label="tile", help="Tile side in pixels for large images (bounds the memory).",
         auto="the size that computes the fewest pixels, up to 1024; a frame that fits is "
              "computed untiled", lo=1, metavar="TILE")
     batch_size: int | None = param(
-        None, label="batch size", help="Network passes per batch, tiles x samples.",
+        None, label="batch size",
+        help="Network passes computed at once, tiles x samples (bounds the memory).",
         auto="from the memory free on the device", lo=1, metavar="B")
     calibration: str = param(
         "scalar", label="std calibration", choices=CALIBRATIONS,
