@@ -38,6 +38,10 @@ def test_controls_are_the_declarations(make_napari_viewer):
     assert tuple(widget.experts.choices) == ("cnn", "linear", "constant")
     assert widget.lam.value == 0 and cfg.lam is None  # "auto" at 0
     assert widget.max_alternations.min == 1  # the declared lower bound
+    # A control whose minimum is not 0 has no "auto" text: one CPU thread reads "1" (it
+    # read "auto", though the run used one thread).
+    widget.threads.value = 1
+    assert widget.threads.native.lineEdit().text() == "1" and widget.config().threads == 1
 
 
 def test_saved_parameters_load_back_into_another_widget(make_napari_viewer, tmp_path):
