@@ -158,19 +158,20 @@ def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
         test_in = np.load(zf.open("test_input.npy"))
         test_out = np.load(zf.open("test_output.npy"))
     arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
-    assert arch["kwargs"] == {"arch": "nsn2n-blind", "width": 8, "depth": 1, "tta": True}
+    assert arch["kwargs"] == {"arch": "nsn2n-blind", "width": 8, "depth": 1, "tta": True,
+                              "wiener": NSN2NModel.load(model).use_wiener}
     assert "blind-spot" in rdf["description"] and "blind-spot" in readme
     # White noise: the output is smoother than the input.
     assert test_in.shape == (1, 8, 48, 48)
     assert np.std(np.diff(test_out, axis=-1)) < 0.8 * np.std(np.diff(test_in, axis=-1))
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_standalone_blind_module_equals_the_predictor(tta, one_torch_thread):
+@pytest.mark.parametrize(("tta", "wiener"), [(False, "off"), (True, "off"), (False, "on")])
+def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thread):
     """``NSN2NDenoiser(arch="nsn2n-blind")`` computes what ``NSN2NModel.predict`` computes:
     hidden-pixel filling with mirrored borders (odd sides), mirrored neighbour slices
-    (3 and 5 slices), every grid phase, the flips/rotations and the blend with the
-    slice's noise level."""
+    (3 and 5 slices), every grid phase, the flips/rotations, the blend with the
+    slice's noise level and the Wiener stage (spliced into the packaged source)."""
     import dataclasses
 
     import torch
@@ -182,8 +183,10 @@ def test_standalone_blind_module_equals_the_predictor(tta, one_torch_thread):
     torch.manual_seed(0)
     net = BlindNet(width=8, depth=2)
     torch.nn.init.normal_(net.unet.head.weight, std=0.1)  # not the identity start
-    cfg = dataclasses.replace(NSN2NConfig(context="blind", width=8, depth=2), tta=tta)
+    cfg = dataclasses.replace(NSN2NConfig(context="blind", width=8, depth=2), tta=tta,
+                              wiener=wiener)
     model = NSN2NModel(net, cfg, [], device="cpu")
+    assert model.use_wiener == (wiener == "on")
     module = standalone_module(model)
     vol = _white_noise_volume((5, 27, 21))
     for crop in (vol, vol[1:4, :, :19]):
@@ -240,7 +243,8 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     from napari_duet.nsn2n._bmz import network_source
 
     source = network_source()
-    assert "napari_duet" not in source.replace("napari_duet.core.networks.unet", "")
+    assert "napari_duet" not in (source.replace("napari_duet.core.networks.unet", "")
+                                 .replace("napari_duet.core.wiener", ""))
     namespace: dict = {"__name__": "packaged"}
     exec(compile(source, "nsn2n_network.py", "exec"), namespace)
     torch.manual_seed(0)
@@ -252,6 +256,11 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     with torch.no_grad():
         assert torch.equal(packaged(x), ours(x))
         assert not torch.equal(ours(x), x)
+    # ... and its Wiener stage
+    from napari_duet.core.wiener import dct_wiener
+
+    noisy, pilot = torch.randn(2, 23, 17)
+    assert torch.equal(namespace["dct_wiener"](noisy, pilot, 0.7), dct_wiener(noisy, pilot, 0.7))
 
 
 def test_reader_opens_exported_zip_like_the_model(exported, tmp_path):

@@ -55,7 +55,8 @@ def architecture_kwargs(model: NSN2NModel) -> dict[str, Any]:
     net = model.net.config()
     if model.is_blind:  # no guide images, no threshold: only the network and the TTA
         return {"arch": "nsn2n-blind", "width": int(net["width"]),
-                "depth": int(net["depth"]), "tta": bool(cfg.tta)}
+                "depth": int(net["depth"]), "tta": bool(cfg.tta),
+                "wiener": model.use_wiener}
     kwargs: dict[str, Any] = {
         "arch": "nsn2n-context" if model.is_context else "unet2d",
         "width": int(net["width"]), "depth": int(net["depth"]),
@@ -80,19 +81,27 @@ def standalone_module(model: NSN2NModel):
 
 def network_source() -> str:
     """The packaged architecture file: ``bmz_network.py`` with the source of napari-duet's
-    U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``) in place of its import."""
+    U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``) and Wiener stage
+    (``dct_basis`` and ``dct_wiener`` of ``core/wiener.py``) in place of their imports."""
     import inspect
 
+    from ..core import wiener
     from ..core.networks import unet
 
+    spliced = {"UNet2D": ("UNet2D (napari_duet.core.networks.unet)", (unet._block, unet.UNet2D)),
+               "dct_wiener": ("dct_wiener (napari_duet.core.wiener)",
+                              (wiener.dct_basis, wiener.dct_wiener))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")
     marked = [line for line in source.splitlines(keepends=True)
               if line.startswith("from ") and line.rstrip().endswith("# bmz: drop")]
-    if len(marked) != 1:
+    names = [line.split(" import ")[1].split("#")[0].strip() for line in marked]
+    if sorted(names) != sorted(spliced):
         raise DuetError("bmz_network.py changed: update nsn2n._bmz.network_source")
-    banner = "\n# ---- UNet2D (napari_duet.core.networks.unet)\n"
-    network = "\n\n".join(inspect.getsource(obj) for obj in (unet._block, unet.UNet2D))
-    return source.replace(marked[0], banner + network)
+    for line, name in zip(marked, names, strict=True):
+        title, objects = spliced[name]
+        code = "\n\n".join(inspect.getsource(obj) for obj in objects)
+        source = source.replace(line, f"\n# ---- {title}\n{code}")
+    return source
 
 
 def export_bmz(

@@ -213,6 +213,17 @@ class NSN2NModel:
         return _CONTEXT_OF_ARCH.get(getattr(self.net, "arch", None), "2d")
 
     @property
+    def use_wiener(self) -> bool:
+        """Whether the blind-spot network's output goes through the Wiener stage:
+        ``config.wiener`` ``on``/``off``, or for ``auto`` the decision taken after
+        training (``training["wiener"]``; models saved before it: off)."""
+        if not self.is_blind or self.config.wiener == "off":
+            return False
+        if self.config.wiener == "on":
+            return True
+        return bool((self.training.get("wiener") or {}).get("use", False))
+
+    @property
     def is_context(self) -> bool:
         """True for the 2.5D two-mode network (``context="2.5d"``)."""
         return self.context == "2.5d"
@@ -286,13 +297,16 @@ class NSN2NModel:
 
         Every grid phase is hidden once (each under the flips/rotations); the mean
         over them, ``mu``, never depends on a pixel's own value.  ``mu`` is then
-        combined with the noisy slice as ``mu + k (x - mu)`` (:func:`_blind.posterior`).
+        combined with the noisy slice as ``mu + k (x - mu)`` (:func:`_blind.posterior`)
+        and, with ``config.wiener``, refined by the DCT Wiener stage (:func:`_blind.wiener_stage`).
         Uncertainty: the spread of ``mu`` over the flips/rotations.
         """
-        from ._blind import posterior, predict_mu
+        from ._blind import posterior, predict_mu, wiener_stage
 
         mus = predict_mu(self._predict_all, stack, z, tta)
         mean = posterior(np.asarray(stack[z], np.float32), mus.mean(0))
+        if self.use_wiener:
+            mean = wiener_stage(np.asarray(stack[z], np.float32), mean)
         std = mus.std(axis=0) if len(mus) > 1 else np.zeros_like(mean)
         return mean.astype(np.float32), std.astype(np.float32)
 

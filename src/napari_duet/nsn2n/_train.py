@@ -124,7 +124,7 @@ class NSN2NResult:
             "pairs": self.pairs,
             "training": {k: self.model.training.get(k) for k in
                          ("iterations_done", "budget_s", "width", "context",
-                          "noise_correlation", "device", "world_size")},
+                          "noise_correlation", "wiener", "device", "world_size")},
             "noise_model": self.model.noise.to_dict(),
             "final_losses": final,
             "loss_history": self.loss_history,
@@ -466,6 +466,13 @@ def iter_train(
         "world_size": ddp.world_size(),
         "train_shape": list(layout.shape), "axis": layout.axis,
     }
+
+    if model.is_blind and config.wiener == "auto":
+        from ._blind import choose_wiener
+
+        with torch.inference_mode():
+            model.training["wiener"] = choose_wiener(model._predict_all, stacks, config.tta,
+                                                     seed=config.seed)
 
     # 3. denoise the training volume with its own normalisation
     gen = model.iter_predict(volume, axis=axis, normalizers=norms)

@@ -2,8 +2,9 @@
 
 This file is copied into every NS-N2N bioimage.io package that napari-duet
 exports (``duet export-bmz``) as the architecture source, with the import
-line marked ``# bmz: drop`` replaced by the source of napari-duet's U-Net
-(``_block`` and ``UNet2D`` of :mod:`napari_duet.core.networks.unet`), so the
+lines marked ``# bmz: drop`` replaced by the source of napari-duet's U-Net
+(``_block`` and ``UNet2D`` of :mod:`napari_duet.core.networks.unet`) and of its
+Wiener stage (``dct_basis`` and ``dct_wiener`` of :mod:`napari_duet.core.wiener`), so the
 packaged file imports nothing but torch: the package runs without napari-duet
 (in ``bioimageio.core``, deepImageJ, ilastik, ...).
 
@@ -23,7 +24,9 @@ stacks in the same intensity units.  It repeats napari-duet's predictor
    pixel grid hidden once (replaced by the mean of its 4 direct neighbours, a
    mask channel, the neighbouring slices x(i-2) .. x(i+2) without x(i)), each
    pixel taken from the pass that hid it (``mu``), then blended with the noisy
-   slice as ``mu + k (x - mu)``, ``k`` from the slice's noise level (Immerkaer);
+   slice as ``mu + k (x - mu)``, ``k`` from the slice's noise level (Immerkaer),
+   and, with ``wiener``, the second stage: the slice Wiener-filtered in DCT
+   windows with that estimate as the pilot (``dct_wiener``);
 3. the 8 flips/rotations averaged (test-time augmentation) when ``tta`` (for the
    blind-spot network: averaged before the blend).
 
@@ -42,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.networks.unet import UNet2D  # bmz: drop
+from ..core.wiener import dct_wiener  # bmz: drop
 
 NORM_LOW, NORM_HIGH = 0.1, 99.9
 CONTEXT_ARCH = "nsn2n-context"
@@ -269,7 +273,7 @@ class NSN2NDenoiser(nn.Module):
     def __init__(self, arch: str = CONTEXT_ARCH, width: int = 32, depth: int = 2,
                  in_channels: int = 1, out_channels: int = 1, residual: bool = True,
                  guide_sigma: float = 2.0, median_size: int = 5, tau: float | None = None,
-                 tau_factor: float = 3.0, tta: bool = True) -> None:
+                 tau_factor: float = 3.0, tta: bool = True, wiener: bool = False) -> None:
         super().__init__()
         if arch not in (CONTEXT_ARCH, BLIND_ARCH, UNET_ARCH):
             raise ValueError(f"unknown arch {arch!r}")
@@ -287,6 +291,7 @@ class NSN2NDenoiser(nn.Module):
         self.tau = tau
         self.tau_factor = float(tau_factor)
         self.tta = bool(tta)
+        self.wiener = bool(wiener)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, Z, Y, X), Z >= 3; returns float32 of the same shape."""
@@ -342,7 +347,10 @@ class NSN2NDenoiser(nn.Module):
             mask = phase_mask(norm.shape[1:], phase, norm.device)
             pred = self._predict(blind_input(norm, z, mask))  # (T, Y, X)
             mu = torch.where(mask, pred, torch.zeros_like(pred) if mu is None else mu)
-        return posterior(norm[z], mu.mean(0))
+        out = posterior(norm[z], mu.mean(0))
+        if self.wiener:  # the second stage (napari_duet.core.wiener)
+            out = dct_wiener(norm[z], out, noise_sigma(norm[z]))
+        return out
 
     def _predict(self, img: torch.Tensor) -> torch.Tensor:
         """(T, Y, X) predictions for each flip/rotation of a (C, Y, X) input."""

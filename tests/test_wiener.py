@@ -1,0 +1,89 @@
+"""The DCT-domain Wiener stage (core.wiener) and the after-training check that decides it."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from skimage import data
+
+from napari_duet.core.metrics import psnr
+from napari_duet.core.wiener import dct_basis, dct_wiener
+from napari_duet.nsn2n._blind import choose_wiener
+
+
+def _camera(sigma=0.1, seed=0):
+    """skimage's camera (a real photograph: texture, edges, flat sky), scaled to [0, 1]."""
+    clean = data.camera()[::2, ::2].astype(np.float32) / 255.0
+    rng = np.random.default_rng(seed)
+    return clean, (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def test_basis_is_orthonormal():
+    b = dct_basis(12).double()
+    assert torch.allclose(b @ b.T, torch.eye(144, dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 53), (5, 7), (1, 9), (3, 1)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pilot_full_of_signal_keeps_the_image(shape, stride):
+    """Every factor 1: windows taken to the DCT domain and back, every pixel covered
+    (odd sides, images smaller than the window, strides)."""
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
+    out = dct_wiener(x, x * 1e4, 0.5, stride=stride, block_rows=3)
+    assert out.shape == x.shape and torch.allclose(out, x, atol=1e-5)
+
+
+def test_blocks_do_not_change_the_result():
+    clean, noisy = _camera()
+    x, p = torch.from_numpy(noisy), torch.from_numpy(ndimage.gaussian_filter(noisy, 1.5))
+    a, b = dct_wiener(x, p, 0.1, block_rows=2), dct_wiener(x, p, 0.1, block_rows=1000)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_wiener_stage_recovers_detail_a_blurred_pilot_lost():
+    """With a pilot that smoothed the texture away the stage gains >1 dB over the
+    pilot (measured 22.98 -> 24.42 dB), and a zero sigma returns the noisy image untouched."""
+    clean, noisy = _camera()
+    pilot = ndimage.gaussian_filter(noisy, 2.0)
+    out = dct_wiener(torch.from_numpy(noisy), torch.from_numpy(pilot), 0.1).numpy()
+    assert psnr(out, clean, 1.0) > psnr(pilot, clean, 1.0) + 1.0
+    assert psnr(out, clean, 1.0) > psnr(noisy, clean, 1.0) + 4.0  # measured +4.4
+    same = dct_wiener(torch.from_numpy(noisy), torch.from_numpy(pilot), 0.0).numpy()
+    assert np.array_equal(same, noisy)
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="one shape"):
+        dct_wiener(torch.zeros(8, 8), torch.zeros(8, 9), 0.1)
+
+
+def _stacks(clean_slice, sigma=0.1, n_z=6, seed=3):
+    rng = np.random.default_rng(seed)
+    clean = np.repeat(clean_slice[None], n_z, 0)
+    return clean, (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32)[None]
+
+
+def test_check_turns_the_stage_on_behind_a_blurring_estimate():
+    """An estimate that blurs texture away: the recorrupted-slice check prefers the stage."""
+    clean, stacks = _stacks(_camera()[0][:96, :96])
+
+    def blurring(inp, tta):  # (C, Y, X) -> (1, Y, X): the filled slice, smoothed
+        return ndimage.gaussian_filter(inp[0], 2.0)[None]
+
+    got = choose_wiener(blurring, stacks, tta=False)
+    assert got["use"] is True and got["loss_wiener"] < got["loss_blend"]
+    assert len(got["slices"]) == 6
+
+
+def test_check_leaves_the_stage_off_behind_a_sharp_estimate():
+    """Flat regions with clean edges and an estimate that is (almost) the truth: the
+    windowed filter can only add back noise and ringing, and the check sees it."""
+    yy, xx = np.mgrid[:96, :96]
+    flat = (0.2 + 0.6 * ((yy // 24 + xx // 24) % 2)).astype(np.float32)
+    clean, stacks = _stacks(flat)
+
+    def sharp(inp, tta):
+        return flat[None]
+
+    got = choose_wiener(sharp, stacks, tta=False)
+    assert got["use"] is False and got["loss_wiener"] > got["loss_blend"]
