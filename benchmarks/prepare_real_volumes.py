@@ -12,10 +12,17 @@ Sources (all public, none from the reserved collections of ``../shared/data/READ
   reference is itself an acquisition: its own noise (~2 % of the signal,
   1.4 % after the mean) caps any method's PSNR.
 
-No real CT volume was found in a pip wheel or a small public file in the time
-available; the benchmark has none.
+* ``brain-mri``: scikit-image's ``brain.tiff`` (10 x 256 x 256 uint16, slices of
+  a real T1 head MRI; scikit-image data, BSD), from the scikit-image data repository
+  (``BRAIN_URL``).
+* ``ct-a`` / ``ct-b``: imageio's ``stent.npz`` (256 x 128 x 128 int16, a real CT
+  of a stented abdominal aorta; imageio-binaries, BSD), from ``STENT_URL``;
+  two separate parts of the scan, slices 32-95 and 160-223, one per half.
 
-    .venv/bin/python benchmarks/prepare_real_volumes.py
+Where the machine has no internet, put the downloaded files (``brain.tiff``,
+``stent.npz``) in a folder and pass ``--from FOLDER``.
+
+    .venv/bin/python benchmarks/prepare_real_volumes.py [--from FOLDER]
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "data"  # git-ignored (benchmarks/data/)
 NIBABEL = "nibabel==5.4.2"
+BRAIN_URL = ("https://gitlab.com/scikit-image/data/-/raw/"
+             "2cdc5ce89b334d28f06a58c9f0ca21aa6992a5ba/brain.tiff")
+STENT_URL = "https://raw.githubusercontent.com/imageio/imageio-binaries/master/images/stent.npz"
+CT_PARTS = {"ct-a": (32, 96), "ct-b": (160, 224)}
 _DTYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64,
            512: np.uint16}
 
@@ -75,5 +86,46 @@ def prepare_mri_epi() -> Path:
     return out
 
 
+def _get(url: str, name: str, local: Path | None) -> bytes:
+    if local is not None and (local / name).exists():
+        return (local / name).read_bytes()
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (fixed https URLs)
+        return r.read()
+
+
+def _save(name: str, vol: np.ndarray) -> Path:
+    out = OUT / f"{name}.npy"
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.ascontiguousarray(vol, np.float32))
+    print(f"wrote {out} {vol.shape}")
+    return out
+
+
+def prepare_brain(local: Path | None = None) -> Path:
+    out = OUT / "brain-mri.npy"
+    if out.exists():
+        return out
+    import tifffile
+
+    return _save("brain-mri", tifffile.imread(io.BytesIO(_get(BRAIN_URL, "brain.tiff", local))))
+
+
+def prepare_ct(local: Path | None = None) -> list[Path]:
+    if all((OUT / f"{n}.npy").exists() for n in CT_PARTS):
+        return [OUT / f"{n}.npy" for n in CT_PARTS]
+    vol = np.load(io.BytesIO(_get(STENT_URL, "stent.npz", local)))["arr_0"]
+    return [_save(n, vol[a:b]) for n, (a, b) in CT_PARTS.items()]
+
+
 if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from", dest="local", type=Path, default=None,
+                    help="folder holding brain.tiff and stent.npz (no download)")
+    a = ap.parse_args()
     prepare_mri_epi()
+    prepare_brain(a.local)
+    prepare_ct(a.local)

@@ -87,3 +87,33 @@ def test_check_leaves_the_stage_off_behind_a_sharp_estimate():
 
     got = choose_wiener(sharp, stacks, tta=False)
     assert got["use"] is False and got["loss_wiener"] > got["loss_blend"]
+
+
+def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
+    """``wiener="auto"`` uses the check stored in the model; on/off override it; models
+    without a check (saved before it) stay off; non-blind models have no stage."""
+    import dataclasses
+
+    from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
+    from napari_duet.nsn2n._blind import BlindNet
+
+    cfg = NSN2NConfig(context="blind", width=4, depth=1)
+    model = NSN2NModel(BlindNet(width=4, depth=1), cfg, [], device="cpu")
+    assert model.use_wiener is False and "before the check" in model.describe_wiener()
+    model.training["wiener"] = {"use": True, "loss_blend": 2.0, "loss_wiener": 1.0,
+                                "slices": [[0, 0], [0, 3]]}
+    assert model.use_wiener is True
+    assert model.describe_wiener() == "Wiener stage on: it lowers the error on 2 recorrupted slices"
+    model.save(tmp_path / "m.duet")  # the decision travels in the model file
+    loaded = NSN2NModel.load(tmp_path / "m.duet")
+    assert loaded.training["wiener"] == model.training["wiener"] and loaded.use_wiener
+    model.config = dataclasses.replace(cfg, wiener="off")
+    assert model.use_wiener is False and "set by the wiener option" in model.describe_wiener()
+    model.training["wiener"]["use"] = False
+    model.config = dataclasses.replace(cfg, wiener="on")
+    assert model.use_wiener is True
+    from napari_duet.nsn2n._context import ContextNet
+
+    ctx = NSN2NModel(ContextNet(width=4, depth=1), NSN2NConfig(context="2.5d"), [],
+                     device="cpu")
+    assert ctx.use_wiener is False and ctx.describe_wiener() is None

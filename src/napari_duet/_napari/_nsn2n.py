@@ -550,6 +550,8 @@ class NSN2NWidget(EngineDock):
             extra = (f"; matched fraction {result.matched_fraction:.0%}; "
                      f"{info.get('iterations_done')} steps, {net} network, width "
                      f"{info.get('width')}; {result.model.noise.describe()}")
+            if result.model.describe_wiener():
+                extra += f"; {result.model.describe_wiener()}"
         self.status.setText(f"Done in {job.seconds:.1f} s{extra}.")
         show_info(f"NS-N2N finished on {src.name}")
 

@@ -260,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
                 rho = noise_correlation(volume, axis=axis)
             noise = result.model.noise
             log(f"noise model: {noise.describe()}")
+            if result.model.describe_wiener():
+                log(result.model.describe_wiener())
             method, reason = recommend_method(volume, axis=axis, rho=rho, noise=noise)
             report["noise_correlation"] = rho
             report["recommendation"] = {"method": method, "reason": reason}

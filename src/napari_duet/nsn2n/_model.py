@@ -223,6 +223,20 @@ class NSN2NModel:
             return True
         return bool((self.training.get("wiener") or {}).get("use", False))
 
+    def describe_wiener(self) -> str | None:
+        """One line on the Wiener stage for logs and the widget (None: not a blind-spot model)."""
+        if not self.is_blind:
+            return None
+        state = "on" if self.use_wiener else "off"
+        if self.config.wiener != "auto":
+            return f"Wiener stage {state} (set by the wiener option)"
+        check = self.training.get("wiener")
+        if not check:
+            return "Wiener stage off (model trained before the check existed)"
+        better = "lowers" if check["use"] else "does not lower"
+        return (f"Wiener stage {state}: it {better} the error on {len(check['slices'])} "
+                f"recorrupted slices")
+
     @property
     def is_context(self) -> bool:
         """True for the 2.5D two-mode network (``context="2.5d"``)."""
