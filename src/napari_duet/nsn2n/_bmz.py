@@ -81,16 +81,20 @@ def standalone_module(model: NSN2NModel):
 
 def network_source() -> str:
     """The packaged architecture file: ``bmz_network.py`` with the source of napari-duet's
-    U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``) and Wiener stage
-    (``dct_basis`` and ``dct_wiener`` of ``core/wiener.py``) in place of their imports."""
+    U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``), Wiener stage
+    (``dct_basis`` and ``dct_wiener`` of ``core/wiener.py``) and slice choice
+    (``neighbour_index`` of ``nsn2n/_context.py``) in place of their imports."""
     import inspect
 
     from ..core import wiener
     from ..core.networks import unet
+    from . import _context
 
     spliced = {"UNet2D": ("UNet2D (napari_duet.core.networks.unet)", (unet._block, unet.UNet2D)),
                "dct_wiener": ("dct_wiener (napari_duet.core.wiener)",
-                              (wiener.dct_basis, wiener.dct_wiener))}
+                              (wiener.dct_basis, wiener.dct_wiener)),
+               "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
+                                   (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")
     marked = [line for line in source.splitlines(keepends=True)
               if line.startswith("from ") and line.rstrip().endswith("# bmz: drop")]
