@@ -26,11 +26,10 @@ from ..core.bmz import (
     check_reproduces,
     cover_png,
     model_description,
-    model_files,
     model_name,
     require_bioimageio,
     tensor_description,
-    write_package,
+    write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
 from ._model import NSN2NModel
@@ -172,15 +171,13 @@ def export_bmz(
                      "of the data range")
 
     mid = crop.shape[0] // 2
-    files = model_files(
-        net=model.net, network_file=NETWORK_FILE,
-        network_source=network_source(),
-        test_input=crop[None], test_output=expected[None],
-        cover=cover_png(crop[mid], expected[mid]), readme=_readme(model, name),
-        model_path=model_path)
     description = _description(model, model_path, name,
                                authors or ["napari-duet user"], license, span)
-    return write_package(description, files, Path(output))
+    return write_duet_package(
+        description, output, net=model.net, network_file=NETWORK_FILE,
+        network_source=network_source(), test_input=crop[None], test_output=expected[None],
+        cover=cover_png(crop[mid], expected[mid]), readme=_readme(model, name),
+        model_path=model_path)
 
 
 def _description(model: NSN2NModel, path: Path, name: str, authors: list[str], license: str,
