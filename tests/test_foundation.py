@@ -168,8 +168,7 @@ def test_blocking_form_keeps_the_generator_signature_and_adds_callback():
 
     class Engine:
         def iter_run(self, n: int, *, scale: float = 1.0):
-            for i in range(n):
-                yield i
+            yield from range(n)
             return n * scale
 
         run = blocking_form(iter_run, "Run :meth:`iter_run` to the end.")
