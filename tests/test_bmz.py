@@ -244,7 +244,8 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
 
     source = network_source()
     assert "napari_duet" not in (source.replace("napari_duet.core.networks.unet", "")
-                                 .replace("napari_duet.core.wiener", ""))
+                                 .replace("napari_duet.core.wiener", "")
+                                 .replace("napari_duet.nsn2n._context", ""))
     namespace: dict = {"__name__": "packaged"}
     exec(compile(source, "nsn2n_network.py", "exec"), namespace)
     torch.manual_seed(0)
@@ -261,6 +262,13 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
 
     noisy, pilot = torch.randn(2, 23, 17)
     assert torch.equal(namespace["dct_wiener"](noisy, pilot, 0.7), dct_wiener(noisy, pilot, 0.7))
+    # ... and the engine's choice of neighbouring slices at the volume's ends
+    from napari_duet.nsn2n._context import GAP_IN, SELF_IN, neighbour_index
+
+    cases = [(i, d, n, allowed) for n in (1, 2, 3, 5) for i in range(n)
+             for d in (-2, -1, 0, 1, 2) for allowed in (GAP_IN, SELF_IN, (-1, 1))]
+    assert [namespace["neighbour_index"](*c) for c in cases] == [
+        neighbour_index(*c) for c in cases]
 
 
 def test_reader_opens_exported_zip_like_the_model(exported, tmp_path):

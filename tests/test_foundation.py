@@ -15,7 +15,7 @@ from napari_duet.core.intensity import as_float_image, fit_normalizer
 from napari_duet.core.io import read_image, write_tiff
 from napari_duet.core.metrics import dice, psnr, range_invariant_psnr
 from napari_duet.core.modelfile import load_model_file, read_model_header, save_model_file
-from napari_duet.core.progress import run_to_end
+from napari_duet.core.progress import blocking_form, run_to_end
 from napari_duet.core.tiling import apply_tiled, count_tiles, iter_tiles, pad_to_multiple
 
 
@@ -161,6 +161,26 @@ def test_run_to_end_returns_generator_value():
 
     assert run_to_end(gen(), seen.append) == "done"
     assert seen == [1, 2]
+
+
+def test_blocking_form_keeps_the_generator_signature_and_adds_callback():
+    import inspect
+
+    class Engine:
+        def iter_run(self, n: int, *, scale: float = 1.0):
+            yield from range(n)
+            return n * scale
+
+        run = blocking_form(iter_run, "Run :meth:`iter_run` to the end.")
+
+    seen = []
+    assert Engine().run(3, scale=2.0, callback=seen.append) == 6.0
+    assert seen == [0, 1, 2]
+    assert Engine().run(2) == 2.0
+    assert Engine.run.__name__ == "run" and Engine.run.__doc__.startswith("Run :meth:")
+    assert list(inspect.signature(Engine().run).parameters) == ["n", "scale", "callback"]
+    with pytest.raises(TypeError):
+        Engine().run(1, bogus=1)
 
 
 def test_cli_help_and_usage(capsys):

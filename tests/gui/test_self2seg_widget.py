@@ -534,6 +534,22 @@ def test_save_results_writes_every_result_and_the_seeds(widget, qtbot, tmp_path)
     np.testing.assert_array_equal(mask, widget.job.results["layers"]["mask"].data)
     seeds_img = tifffile.imread(tmp_path / "out" / "seeds.tif")
     assert seeds_img[32, 32] == 2 and seeds_img[1, 10] == 1
+    # A finished 2D run is written by the result's own save(), the command's code path:
+    # its types (labels uint16) and its report (with the manifest of the set).
+    labels = tifffile.imread(tmp_path / "out" / "labels.tif")
+    assert labels.dtype == np.uint16
+    np.testing.assert_array_equal(labels, widget.job.results["layers"]["objects"].data)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "self2seg" and report["source_layer"] == layer.name
+    assert report["seeds"] == "seeds.tif" and report["objects"] == int(labels.max())
+    assert "mask.tif" in report["manifest"]
+
+    # A painted correction of the mask is saved as painted, not replaced by the result.
+    edited = widget.job.results["layers"]["mask"]
+    edited.data = np.where(np.arange(64)[None, :] < 8, 0, edited.data).astype(np.uint8)
+    widget.save_results(tmp_path / "edited")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "edited" / "mask.tif"),
+                                  edited.data)
 
 
 def test_new_seeds_layer_matches_a_stack(widget):

@@ -107,6 +107,9 @@ class _Job(Job):
     tables: list = field(default_factory=list)  # object tables of the finished planes
     n_objects: int = 0  # objects numbered so far (planes of a stack number on)
     nonnegative: bool = False  # the input has no negative values (nor have the results)
+    # The engine's result when the run was one whole 2D image and finished: "Save
+    # results…" then writes it with its own save(), as duet self2seg does.
+    result: Any = None
 
     @property
     def source_name(self) -> str:
@@ -562,6 +565,8 @@ class Self2SegWidget(EngineDock):
                 self._add_objects(job, idx, state)
             steps = self._result_steps(job)
         if final:
+            if not idx and not job.on_disk:
+                job.result = state
             job.reports[idx] = state.report()
             job.checks[idx] = dict(getattr(state, "checks", None) or {})
             job.planes_done += 1
@@ -792,8 +797,11 @@ class Self2SegWidget(EngineDock):
         ``mask.tif``, ``labels.tif`` (the objects), ``denoised.tif``, ``expert_<k>.tif``,
         ``seeds.tif`` (0 = no seed, k + 1 = class k; when the run had seeds),
         ``report.json`` (after a run that finished a plane) and ``objects.csv``.
-        Results of a large layer are already on disk (the zarr store); they are
-        written as TIFF plane by plane.  Returns the paths written.
+        After a finished run on a 2D image whose mask and objects were not edited, the
+        result writes itself (``save``, the command's code: the same files, types and
+        report); otherwise (a stack, a cancelled run, painted corrections) the layers
+        are written, and results of a large layer, already on disk (the zarr store),
+        as TIFF plane by plane.  Returns the paths written.
         """
         from ..core.io import write_tiff_blocks
         from ..self2seg._save import result_file
@@ -803,22 +811,38 @@ class Self2SegWidget(EngineDock):
         if job is None or not layers:
             raise DuetInputError("no results to save: run Self2Seg first")
         folder = Path(folder)
-        written = []
-        for key, layer in layers.items():
-            path = folder / result_file(key)
-            if isinstance(layer.data, np.ndarray):
-                written.append(write_tiff(path, layer.data))
-            else:
-                folder.mkdir(parents=True, exist_ok=True)
-                written.append(write_tiff_blocks(path, layer.data))
         seeds = job.seed_image()
+        if self._result_as_shown(job, layers):
+            written = job.result.save(folder, nonnegative=job.nonnegative, report={
+                "source_layer": job.source_name,
+                "seeds": None if seeds is None else result_file("seeds")})
+        else:
+            written = []
+            for key, layer in layers.items():
+                path = folder / result_file(key)
+                if isinstance(layer.data, np.ndarray):
+                    written.append(write_tiff(path, layer.data))
+                else:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    written.append(write_tiff_blocks(path, layer.data))
+            if self._last_reports:
+                written.append(write_json(folder / result_file("report"), self._last_reports))
         if seeds is not None:
             written.append(write_tiff(folder / result_file("seeds"), seeds))
-        if self._last_reports:
-            written.append(write_json(folder / result_file("report"), self._last_reports))
         if self.objects and len(self.objects["label"]):
             written.append(self.export_csv(folder / result_file("objects_csv")))
         return written
+
+    @staticmethod
+    def _result_as_shown(job: _Job, layers: dict) -> bool:
+        """Whether the run's result object is what its editable layers (mask, objects)
+        still show: no painted corrections would be lost by saving the result itself."""
+        result = job.result
+        if result is None:
+            return False
+        shown = {"mask": result.labels, "objects": result.instances}
+        return all(np.array_equal(np.asarray(layers[k].data), v)
+                   for k, v in shown.items() if k in layers)
 
     def _save_dialog(self):
         self.save_results_dialog("Save Self2Seg results into")

@@ -2,7 +2,7 @@
 
 Engine-independent parts of ``duet export-bmz``: the engines (``nsn2n._bmz``,
 ``denoisplit._bmz``) build the description (``rdf.yaml`` content as a dict) and
-the files; :func:`write_package` validates it with ``bioimageio.spec`` (an
+the files; :func:`write_duet_package` validates it with ``bioimageio.spec`` (an
 optional dependency: ``pip install napari-duet[bmz]``) and writes the zip.
 
 Every package keeps the ``.duet`` file it was made from as an attachment and
@@ -182,11 +182,14 @@ def weights_bytes(net) -> bytes:
     return buf.getvalue()
 
 
-def model_files(*, net, network_file: str, network_source: str, test_input: np.ndarray,
-                test_output: np.ndarray, cover: bytes, readme: str,
-                model_path: Path) -> dict[str, Path | bytes | str]:
-    """The files of a napari-duet package (names as :func:`model_description` uses them)."""
-    return {
+def write_duet_package(description: Mapping[str, Any], output: str | os.PathLike, *, net,
+                       network_file: str, network_source: str, test_input: np.ndarray,
+                       test_output: np.ndarray, cover: bytes, readme: str,
+                       model_path: Path) -> Path:
+    """Write a napari-duet package: ``net``'s weights, the architecture source, the test
+    tensors, cover, README and the ``.duet`` file, under the names that
+    :func:`model_description` gives them, validated by :func:`write_package`."""
+    files: dict[str, Path | bytes | str] = {
         "weights.pt": weights_bytes(net),
         network_file: network_source,
         "test_input.npy": save_npy(test_input),
@@ -195,6 +198,7 @@ def model_files(*, net, network_file: str, network_source: str, test_input: np.n
         "README.md": readme,
         MODEL_FILE: model_path,
     }
+    return write_package(description, files, Path(output))
 
 
 def tensor_description(tensor_id: str, description: str, axes: list[dict],

@@ -27,9 +27,10 @@ from typing import Any, ClassVar, TypeVar
 from .errors import DuetInputError
 
 __all__ = ["ConfigError", "EngineConfig", "check_choice", "check_declared", "check_int",
-           "check_number", "cli_help", "load_params", "need", "option_args", "option_dest",
-           "option_flag", "param", "param_help", "param_info", "param_label", "param_type",
-           "read_params", "save_params", "user_params"]
+           "check_number", "cli_help", "device_param", "load_params", "need", "option_args",
+           "option_dest", "option_flag", "param", "param_help", "param_info", "param_label",
+           "param_type", "read_params", "save_params", "seed_param", "threads_param",
+           "user_params"]
 
 C = TypeVar("C", bound="EngineConfig")
 
@@ -129,6 +130,33 @@ def param(default: Any = dataclasses.MISSING, *, label: str | None = None,
         if flag:
             meta[key] = True
     return dataclasses.field(default=default, metadata=meta)
+
+
+# The fields every engine has (device, threads, seed), declared once; an engine names
+# what runs where and what the seed drives.
+_THREADS_KEPT = "torch's setting as it is (the command's --threads, the widget's setting)"
+
+
+def device_param(where: str = "Where to compute") -> Any:
+    """The ``device`` field: "auto" (a GPU, CUDA or Apple MPS, when there is one), "cpu", ...
+
+    ``where`` starts the help (``"Where to train"``)."""
+    return param("auto", label="device",
+                 help=f"{where}: auto uses a GPU (CUDA or Apple MPS) when there is one, else "
+                      "the CPU.")
+
+
+def threads_param(help: str = "torch CPU threads during the run (restored after).", *,
+                  auto: str | None = None) -> Any:
+    """The ``threads`` field (torch CPU threads, at least 1); None keeps torch's setting, or,
+    with ``auto``, is the engine's own choice that ``auto`` describes."""
+    return param(None, label="CPU threads", help=help, auto=auto,
+                 none=None if auto else _THREADS_KEPT, lo=1)
+
+
+def seed_param(help: str, metavar: str | None = "S") -> Any:
+    """The ``seed`` field (default 0); ``help`` says what it drives."""
+    return param(0, label="random seed", help=help, metavar=metavar)
 
 
 def param_type(cls: type, name: str) -> tuple[type, bool]:

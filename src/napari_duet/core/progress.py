@@ -8,6 +8,8 @@ worker and stop it at the next ``yield`` on Cancel.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +36,45 @@ def run_to_end(
             return stop.value
         if callback is not None:
             callback(item)
+
+
+def blocking_form(iter_fn: Callable[..., Generator[Any, Any, R]], doc: str) -> Callable[..., R]:
+    """The blocking form of an engine generator function (``iter_x`` -> ``x``).
+
+    The parameters are declared once, on ``iter_fn``; the returned function
+    takes the same ones plus a keyword-only ``callback`` (as in
+    :func:`run_to_end`) and returns the generator's result.  Its
+    ``__signature__`` lists them all, so ``help()`` and the docs show an explicit
+    signature.  Works on methods too (``predict = blocking_form(iter_predict, ...)``
+    in the class body).
+
+    Parameters
+    ----------
+    iter_fn : callable
+        A function returning an engine generator; its name starts with ``iter_``.
+    doc : str
+        The docstring of the blocking form.
+    """
+    name = iter_fn.__name__.removeprefix("iter_")
+
+    @functools.wraps(iter_fn)
+    def run(*args: Any, callback: Callable[[Any], None] | None = None, **kwargs: Any) -> R:
+        return run_to_end(iter_fn(*args, **kwargs), callback)
+
+    sig = inspect.signature(iter_fn)
+    extra = inspect.Parameter("callback", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation="Callable[[Any], None] | None")
+    params = list(sig.parameters.values())
+    # A keyword-only parameter may not follow **kwargs.
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    run.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*params[:at], extra, *params[at:]],
+        return_annotation=inspect.Signature.empty)
+    run.__name__ = name
+    owner = iter_fn.__qualname__.rpartition(".")[0]
+    run.__qualname__ = f"{owner}.{name}" if owner else name
+    run.__doc__ = doc
+    return run
 
 
 @dataclass(kw_only=True)

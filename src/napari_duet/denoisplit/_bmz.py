@@ -27,11 +27,10 @@ from ..core.bmz import (
     check_reproduces,
     cover_png,
     model_description,
-    model_files,
     model_name,
     require_bioimageio,
     tensor_description,
-    write_package,
+    write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
 from ._model import SplitModel
@@ -140,14 +139,13 @@ def export_bmz(
               for c in range(model.n_channels))
     check_reproduces(err, _EXPORT_ATOL, "in normalised units")
 
-    files = model_files(
-        net=model.net, network_file=NETWORK_FILE, network_source=network_source(),
-        test_input=crop[None, None], test_output=expected[None],
-        cover=cover_png(crop, expected[0]), readme=_readme(model, name, samples, seed),
-        model_path=model_path)
     description = _description(model, model_path, name, authors or ["napari-duet user"],
                                license, kwargs, max(scales))
-    return write_package(description, files, Path(output))
+    return write_duet_package(
+        description, output, net=model.net, network_file=NETWORK_FILE,
+        network_source=network_source(), test_input=crop[None, None],
+        test_output=expected[None], cover=cover_png(crop, expected[0]),
+        readme=_readme(model, name, samples, seed), model_path=model_path)
 
 
 def _channel_ids(names) -> list[str]:

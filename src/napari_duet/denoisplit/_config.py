@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..core.config import EngineConfig, check_number, need, param
+from ..core.config import (
+    EngineConfig,
+    check_number,
+    device_param,
+    need,
+    param,
+    seed_param,
+    threads_param,
+)
 from ..core.errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
@@ -241,15 +249,9 @@ class TrainConfig(EngineConfig):
         None, label="steps per epoch", help="Training steps per epoch.",
         auto="about 4 passes over the data, 10 to 500 steps", lo=1)
     lr: float = param(1e-3, lo=0, lo_open=True)
-    seed: int = param(
-        0, label="random seed", help="Seed of patches, augmentations and initial weights.")
-    device: str = param(
-        "auto", label="device",
-        help="Where to train: auto uses a GPU (CUDA or Apple MPS) when there is one, else the "
-             "CPU.")
-    threads: int | None = param(
-        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
-        none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
+    seed: int = seed_param("Seed of patches, augmentations and initial weights.", metavar=None)
+    device: str = device_param("Where to train")
+    threads: int | None = threads_param()
     likelihood: str = param(
         "noise_model", label="likelihood", choices=LIKELIHOODS,
         help="Reconstruction likelihood: the structures' GMM noise models (noise_model, "
@@ -330,11 +332,8 @@ class PredictConfig(EngineConfig):
     calibration: str = param(
         "scalar", label="std calibration", choices=CALIBRATIONS,
         help="Std calibration to apply when the model has one.")
-    device: str = param(
-        "auto", label="device",
-        help="Where to compute: auto uses a GPU (CUDA or Apple MPS) when there is one, else "
-             "the CPU.")
-    seed: int = param(0, label="random seed", help="Seed of the sampling.", metavar="S")
+    device: str = device_param()
+    seed: int = seed_param("Seed of the sampling.")
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("tile", "batch_size", "device")
     LABEL: ClassVar[str] = "denoiSplit prediction"

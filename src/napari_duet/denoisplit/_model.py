@@ -13,7 +13,7 @@ import numpy as np
 from ..core.errors import DuetInputError, ModelFileError, first_line
 from ..core.intensity import Normalizer
 from ..core.noise_models import GaussianMixtureNoiseModel
-from ..core.progress import run_to_end
+from ..core.progress import blocking_form
 from ._calibration import apply_calibration
 from ._config import SplitConfig
 from ._data import as_frames
@@ -380,25 +380,11 @@ class SplitModel:
         )
         return result
 
-    def predict(
-        self,
-        image,
-        *,
-        samples: int = 20,
-        tile: int | None = None,
-        overlap: int | None = None,
-        batch_size: int | None = None,
-        return_samples: bool = False,
-        calibration: str = "scalar",
-        deterministic: bool = False,
-        seed: int = 0,
-        samples_out=None,
-    ) -> SplitResult:
-        """Run :meth:`iter_predict` to the end (same parameters)."""
-        return run_to_end(self.iter_predict(
-            image, samples=samples, tile=tile, overlap=overlap, batch_size=batch_size,
-            return_samples=return_samples, calibration=calibration,
-            deterministic=deterministic, seed=seed, samples_out=samples_out))
+    predict = blocking_form(iter_predict, """Run :meth:`iter_predict` to the end (same parameters).
+
+    ``callback`` (keyword) gets every :class:`PredictProgress`.  Returns a
+    :class:`SplitResult`.
+    """)
 
     def _finish(self, raw, frames, was_2d, *, samples, calibration,
                 samples_out=None) -> SplitResult:

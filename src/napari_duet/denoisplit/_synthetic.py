@@ -19,6 +19,20 @@ class SyntheticSplit:
     read_noise: float
 
 
+def _filaments(rng: np.random.Generator, h: int, w: int, count: int) -> np.ndarray:
+    """``count`` thin filaments, each a smooth random walk drawn as a line of ones (h, w)."""
+    a = np.zeros((h, w), np.float32)
+    for _ in range(count):
+        y, x = rng.uniform(0, h), rng.uniform(0, w)
+        ang = rng.uniform(0, 2 * np.pi)
+        for _ in range(int(1.5 * max(h, w))):
+            ang += rng.normal(0, 0.08)
+            y, x = y + np.sin(ang), x + np.cos(ang)
+            if 0 <= y < h and 0 <= x < w:
+                a[int(y), int(x)] = 1.0
+    return a
+
+
 def synthetic_split(
     shape: tuple[int, ...] = (128, 128),
     *,
@@ -58,18 +72,9 @@ def synthetic_split(
     a = np.zeros(frames, np.float32)
     b = np.zeros(frames, np.float32)
     for i in range(n):
-        for _ in range(nf):
-            # A smooth random walk drawn as a line.
-            y, x = rng.uniform(0, h), rng.uniform(0, w)
-            ang = rng.uniform(0, 2 * np.pi)
-            for _ in range(int(1.5 * max(h, w))):
-                ang += rng.normal(0, 0.08)
-                y, x = y + np.sin(ang), x + np.cos(ang)
-                if 0 <= y < h and 0 <= x < w:
-                    a[i, int(y), int(x)] = 1.0
+        a[i] = ndi.gaussian_filter(_filaments(rng, h, w, nf), 1.0)
         ys, xs = rng.integers(0, h, npn), rng.integers(0, w, npn)
         b[i, ys, xs] = rng.uniform(0.6, 1.0, npn)
-        a[i] = ndi.gaussian_filter(a[i], 1.0)
         b[i] = ndi.gaussian_filter(b[i], 2.0)
     a = background + peak * a / max(a.max(), 1e-6)
     b = background + peak * b / max(b.max(), 1e-6)
@@ -127,18 +132,8 @@ def synthetic_multi(
     yy, xx = np.mgrid[0:h, 0:w]
     out = np.zeros((n_structures, *frames), np.float32)
     for i in range(n):
-        # Filaments: smooth random walks.
-        a = np.zeros((h, w), np.float32)
-        for _ in range(max(2, area // 1500)):
-            y, x = rng.uniform(0, h), rng.uniform(0, w)
-            ang = rng.uniform(0, 2 * np.pi)
-            for _ in range(int(1.5 * max(h, w))):
-                ang += rng.normal(0, 0.08)
-                y, x = y + np.sin(ang), x + np.cos(ang)
-                if 0 <= y < h and 0 <= x < w:
-                    a[int(y), int(x)] = 1.0
-        out[0, i] = ndi.gaussian_filter(a, 1.0)
-        # Puncta: small bright spots.
+        out[0, i] = ndi.gaussian_filter(_filaments(rng, h, w, max(2, area // 1500)), 1.0)
+        # Puncta: small bright spots (the values are drawn before the places).
         b = np.zeros((h, w), np.float32)
         k = max(3, area // 300)
         b[rng.integers(0, h, k), rng.integers(0, w, k)] = rng.uniform(0.6, 1.0, k)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.errors import DuetInputError
 from ..core.noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
-from ..core.progress import Progress, run_to_end
+from ..core.progress import Progress, blocking_form
 from ._config import MAX_CHANNELS, MIN_CHANNELS, SplitConfig, TrainConfig
 from ._data import (
     PatchSampler,
@@ -847,20 +847,8 @@ def _checkpoint(net, state, cfg, tc, input_norm, target_norms, nms, names, data,
                    ).save(tc.checkpoint_path, resume=resume)
 
 
-def train(
-    channels: Sequence,
-    config: SplitConfig | None = None,
-    train_config: TrainConfig | None = None,
-    noise_models: Sequence[GaussianMixtureNoiseModel] | None = None,
-    *,
-    channel_names: Sequence[str] | None = None,
-    bootstrap_kwargs: dict | None = None,
-    callback: Callable[[SplitTrainProgress], None] | None = None,
-) -> SplitTrainResult:
-    """Run :func:`iter_train` to the end (same arguments); ``callback`` gets every progress.
+train = blocking_form(iter_train, """Run :func:`iter_train` to the end (same arguments).
 
-    Returns a :class:`SplitTrainResult` (the model is ``.model``).
-    """
-    return run_to_end(iter_train(channels, config, train_config, noise_models,
-                                 channel_names=channel_names,
-                                 bootstrap_kwargs=bootstrap_kwargs), callback)
+``callback`` (keyword) gets every :class:`SplitTrainProgress`.  Returns a
+:class:`SplitTrainResult` (the model is ``.model``).
+""")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._context import CorrectionNet, random_crop, random_dihedral
+from ._context import CorrectionNet, empty_batch, random_crop, random_dihedral
 
 NEIGHBOURS = (-2, -1, 1, 2)
 # Grid whose one phase is hidden per pass: 1 / GRID**2 of the pixels.
@@ -117,11 +117,7 @@ def sample_blind_batch(
     Returns inputs (B, 6, c, c), targets (B, 1, c, c) = x_i and loss weights
     (B, 1, c, c) = the hidden pixels.
     """
-    _, _, h, wd = stacks.shape
-    c = min(crop, h, wd)  # square: rotations need it
-    xin = np.empty((batch, N_IN, c, c), np.float32)
-    tgt = np.empty((batch, 1, c, c), np.float32)
-    wgt = np.empty_like(tgt)
+    c, xin, tgt, wgt = empty_batch(stacks, batch, crop, N_IN)
     for b in range(batch):
         s, z, sl = random_crop(rng, stacks, centres, c)
         stack = stacks[s][(slice(None), *sl)]

@@ -26,11 +26,10 @@ from ..core.bmz import (
     check_reproduces,
     cover_png,
     model_description,
-    model_files,
     model_name,
     require_bioimageio,
     tensor_description,
-    write_package,
+    write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
 from ._model import NSN2NModel
@@ -81,16 +80,20 @@ def standalone_module(model: NSN2NModel):
 
 def network_source() -> str:
     """The packaged architecture file: ``bmz_network.py`` with the source of napari-duet's
-    U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``) and Wiener stage
-    (``dct_basis`` and ``dct_wiener`` of ``core/wiener.py``) in place of their imports."""
+    U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``), Wiener stage
+    (``dct_basis`` and ``dct_wiener`` of ``core/wiener.py``) and slice choice
+    (``neighbour_index`` of ``nsn2n/_context.py``) in place of their imports."""
     import inspect
 
     from ..core import wiener
     from ..core.networks import unet
+    from . import _context
 
     spliced = {"UNet2D": ("UNet2D (napari_duet.core.networks.unet)", (unet._block, unet.UNet2D)),
                "dct_wiener": ("dct_wiener (napari_duet.core.wiener)",
-                              (wiener.dct_basis, wiener.dct_wiener))}
+                              (wiener.dct_basis, wiener.dct_wiener)),
+               "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
+                                   (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")
     marked = [line for line in source.splitlines(keepends=True)
               if line.startswith("from ") and line.rstrip().endswith("# bmz: drop")]
@@ -168,15 +171,13 @@ def export_bmz(
                      "of the data range")
 
     mid = crop.shape[0] // 2
-    files = model_files(
-        net=model.net, network_file=NETWORK_FILE,
-        network_source=network_source(),
-        test_input=crop[None], test_output=expected[None],
-        cover=cover_png(crop[mid], expected[mid]), readme=_readme(model, name),
-        model_path=model_path)
     description = _description(model, model_path, name,
                                authors or ["napari-duet user"], license, span)
-    return write_package(description, files, Path(output))
+    return write_duet_package(
+        description, output, net=model.net, network_file=NETWORK_FILE,
+        network_source=network_source(), test_input=crop[None], test_output=expected[None],
+        cover=cover_png(crop[mid], expected[mid]), readme=_readme(model, name),
+        model_path=model_path)
 
 
 def _description(model: NSN2NModel, path: Path, name: str, authors: list[str], license: str,

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..core.config import EngineConfig, check_int, need, param
+from ..core.config import (
+    EngineConfig,
+    check_int,
+    device_param,
+    need,
+    param,
+    seed_param,
+    threads_param,
+)
 
 GUIDES = ("gaussian", "bilateral", "nlm")
 OPTIMIZERS = ("adam", "adamw")
@@ -188,16 +196,9 @@ class NSN2NConfig(EngineConfig):
              "unbiased error estimate (recorrupted slices)",
         choices=WIENER_CHOICES)
     tile: int = param(512, lo=32, hi=MAX_TILE)
-    device: str = param(
-        "auto", label="device",
-        help="Where to compute: auto uses a GPU (CUDA or Apple MPS) when there is one, else "
-             "the CPU.")
-    seed: int = param(
-        0, label="random seed", help="Seed of crops, augmentations and initial weights.",
-        metavar="S")
-    threads: int | None = param(
-        None, label="CPU threads", help="torch CPU threads during the run (restored after).",
-        none="torch's setting as it is (the command's --threads, the widget's setting)", lo=1)
+    device: str = device_param()
+    seed: int = seed_param("Seed of crops, augmentations and initial weights.")
+    threads: int | None = threads_param()
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "wiener",
                                           "tile", "device", "threads")

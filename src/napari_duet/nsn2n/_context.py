@@ -166,6 +166,15 @@ def random_dihedral(rng: np.random.Generator, arrs: list[np.ndarray]) -> list[np
     return [np.rot90(a, k, axes=(-2, -1)) for a in arrs]
 
 
+def empty_batch(stacks: np.ndarray, batch: int, crop: int, n_in: int
+                ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The crop side ``c`` and empty inputs (B, n_in, c, c), targets and weights (B, 1, c, c)."""
+    _, _, h, wd = stacks.shape
+    c = min(crop, h, wd)  # square: rotations need it
+    tgt = np.empty((batch, 1, c, c), np.float32)
+    return c, np.empty((batch, n_in, c, c), np.float32), tgt, np.empty_like(tgt)
+
+
 def sample_context_batch(
     rng: np.random.Generator,
     stacks: np.ndarray,
@@ -179,11 +188,7 @@ def sample_context_batch(
     ``centres`` are (stack, z) rows.  Returns inputs (B, 6, c, c), targets and
     weights (B, 1, c, c).
     """
-    _, _, h, wd = stacks.shape
-    c = min(crop, h, wd)  # square: rotations need it
-    xin = np.empty((batch, N_IN, c, c), np.float32)
-    tgt = np.empty((batch, 1, c, c), np.float32)
-    wgt = np.empty_like(tgt)
+    c, xin, tgt, wgt = empty_batch(stacks, batch, crop, N_IN)
     for b in range(batch):
         mode = MODES[b % 2]  # half of each batch per mode
         s, z, sl = random_crop(rng, stacks, centres, c)

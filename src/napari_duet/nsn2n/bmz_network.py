@@ -3,10 +3,11 @@
 This file is copied into every NS-N2N bioimage.io package that napari-duet
 exports (``duet export-bmz``) as the architecture source, with the import
 lines marked ``# bmz: drop`` replaced by the source of napari-duet's U-Net
-(``_block`` and ``UNet2D`` of :mod:`napari_duet.core.networks.unet`) and of its
-Wiener stage (``dct_basis`` and ``dct_wiener`` of :mod:`napari_duet.core.wiener`), so the
-packaged file imports nothing but torch: the package runs without napari-duet
-(in ``bioimageio.core``, deepImageJ, ilastik, ...).
+(``_block`` and ``UNet2D`` of :mod:`napari_duet.core.networks.unet`), of its
+Wiener stage (``dct_basis`` and ``dct_wiener`` of :mod:`napari_duet.core.wiener`) and
+of the slice choice at the volume's ends (``neighbour_index`` of
+:mod:`napari_duet.nsn2n._context`), so the packaged file imports nothing but torch:
+the package runs without napari-duet (in ``bioimageio.core``, deepImageJ, ilastik, ...).
 
 :class:`NSN2NDenoiser` takes raw (B, Z, Y, X) stacks and returns the denoised
 stacks in the same intensity units.  It repeats napari-duet's predictor
@@ -46,6 +47,7 @@ from torch.nn import functional as F
 
 from ..core.networks.unet import UNet2D  # bmz: drop
 from ..core.wiener import dct_wiener  # bmz: drop
+from ._context import neighbour_index  # bmz: drop
 
 NORM_LOW, NORM_HIGH = 0.1, 99.9
 CONTEXT_ARCH = "nsn2n-context"
@@ -131,19 +133,6 @@ def gaussian_guide(img: torch.Tensor, sigma: float, median_size: int) -> torch.T
         patches = pad.unfold(0, median_size, 1).unfold(1, median_size, 1)
         low = patches.reshape(h, w, -1).median(dim=-1).values
     return low
-
-
-def neighbour_index(i: int, d: int, n_z: int, allowed: tuple[int, ...]) -> int | None:
-    """Slice at offset ``d`` from ``i``, mirrored about ``i`` at the edges, within ``allowed``."""
-    for dd in (d, -d):
-        if dd in allowed and 0 <= i + dd < n_z:
-            return i + dd
-    sign = 1 if d > 0 else -1
-    for dd in sorted((a for a in allowed if a != 0), key=abs):
-        for s in (sign, -sign):
-            if (dd > 0) == (s > 0) and 0 <= i + dd < n_z:
-                return i + dd
-    return i if 0 in allowed else None
 
 
 def context_input(stack: torch.Tensor, i: int, mode: str) -> torch.Tensor:

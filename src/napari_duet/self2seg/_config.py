@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..core.config import EngineConfig, param
+from ..core.config import EngineConfig, device_param, param, seed_param, threads_param
 
 EXPERT_CHOICES = ("cnn", "linear", "constant")
 INIT_CHOICES = ("auto", "threshold", "otsu")
@@ -265,17 +265,12 @@ class Self2SegConfig(EngineConfig):
              "gaussian")
     solver_tol: float = param(1e-4, lo=0, lo_open=True)
     solver_max_iter: int = param(500, lo=1)
-    device: str = param(
-        "auto", label="device",
-        help="Where the cnn region denoisers run: auto uses a GPU (CUDA or Apple MPS) when "
-             "there is one, else the CPU.")
-    seed: int = param(
-        0, label="random seed",
-        help="Seed of every random choice: the same seed and settings give the same result on "
-             "a CPU.", metavar="S")
-    threads: int | None = param(
-        None, label="CPU threads", help="torch CPU threads during the run.",
-        auto="1 on a CPU, the fastest for these small networks", lo=1)
+    device: str = device_param("Where the cnn region denoisers run")
+    seed: int = seed_param(
+        "Seed of every random choice: the same seed and settings give the same result on a CPU.")
+    threads: int | None = threads_param(
+        "torch CPU threads during the run.",
+        auto="1 on a CPU, the fastest for these small networks")
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "threads")
     LABEL: ClassVar[str] = "Self2Seg"
