@@ -274,13 +274,14 @@ def devset(args, results: dict) -> None:
                              steps_per_epoch=spe, device=args.device,
                              seed=args.seed, lr=args.lr, calibrate=False)
             t = time.perf_counter()
-            model = train(train_ch, cfg, tc, noise_models=nms, channel_names=names).model
+            result = train(train_ch, cfg, tc, noise_models=nms, channel_names=names)
+            model = result.model
             train_s = time.perf_counter() - t
             res = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
             val = model.training.get("validation", {})
             network = None
-            if val.get("constant_split_for"):
-                # What the network itself gives on the channels that fell back.
+            if cfg.split_fallback:
+                # What the network itself gives (without the fallback's gate).
                 gate = model.net.network_gate
                 kept = gate.clone()
                 gate.fill_(1.0)
@@ -288,15 +289,28 @@ def devset(args, results: dict) -> None:
                 gate.copy_(kept)
                 network = [range_invariant_psnr(raw.mean[c], test_clean[c])
                            for c in range(len(names))]
+            hard = None
+            if network is not None and val.get("network_psnr_gain_db"):
+                # The older hard fallback on the same network: the constant split for a
+                # channel whose validation gain was below 0, the network's output otherwise.
+                ng = val["network_psnr_gain_db"]
+                hard = [row["constant split"][c] if ng[n] < 0 else network[c]
+                        for c, n in enumerate(names)]
             row[label] = {
+                "hard_fallback_ri_psnr": hard,
                 "network_ri_psnr": network,
                 "ri_psnr": [range_invariant_psnr(res.mean[c], test_clean[c])
                             for c in range(len(names))],
                 "validation_gain_db": val.get("psnr_gain_db"),
+                "network_validation_gain_db": val.get("network_psnr_gain_db"),
+                "network_weight": val.get("network_weight"),
                 "not_learned": val.get("not_learned"),
                 "constant_split_for": val.get("constant_split_for"),
                 "train_seconds": train_s, "epochs_run": model.training["epochs_run"],
                 "best_epoch": model.training["best_epoch"],
+                # The learning curve: validation loss and gains after every epoch.
+                "history": [{k: h.get(k) for k in ("epoch", "val_loss", "val_gain_db")}
+                            for h in result.history],
                 "steps_per_epoch": model.training["steps_per_epoch"],
             }
         out[key] = row
@@ -312,6 +326,10 @@ def devset(args, results: dict) -> None:
                              f"{g if g is None else f'{g:+.2f}'})")
                 if r["network_ri_psnr"]:
                     cells.append(f"network alone {r['network_ri_psnr'][c]:6.2f}")
+                if r["hard_fallback_ri_psnr"]:
+                    cells.append(f"hard fallback {r['hard_fallback_ri_psnr'][c]:6.2f}")
+                if r["network_weight"]:
+                    cells.append(f"weight {r['network_weight'][n]:.2f}")
             print(f"    {n:10s} " + "  ".join(cells))
         for label, _ in variants:
             r = row[label]

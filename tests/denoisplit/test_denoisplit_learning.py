@@ -143,3 +143,38 @@ def test_split_train_names_each_structure_against_the_constant_split(tmp_path, c
     assert set(val["psnr_gain_db"]) == {"actin", "mito"} and val["summary"] in line
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert any("val_gain_db_actin" in e for e in events)
+
+
+def test_blend_weight_keeps_the_useful_part_of_a_network_a_little_worse_than_the_split():
+    """A network whose clean error is a little above the constant split's (the old hard
+    fallback threw it away) is blended with that split by the weight of least clean
+    error, estimated from the noisy acquisitions only (SURE): the weight matches the
+    oracle and the blend beats both."""
+    from napari_duet.denoisplit._train import network_weights
+
+    rng = np.random.default_rng(0)
+    shape = (64, 2, 32, 32)
+    s = rng.uniform(10, 50, shape)
+    v = 4.0
+    n = rng.normal(0, np.sqrt(v), shape)
+    raw = s + n
+    k, var_a, var_b = 0.5, 3.0, 3.5  # network: passes half the noise on, own error 3.0
+    pred = s + k * n + rng.normal(0, np.sqrt(var_a), shape)
+    base = s + rng.normal(0, np.sqrt(var_b), shape)
+    clean_err_net, clean_err_base = k * k * v + var_a, var_b
+    assert clean_err_net > clean_err_base  # the network alone is worse than the split
+    w = network_weights(raw, pred, base, noise_var=np.full(shape, v),
+                        slope=np.full(shape, k), base_slope=np.zeros(shape))
+    oracle = var_b / (clean_err_net + var_b)
+    assert w == pytest.approx([oracle, oracle], abs=0.03)
+    for c in range(2):
+        blend = w[c] * pred[:, c] + (1 - w[c]) * base[:, c]
+        err = float(np.mean((blend - s[:, c]) ** 2))
+        assert err < 0.8 * min(clean_err_base, float(np.mean((pred[:, c] - s[:, c]) ** 2)))
+    # Judged against the noisy acquisitions alone, the noise the network passes on
+    # would look like signal: the weight would be wrong (too high).
+    assert network_weights(raw, pred, base)[0] > oracle + 0.05
+    # A network that only adds to the split's error gets weight 0; a perfect one, 1.
+    assert network_weights(raw, base + 2 * (base - s), base)[0] == 0.0
+    assert network_weights(raw, s, base, noise_var=np.full(shape, v), slope=np.zeros(shape),
+                           base_slope=np.zeros(shape))[0] == pytest.approx(1.0, abs=0.02)
