@@ -234,6 +234,7 @@ def devset(args, results: dict) -> None:
     acquisition per structure (RI-PSNR vs clean), trained on the left 3/4."""
     from napari_duet.core.metrics import range_invariant_psnr
     from napari_duet.denoisplit import SplitConfig, TrainConfig, bootstrap_noise_model, train
+    from napari_duet.denoisplit._data import replace_hot_pixels
 
     keys = []
     for k in args.devset_images.split(","):
@@ -259,8 +260,10 @@ def devset(args, results: dict) -> None:
                "noisy single acquisition": [range_invariant_psnr(x[:, cut:], c)
                                             for x, c in zip(noisy, test_clean, strict=True)]}
         t = time.perf_counter()
-        nms = [bootstrap_noise_model(x, denoiser=args.denoiser, steps=args.n2f_steps,
-                                     device=args.device, seed=args.seed) for x in train_ch]
+        # As training does (iter_train bootstraps from the same, hot pixels replaced).
+        nms = [bootstrap_noise_model(replace_hot_pixels(x[None])[0], denoiser=args.denoiser,
+                                     steps=args.n2f_steps, device=args.device, seed=args.seed)
+               for x in train_ch]
         row["noise_model_seconds"] = time.perf_counter() - t
         variants = [("denoiSplit", True)]
         for label, _ in variants:

@@ -60,6 +60,9 @@ def test_structures_that_differ_only_in_shape_are_both_learned(tmp_path):
     assert val["not_learned"] == [], val
     assert all(g >= 0.1 for g in val["psnr_gain_db"].values()), val
     assert "not learned" not in val["summary"]
+    # Each channel's weight against the constant split (the blend of least estimated
+    # error) is recorded; learned channels keep most of the network's output.
+    assert all(0.5 <= w <= 1.0 for w in val["network_weight"].values()), val
     inp = noisy[:, 1].sum(axis=0)
     res = model.predict(inp, samples=8, tile=96)
     share = float(noisy[0, 0].mean() / noisy[:, 0].sum(axis=0).mean())
@@ -87,6 +90,7 @@ def test_a_channel_without_signal_is_reported_and_falls_back_to_the_constant_spl
     model = _fit(noisy, nms)
     val = model.training["validation"]
     assert val["not_learned"] == ["B"] and val["constant_split_for"] == ["B"], val
+    assert val["network_weight"]["B"] == 0.0 and val["network_weight"]["A"] > 0, val
     assert "A: +" in val["summary"] and "B: not learned" in val["summary"]
     assert "more training time" in val["summary"]
     inp = noisy[:, 1].sum(axis=0)

@@ -22,6 +22,7 @@ from ._data import (
     default_steps_per_epoch,
     fit_normalizers,
     prepare_data,
+    replace_hot_pixels,
     validation_patches,
     validation_positions,
 )
@@ -383,7 +384,7 @@ def _noise_models(run: _Training, channels, given, bootstrap_kwargs):
         for c in range(n_ch):
             yield TrainProgress(stage="noise_model", done=c, total=n_ch, epochs=tc.epochs,
                                 elapsed=time.perf_counter() - run.t0)
-            frames = _channel_frames(channels[c])
+            frames = replace_hot_pixels(_channel_frames(channels[c]))[0]
             kw = {"device": tc.device, "seed": tc.seed, **(bootstrap_kwargs or {})}
             # Fitted once, on rank 0, so every rank trains with the same noise models.
             nms.append(run.ddp.on_main(bootstrap_noise_model, frames, **kw))
@@ -818,6 +819,7 @@ def _final_model(run: _Training) -> SplitModel:
         "data_shape": list(run.data.shape),
         "split": run.data.split,
         "val_overlaps_train": run.data.val_overlaps_train,
+        "hot_pixels_replaced": run.data.hot_pixels,
         "epochs_run": run.epochs_run,
         "best_epoch": run.best[2],
         "best_val_loss": None if not math.isfinite(run.best[0]) else run.best[0],
