@@ -234,6 +234,7 @@ def devset(args, results: dict) -> None:
     acquisition per structure (RI-PSNR vs clean), trained on the left 3/4."""
     from napari_duet.core.metrics import range_invariant_psnr
     from napari_duet.denoisplit import SplitConfig, TrainConfig, bootstrap_noise_model, train
+    from napari_duet.denoisplit._data import replace_hot_pixels
 
     keys = []
     for k in args.devset_images.split(","):
@@ -259,8 +260,10 @@ def devset(args, results: dict) -> None:
                "noisy single acquisition": [range_invariant_psnr(x[:, cut:], c)
                                             for x, c in zip(noisy, test_clean, strict=True)]}
         t = time.perf_counter()
-        nms = [bootstrap_noise_model(x, denoiser=args.denoiser, steps=args.n2f_steps,
-                                     device=args.device, seed=args.seed) for x in train_ch]
+        # As training does (iter_train bootstraps from the same, hot pixels replaced).
+        nms = [bootstrap_noise_model(replace_hot_pixels(x[None])[0], denoiser=args.denoiser,
+                                     steps=args.n2f_steps, device=args.device, seed=args.seed)
+               for x in train_ch]
         row["noise_model_seconds"] = time.perf_counter() - t
         variants = [("denoiSplit", True)]
         for label, _ in variants:
@@ -274,13 +277,14 @@ def devset(args, results: dict) -> None:
                              steps_per_epoch=spe, device=args.device,
                              seed=args.seed, lr=args.lr, calibrate=False)
             t = time.perf_counter()
-            model = train(train_ch, cfg, tc, noise_models=nms, channel_names=names).model
+            result = train(train_ch, cfg, tc, noise_models=nms, channel_names=names)
+            model = result.model
             train_s = time.perf_counter() - t
             res = model.predict(test_in, samples=args.samples, batch_size=args.predict_batch)
             val = model.training.get("validation", {})
             network = None
-            if val.get("constant_split_for"):
-                # What the network itself gives on the channels that fell back.
+            if cfg.split_fallback:
+                # What the network itself gives (without the fallback's gate).
                 gate = model.net.network_gate
                 kept = gate.clone()
                 gate.fill_(1.0)
@@ -288,15 +292,28 @@ def devset(args, results: dict) -> None:
                 gate.copy_(kept)
                 network = [range_invariant_psnr(raw.mean[c], test_clean[c])
                            for c in range(len(names))]
+            hard = None
+            if network is not None and val.get("network_psnr_gain_db"):
+                # The older hard fallback on the same network: the constant split for a
+                # channel whose validation gain was below 0, the network's output otherwise.
+                ng = val["network_psnr_gain_db"]
+                hard = [row["constant split"][c] if ng[n] < 0 else network[c]
+                        for c, n in enumerate(names)]
             row[label] = {
+                "hard_fallback_ri_psnr": hard,
                 "network_ri_psnr": network,
                 "ri_psnr": [range_invariant_psnr(res.mean[c], test_clean[c])
                             for c in range(len(names))],
                 "validation_gain_db": val.get("psnr_gain_db"),
+                "network_validation_gain_db": val.get("network_psnr_gain_db"),
+                "network_weight": val.get("network_weight"),
                 "not_learned": val.get("not_learned"),
                 "constant_split_for": val.get("constant_split_for"),
                 "train_seconds": train_s, "epochs_run": model.training["epochs_run"],
                 "best_epoch": model.training["best_epoch"],
+                # The learning curve: validation loss and gains after every epoch.
+                "history": [{k: h.get(k) for k in ("epoch", "val_loss", "val_gain_db")}
+                            for h in result.history],
                 "steps_per_epoch": model.training["steps_per_epoch"],
             }
         out[key] = row
@@ -312,6 +329,10 @@ def devset(args, results: dict) -> None:
                              f"{g if g is None else f'{g:+.2f}'})")
                 if r["network_ri_psnr"]:
                     cells.append(f"network alone {r['network_ri_psnr'][c]:6.2f}")
+                if r["hard_fallback_ri_psnr"]:
+                    cells.append(f"hard fallback {r['hard_fallback_ri_psnr'][c]:6.2f}")
+                if r["network_weight"]:
+                    cells.append(f"weight {r['network_weight'][n]:.2f}")
             print(f"    {n:10s} " + "  ".join(cells))
         for label, _ in variants:
             r = row[label]

@@ -10,6 +10,7 @@ from napari_duet.denoisplit._data import (
     PatchSampler,
     fit_normalizers,
     prepare_data,
+    replace_hot_pixels,
     validation_patches,
 )
 
@@ -55,3 +56,25 @@ def test_patches_are_flipped_or_transposed_crops():
         assert any(ok)
         seen_transposed |= not any(ok[:4])
     assert seen_transposed
+
+
+def test_camera_hot_pixels_are_replaced_before_training_and_counted():
+    """One isolated pixel hundreds of times brighter than the structures (a camera hot
+    pixel) is replaced by its neighbourhood's median in the training data; a bright
+    structure of several pixels and the rest of the image are left alone."""
+    rng = np.random.default_rng(0)
+    a = rng.poisson(10.0, (1, 64, 64)).astype(np.float32)
+    a[0, 30:33, 40:43] += 60.0  # a real bright spot (3 x 3)
+    b = rng.poisson(5.0, (1, 64, 64)).astype(np.float32)
+    hot_a, hot_b = a.copy(), b.copy()
+    hot_a[0, 10, 12] = hot_b[0, 10, 12] = 20_000.0  # the same hot pixel in both acquisitions
+    fixed, n = replace_hot_pixels(hot_a)
+    assert n == 1 and fixed[0, 10, 12] <= 20
+    mask = np.ones(a.shape, bool)
+    mask[0, 10, 12] = False
+    np.testing.assert_array_equal(fixed[mask], a[mask])  # the bright spot is kept
+    same, k = replace_hot_pixels(a)  # nothing to replace: the frames as given
+    assert k == 0 and same is a
+    d = prepare_data(hot_a[0], hot_b[0], patch_size=16, val_fraction=0.2, rng=rng)
+    assert d.hot_pixels == 2 and d.train.max() < 200
+    np.testing.assert_array_equal(hot_a[0, 10, 12], 20_000.0)  # the caller's data untouched

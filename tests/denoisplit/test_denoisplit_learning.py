@@ -60,6 +60,9 @@ def test_structures_that_differ_only_in_shape_are_both_learned(tmp_path):
     assert val["not_learned"] == [], val
     assert all(g >= 0.1 for g in val["psnr_gain_db"].values()), val
     assert "not learned" not in val["summary"]
+    # Each channel's weight against the constant split (the blend of least estimated
+    # error) is recorded; learned channels keep most of the network's output.
+    assert all(0.5 <= w <= 1.0 for w in val["network_weight"].values()), val
     inp = noisy[:, 1].sum(axis=0)
     res = model.predict(inp, samples=8, tile=96)
     share = float(noisy[0, 0].mean() / noisy[:, 0].sum(axis=0).mean())
@@ -87,6 +90,7 @@ def test_a_channel_without_signal_is_reported_and_falls_back_to_the_constant_spl
     model = _fit(noisy, nms)
     val = model.training["validation"]
     assert val["not_learned"] == ["B"] and val["constant_split_for"] == ["B"], val
+    assert val["network_weight"]["B"] == 0.0 and val["network_weight"]["A"] > 0, val
     assert "A: +" in val["summary"] and "B: not learned" in val["summary"]
     assert "more training time" in val["summary"]
     inp = noisy[:, 1].sum(axis=0)
@@ -143,3 +147,38 @@ def test_split_train_names_each_structure_against_the_constant_split(tmp_path, c
     assert set(val["psnr_gain_db"]) == {"actin", "mito"} and val["summary"] in line
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert any("val_gain_db_actin" in e for e in events)
+
+
+def test_blend_weight_keeps_the_useful_part_of_a_network_a_little_worse_than_the_split():
+    """A network whose clean error is a little above the constant split's (the old hard
+    fallback threw it away) is blended with that split by the weight of least clean
+    error, estimated from the noisy acquisitions only (SURE): the weight matches the
+    oracle and the blend beats both."""
+    from napari_duet.denoisplit._train import network_weights
+
+    rng = np.random.default_rng(0)
+    shape = (64, 2, 32, 32)
+    s = rng.uniform(10, 50, shape)
+    v = 4.0
+    n = rng.normal(0, np.sqrt(v), shape)
+    raw = s + n
+    k, var_a, var_b = 0.5, 3.0, 3.5  # network: passes half the noise on, own error 3.0
+    pred = s + k * n + rng.normal(0, np.sqrt(var_a), shape)
+    base = s + rng.normal(0, np.sqrt(var_b), shape)
+    clean_err_net, clean_err_base = k * k * v + var_a, var_b
+    assert clean_err_net > clean_err_base  # the network alone is worse than the split
+    w = network_weights(raw, pred, base, noise_var=np.full(shape, v),
+                        slope=np.full(shape, k), base_slope=np.zeros(shape))
+    oracle = var_b / (clean_err_net + var_b)
+    assert w == pytest.approx([oracle, oracle], abs=0.03)
+    for c in range(2):
+        blend = w[c] * pred[:, c] + (1 - w[c]) * base[:, c]
+        err = float(np.mean((blend - s[:, c]) ** 2))
+        assert err < 0.8 * min(clean_err_base, float(np.mean((pred[:, c] - s[:, c]) ** 2)))
+    # Judged against the noisy acquisitions alone, the noise the network passes on
+    # would look like signal: the weight would be wrong (too high).
+    assert network_weights(raw, pred, base)[0] > oracle + 0.05
+    # A network that only adds to the split's error gets weight 0; a perfect one, 1.
+    assert network_weights(raw, base + 2 * (base - s), base)[0] == 0.0
+    assert network_weights(raw, s, base, noise_var=np.full(shape, v), slope=np.zeros(shape),
+                           base_slope=np.zeros(shape))[0] == pytest.approx(1.0, abs=0.02)

@@ -62,11 +62,13 @@ class SplitConfig(EngineConfig):
         lateral contextualisation).  At most ``n_levels``.
     split_fallback : bool
         Keep the constant split (the input times each channel's share of the
-        training intensity) as a fallback: a channel whose prediction does
-        worse than that split on the validation data after training gives
-        that split instead, so a structure the network did not learn stays
-        at it rather than below it.  On in the presets; off in model files
-        written before it existed.  (Learning a correction on top of that
+        training intensity) as a fallback: after training, each channel's
+        output is the blend ``w * network + (1 - w) * split`` whose estimated
+        error on the validation data is least (``w`` in [0, 1], stored in the
+        model), and a channel whose blend is not estimated to beat the split
+        by ``LEARNED_DB`` gives that split exactly, so a structure the network
+        did not learn stays at it rather than below it.  On in the presets;
+        off in model files written before it existed.  (Learning a correction on top of that
         split from the start was measured and dropped: the latents collapsed
         to the prior and the output stayed at the split.)
     """

@@ -35,6 +35,45 @@ class SplitData:
     val_overlaps_train: bool
     split: str  # "frames" or "region"
     shape: tuple[int, ...]  # shape of one channel as given
+    hot_pixels: int = 0  # camera hot pixels replaced (see replace_hot_pixels)
+
+
+#: A hot pixel is brighter than this many times its channel's 99.9th percentile ...
+HOT_FACTOR = 20.0
+#: ... and than this many times the brightest of its 8 neighbours (a real structure,
+#: blurred by the optics, spans several pixels).
+HOT_ISOLATION = 5.0
+
+
+def replace_hot_pixels(frames: np.ndarray) -> tuple[np.ndarray, int]:
+    """Replace the camera hot pixels of one channel's (F, Y, X) frames by the median of
+    their 3 x 3 neighbourhood; returns ``(frames, count)`` (a copy only when one was found).
+
+    One hot pixel of a real camera (about 800 times the brightest structure on the
+    development set's membranes + nuclei image) inflates the normalisation and the
+    noise model's signal range: the network then learned nothing there (-1.6 / 0.0 dB
+    against the constant split) and +5.7 / +5.8 dB once it was replaced.
+    """
+    from scipy.ndimage import maximum_filter, median_filter
+
+    ref = float(np.percentile(frames, 99.9)) if frames.size else 0.0
+    if not ref > 0:
+        return frames, 0
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    out, count = frames, 0
+    for i, f in enumerate(frames):
+        cand = f > HOT_FACTOR * ref
+        if not cand.any():
+            continue
+        neigh = maximum_filter(f, footprint=ring, mode="reflect")
+        hot = cand & (f > HOT_ISOLATION * np.maximum(neigh, ref))
+        if hot.any():
+            if out is frames:
+                out = frames.copy()
+            out[i][hot] = median_filter(f, size=3, mode="reflect")[hot]
+            count += int(hot.sum())
+    return out, count
 
 
 def prepare_data(
@@ -63,12 +102,14 @@ def prepare_data(
             f"use a patch size of at most {min(h, w)} (a multiple of the network's stride)"
         )
     given = tuple(np.shape(channels[0]))
-    data = np.stack(arrs, axis=1)  # (frames, N, Y, X)
+    fixed = [replace_hot_pixels(x) for x in arrs]
+    hot = sum(k for _, k in fixed)
+    data = np.stack([x for x, _ in fixed], axis=1)  # (frames, N, Y, X)
     if n >= _MIN_FRAMES_FOR_FRAME_SPLIT:
         n_val = max(1, round(val_fraction * n))
         val_idx = np.linspace(0, n - 1, n_val).round().astype(int)
         train_idx = np.setdiff1d(np.arange(n), val_idx)
-        return SplitData(data[train_idx], data[val_idx], False, "frames", given)
+        return SplitData(data[train_idx], data[val_idx], False, "frames", given, hot)
     # Few frames: hold out a strip at the end of the longer axis.
     axis = 2 if h >= w else 3
     length = data.shape[axis]
@@ -76,10 +117,10 @@ def prepare_data(
     if length - strip >= patch_size:
         train = np.take(data, np.arange(0, length - strip), axis=axis)
         val = np.take(data, np.arange(length - strip, length), axis=axis)
-        return SplitData(train, val, False, "region", given)
+        return SplitData(train, val, False, "region", given, hot)
     # Too small to hold anything out: validate on (part of) the training data.
     val = np.take(data, np.arange(length - strip, length), axis=axis)
-    return SplitData(data, val, True, "region", given)
+    return SplitData(data, val, True, "region", given, hot)
 
 
 def channel_letter(c: int) -> str:

@@ -22,6 +22,7 @@ from ._data import (
     default_steps_per_epoch,
     fit_normalizers,
     prepare_data,
+    replace_hot_pixels,
     validation_patches,
     validation_positions,
 )
@@ -383,7 +384,7 @@ def _noise_models(run: _Training, channels, given, bootstrap_kwargs):
         for c in range(n_ch):
             yield SplitTrainProgress(stage="noise_model", done=c, total=n_ch, epochs=tc.epochs,
                                 elapsed=time.perf_counter() - run.t0)
-            frames = _channel_frames(channels[c])
+            frames = replace_hot_pixels(_channel_frames(channels[c]))[0]
             kw = {"device": tc.device, "seed": tc.seed, **(bootstrap_kwargs or {})}
             # Fitted once, on rank 0, so every rank trains with the same noise models.
             nms.append(run.ddp.on_main(bootstrap_noise_model, frames, **kw))
@@ -665,13 +666,100 @@ def learning_summary(gains: dict[str, float] | None, threshold: float = LEARNED_
     return line
 
 
+def network_weights(raw: np.ndarray, pred: np.ndarray, base: np.ndarray, *,
+                    noise_var: np.ndarray | None = None, slope: np.ndarray | None = None,
+                    base_slope: np.ndarray | None = None) -> list[float]:
+    """Per channel, the weight ``w`` in [0, 1] of the network's output ``pred`` against
+    the constant split ``base`` whose blend ``w pred + (1 - w) base`` has the least
+    estimated error on the held-back data.
+
+    Parameters
+    ----------
+    raw : ndarray
+        (P, N, Y, X) held-back noisy acquisitions.
+    pred, base : ndarray
+        (P, N, Y, X) the network's split of their sum and the constant split.
+    noise_var, slope, base_slope : ndarray, optional
+        Noise variance of each acquisition and ``d output / d input`` of ``pred``
+        and ``base``: with all three the error is estimated against the **clean**
+        structure (Stein's unbiased risk estimate, as in :func:`validation_gains`);
+        otherwise it is measured against the noisy acquisitions.
+
+    The estimated error of the blend is quadratic in ``w``:
+    ``|e + w d|^2 + 2 w mean(v (slope - base_slope)) + const`` with ``d = pred - base``,
+    ``e = base - raw``, so its minimum is ``w = -(mean(e d) + mean(v (slope -
+    base_slope))) / mean(d^2)``, clipped to [0, 1].  A hard choice (0 or 1) throws
+    away a network that the estimate, off by about +-0.5 dB on small held-back
+    strips, judges a little worse than the split; the blend keeps the part of it
+    that helps.
+    """
+    raw = np.asarray(raw, np.float64)
+    pred = np.asarray(pred, np.float64)
+    base = np.asarray(base, np.float64)
+    weights = []
+    for c in range(raw.shape[1]):
+        d = pred[:, c] - base[:, c]
+        den = float(np.mean(d * d))
+        if den <= 0:
+            weights.append(1.0)
+            continue
+        num = float(np.mean((base[:, c] - raw[:, c]) * d))
+        if noise_var is not None and slope is not None and base_slope is not None:
+            num += float(np.mean(np.asarray(noise_var[:, c], np.float64)
+                                 * (slope[:, c] - base_slope[:, c])))
+        weights.append(float(np.clip(-num / den, 0.0, 1.0)))
+    return weights
+
+
+def _blend_weights(run: _Training, net) -> list[float]:
+    """:func:`network_weights` of ``net`` on the validation data (the gate at 1 and at 0
+    gives its output and its constant split); the gate is left as it was."""
+    import torch
+
+    gate = net.network_gate
+    kept = gate.clone()
+    slope = run.nms is not None
+    try:
+        gate.fill_(1.0)
+        _, pred, sp = _validate_full(run, net, slope=slope)
+        gate.fill_(0.0)
+        _, base, sb = _validate_full(run, net, slope=slope)
+    finally:
+        gate.copy_(kept)
+    noise_var = None
+    if slope:
+        with torch.no_grad():
+            noise_var = np.stack([
+                nm.variance(torch.as_tensor(pred[:, c], device=run.device)).float().cpu().numpy()
+                for c, nm in enumerate(run.nms)], axis=1)
+    return network_weights(run.val_raw, pred, base, noise_var=noise_var, slope=sp,
+                           base_slope=sb)
+
+
 def _judge(model: SplitModel, run: _Training) -> None:
-    """Measure the final model on the validation data against the constant split;
-    channels that do worse than that split fall back to it (``split_fallback``
-    networks); record the numbers in ``model.training["validation"]``."""
+    """Measure the final model on the validation data against the constant split and,
+    in ``split_fallback`` networks, blend each channel's output with that split by the
+    weight of least estimated error (:func:`network_weights`); a channel whose blend is
+    not estimated to gain at least ``LEARNED_DB`` gives the constant split exactly.
+    The numbers go into ``model.training["validation"]``."""
     gains = _gains(run, model.net)[1]
-    off = []
-    if model.config.split_fallback:
+    network_gains = list(gains)  # the network's own output, before any fallback
+    off, weights = [], None
+    if model.config.split_fallback and run.nms is not None:
+        gate = model.net.network_gate
+        weights = _blend_weights(run, model.net)
+        gate.copy_(gate.new_tensor(weights))
+        gains = _gains(run, model.net)[1]
+        for c, g in enumerate(gains):
+            if not g >= LEARNED_DB or weights[c] == 0.0:
+                weights[c] = 0.0
+                off.append(run.names[c])
+        if off:
+            gate.copy_(gate.new_tensor(weights))
+            gains = _gains(run, model.net)[1]
+    elif model.config.split_fallback:
+        # Without noise models the errors are against noisy acquisitions, which favour
+        # the constant split: no blend weight from them, only the fallback below 0 dB.
         gate = model.net.network_gate
         for c, g in enumerate(gains):
             if g < 0:
@@ -683,6 +771,9 @@ def _judge(model: SplitModel, run: _Training) -> None:
     named = dict(zip(run.names, gains, strict=True))
     model.training["validation"] = {
         "psnr_gain_db": named,
+        "network_psnr_gain_db": dict(zip(run.names, network_gains, strict=True)),
+        "network_weight": None if weights is None else dict(zip(run.names, weights,
+                                                                strict=True)),
         "not_learned": [k for k, v in named.items() if not v >= LEARNED_DB],
         "threshold_db": LEARNED_DB,
         "constant_split_for": off,
@@ -728,6 +819,7 @@ def _final_model(run: _Training) -> SplitModel:
         "data_shape": list(run.data.shape),
         "split": run.data.split,
         "val_overlaps_train": run.data.val_overlaps_train,
+        "hot_pixels_replaced": run.data.hot_pixels,
         "epochs_run": run.epochs_run,
         "best_epoch": run.best[2],
         "best_val_loss": None if not math.isfinite(run.best[0]) else run.best[0],
