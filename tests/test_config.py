@@ -54,7 +54,7 @@ def test_numpy_integers_are_stored_as_ints(cls):
 
 
 @pytest.mark.parametrize(("cls", "runtime"), [
-    (NSN2NConfig, {"tta", "wiener", "tile", "device", "threads", "preview_every", "preview_index"}),
+    (NSN2NConfig, {"tta", "tile", "device", "threads", "preview_every", "preview_index"}),
     (Self2SegConfig, {"device", "threads"}),
     (TrainConfig, {"device", "threads", "log_every", "checkpoint_path", "resume"}),
     (SplitConfig, set()),

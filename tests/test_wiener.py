@@ -117,3 +117,36 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
     ctx = NSN2NModel(ContextNet(width=4, depth=1), NSN2NConfig(context="2.5d"), [],
                      device="cpu")
     assert ctx.use_wiener is False and ctx.describe_wiener() is None
+
+
+def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
+    """``duet nsn2n --model M --wiener on|off`` sets the stage for that run (in memory and
+    into OME-Zarr, where the choice is part of the run's signature), and says so."""
+    import tifffile
+
+    from napari_duet.cli import main
+    from napari_duet.nsn2n import NSN2NConfig, train
+
+    rng = np.random.default_rng(0)
+    clean = ndimage.gaussian_filter(rng.random((6, 40, 40)), (0, 2, 2)).astype(np.float32)
+    vol = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+    res = train(vol, config=NSN2NConfig(context="blind", iterations=3, width=4, depth=1,
+                                        batch_size=2, crop_size=16, device="cpu",
+                                        preview_every=0, tta=False))
+    res.model.save(tmp_path / "m.duet")
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    outs = {}
+    for choice in ("on", "off"):
+        out = tmp_path / f"{choice}.tif"
+        assert main(["nsn2n", str(tmp_path / "v.tif"), "--model", str(tmp_path / "m.duet"),
+                     "-o", str(out), "--wiener", choice, "--no-tta", "-q"]) == 0
+        outs[choice] = tifffile.imread(out)
+        assert main(["nsn2n", str(tmp_path / "v.tif"), "--model", str(tmp_path / "m.duet"),
+                     "-o", str(tmp_path / f"{choice}.ome.zarr"), "--wiener", choice,
+                     "--no-tta", "--slab", "3", "-q"]) == 0
+    assert not np.allclose(outs["on"], outs["off"], atol=1e-4)
+    from napari_duet.core.io import open_image
+
+    for choice in ("on", "off"):  # slab by slab equals in memory, for either choice
+        zarr_out = np.asarray(open_image(tmp_path / f"{choice}.ome.zarr")[0])
+        assert np.allclose(zarr_out, outs[choice], atol=1e-5)

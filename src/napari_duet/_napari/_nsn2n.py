@@ -122,12 +122,13 @@ class NSN2NWidget(EngineDock):
         self.lambda_rc = param_control(C, "lambda_rc", max=100, step=0.1)
         self.lambda_ic = param_control(C, "lambda_ic", max=100, step=0.1)
         self.tta = param_control(C, "tta", text="test-time augmentation (mean + uncertainty)")
+        self.wiener = param_control(C, "wiener")
         self.device = param_control(C, "device", choices=["auto", *available_devices()])
         self.seed = param_control(C, "seed")
         self.param_controls = {w.param_name: w for w in (
             self.iterations, self.budget, self.width, self.context, self.guide,
-            self.noise_model, self.lambda_rc, self.lambda_ic, self.tta, self.device,
-            self.seed)}
+            self.noise_model, self.lambda_rc, self.lambda_ic, self.tta, self.wiener,
+            self.device, self.seed)}
         # Passed to the run, not part of the configuration that Save parameters… writes.
         self.threads = SpinBox(label="CPU threads",
                                value=resolve_threads("auto", napari_open=True),
@@ -222,8 +223,8 @@ class NSN2NWidget(EngineDock):
         pform.addRow(self.tta.native)
         pform.addRow(self.show_uncertainty.native)
         self.advanced = Collapsible("Advanced")
-        for w in (self.width, self.guide, self.lambda_rc, self.lambda_ic, self.device,
-                  self.seed, self.threads):
+        for w in (self.width, self.guide, self.lambda_rc, self.lambda_ic, self.wiener,
+                  self.device, self.seed, self.threads):
             self.advanced.form.addRow(w.label, w.native)
         self.advanced.form.addRow("large-layer results in", self.output_folder)
         pform.addRow(self.advanced)
@@ -383,6 +384,8 @@ class NSN2NWidget(EngineDock):
         try:
             if self.model is None:
                 raise DuetInputError("load or train a model first")
+            # The Wiener stage as the control says (auto: the model's own check).
+            self.model.config = self.model.config.replace(wiener=self.wiener.value)
             layer, axis = self._layer_and_axis()
             if is_large(layer_data(layer), self.large_layer_bytes):
                 return self._denoise_chunked(layer, axis)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core import distributed as ddp
 from ..core.channels import CHANNEL_AXIS_HELP
 from ..core.devices import DEVICE_CHOICES
-from ._nsn2n_chunked import _report_path, cli_layout, run_chunked
+from ._nsn2n_chunked import _report_path, cli_layout, run_chunked, with_wiener
 from ._params import add_param_options, config_from_args
 from ._progress import add_run_options, channel_axis_arg, cli_run, run_command
 
@@ -217,7 +217,10 @@ def run(args: argparse.Namespace) -> int:
         if args.model:
             with bar.stage("load model"):
                 model = NSN2NModel.load(args.model, device=args.device or "auto")
+            model = with_wiener(model, args)
             log(f"applying {args.model} to {args.volume} {volume.shape}")
+            if model.describe_wiener():
+                log(model.describe_wiener())
             res = run_to_end(model.iter_predict(volume, axis=axis, tta=tta), bar)
             denoised, unc = res.denoised, res.uncertainty
             report = {

@@ -28,6 +28,14 @@ from ..core.chunks import (
 from ..core.progress import run_to_end
 
 
+def with_wiener(model, args: argparse.Namespace):
+    """``model`` with the Wiener stage set by ``--wiener`` when given (else as trained)."""
+    choice = getattr(args, "wiener", None)
+    if choice:
+        model.config = model.config.replace(wiener=choice)
+    return model
+
+
 def cli_layout(shape: tuple[int, ...], axis: int, channel_axis=None):
     """:func:`~._volume.layout_for`, its "too few slices" error naming the options that
     pick the axes (``--axis``, ``--channel-axis``) when another axis would do."""
@@ -77,10 +85,11 @@ def run_chunked(args: argparse.Namespace) -> int:
         with bar.stage("load model"):
             # On dask the workers load it on --device; here it only plans the tasks.
             distributed = TaskRunner(args.scheduler).distributed
-            model = NSN2NModel.load(args.model, device="cpu" if distributed else device)
+            model = with_wiener(NSN2NModel.load(args.model, device="cpu" if distributed
+                                                else device), args)
         signature = run_signature(source, input=Path(args.volume).resolve(), axis=layout.axis,
                                   model_sha256=file_hash(args.model), tta=tta,
-                                  uncertainty=unc_path is not None)
+                                  uncertainty=unc_path is not None, wiener=model.use_wiener)
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
         # Memory is bounded by one slab (and its halo): its float32 input, guides, network
         # activations and result, about 24 copies; it must fit even at one slice.

@@ -30,7 +30,8 @@ class NSN2NConfig(EngineConfig):
 
     Unknown keys are rejected (:meth:`from_dict`, :meth:`replace`); a model file
     saves all but the run-time options (``RUNTIME``: previews, ``tta``,
-    ``wiener``, ``tile``, ``device``), which are set when the model is used.
+    ``tile``, ``device``), which are set when the model is used.  ``wiener`` is
+    saved, so a choice made when applying a model reaches dask workers too.
 
     Parameters
     ----------
@@ -200,8 +201,8 @@ class NSN2NConfig(EngineConfig):
     seed: int = seed_param("Seed of crops, augmentations and initial weights.")
     threads: int | None = threads_param()
 
-    RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "wiener",
-                                          "tile", "device", "threads")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("preview_every", "preview_index", "tta", "tile",
+                                          "device", "threads")
     LABEL: ClassVar[str] = "NS-N2N"
 
     def check(self) -> None:

@@ -6,7 +6,8 @@ an estimated noise level is noise correlated *within* a slice, which those
 cannot tell from signal.  On pixel-independent noise, where BM4D estimates the
 noise level correctly, NS-N2N's blind-spot network (chosen automatically
 from :func:`noise_correlation`) uses the slice itself as well as its
-neighbours and measured above BM4D; :func:`recommend_method` says which
+neighbours (above BM4D on sparse fluorescence stacks, below it on real MRI,
+CT and EM: docs/nsn2n.md, Measured); :func:`recommend_method` says which
 network and why, the widget and the CLI report show it, and
 :func:`pair_diagnostics` gives the matching pair by pair (time-lapses with
 motion, anisotropic stacks).
@@ -271,5 +272,7 @@ def recommend_method(
     return ("nsn2n",
             f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}) on "
             f"{thick} slices ({frac:.0%} of pixels match): NS-N2N's blind-spot network "
-            "(chosen automatically) uses each slice and its neighbours and measured above "
-            "BM4D with an estimated noise level on such noise" + advice)
+            "(chosen automatically) uses each slice and its neighbours; on real volumes with "
+            "such noise it measured above BM4D (noise level estimated) on fluorescence stacks "
+            "with bright sparse objects, below it on textured EM and on real MRI and CT "
+            "(docs/nsn2n.md, Measured), so try both there" + advice)
