@@ -164,11 +164,17 @@ def test_split_train_config_file_and_flags(tmp_path):
     # Without a file: the presets and the TrainConfig defaults, as before.
     net, tc = train_configs(build_parser().parse_args([*base, "--config", "small"]), 2)
     assert net == SplitConfig.preset("small", n_channels=2) and tc == TrainConfig()
+    # No --config: the small network on a CPU (the paper's takes hours there), as the widget.
+    net, _ = train_configs(build_parser().parse_args([*base, "--device", "cpu"]), 2)
+    assert net == SplitConfig.preset("small", n_channels=2)
+    net, _ = train_configs(build_parser().parse_args([*base, "--config", "default",
+                                                      "--device", "cpu"]), 2)
+    assert net == SplitConfig.preset("default", n_channels=2)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"epoch": 3}))
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         train_configs(build_parser().parse_args([*base, "--config", str(bad)]), 2)
-    with pytest.raises(DuetInputError, match="--config must be small, default or a .json"):
+    with pytest.raises(DuetInputError, match="--config must be auto, small, default or a .json"):
         train_configs(build_parser().parse_args([*base, "--config", "huge"]), 2)
 
 
@@ -186,7 +192,7 @@ def test_split_train_options_are_generated_from_the_declarations(capsys):
         if name == "threads":  # --threads (with "auto") is every compute command's option
             continue
         assert " ".join(param_info(TrainConfig, name)["help"].split()[:4]) in text, name
-    assert "{small,default,PARAMS.json}" in text  # the split's own --config stays
+    assert "{auto,small,default,PARAMS.json}" in text  # the split's own --config stays
 
 
 @pytest.mark.parametrize(("argv", "words"), [

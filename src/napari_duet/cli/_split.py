@@ -67,8 +67,9 @@ def register(subparsers) -> None:
                       overrides={"device": {"choices": DEVICE_CHOICES}})
     # Not the generic --config: it also names a network preset (SplitConfig, not
     # TrainConfig), so it keeps its default "small"/"default" choice beside a file.
-    tr.add_argument("--config", default="default", metavar="{small,default,PARAMS.json}",
-                    help="network size: default (paper, ~3.0 M parameters) or small (CPU); or "
+    tr.add_argument("--config", default="auto", metavar="{auto,small,default,PARAMS.json}",
+                    help="network size: auto (the default: small on a CPU, default on a GPU), "
+                    "default (paper, ~3.0 M parameters: hours on a CPU) or small; or "
                     "a JSON file of training parameters (TrainConfig, as the Split widget's "
                     "\"Save parameters…\" writes them) with the network it records "
                     "(default when it records none; --lateral-context overrides): options "
@@ -198,16 +199,21 @@ def train_configs(args: argparse.Namespace, n_channels: int):
     preset, params_file = args.config, None
     if str(preset).lower().endswith(".json"):  # a parameter file: its network, if recorded
         params_file = preset
-        network = read_params(params_file, TrainConfig)[1].get("network")
-        cfg = SplitConfig.from_params_section(network, **over)
-    elif preset not in ("small", "default"):
-        raise DuetInputError(f"--config must be small, default or a .json parameter file, "
-                             f"got {preset!r}")
-    else:
-        cfg = SplitConfig.preset(preset, **over)
+    elif preset not in ("auto", "small", "default"):
+        raise DuetInputError(f"--config must be auto, small, default or a .json parameter "
+                             f"file, got {preset!r}")
     tc = config_from_args(TrainConfig, argparse.Namespace(**{**vars(args),
                                                              "config": params_file}),
                           skip=("threads",))
+    if params_file is not None:
+        network = read_params(params_file, TrainConfig)[1].get("network")
+        cfg = SplitConfig.from_params_section(network, **over)
+    else:
+        if preset == "auto":  # the paper's network takes hours per field on a CPU
+            from ..core.devices import resolve_device
+
+            preset = "small" if resolve_device(tc.device).type == "cpu" else "default"
+        cfg = SplitConfig.preset(preset, **over)
     # A checkpoint is always resumed from: the same command run again goes on.
     return cfg, tc.replace(resume=tc.checkpoint_path is not None)
 
