@@ -156,14 +156,14 @@ def predict_mu(predict_all, stack: np.ndarray, i: int, tta: bool,
     return np.asarray(out, np.float32)
 
 
-def posterior(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def posterior(x: np.ndarray, mu: np.ndarray, sigma: float | None = None) -> np.ndarray:
     """Combine the J-invariant estimate ``mu`` of a slice with its noisy values ``x``.
 
     ``out = mu + k (x - mu)``: with ``v`` the variance of ``mu``'s error and
     ``sigma^2`` the noise variance, ``k = v / (v + sigma^2)`` minimises the
     expected error, and because ``mu`` does not depend on the noise of ``x``,
     ``mean((x - mu)^2) = v + sigma^2``, so ``k = 1 - sigma^2 / mean((x - mu)^2)``.
-    ``sigma^2`` comes from the slice itself (Immerkaer's estimator, which
+    ``sigma^2`` comes from the slice itself unless given (Immerkaer's estimator, which
     overestimates on textured slices: k then errs towards ``mu``).  One ``k``
     per slice: on the synthetic MRI-like volumes it matched the best single value
     chosen with the clean data (k 0.04-0.09, +0.2-0.4 dB over ``mu``); a
@@ -176,7 +176,8 @@ def posterior(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
     ms = float(np.mean(r * r))
     if ms <= 0:
         return np.asarray(mu, np.float32)
-    k = float(np.clip(1.0 - _noise_sigma(x) ** 2 / ms, 0.0, 1.0))
+    s = _noise_sigma(x) if sigma is None else float(sigma)
+    k = float(np.clip(1.0 - s**2 / ms, 0.0, 1.0))
     return (mu + k * r).astype(np.float32)
 
 
@@ -232,19 +233,22 @@ def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> 
 
     rng = np.random.default_rng([seed, 2021])  # a stream apart from any seed-only one
     n_s, n_z = stacks.shape[:2]
-    picks = [(s, int(z)) for s in range(n_s)
-             for z in np.unique(np.linspace(0, n_z - 1, WIENER_CHECK_SLICES).round())]
-    picks = picks[:: max(1, len(picks) // WIENER_CHECK_SLICES)][:WIENER_CHECK_SLICES]
+    every = np.unique(np.linspace(0, n_s * n_z - 1, WIENER_CHECK_SLICES).round().astype(int))
+    picks = [divmod(int(i), n_z) for i in every]  # (stack, slice), evenly over all slices
     loss = np.zeros(2)
+    stack, current = None, None
     for s, z in picks:
-        stack = np.array(stacks[s], np.float32)
+        if s != current:  # one writable copy per stack; each slice is put back after use
+            stack, current = np.array(stacks[s], np.float32), s
         x = stack[z].copy()
         sigma = _noise_sigma(x)
         n = rng.standard_normal(x.shape).astype(np.float32)
         stack[z] = x + ALPHA * sigma * n
         target = x - sigma / ALPHA * n
-        blend = posterior(stack[z], predict_mu(predict_all, stack, z, tta).mean(0))
-        filtered = wiener_stage(stack[z], blend, sigma * float(np.sqrt(1 + ALPHA**2)))
+        sigma1 = sigma * float(np.sqrt(1 + ALPHA**2))  # the recorrupted slice's noise
+        blend = posterior(stack[z], predict_mu(predict_all, stack, z, tta).mean(0), sigma1)
+        filtered = wiener_stage(stack[z], blend, sigma1)
+        stack[z] = x
         loss += [np.mean((blend - target) ** 2), np.mean((filtered - target) ** 2)]
     loss /= max(len(picks), 1)
     return {"use": bool(loss[1] < loss[0]), "loss_blend": float(loss[0]),

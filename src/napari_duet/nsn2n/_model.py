@@ -316,11 +316,14 @@ class NSN2NModel:
         Uncertainty: the spread of ``mu`` over the flips/rotations.
         """
         from ._blind import posterior, predict_mu, wiener_stage
+        from ._guide import _noise_sigma
 
         mus = predict_mu(self._predict_all, stack, z, tta)
-        mean = posterior(np.asarray(stack[z], np.float32), mus.mean(0))
+        x = np.asarray(stack[z], np.float32)
+        sigma = _noise_sigma(x)  # one estimate for the blend and the Wiener stage
+        mean = posterior(x, mus.mean(0), sigma)
         if self.use_wiener:
-            mean = wiener_stage(np.asarray(stack[z], np.float32), mean)
+            mean = wiener_stage(x, mean, sigma)
         std = mus.std(axis=0) if len(mus) > 1 else np.zeros_like(mean)
         return mean.astype(np.float32), std.astype(np.float32)
 
