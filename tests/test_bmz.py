@@ -159,14 +159,15 @@ def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
         test_out = np.load(zf.open("test_output.npy"))
     arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
     assert arch["kwargs"] == {"arch": "nsn2n-blind", "width": 8, "depth": 1, "tta": True,
-                              "wiener": NSN2NModel.load(model).use_wiener}
+                              "wiener": NSN2NModel.load(model).wiener_mode}
     assert "blind-spot" in rdf["description"] and "blind-spot" in readme
     # White noise: the output is smoother than the input.
     assert test_in.shape == (1, 8, 48, 48)
     assert np.std(np.diff(test_out, axis=-1)) < 0.8 * np.std(np.diff(test_in, axis=-1))
 
 
-@pytest.mark.parametrize(("tta", "wiener"), [(False, "off"), (True, "off"), (False, "on")])
+@pytest.mark.parametrize(("tta", "wiener"), [(False, "off"), (True, "off"), (False, "on"),
+                                             (False, "3d2")])
 def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thread):
     """``NSN2NDenoiser(arch="nsn2n-blind")`` computes what ``NSN2NModel.predict`` computes:
     hidden-pixel filling with mirrored borders (odd sides), mirrored neighbour slices
@@ -186,7 +187,7 @@ def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thr
     cfg = dataclasses.replace(NSN2NConfig(context="blind", width=8, depth=2), tta=tta,
                               wiener=wiener)
     model = NSN2NModel(net, cfg, [], device="cpu")
-    assert model.use_wiener == (wiener == "on")
+    assert model.use_wiener == (wiener != "off")
     module = standalone_module(model)
     vol = _white_noise_volume((5, 27, 21))
     for crop in (vol, vol[1:4, :, :19]):
@@ -262,6 +263,11 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
 
     noisy, pilot = torch.randn(2, 23, 17)
     assert torch.equal(namespace["dct_wiener"](noisy, pilot, 0.7), dct_wiener(noisy, pilot, 0.7))
+    from napari_duet.core.wiener import dct_wiener_stack
+
+    noisy, pilot = torch.randn(2, 5, 23, 17)
+    assert torch.equal(namespace["dct_wiener_stack"](noisy, pilot, [0.7] * 5),
+                       dct_wiener_stack(noisy, pilot, [0.7] * 5))
     # ... and the engine's choice of neighbouring slices at the volume's ends
     from napari_duet.nsn2n._context import GAP_IN, SELF_IN, neighbour_index
 

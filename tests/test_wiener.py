@@ -7,7 +7,7 @@ from scipy import ndimage
 from skimage import data
 
 from napari_duet.core.metrics import psnr
-from napari_duet.core.wiener import dct_basis, dct_wiener
+from napari_duet.core.wiener import dct_basis, dct_wiener, dct_wiener_stack
 from napari_duet.nsn2n._blind import choose_wiener
 
 
@@ -18,9 +18,54 @@ def _camera(sigma=0.1, seed=0):
     return clean, (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32)
 
 
-def test_basis_is_orthonormal():
-    b = dct_basis(12).double()
-    assert torch.allclose(b @ b.T, torch.eye(144, dtype=torch.float64), atol=1e-6)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_basis_is_orthonormal(depth):
+    b = dct_basis(12, depth=depth).double()
+    n = 144 * depth
+    assert torch.allclose(b @ b.T, torch.eye(n, dtype=torch.float64), atol=1e-6)
+
+
+def test_stack_stage_of_depth_one_is_the_slice_stage():
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.standard_normal((4, 37, 41)).astype(np.float32))
+    p = 0.5 * x + 0.1 * torch.from_numpy(rng.standard_normal((4, 37, 41)).astype(np.float32))
+    sig = [0.3, 0.2, 0.25, 0.3]
+    got = dct_wiener_stack(x, p, sig, depth=1, size=12, stride=2)
+    want = torch.stack([dct_wiener(x[z], p[z], sig[z]) for z in range(4)])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(7, 30, 33), (2, 5, 7), (1, 9, 9)])
+def test_stack_stage_full_of_signal_keeps_the_stack(shape):
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
+    assert torch.allclose(dct_wiener_stack(x, x * 1e4, 0.5), x, atol=1e-5)
+
+
+def test_stack_stage_on_a_run_of_slices_equals_the_whole_stack():
+    """Slice z reads slices z-2..z+2 only (depth 3): a run with 2 more slices on each
+    side gives its inner slices exactly, whatever the per-slice sigmas elsewhere."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.standard_normal((12, 20, 24)).astype(np.float32))
+    p = 0.6 * x
+    sig = torch.from_numpy(rng.uniform(0.1, 0.4, 12))
+    whole = dct_wiener_stack(x, p, sig)
+    run = dct_wiener_stack(x[2:10], p[2:10], sig[2:10])
+    assert torch.equal(whole[4:8], run[2:6])
+    with pytest.raises(ValueError, match="one sigma or 12"):
+        dct_wiener_stack(x, p, [0.1, 0.2])
+
+
+def test_stack_stage_uses_what_neighbouring_slices_share():
+    """Slices of one structure with independent noise: the 3D windows separate the
+    shared structure from the noise and beat the slice stage by a clear margin."""
+    clean = np.repeat(_camera()[0][None, :96, :96], 5, 0)
+    rng = np.random.default_rng(5)
+    noisy = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+    pilot = ndimage.gaussian_filter(noisy, (0, 1.5, 1.5))
+    x, p = torch.from_numpy(noisy), torch.from_numpy(pilot)
+    flat = torch.stack([dct_wiener(x[z], p[z], 0.1) for z in range(5)]).numpy()
+    deep = dct_wiener_stack(x, p, 0.1).numpy()
+    assert psnr(deep, clean, 1.0) > psnr(flat, clean, 1.0) + 1.0
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (37, 53), (5, 7), (1, 9), (3, 1)])
@@ -72,7 +117,33 @@ def test_check_turns_the_stage_on_behind_a_blurring_estimate():
 
     got = choose_wiener(blurring, stacks, tta=False)
     assert got["use"] is True and got["loss_wiener"] < got["loss_blend"]
-    assert len(got["slices"]) == 6
+    assert len(got["slices"]) == 6 and set(got["losses"]) == {"off", "2d", "3d", "3d2"}
+    # The slices repeat one image: the stages that read neighbouring slices win.
+    assert got["mode"] in ("3d", "3d2") and got["losses"]["3d"] < got["losses"]["2d"]
+    assert got["gain_db"][got["mode"]] > got["gain_db"]["2d"] > 0 == got["gain_db"]["off"]
+
+
+def test_check_picks_a_stage_as_good_as_the_best_where_slices_differ():
+    """Neighbouring slices of unrelated content (thick slices): whichever stage the check
+    picks is within 2 % of the best one's error against the clean slices."""
+    from napari_duet.nsn2n._blind import STAGES, posterior, stage_stack
+
+    cam = _camera()[0]
+    clean = np.stack([cam[y:y + 64, x:x + 64] for y, x in
+                      [(0, 0), (100, 150), (180, 20), (60, 190), (190, 190), (30, 90)]])
+    rng = np.random.default_rng(6)
+    stacks = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)[None]
+
+    def blurring(inp, tta):
+        return ndimage.gaussian_filter(inp[0], 2.0)[None]
+
+    got = choose_wiener(blurring, stacks, tta=False)
+    x = stacks[0]
+    blend = np.stack([posterior(s, ndimage.gaussian_filter(s, 2.0), 0.1) for s in x])
+    true = {m: float(np.mean((stage_stack(x, blend, [0.1] * 6, m) - clean) ** 2))
+            for m in STAGES}
+    assert true[got["mode"]] <= 1.02 * min(true.values()), (got["losses"], true)
+    assert true[got["mode"]] < 0.9 * true["off"]
 
 
 def test_check_leaves_the_stage_off_behind_a_sharp_estimate():
@@ -86,7 +157,8 @@ def test_check_leaves_the_stage_off_behind_a_sharp_estimate():
         return flat[None]
 
     got = choose_wiener(sharp, stacks, tta=False)
-    assert got["use"] is False and got["loss_wiener"] > got["loss_blend"]
+    assert got["use"] is False and got["mode"] == "off"
+    assert min(v for m, v in got["losses"].items() if m != "off") > got["loss_blend"]
 
 
 def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
@@ -102,16 +174,26 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
     assert model.use_wiener is False and "before the check" in model.describe_wiener()
     model.training["wiener"] = {"use": True, "loss_blend": 2.0, "loss_wiener": 1.0,
                                 "slices": [[0, 0], [0, 3]]}
-    assert model.use_wiener is True
-    assert model.describe_wiener() == "Wiener stage on: it lowers the error on 2 recorrupted slices"
+    # A model saved before the 3D stages: its "use" was the slice stage.
+    assert model.use_wiener is True and model.wiener_mode == "2d" and model.halo == 2
+    assert model.describe_wiener() == "Wiener stage 2d: it lowers the error on 2 recorrupted slices"
+    model.training["wiener"] = {"mode": "3d2", "use": True, "slices": [[0, 0], [0, 1]],
+                                "losses": {"off": 2.0, "2d": 1.5, "3d": 1.2, "3d2": 1.0},
+                                "gain_db": {"off": 0.0, "2d": 0.5, "3d": 1.0, "3d2": 1.5},
+                                "loss_blend": 2.0, "loss_wiener": 1.5}
+    assert model.wiener_mode == "3d2" and model.halo == 6  # it reads 4 more slices a side
+    assert model.describe_wiener().startswith("Wiener stage 3d2: the lowest error on 2 ")
+    assert "3d +1.00 dB, 3d2 +1.50 dB" in model.describe_wiener()
     model.save(tmp_path / "m.duet")  # the decision travels in the model file
     loaded = NSN2NModel.load(tmp_path / "m.duet")
-    assert loaded.training["wiener"] == model.training["wiener"] and loaded.use_wiener
+    assert loaded.training["wiener"] == model.training["wiener"] and loaded.wiener_mode == "3d2"
     model.config = dataclasses.replace(cfg, wiener="off")
     assert model.use_wiener is False and "set by the wiener option" in model.describe_wiener()
-    model.training["wiener"]["use"] = False
+    model.training["wiener"]["mode"] = "off"
     model.config = dataclasses.replace(cfg, wiener="on")
-    assert model.use_wiener is True
+    assert model.use_wiener is True and model.wiener_mode == "2d"
+    model.config = dataclasses.replace(cfg, wiener="3d")
+    assert model.wiener_mode == "3d" and model.halo == 4
     from napari_duet.nsn2n._context import ContextNet
 
     ctx = NSN2NModel(ContextNet(width=4, depth=1), NSN2NConfig(context="2.5d"), [],
@@ -120,15 +202,16 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
 
 
 def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
-    """``duet nsn2n --model M --wiener on|off`` sets the stage for that run (in memory and
-    into OME-Zarr, where the choice is part of the run's signature), and says so."""
+    """``duet nsn2n --model M --wiener on|off|3d2`` sets the stage for that run (in memory
+    and into OME-Zarr, where the choice is part of the run's signature), and slab by slab
+    (slabs of 3 slices, the 3D stage reading 4 more on each side) equals in memory."""
     import tifffile
 
     from napari_duet.cli import main
     from napari_duet.nsn2n import NSN2NConfig, train
 
     rng = np.random.default_rng(0)
-    clean = ndimage.gaussian_filter(rng.random((6, 40, 40)), (0, 2, 2)).astype(np.float32)
+    clean = ndimage.gaussian_filter(rng.random((11, 40, 40)), (0, 2, 2)).astype(np.float32)
     vol = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
     res = train(vol, config=NSN2NConfig(context="blind", iterations=3, width=4, depth=1,
                                         batch_size=2, crop_size=16, device="cpu",
@@ -136,7 +219,7 @@ def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
     res.model.save(tmp_path / "m.duet")
     tifffile.imwrite(tmp_path / "v.tif", vol)
     outs = {}
-    for choice in ("on", "off"):
+    for choice in ("on", "off", "3d2"):
         out = tmp_path / f"{choice}.tif"
         assert main(["nsn2n", str(tmp_path / "v.tif"), "--model", str(tmp_path / "m.duet"),
                      "-o", str(out), "--wiener", choice, "--no-tta", "-q"]) == 0
@@ -145,8 +228,9 @@ def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
                      "-o", str(tmp_path / f"{choice}.ome.zarr"), "--wiener", choice,
                      "--no-tta", "--slab", "3", "-q"]) == 0
     assert not np.allclose(outs["on"], outs["off"], atol=1e-4)
+    assert not np.allclose(outs["on"], outs["3d2"], atol=1e-4)
     from napari_duet.core.io import open_image
 
-    for choice in ("on", "off"):  # slab by slab equals in memory, for either choice
+    for choice in ("on", "off", "3d2"):  # slab by slab equals in memory, for each choice
         zarr_out = np.asarray(open_image(tmp_path / f"{choice}.ome.zarr")[0])
         assert np.allclose(zarr_out, outs[choice], atol=1e-5)

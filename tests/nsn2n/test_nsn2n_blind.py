@@ -115,7 +115,11 @@ def test_blind_model_round_trip(tmp_path):
     res = train(noisy, config=NSN2NConfig(**{**BLIND, "iterations": 20}))
     path = res.model.save(tmp_path / "b.duet")
     loaded = NSN2NModel.load(path, device="cpu")
-    assert loaded.is_blind and loaded.config.context == "blind" and loaded.halo == 2
+    from napari_duet.nsn2n._blind import stage_reach
+
+    assert loaded.is_blind and loaded.config.context == "blind"
+    assert loaded.wiener_mode == res.model.wiener_mode  # the chosen second stage travels
+    assert loaded.halo == 2 + stage_reach(loaded.wiener_mode)
     a = res.model.predict(noisy, tta=False).denoised
     np.testing.assert_array_equal(a, loaded.predict(noisy, tta=False).denoised)
     np.testing.assert_array_equal(a, res.denoised)

@@ -89,7 +89,7 @@ def run_chunked(args: argparse.Namespace) -> int:
                                                 else device), args)
         signature = run_signature(source, input=Path(args.volume).resolve(), axis=layout.axis,
                                   model_sha256=file_hash(args.model), tta=tta,
-                                  uncertainty=unc_path is not None, wiener=model.use_wiener)
+                                  uncertainty=unc_path is not None, wiener=model.wiener_mode)
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
         # Memory is bounded by one slab (and its halo): its float32 input, guides, network
         # activations and result, about 24 copies; it must fit even at one slice.

@@ -15,6 +15,11 @@ it back.  The Wiener stage puts back, per frequency and per window, what the
 pilot says is signal, so fine structure the network smoothed away returns
 where it stands out of the noise.
 
+:func:`dct_wiener_stack` does the same in 3D windows that also span
+``depth`` neighbouring slices, for volumes whose slices are close enough to
+share structure (MRI, CT, EM): the DCT along z then separates what the slices
+have in common from the noise, which is independent between them.
+
 The module imports nothing but torch: ``nsn2n/bmz_network.py`` packages its
 source into bioimage.io models.
 """
@@ -27,16 +32,27 @@ import torch
 from torch.nn import functional as F
 
 
-def dct_basis(size: int, device=None) -> torch.Tensor:
-    """Orthonormal 2D DCT-II basis of ``size`` x ``size`` windows: (size^2, size^2).
-
-    Row ``ky * size + kx`` is the basis function of frequency (ky, kx), laid out
-    like the window's pixels in :func:`torch.nn.functional.unfold` (row-major).
-    """
+def _dct_matrix(size: int) -> torch.Tensor:
+    """Orthonormal 1D DCT-II matrix (rows: frequencies), float64."""
     n = torch.arange(size, dtype=torch.float64)
     d = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size)) * math.sqrt(2 / size)
     d[0] /= math.sqrt(2.0)
-    return torch.kron(d, d).to(dtype=torch.float32, device=device)
+    return d
+
+
+def dct_basis(size: int, device=None, depth: int = 1) -> torch.Tensor:
+    """Orthonormal DCT-II basis of ``depth`` x ``size`` x ``size`` windows: (n, n).
+
+    ``n = depth * size^2``.  Row ``(kz * size + ky) * size + kx`` is the basis
+    function of frequency (kz, ky, kx), laid out like the window's pixels in
+    :func:`torch.nn.functional.unfold` with the window's slices as channels
+    (slice, then row-major).  ``depth=1``: the 2D basis.
+    """
+    d = _dct_matrix(size)
+    b = torch.kron(d, d)
+    if depth > 1:
+        b = torch.kron(_dct_matrix(depth), b)
+    return b.to(dtype=torch.float32, device=device)
 
 
 def dct_wiener(
@@ -105,3 +121,94 @@ def dct_wiener(
         den[blk] += F.fold(weight.expand(size * size, -1)[None], shape, size,
                            stride=stride)[0, 0]
     return (num / den)[m:m + h, m:m + w].contiguous()
+
+
+def _reflect(j: int, n: int) -> int:
+    """Index ``j`` reflected into ``0..n-1`` (edge not repeated, as numpy's ``reflect``)."""
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    j = abs(j) % period
+    return j if j < n else period - j
+
+
+def dct_wiener_stack(
+    noisy: torch.Tensor,
+    pilot: torch.Tensor,
+    sigmas,
+    depth: int = 3,
+    size: int = 8,
+    stride: int = 2,
+    block_rows: int = 32,
+) -> torch.Tensor:
+    """Wiener-filter a (Z, Y, X) stack in sliding ``depth`` x ``size`` x ``size`` DCT windows.
+
+    The 3D form of :func:`dct_wiener`: windows start at every slice (and, in y
+    and x, every ``stride`` pixels), so each output slice averages the windows
+    of its ``2 * depth - 1`` nearest slices.  A window's noise variance is the
+    mean of its slices' ``sigmas**2``, so the output for slice ``z`` depends
+    only on slices ``z - depth + 1 .. z + depth - 1``: a slab read with that
+    many extra slices on each side gives the same slices as the whole stack.
+    At the stack's ends the slices are reflected.
+
+    Parameters
+    ----------
+    noisy, pilot : Tensor
+        (Z, Y, X) noisy stack (white noise, independent between slices) and its
+        first estimate, same shape.
+    sigmas : float or sequence of float
+        Noise standard deviation, one for the stack or one per slice.
+    depth, size : int
+        Window extent in z and in y/x (each reduced to the stack's size).
+    stride : int
+        Step between windows in y and x.
+    block_rows : int
+        Window rows processed at once (memory bound, as in :func:`dct_wiener`).
+
+    Returns
+    -------
+    Tensor
+        (Z, Y, X) float32.  ``depth=1`` gives :func:`dct_wiener` on each slice.
+    """
+    if noisy.ndim != 3 or noisy.shape != pilot.shape:
+        raise ValueError(f"dct_wiener_stack needs two (Z, Y, X) stacks of one shape, got "
+                         f"{tuple(noisy.shape)} and {tuple(pilot.shape)}")
+    x, p = noisy.float(), pilot.float()
+    n_z, h, w = x.shape
+    var = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1) ** 2
+    if var.numel() == 1:
+        var = var.expand(n_z)
+    if var.numel() != n_z:
+        raise ValueError(f"dct_wiener_stack needs one sigma or {n_z}, got {var.numel()}")
+    depth = max(1, min(int(depth), n_z))
+    size = max(1, min(int(size), h, w))
+    stride = max(1, min(int(stride), size))
+    m = size - 1
+    basis = dct_basis(size, x.device, depth)
+    xp, pp = (F.pad(a[None], (m, m, m, m), mode="reflect")[0] if m else a for a in (x, p))
+    hp, wp = xp.shape[1:]
+    num = torch.zeros_like(xp)
+    den = torch.zeros_like(xp)
+    starts = range(0, hp - size + 1, stride)
+    for z0 in range(-(depth - 1), n_z):
+        zs = [_reflect(z0 + k, n_z) for k in range(depth)]
+        keep = [k for k in range(depth) if 0 <= z0 + k < n_z]  # reflected copies: no output
+        v = float(var[zs].mean())
+        for b in range(0, len(starts), block_rows):
+            r0 = starts[b]
+            r1 = starts[min(b + block_rows, len(starts)) - 1] + size
+            cx = basis @ F.unfold(xp[zs, r0:r1][None], size, stride=stride)[0]
+            if v > 0:
+                cp = basis @ F.unfold(pp[zs, r0:r1][None], size, stride=stride)[0]
+                gain = cp * cp / (cp * cp + v)
+            else:
+                gain = torch.ones_like(cx)
+            weight = 1.0 / (gain.pow(2).sum(0, keepdim=True) + 1e-6)
+            out = F.fold((basis.T @ (gain * cx * weight))[None], (r1 - r0, wp), size,
+                         stride=stride)[0]
+            wsum = F.fold(weight.expand(cx.shape[0], -1)[None], (r1 - r0, wp), size,
+                          stride=stride)[0]
+            for k in keep:
+                num[z0 + k, r0:r1] += out[k]
+                den[z0 + k, r0:r1] += wsum[k]
+    return (num / den)[:, m:m + h, m:m + w].contiguous()

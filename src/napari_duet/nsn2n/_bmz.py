@@ -55,7 +55,7 @@ def architecture_kwargs(model: NSN2NModel) -> dict[str, Any]:
     if model.is_blind:  # no guide images, no threshold: only the network and the TTA
         return {"arch": "nsn2n-blind", "width": int(net["width"]),
                 "depth": int(net["depth"]), "tta": bool(cfg.tta),
-                "wiener": model.use_wiener}
+                "wiener": model.wiener_mode}
     kwargs: dict[str, Any] = {
         "arch": "nsn2n-context" if model.is_context else "unet2d",
         "width": int(net["width"]), "depth": int(net["depth"]),
@@ -81,7 +81,7 @@ def standalone_module(model: NSN2NModel):
 def network_source() -> str:
     """The packaged architecture file: ``bmz_network.py`` with the source of napari-duet's
     U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``), Wiener stage
-    (``dct_basis`` and ``dct_wiener`` of ``core/wiener.py``) and slice choice
+    (``dct_basis``, ``dct_wiener`` and ``dct_wiener_stack`` of ``core/wiener.py``) and slice choice
     (``neighbour_index`` of ``nsn2n/_context.py``) in place of their imports."""
     import inspect
 
@@ -90,8 +90,10 @@ def network_source() -> str:
     from . import _context
 
     spliced = {"UNet2D": ("UNet2D (napari_duet.core.networks.unet)", (unet._block, unet.UNet2D)),
-               "dct_wiener": ("dct_wiener (napari_duet.core.wiener)",
-                              (wiener.dct_basis, wiener.dct_wiener)),
+               "dct_wiener, dct_wiener_stack": (
+                   "dct_wiener, dct_wiener_stack (napari_duet.core.wiener)",
+                   (wiener._dct_matrix, wiener.dct_basis, wiener.dct_wiener, wiener._reflect,
+                    wiener.dct_wiener_stack)),
                "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
                                    (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")

@@ -17,10 +17,12 @@ Then each slab of slices is read with a halo of 2 slices on each side (the
 2.5D network's input reaches slices i-2..i+2, the match maps pairs i-1..i+1;
 the 2D network needs none), and every slice of the slab is denoised with the
 same code as in memory, so the result equals the in-memory result.  Guides are
-per-slice filters, so recomputing them in the halo changes nothing.
+per-slice filters, so recomputing them in the halo changes nothing.  A blind
+network's 3D second stage reads 2 (``3d``) or 4 (``3d2``) more slices on each
+side (``NSN2NModel.halo``), whose blends are computed again in each slab.
 
-Peak memory: a slab plus its halo (``slab + 4`` planes) and the network's
-tiles; the number of slices never matters.
+Peak memory: a slab plus its halo (``slab + 2 * halo`` planes) and the
+network's tiles; the number of slices never matters.
 
 Every pass is a set of slab tasks run by a :class:`~napari_duet.core.chunks.TaskRunner`:
 here, one after the other, or on dask workers, which read their slab from the
@@ -306,8 +308,10 @@ def _task_denoise(task, model, source, out, uncertainty, layout: StackLayout, ha
     den = np.empty((z1 - z0, *sub.shape[1:]), np.float32)
     std = np.empty_like(den) if (tta and uncertainty is not None) else None
     with torch.inference_mode():
-        for z in range(z0, z1):
-            mean, sd = model.predict_stack_slice(sub, z - a, w, tta)
+        for item in model.iter_slices(sub, z0 - a, z1 - a, w, tta):
+            if item is None:
+                continue
+            z, mean, sd = item[0] + a, item[1], item[2]
             d = normalizer.inverse(mean)
             den[z - z0] = model.noise.inverse(d)
             if std is not None:
@@ -374,7 +378,7 @@ def iter_denoise_chunked(
     if slab < 1:
         raise DuetInputError(f"slab must be at least 1 slice, got {slab}")
     n_slabs = -(-n_z // slab)
-    halo = model.halo  # slices read on each side: 2 for the 2.5D and blind networks
+    halo = model.halo  # slices read on each side: 2 for the 2.5D and blind networks, + a 3D stage's
     t0 = time.perf_counter()
     src = runner.ref(source, "volume")
     with_std = tta and uncertainty is not None

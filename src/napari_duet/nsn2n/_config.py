@@ -20,7 +20,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 CONTEXTS = ("auto", "2.5d", "blind", "2d")
 NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
-WIENER_CHOICES = ("auto", "on", "off")
+# "on" is the "2d" stage (its name in models saved before the 3D stages existed).
+WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "on")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
@@ -105,11 +106,14 @@ class NSN2NConfig(EngineConfig):
     tta : bool
         Test-time augmentation at inference (8 flips/rotations): output is their
         mean and the uncertainty their spread.
-    wiener : {"auto", "on", "off"}
-        Blind-spot network only: a second stage, the noisy slice Wiener-filtered
-        in sliding 12 x 12 DCT windows with the network's estimate as the pilot
-        (:func:`napari_duet.core.wiener.dct_wiener`).  ``auto``: the decision
-        taken after training (:func:`._blind.choose_wiener`), stored in the model.
+    wiener : {"auto", "off", "2d", "3d", "3d2", "on"}
+        Blind-spot network only: a second stage, the noisy slices Wiener-filtered
+        in sliding DCT windows with the network's estimate as the pilot: ``2d``
+        12 x 12 windows in each slice (:func:`napari_duet.core.wiener.dct_wiener`;
+        ``on`` is the same), ``3d`` 3 x 8 x 8 windows spanning neighbouring
+        slices (:func:`napari_duet.core.wiener.dct_wiener_stack`), ``3d2`` that
+        twice.  ``auto``: the stage chosen after training
+        (:func:`._blind.choose_wiener`), stored in the model.
     tile : int
         Tile side for inference on large slices.
     device : str
@@ -188,13 +192,14 @@ class NSN2NConfig(EngineConfig):
              "slower, and gives an uncertainty map (their spread).")
     wiener: str = param(
         "auto", label="second stage (Wiener)",
-        help="Blind-spot network only: filter the noisy slice once more in 12 x 12 DCT "
-             "windows, keeping per frequency what the network's estimate says is signal "
-             "(the second stage of two-stage denoisers such as BM3D): +0.4 dB on average on "
-             "real volumes with white or camera noise, but worse where the network alone is "
-             "already sharper (piecewise-flat images).",
-        auto="decided once after training, on the training volume: used where it lowers an "
-             "unbiased error estimate (recorrupted slices)",
+        help="Blind-spot network only: filter the noisy slices once more in DCT windows, "
+             "keeping per frequency what the network's estimate says is signal (the second "
+             "stage of two-stage denoisers such as BM3D). 2d: 12 x 12 windows in each slice; "
+             "3d: 3 x 8 x 8 windows across neighbouring slices (thin slices: MRI, CT, EM); "
+             "3d2: the 3d stage twice; on: same as 2d. Worse where the network alone is "
+             "already sharper (piecewise-flat images) or slices differ (thick slices).",
+        auto="chosen once after training, on the training volume: the stage (or none) with "
+             "the lowest unbiased error estimate on recorrupted slices",
         choices=WIENER_CHOICES)
     tile: int = param(512, lo=32, hi=MAX_TILE)
     device: str = device_param()

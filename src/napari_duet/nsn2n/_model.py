@@ -186,19 +186,26 @@ class NSN2NModel:
         unc = np.empty_like(stacks) if tta else None
         t0 = time.perf_counter()
         done = 0
+        # With a 3D second stage progress counts the blends (one per slice, all
+        # computed before the stage runs); otherwise the finished slices.
+        from ._blind import stage_reach
+
+        staged = self.is_blind and stage_reach(self.wiener_mode) > 0
         with torch.inference_mode():
             for s, stack in enumerate(stacks):
                 w = self.pair_weights(stack) if self.is_context else None  # blind: none
-                for z in range(stack.shape[0]):
-                    mean, std = self.predict_stack_slice(stack, z, w, tta)
-                    d = norms[s].inverse(mean)
-                    out[s, z] = self.noise.inverse(d)
-                    if unc is not None:
-                        unc[s, z] = self.noise.inverse_scale(norms[s].inverse_scale(std), d)
-                    done += 1
-                    el = time.perf_counter() - t0
-                    yield DenoiseProgress(done=done, total=n_slices, elapsed=el,
-                                          eta=el / done * (n_slices - done))
+                for item in self.iter_slices(stack, 0, stack.shape[0], w, tta):
+                    if item is not None:
+                        z, mean, std = item
+                        d = norms[s].inverse(mean)
+                        out[s, z] = self.noise.inverse(d)
+                        if unc is not None:
+                            unc[s, z] = self.noise.inverse_scale(norms[s].inverse_scale(std), d)
+                    if (item is None) == staged:
+                        done += 1
+                        el = time.perf_counter() - t0
+                        yield DenoiseProgress(done=done, total=n_slices, elapsed=el,
+                                              eta=el / done * (n_slices - done))
         denoised = layout.from_stacks(out)
         uncertainty = None if unc is None else layout.from_stacks(unc)
         return DenoiseResult(denoised, uncertainty)
@@ -213,29 +220,41 @@ class NSN2NModel:
         return _CONTEXT_OF_ARCH.get(getattr(self.net, "arch", None), "2d")
 
     @property
+    def wiener_mode(self) -> str:
+        """The blind-spot network's second stage (:data:`._blind.STAGES`): ``config.wiener``,
+        or for ``auto`` the one chosen after training (``training["wiener"]``; models
+        saved before the check: ``off``; before the 3D stages: ``2d`` where it was used)."""
+        if not self.is_blind:
+            return "off"
+        choice = "2d" if self.config.wiener == "on" else self.config.wiener
+        if choice != "auto":
+            return choice
+        check = self.training.get("wiener") or {}
+        return check.get("mode", "2d" if check.get("use") else "off")
+
+    @property
     def use_wiener(self) -> bool:
-        """Whether the blind-spot network's output goes through the Wiener stage:
-        ``config.wiener`` ``on``/``off``, or for ``auto`` the decision taken after
-        training (``training["wiener"]``; models saved before it: off)."""
-        if not self.is_blind or self.config.wiener == "off":
-            return False
-        if self.config.wiener == "on":
-            return True
-        return bool((self.training.get("wiener") or {}).get("use", False))
+        """Whether the blind-spot network's output goes through a second stage."""
+        return self.wiener_mode != "off"
 
     def describe_wiener(self) -> str | None:
-        """One line on the Wiener stage for logs and the widget (None: not a blind-spot model)."""
+        """One line on the second stage for logs and the widget (None: not a blind-spot model)."""
         if not self.is_blind:
             return None
-        state = "on" if self.use_wiener else "off"
+        mode = self.wiener_mode
+        state = f"Wiener stage {mode}" if mode != "off" else "Wiener stage off"
         if self.config.wiener != "auto":
-            return f"Wiener stage {state} (set by the wiener option)"
+            return f"{state} (set by the wiener option)"
         check = self.training.get("wiener")
         if not check:
             return "Wiener stage off (model trained before the check existed)"
-        better = "lowers" if check["use"] else "does not lower"
-        return (f"Wiener stage {state}: it {better} the error on {len(check['slices'])} "
-                f"recorrupted slices")
+        if "gain_db" not in check:  # saved before the 3D stages
+            better = "lowers" if check["use"] else "does not lower"
+            return (f"{state}: it {better} the error on {len(check['slices'])} "
+                    f"recorrupted slices")
+        gains = ", ".join(f"{m} {g:+.2f} dB" for m, g in check["gain_db"].items() if m != "off")
+        return (f"{state}: the lowest error on {len(check['slices'])} recorrupted slices "
+                f"(estimated gain over the blend alone: {gains})")
 
     @property
     def is_context(self) -> bool:
@@ -249,8 +268,11 @@ class NSN2NModel:
 
     @property
     def halo(self) -> int:
-        """Slices read on each side of the slice denoised (2 for 2.5D and blind, 0 for 2D)."""
-        return 0 if self.context == "2d" else 2
+        """Slices read on each side of the slice denoised (2 for 2.5D and blind, 0 for 2D;
+        a blind network's 3D second stage adds the slices it reads)."""
+        from ._blind import stage_reach
+
+        return 0 if self.context == "2d" else 2 + stage_reach(self.wiener_mode)
 
     def pair_weights(self, stack: np.ndarray) -> np.ndarray:
         """Matched-region maps W of a normalised (Z, Y, X) stack (threshold fitted to it)."""
@@ -305,27 +327,75 @@ class NSN2NModel:
         std = np.concatenate([p_self, p_gap]).std(axis=0)
         return mean.astype(np.float32), std.astype(np.float32)
 
-    def _predict_blind(self, stack: np.ndarray, z: int, tta: bool
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Blind-spot network: J-invariant estimate, then combined with the pixel itself.
+    def iter_slices(
+        self, stack: np.ndarray, z0: int, z1: int, w: np.ndarray | None, tta: bool
+    ) -> Generator[tuple[int, np.ndarray, np.ndarray] | None, None, None]:
+        """Denoise slices ``z0..z1-1`` of a normalised (Z, Y, X) stack, in order.
+
+        Yields ``(z, mean, std)`` per slice.  A blind-spot network with a 3D
+        second stage first computes the blends of every slice the stage reads
+        (``stage_reach`` more on each side, within the stack), yielding ``None``
+        after each (a point to report progress or stop), then runs the stage.
+        Slices ``z0..z1-1`` come out the same whichever run of the stack is
+        given, as long as it holds ``self.halo`` slices on each side of them
+        (or the stack's end).
+        """
+        from ._blind import stage_reach, stage_stack
+
+        mode = self.wiener_mode
+        reach = stage_reach(mode) if self.is_blind else 0
+        if not reach:
+            for z in range(z0, z1):
+                yield (z, *self.predict_stack_slice(stack, z, w, tta))
+            return
+        lo, hi = max(0, z0 - reach), min(stack.shape[0], z1 + reach)
+        blends, stds, sigmas = [], [], []
+        for z in range(lo, hi):
+            blend, std, sigma = self._blind_blend(stack, z, tta)
+            blends.append(blend)
+            stds.append(std)
+            sigmas.append(sigma)
+            yield None
+        out = stage_stack(stack[lo:hi], np.stack(blends), sigmas, mode)
+        for z in range(z0, z1):
+            yield z, out[z - lo], stds[z - lo]
+
+    def _blind_blend(self, stack: np.ndarray, z: int, tta: bool
+                     ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Blind-spot network: J-invariant estimate, combined with the pixel itself.
 
         Every grid phase is hidden once (each under the flips/rotations); the mean
         over them, ``mu``, never depends on a pixel's own value.  ``mu`` is then
-        combined with the noisy slice as ``mu + k (x - mu)`` (:func:`_blind.posterior`)
-        and, with ``config.wiener``, refined by the DCT Wiener stage (:func:`_blind.wiener_stage`).
-        Uncertainty: the spread of ``mu`` over the flips/rotations.
+        combined with the noisy slice as ``mu + k (x - mu)`` (:func:`_blind.posterior`).
+        Returns the blend, the spread of ``mu`` over the flips/rotations (the
+        uncertainty) and the slice's noise level.
         """
-        from ._blind import posterior, predict_mu, wiener_stage
+        from ._blind import posterior, predict_mu
         from ._guide import _noise_sigma
 
         mus = predict_mu(self._predict_all, stack, z, tta)
         x = np.asarray(stack[z], np.float32)
-        sigma = _noise_sigma(x)  # one estimate for the blend and the Wiener stage
+        sigma = _noise_sigma(x)  # one estimate for the blend and the second stage
         mean = posterior(x, mus.mean(0), sigma)
-        if self.use_wiener:
-            mean = wiener_stage(x, mean, sigma)
         std = mus.std(axis=0) if len(mus) > 1 else np.zeros_like(mean)
-        return mean.astype(np.float32), std.astype(np.float32)
+        return mean.astype(np.float32), std.astype(np.float32), sigma
+
+    def _predict_blind(self, stack: np.ndarray, z: int, tta: bool
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The blend of slice ``z`` (:meth:`_blind_blend`), through the second stage.
+
+        A 3D stage reads the neighbouring slices' blends too (:meth:`iter_slices`).
+        """
+        from ._blind import stage_reach, stage_stack
+
+        mode = self.wiener_mode
+        if stage_reach(mode):
+            item = next(i for i in self.iter_slices(stack, z, z + 1, None, tta) if i)
+            return item[1], item[2]
+        mean, std, sigma = self._blind_blend(stack, z, tta)
+        if mode != "off":
+            mean = stage_stack(stack[z][None], mean[None], [sigma], mode)[0]
+        return mean.astype(np.float32), std
 
     def _predict_all(self, img: np.ndarray, tta: bool) -> np.ndarray:
         """Predictions (T, Y, X) for each flip/rotation of a (C, Y, X) input."""

@@ -63,7 +63,7 @@ def run_signature(model, source, *, axis: int, tta: bool, input_name: str) -> di
     layout_for(tuple(int(s) for s in source.shape), axis)  # a valid slice axis
     return chunked_run_signature(source, input=input_name, axis=axis,
                                  model_sha256=model_fingerprint(model), tta=bool(tta),
-                                 wiener=bool(model.use_wiener))
+                                 wiener=model.wiener_mode)
 
 
 def create_store(path: str | Path, layout, meta: ImageMeta, slab: int,

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.networks.unet import UNet2D  # bmz: drop
-from ..core.wiener import dct_wiener  # bmz: drop
+from ..core.wiener import dct_wiener, dct_wiener_stack  # bmz: drop
 from ._context import neighbour_index  # bmz: drop
 
 NORM_LOW, NORM_HIGH = 0.1, 99.9
@@ -262,7 +262,7 @@ class NSN2NDenoiser(nn.Module):
     def __init__(self, arch: str = CONTEXT_ARCH, width: int = 32, depth: int = 2,
                  in_channels: int = 1, out_channels: int = 1, residual: bool = True,
                  guide_sigma: float = 2.0, median_size: int = 5, tau: float | None = None,
-                 tau_factor: float = 3.0, tta: bool = True, wiener: bool = False) -> None:
+                 tau_factor: float = 3.0, tta: bool = True, wiener: bool | str = False) -> None:
         super().__init__()
         if arch not in (CONTEXT_ARCH, BLIND_ARCH, UNET_ARCH):
             raise ValueError(f"unknown arch {arch!r}")
@@ -280,7 +280,12 @@ class NSN2NDenoiser(nn.Module):
         self.tau = tau
         self.tau_factor = float(tau_factor)
         self.tta = bool(tta)
-        self.wiener = bool(wiener)
+        # The second stage: "off", "2d", "3d" or "3d2" (True/False: "2d"/"off", the
+        # values of packages written before the 3D stages).
+        self.wiener = {True: "2d", False: "off"}.get(wiener, wiener) if isinstance(
+            wiener, bool) else str(wiener)
+        if self.wiener not in ("off", "2d", "3d", "3d2"):
+            raise ValueError(f"unknown second stage {wiener!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, Z, Y, X), Z >= 3; returns float32 of the same shape."""
@@ -298,6 +303,10 @@ class NSN2NDenoiser(nn.Module):
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
             out[z] = self.denoise_slice(norm, z, w)
+        if self.blind and self.wiener in ("3d", "3d2"):  # windows across slices: all blends first
+            sigmas = [noise_sigma(s) for s in norm]
+            for _ in range(1 if self.wiener == "3d" else 2):
+                out = dct_wiener_stack(norm, out, sigmas, 3, 8)
         return out * scale + lo
 
     def pair_weights(self, norm: torch.Tensor) -> torch.Tensor:
@@ -337,7 +346,7 @@ class NSN2NDenoiser(nn.Module):
             pred = self._predict(blind_input(norm, z, mask))  # (T, Y, X)
             mu = torch.where(mask, pred, torch.zeros_like(pred) if mu is None else mu)
         out = posterior(norm[z], mu.mean(0))
-        if self.wiener:  # the second stage (napari_duet.core.wiener)
+        if self.wiener == "2d":  # the second stage (napari_duet.core.wiener); 3D: denoise_stack
             out = dct_wiener(norm[z], out, noise_sigma(norm[z]))
         return out
 
