@@ -140,7 +140,7 @@ def test_check_picks_a_stage_as_good_as_the_best_where_slices_differ():
     got = choose_wiener(blurring, stacks, tta=False)
     x = stacks[0]
     blend = np.stack([posterior(s, ndimage.gaussian_filter(s, 2.0), 0.1) for s in x])
-    true = {m: float(np.mean((stage_stack(x, blend, [0.1] * 6, m) - clean) ** 2))
+    true = {m: float(np.mean((stage_stack(x, blend, m, [0.1] * 6) - clean) ** 2))
             for m in STAGES}
     assert true[got["mode"]] <= 1.02 * min(true.values()), (got["losses"], true)
     assert true[got["mode"]] < 0.9 * true["off"]
@@ -171,7 +171,7 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
 
     cfg = NSN2NConfig(context="blind", width=4, depth=1)
     model = NSN2NModel(BlindNet(width=4, depth=1), cfg, [], device="cpu")
-    assert model.use_wiener is False and "before the check" in model.describe_wiener()
+    assert model.use_wiener is False and "before the stage existed" in model.describe_wiener()
     model.training["wiener"] = {"use": True, "loss_blend": 2.0, "loss_wiener": 1.0,
                                 "slices": [[0, 0], [0, 3]]}
     # A model saved before the 3D stages: its "use" was the slice stage.
@@ -194,11 +194,19 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
     assert model.use_wiener is True and model.wiener_mode == "2d"
     model.config = dataclasses.replace(cfg, wiener="3d")
     assert model.wiener_mode == "3d" and model.halo == 4
+    from napari_duet.core.networks.unet import UNet2D
+    from napari_duet.nsn2n._blind import CONTEXT_STAGE
     from napari_duet.nsn2n._context import ContextNet
 
     ctx = NSN2NModel(ContextNet(width=4, depth=1), NSN2NConfig(context="2.5d"), [],
                      device="cpu")
-    assert ctx.use_wiener is False and ctx.describe_wiener() is None
+    assert ctx.use_wiener is False and "before the stage existed" in ctx.describe_wiener()
+    ctx.training["wiener"] = dict(CONTEXT_STAGE)  # what training records for the 2.5D network
+    assert ctx.wiener_mode == "3d" and ctx.halo == 4
+    assert "noise spectrum" in ctx.describe_wiener()
+    flat = NSN2NModel(UNet2D(1, 1, width=4, depth=1), NSN2NConfig(context="2d", wiener="3d"),
+                      [], device="cpu")
+    assert flat.wiener_mode == "off" and flat.describe_wiener() is None and flat.halo == 0
 
 
 def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):

@@ -43,6 +43,7 @@ def test_tiled_inference_matches_untiled_for_large_slices(trained):
     vol = add_noise(make_clean(3, 70, 90))
     full = model.predict(vol, tta=False).denoised
     model_tiled = NSN2NModel(model.net, model.config.replace(tile=48), model.normalizers)
+    model_tiled.training = model.training  # the same second stage
     tiled = model_tiled.predict(vol, tta=False).denoised
     assert tiled.shape == full.shape
     # overlaps hide most seams; the border of each kept region can differ slightly

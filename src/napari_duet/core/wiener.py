@@ -135,11 +135,12 @@ def _reflect(j: int, n: int) -> int:
 def dct_wiener_stack(
     noisy: torch.Tensor,
     pilot: torch.Tensor,
-    sigmas,
+    sigmas=None,
     depth: int = 3,
     size: int = 8,
     stride: int = 2,
     block_rows: int = 32,
+    spectra: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Wiener-filter a (Z, Y, X) stack in sliding ``depth`` x ``size`` x ``size`` DCT windows.
 
@@ -157,7 +158,12 @@ def dct_wiener_stack(
         (Z, Y, X) noisy stack (white noise, independent between slices) and its
         first estimate, same shape.
     sigmas : float or sequence of float
-        Noise standard deviation, one for the stack or one per slice.
+        White noise: its standard deviation, one for the stack or one per slice.
+    spectra : Tensor, optional
+        Noise correlated within slices (and independent between them), instead
+        of ``sigmas``: (Z, size^2) variances of each slice's noise in the
+        ``size`` x ``size`` DCT windows (:func:`noise_spectrum`).  A window's
+        coefficient (kz, ky, kx) gets the mean over its slices of (ky, kx).
     depth, size : int
         Window extent in z and in y/x (each reduced to the stack's size).
     stride : int
@@ -175,13 +181,20 @@ def dct_wiener_stack(
                          f"{tuple(noisy.shape)} and {tuple(pilot.shape)}")
     x, p = noisy.float(), pilot.float()
     n_z, h, w = x.shape
-    var = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1) ** 2
-    if var.numel() == 1:
-        var = var.expand(n_z)
-    if var.numel() != n_z:
-        raise ValueError(f"dct_wiener_stack needs one sigma or {n_z}, got {var.numel()}")
     depth = max(1, min(int(depth), n_z))
     size = max(1, min(int(size), h, w))
+    if spectra is not None:  # (Z, size^2) -> per slice, per in-plane frequency
+        var = torch.as_tensor(spectra, dtype=torch.float32)
+        if tuple(var.shape) != (n_z, size * size):
+            raise ValueError(f"dct_wiener_stack needs ({n_z}, {size * size}) spectra, "
+                             f"got {tuple(var.shape)}")
+        var = var.to(x.device)
+    else:
+        var = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1) ** 2
+        if var.numel() == 1:
+            var = var.expand(n_z)
+        if var.numel() != n_z:
+            raise ValueError(f"dct_wiener_stack needs one sigma or {n_z}, got {var.numel()}")
     stride = max(1, min(int(stride), size))
     m = size - 1
     basis = dct_basis(size, x.device, depth)
@@ -193,12 +206,17 @@ def dct_wiener_stack(
     for z0 in range(-(depth - 1), n_z):
         zs = [_reflect(z0 + k, n_z) for k in range(depth)]
         keep = [k for k in range(depth) if 0 <= z0 + k < n_z]  # reflected copies: no output
-        v = float(var[zs].mean())
+        if spectra is not None:  # (depth * size^2, 1): the in-plane spectrum for every kz
+            v = var[zs].mean(0).repeat(depth)[:, None]
+            flat = not bool((v > 0).all())
+        else:
+            v = float(var[zs].mean())
+            flat = not v > 0
         for b in range(0, len(starts), block_rows):
             r0 = starts[b]
             r1 = starts[min(b + block_rows, len(starts)) - 1] + size
             cx = basis @ F.unfold(xp[zs, r0:r1][None], size, stride=stride)[0]
-            if v > 0:
+            if not flat:
                 cp = basis @ F.unfold(pp[zs, r0:r1][None], size, stride=stride)[0]
                 gain = cp * cp / (cp * cp + v)
             else:
@@ -212,3 +230,25 @@ def dct_wiener_stack(
                 num[z0 + k, r0:r1] += out[k]
                 den[z0 + k, r0:r1] += wsum[k]
     return (num / den)[:, m:m + h, m:m + w].contiguous()
+
+
+def noise_spectrum(noisy: torch.Tensor, pilot: torch.Tensor, size: int = 8,
+                   stride: int = 4) -> torch.Tensor:
+    """Noise variance of each ``size`` x ``size`` DCT coefficient of a (Y, X) slice.
+
+    For noise correlated within the slice (a camera's or a scanner's
+    reconstruction blur), one sigma is wrong: the noise is strong at some
+    frequencies and absent at others.  With a first estimate ``pilot``, the
+    residual ``noisy - pilot`` is the noise plus the pilot's error; the median
+    over windows of each coefficient's squared residual, divided by 0.4549
+    (the median of a chi-square with one degree of freedom), reads the noise's
+    variance there and ignores the few windows where the pilot missed an edge.
+    Returns (size^2,) float32; ``size`` is reduced to the slice's smaller side.
+    """
+    if noisy.ndim != 2 or noisy.shape != pilot.shape:
+        raise ValueError(f"noise_spectrum needs two (Y, X) images of one shape, got "
+                         f"{tuple(noisy.shape)} and {tuple(pilot.shape)}")
+    size = max(1, min(int(size), *noisy.shape))
+    r = (noisy.float() - pilot.float())[None, None]
+    c = dct_basis(size, noisy.device) @ F.unfold(r, size, stride=max(1, min(stride, size)))[0]
+    return (c * c).median(dim=1).values / 0.4549

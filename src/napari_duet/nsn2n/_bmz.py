@@ -63,6 +63,8 @@ def architecture_kwargs(model: NSN2NModel) -> dict[str, Any]:
         "tau": None if cfg.tau is None else float(cfg.tau),
         "tau_factor": float(cfg.tau_factor), "tta": bool(cfg.tta),
     }
+    if model.is_context and model.use_wiener:  # written only where there is one: old files
+        kwargs["wiener"] = model.wiener_mode
     if not model.is_context:
         kwargs.update(in_channels=int(net["in_channels"]), out_channels=int(net["out_channels"]),
                       residual=bool(net["residual"]))
@@ -81,7 +83,8 @@ def standalone_module(model: NSN2NModel):
 def network_source() -> str:
     """The packaged architecture file: ``bmz_network.py`` with the source of napari-duet's
     U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``), Wiener stage
-    (``dct_basis``, ``dct_wiener`` and ``dct_wiener_stack`` of ``core/wiener.py``) and slice choice
+    (``dct_basis``, ``dct_wiener``, ``dct_wiener_stack`` and ``noise_spectrum`` of
+    ``core/wiener.py``) and slice choice
     (``neighbour_index`` of ``nsn2n/_context.py``) in place of their imports."""
     import inspect
 
@@ -90,10 +93,10 @@ def network_source() -> str:
     from . import _context
 
     spliced = {"UNet2D": ("UNet2D (napari_duet.core.networks.unet)", (unet._block, unet.UNet2D)),
-               "dct_wiener, dct_wiener_stack": (
-                   "dct_wiener, dct_wiener_stack (napari_duet.core.wiener)",
+               "dct_wiener, dct_wiener_stack, noise_spectrum": (
+                   "dct_wiener, dct_wiener_stack, noise_spectrum (napari_duet.core.wiener)",
                    (wiener._dct_matrix, wiener.dct_basis, wiener.dct_wiener, wiener._reflect,
-                    wiener.dct_wiener_stack)),
+                    wiener.dct_wiener_stack, wiener.noise_spectrum)),
                "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
                                    (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")

@@ -221,10 +221,11 @@ class NSN2NModel:
 
     @property
     def wiener_mode(self) -> str:
-        """The blind-spot network's second stage (:data:`._blind.STAGES`): ``config.wiener``,
+        """The second stage after the network (:data:`._blind.STAGES`): ``config.wiener``,
         or for ``auto`` the one chosen after training (``training["wiener"]``; models
-        saved before the check: ``off``; before the 3D stages: ``2d`` where it was used)."""
-        if not self.is_blind:
+        saved before the check: ``off``; before the 3D stages: ``2d`` where it was
+        used).  The 2D network (``context="2d"``) has none."""
+        if self.context == "2d":
             return "off"
         choice = "2d" if self.config.wiener == "on" else self.config.wiener
         if choice != "auto":
@@ -234,12 +235,12 @@ class NSN2NModel:
 
     @property
     def use_wiener(self) -> bool:
-        """Whether the blind-spot network's output goes through a second stage."""
+        """Whether the network's output goes through a second stage."""
         return self.wiener_mode != "off"
 
     def describe_wiener(self) -> str | None:
-        """One line on the second stage for logs and the widget (None: not a blind-spot model)."""
-        if not self.is_blind:
+        """One line on the second stage for logs and the widget (None: the 2D network)."""
+        if self.context == "2d":
             return None
         mode = self.wiener_mode
         state = f"Wiener stage {mode}" if mode != "off" else "Wiener stage off"
@@ -247,7 +248,9 @@ class NSN2NModel:
             return f"{state} (set by the wiener option)"
         check = self.training.get("wiener")
         if not check:
-            return "Wiener stage off (model trained before the check existed)"
+            return f"{state} (model trained before the stage existed)"
+        if "reason" in check:
+            return f"{state}: {check['reason']}"
         if "gain_db" not in check:  # saved before the 3D stages
             better = "lowers" if check["use"] else "does not lower"
             return (f"{state}: it {better} the error on {len(check['slices'])} "
@@ -292,7 +295,7 @@ class NSN2NModel:
         img = np.asarray(image, np.float32)
         with torch.inference_mode():
             if self.is_blind:  # no neighbours (zeros): copies of the slice would leak its noise
-                return self._predict_blind(img[None], 0, tta)[0]
+                return self.predict_stack_slice(img[None], 0, None, tta)[0]
             if self.is_context:
                 return self.predict_stack_slice(np.stack([img] * 3), 1, None, tta)[0]
             return self._predict_slice(img, tta)[0]
@@ -301,6 +304,65 @@ class NSN2NModel:
         self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """Denoise slice ``z`` of a normalised (Z, Y, X) stack: mean and TTA spread.
+
+        The network's estimate (:meth:`_first_stage`), then the second stage
+        (:attr:`wiener_mode`).  A stage that reads neighbouring slices' estimates
+        computes them too (:meth:`iter_slices`: to denoise many slices, use it).
+        """
+        from ._blind import stage_stack
+
+        if not self._per_slice_stage:
+            item = next(i for i in self.iter_slices(stack, z, z + 1, w, tta) if i)
+            return item[1], item[2]
+        mean, std, sigma = self._first_stage(stack, z, w, tta)
+        if self.wiener_mode != "off":  # the blind network's 2d stage
+            mean = stage_stack(stack[z][None], mean[None], "2d", [sigma])[0]
+        return mean, std
+
+    @property
+    def _per_slice_stage(self) -> bool:
+        """No second stage, or the blind network's ``2d`` one (each slice on its own)."""
+        mode = self.wiener_mode
+        return mode == "off" or (self.is_blind and mode == "2d")
+
+    def iter_slices(
+        self, stack: np.ndarray, z0: int, z1: int, w: np.ndarray | None, tta: bool
+    ) -> Generator[tuple[int, np.ndarray, np.ndarray] | None, None, None]:
+        """Denoise slices ``z0..z1-1`` of a normalised (Z, Y, X) stack, in order.
+
+        Yields ``(z, mean, std)`` per slice.  A second stage that works on runs
+        of slices (the 3D stages, and any stage after the 2.5D network, which
+        reads each slice's noise spectrum) first computes the network's estimate
+        of every slice it reads (``stage_reach`` more on each side, within the
+        stack), yielding ``None`` after each (a point to report progress or
+        stop), then runs the stage.  Slices ``z0..z1-1`` come out the same
+        whichever run of the stack is given, as long as it holds ``self.halo``
+        slices on each side of them (or the stack's end).
+        """
+        from ._blind import stage_reach, stage_stack
+
+        if self._per_slice_stage:
+            for z in range(z0, z1):
+                yield (z, *self.predict_stack_slice(stack, z, w, tta))
+            return
+        mode = self.wiener_mode
+        reach = stage_reach(mode)
+        lo, hi = max(0, z0 - reach), min(stack.shape[0], z1 + reach)
+        means, stds, sigmas = [], [], []
+        for z in range(lo, hi):
+            mean, std, sigma = self._first_stage(stack, z, w, tta)
+            means.append(mean)
+            stds.append(std)
+            sigmas.append(sigma)
+            yield None
+        white = self.is_blind  # the 2.5D network's noise may be correlated: spectra
+        out = stage_stack(stack[lo:hi], np.stack(means), mode, sigmas if white else None)
+        for z in range(z0, z1):
+            yield z, out[z - lo], stds[z - lo]
+
+    def _first_stage(self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
+                     ) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """The network's estimate of slice ``z``, its TTA spread and (blind) the noise level.
 
         For the 2.5D network both parity modes run; their mean is taken where
         slice z matches its neighbours (``w``, pair maps), the ``self`` mode's
@@ -312,9 +374,9 @@ class NSN2NModel:
 
         with torch.inference_mode():
             if self.is_blind:
-                return self._predict_blind(stack, z, tta)
+                return self._blind_blend(stack, z, tta)
             if not self.is_context:
-                return self._predict_slice(np.asarray(stack[z], np.float32), tta)
+                return (*self._predict_slice(np.asarray(stack[z], np.float32), tta), None)
             preds = {}
             for mode in ("self", "gap"):
                 preds[mode] = self._predict_all(context_input(stack, z, mode), tta)
@@ -325,40 +387,7 @@ class NSN2NModel:
         # from different slices' noise, so their disagreement tracks the local
         # error; where the slices do not match it is large, as it should be.
         std = np.concatenate([p_self, p_gap]).std(axis=0)
-        return mean.astype(np.float32), std.astype(np.float32)
-
-    def iter_slices(
-        self, stack: np.ndarray, z0: int, z1: int, w: np.ndarray | None, tta: bool
-    ) -> Generator[tuple[int, np.ndarray, np.ndarray] | None, None, None]:
-        """Denoise slices ``z0..z1-1`` of a normalised (Z, Y, X) stack, in order.
-
-        Yields ``(z, mean, std)`` per slice.  A blind-spot network with a 3D
-        second stage first computes the blends of every slice the stage reads
-        (``stage_reach`` more on each side, within the stack), yielding ``None``
-        after each (a point to report progress or stop), then runs the stage.
-        Slices ``z0..z1-1`` come out the same whichever run of the stack is
-        given, as long as it holds ``self.halo`` slices on each side of them
-        (or the stack's end).
-        """
-        from ._blind import stage_reach, stage_stack
-
-        mode = self.wiener_mode
-        reach = stage_reach(mode) if self.is_blind else 0
-        if not reach:
-            for z in range(z0, z1):
-                yield (z, *self.predict_stack_slice(stack, z, w, tta))
-            return
-        lo, hi = max(0, z0 - reach), min(stack.shape[0], z1 + reach)
-        blends, stds, sigmas = [], [], []
-        for z in range(lo, hi):
-            blend, std, sigma = self._blind_blend(stack, z, tta)
-            blends.append(blend)
-            stds.append(std)
-            sigmas.append(sigma)
-            yield None
-        out = stage_stack(stack[lo:hi], np.stack(blends), sigmas, mode)
-        for z in range(z0, z1):
-            yield z, out[z - lo], stds[z - lo]
+        return mean.astype(np.float32), std.astype(np.float32), None
 
     def _blind_blend(self, stack: np.ndarray, z: int, tta: bool
                      ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -379,23 +408,6 @@ class NSN2NModel:
         mean = posterior(x, mus.mean(0), sigma)
         std = mus.std(axis=0) if len(mus) > 1 else np.zeros_like(mean)
         return mean.astype(np.float32), std.astype(np.float32), sigma
-
-    def _predict_blind(self, stack: np.ndarray, z: int, tta: bool
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """The blend of slice ``z`` (:meth:`_blind_blend`), through the second stage.
-
-        A 3D stage reads the neighbouring slices' blends too (:meth:`iter_slices`).
-        """
-        from ._blind import stage_reach, stage_stack
-
-        mode = self.wiener_mode
-        if stage_reach(mode):
-            item = next(i for i in self.iter_slices(stack, z, z + 1, None, tta) if i)
-            return item[1], item[2]
-        mean, std, sigma = self._blind_blend(stack, z, tta)
-        if mode != "off":
-            mean = stage_stack(stack[z][None], mean[None], [sigma], mode)[0]
-        return mean.astype(np.float32), std
 
     def _predict_all(self, img: np.ndarray, tta: bool) -> np.ndarray:
         """Predictions (T, Y, X) for each flip/rotation of a (C, Y, X) input."""

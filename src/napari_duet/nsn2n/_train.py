@@ -473,6 +473,10 @@ def iter_train(
         with torch.inference_mode():
             model.training["wiener"] = choose_wiener(model._predict_all, stacks, config.tta,
                                                      seed=config.seed)
+    elif model.is_context and config.wiener == "auto":
+        from ._blind import CONTEXT_STAGE
+
+        model.training["wiener"] = dict(CONTEXT_STAGE)
 
     # 3. denoise the training volume with its own normalisation
     gen = model.iter_predict(volume, axis=axis, normalizers=norms)

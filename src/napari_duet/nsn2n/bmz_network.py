@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.networks.unet import UNet2D  # bmz: drop
-from ..core.wiener import dct_wiener, dct_wiener_stack  # bmz: drop
+from ..core.wiener import dct_wiener, dct_wiener_stack, noise_spectrum  # bmz: drop
 from ._context import neighbour_index  # bmz: drop
 
 NORM_LOW, NORM_HIGH = 0.1, 99.9
@@ -303,10 +303,18 @@ class NSN2NDenoiser(nn.Module):
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
             out[z] = self.denoise_slice(norm, z, w)
-        if self.blind and self.wiener in ("3d", "3d2"):  # windows across slices: all blends first
-            sigmas = [noise_sigma(s) for s in norm]
-            for _ in range(1 if self.wiener == "3d" else 2):
-                out = dct_wiener_stack(norm, out, sigmas, 3, 8)
+        if self.wiener != "off" and not (self.blind and self.wiener == "2d"):
+            # A stage on the whole stack (as stage_stack of nsn2n/_blind.py): after
+            # the blind network white noise of each slice's level, after the 2.5D
+            # network each slice's noise spectrum; 3 x 8 x 8 windows (2d: 1 x 8 x 8).
+            if self.blind:
+                kw = {"sigmas": [noise_sigma(s) for s in norm]}
+            else:
+                kw = {"spectra": torch.stack([noise_spectrum(norm[z], out[z], 8)
+                                              for z in range(norm.shape[0])])}
+            depth = 1 if self.wiener == "2d" else 3
+            for _ in range(2 if self.wiener == "3d2" else 1):
+                out = dct_wiener_stack(norm, out, depth=depth, size=8, **kw)
         return out * scale + lo
 
     def pair_weights(self, norm: torch.Tensor) -> torch.Tensor:
