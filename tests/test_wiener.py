@@ -120,7 +120,6 @@ def test_check_turns_the_stage_on_behind_a_blurring_estimate():
     assert len(got["slices"]) == 6 and set(got["losses"]) == {"off", "2d", "3d", "3d2"}
     # The slices repeat one image: the stages that read neighbouring slices win.
     assert got["mode"] in ("3d", "3d2") and got["losses"]["3d"] < got["losses"]["2d"]
-    assert got["gain_db"][got["mode"]] > got["gain_db"]["2d"] > 0 == got["gain_db"]["off"]
 
 
 def test_check_picks_a_stage_as_good_as_the_best_where_slices_differ():
@@ -179,11 +178,10 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
     assert model.describe_wiener() == "Wiener stage 2d: it lowers the error on 2 recorrupted slices"
     model.training["wiener"] = {"mode": "3d2", "use": True, "slices": [[0, 0], [0, 1]],
                                 "losses": {"off": 2.0, "2d": 1.5, "3d": 1.2, "3d2": 1.0},
-                                "gain_db": {"off": 0.0, "2d": 0.5, "3d": 1.0, "3d2": 1.5},
                                 "loss_blend": 2.0, "loss_wiener": 1.5}
     assert model.wiener_mode == "3d2" and model.halo == 6  # it reads 4 more slices a side
-    assert model.describe_wiener().startswith("Wiener stage 3d2: the lowest error on 2 ")
-    assert "3d +1.00 dB, 3d2 +1.50 dB" in model.describe_wiener()
+    assert model.describe_wiener() == ("Wiener stage 3d2: the lowest error of off/2d/3d/3d2 "
+                                       "on 2 recorrupted slices")
     model.save(tmp_path / "m.duet")  # the decision travels in the model file
     loaded = NSN2NModel.load(tmp_path / "m.duet")
     assert loaded.training["wiener"] == model.training["wiener"] and loaded.wiener_mode == "3d2"

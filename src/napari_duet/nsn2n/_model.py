@@ -251,13 +251,12 @@ class NSN2NModel:
             return f"{state} (model trained before the stage existed)"
         if "reason" in check:
             return f"{state}: {check['reason']}"
-        if "gain_db" not in check:  # saved before the 3D stages
+        if "losses" not in check:  # saved before the 3D stages
             better = "lowers" if check["use"] else "does not lower"
             return (f"{state}: it {better} the error on {len(check['slices'])} "
                     f"recorrupted slices")
-        gains = ", ".join(f"{m} {g:+.2f} dB" for m, g in check["gain_db"].items() if m != "off")
-        return (f"{state}: the lowest error on {len(check['slices'])} recorrupted slices "
-                f"(estimated gain over the blend alone: {gains})")
+        return (f"{state}: the lowest error of {'/'.join(check['losses'])} on "
+                f"{len(check['slices'])} recorrupted slices")
 
     @property
     def is_context(self) -> bool:
