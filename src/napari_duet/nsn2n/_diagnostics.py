@@ -120,15 +120,43 @@ def stacks_noise_correlation(stacks: np.ndarray, config: NSN2NConfig) -> float:
     return float(np.median(vals)) if vals else float("nan")
 
 
-def noise_model(volume, axis: int = 0, kind: str = "auto") -> NoiseModel:
+def noise_model(volume, axis: int = 0, kind: str = "auto",
+                config: NSN2NConfig | None = None) -> NoiseModel:
     """Fit the noise model of ``volume`` (input units): which kind, with its parameters.
 
     ``kind="auto"`` picks Gaussian, Poisson-Gaussian (camera: gain, offset, read
     noise) or Rician (MRI magnitude: sigma) from the variance of the noise
-    against the local mean (:func:`~napari_duet.nsn2n._noise.fit_noise`);
+    against the local mean (:func:`fit_stacks_noise`);
     ``NoiseModel.describe()`` gives the line the widget and the CLI show.
     """
-    return fit_noise(raw_stacks(volume, axis)[1], kind)
+    return fit_stacks_noise(raw_stacks(volume, axis)[1], kind, config)[0]
+
+
+def fit_stacks_noise(raw: np.ndarray, kind: str = "auto", config: NSN2NConfig | None = None
+                     ) -> tuple[NoiseModel, float]:
+    """:func:`~napari_duet.nsn2n._noise.fit_noise` of raw (S, Z, Y, X) stacks, and the
+    in-plane noise correlation when it was measured (else NaN).
+
+    The variance-vs-mean fit reads the noise from a high-pass residual, which
+    holds only the noise when the noise is pixel-independent.  Noise correlated
+    within slices (a scanner's reconstruction, any in-plane smoothing) has
+    little high-frequency power, so the residual is mostly the edges of the
+    structures, which grow with the signal and read as photon noise: on real CT
+    and MRI with in-plane correlated noise ``auto`` found Poisson-Gaussian, and
+    the transform it then applied cost 1.4 dB (ct-a: 25.36 against 26.76 dB with
+    the Gaussian model, the same network and steps).  Such noise comes from
+    processing, not from counting photons, so with ``kind="auto"`` a signal-
+    dependent model is kept only where the noise is pixel-independent
+    (correlation under ``CORRELATED_NOISE``).
+    """
+    noise = fit_noise(raw, kind)
+    if kind != "auto" or noise.kind == "gaussian":
+        return noise, float("nan")
+    # The correlation is scale-free: measured on the raw stacks (as float).
+    rho = stacks_noise_correlation(np.asarray(raw, np.float32), config or NSN2NConfig())
+    if np.isfinite(rho) and rho >= CORRELATED_NOISE:
+        return fit_noise(raw, "gaussian"), rho
+    return noise, rho
 
 
 def _noise_advice(noise: NoiseModel | None) -> str:
@@ -250,7 +278,7 @@ def recommend_method(
     if rho is None:
         rho = noise_correlation(volume, axis, config)
     if noise is None:
-        noise = noise_model(volume, axis, (config or NSN2NConfig()).noise_model)
+        noise = noise_model(volume, axis, (config or NSN2NConfig()).noise_model, config)
     advice = _noise_advice(noise)
     frac = matched_fraction(volume, axis, config)
     sim = slice_similarity(volume, axis, config)

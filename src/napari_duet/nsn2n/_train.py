@@ -14,9 +14,9 @@ import numpy as np
 from ..core.progress import Progress, run_to_end
 from ..core.versions import versions
 from ._config import NSN2NConfig
+from ._diagnostics import fit_stacks_noise
 from ._guide import guide_stack
 from ._model import DenoiseResult, NSN2NModel
-from ._noise import fit_noise
 from ._volume import prepare, raw_stacks
 from ._weights import MIN_PAIR_FRACTION, guide_similarity, weight_maps
 
@@ -294,7 +294,7 @@ def iter_train(
     # then stabilised (unit variance) before the normalisation, so the training,
     # the blind-spot blend's per-slice sigma and the context choice all see
     # noise of constant variance.
-    noise = fit_noise(raw, config.noise_model)
+    noise, _ = fit_stacks_noise(raw, config.noise_model, config)
     layout, stacks, norms = prepare(volume, axis, noise=noise, raw=(layout, raw))
     del raw
     device = ddp.rank_device(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
