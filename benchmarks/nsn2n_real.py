@@ -207,10 +207,9 @@ def run_case(half, name, clean, kind, args, log) -> dict:
             row["nsn2n_gaussian"] = base.psnr(unit(res_g.denoised), clean)
     row["nsn2n_seconds"] = sec
     check = res.model.training.get("wiener")
-    if check is not None:  # blind-spot network: the second-stage check, and the roads not taken
+    if check is not None and not args.no_stage_variants:  # the stage chosen, and the others
         from napari_duet.nsn2n._blind import STAGES
 
-        row["wiener"] = check
         model = res.model
         chosen = model.wiener_mode
         row["nsn2n_stage"] = {chosen: row["nsn2n"]}
@@ -223,6 +222,8 @@ def run_case(half, name, clean, kind, args, log) -> dict:
                 other = rician_unbiased_inverse(other, sigma)
             row["nsn2n_stage"][mode] = base.psnr(unit(other), clean)
         model.config = model.config.replace(wiener="auto")
+    if check is not None:
+        row["wiener"] = check
     row["steps"] = res.model.training.get("iterations_done")
     row["context"] = res.model.training.get("context")
     log(f"{half} {name} {kind}: " + ", ".join(
@@ -291,6 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default=None, help="NS-N2N training seconds")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--no-bm4d", action="store_true")
+    ap.add_argument("--no-stage-variants", action="store_true",
+                    help="do not also measure the second stages the check did not choose")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
