@@ -177,7 +177,9 @@ def run_case(half, name, clean, kind, args, log) -> dict:
     if not args.no_bm4d:
         key = f"{name}|{kind}|{args.crop}|{args.seed}"
         row.update(anchors(key, clean, noisy, unit, kind, truth, not args.no_cache, log))
-    auto = fit_noise(np.asarray(noisy, np.float32)[None])
+    from napari_duet.nsn2n._diagnostics import fit_stacks_noise
+
+    auto = fit_stacks_noise(np.asarray(noisy, np.float32)[None])[0]  # what training finds
     row["auto_noise_model"] = auto.to_dict()
     if kind == "rician":
         res, sec = run_nsn2n(noisy, args, "gaussian")
