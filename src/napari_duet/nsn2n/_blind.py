@@ -197,7 +197,12 @@ WIENER_CHECK_SLICES = 10
 # the thick-sliced mitotic plate +0.89 / +0.14 / -0.30.  No one stage wins
 # everywhere, so the check picks per volume.
 STAGES = ("off", "2d", "3d", "3d2")
-_STAGE_3D = {"3d": 1, "3d2": 2}  # passes of the 3D window
+# In-plane stride of each pass of the 3D window.  The last pass every pixel
+# (stride 1): on the same defaults-half networks, +0.20 dB on brain MRI, +0.09 on
+# CT, +0.06 on EM for 3d2 (stride 1 in both passes: +0.01 more), for about a
+# sixth more time than the network's estimate (0.85 against 0.22 s per 256^2
+# slice and pass, beside 3.8 s for the blind network's estimate, 1 thread).
+_STAGE_3D = {"3d": (1,), "3d2": (2, 1)}
 _DEPTH_3D, _SIZE_3D = 3, 8
 
 
@@ -215,7 +220,7 @@ CONTEXT_STAGE = {"mode": "3d", "use": True,
 
 def stage_reach(mode: str) -> int:
     """Slices on each side of a slice that its second stage reads (0 for ``off``/``2d``)."""
-    return (_DEPTH_3D - 1) * _STAGE_3D.get(mode, 0)
+    return (_DEPTH_3D - 1) * len(_STAGE_3D.get(mode, ()))
 
 
 def wiener_stage(x: np.ndarray, pilot: np.ndarray, sigma: float | None = None) -> np.ndarray:
@@ -266,15 +271,15 @@ def stage_stack(x: np.ndarray, pilot: np.ndarray, mode: str, sigmas=None) -> np.
     if sigmas is None:
         spectra = torch.stack([noise_spectrum(xt[z], torch.from_numpy(out[z]), _SIZE_3D)
                                for z in range(x.shape[0])])
-        for _ in range(_STAGE_3D.get(mode, 1)):
-            out = dct_wiener_stack(xt, torch.from_numpy(out), None, depth, _SIZE_3D,
+        for stride in _STAGE_3D.get(mode, (1,)):
+            out = dct_wiener_stack(xt, torch.from_numpy(out), None, depth, _SIZE_3D, stride,
                                    spectra=spectra).numpy()
         return out
     sig = np.array(np.broadcast_to(np.asarray(sigmas, np.float64), (x.shape[0],)))
     if mode == "2d":
         return np.stack([wiener_stage(x[z], out[z], sig[z]) for z in range(x.shape[0])])
-    for _ in range(_STAGE_3D[mode]):
-        out = dct_wiener_stack(xt, torch.from_numpy(out), sig, depth, _SIZE_3D).numpy()
+    for stride in _STAGE_3D[mode]:
+        out = dct_wiener_stack(xt, torch.from_numpy(out), sig, depth, _SIZE_3D, stride).numpy()
     return out
 
 

@@ -313,8 +313,8 @@ class NSN2NDenoiser(nn.Module):
                 kw = {"spectra": torch.stack([noise_spectrum(norm[z], out[z], 8)
                                               for z in range(norm.shape[0])])}
             depth = 1 if self.wiener == "2d" else 3
-            for _ in range(2 if self.wiener == "3d2" else 1):
-                out = dct_wiener_stack(norm, out, depth=depth, size=8, **kw)
+            for stride in ((2, 1) if self.wiener == "3d2" else (1,)):  # the last pass: stride 1
+                out = dct_wiener_stack(norm, out, depth=depth, size=8, stride=stride, **kw)
         return out * scale + lo
 
     def pair_weights(self, norm: torch.Tensor) -> torch.Tensor:
