@@ -73,13 +73,13 @@ def test_training_stops_at_the_step_cap_inside_an_epoch():
 
 def test_step_cap_and_time_budget_follow_the_data_and_the_device():
     small = np.zeros((1, 2, 435, 384), np.float32)  # a development-set training field
-    assert default_max_steps(small, 64, 16) == 80 * 6 * 6 * 8 // 16  # 1440
+    assert default_max_steps(small, 64, 8) == 40 * 6 * 6 * 8 // 8  # 1440
     field = np.zeros((1, 2, 384, 384), np.float32)
     big = np.zeros((1, 2, 768, 768), np.float32)  # four times the field: four times
-    assert default_max_steps(big, 64, 16) == 4 * default_max_steps(field, 64, 16)
-    assert default_max_steps(big, 64, 32) == 2 * default_max_steps(field, 64, 16)
+    assert default_max_steps(big, 64, 8) == 4 * default_max_steps(field, 64, 8)
+    assert default_max_steps(big, 64, 16) == 2 * default_max_steps(field, 64, 8)
     stack = np.zeros((3, 2, 384, 384), np.float32)  # three frames: three times
-    assert default_max_steps(stack, 64, 16) == 3 * default_max_steps(field, 64, 16)
+    assert default_max_steps(stack, 64, 8) == 3 * default_max_steps(field, 64, 8)
     assert default_max_steps(np.zeros((1, 2, 40, 40), np.float32), 64, 16) == MIN_STEP_CAP
     assert resolved_minutes(TrainConfig(), torch.device("cpu")) == 9.0
     assert resolved_minutes(TrainConfig(), torch.device("cuda")) == math.inf

@@ -190,8 +190,8 @@ class TrainConfig(EngineConfig):
         limit on a GPU.
     max_steps : int, optional
         Most training steps.  None: from the amount of data,
-        :func:`~napari_duet.denoisplit._data.default_max_steps` (80 passes over the
-        field's distinct patches, at least 500 steps).
+        :func:`~napari_duet.denoisplit._data.default_max_steps` (40 passes over the
+        field's distinct patches, at least 1000 steps).
     patch_size : int
         Training patch side (a multiple of ``2**n_levels``).
     batch_size : int
@@ -253,11 +253,11 @@ class TrainConfig(EngineConfig):
         example="--epochs 50")
     max_minutes: float | None = param(
         None, label="max minutes", help="Stop training after this many minutes.",
-        auto="9 minutes on a CPU (fits 10 minutes on a 2-core laptop), no limit on a GPU",
+        auto="9 minutes on a CPU, to fit 10 minutes on a 2-core laptop; no limit on a GPU",
         example="--max-minutes 30", lo=0, lo_open=True)
     max_steps: int | None = param(
         None, label="max steps", help="Stop training after this many steps.",
-        auto="from the amount of data: 80 passes over its distinct patches, at least 500",
+        auto="from the amount of data: 40 passes over its distinct patches, at least 1000",
         example="--max-steps 2000", lo=1)
     patch_size: int = param(
         64, label="patch size",
@@ -287,7 +287,7 @@ class TrainConfig(EngineConfig):
     val_fraction: float = param(0.15, lo=0.0, hi=0.9, lo_open=True, hi_open=True)
     lr_patience: int = param(30, lo=0)
     lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
-    early_stopping: int = param(60, lo=1)
+    early_stopping: int = param(30, lo=1)
     checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
     grad_clip: float = param(0.5, lo=0)
     augment: bool = True
