@@ -50,9 +50,10 @@ def _tc(**kw):
 
 
 def test_training_stops_on_a_plateau_and_records_why():
-    """With a learning rate too small to change anything the validation never improves
-    after the first epoch (no batch norm, whose statistics would still move): training stops after ``early_stopping`` more epochs, keeps
-    epoch 1 and says so in the model."""
+    """With a learning rate too small to change anything (and no batch norm, whose
+    statistics would still move) the validation never improves after the first
+    epoch: training stops after ``early_stopping`` more epochs, keeps epoch 1 and says
+    so in the model."""
     res = train(_data(), SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0, batchnorm=False),
                 _tc(epochs=50, early_stopping=3, lr=1e-12))
     tr = res.model.training
