@@ -302,7 +302,7 @@ def test_split_and_noise_model_progress(split_files, capsys, monkeypatch):
                  "--patch-size", "16", "--batch-size", "2", "--device", "cpu",
                  "--no-calibration", "--log-json", str(log)]) == 0
     err = capsys.readouterr().err
-    assert "train:" in err and "epoch 1/2" in err
+    assert "train:" in err and "epoch 1, step 2/4" in err
     train = _progress(_events(log), "train")
     _assert_increasing(train, total=4)
     assert train[-1]["done"] == 4 and any(e.get("val_loss") is not None for e in train)

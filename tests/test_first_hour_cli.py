@@ -45,7 +45,7 @@ def test_automatic_defaults_say_what_auto_does():
     from napari_duet.nsn2n import NSN2NConfig
 
     assert "Default: auto (24 on a CPU" in param_help(NSN2NConfig, "width")
-    assert "Default: no limit." in param_help(TrainConfig, "max_minutes")
+    assert "Default: auto (9 minutes on a CPU" in param_help(TrainConfig, "max_minutes")
 
 
 def test_n2f_command_denoises_every_plane(tmp_path, capsys):

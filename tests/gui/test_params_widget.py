@@ -158,7 +158,7 @@ def test_split_controls_are_the_declarations(make_napari_viewer):
     widget.tile.value = 64
     assert widget._predict_values()["tile"] == 64
     assert widget.max_minutes.value == 0 and widget.max_minutes.auto_value is None
-    assert widget.max_minutes.native.lineEdit().text() == "no limit"
+    assert widget.max_minutes.native.lineEdit().text() == "auto (9 on a CPU)"
     assert widget.train_configs()[1].max_minutes is None
 
 
@@ -209,7 +209,7 @@ def test_split_parameters_save_load_and_show_in_the_command(make_napari_viewer, 
     assert second.train_configs()[1] == first.train_configs()[1]
     # The controls moved, so the command-line equivalent follows them.
     assert "--epochs 7" in second.command.text() and "--seed 13" in second.command.text()
-    # "no limit" (0 minutes) saves as None and loads back as 0.
+    # "auto" (0 minutes) saves as None and loads back as 0.
     _set(second, max_minutes=0.0)
     assert first.load_parameters(second.save_parameters(tmp_path / "n.json"))
     assert first.max_minutes.value == 0 and first.train_configs()[1].max_minutes is None

@@ -179,7 +179,7 @@ def test_train_tab(make_napari_viewer, qtbot, data, monkeypatch):
     # The epochs fill most of the bar (noise models and calibration the rest); it ends full.
     assert bars == sorted(bars) and bars[0] < 500 and bars[-1] >= 900
     assert widget.progress.value() == 1000
-    assert any("epoch 1/2" in x[4] for x in train)
+    assert any("/8 (epoch 1, 4 steps each)" in x[4] for x in train)  # steps of all epochs
     assert not any("epoch 3/2" in x[4] or "epoch 0/" in x[4] for x in seen)
 
 

@@ -132,8 +132,11 @@ class SplitWidget(EngineDock):
             "Feed the network two lower-resolution views around each patch (μSplit's lateral "
             "contextualisation); slower per step.")
         self.net_config = ComboBox(label="network", choices=["small", "default"], value="small")
-        self.epochs = param_control(T, "epochs", value=min(T().epochs, 20), max=100000)
-        self.max_minutes = param_control(T, "max_minutes", auto_text="no limit", max=100000)
+        # Training ends when the validation stops improving, at the step cap from the
+        # data size, or after 9 minutes on a CPU (TrainConfig's defaults).
+        self.epochs = param_control(T, "epochs", max=100000)
+        self.max_minutes = param_control(T, "max_minutes", auto_text="auto (9 on a CPU)",
+                                         max=100000)
         self.patch_size = param_control(T, "patch_size", min=16, max=1024, step=16)
         self.train_batch = param_control(T, "batch_size", max=1024)
         self.train_device = param_control(T, "device", choices=devices)
@@ -449,8 +452,8 @@ class SplitWidget(EngineDock):
             self.plot.plot(job.losses, xlabel="logged step")
             val = f", validation {p.val_loss:.4g}" if p.val_loss is not None else ""
             eta = f", {eta_text(p.eta)}" if p.eta else ""
-            self.status.setText(f"Training: epoch {p.epoch}/{p.epochs}, step {p.step}/"
-                                f"{p.steps_per_epoch}{val}{eta}")
+            self.status.setText(f"Training: step {p.done}/{p.total} (epoch {p.epoch}, "
+                                f"{p.steps_per_epoch} steps each){val}{eta}")
 
     def fraction_of(self, job: _Job, p) -> float | None:
         stage = getattr(p, "phase", None) or getattr(p, "stage", "")

@@ -276,7 +276,8 @@ def _train(args) -> int:
                 last_epoch = p.epoch
                 loss = p.losses.get("loss", float("nan"))
                 gains = "".join(f" {n} {g:+.2f} dB" for n, g in (p.val_gain_db or {}).items())
-                bar.write(f"[{p.elapsed:7.1f}s] epoch {p.epoch}/{p.epochs} loss {loss:.4f} "
+                bar.write(f"[{p.elapsed:7.1f}s] epoch {p.epoch}, step {p.done}/{p.total} "
+                          f"loss {loss:.4f} "
                           f"val {p.val_loss:.4f}" + (f", over the constant split:{gains}"
                                                      if gains else ""), file=sys.stderr)
         if not ddp.is_main():  # rank 0 writes the model
@@ -284,6 +285,10 @@ def _train(args) -> int:
         with bar.stage("save"):
             out = model.save(args.output)
     print(f"wrote {out}")
+    tr = model.training
+    if tr.get("stop_reason"):
+        print(f"training ended after {tr.get('steps_run')} steps ({tr['stop_reason']}); "
+              f"kept epoch {tr.get('best_epoch')} ({tr.get('checkpoint_rule')})")
     summary = (model.training.get("validation") or {}).get("summary")
     if summary:
         print(f"validation PSNR over the constant split: {summary}")

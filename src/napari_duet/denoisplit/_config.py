@@ -18,6 +18,9 @@ from ..core.errors import DuetInputError
 
 LIKELIHOODS = ("noise_model", "gaussian")
 KL_FORMS = ("denoisplit", "musplit")
+CHECKPOINT_RULES = ("min_gain", "sum_gain", "val_loss")
+#: The time budget on a CPU when none is given: training fits 10 minutes on a 2-core laptop.
+CPU_MINUTES = 9.0
 MIN_CHANNELS, MAX_CHANNELS = 2, 4
 MAX_WIDTH = 1024  # filters and z_dims
 MAX_BLOCKS = 8  # blocks_per_level
@@ -179,9 +182,16 @@ class TrainConfig(EngineConfig):
     Parameters
     ----------
     epochs : int
-        Maximum number of epochs.
+        Maximum number of epochs (the step cap, early stopping and the time budget
+        usually end training sooner).
     max_minutes : float, optional
-        Wall-clock budget; training stops after the epoch that exceeds it.
+        Wall-clock budget; training stops at the step that exceeds it.  None: 9
+        minutes on a CPU (so that training fits 10 minutes on a 2-core laptop), no
+        limit on a GPU.
+    max_steps : int, optional
+        Most training steps.  None: from the amount of data,
+        :func:`~napari_duet.denoisplit._data.default_max_steps` (40 passes over the
+        field's distinct patches, at least 1000 steps).
     patch_size : int
         Training patch side (a multiple of ``2**n_levels``).
     batch_size : int
@@ -210,7 +220,11 @@ class TrainConfig(EngineConfig):
     lr_patience, lr_factor : int, float
         ReduceLROnPlateau on the validation loss.
     early_stopping : int
-        Stop after this many epochs without a better validation loss.
+        Stop after this many epochs without a better checkpoint score (a plateau).
+    checkpoint_rule : {"min_gain", "sum_gain", "val_loss"}
+        Which epoch's weights to keep: the largest smallest per-structure PSNR gain
+        over the constant split on the validation data (``min_gain``), the largest
+        sum of those gains, or the least validation loss over all channels.
     grad_clip : float
         Gradient-norm clip (0 disables).
     augment : bool
@@ -234,12 +248,17 @@ class TrainConfig(EngineConfig):
     """
 
     epochs: int = param(
-        100, label="epochs",
+        1000, label="epochs",
         help="Most passes over the training patches (early stopping may end sooner).", lo=1,
         example="--epochs 50")
     max_minutes: float | None = param(
         None, label="max minutes", help="Stop training after this many minutes.",
-        none="no limit", example="--max-minutes 30", lo=0, lo_open=True)
+        auto="9 minutes on a CPU, to fit 10 minutes on a 2-core laptop; no limit on a GPU",
+        example="--max-minutes 30", lo=0, lo_open=True)
+    max_steps: int | None = param(
+        None, label="max steps", help="Stop training after this many steps.",
+        auto="from the amount of data: 40 passes over its distinct patches, at least 1000",
+        example="--max-steps 2000", lo=1)
     patch_size: int = param(
         64, label="patch size",
         help="Side of the square training patches in pixels (a multiple of 2^levels): "
@@ -268,7 +287,8 @@ class TrainConfig(EngineConfig):
     val_fraction: float = param(0.15, lo=0.0, hi=0.9, lo_open=True, hi_open=True)
     lr_patience: int = param(30, lo=0)
     lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
-    early_stopping: int = param(200, lo=1)
+    early_stopping: int = param(30, lo=1)
+    checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
     grad_clip: float = param(0.5, lo=0)
     augment: bool = True
     mixed_precision: bool = True

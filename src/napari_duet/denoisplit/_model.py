@@ -16,7 +16,7 @@ from ..core.noise_models import GaussianMixtureNoiseModel
 from ..core.progress import blocking_form
 from ._calibration import apply_calibration
 from ._config import SplitConfig
-from ._data import as_frames
+from ._data import as_frames, replace_hot_pixels
 from ._predict import PredictProgress, SplitResult, tiled_sampling
 
 KIND = "denoisplit"
@@ -330,6 +330,9 @@ class SplitModel:
         if min(frames.shape[-2:]) < MIN_SIDE:
             raise DuetInputError(f"image frames of {frames.shape[-2]} x {frames.shape[-1]} px "
                                  f"are too small to split: both sides must be >= {MIN_SIDE}")
+        # The camera hot pixels that training replaced (replace_hot_pixels), replaced
+        # in the input too: one left in would inflate the split around it.
+        frames, hot_pixels = replace_hot_pixels(frames)
         plan = plan_prediction(self, frames.shape[-2:], tile, overlap, batch_size)
         tile, overlap, batch_size, m = (plan["tile"], plan["overlap"], plan["batch_size"],
                                         plan["multiple"])
@@ -376,7 +379,7 @@ class SplitModel:
                               else None)
         result.info.update(
             tile=tile, overlap=overlap, batch_size=batch_size, seconds=time.perf_counter() - t0,
-            device=str(dev), deterministic=deterministic,
+            device=str(dev), deterministic=deterministic, hot_pixels_replaced=hot_pixels,
         )
         return result
 

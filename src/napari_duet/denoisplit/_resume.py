@@ -48,7 +48,7 @@ def run_identity(cfg, tc, data_shape, names, data=None) -> dict[str, Any]:
     from ..core.io import content_fingerprint
 
     recipe = {k: v for k, v in tc.model_dict().items() if k not in ("epochs", "max_minutes",
-                                                                     "calibrate")}
+                                                                     "max_steps", "calibrate")}
     run = {"config": cfg.model_dict(), "train_config": recipe,
            "data_shape": [int(s) for s in data_shape], "channel_names": list(names)}
     if data is not None:

@@ -16,9 +16,17 @@ import numpy as np
 from ..core.errors import DuetInputError
 from ..core.noise_models import GaussianMixtureNoiseModel, bootstrap_noise_model
 from ..core.progress import Progress, blocking_form
-from ._config import MAX_CHANNELS, MIN_CHANNELS, SplitConfig, TrainConfig
+from ._config import (
+    CHECKPOINT_RULES,
+    CPU_MINUTES,
+    MAX_CHANNELS,
+    MIN_CHANNELS,
+    SplitConfig,
+    TrainConfig,
+)
 from ._data import (
     PatchSampler,
+    default_max_steps,
     default_steps_per_epoch,
     fit_normalizers,
     prepare_data,
@@ -44,6 +52,7 @@ class SplitTrainProgress(Progress):
     epoch ``validated_epoch``;
     ``best_model``, set from the first validation on, builds the best model so
     far (uncalibrated), e.g. to keep it when the run is cancelled.
+    ``max_steps``: the run's step cap (``total`` is at most that).
     """
 
     stage: str = "train"
@@ -58,11 +67,14 @@ class SplitTrainProgress(Progress):
     validated_epoch: int | None = None
     best_model: Callable[[], SplitModel] | None = field(default=None, repr=False,
                                                         compare=False)
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.stage == "train" and self.steps_per_epoch > 0:
             self.done = max(self.epoch - 1, 0) * self.steps_per_epoch + self.step
             self.total = self.epochs * self.steps_per_epoch
+            if self.max_steps:  # the step cap ends training before the last epoch
+                self.total = min(self.total, self.max_steps)
 
     @property
     def fraction(self) -> float:
@@ -99,14 +111,21 @@ class SplitTrainResult:
     Attributes
     ----------
     model : SplitModel
-        The best model by validation loss (calibrated when asked).
+        The best model by the checkpoint rule (``TrainConfig.checkpoint_rule``;
+        calibrated when asked).
     history : list of dict
         One entry per epoch run: ``epoch``, mean training ``losses``,
-        ``val_loss`` and ``lr``.
+        ``val_loss``, ``lr`` and the validation gains ``val_gain_db``.
+    alternatives : dict
+        For each checkpoint rule (:data:`CHECKPOINT_RULES`), a function that builds
+        the best model by that rule (uncalibrated, judged on the validation data):
+        to compare the rules on the same run.  Not saved.
     """
 
     model: SplitModel
     history: list[dict] = field(default_factory=list)
+    alternatives: dict[str, Callable[[], SplitModel]] = field(default_factory=dict,
+                                                              repr=False)
 
     def save(self, folder) -> list[Path]:
         """Write ``model.duet`` and ``report.json`` into ``folder``; returns the paths."""
@@ -262,12 +281,19 @@ def iter_train(
     _build(run)
     _resume(run)
     run.net.train()
+    run.stop_reason = run.stop_reason or "epochs"
     for epoch in range(run.start, tc.epochs + 1):
-        out_of_time = yield from _train_epoch(run, epoch)
+        ended = yield from _train_epoch(run, epoch)
         _end_epoch(run, epoch)
         yield run.progress(epoch=epoch, step=run.steps)
-        if out_of_time or run.bad_epochs >= tc.early_stopping:
+        if ended is not None:
+            run.stop_reason = ended
             break
+        if run.bad_epochs >= tc.early_stopping:
+            run.stop_reason = "plateau"
+            break
+    alternatives = {rule: (lambda rule=rule: _model_of_rule(run, rule))
+                    for rule in CHECKPOINT_RULES}
     model = _final_model(run)
     _judge(model, run)
     if tc.calibrate and run.ddp.is_main():  # only rank 0's model is saved
@@ -275,7 +301,7 @@ def iter_train(
         model.calibration = calibrate_on(model, run.data.val, samples=tc.calib_samples,
                                          seed=tc.seed)
     model.to(run.device)
-    return SplitTrainResult(model, run.history)
+    return SplitTrainResult(model, run.history, alternatives)
 
 
 @dataclass
@@ -304,7 +330,10 @@ class _Training:
     train_step: Any = None
     t_train: float = 0.0
     budget: float | None = None  # seconds (None: no time limit)
-    best: tuple = (math.inf, None, 0)  # val loss, state, epoch
+    max_steps: int = 0  # the step cap
+    stop_reason: str | None = None  # why training ended (see _final_model)
+    best: tuple = (math.inf, None, 0)  # score by the checkpoint rule (lower: better), state, epoch
+    bests: dict = field(default_factory=dict)  # the same for every rule (to compare them)
     bad_epochs: int = 0
     losses: dict[str, float] = field(default_factory=dict)
     val_loss: float | None = None
@@ -326,6 +355,7 @@ class _Training:
             def snapshot():
                 return best_model_so_far(self)
         return SplitTrainProgress(epochs=self.tc.epochs, steps_per_epoch=self.steps,
+                             max_steps=self.max_steps or None,
                              losses=dict(self.losses), val_loss=self.val_loss,
                              lr=self.opt.param_groups[0]["lr"],
                              val_gain_db=None if self.val_gains is None else dict(self.val_gains),
@@ -440,7 +470,9 @@ def _build(run: _Training) -> None:
                                      batch_size=tc.batch_size, loss_kw=run.loss_kw,
                                      use_amp=run.use_amp, grad_clip=tc.grad_clip)
     ddp.reseed(tc.seed)  # under torchrun: each rank its own latent samples
-    run.budget = None if tc.max_minutes is None else 60.0 * tc.max_minutes
+    run.budget = 60.0 * resolved_minutes(tc, device)
+    run.max_steps = tc.max_steps or default_max_steps(run.data.train, tc.patch_size,
+                                                      tc.batch_size)
     run.t_train = time.perf_counter()
     run.skipped = torch.zeros((), device=device)
 
@@ -457,6 +489,7 @@ def _resume(run: _Training) -> None:
     best_w = restore(state, net=run.net, opt=run.opt, sched=run.sched, sampler=run.sampler,
                      device=run.device)
     run.best = (state.best_val, best_w if state.best_epoch else None, state.best_epoch)
+    run.bests = {tc.checkpoint_rule: run.best}
     run.bad_epochs, run.val_loss = state.bad_epochs, state.val_loss
     run.losses = dict(state.losses)
     run.history, run.epochs_run = list(state.history), state.epoch
@@ -466,13 +499,23 @@ def _resume(run: _Training) -> None:
         run.start = tc.epochs + 1
 
 
+def resolved_minutes(tc: TrainConfig, device) -> float:
+    """The training time budget in minutes: ``tc.max_minutes``, or when None
+    :data:`CPU_MINUTES` on a CPU and no limit (infinity) elsewhere."""
+    if tc.max_minutes is not None:
+        return float(tc.max_minutes)
+    return CPU_MINUTES if getattr(device, "type", str(device)) == "cpu" else math.inf
+
+
 def _train_epoch(run: _Training, epoch: int):
-    """Run one epoch's steps, yielding progress after each; returns whether time ran out."""
+    """Run one epoch's steps, yielding progress after each; returns why training must
+    end (``"time budget"``, ``"step cap"``) or None to go on."""
     import torch
 
     tc, steps = run.tc, run.steps
     acc: dict[str, torch.Tensor] = {}
     acc_n = 0
+    end = None
     for step in range(1, steps + 1):
         # A non-finite batch is skipped without a host sync: its gradient becomes zero.
         parts, ok = run.train_step()
@@ -482,20 +525,27 @@ def _train_epoch(run: _Training, epoch: int):
         acc_n += 1
         if step % tc.log_every == 0 or step == steps:
             run.losses = {k: float(v) / acc_n for k, v in acc.items()}
+        if (epoch - 1) * steps + step >= run.max_steps:
+            end = "step cap"
+        elif math.isfinite(run.budget) and run.ddp.agree(
+                time.perf_counter() - run.t_train > run.budget):
+            end = "time budget"
+        if end is not None:  # the epoch's losses, as far as it went
+            run.losses = {k: float(v) / acc_n for k, v in acc.items()}
         yield run.progress(epoch=epoch, step=step, eta=_eta(run, epoch, step),
                            best_epoch=run.best[2] or None)
-        if run.budget is not None and run.ddp.agree(
-                time.perf_counter() - run.t_train > run.budget):
-            return True
-    return False
+        if end is not None:
+            return end
+    return None
 
 
 def _eta(run: _Training, epoch: int, step: int) -> float | None:
-    """Seconds of training left (all planned epochs, at most the time budget left)."""
-    done_frac = ((epoch - 1) * run.steps + step) / (run.tc.epochs * run.steps)
+    """Seconds of training left (all planned steps, at most the time budget left)."""
+    planned = min(run.tc.epochs * run.steps, run.max_steps or math.inf)
+    done_frac = ((epoch - 1) * run.steps + step) / planned
     train_el = time.perf_counter() - run.t_train
     eta = train_el / done_frac * (1 - done_frac) if done_frac > 0 else None
-    if run.budget is not None:
+    if math.isfinite(run.budget):
         eta = min(eta or run.budget, max(run.budget - train_el, 0.0))
     return eta
 
@@ -511,11 +561,15 @@ def _end_epoch(run: _Training, epoch: int) -> None:
     run.val_gains = dict(zip(run.names, gains, strict=True))
     run.validated_epoch = epoch
     lr = run.opt.param_groups[0]["lr"]
-    run.history.append({"epoch": epoch, "losses": dict(run.losses), "val_loss": run.val_loss,
-                        "lr": lr, "val_gain_db": dict(run.val_gains)})
+    steps_done = min(epoch * run.steps, run.max_steps or epoch * run.steps)
+    run.history.append({"epoch": epoch, "steps": steps_done, "losses": dict(run.losses),
+                        "val_loss": run.val_loss, "lr": lr,
+                        "val_gain_db": dict(run.val_gains)})
     run.sched.step(run.val_loss)
-    if run.val_loss < run.best[0]:
-        run.best = (run.val_loss, copy.deepcopy(run.net.state_dict()), epoch)
+    keep_best(run.bests, epoch, run.val_loss, gains, run.net.state_dict)
+    rule = run.tc.checkpoint_rule
+    if run.bests.get(rule, (None, None, 0))[2] == epoch:
+        run.best = run.bests[rule]
         run.bad_epochs = 0
     else:
         run.bad_epochs += 1
@@ -529,6 +583,48 @@ def _end_epoch(run: _Training, epoch: int) -> None:
         best_w = run.best[1] if run.best[1] is not None else run.net.state_dict()
         _checkpoint(run.net, best_w, run.cfg, run.tc, run.input_norm, run.target_norms,
                     run.nms, run.names, run.data, run.best[2], resume)
+
+
+#: Least improvement of a rule's score that counts (gains in dB; the loss: any).
+_MIN_IMPROVEMENT = {"min_gain": 0.01, "sum_gain": 0.01, "val_loss": 0.0}
+
+
+def checkpoint_score(rule: str, val_loss: float, gains: Sequence[float]) -> float:
+    """The score of one validation by a checkpoint rule; lower is better.
+
+    ``"min_gain"``: minus the smallest per-structure PSNR gain over the constant
+    split (the structure learned least decides); ``"sum_gain"``: minus their sum;
+    ``"val_loss"``: the validation loss over all channels, which lets an easy
+    structure's large gain hide a hard one's loss (measured on FMD with three
+    structures: the loss-best epoch gave nuclei 1.7 dB less than a later one).
+    A non-finite score never counts as better.
+    """
+    if rule == "val_loss":
+        score = float(val_loss)
+    elif rule == "min_gain":
+        score = -float(min(gains))
+    elif rule == "sum_gain":
+        score = -float(sum(gains))
+    else:
+        raise DuetInputError(f"unknown checkpoint rule {rule!r}: use one of "
+                             f"{', '.join(CHECKPOINT_RULES)}")
+    return score if math.isfinite(score) else math.inf
+
+
+def keep_best(bests: dict, epoch: int, val_loss: float, gains: Sequence[float],
+              state: Callable[[], dict]) -> dict:
+    """Update ``bests`` (rule -> ``(score, weights, epoch)``) in place with one
+    validation: each rule whose :func:`checkpoint_score` improves keeps a copy of
+    ``state()`` (one copy shared by the rules that improve).  Returns ``bests``."""
+    snapshot = None
+    for rule in CHECKPOINT_RULES:
+        score = checkpoint_score(rule, val_loss, gains)
+        kept = bests.get(rule, (math.inf, None, 0))
+        if score < kept[0] - _MIN_IMPROVEMENT[rule]:
+            if snapshot is None:
+                snapshot = copy.deepcopy(state())
+            bests[rule] = (score, snapshot, epoch)
+    return bests
 
 
 def _gains(run: _Training, net=None) -> tuple[float, list[float]]:
@@ -806,6 +902,28 @@ def best_model_so_far(run: _Training) -> SplitModel:
     return model
 
 
+def _model_of_rule(run: _Training, rule: str) -> SplitModel:
+    """The best model of a finished run by another checkpoint rule, on its own copy of
+    the weights (uncalibrated, judged on the validation data)."""
+    import torch
+
+    from ._lvae import LadderVAE
+
+    kept = run.bests.get(rule, run.best)
+    with torch.random.fork_rng(devices=[]):
+        net = LadderVAE(run.cfg, run.tc.patch_size)
+    state = kept[1] if kept[1] is not None else run.net.state_dict()
+    net.load_state_dict({k: v.detach().to("cpu") for k, v in state.items()})
+    net.to(run.device).eval()
+    model = SplitModel(net, run.cfg, patch_size=run.tc.patch_size, input_norm=run.input_norm,
+                       target_norms=run.target_norms, noise_models=run.nms,
+                       channel_names=run.names,
+                       training={"data_shape": list(run.data.shape), "checkpoint_rule": rule,
+                                 "best_epoch": kept[2]})
+    _judge(model, run)
+    return model
+
+
 def _final_model(run: _Training) -> SplitModel:
     """The best weights as a :class:`SplitModel`, with the facts of the training."""
     from ..core.networks import count_parameters
@@ -813,6 +931,8 @@ def _final_model(run: _Training) -> SplitModel:
     net, tc, ddp = run.net, run.tc, run.ddp
     if run.best[1] is not None:
         net.load_state_dict(run.best[1])
+    best_val_loss = next((h["val_loss"] for h in run.history if h["epoch"] == run.best[2]),
+                         None)
     net.zero_grad(set_to_none=True)  # release the gradient buffer
     net.eval()
     training = {
@@ -822,8 +942,16 @@ def _final_model(run: _Training) -> SplitModel:
         "hot_pixels_replaced": run.data.hot_pixels,
         "epochs_run": run.epochs_run,
         "best_epoch": run.best[2],
-        "best_val_loss": None if not math.isfinite(run.best[0]) else run.best[0],
+        "best_val_loss": best_val_loss,
+        "checkpoint_rule": tc.checkpoint_rule,
+        "best_epoch_by_rule": {r: b[2] for r, b in run.bests.items()},
         "steps_per_epoch": run.steps,
+        "steps_run": (run.history[-1]["steps"] if run.history
+                      and "steps" in run.history[-1] else run.epochs_run * run.steps),
+        "max_steps": run.max_steps,
+        "max_minutes": None if not math.isfinite(run.budget) else run.budget / 60.0,
+        # "plateau" (early stopping), "time budget", "step cap" or "epochs"
+        "stop_reason": run.stop_reason,
         "skipped_batches": int(run.skipped),
         "train_seconds": time.perf_counter() - run.t_train,
         "n_parameters": count_parameters(net),
