@@ -581,7 +581,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--patch-size", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adamax learning rate (quality)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="Adamax learning rate (quality; default: the engine's, by device)")
     ap.add_argument("--samples", type=int, default=None, help="MMSE samples for quality")
     ap.add_argument("--calib-samples", type=int, default=None)
     ap.add_argument("--denoiser", default="auto", help="noise-model bootstrap denoiser")

@@ -353,7 +353,7 @@ def test_command_line_parses_back_to_the_same_training(make_napari_viewer, setti
     from dataclasses import replace
 
     net, tc = widget.train_configs()
-    widget.train_configs = lambda: (net, replace(tc, lr=0.5))
+    widget.train_configs = lambda: (net, replace(tc, lr_patience=7))
     widget._update_command()
     assert "no command-line equivalent" in widget.command.text()
-    assert "lr" in widget.command.text()
+    assert "lr_patience" in widget.command.text()

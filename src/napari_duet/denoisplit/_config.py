@@ -194,13 +194,15 @@ class TrainConfig(EngineConfig):
         field's distinct patches, at least 1000 steps).
     patch_size : int
         Training patch side (a multiple of ``2**n_levels``).
-    batch_size : int
-        Patches per step.
+    batch_size : int, optional
+        Patches per step.  Default: 8 on a CPU, 32 on a GPU.
     steps_per_epoch : int, optional
         Default: about four passes over the training pixels per epoch,
         clipped to 10..500 steps.
-    lr : float
-        Adamax learning rate.
+    lr : float, optional
+        Adamax learning rate.  Default: 3e-3 on a CPU, 1e-3 on a GPU (the CPU
+        recipe, batch 8 and 3e-3, is the one measured on the development set:
+        docs/denoisplit.md).
     seed : int
         Seed for initialisation, patches, split and sampling.
     device : str
@@ -264,12 +266,17 @@ class TrainConfig(EngineConfig):
         help="Side of the square training patches in pixels (a multiple of 2^levels): "
              "larger sees more context and needs more memory.",
         lo=1)
-    batch_size: int = param(
-        32, label="batch size", help="Patches per training step (bounded by memory).", lo=1)
+    batch_size: int | None = param(
+        None, label="batch size", help="Patches per training step (bounded by memory).",
+        auto="8 on a CPU (the recipe measured on the development set), 32 on a GPU",
+        example="--batch-size 32", lo=1)
     steps_per_epoch: int | None = param(
         None, label="steps per epoch", help="Training steps per epoch.",
         auto="about 4 passes over the data, 10 to 500 steps", lo=1)
-    lr: float = param(1e-3, lo=0, lo_open=True)
+    lr: float | None = param(
+        None, label="learning rate", help="Adamax learning rate.",
+        auto="3e-3 on a CPU (with batch 8, measured on the development set), 1e-3 on a GPU",
+        example="--lr 1e-3", lo=0, lo_open=True)
     seed: int = seed_param("Seed of patches, augmentations and initial weights.", metavar=None)
     device: str = device_param("Where to train")
     threads: int | None = threads_param()
