@@ -890,32 +890,22 @@ def _judge(model: SplitModel, run: _Training) -> None:
 def best_model_so_far(run: _Training) -> SplitModel:
     """The best model of a run so far, on its own copy of the weights (uncalibrated,
     judged on the validation data): what a cancelled run keeps."""
-    import torch
-
-    from ._lvae import LadderVAE
-
-    with torch.random.fork_rng(devices=[]):
-        net = LadderVAE(run.cfg, run.tc.patch_size)
-    state = run.best[1] if run.best[1] is not None else run.net.state_dict()
-    net.load_state_dict({k: v.detach().to("cpu") for k, v in state.items()})
-    net.to(run.device).eval()
-    model = SplitModel(net, run.cfg, patch_size=run.tc.patch_size, input_norm=run.input_norm,
-                       target_norms=run.target_norms, noise_models=run.nms,
-                       channel_names=run.names,
-                       training={"data_shape": list(run.data.shape), "cancelled": True,
-                                 "epochs_run": run.epochs_run, "best_epoch": run.best[2]})
-    _judge(model, run)
-    return model
+    return _judged_copy(run, run.best, {"cancelled": True, "epochs_run": run.epochs_run})
 
 
 def _model_of_rule(run: _Training, rule: str) -> SplitModel:
     """The best model of a finished run by another checkpoint rule, on its own copy of
     the weights (uncalibrated, judged on the validation data)."""
+    return _judged_copy(run, run.bests.get(rule, run.best), {"checkpoint_rule": rule})
+
+
+def _judged_copy(run: _Training, kept, training: dict) -> SplitModel:
+    """A model on a copy of the kept ``(score, state, epoch)`` weights (the network's
+    current ones when none were kept), judged on the validation data."""
     import torch
 
     from ._lvae import LadderVAE
 
-    kept = run.bests.get(rule, run.best)
     with torch.random.fork_rng(devices=[]):
         net = LadderVAE(run.cfg, run.tc.patch_size)
     state = kept[1] if kept[1] is not None else run.net.state_dict()
@@ -924,7 +914,7 @@ def _model_of_rule(run: _Training, rule: str) -> SplitModel:
     model = SplitModel(net, run.cfg, patch_size=run.tc.patch_size, input_norm=run.input_norm,
                        target_norms=run.target_norms, noise_models=run.nms,
                        channel_names=run.names,
-                       training={"data_shape": list(run.data.shape), "checkpoint_rule": rule,
+                       training={"data_shape": list(run.data.shape), **training,
                                  "best_epoch": kept[2]})
     _judge(model, run)
     return model
