@@ -240,3 +240,33 @@ def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
     for choice in ("on", "off", "3d2"):  # slab by slab equals in memory, for each choice
         zarr_out = np.asarray(open_image(tmp_path / f"{choice}.ome.zarr")[0])
         assert np.allclose(zarr_out, outs[choice], atol=1e-5)
+
+
+def test_progress_and_stop_points_come_with_each_network_pass(monkeypatch):
+    """With a stage on runs of slices (here the 2.5D network's 3D one) every slice's
+    network pass yields progress before the stage runs, so Cancel lands within one
+    slice and the bar moves; done counts every slice once."""
+    from napari_duet.nsn2n import NSN2NConfig, NSN2NModel, _blind
+    from napari_duet.nsn2n._blind import CONTEXT_STAGE
+    from napari_duet.nsn2n._context import ContextNet
+
+    model = NSN2NModel(ContextNet(width=4, depth=1), NSN2NConfig(context="2.5d", tta=False),
+                       [], device="cpu")
+    model.training["wiener"] = dict(CONTEXT_STAGE)
+    events, seen_at_stage = [], []
+    real = _blind.stage_stack
+
+    def recording(*args, **kwargs):
+        seen_at_stage.append(len(events))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_blind, "stage_stack", recording)
+    vol = np.random.default_rng(7).random((6, 24, 24)).astype(np.float32)
+    gen = model.iter_predict(vol)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration:
+            break
+    assert seen_at_stage == [6]  # one stage run, after a progress event per slice
+    assert [e.done for e in events] == list(range(1, 7))

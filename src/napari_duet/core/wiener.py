@@ -92,35 +92,10 @@ def dct_wiener(
     if noisy.ndim != 2 or noisy.shape != pilot.shape:
         raise ValueError(f"dct_wiener needs two (Y, X) images of one shape, got "
                          f"{tuple(noisy.shape)} and {tuple(pilot.shape)}")
-    x = noisy.float()
     if not sigma > 0:
-        return x.clone()
-    h, w = x.shape
-    size = max(1, min(int(size), h, w))
-    stride = max(1, min(int(stride), size))
-    m = size - 1  # padding: every pixel sits in windows at all offsets
-    basis = dct_basis(size, x.device)
-    var = float(sigma) ** 2
-    xp, pp = (F.pad(a[None, None], (m, m, m, m), mode="reflect")[0, 0] if m else a
-              for a in (x, pilot.float()))
-    hp, wp = xp.shape
-    num = torch.zeros_like(xp)
-    den = torch.zeros_like(xp)
-    starts = range(0, hp - size + 1, stride)
-    for b in range(0, len(starts), block_rows):
-        r0 = starts[b]
-        r1 = starts[min(b + block_rows, len(starts)) - 1] + size  # rows this block reads
-        blk = (slice(r0, r1), slice(None))
-        cx = basis @ F.unfold(xp[blk][None, None], size, stride=stride)[0]  # (size^2, L)
-        cp = basis @ F.unfold(pp[blk][None, None], size, stride=stride)[0]
-        gain = cp * cp / (cp * cp + var)
-        weight = 1.0 / (gain.pow(2).sum(0, keepdim=True) + 1e-6)  # (1, L)
-        out = basis.T @ (gain * cx * weight)
-        shape = (r1 - r0, wp)
-        num[blk] += F.fold(out[None], shape, size, stride=stride)[0, 0]
-        den[blk] += F.fold(weight.expand(size * size, -1)[None], shape, size,
-                           stride=stride)[0, 0]
-    return (num / den)[m:m + h, m:m + w].contiguous()
+        return noisy.float().clone()
+    return dct_wiener_stack(noisy[None], pilot[None], sigma, depth=1, size=size,
+                            stride=stride, block_rows=block_rows)[0]
 
 
 def _reflect(j: int, n: int) -> int:
@@ -174,7 +149,8 @@ def dct_wiener_stack(
     Returns
     -------
     Tensor
-        (Z, Y, X) float32.  ``depth=1`` gives :func:`dct_wiener` on each slice.
+        (Z, Y, X) float32.  With ``depth=1`` each slice is filtered on its own
+        (:func:`dct_wiener` is that, for one image).
     """
     if noisy.ndim != 3 or noisy.shape != pilot.shape:
         raise ValueError(f"dct_wiener_stack needs two (Z, Y, X) stacks of one shape, got "

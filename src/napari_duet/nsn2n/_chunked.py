@@ -17,9 +17,9 @@ Then each slab of slices is read with a halo of 2 slices on each side (the
 2.5D network's input reaches slices i-2..i+2, the match maps pairs i-1..i+1;
 the 2D network needs none), and every slice of the slab is denoised with the
 same code as in memory, so the result equals the in-memory result.  Guides are
-per-slice filters, so recomputing them in the halo changes nothing.  A blind
-network's 3D second stage reads 2 (``3d``) or 4 (``3d2``) more slices on each
-side (``NSN2NModel.halo``), whose blends are computed again in each slab.
+per-slice filters, so recomputing them in the halo changes nothing.  A 3D
+second stage reads 2 (``3d``) or 4 (``3d2``) more slices on each side
+(``NSN2NModel.halo``), whose network estimates are computed again in each slab.
 
 Peak memory: a slab plus its halo (``slab + 2 * halo`` planes) and the
 network's tiles; the number of slices never matters.

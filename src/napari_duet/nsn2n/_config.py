@@ -107,13 +107,15 @@ class NSN2NConfig(EngineConfig):
         Test-time augmentation at inference (8 flips/rotations): output is their
         mean and the uncertainty their spread.
     wiener : {"auto", "off", "2d", "3d", "3d2", "on"}
-        Blind-spot network only: a second stage, the noisy slices Wiener-filtered
-        in sliding DCT windows with the network's estimate as the pilot: ``2d``
-        12 x 12 windows in each slice (:func:`napari_duet.core.wiener.dct_wiener`;
+        A second stage after the blind-spot or 2.5D network: the noisy slices
+        Wiener-filtered in sliding DCT windows with the network's estimate as the
+        pilot: ``2d`` windows in each slice (:func:`napari_duet.core.wiener.dct_wiener`;
         ``on`` is the same), ``3d`` 3 x 8 x 8 windows spanning neighbouring
         slices (:func:`napari_duet.core.wiener.dct_wiener_stack`), ``3d2`` that
-        twice.  ``auto``: the stage chosen after training
-        (:func:`._blind.choose_wiener`), stored in the model.
+        twice.  After the 2.5D network the noise level is each slice's noise
+        spectrum.  ``auto``: the stage chosen after training
+        (:func:`._blind.choose_wiener` for the blind-spot network,
+        :data:`._blind.CONTEXT_STAGE` for the 2.5D one), stored in the model.
     tile : int
         Tile side for inference on large slices.
     device : str
@@ -192,14 +194,15 @@ class NSN2NConfig(EngineConfig):
              "slower, and gives an uncertainty map (their spread).")
     wiener: str = param(
         "auto", label="second stage (Wiener)",
-        help="Blind-spot network only: filter the noisy slices once more in DCT windows, "
-             "keeping per frequency what the network's estimate says is signal (the second "
-             "stage of two-stage denoisers such as BM3D). 2d: 12 x 12 windows in each slice; "
+        help="Filter the noisy slices once more in DCT windows after the blind-spot or 2.5D "
+             "network, keeping per frequency what the network's estimate says is signal (the "
+             "second stage of two-stage denoisers such as BM3D). 2d: windows in each slice; "
              "3d: 3 x 8 x 8 windows across neighbouring slices (thin slices: MRI, CT, EM); "
              "3d2: the 3d stage twice; on: same as 2d. Worse where the network alone is "
              "already sharper (piecewise-flat images) or slices differ (thick slices).",
-        auto="chosen once after training, on the training volume: the stage (or none) with "
-             "the lowest unbiased error estimate on recorrupted slices",
+        auto="chosen once after training, on the training volume: after the blind-spot "
+             "network the stage (or none) with the lowest unbiased error estimate on "
+             "recorrupted slices, after the 2.5D network 3d with the noise spectrum",
         choices=WIENER_CHOICES)
     tile: int = param(512, lo=32, hi=MAX_TILE)
     device: str = device_param()

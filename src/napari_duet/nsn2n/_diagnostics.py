@@ -121,21 +121,22 @@ def stacks_noise_correlation(stacks: np.ndarray, config: NSN2NConfig) -> float:
 
 
 def noise_model(volume, axis: int = 0, kind: str = "auto",
-                config: NSN2NConfig | None = None) -> NoiseModel:
+                config: NSN2NConfig | None = None, rho: float | None = None) -> NoiseModel:
     """Fit the noise model of ``volume`` (input units): which kind, with its parameters.
 
     ``kind="auto"`` picks Gaussian, Poisson-Gaussian (camera: gain, offset, read
     noise) or Rician (MRI magnitude: sigma) from the variance of the noise
     against the local mean (:func:`fit_stacks_noise`);
-    ``NoiseModel.describe()`` gives the line the widget and the CLI show.
+    ``NoiseModel.describe()`` gives the line the widget and the CLI show.  ``rho``:
+    the in-plane noise correlation (:func:`noise_correlation`) when already measured.
     """
-    return fit_stacks_noise(raw_stacks(volume, axis)[1], kind, config)[0]
+    return fit_stacks_noise(raw_stacks(volume, axis)[1], kind, config, rho)[0]
 
 
-def fit_stacks_noise(raw: np.ndarray, kind: str = "auto", config: NSN2NConfig | None = None
-                     ) -> tuple[NoiseModel, float]:
+def fit_stacks_noise(raw: np.ndarray, kind: str = "auto", config: NSN2NConfig | None = None,
+                     rho: float | None = None) -> tuple[NoiseModel, float]:
     """:func:`~napari_duet.nsn2n._noise.fit_noise` of raw (S, Z, Y, X) stacks, and the
-    in-plane noise correlation when it was measured (else NaN).
+    in-plane noise correlation when it was measured or given as ``rho`` (else NaN).
 
     The variance-vs-mean fit reads the noise from a high-pass residual, which
     holds only the noise when the noise is pixel-independent.  Noise correlated
@@ -151,9 +152,9 @@ def fit_stacks_noise(raw: np.ndarray, kind: str = "auto", config: NSN2NConfig | 
     """
     noise = fit_noise(raw, kind)
     if kind != "auto" or noise.kind == "gaussian":
-        return noise, float("nan")
-    # The correlation is scale-free: measured on the raw stacks (as float).
-    rho = stacks_noise_correlation(np.asarray(raw, np.float32), config or NSN2NConfig())
+        return noise, float("nan") if rho is None else rho
+    if rho is None:  # scale-free: measured on the raw stacks (as float)
+        rho = stacks_noise_correlation(np.asarray(raw, np.float32), config or NSN2NConfig())
     if np.isfinite(rho) and rho >= CORRELATED_NOISE:
         return fit_noise(raw, "gaussian"), rho
     return noise, rho
@@ -278,7 +279,7 @@ def recommend_method(
     if rho is None:
         rho = noise_correlation(volume, axis, config)
     if noise is None:
-        noise = noise_model(volume, axis, (config or NSN2NConfig()).noise_model, config)
+        noise = noise_model(volume, axis, (config or NSN2NConfig()).noise_model, config, rho)
     advice = _noise_advice(noise)
     frac = matched_fraction(volume, axis, config)
     sim = slice_similarity(volume, axis, config)

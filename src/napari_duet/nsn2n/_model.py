@@ -186,11 +186,10 @@ class NSN2NModel:
         unc = np.empty_like(stacks) if tta else None
         t0 = time.perf_counter()
         done = 0
-        # With a 3D second stage progress counts the blends (one per slice, all
-        # computed before the stage runs); otherwise the finished slices.
-        from ._blind import stage_reach
-
-        staged = self.is_blind and stage_reach(self.wiener_mode) > 0
+        # With a second stage on runs of slices progress counts the network's estimates
+        # (one per slice, all computed before the stage runs); otherwise the finished
+        # slices.  Either way every slice's network pass is a point to stop at.
+        staged = not self._per_slice_stage
         with torch.inference_mode():
             for s, stack in enumerate(stacks):
                 w = self.pair_weights(stack) if self.is_context else None  # blind: none
@@ -271,7 +270,7 @@ class NSN2NModel:
     @property
     def halo(self) -> int:
         """Slices read on each side of the slice denoised (2 for 2.5D and blind, 0 for 2D;
-        a blind network's 3D second stage adds the slices it reads)."""
+        a 3D second stage adds the slices it reads)."""
         from ._blind import stage_reach
 
         return 0 if self.context == "2d" else 2 + stage_reach(self.wiener_mode)
@@ -304,7 +303,7 @@ class NSN2NModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Denoise slice ``z`` of a normalised (Z, Y, X) stack: mean and TTA spread.
 
-        The network's estimate (:meth:`_first_stage`), then the second stage
+        The network's estimate (:meth:`network_estimate`), then the second stage
         (:attr:`wiener_mode`).  A stage that reads neighbouring slices' estimates
         computes them too (:meth:`iter_slices`: to denoise many slices, use it).
         """
@@ -313,7 +312,7 @@ class NSN2NModel:
         if not self._per_slice_stage:
             item = next(i for i in self.iter_slices(stack, z, z + 1, w, tta) if i)
             return item[1], item[2]
-        mean, std, sigma = self._first_stage(stack, z, w, tta)
+        mean, std, sigma = self.network_estimate(stack, z, w, tta)
         if self.wiener_mode != "off":  # the blind network's 2d stage
             mean = stage_stack(stack[z][None], mean[None], "2d", [sigma])[0]
         return mean, std
@@ -349,7 +348,7 @@ class NSN2NModel:
         lo, hi = max(0, z0 - reach), min(stack.shape[0], z1 + reach)
         means, stds, sigmas = [], [], []
         for z in range(lo, hi):
-            mean, std, sigma = self._first_stage(stack, z, w, tta)
+            mean, std, sigma = self.network_estimate(stack, z, w, tta)
             means.append(mean)
             stds.append(std)
             sigmas.append(sigma)
@@ -359,7 +358,7 @@ class NSN2NModel:
         for z in range(z0, z1):
             yield z, out[z - lo], stds[z - lo]
 
-    def _first_stage(self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
+    def network_estimate(self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
                      ) -> tuple[np.ndarray, np.ndarray, float | None]:
         """The network's estimate of slice ``z``, its TTA spread and (blind) the noise level.
 

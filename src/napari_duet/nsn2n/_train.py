@@ -176,19 +176,22 @@ def resolve_budget(config: NSN2NConfig, device, n_voxels: int) -> float | None:
     return float(min(hi, max(lo, CPU_BUDGET_S * scale)))
 
 
-def resolve_context(config: NSN2NConfig, stacks: np.ndarray) -> tuple[str, float]:
+def resolve_context(config: NSN2NConfig, stacks: np.ndarray,
+                    rho: float | None = None) -> tuple[str, float]:
     """The network input of this run and the noise's in-plane correlation (NaN if unmeasured).
 
     ``context="auto"``: ``"blind"`` when the lag-1 in-plane correlation of the
     noise (:func:`~napari_duet.nsn2n.noise_correlation`, on the normalised
-    stacks) is under ``CORRELATED_NOISE``, else ``"2.5d"`` (also when it cannot
-    be measured).  Any other value is kept.
+    stacks, or ``rho`` when already measured on them) is under
+    ``CORRELATED_NOISE``, else ``"2.5d"`` (also when it cannot be measured).
+    Any other value is kept.
     """
     from ._diagnostics import CORRELATED_NOISE, stacks_noise_correlation
 
     if config.context != "auto":
         return config.context, float("nan")
-    rho = stacks_noise_correlation(stacks, config)
+    if rho is None or not np.isfinite(rho):
+        rho = stacks_noise_correlation(stacks, config)
     return ("blind" if np.isfinite(rho) and rho < CORRELATED_NOISE else "2.5d"), rho
 
 
@@ -294,13 +297,15 @@ def iter_train(
     # then stabilised (unit variance) before the normalisation, so the training,
     # the blind-spot blend's per-slice sigma and the context choice all see
     # noise of constant variance.
-    noise, _ = fit_stacks_noise(raw, config.noise_model, config)
+    noise, rho = fit_stacks_noise(raw, config.noise_model, config)
     layout, stacks, norms = prepare(volume, axis, noise=noise, raw=(layout, raw))
     del raw
     device = ddp.rank_device(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
     n_stacks, n_z = stacks.shape[:2]
     budget = resolve_budget(config, device, int(stacks.size))
-    mode, noise_rho = resolve_context(config, stacks)  # "auto": by the noise's correlation
+    # "auto": by the noise's correlation.  Measured already where the noise fit needed it
+    # and the stacks are the raw ones normalised (a Gaussian model): the same value.
+    mode, noise_rho = resolve_context(config, stacks, rho if noise.kind == "gaussian" else None)
     width = resolve_width(config.replace(context=mode), device)
     context, blind = mode == "2.5d", mode == "blind"
     # Planned steps: fixed, or an estimate updated from the measured speed.
@@ -380,7 +385,7 @@ def iter_train(
     # first-call set-up out of the first training step's time.
     net.eval()
     t0 = time.perf_counter()
-    model.predict_stack_slice(stacks[0], preview_index, w[0] if context else None, False)
+    model.network_estimate(stacks[0], preview_index, w[0] if context else None, False)
     infer_per_slice = time.perf_counter() - t0
     t_train = time.perf_counter()
     t_timed = None  # end of the first step: later steps give the time per step
@@ -431,8 +436,10 @@ def iter_train(
         if config.preview_every and ddp.is_main() and (it % config.preview_every == 0 or last):
             net.eval()
             t0 = time.perf_counter()
-            p, _ = model.predict_stack_slice(
-                stacks[0], preview_index, w[0] if context else None, False)
+            # The network's estimate: a second stage is chosen after training, and a 3D
+            # one would need the neighbouring slices' estimates too.
+            p = model.network_estimate(stacks[0], preview_index, w[0] if context else None,
+                                   False)[0]
             infer_per_slice = time.perf_counter() - t0
             preview = noise.inverse(norms[0].inverse(p))
         now = time.perf_counter()
