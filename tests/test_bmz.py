@@ -169,7 +169,7 @@ def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
 
 
 @pytest.mark.parametrize(("tta", "wiener"), [(False, "off"), (True, "off"), (False, "on"),
-                                             (False, "3d2")])
+                                             (False, "3d2"), (False, "bm")])
 def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thread):
     """``NSN2NDenoiser(arch="nsn2n-blind")`` computes what ``NSN2NModel.predict`` computes:
     hidden-pixel filling with mirrored borders (odd sides), mirrored neighbour slices
@@ -248,6 +248,7 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     source = network_source()
     assert "napari_duet" not in (source.replace("napari_duet.core.networks.unet", "")
                                  .replace("napari_duet.core.wiener", "")
+                                 .replace("napari_duet.core.blockmatch", "")
                                  .replace("napari_duet.nsn2n._context", ""))
     namespace: dict = {"__name__": "packaged"}
     exec(compile(source, "nsn2n_network.py", "exec"), namespace)
@@ -270,6 +271,11 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     noisy, pilot = torch.randn(2, 5, 23, 17)
     assert torch.equal(namespace["dct_wiener_stack"](noisy, pilot, [0.7] * 5),
                        dct_wiener_stack(noisy, pilot, [0.7] * 5))
+    from napari_duet.core.blockmatch import two_step
+
+    assert all(torch.equal(a, b) for a, b in zip(
+        namespace["two_step"](noisy, [0.7] * 5, {"bm": pilot, "ht": None}).values(),
+        two_step(noisy, [0.7] * 5, {"bm": pilot, "ht": None}).values(), strict=True))
     # ... and the engine's choice of neighbouring slices at the volume's ends
     from napari_duet.nsn2n._context import GAP_IN, SELF_IN, neighbour_index
 

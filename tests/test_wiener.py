@@ -117,9 +117,11 @@ def test_check_turns_the_stage_on_behind_a_blurring_estimate():
 
     got = choose_wiener(blurring, stacks, tta=False)
     assert got["use"] is True and got["loss_wiener"] < got["loss_blend"]
-    assert len(got["slices"]) == 6 and set(got["losses"]) == {"off", "2d", "3d", "3d2"}
+    assert len(got["slices"]) == 6
+    assert set(got["losses"]) == {"off", "2d", "3d", "3d2", "bm", "bmht"}
     # The slices repeat one image: the stages that read neighbouring slices win.
-    assert got["mode"] in ("3d", "3d2") and got["losses"]["3d"] < got["losses"]["2d"]
+    assert got["mode"] in ("3d", "3d2", "bm", "bmht")
+    assert got["losses"]["3d"] < got["losses"]["2d"]
 
 
 def test_check_picks_a_stage_as_good_as_the_best_where_slices_differ():
@@ -192,6 +194,8 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
     assert model.use_wiener is True and model.wiener_mode == "2d"
     model.config = dataclasses.replace(cfg, wiener="3d")
     assert model.wiener_mode == "3d" and model.halo == 4
+    model.config = dataclasses.replace(cfg, wiener="bm")
+    assert model.wiener_mode == "bm" and model.halo == 11  # the network's 2 + 9
     from napari_duet.core.networks.unet import UNet2D
     from napari_duet.nsn2n._blind import CONTEXT_STAGE
     from napari_duet.nsn2n._context import ContextNet
@@ -208,9 +212,10 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
 
 
 def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
-    """``duet nsn2n --model M --wiener on|off|3d2`` sets the stage for that run (in memory
-    and into OME-Zarr, where the choice is part of the run's signature), and slab by slab
-    (slabs of 3 slices, the 3D stage reading 4 more on each side) equals in memory."""
+    """``duet nsn2n --model M --wiener on|off|3d2|bm`` sets the stage for that run (in
+    memory and into OME-Zarr, where the choice is part of the run's signature), and slab by
+    slab (slabs of 3 slices, the 3D stage reading 4 more on each side, the block-matched
+    one 9) equals in memory."""
     import tifffile
 
     from napari_duet.cli import main
@@ -225,7 +230,7 @@ def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
     res.model.save(tmp_path / "m.duet")
     tifffile.imwrite(tmp_path / "v.tif", vol)
     outs = {}
-    for choice in ("on", "off", "3d2"):
+    for choice in ("on", "off", "3d2", "bm"):
         out = tmp_path / f"{choice}.tif"
         assert main(["nsn2n", str(tmp_path / "v.tif"), "--model", str(tmp_path / "m.duet"),
                      "-o", str(out), "--wiener", choice, "--no-tta", "-q"]) == 0
@@ -235,9 +240,10 @@ def test_apply_follows_the_wiener_option_in_memory_and_slab_by_slab(tmp_path):
                      "--no-tta", "--slab", "3", "-q"]) == 0
     assert not np.allclose(outs["on"], outs["off"], atol=1e-4)
     assert not np.allclose(outs["on"], outs["3d2"], atol=1e-4)
+    assert not np.allclose(outs["bm"], outs["3d2"], atol=1e-4)
     from napari_duet.core.io import open_image
 
-    for choice in ("on", "off", "3d2"):  # slab by slab equals in memory, for each choice
+    for choice in ("on", "off", "3d2", "bm"):  # slab by slab equals in memory, for each choice
         zarr_out = np.asarray(open_image(tmp_path / f"{choice}.ome.zarr")[0])
         assert np.allclose(zarr_out, outs[choice], atol=1e-5)
 
@@ -270,3 +276,36 @@ def test_progress_and_stop_points_come_with_each_network_pass(monkeypatch):
             break
     assert seen_at_stage == [6]  # one stage run, after a progress event per slice
     assert [e.done for e in events] == list(range(1, 7))
+
+
+def test_block_matched_stage_needs_white_noise():
+    """The block-matched stages shrink by one noise level per slice: after the 2.5D network
+    (noise correlated within slices) asking for one is a clear error before training."""
+    from napari_duet.core.errors import DuetInputError
+    from napari_duet.nsn2n import NSN2NConfig, train
+    from napari_duet.nsn2n._blind import stage_stack
+
+    vol = np.random.default_rng(0).random((5, 24, 24)).astype(np.float32)
+    with pytest.raises(DuetInputError, match="needs white noise"):
+        train(vol, config=NSN2NConfig(context="2.5d", wiener="bm", iterations=2, width=4,
+                                      depth=1, crop_size=16, device="cpu", preview_every=0))
+    with pytest.raises(DuetInputError, match="needs white noise"):
+        stage_stack(vol, vol, "bmht", None)
+
+
+def test_cli_refuses_a_block_matched_stage_for_a_25d_model(tmp_path, capsys):
+    """``--wiener bm`` on a model of the 2.5D network: exit code 2, one line, no output."""
+    import tifffile
+
+    from napari_duet.cli import main
+    from napari_duet.nsn2n import NSN2NConfig, NSN2NModel
+    from napari_duet.nsn2n._context import ContextNet
+
+    NSN2NModel(ContextNet(width=4, depth=1), NSN2NConfig(context="2.5d"), [],
+               device="cpu").save(tmp_path / "m.duet")
+    tifffile.imwrite(tmp_path / "v.tif", np.zeros((5, 16, 16), np.float32))
+    out = tmp_path / "out.tif"
+    assert main(["nsn2n", str(tmp_path / "v.tif"), "--model", str(tmp_path / "m.duet"),
+                 "-o", str(out), "--wiener", "bm", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs white noise" in err[0] and not out.exists()

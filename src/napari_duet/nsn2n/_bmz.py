@@ -32,6 +32,7 @@ from ..core.bmz import (
     write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
+from ._blind import BLOCK_STAGES
 from ._model import NSN2NModel
 
 NETWORK_FILE = "nsn2n_network.py"
@@ -46,6 +47,7 @@ _TEST_SLICES, _TEST_SIDE = 8, 64
 # Export refuses a module that differs from the predictor by more than this
 # (in normalised units, where the data span about 1).
 _EXPORT_ATOL = 1e-4
+_EXPORT_BLOCK_ATOL = 1e-2  # the block-matched stages' few swapped blocks (see export_bmz)
 
 
 def architecture_kwargs(model: NSN2NModel) -> dict[str, Any]:
@@ -84,11 +86,11 @@ def network_source() -> str:
     """The packaged architecture file: ``bmz_network.py`` with the source of napari-duet's
     U-Net (``_block`` and ``UNet2D`` of ``networks/unet.py``), Wiener stage
     (``dct_basis``, ``dct_wiener``, ``dct_wiener_stack`` and ``noise_spectrum`` of
-    ``core/wiener.py``) and slice choice
+    ``core/wiener.py``), block-matched stages (``core/blockmatch.py``) and slice choice
     (``neighbour_index`` of ``nsn2n/_context.py``) in place of their imports."""
     import inspect
 
-    from ..core import wiener
+    from ..core import blockmatch, wiener
     from ..core.networks import unet
     from . import _context
 
@@ -97,6 +99,10 @@ def network_source() -> str:
                    "dct_wiener, dct_wiener_stack, noise_spectrum (napari_duet.core.wiener)",
                    (wiener._dct_matrix, wiener.dct_basis, wiener.dct_wiener, wiener._reflect,
                     wiener.dct_wiener_stack, wiener.noise_spectrum)),
+               "two_step": ("two_step (napari_duet.core.blockmatch)",
+                            (blockmatch._dct, blockmatch._starts, blockmatch.block_reach,
+                             blockmatch.match_blocks, blockmatch.collaborative_filter,
+                             blockmatch.two_step_blocks, blockmatch.two_step)),
                "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
                                    (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")
@@ -172,8 +178,17 @@ def export_bmz(
     with torch.no_grad():
         got = module(torch.from_numpy(crop[None]))[0].numpy()
     span = float(np.percentile(crop, 99.9) - np.percentile(crop, 0.1)) or 1.0
-    check_reproduces(float(np.max(np.abs(got - expected))) / span, _EXPORT_ATOL,
-                     "of the data range")
+    err = np.abs(got - expected) / span
+    if model.wiener_mode in BLOCK_STAGES:
+        # Block matching is discontinuous where two candidate blocks tie: the module's
+        # last-bit differences (its own normalisation and noise level) can swap one block
+        # of a group, which moves a few pixels by a fraction of the noise.  All but those
+        # must agree; they must stay small.
+        check_reproduces(float(np.percentile(err, 99.9)), _EXPORT_ATOL,
+                         "of the data range, 99.9th percentile")
+        check_reproduces(float(err.max()), _EXPORT_BLOCK_ATOL, "of the data range")
+    else:
+        check_reproduces(float(err.max()), _EXPORT_ATOL, "of the data range")
 
     mid = crop.shape[0] // 2
     description = _description(model, model_path, name,

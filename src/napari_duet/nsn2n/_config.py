@@ -21,7 +21,7 @@ SCHEDULES = ("cosine", "constant")
 CONTEXTS = ("auto", "2.5d", "blind", "2d")
 NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
 # "on" is the "2d" stage (its name in models saved before the 3D stages existed).
-WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "on")
+WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "bm", "bmht", "on")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
@@ -106,13 +106,18 @@ class NSN2NConfig(EngineConfig):
     tta : bool
         Test-time augmentation at inference (8 flips/rotations): output is their
         mean and the uncertainty their spread.
-    wiener : {"auto", "off", "2d", "3d", "3d2", "on"}
+    wiener : {"auto", "off", "2d", "3d", "3d2", "bm", "bmht", "on"}
         A second stage after the blind-spot or 2.5D network: the noisy slices
         Wiener-filtered in sliding DCT windows with the network's estimate as the
         pilot: ``2d`` windows in each slice (:func:`napari_duet.core.wiener.dct_wiener`;
         ``on`` is the same), ``3d`` 3 x 8 x 8 windows spanning neighbouring
         slices (:func:`napari_duet.core.wiener.dct_wiener_stack`), ``3d2`` that
-        twice.  After the 2.5D network the noise level is each slice's noise
+        twice; ``bm`` and ``bmht`` (blind-spot network only) filter groups of
+        similar blocks from neighbouring slices
+        (:mod:`napari_duet.core.blockmatch`): collaborative hard thresholding,
+        then Wiener guided by the mean of its result and the network's (``bm``)
+        or by its result alone (``bmht``, the classical BM4D-like pilot).
+        After the 2.5D network the noise level is each slice's noise
         spectrum.  ``auto``: the stage chosen after training
         (:func:`._blind.choose_wiener` for the blind-spot network,
         :data:`._blind.CONTEXT_STAGE` for the 2.5D one), stored in the model.
@@ -198,7 +203,10 @@ class NSN2NConfig(EngineConfig):
              "network, keeping per frequency what the network's estimate says is signal (the "
              "second stage of two-stage denoisers such as BM3D). 2d: windows in each slice; "
              "3d: 3 x 8 x 8 windows across neighbouring slices (thin slices: MRI, CT, EM); "
-             "3d2: the 3d stage twice; on: same as 2d. Worse where the network alone is "
+             "3d2: the 3d stage twice; bm: groups of similar blocks from neighbouring slices "
+             "filtered together (repetitive tissue: MRI, CT, EM; white noise only), guided by "
+             "the network and a hard-thresholding pass; bmht: guided by the thresholding "
+             "alone; on: same as 2d. Worse where the network alone is "
              "already sharper (piecewise-flat images) or slices differ (thick slices).",
         auto="chosen once after training, on the training volume: after the blind-spot "
              "network the stage (or none) with the lowest unbiased error estimate on "

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core.blockmatch import two_step  # bmz: drop
 from ..core.networks.unet import UNet2D  # bmz: drop
 from ..core.wiener import dct_wiener, dct_wiener_stack, noise_spectrum  # bmz: drop
 from ._context import neighbour_index  # bmz: drop
@@ -280,11 +281,11 @@ class NSN2NDenoiser(nn.Module):
         self.tau = tau
         self.tau_factor = float(tau_factor)
         self.tta = bool(tta)
-        # The second stage: "off", "2d", "3d" or "3d2" (True/False: "2d"/"off", the
-        # values of packages written before the 3D stages).
+        # The second stage: "off", "2d", "3d", "3d2", "bm" or "bmht" (True/False:
+        # "2d"/"off", the values of packages written before the 3D stages).
         self.wiener = {True: "2d", False: "off"}.get(wiener, wiener) if isinstance(
             wiener, bool) else str(wiener)
-        if self.wiener not in ("off", "2d", "3d", "3d2"):
+        if self.wiener not in ("off", "2d", "3d", "3d2", "bm", "bmht"):
             raise ValueError(f"unknown second stage {wiener!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -303,7 +304,10 @@ class NSN2NDenoiser(nn.Module):
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
             out[z] = self.denoise_slice(norm, z, w)
-        if self.wiener != "off" and not (self.blind and self.wiener == "2d"):
+        if self.wiener in ("bm", "bmht"):  # blind network only: white noise per slice
+            sigmas = [noise_sigma(s) for s in norm]
+            out = two_step(norm, sigmas, {"s": out if self.wiener == "bm" else None})["s"]
+        elif self.wiener != "off" and not (self.blind and self.wiener == "2d"):
             # A stage on the whole stack (as stage_stack of nsn2n/_blind.py): after
             # the blind network white noise of each slice's level, after the 2.5D
             # network each slice's noise spectrum; 3 x 8 x 8 windows (2d: 1 x 8 x 8).

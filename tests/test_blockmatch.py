@@ -1,0 +1,93 @@
+"""Block matching and collaborative filtering (core.blockmatch), NS-N2N's ``bm`` stages."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from skimage import data
+
+from napari_duet.core.blockmatch import (
+    TWO_STEP_REACH,
+    block_reach,
+    collaborative_filter,
+    match_blocks,
+    two_step,
+)
+from napari_duet.core.metrics import psnr
+from napari_duet.core.wiener import dct_wiener_stack
+
+
+def _thin_slices(n_z=6, side=72, sigma=0.1, seed=5):
+    """skimage's camera shifted by one pixel per slice (thin slices of one structure)."""
+    cam = data.camera()[::2, ::2].astype(np.float32) / 255.0
+    clean = np.stack([np.roll(cam, z, axis=1)[:side, :side] for z in range(n_z)])
+    rng = np.random.default_rng(seed)
+    return clean, (clean + sigma * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def test_groups_hold_the_most_similar_blocks():
+    """A stack that repeats one random tile along x: each reference's group holds itself
+    and the copies of its block within the window, and every index is a valid block start."""
+    rng = np.random.default_rng(0)
+    tile = rng.random((3, 20, 6)).astype(np.float32)
+    ref = torch.from_numpy(np.tile(tile, (1, 1, 5)))  # period 6 in x
+    refs, groups = match_blocks(ref, torch.arange(2), size=4, depth=2, step=3, radius=7,
+                                dz=1, k=3)
+    h, w = ref.shape[1:]
+    assert groups.shape == (refs.numel(), 3) and (groups == refs[:, None]).any(1).all()
+    z, y, x = groups // (h * w), groups // w % h, groups % w
+    rz, ry, rx = (refs // (h * w))[:, None], (refs // w % h)[:, None], (refs % w)[:, None]
+    assert (z <= 1).all() and (y <= h - 4).all() and (x <= w - 4).all()
+    # copies sit 6 px apart along x, same row and slice (where the window has them)
+    inner = ((rx >= 6) & (rx + 6 <= w - 4))[:, 0]  # both copies in the window
+    assert ((z == rz) & (y == ry) & ((x - rx) % 6 == 0))[inner].all()
+
+
+def test_thresholding_and_wiener_beat_the_sliding_windows_on_thin_slices():
+    """Thin slices of one structure with white noise: groups of similar blocks denoise far
+    better than the 3D sliding-window stage (3d2) given the same blurred pilot (measured
+    34.1 dB for 3d2, 37.6 for thresholding alone, 39.1 for thresholding then Wiener)."""
+    clean, noisy = _thin_slices()
+    x = torch.from_numpy(noisy)
+    pilot = torch.from_numpy(ndimage.gaussian_filter(noisy, (0, 1.5, 1.5)))
+    sliding = pilot
+    for stride in (2, 1):
+        sliding = dct_wiener_stack(x, sliding, 0.1, stride=stride)
+    ht = collaborative_filter(x, 0.1, None, size=4, depth=4, step=2)
+    out = two_step(x, [0.1] * 6)["ht"]
+    assert psnr(ht.numpy(), clean, 1.0) > psnr(sliding.numpy(), clean, 1.0) + 2.0
+    assert psnr(out.numpy(), clean, 1.0) > psnr(ht.numpy(), clean, 1.0) + 0.5
+
+
+def test_a_run_of_slices_with_the_reach_gives_the_whole_stacks_slices():
+    """Slice z reads slices within TWO_STEP_REACH of it: a run with that many more slices
+    on each side gives its inner slices as the whole stack does (slab by slab)."""
+    assert TWO_STEP_REACH == block_reach(4, 1) + block_reach(3, 1) == 9
+    rng = np.random.default_rng(4)
+    n_z, r = TWO_STEP_REACH + 6, TWO_STEP_REACH
+    x = torch.from_numpy(rng.random((n_z, 20, 23)).astype(np.float32))
+    est = torch.from_numpy(ndimage.uniform_filter(x.numpy(), 3))
+    sig = rng.uniform(0.1, 0.3, n_z)
+    whole = two_step(x, sig, {"bm": est})["bm"]
+    run = two_step(x[1:], sig[1:], {"bm": est[1:]})["bm"]  # cut below slice 1
+    assert torch.equal(whole[1 + r:], run[r:])
+    e = n_z - 3  # cut above slice e - 1: slice e - r - 1 is r slices from it, e - r is r - 1
+    part = two_step(x[:e], sig[:e], {"bm": est[:e]})["bm"]
+    assert torch.equal(whole[:e - r], part[:e - r])
+    assert not torch.allclose(whole[e - r], part[e - r], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 9), (2, 5, 7), (5, 3, 40), (7, 30, 33)])
+def test_any_stack_shape_keeps_its_shape_and_a_noiseless_stack(shape):
+    """Odd sides, stacks thinner than a block and slices smaller than a block: the output
+    has the input's shape, and with no noise (sigma ~0) every coefficient is kept."""
+    x = torch.from_numpy(np.random.default_rng(1).random(shape).astype(np.float32))
+    for out in two_step(x, 1e-6, {"bm": x, "ht": None}).values():
+        assert out.shape == x.shape and torch.allclose(out, x, atol=1e-4)
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="one sigma or 4"):
+        collaborative_filter(torch.zeros(4, 8, 8), [0.1, 0.2])
+    with pytest.raises(ValueError, match="one shape"):
+        collaborative_filter(torch.zeros(4, 8, 8), 0.1, torch.zeros(4, 8, 9))
