@@ -300,6 +300,10 @@ def iter_train(
     # the blind-spot blend's per-slice sigma and the context choice all see
     # noise of constant variance.
     noise, rho = fit_stacks_noise(raw, config.noise_model, config)
+    # The model works with the parameters its file records (6 digits): a reloaded model
+    # then predicts what this one does (the block-matched stages would swap blocks on the
+    # last-bit difference).
+    noise = type(noise).from_dict(noise.to_dict())
     layout, stacks, norms = prepare(volume, axis, noise=noise, raw=(layout, raw))
     del raw
     device = ddp.rank_device(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
