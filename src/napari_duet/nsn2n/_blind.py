@@ -225,9 +225,10 @@ CONTEXT_STAGE = {"mode": "3d", "use": True,
 # the mean of the network's estimate and the thresholded stack, for ``bmht``
 # the thresholded stack alone.  Groups of 16 blocks within 7 px and 1 slice.
 # On the defaults half's saved networks (white noise, 400 steps, dB over the
-# network's blend), against 3d2: brain MRI bm +4.39 / bmht +4.62 (3d2 +3.31),
-# CT +2.18 / +2.19 (+2.04), EM +0.48 / +0.24 (+0.20), mitotic plate +0.32 /
-# -0.32 (-0.30), chromosomes +0.31 / +0.46 (+0.23).  Searching only the same
+# network's blend), against 3d2: brain MRI bm +4.39 / bmht +4.58 (3d2 +3.31),
+# CT +2.18 / +2.19 (+2.04), EM +0.48 / +0.23 (+0.20), mitotic plate +0.31 /
+# -0.35 (-0.30), chromosomes +0.31 / +0.47 (+0.23).  No one of them wins
+# everywhere either: the recorruption check ranks them with the others.  Searching only the same
 # slice (dz 0) lost 0.66 dB on brain MRI; matching the thresholding's groups on
 # the network's estimate instead of the noisy stack lost 2.8 dB there.
 BLOCK_STAGES = ("bm", "bmht")
@@ -303,8 +304,8 @@ def stage_stack(x: np.ndarray, pilot: np.ndarray, mode: str, sigmas=None) -> np.
         return out
     if mode in BLOCK_STAGES:
         if sigmas is None:
-            raise DuetInputError(f"the {mode!r} second stage needs white noise (the blind-spot "
-                             "network); after the 2.5D network use 2d, 3d or 3d2")
+            raise DuetInputError(f"the {mode!r} second stage needs white noise (the "
+                                 "blind-spot network); after the 2.5D network use 2d, 3d or 3d2")
         return block_matched_stages(x, out, sigmas, (mode,))[mode]
     xt = torch.from_numpy(x)
     depth = _DEPTH_3D if mode in _STAGE_3D else 1
