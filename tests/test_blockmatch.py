@@ -91,3 +91,14 @@ def test_bad_input_is_a_clear_error():
         collaborative_filter(torch.zeros(4, 8, 8), [0.1, 0.2])
     with pytest.raises(ValueError, match="one shape"):
         collaborative_filter(torch.zeros(4, 8, 8), 0.1, torch.zeros(4, 8, 9))
+
+
+def test_automatic_slabs_grow_with_the_slices_a_model_reads():
+    """A block-matched stage reads 11 slices on each side: automatic slabs of small planes
+    hold 44 slices (not 16), so each slab recomputes half of what it denoises, not 1.4x;
+    large planes stay bounded by memory."""
+    from napari_duet.nsn2n._chunked import auto_slab
+
+    assert auto_slab(256 * 256) == auto_slab(256 * 256, 2) == 16
+    assert auto_slab(256 * 256, 11) == 44
+    assert auto_slab(1024 * 1024, 11) == 8 and auto_slab(4096 * 4096, 11) == 1

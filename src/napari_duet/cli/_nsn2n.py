@@ -59,7 +59,8 @@ def register(subparsers) -> None:
                    "skipping the slabs it finished")
     p.add_argument("--slab", type=int, default=None, metavar="N",
                    help="with --model on large volumes: slices denoised per slab (default: "
-                   "about 8 Mpx per slab, at most 16)")
+                   "about 8 Mpx per slab, at most 16, or 4 times the slices the model reads on "
+                   "each side: 44 for a block-matched stage)")
     from ._progress import add_chunk_options
 
     add_chunk_options(p, resume=False, unit="slabs", when="with --model")  # dask

@@ -99,7 +99,7 @@ def run_chunked(args: argparse.Namespace) -> int:
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
         # Memory is bounded by one slab (and its halo): its float32 input, guides, network
         # activations and result, about 24 copies; it must fit even at one slice.
-        depth = (args.slab or auto_slab(plane)) + 2 * model.halo
+        depth = (args.slab or auto_slab(plane, model.halo)) + 2 * model.halo
         require_memory(depth * plane * 4 * 24, f"one slab of {depth} slices of "
                        f"{tuple(layout.shape[a] for a in layout.plane_axes)} px",
                        "give --slab 1, or bin the planes")

@@ -73,9 +73,12 @@ class SlabProgress(ChunkProgress):
     slabs: int = 0
 
 
-def auto_slab(plane_pixels: int) -> int:
-    """Slices per slab: about 8 Mpx per slab, 1 to 16 slices."""
-    return int(np.clip(_SLAB_PIXELS // max(int(plane_pixels), 1), 1, _MAX_SLAB))
+def auto_slab(plane_pixels: int, halo: int = 0) -> int:
+    """Slices per slab: about 8 Mpx per slab, 1 to 16 slices, or to 4 ``halo`` for a model
+    that reads ``halo`` slices on each side (a block-matched stage: 11), so the slices read
+    twice stay about half of those denoised where the planes are small enough."""
+    top = max(_MAX_SLAB, 4 * int(halo))
+    return int(np.clip(_SLAB_PIXELS // max(int(plane_pixels), 1), 1, top))
 
 
 class StackIO:
@@ -374,7 +377,7 @@ def iter_denoise_chunked(
     n_z = layout.shape[layout.axis]
     plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
     state = dict(state or {})
-    slab = int(state.get("slab") or slab or auto_slab(plane))
+    slab = int(state.get("slab") or slab or auto_slab(plane, model.halo))
     if slab < 1:
         raise DuetInputError(f"slab must be at least 1 slice, got {slab}")
     n_slabs = -(-n_z // slab)

@@ -122,7 +122,7 @@ def iter_denoise_into(
     state = run.state
     if run.fresh:
         plane = layout.shape[layout.plane_axes[0]] * layout.shape[layout.plane_axes[1]]
-        depth = slab or auto_slab(plane)
+        depth = slab or auto_slab(plane, model.halo)
         run.open(lambda path: create_store(path, layout, meta, depth, run.signature))
     arrays = [_level0(s.record) for s in run.stores]
     resumed = len((state or {}).get("done", []))
