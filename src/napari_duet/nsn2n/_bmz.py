@@ -32,7 +32,6 @@ from ..core.bmz import (
     write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
-from ._blind import BLOCK_STAGES
 from ._model import NSN2NModel
 
 NETWORK_FILE = "nsn2n_network.py"
@@ -179,6 +178,8 @@ def export_bmz(
         got = module(torch.from_numpy(crop[None]))[0].numpy()
     span = float(np.percentile(crop, 99.9) - np.percentile(crop, 0.1)) or 1.0
     err = np.abs(got - expected) / span
+    from ._blind import BLOCK_STAGES
+
     if model.wiener_mode in BLOCK_STAGES:
         # Block matching is discontinuous where two candidate blocks tie: the module's
         # last-bit differences (its own normalisation and noise level) swap a few blocks

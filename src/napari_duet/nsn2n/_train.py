@@ -14,7 +14,6 @@ import numpy as np
 from ..core.errors import DuetInputError
 from ..core.progress import Progress, run_to_end
 from ..core.versions import versions
-from ._blind import BLOCK_STAGES
 from ._config import NSN2NConfig
 from ._diagnostics import fit_stacks_noise
 from ._guide import guide_stack
@@ -314,7 +313,7 @@ def iter_train(
     mode, noise_rho = resolve_context(config, stacks, rho if noise.kind == "gaussian" else None)
     width = resolve_width(config.replace(context=mode), device)
     context, blind = mode == "2.5d", mode == "blind"
-    if context and config.wiener in BLOCK_STAGES:
+    if context and config.wiener in ("bm", "bmht"):  # _blind.BLOCK_STAGES (imports torch)
         raise DuetInputError(f"wiener={config.wiener!r} needs white noise, but the noise is "
                              f"correlated within slices (the 2.5D network): use auto, 2d, 3d "
                              f"or 3d2")
