@@ -13,7 +13,7 @@ Here the variance is read from the data themselves: differences of neighbouring
 pixels carry twice the noise variance and, where the image is flat, nothing else.
 Binned by local brightness, each bin's robust (median) variance is an upper bound
 (structure only adds to it); a line ``v = a s + b`` (the Poisson-Gaussian camera model,
-Foi et al. 2008) is fitted below the bins, bins above it counting less.  Where the
+Foi et al. 2008) is fitted under the bins: bins above it count less.  Where the
 data do not follow that model (clipped 8-bit data give ``b < 0``; spatially correlated
 noise has no flat-part signature) the fit is refused and the noise models' variance is
 used as before.
@@ -82,21 +82,43 @@ def fit_poisson_gaussian(frames: np.ndarray) -> tuple[float, float] | None:
     return _fit_below(np.array(xs), np.array(vs), np.array(ws))
 
 
-def _fit_below(xs: np.ndarray, vs: np.ndarray, ws: np.ndarray,
-               rounds: int = 10, tol: float = 0.05) -> tuple[float, float] | None:
-    """A line under the bins' variances: weighted least squares where bins more than
-    ``tol`` (relative) above the line lose weight (structure raises a bin's variance,
-    never lowers it)."""
+def _least_absolute_line(xs: np.ndarray, vs: np.ndarray,
+                         ws: np.ndarray) -> tuple[float, float] | None:
+    """The line ``a x + b`` (``a >= 0``) of least weighted absolute deviation from
+    ``vs``: robust to a minority of bins, a stable start for :func:`_fit_below`."""
+    from scipy.optimize import linprog
+
+    n = xs.size
+    # Variables: a >= 0, b free, then the residuals above (u) and below (l) the line.
+    cost = np.concatenate([[0.0, 0.0], ws, ws])
+    eq = np.hstack([xs[:, None], np.ones((n, 1)), np.eye(n), -np.eye(n)])
+    bounds = [(0, None), (None, None)] + [(0, None)] * (2 * n)
+    res = linprog(cost, A_eq=eq, b_eq=vs, bounds=bounds, method="highs")
+    return (float(res.x[0]), float(res.x[1])) if res.success else None
+
+
+def _fit_below(xs: np.ndarray, vs: np.ndarray, ws: np.ndarray, rounds: int = 20,
+               tol: float = 0.05) -> tuple[float, float] | None:
+    """A line under the bins' variances: from the least-absolute-deviation line,
+    weighted least squares where bins more than ``tol`` (relative) above the line lose
+    weight (structure raises a bin's variance, never lowers it); bins below keep their
+    weight.  The brightness is floored at 0 (a dark bin's local mean is below 0 only by
+    noise; its variance is the read noise's)."""
+    xs = np.maximum(xs, 0.0)
+    start = _least_absolute_line(xs, vs, ws)
+    if start is None:
+        return None
+    a, b = start
     a_mat = np.stack([xs, np.ones_like(xs)], axis=1)
-    w = ws.copy()
-    a = b = 0.0
     for _ in range(rounds):
+        line = np.maximum(a * xs + b, 1e-12)
+        above = np.maximum((vs - line) / line, 0.0)
+        w = ws / (1.0 + (above / tol) ** 2)
         sw = np.sqrt(w)[:, None]
         a, b = np.linalg.lstsq(a_mat * sw, vs * sw[:, 0], rcond=None)[0]
-        line = np.maximum(a * xs + b, 1e-12)
-        r = (vs - line) / line
-        w = ws * np.where(r > tol, 1.0 / (1.0 + (r / tol) ** 2), 1.0)
-    if not (np.isfinite(a) and np.isfinite(b)) or a < 0 or b <= 0:
+        if a < 0:  # a flat line: the variance does not grow with the signal here
+            a, b = 0.0, float(np.sum(w * vs) / np.sum(w))
+    if not (np.isfinite(a) and np.isfinite(b)) or b <= 0:
         return None
     return float(a), float(b)
 
