@@ -116,11 +116,13 @@ class SplitTrainResult:
         calibrated when asked).
     history : list of dict
         One entry per epoch run: ``epoch``, mean training ``losses``,
-        ``val_loss``, ``lr`` and the validation gains ``val_gain_db``.
+        ``val_loss``, ``lr``, the validation gains ``val_gain_db`` and the same
+        estimated as before the Poisson-Gaussian variance, ``val_gain_db_noise_model``.
     alternatives : dict
-        For each checkpoint rule (:data:`CHECKPOINT_RULES`), a function that builds
-        the best model by that rule (uncalibrated, judged on the validation data):
-        to compare the rules on the same run.  Not saved.
+        For each checkpoint judge (:func:`checkpoint_judges`: the rules of
+        :data:`CHECKPOINT_RULES` and the variants of :data:`COMPARED_JUDGES`), a
+        function that builds the best model by it (uncalibrated, judged on the
+        validation data): to compare them on the same run.  Not saved.
     """
 
     model: SplitModel
