@@ -226,7 +226,10 @@ def _devset_problem(key: str, rng):
     _, h, w = img.shape
     y0, x0 = max(0, (h - DEVSET_MAX_SIDE) // 2), max(0, (w - DEVSET_MAX_SIDE) // 2)
     img = img[:, y0 : y0 + DEVSET_MAX_SIDE, x0 : x0 + DEVSET_MAX_SIDE]
-    return names, list(img), [add_noise(c, rng) for c in img]
+    # The clean images in the noisy ones' photon units (as add_noise scales them): the
+    # range-invariant PSNR ignores the scale, the validation estimate's MSE does not.
+    clean = [c * (30.0 / max(float(np.percentile(c, 99.9)), 1e-9)) for c in img]
+    return names, clean, [add_noise(c, rng) for c in img]
 
 
 def devset(args, results: dict) -> None:
@@ -299,7 +302,10 @@ def devset(args, results: dict) -> None:
                 by_rule[rule] = {"best_epoch": other.training["best_epoch"], "ri_psnr": psnr,
                                  "validation_gain_db": other.training["validation"][
                                      "psnr_gain_db"]}
+            honest = _estimate_vs_truth(model, train_ch, clean, cut, test_in, test_clean,
+                                        res.mean, shares, args)
             row[label] = {
+                "estimate_vs_truth": honest,
                 "by_checkpoint_rule": by_rule,
                 "hard_fallback_ri_psnr": None,
                 "network_ri_psnr": None,
@@ -317,8 +323,10 @@ def devset(args, results: dict) -> None:
                 "train_seconds": train_s, "epochs_run": model.training["epochs_run"],
                 "best_epoch": model.training["best_epoch"],
                 # The learning curve: validation loss and gains after every epoch.
-                "history": [{k: h.get(k) for k in ("epoch", "val_loss", "val_gain_db")}
+                "history": [{k: h.get(k) for k in ("epoch", "val_loss", "val_gain_db",
+                                                   "val_gain_db_noise_model")}
                             for h in result.history],
+                "noise_variance": val.get("noise_variance"),
                 "steps_per_epoch": model.training["steps_per_epoch"],
             }
         out[key] = row
@@ -346,12 +354,64 @@ def devset(args, results: dict) -> None:
                   f"steps, best {r['best_epoch']} by {r['checkpoint_rule']}, "
                   f"{r['train_seconds']:.0f}s; not learned: "
                   f"{r['not_learned']}; constant split kept for {r['constant_split_for']}")
+            h = r["estimate_vs_truth"]
+            for c, n in enumerate(names):
+                print(f"      {n:10s} validation estimate {h['estimate'][c]:+6.2f} dB "
+                      f"(before: noise models' variance, MSE {h['estimate_noise_model'][c]:+6.2f})"
+                      f"; clean truth on the validation strip RI {h['validation_truth'][c]:+6.2f}"
+                      f" MSE {h['validation_truth_mse'][c]:+6.2f}; test RI-PSNR gain "
+                      f"{r['ri_psnr'][c] - row['constant split'][c]:+6.2f} MSE "
+                      f"{h['test_mse_gain'][c]:+6.2f}")
             for rule, alt in r["by_checkpoint_rule"].items():
                 cells = " / ".join(f"{p - row['constant split'][c]:+.2f}"
                                    for c, p in enumerate(alt["ri_psnr"]))
                 print(f"      checkpoint by {rule:8s}: epoch {alt['best_epoch']:4d}, gains "
                       f"over the constant split {cells}")
         sys.stdout.flush()
+
+
+def _mse_gain(pred, clean, base) -> float:
+    """10 log10(MSE of ``base`` / MSE of ``pred``) against ``clean``, dB."""
+    return float(10 * np.log10(np.mean((base - clean) ** 2) / np.mean((pred - clean) ** 2)))
+
+
+def _estimate_vs_truth(model, train_ch, clean, cut, test_in, test_clean, test_mean, shares,
+                       args) -> dict:
+    """Per structure: the validation estimate of the gain over the constant split (with
+    the variance training used, and with the noise models' variance as before), the
+    same gain measured against the clean structures on the held-back validation strip
+    (the model's split of that strip, the split's share from its noisy acquisitions as
+    the estimate has it), and the MSE gain on the test part (share from training)."""
+    from napari_duet.core.metrics import range_invariant_psnr
+    from napari_duet.denoisplit._data import prepare_data, replace_hot_pixels
+
+    val = model.training.get("validation", {})
+    names = model.channel_names
+    gains = val.get("psnr_gain_db") or {}
+    # The estimate of the final (blended) model with the noise models' variance.
+    old = val.get("psnr_gain_db_noise_model") or {}
+    clean_train = [replace_hot_pixels(c[None, :, :cut])[0] for c in clean]
+    data_noisy = prepare_data(*train_ch, patch_size=model.patch_size, val_fraction=0.15,
+                              rng=np.random.default_rng(0))
+    data_clean = prepare_data(*clean_train, patch_size=model.patch_size, val_fraction=0.15,
+                              rng=np.random.default_rng(0))
+    vn, vc = data_noisy.val[0], data_clean.val[0]  # (N, y, x)
+    total = vn.sum(axis=0)
+    pred = model.predict(total, samples=args.samples, batch_size=args.predict_batch).mean
+    share_val = vn.sum(axis=(1, 2)) / total.sum()
+    test_clean_h = [replace_hot_pixels(c[None])[0] for c in test_clean]
+    return {
+        "estimate": [gains.get(n) for n in names],
+        "estimate_noise_model": [old.get(n) for n in names],
+        "validation_truth": [range_invariant_psnr(pred[c], vc[c])
+                             - range_invariant_psnr(share_val[c] * total, vc[c])
+                             for c in range(len(names))],
+        "validation_truth_mse": [_mse_gain(pred[c], vc[c], share_val[c] * total)
+                                 for c in range(len(names))],
+        "test_mse_gain": [_mse_gain(test_mean[c], test_clean_h[c], shares[c] * test_in)
+                          for c in range(len(names))],
+        "validation_strip": data_noisy.split,
+    }
 
 
 def seams(model, test_in, clean, untiled, args) -> dict:

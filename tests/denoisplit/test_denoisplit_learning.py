@@ -60,6 +60,11 @@ def test_structures_that_differ_only_in_shape_are_both_learned(tmp_path):
     assert val["not_learned"] == [], val
     assert all(g >= 0.1 for g in val["psnr_gain_db"].values()), val
     assert "not learned" not in val["summary"]
+    # Which variance the estimate subtracted is recorded (on this small field of thin
+    # bright structures the Poisson-Gaussian fit is refused: the noise models').
+    assert set(val["noise_variance"]) == {"A", "B"}
+    assert all(v["source"] in ("poisson_gaussian", "noise_model")
+               for v in val["noise_variance"].values())
     # Each channel's weight against the constant split (the blend of least estimated
     # error) is recorded; learned channels keep most of the network's output.
     assert all(0.5 <= w <= 1.0 for w in val["network_weight"].values()), val

@@ -227,6 +227,10 @@ class TrainConfig(EngineConfig):
         Which epoch's weights to keep: the largest smallest per-structure PSNR gain
         over the constant split on the validation data (``min_gain``), the largest
         sum of those gains, or the least validation loss over all channels.
+    checkpoint_window : int
+        The gain rules judge an epoch by the mean of its per-structure gains and
+        those of the epochs before it, this many in all (1: that epoch's alone): the
+        estimate on a small held-back strip swings by several dB between epochs.
     grad_clip : float
         Gradient-norm clip (0 disables).
     augment : bool
@@ -296,6 +300,7 @@ class TrainConfig(EngineConfig):
     lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
     early_stopping: int = param(30, lo=1)
     checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
+    checkpoint_window: int = param(3, lo=1)
     grad_clip: float = param(0.5, lo=0)
     augment: bool = True
     mixed_precision: bool = True
