@@ -82,8 +82,9 @@ def test_any_stack_shape_keeps_its_shape_and_a_noiseless_stack(shape):
     """Odd sides, stacks thinner than a block and slices smaller than a block: the output
     has the input's shape, and with no noise (sigma ~0) every coefficient is kept."""
     x = torch.from_numpy(np.random.default_rng(1).random(shape).astype(np.float32))
-    for out in two_step(x, 1e-6, {"bm": x, "ht": None}).values():
-        assert out.shape == x.shape and torch.allclose(out, x, atol=1e-4)
+    for sigma in (1e-6, 0.0):
+        for out in two_step(x, sigma, {"bm": x, "ht": None}).values():
+            assert out.shape == x.shape and torch.allclose(out, x, atol=1e-4)
 
 
 def test_bad_input_is_a_clear_error():

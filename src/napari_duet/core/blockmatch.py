@@ -75,7 +75,8 @@ def match_blocks(
     the sum of squared differences, computed for each shift at once for all
     references from 2D running sums.  Returns the references' and the groups'
     block starts as flat indices into ``ref``: (N,) and (N, k), each group
-    sorted by distance (the reference itself first).
+    sorted by distance (the reference itself among the first, with its exact
+    copies).
     """
     n_z, h, w = ref.shape
     nz, ny, nx = n_z - depth + 1, h - size + 1, w - size + 1
@@ -196,8 +197,10 @@ def collaborative_filter(
     win = torch.outer(win1, win1).expand(depth, size, size).reshape(-1)
     off = (torch.arange(depth)[:, None, None] * (h * w) + torch.arange(size)[None, :, None] * w
            + torch.arange(size)[None, None, :]).reshape(-1)
-    # block variance: the mean of its slices' (a reference block's)
-    var_block = torch.stack([var[j:j + depth].mean() for j in range(n_z - depth + 1)])
+    # block variance: the mean of its slices' (a reference block's); never 0, so a
+    # noiseless slice keeps every coefficient with finite weights instead of 0 / 0
+    var_block = torch.stack([var[j:j + depth].mean()
+                             for j in range(n_z - depth + 1)]).clamp_min(1e-12)
     xf = x.reshape(-1)
     pf = None if p is None else p.reshape(-1)
     num = torch.zeros_like(xf)
