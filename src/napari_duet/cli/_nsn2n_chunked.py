@@ -30,14 +30,11 @@ from ..core.progress import run_to_end
 
 def with_wiener(model, args: argparse.Namespace):
     """``model`` with the Wiener stage set by ``--wiener`` when given (else as trained)."""
-    from ..core.errors import DuetInputError
-    from ..nsn2n._blind import BLOCK_STAGES
+    from ..nsn2n._config import check_stage_fits
 
     choice = getattr(args, "wiener", None)
-    if choice in BLOCK_STAGES and not model.is_blind:
-        raise DuetInputError(f"--wiener {choice} needs white noise and a model with the "
-                             f"blind-spot network (this one: {model.context}); use 2d, 3d or 3d2")
     if choice:
+        check_stage_fits(choice, model.context)
         model.config = model.config.replace(wiener=choice)
     return model
 

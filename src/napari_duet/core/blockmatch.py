@@ -25,23 +25,16 @@ The output for slice ``z`` depends only on slices
 ``z - reach(depth, dz) .. z + reach(depth, dz)``, so a slab read with that many
 extra slices on each side gives the same slices as the whole stack.
 
-Imports nothing but torch: ``nsn2n/bmz_network.py`` packages its source into
+Imports nothing but torch and :mod:`napari_duet.core.wiener` (its DCT matrix
+and noise levels): ``nsn2n/bmz_network.py`` packages both modules' source into
 bioimage.io models.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def _dct(n: int) -> torch.Tensor:
-    """Orthonormal DCT-II matrix (rows: frequencies), float32."""
-    i = torch.arange(n, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * i[None, :] + 1) * i[:, None] / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2.0)
-    return d.float()
+from .wiener import _dct_matrix, slice_variances
 
 
 def _starts(n: int, step: int) -> torch.Tensor:
@@ -184,15 +177,11 @@ def collaborative_filter(
     n_z, h, w = x.shape
     depth = max(1, min(int(depth), n_z))
     size = max(1, min(int(size), h, w))
-    var = torch.as_tensor(sigmas, dtype=torch.float32).reshape(-1) ** 2
-    if var.numel() == 1:
-        var = var.expand(n_z)
-    if var.numel() != n_z:
-        raise ValueError(f"collaborative_filter needs one sigma or {n_z}, got {var.numel()}")
+    var = slice_variances(sigmas, n_z, "collaborative_filter").float()
     p = None if pilot is None else pilot.float().contiguous()
     ref = x if p is None else p
     k = max(1, min(int(k), (2 * radius + 1) ** 2 * (2 * dz + 1)))
-    d_in, d_z, d_k = _dct(size), _dct(depth), _dct(k)
+    d_in, d_z, d_k = (_dct_matrix(n).float() for n in (size, depth, k))
     win1 = torch.kaiser_window(size, periodic=False, beta=2.0)
     win = torch.outer(win1, win1).expand(depth, size, size).reshape(-1)
     off = (torch.arange(depth)[:, None, None] * (h * w) + torch.arange(size)[None, :, None] * w

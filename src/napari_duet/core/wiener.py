@@ -98,6 +98,17 @@ def dct_wiener(
                             stride=stride, block_rows=block_rows)[0]
 
 
+def slice_variances(sigmas, n_z: int, who: str) -> torch.Tensor:
+    """(n_z,) float64 noise variances from one sigma or one per slice (ValueError naming
+    ``who`` otherwise)."""
+    var = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1) ** 2
+    if var.numel() == 1:
+        var = var.expand(n_z)
+    if var.numel() != n_z:
+        raise ValueError(f"{who} needs one sigma or {n_z}, got {var.numel()}")
+    return var
+
+
 def _reflect(j: int, n: int) -> int:
     """Index ``j`` reflected into ``0..n-1`` (edge not repeated, as numpy's ``reflect``)."""
     if n == 1:
@@ -166,11 +177,7 @@ def dct_wiener_stack(
                              f"got {tuple(var.shape)}")
         var = var.to(x.device)
     else:
-        var = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1) ** 2
-        if var.numel() == 1:
-            var = var.expand(n_z)
-        if var.numel() != n_z:
-            raise ValueError(f"dct_wiener_stack needs one sigma or {n_z}, got {var.numel()}")
+        var = slice_variances(sigmas, n_z, "dct_wiener_stack")
     stride = max(1, min(int(stride), size))
     m = size - 1
     basis = dct_basis(size, x.device, depth)

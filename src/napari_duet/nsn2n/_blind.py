@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import DuetInputError
+from ._config import BLOCK_STAGES, check_stage_fits
 from ._context import CorrectionNet, empty_batch, random_crop, random_dihedral
 
 NEIGHBOURS = (-2, -1, 1, 2)
@@ -231,7 +231,6 @@ CONTEXT_STAGE = {"mode": "3d", "use": True,
 # everywhere either: the recorruption check ranks them with the others.  Searching only the same
 # slice (dz 0) lost 0.66 dB on brain MRI; matching the thresholding's groups on
 # the network's estimate instead of the noisy stack lost 2.8 dB there.
-BLOCK_STAGES = ("bm", "bmht")
 
 
 def stage_reach(mode: str) -> int:
@@ -303,9 +302,8 @@ def stage_stack(x: np.ndarray, pilot: np.ndarray, mode: str, sigmas=None) -> np.
     if mode == "off":
         return out
     if mode in BLOCK_STAGES:
-        if sigmas is None:
-            raise DuetInputError(f"the {mode!r} second stage needs white noise (the "
-                                 "blind-spot network); after the 2.5D network use 2d, 3d or 3d2")
+        if sigmas is None:  # the 2.5D network's case (spectra)
+            check_stage_fits(mode, "2.5d")
         return block_matched_stages(x, out, sigmas, (mode,))[mode]
     xt = torch.from_numpy(x)
     depth = _DEPTH_3D if mode in _STAGE_3D else 1

@@ -32,6 +32,7 @@ from ..core.bmz import (
     write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
+from ._config import BLOCK_STAGES
 from ._model import NSN2NModel
 
 NETWORK_FILE = "nsn2n_network.py"
@@ -96,10 +97,11 @@ def network_source() -> str:
     spliced = {"UNet2D": ("UNet2D (napari_duet.core.networks.unet)", (unet._block, unet.UNet2D)),
                "dct_wiener, dct_wiener_stack, noise_spectrum": (
                    "dct_wiener, dct_wiener_stack, noise_spectrum (napari_duet.core.wiener)",
-                   (wiener._dct_matrix, wiener.dct_basis, wiener.dct_wiener, wiener._reflect,
-                    wiener.dct_wiener_stack, wiener.noise_spectrum)),
+                   (wiener._dct_matrix, wiener.dct_basis, wiener.dct_wiener,
+                    wiener.slice_variances, wiener._reflect, wiener.dct_wiener_stack,
+                    wiener.noise_spectrum)),
                "two_step": ("two_step (napari_duet.core.blockmatch)",
-                            (blockmatch._dct, blockmatch._starts, blockmatch.block_reach,
+                            (blockmatch._starts, blockmatch.block_reach,
                              blockmatch.match_blocks, blockmatch.collaborative_filter,
                              blockmatch.two_step_blocks, blockmatch.two_step)),
                "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
@@ -178,8 +180,6 @@ def export_bmz(
         got = module(torch.from_numpy(crop[None]))[0].numpy()
     span = float(np.percentile(crop, 99.9) - np.percentile(crop, 0.1)) or 1.0
     err = np.abs(got - expected) / span
-    from ._blind import BLOCK_STAGES
-
     if model.wiener_mode in BLOCK_STAGES:
         # Block matching is discontinuous where two candidate blocks tie: the module's
         # last-bit differences (its own normalisation and noise level) swap a few blocks

@@ -22,6 +22,9 @@ CONTEXTS = ("auto", "2.5d", "blind", "2d")
 NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
 # "on" is the "2d" stage (its name in models saved before the 3D stages existed).
 WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "bm", "bmht", "on")
+# The block-matched stages (nsn2n/_blind.py): one white-noise level per slice, so
+# the blind-spot network only.  Here, not in _blind, so checks need no torch.
+BLOCK_STAGES = ("bm", "bmht")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
@@ -229,3 +232,14 @@ class NSN2NConfig(EngineConfig):
                                        and self.budget > 0),
              f"budget must be 'auto' or a positive number of seconds, got {self.budget!r}")
         check_int("preview_index", self.preview_index, optional=True)
+
+
+def check_stage_fits(wiener: str, context: str) -> None:
+    """Refuse a block-matched ``wiener`` stage for the 2.5D network (noise correlated within
+    slices, which one noise level per slice cannot describe): a one-line DuetInputError."""
+    if wiener in BLOCK_STAGES and context == "2.5d":
+        from ..core.errors import DuetInputError
+
+        raise DuetInputError(f"the {wiener} second stage needs white noise, but this is the "
+                             f"2.5D network (noise correlated within slices): use auto, 2d, "
+                             f"3d or 3d2")

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import DuetInputError
 from ..core.progress import Progress, run_to_end
 from ..core.versions import versions
-from ._config import NSN2NConfig
+from ._config import NSN2NConfig, check_stage_fits
 from ._diagnostics import fit_stacks_noise
 from ._guide import guide_stack
 from ._model import DenoiseResult, NSN2NModel
@@ -313,10 +312,7 @@ def iter_train(
     mode, noise_rho = resolve_context(config, stacks, rho if noise.kind == "gaussian" else None)
     width = resolve_width(config.replace(context=mode), device)
     context, blind = mode == "2.5d", mode == "blind"
-    if context and config.wiener in ("bm", "bmht"):  # _blind.BLOCK_STAGES (imports torch)
-        raise DuetInputError(f"wiener={config.wiener!r} needs white noise, but the noise is "
-                             f"correlated within slices (the 2.5D network): use auto, 2d, 3d "
-                             f"or 3d2")
+    check_stage_fits(config.wiener, mode)
     # Planned steps: fixed, or an estimate updated from the measured speed.
     n_iter = config.iterations if config.iterations is not None else 1000
     preview_index = (n_z // 2 if config.preview_index is None
