@@ -304,7 +304,6 @@ def recommend_method(
             f"{thick} slices ({frac:.0%} of pixels match): NS-N2N's blind-spot network "
             "(chosen automatically) uses each slice and its neighbours, and a Wiener stage "
             "chosen on the volume puts back the detail it smoothed; on real volumes with such "
-            "noise it measured above or level with BM4D (noise level estimated) on "
-            "fluorescence stacks, within 0.1 dB on EM, 0.4-1.4 dB below it on real MRI and "
-            "CT at a short training (docs/nsn2n.md, Measured): give it a longer --budget or "
-            "a GPU there, or compare with BM4D" + advice)
+            "noise it measured above BM4D (noise level estimated) on fluorescence and EM "
+            "stacks and 0.07-0.35 dB below it on real MRI and CT (docs/nsn2n.md, Measured): "
+            "there, compare with BM4D" + advice)
