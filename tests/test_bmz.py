@@ -100,7 +100,7 @@ def test_package_contents(exported):
     kwargs = rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]
     # The 2.5D network's second stage (3D windows, noise spectrum) is packaged too; the
     # export refused a module that differs from the predictor.
-    assert kwargs["arch"] == "nsn2n-context" and kwargs["wiener"] == "3d"
+    assert kwargs["arch"] == "nsn2n-context" and kwargs["wiener"] == "bmw"
     # The architecture file runs without napari-duet: it imports torch only.
     modules = {n.module if isinstance(n, ast.ImportFrom) else a.name
                for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import | ast.ImportFrom)
@@ -169,7 +169,8 @@ def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
 
 
 @pytest.mark.parametrize(("tta", "wiener"), [(False, "off"), (True, "off"), (False, "on"),
-                                             (False, "3d2"), (False, "bm")])
+                                             (False, "3d2"), (False, "bm"),
+                                             (False, "bmht-light")])
 def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thread):
     """``NSN2NDenoiser(arch="nsn2n-blind")`` computes what ``NSN2NModel.predict`` computes:
     hidden-pixel filling with mirrored borders (odd sides), mirrored neighbour slices
@@ -274,8 +275,10 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     from napari_duet.core.blockmatch import two_step
 
     assert all(torch.equal(a, b) for a, b in zip(
-        namespace["two_step"](noisy, [0.7] * 5, {"bm": pilot, "ht": None}).values(),
-        two_step(noisy, [0.7] * 5, {"bm": pilot, "ht": None}).values(), strict=True))
+        namespace["two_step"](noisy, [0.7] * 5, {"bm": pilot, "ht": None, "l": None},
+                              {"l": namespace["light_mu2"]()}).values(),
+        two_step(noisy, [0.7] * 5, {"bm": pilot, "ht": None, "l": None}, {"l": 0.4}).values(),
+        strict=True))
     # ... and the engine's choice of neighbouring slices at the volume's ends
     from napari_duet.nsn2n._context import GAP_IN, SELF_IN, neighbour_index
 

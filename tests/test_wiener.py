@@ -118,7 +118,8 @@ def test_check_turns_the_stage_on_behind_a_blurring_estimate():
     got = choose_wiener(blurring, stacks, tta=False)
     assert got["use"] is True and got["loss_wiener"] < got["loss_blend"]
     assert len(got["slices"]) == 6
-    assert set(got["losses"]) == {"off", "2d", "3d", "3d2", "bm", "bmht"}
+    assert set(got["losses"]) == {"off", "2d", "3d", "3d2", "bm", "bmht", "bm-light",
+                                   "bmht-light"}
     # The slices repeat one image: the stages that read neighbouring slices win.
     assert got["mode"] in ("3d", "3d2", "bm", "bmht")
     assert got["losses"]["3d"] < got["losses"]["2d"]
@@ -204,7 +205,7 @@ def test_model_follows_the_recorded_decision_and_says_so(tmp_path):
                      device="cpu")
     assert ctx.use_wiener is False and "before the stage existed" in ctx.describe_wiener()
     ctx.training["wiener"] = dict(CONTEXT_STAGE)  # what training records for the 2.5D network
-    assert ctx.wiener_mode == "3d" and ctx.halo == 4
+    assert ctx.wiener_mode == "bmw" and ctx.halo == 6  # the network's 2 + 4
     assert "noise spectrum" in ctx.describe_wiener()
     flat = NSN2NModel(UNet2D(1, 1, width=4, depth=1), NSN2NConfig(context="2d", wiener="3d"),
                       [], device="cpu")

@@ -197,7 +197,9 @@ WIENER_CHECK_SLICES = 10
 # 3d +2.88, 3d2 +3.31; CT +1.29 / +1.71 / +2.05; EM +0.04 / +0.27 / +0.20;
 # the thick-sliced mitotic plate +0.89 / +0.14 / -0.30.  No one stage wins
 # everywhere, so the check picks per volume.
-STAGES = ("off", "2d", "3d", "3d2", "bm", "bmht")
+STAGES = ("off", "2d", "3d", "3d2", "bm", "bmht", "bm-light", "bmht-light")
+# and the 2.5D network's (CONTEXT_STAGE), which any network may be given explicitly
+ALL_STAGES = (*STAGES, "bmw")
 # In-plane stride of each pass of the 3D window.  The last pass every pixel
 # (stride 1): on the same defaults-half networks, +0.20 dB on brain MRI, +0.09 on
 # CT, +0.06 on EM for 3d2 (stride 1 in both passes: +0.01 more), for about a
@@ -210,13 +212,20 @@ _DEPTH_3D, _SIZE_3D = 3, 8
 # After the 2.5D network (noise correlated within slices) no recorruption check
 # is possible without the noise's covariance, and one stage measured ahead on
 # every volume of the defaults half (in-plane correlated noise, 400 steps, dB
-# over the network): 3D windows with each slice's noise spectrum, brain MRI
-# +0.87, CT +1.64, EM +0.55, chromosomes +0.03, mitotic plate +5.11 (the
-# network alone was below the noisy input there); per-slice windows lost
-# 0.24-1.24 dB on three of them.  So "auto" records this one.
-CONTEXT_STAGE = {"mode": "3d", "use": True,
-                 "reason": "3D windows with the noise spectrum read from each slice "
-                           "(after the 2.5D network: ahead on every volume measured)"}
+# over the network): "bmw", block-matched Wiener filtering (the Wiener step of
+# the "bm" stages: 3 x 8 x 8 blocks, groups of 16) guided by the network's
+# estimate, with each slice's noise spectrum read from its residual: brain MRI
+# +1.78, CT +2.10, EM +1.08, chromosomes +0.04, mitotic plate +6.47 (the
+# network alone was below the noisy input there), against +0.92 / +1.67 /
+# +0.57 / +0.04 / +4.66 for the "3d" windows with the same spectra (the stage
+# recorded before).  Measured and not kept: a thresholding pass with the
+# spectra first (-2.7 dB on brain MRI: one threshold per in-plane frequency
+# misses the network's good estimate), mu2 0.7 (+0.03 on average), a second
+# pass (-0.01), groups of 32 (+0.04), the mean of the network and the first
+# pass as the pilot (+0.04).  So "auto" records "bmw".
+CONTEXT_STAGE = {"mode": "bmw", "use": True,
+                 "reason": "block-matched Wiener filtering with the noise spectrum read from "
+                           "each slice (after the 2.5D network: ahead on every volume measured)"}
 
 
 # The block-matched stages (``bm``, ``bmht``; :func:`napari_duet.core.blockmatch.two_step`):
@@ -239,22 +248,28 @@ def stage_reach(mode: str) -> int:
         from ..core.blockmatch import TWO_STEP_REACH
 
         return TWO_STEP_REACH
+    if mode == "bmw":
+        from ..core.blockmatch import WIENER_REACH
+
+        return WIENER_REACH
     return (_DEPTH_3D - 1) * len(_STAGE_3D.get(mode, ()))
 
 
 def block_matched_stages(x: np.ndarray, pilot: np.ndarray, sigmas,
                          modes: tuple[str, ...] = BLOCK_STAGES) -> dict[str, np.ndarray]:
-    """The ``bm`` / ``bmht`` stages on a (Z, Y, X) run (one thresholding pass for both).
+    """The block-matched stages (:data:`BLOCK_STAGES`) on a (Z, Y, X) run.
 
-    ``pilot`` is the network's estimate (``bm`` only); ``sigmas`` the white
-    noise's level per slice.
+    One thresholding pass for all, one block matching per pilot.  ``pilot`` is
+    the network's estimate (``bm``, ``bm-light``); ``sigmas`` the white noise's
+    level per slice.
     """
-    from ..core.blockmatch import two_step
+    from ..core.blockmatch import light_mu2, two_step
 
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     sig = [float(s) for s in np.broadcast_to(np.asarray(sigmas, np.float64), (x.shape[0],))]
     net = torch.from_numpy(np.ascontiguousarray(pilot, np.float32))
-    outs = two_step(xt, sig, {m: net if m == "bm" else None for m in modes})
+    outs = two_step(xt, sig, {m: None if m.startswith("bmht") else net for m in modes},
+                    {m: light_mu2() for m in modes if m.endswith("-light")})
     return {m: o.numpy() for m, o in outs.items()}
 
 
@@ -295,8 +310,8 @@ def stage_stack(x: np.ndarray, pilot: np.ndarray, mode: str, sigmas=None) -> np.
     """
     from ..core.wiener import dct_wiener_stack, noise_spectrum
 
-    if mode not in STAGES:
-        raise ValueError(f"unknown second stage {mode!r}; expected one of {STAGES}")
+    if mode not in ALL_STAGES:
+        raise ValueError(f"unknown second stage {mode!r}; expected one of {ALL_STAGES}")
     x = np.asarray(x, np.float32)
     out = np.asarray(pilot, np.float32)
     if mode == "off":
@@ -310,11 +325,19 @@ def stage_stack(x: np.ndarray, pilot: np.ndarray, mode: str, sigmas=None) -> np.
     if sigmas is None:
         spectra = torch.stack([noise_spectrum(xt[z], torch.from_numpy(out[z]), _SIZE_3D)
                                for z in range(x.shape[0])])
+        if mode == "bmw":
+            from ..core.blockmatch import guided_wiener
+
+            return guided_wiener(xt, 1.0, torch.from_numpy(out), spectra).numpy()
         for stride in _STAGE_3D.get(mode, (1,)):
             out = dct_wiener_stack(xt, torch.from_numpy(out), None, depth, _SIZE_3D, stride,
                                    spectra=spectra).numpy()
         return out
     sig = np.array(np.broadcast_to(np.asarray(sigmas, np.float64), (x.shape[0],)))
+    if mode == "bmw":
+        from ..core.blockmatch import guided_wiener
+
+        return guided_wiener(xt, sig, torch.from_numpy(out)).numpy()
     if mode == "2d":
         return np.stack([wiener_stage(x[z], out[z], sig[z]) for z in range(x.shape[0])])
     for stride in _STAGE_3D[mode]:

@@ -32,7 +32,7 @@ from ..core.bmz import (
     write_duet_package,
 )
 from ..core.errors import DuetError, DuetInputError
-from ._config import BLOCK_STAGES
+from ._config import MATCHED_STAGES
 from ._model import NSN2NModel
 
 NETWORK_FILE = "nsn2n_network.py"
@@ -100,10 +100,11 @@ def network_source() -> str:
                    (wiener._dct_matrix, wiener.dct_basis, wiener.dct_wiener,
                     wiener.slice_variances, wiener._reflect, wiener.dct_wiener_stack,
                     wiener.noise_spectrum)),
-               "two_step": ("two_step (napari_duet.core.blockmatch)",
-                            (blockmatch._starts, blockmatch.block_reach,
-                             blockmatch.match_blocks, blockmatch.collaborative_filter,
-                             blockmatch.two_step_blocks, blockmatch.two_step)),
+               "guided_wiener, light_mu2, two_step": (
+                   "guided_wiener, light_mu2, two_step (napari_duet.core.blockmatch)",
+                   (blockmatch._starts, blockmatch.block_reach, blockmatch.match_blocks,
+                    blockmatch.collaborative_filter, blockmatch.two_step_blocks,
+                    blockmatch.guided_wiener, blockmatch.light_mu2, blockmatch.two_step)),
                "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
                                    (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")
@@ -180,7 +181,7 @@ def export_bmz(
         got = module(torch.from_numpy(crop[None]))[0].numpy()
     span = float(np.percentile(crop, 99.9) - np.percentile(crop, 0.1)) or 1.0
     err = np.abs(got - expected) / span
-    if model.wiener_mode in BLOCK_STAGES:
+    if model.wiener_mode in MATCHED_STAGES:
         # Block matching is discontinuous where two candidate blocks tie: the module's
         # last-bit differences (its own normalisation and noise level) swap a few blocks
         # of some groups, which moves their pixels a little (measured: 0.4 % of the

@@ -21,10 +21,15 @@ SCHEDULES = ("cosine", "constant")
 CONTEXTS = ("auto", "2.5d", "blind", "2d")
 NOISE_MODELS = ("auto", "gaussian", "poisson-gaussian", "rician")
 # "on" is the "2d" stage (its name in models saved before the 3D stages existed).
-WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "bm", "bmht", "on")
+WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "bm", "bmht", "bm-light", "bmht-light",
+                  "bmw", "on")
 # The block-matched stages (nsn2n/_blind.py): one white-noise level per slice, so
 # the blind-spot network only.  Here, not in _blind, so checks need no torch.
-BLOCK_STAGES = ("bm", "bmht")
+# "-light": the Wiener step shrinks less (core.blockmatch.light_mu2).
+BLOCK_STAGES = ("bm", "bmht", "bm-light", "bmht-light")
+# Every stage that matches blocks ("bmw": the Wiener step alone, guided by the network;
+# with each slice's noise spectrum after the 2.5D network): discontinuous where blocks tie.
+MATCHED_STAGES = (*BLOCK_STAGES, "bmw")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 
@@ -109,7 +114,7 @@ class NSN2NConfig(EngineConfig):
     tta : bool
         Test-time augmentation at inference (8 flips/rotations): output is their
         mean and the uncertainty their spread.
-    wiener : {"auto", "off", "2d", "3d", "3d2", "bm", "bmht", "on"}
+    wiener : {"auto", "off", "2d", "3d", "3d2", "bm", "bmht", "bm-light", "bmht-light", "bmw", "on"}
         A second stage after the blind-spot or 2.5D network: the noisy slices
         Wiener-filtered in sliding DCT windows with the network's estimate as the
         pilot: ``2d`` windows in each slice (:func:`napari_duet.core.wiener.dct_wiener`;
@@ -119,7 +124,11 @@ class NSN2NConfig(EngineConfig):
         similar blocks from neighbouring slices
         (:mod:`napari_duet.core.blockmatch`): collaborative hard thresholding,
         then Wiener guided by the mean of its result and the network's (``bm``)
-        or by its result alone (``bmht``, the classical BM4D-like pilot).
+        or by its result alone (``bmht``, the classical BM4D-like pilot);
+        ``bm-light`` and ``bmht-light`` shrink less in the Wiener step (BM4D's
+        ``mu2 = 0.4``), which keeps fine texture the thresholded pilot lost;
+        ``bmw``: the block-matched Wiener step alone, guided by the network's
+        estimate, with each slice's noise spectrum after the 2.5D network.
         After the 2.5D network the noise level is each slice's noise
         spectrum.  ``auto``: the stage chosen after training
         (:func:`._blind.choose_wiener` for the blind-spot network,
@@ -209,11 +218,14 @@ class NSN2NConfig(EngineConfig):
              "3d2: the 3d stage twice; bm: groups of similar blocks from neighbouring slices "
              "filtered together (repetitive tissue: MRI, CT, EM; white noise only), guided by "
              "the network and a hard-thresholding pass; bmht: guided by the thresholding "
-             "alone; on: same as 2d. Worse where the network alone is "
+             "alone; bm-light, bmht-light: the same, shrinking less (keeps fine texture, "
+             "as BM4D); bmw: the block-matched Wiener step alone, guided by the network "
+             "(after the 2.5D network with each slice's noise spectrum: correlated noise); "
+             "on: same as 2d. Worse where the network alone is "
              "already sharper (piecewise-flat images) or slices differ (thick slices).",
         auto="chosen once after training, on the training volume: after the blind-spot "
              "network the stage (or none) with the lowest unbiased error estimate on "
-             "recorrupted slices, after the 2.5D network 3d with the noise spectrum",
+             "recorrupted slices, after the 2.5D network bmw with the noise spectrum",
         choices=WIENER_CHOICES)
     tile: int = param(512, lo=32, hi=MAX_TILE)
     device: str = device_param()

@@ -295,9 +295,9 @@ def recommend_method(
         return ("nsn2n",
                 f"noise is correlated within slices (lag-1 correlation {rho:.2f}) and "
                 f"{frac:.0%} of pixels match between slices: NS-N2N's 2.5D network (chosen "
-                "automatically) with its 3D Wiener stage, which reads the noise's spectrum, "
-                "removes such noise; BM4D with an estimated noise level and single-image "
-                "denoisers cannot" + advice)
+                "automatically) with its block-matched Wiener stage, which reads the "
+                "noise's spectrum, removes such noise; BM4D with an estimated noise level "
+                "and single-image denoisers cannot" + advice)
     thick = "thin" if sim >= THIN_SLICES else "thick"
     return ("nsn2n",
             f"noise looks pixel-independent within slices (lag-1 correlation {rho:.2f}) on "

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.blockmatch import two_step  # bmz: drop
+from ..core.blockmatch import guided_wiener, light_mu2, two_step  # bmz: drop
 from ..core.networks.unet import UNet2D  # bmz: drop
 from ..core.wiener import dct_wiener, dct_wiener_stack, noise_spectrum  # bmz: drop
 from ._context import neighbour_index  # bmz: drop
@@ -281,11 +281,13 @@ class NSN2NDenoiser(nn.Module):
         self.tau = tau
         self.tau_factor = float(tau_factor)
         self.tta = bool(tta)
-        # The second stage: "off", "2d", "3d", "3d2", "bm" or "bmht" (True/False:
+        # The second stage: "off", "2d", "3d", "3d2", "bm", "bmht", "bm-light",
+        # "bmht-light" or "bmw" (True/False:
         # "2d"/"off", the values of packages written before the 3D stages).
         self.wiener = {True: "2d", False: "off"}.get(wiener, wiener) if isinstance(
             wiener, bool) else str(wiener)
-        if self.wiener not in ("off", "2d", "3d", "3d2", "bm", "bmht"):
+        if self.wiener not in ("off", "2d", "3d", "3d2", "bm", "bmht", "bm-light",
+                               "bmht-light", "bmw"):
             raise ValueError(f"unknown second stage {wiener!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,9 +306,17 @@ class NSN2NDenoiser(nn.Module):
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
             out[z] = self.denoise_slice(norm, z, w)
-        if self.wiener in ("bm", "bmht"):  # blind network only: white noise per slice
+        if self.wiener == "bmw":  # block-matched Wiener guided by the network itself
+            if self.blind:
+                out = guided_wiener(norm, [noise_sigma(s) for s in norm], out)
+            else:
+                out = guided_wiener(norm, 1.0, out, torch.stack(
+                    [noise_spectrum(norm[z], out[z], 8) for z in range(norm.shape[0])]))
+        elif self.wiener.startswith("bm"):  # blind network only: white noise per slice
             sigmas = [noise_sigma(s) for s in norm]
-            out = two_step(norm, sigmas, {"s": out if self.wiener == "bm" else None})["s"]
+            light = {"s": light_mu2()} if self.wiener.endswith("-light") else None
+            pilot = None if self.wiener.startswith("bmht") else out
+            out = two_step(norm, sigmas, {"s": pilot}, light)["s"]
         elif self.wiener != "off" and not (self.blind and self.wiener == "2d"):
             # A stage on the whole stack (as stage_stack of nsn2n/_blind.py): after
             # the blind network white noise of each slice's level, after the 2.5D
