@@ -224,13 +224,14 @@ def run_case(half, name, clean, kind, args, log) -> dict:
     row["nsn2n_seconds"] = sec
     check = res.model.training.get("wiener")
     if check is not None and not args.no_stage_variants:  # the stage chosen, and the others
-        from napari_duet.nsn2n._blind import STAGES
+        from napari_duet.nsn2n._blind import ALL_STAGES
+        from napari_duet.nsn2n._config import BLOCK_STAGES
 
         model = res.model
         chosen = model.wiener_mode
         row["nsn2n_stage"] = {chosen: row["nsn2n"]}
-        for mode in STAGES:
-            if mode == chosen:
+        for mode in ALL_STAGES:  # the block stages need white noise: not after the 2.5D one
+            if mode == chosen or (mode in BLOCK_STAGES and model.is_context):
                 continue
             model.config = model.config.replace(wiener=mode)
             other = model.predict(noisy).denoised
