@@ -305,5 +305,5 @@ def recommend_method(
             "(chosen automatically) uses each slice and its neighbours, and a Wiener stage "
             "chosen on the volume puts back the detail it smoothed; on real volumes with such "
             "noise it measured above BM4D (noise level estimated) on fluorescence and EM "
-            "stacks and 0.07-0.35 dB below it on real MRI and CT (docs/nsn2n.md, Measured): "
-            "there, compare with BM4D" + advice)
+            "stacks, within 0.3 dB of it on real MRI and CT (ahead on some, behind on others; "
+            "docs/nsn2n.md, Measured): there, compare with BM4D" + advice)
