@@ -338,7 +338,9 @@ def devset(args, results: dict) -> None:
                              patch_size=args.patch_size, batch_size=args.batch_size,
                              steps_per_epoch=args.steps_per_epoch, device=args.device,
                              seed=args.seed, lr=args.lr, calibrate=False,
-                             checkpoint_rule=args.checkpoint_rule)
+                             checkpoint_rule=args.checkpoint_rule,
+                             **({} if args.weight_average is None else
+                                {"weight_average": args.weight_average}))
             t = time.perf_counter()
             result = train(train_ch, cfg, tc, noise_models=nms, channel_names=names)
             model = result.model
@@ -683,6 +685,9 @@ def main(argv=None) -> int:
                     "as training's default)")
     ap.add_argument("--checkpoint-rule", default="min_gain",
                     help="checkpoint rule of the development-set runs (all are measured)")
+    ap.add_argument("--weight-average", type=float, default=None,
+                    help="TrainConfig.weight_average of the development-set runs "
+                    "(default: the engine's)")
     ap.add_argument("--config", default=None, help="network for quality: small|default")
     ap.add_argument("--structures", default="G,R",
                     help="FMD channels to superimpose, in order: G (actin), R (mito), "

@@ -231,6 +231,11 @@ class TrainConfig(EngineConfig):
         The gain rules judge an epoch by the mean of its per-structure gains and
         those of the epochs before it, this many in all (1: that epoch's alone): the
         estimate on a small held-back strip swings by several dB between epochs.
+    weight_average : float
+        Validate, keep and return an exponential moving average of the weights
+        (this decay per step; 0: the weights as trained).  With small batches at a
+        high rate the weights, and the split, move by up to a dB between
+        neighbouring epochs; the average follows where training is.
     grad_clip : float
         Gradient-norm clip (0 disables).
     augment : bool
@@ -301,6 +306,7 @@ class TrainConfig(EngineConfig):
     early_stopping: int = param(30, lo=1)
     checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
     checkpoint_window: int = param(3, lo=1)
+    weight_average: float = param(0.0, lo=0, hi=1, hi_open=True)
     grad_clip: float = param(0.5, lo=0)
     augment: bool = True
     mixed_precision: bool = True
