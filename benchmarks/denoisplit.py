@@ -242,8 +242,12 @@ def add_noise(clean: np.ndarray, rng, peak: float = 30.0, read: float = 2.0) -> 
 
 
 def _composite(src: Composite) -> np.ndarray | None:
-    """(C, Y, X) float32 channels of a :class:`Composite` (None if a file is missing)."""
+    """(C, Y, X) float32 channels of a :class:`Composite` (None if a file is missing),
+    camera hot pixels replaced: with one in the test part, the range-invariant PSNR
+    measures that pixel (the membranes file; its own entry keeps them)."""
     import tifffile
+
+    from napari_duet.denoisplit._data import replace_hot_pixels
 
     files = {f: MULTI / f for f, _ in src.channels}
     if not all(p.is_file() for p in files.values()):
@@ -258,7 +262,7 @@ def _composite(src: Composite) -> np.ndarray | None:
         a = imgs[f][c]
         y0 = 0 if src.corner else (a.shape[0] - h) // 2
         x0 = 0 if src.corner else (a.shape[1] - w) // 2
-        out.append(a[y0 : y0 + h, x0 : x0 + w])
+        out.append(replace_hot_pixels(a[None, y0 : y0 + h, x0 : x0 + w])[0][0])
     return np.stack(out)
 
 
