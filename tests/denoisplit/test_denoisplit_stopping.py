@@ -82,6 +82,14 @@ def test_step_cap_and_time_budget_follow_the_data_and_the_device():
     stack = np.zeros((3, 2, 384, 384), np.float32)  # three frames: three times
     assert default_max_steps(stack, 64, 8) == 3 * default_max_steps(field, 64, 8)
     assert default_max_steps(np.zeros((1, 2, 40, 40), np.float32), 64, 16) == MIN_STEP_CAP
+    # More structures in a small field: a higher floor (each structure has to be learned
+    # from the same few patches); a large field's cap is the data's, whatever the count.
+    held_out = np.zeros((1, 3, 297, 262), np.float32)  # a 350 x 350 field's training part
+    assert default_max_steps(held_out[:, :2], 64, 8) == MIN_STEP_CAP == 1000
+    assert default_max_steps(held_out, 64, 8) == 1500
+    assert default_max_steps(np.zeros((1, 4, 40, 40), np.float32), 64, 8) == 2000
+    large = np.zeros((1, 3, 870, 768), np.float32)
+    assert default_max_steps(large, 64, 8) == default_max_steps(large[:, :2], 64, 8) == 6240
     assert resolved_minutes(TrainConfig(), torch.device("cpu")) == 9.0
     assert resolved_minutes(TrainConfig(), torch.device("cuda")) == math.inf
     assert resolved_minutes(TrainConfig(max_minutes=2.5), torch.device("cuda")) == 2.5

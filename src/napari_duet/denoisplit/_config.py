@@ -191,7 +191,8 @@ class TrainConfig(EngineConfig):
     max_steps : int, optional
         Most training steps.  None: from the amount of data,
         :func:`~napari_duet.denoisplit._data.default_max_steps` (40 passes over the
-        field's distinct patches, at least 1000 steps).
+        field's distinct patches, at least 1000 steps for two structures, 1500 for
+        three, 2000 for four).
     patch_size : int
         Training patch side (a multiple of ``2**n_levels``).
     batch_size : int, optional
@@ -268,7 +269,8 @@ class TrainConfig(EngineConfig):
         example="--max-minutes 30", lo=0, lo_open=True)
     max_steps: int | None = param(
         None, label="max steps", help="Stop training after this many steps.",
-        auto="from the amount of data: 40 passes over its distinct patches, at least 1000",
+        auto="from the amount of data: 40 passes over its distinct patches, at least 500 "
+             "per structure",
         example="--max-steps 2000", lo=1)
     patch_size: int = param(
         64, label="patch size",
