@@ -342,7 +342,8 @@ def devset(args, results: dict) -> None:
                              patch_size=args.patch_size, batch_size=args.batch_size,
                              steps_per_epoch=args.steps_per_epoch, device=args.device,
                              seed=args.seed, lr=args.lr, calibrate=False,
-                             checkpoint_rule=args.checkpoint_rule,
+                             **({} if args.checkpoint_rule is None else
+                                {"checkpoint_rule": args.checkpoint_rule}),
                              **({} if args.weight_average is None else
                                 {"weight_average": args.weight_average}))
             t = time.perf_counter()
@@ -687,8 +688,9 @@ def main(argv=None) -> int:
     ap.add_argument("--devset-steps", type=int, default=None,
                     help="step cap per development image (default: from the data size, "
                     "as training's default)")
-    ap.add_argument("--checkpoint-rule", default="min_gain",
-                    help="checkpoint rule of the development-set runs (all are measured)")
+    ap.add_argument("--checkpoint-rule", default=None,
+                    help="checkpoint rule of the development-set runs (default: the "
+                    "engine's; all are measured)")
     ap.add_argument("--weight-average", type=float, default=None,
                     help="TrainConfig.weight_average of the development-set runs "
                     "(default: the engine's)")

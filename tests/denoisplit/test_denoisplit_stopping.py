@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from napari_duet.denoisplit import SplitConfig, TrainConfig, train
@@ -35,6 +36,23 @@ def test_gain_rule_keeps_the_epoch_where_every_structure_gains_not_the_least_los
     assert checkpoint_score("val_loss", float("inf"), [1.0, 1.0]) == math.inf
 
 
+def test_a_structure_not_learned_yet_does_not_decide_the_kept_epoch():
+    """Structure C stays a little below the constant split (the fallback will give it
+    that split) while A and B keep improving: the default rule keeps the last epoch,
+    where A and B gain most, and keeps finding better epochs (so no plateau); the rule
+    before (``min_gain``) keeps epoch 2, where C's estimate happened to be least
+    negative, and finds nothing better after it."""
+    history = [(1.0, [0.3, 0.2, -0.09]), (1.0, [0.5, 0.5, -0.01]), (1.0, [1.0, 1.1, -0.3]),
+               (1.0, [1.5, 1.6, -0.4]), (1.0, [2.0, 2.4, -0.35]), (1.0, [2.6, 3.1, -0.3])]
+    assert TrainConfig().checkpoint_rule == "min_learned"
+    assert _pick(history, "min_gain") == 2
+    assert _pick(history, "min_learned") == 6
+    # Every structure learned: the smallest gain decides, as with min_gain.
+    learned = [(1.0, [4.0, 0.5, 1.0]), (1.0, [3.0, 1.2, 1.3]), (1.0, [6.0, 1.1, 1.4])]
+    assert _pick(learned, "min_learned") == _pick(learned, "min_gain") == 2
+    assert checkpoint_score("min_learned", 1.0, [2.0, -1.0]) == pytest.approx(-0.02)
+
+
 def _data(side=96, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:side, :side]
@@ -60,8 +78,8 @@ def test_training_stops_on_a_plateau_and_records_why():
     assert tr["stop_reason"] == "plateau"
     assert tr["epochs_run"] == 4 and tr["best_epoch"] == 1 and tr["steps_run"] == 12
     assert len(res.history) == 4 and res.history[-1]["steps"] == 12
-    assert tr["checkpoint_rule"] == "min_gain" and set(tr["best_epoch_by_rule"]) >= {
-        "min_gain", "sum_gain", "val_loss", "min_gain@1 noise model"}
+    assert tr["checkpoint_rule"] == "min_learned" and set(tr["best_epoch_by_rule"]) >= {
+        "min_learned", "min_gain", "sum_gain", "val_loss", "min_gain@1 noise model"}
 
 
 def test_training_stops_at_the_step_cap_inside_an_epoch():
