@@ -38,13 +38,13 @@ def test_gain_rule_keeps_the_epoch_where_every_structure_gains_not_the_least_los
 
 def test_a_structure_not_learned_yet_does_not_decide_the_kept_epoch():
     """Structure C stays a little below the constant split (the fallback will give it
-    that split) while A and B keep improving: the default rule keeps the last epoch,
-    where A and B gain most, and keeps finding better epochs (so no plateau); the rule
-    before (``min_gain``) keeps epoch 2, where C's estimate happened to be least
+    that split) while A and B keep improving: ``min_learned`` keeps the last epoch,
+    where A and B gain most, and keeps finding better epochs (so no plateau);
+    ``min_gain`` (the default) keeps epoch 2, where C's estimate happened to be least
     negative, and finds nothing better after it."""
     history = [(1.0, [0.3, 0.2, -0.09]), (1.0, [0.5, 0.5, -0.01]), (1.0, [1.0, 1.1, -0.3]),
                (1.0, [1.5, 1.6, -0.4]), (1.0, [2.0, 2.4, -0.35]), (1.0, [2.6, 3.1, -0.3])]
-    assert TrainConfig().checkpoint_rule == "min_learned"
+    assert TrainConfig().checkpoint_rule == "min_gain"
     assert _pick(history, "min_gain") == 2
     assert _pick(history, "min_learned") == 6
     # Every structure learned: the smallest gain decides, as with min_gain.
@@ -78,7 +78,7 @@ def test_training_stops_on_a_plateau_and_records_why():
     assert tr["stop_reason"] == "plateau"
     assert tr["epochs_run"] == 4 and tr["best_epoch"] == 1 and tr["steps_run"] == 12
     assert len(res.history) == 4 and res.history[-1]["steps"] == 12
-    assert tr["checkpoint_rule"] == "min_learned" and set(tr["best_epoch_by_rule"]) >= {
+    assert tr["checkpoint_rule"] == "min_gain" and set(tr["best_epoch_by_rule"]) >= {
         "min_learned", "min_gain", "sum_gain", "val_loss", "min_gain@1 noise model"}
 
 

@@ -227,10 +227,10 @@ class TrainConfig(EngineConfig):
     checkpoint_rule : {"min_learned", "min_gain", "sum_gain", "val_loss"}
         Which epoch's weights to keep (and what the plateau waits for): the largest
         smallest per-structure PSNR gain over the constant split on the validation
-        data, a structure below 0 dB counting as 0 dB (the fallback gives it the
-        constant split), ties broken by the sum (``min_learned``); the largest
-        smallest gain as it is (``min_gain``, the rule before); the largest sum of
-        those gains; or the least validation loss over all channels.
+        data (``min_gain``); the same with a structure below 0 dB counting as 0 dB
+        (the fallback gives it the constant split), ties broken by the sum
+        (``min_learned``: not the default, see the development-set notes); the
+        largest sum of those gains; or the least validation loss over all channels.
     checkpoint_window : int
         The gain rules judge an epoch by the mean of its per-structure gains and
         those of the epochs before it, this many in all (1: that epoch's alone): the
@@ -309,7 +309,7 @@ class TrainConfig(EngineConfig):
     lr_patience: int = param(30, lo=0)
     lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
     early_stopping: int = param(30, lo=1)
-    checkpoint_rule: str = param("min_learned", choices=CHECKPOINT_RULES)
+    checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
     checkpoint_window: int = param(3, lo=1)
     weight_average: float = param(0.0, lo=0, hi=1, hi_open=True)
     grad_clip: float = param(0.5, lo=0)

@@ -664,13 +664,14 @@ def checkpoint_score(rule: str, val_loss: float, gains: Sequence[float]) -> floa
     ``"val_loss"``: the validation loss over all channels, which lets an easy
     structure's large gain hide a hard one's loss (measured on FMD with three
     structures: the loss-best epoch gave nuclei 1.7 dB less than a later one).
-    ``"min_learned"`` (the default): as ``min_gain``, but a gain below 0 dB counts as 0
+    ``"min_learned"``: as ``min_gain``, but a gain below 0 dB counts as 0
     dB (after training the fallback gives that structure the constant split), and the
     sum of the gains so counted breaks ties (weight :data:`_TIE_WEIGHT`).  With
     ``min_gain`` a structure the network had not learned yet decided alone: on the
     development set's membranes + nuclei + tubulin (nuclei about -0.3 dB for 30 epochs)
     it kept epoch 4 of 34 and the plateau ended training after 340 of 1000 steps, with
-    membranes +0.15 dB over the constant split where the last epoch gave +2.7.
+    membranes +0.15 dB over the constant split where the last epoch gave +2.7
+    (``min_learned``: +2.05; with seed 1 both kept epoch 1, so not the default yet).
     A non-finite score never counts as better.
     """
     if rule == "val_loss":
