@@ -40,6 +40,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fmd_confocal"
 MULTI = ROOT.parent / "shared" / "data" / "multichannel"
 
-# Development set: name -> (file or FMD letters, structure names).  Defaults were
+@dataclass(frozen=True)
+class Composite:
+    """A development image put together from channels of several multichannel files:
+    ``(file, channel)`` per structure, each file cropped to the common size (at most
+    ``side``), at its centre, or with ``corner`` at its top-left corner (to take
+    another part of a file that an image cropped at the centre also uses)."""
+
+    channels: tuple[tuple[str, int], ...]
+    side: int | None = None
+    corner: bool = False
+
+
+# Development set: name -> (file, Composite or FMD letters, structure names).  Defaults were
 # chosen on "tune"; "confirm" was only run to confirm them.
 DEVSET = {
     "nuclei_golgi": ("xyc_16bit__nuclei_golgi.tif", ("nuclei", "golgi")),
@@ -58,10 +71,29 @@ DEVSET = {
     "membranes_nuclei": ("xyc_16bit__membranes_nuclei_hot_pixel.tif", ("membranes", "nuclei")),
     "dapi_tubulin": ("xyc_8bit__dapi_tublin.tif", ("dapi", "tubulin")),
     "fmd_actin_mito_nuclei": (("G", "R", "B"), ("actin", "mito", "nuclei")),
+    # Three structures from two images (each channel still one structure imaged alone,
+    # the third from another field): the held-out case is a 350 x 350 field of three.
+    "nuclei_golgi_tubulin": (Composite((("xyc_16bit__nuclei_golgi.tif", 0),
+                                        ("xyc_16bit__nuclei_golgi.tif", 1),
+                                        ("xyc_16bit__nuclei_tubulin.tif", 1))),
+                             ("nuclei", "golgi", "tubulin")),
+    "nup_nuclei_tubulin": (Composite((("xyc_16bit__nup_nuclei.tif", 0),
+                                      ("xyc_16bit__nup_nuclei.tif", 1),
+                                      ("xyc_8bit__dapi_tublin.tif", 1)), side=350),
+                           ("nup", "nuclei", "tubulin")),
+    "membranes_nuclei_tubulin": (Composite((("xyc_16bit__membranes_nuclei_hot_pixel.tif", 0),
+                                            ("xyc_16bit__membranes_nuclei_hot_pixel.tif", 1),
+                                            ("xyc_8bit__dapi_tublin.tif", 1)), side=350,
+                                           corner=True),
+                                 ("membranes", "nuclei", "tubulin")),
 }
-DEVSET_HALVES = {"tune": ("nuclei_golgi", "nuclei_tubulin", "fmd_actin_mito"),
+DEVSET_HALVES = {"tune": ("nuclei_golgi", "nuclei_tubulin", "fmd_actin_mito",
+                          "nuclei_golgi_tubulin", "nup_nuclei_tubulin"),
                  "confirm": ("nup_nuclei", "membranes_nuclei", "dapi_tubulin",
-                             "fmd_actin_mito_nuclei")}
+                             "fmd_actin_mito_nuclei", "membranes_nuclei_tubulin")}
+# The three-structure images of each half (the case with the least data per structure).
+DEVSET_HALVES["tune3"] = ("nuclei_golgi_tubulin", "nup_nuclei_tubulin")
+DEVSET_HALVES["confirm3"] = ("fmd_actin_mito_nuclei", "membranes_nuclei_tubulin")
 # Largest side of a development image (the 730 x 968 one is cropped at its centre).
 DEVSET_MAX_SIDE = 512
 
@@ -209,11 +241,42 @@ def add_noise(clean: np.ndarray, rng, peak: float = 30.0, read: float = 2.0) -> 
     return (rng.poisson(photons) + rng.normal(0.0, read, clean.shape)).astype(np.float32)
 
 
+def _composite(src: Composite) -> np.ndarray | None:
+    """(C, Y, X) float32 channels of a :class:`Composite` (None if a file is missing),
+    camera hot pixels replaced: with one in the test part, the range-invariant PSNR
+    measures that pixel (the membranes file; its own entry keeps them)."""
+    import tifffile
+
+    from napari_duet.denoisplit._data import replace_hot_pixels
+
+    files = {f: MULTI / f for f, _ in src.channels}
+    if not all(p.is_file() for p in files.values()):
+        return None
+    imgs = {f: tifffile.imread(p).astype(np.float32) for f, p in files.items()}
+    h = min(a.shape[1] for a in imgs.values())
+    w = min(a.shape[2] for a in imgs.values())
+    if src.side:
+        h, w = min(h, src.side), min(w, src.side)
+    out = []
+    for f, c in src.channels:
+        a = imgs[f][c]
+        y0 = 0 if src.corner else (a.shape[0] - h) // 2
+        x0 = 0 if src.corner else (a.shape[1] - w) // 2
+        out.append(replace_hot_pixels(a[None, y0 : y0 + h, x0 : x0 + w])[0][0])
+    return np.stack(out)
+
+
 def _devset_problem(key: str, rng):
     """(names, clean channels, noisy channels) of one development image."""
     import tifffile
 
     src, names = DEVSET[key]
+    if isinstance(src, Composite):
+        img = _composite(src)
+        if img is None:
+            return None
+        clean = [c * (30.0 / max(float(np.percentile(c, 99.9)), 1e-9)) for c in img]
+        return names, clean, [add_noise(c, rng) for c in img]
     if isinstance(src, tuple):
         d = _load_fmd(src)
         if d is None:
@@ -279,7 +342,10 @@ def devset(args, results: dict) -> None:
                              patch_size=args.patch_size, batch_size=args.batch_size,
                              steps_per_epoch=args.steps_per_epoch, device=args.device,
                              seed=args.seed, lr=args.lr, calibrate=False,
-                             checkpoint_rule=args.checkpoint_rule)
+                             **({} if args.checkpoint_rule is None else
+                                {"checkpoint_rule": args.checkpoint_rule}),
+                             **({} if args.weight_average is None else
+                                {"weight_average": args.weight_average}))
             t = time.perf_counter()
             result = train(train_ch, cfg, tc, noise_models=nms, channel_names=names)
             model = result.model
@@ -622,8 +688,12 @@ def main(argv=None) -> int:
     ap.add_argument("--devset-steps", type=int, default=None,
                     help="step cap per development image (default: from the data size, "
                     "as training's default)")
-    ap.add_argument("--checkpoint-rule", default="min_gain",
-                    help="checkpoint rule of the development-set runs (all are measured)")
+    ap.add_argument("--checkpoint-rule", default=None,
+                    help="checkpoint rule of the development-set runs (default: the "
+                    "engine's; all are measured)")
+    ap.add_argument("--weight-average", type=float, default=None,
+                    help="TrainConfig.weight_average of the development-set runs "
+                    "(default: the engine's)")
     ap.add_argument("--config", default=None, help="network for quality: small|default")
     ap.add_argument("--structures", default="G,R",
                     help="FMD channels to superimpose, in order: G (actin), R (mito), "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from napari_duet.denoisplit import SplitConfig, TrainConfig, train
@@ -35,6 +36,23 @@ def test_gain_rule_keeps_the_epoch_where_every_structure_gains_not_the_least_los
     assert checkpoint_score("val_loss", float("inf"), [1.0, 1.0]) == math.inf
 
 
+def test_a_structure_not_learned_yet_does_not_decide_the_kept_epoch():
+    """Structure C stays a little below the constant split (the fallback will give it
+    that split) while A and B keep improving: ``min_learned`` keeps the last epoch,
+    where A and B gain most, and keeps finding better epochs (so no plateau);
+    ``min_gain`` (the default) keeps epoch 2, where C's estimate happened to be least
+    negative, and finds nothing better after it."""
+    history = [(1.0, [0.3, 0.2, -0.09]), (1.0, [0.5, 0.5, -0.01]), (1.0, [1.0, 1.1, -0.3]),
+               (1.0, [1.5, 1.6, -0.4]), (1.0, [2.0, 2.4, -0.35]), (1.0, [2.6, 3.1, -0.3])]
+    assert TrainConfig().checkpoint_rule == "min_gain"
+    assert _pick(history, "min_gain") == 2
+    assert _pick(history, "min_learned") == 6
+    # Every structure learned: the smallest gain decides, as with min_gain.
+    learned = [(1.0, [4.0, 0.5, 1.0]), (1.0, [3.0, 1.2, 1.3]), (1.0, [6.0, 1.1, 1.4])]
+    assert _pick(learned, "min_learned") == _pick(learned, "min_gain") == 2
+    assert checkpoint_score("min_learned", 1.0, [2.0, -1.0]) == pytest.approx(-0.02)
+
+
 def _data(side=96, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:side, :side]
@@ -61,7 +79,7 @@ def test_training_stops_on_a_plateau_and_records_why():
     assert tr["epochs_run"] == 4 and tr["best_epoch"] == 1 and tr["steps_run"] == 12
     assert len(res.history) == 4 and res.history[-1]["steps"] == 12
     assert tr["checkpoint_rule"] == "min_gain" and set(tr["best_epoch_by_rule"]) >= {
-        "min_gain", "sum_gain", "val_loss", "min_gain@1 noise model"}
+        "min_learned", "min_gain", "sum_gain", "val_loss", "min_gain@1 noise model"}
 
 
 def test_training_stops_at_the_step_cap_inside_an_epoch():
@@ -82,6 +100,14 @@ def test_step_cap_and_time_budget_follow_the_data_and_the_device():
     stack = np.zeros((3, 2, 384, 384), np.float32)  # three frames: three times
     assert default_max_steps(stack, 64, 8) == 3 * default_max_steps(field, 64, 8)
     assert default_max_steps(np.zeros((1, 2, 40, 40), np.float32), 64, 16) == MIN_STEP_CAP
+    # More structures in a small field: a higher floor (each structure has to be learned
+    # from the same few patches); a large field's cap is the data's, whatever the count.
+    held_out = np.zeros((1, 3, 297, 262), np.float32)  # a 350 x 350 field's training part
+    assert default_max_steps(held_out[:, :2], 64, 8) == MIN_STEP_CAP == 1000
+    assert default_max_steps(held_out, 64, 8) == 1500
+    assert default_max_steps(np.zeros((1, 4, 40, 40), np.float32), 64, 8) == 2000
+    large = np.zeros((1, 3, 870, 768), np.float32)
+    assert default_max_steps(large, 64, 8) == default_max_steps(large[:, :2], 64, 8) == 6240
     assert resolved_minutes(TrainConfig(), torch.device("cpu")) == 9.0
     assert resolved_minutes(TrainConfig(), torch.device("cuda")) == math.inf
     assert resolved_minutes(TrainConfig(max_minutes=2.5), torch.device("cuda")) == 2.5

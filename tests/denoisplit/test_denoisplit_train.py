@@ -202,13 +202,17 @@ def test_flat_grads_match_per_tensor_clipping_and_zero_non_finite_batches():
     assert all(torch.equal(q, r) for q, r in zip(net.parameters(), ref, strict=True))
 
 
-def test_checkpoint_resumes_to_the_same_model_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("average", [0.0, 0.9])
+def test_checkpoint_resumes_to_the_same_model_as_an_uninterrupted_run(tmp_path, average):
     """Stopped after epoch 1 and resumed from the checkpoint, training ends with the same
-    weights as a run that was never stopped (CPU, same seed)."""
+    weights as a run that was never stopped (CPU, same seed), also with the weights'
+    moving average (which the checkpoint carries)."""
     d = synthetic_split((40, 40), seed=0)
     cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.1)  # dropout: RNG in training
-    kw = dict(likelihood="gaussian", kl="musplit", calibrate=False, steps_per_epoch=3)
-    full = train([d.noisy_a, d.noisy_b], cfg, _fast(epochs=3, **kw)).model  # no checkpoint
+    kw = dict(likelihood="gaussian", kl="musplit", calibrate=False, steps_per_epoch=3,
+              weight_average=average)
+    whole = train([d.noisy_a, d.noisy_b], cfg, _fast(epochs=3, **kw))  # no checkpoint
+    full = whole.model
     ckpt = tmp_path / "run.duet"
     first = train([d.noisy_a, d.noisy_b], cfg,
                   _fast(epochs=1, checkpoint_path=str(ckpt), resume=True, **kw))
@@ -220,6 +224,8 @@ def test_checkpoint_resumes_to_the_same_model_as_an_uninterrupted_run(tmp_path):
                  callback=seen.append)
     assert {p.epoch for p in seen if p.stage == "train"} == {2, 3}  # epoch 1 not redone
     assert [h["epoch"] for h in rest.history] == [1, 2, 3]
+    # Every epoch validated the same weights (the moving average's, where there is one).
+    assert [h["val_loss"] for h in rest.history] == [h["val_loss"] for h in whole.history]
     for k, v in full.net.state_dict().items():
         assert torch.equal(v, rest.model.net.state_dict()[k]), k
     # Another run's checkpoint is refused, naming what differs.
