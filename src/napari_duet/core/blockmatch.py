@@ -197,7 +197,13 @@ def collaborative_filter(
     n_z, h, w = x.shape
     depth = max(1, min(int(depth), n_z))
     size = max(1, min(int(size), h, w))
-    var = slice_variances(sigmas, n_z, "collaborative_filter").float()
+    if spectra is None:
+        var = slice_variances(sigmas, n_z, "collaborative_filter").float()
+    elif spectra.shape != (n_z, size * size):
+        raise ValueError(f"collaborative_filter needs spectra of shape {(n_z, size * size)} "
+                         f"(slices, size^2), got {tuple(spectra.shape)}")
+    else:
+        var = spectra.float()  # (Z, size^2): each slice's variance per in-plane frequency
     p = None if pilot is None else pilot.float().contiguous()
     ref = x if p is None else p
     k = max(1, min(int(k), (2 * radius + 1) ** 2 * (2 * dz + 1)))
@@ -208,16 +214,10 @@ def collaborative_filter(
            + torch.arange(size)[None, None, :]).reshape(-1)
     # block variance: the mean of its slices' (a reference block's); never 0, so a
     # noiseless slice keeps every coefficient with finite weights instead of 0 / 0
-    var_block = torch.stack([var[j:j + depth].mean()
+    var_block = torch.stack([var[j:j + depth].mean(0)
                              for j in range(n_z - depth + 1)]).clamp_min(1e-12)
-    if spectra is not None:
-        if spectra.shape != (n_z, size * size):
-            raise ValueError(f"collaborative_filter needs spectra of shape {(n_z, size * size)} "
-                             f"(slices, size^2), got {tuple(spectra.shape)}")
-        sp = spectra.float()
-        # per reference slice: (depth * size^2,), the in-plane spectrum for every z frequency
-        var_block = torch.stack([sp[j:j + depth].mean(0) for j in range(n_z - depth + 1)])
-        var_block = var_block.clamp_min(1e-12).repeat(1, depth)
+    if spectra is not None:  # (depth * size^2,): the in-plane spectrum for every z frequency
+        var_block = var_block.repeat(1, depth)
     xf = x.reshape(-1)
     pf = None if p is None else p.reshape(-1)
     mus = (mu2,) if isinstance(mu2, (int, float)) else tuple(mu2)
