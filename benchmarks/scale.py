@@ -302,7 +302,9 @@ def check_output(vol: Path, out: Path, model: Path, n: int = 3) -> dict:
             # The chunked path fits the match threshold to the whole volume: use its tau.
             tau = info["state"]["taus"][0]
             w = weight_maps(guide_stack(stack, m.config), m.config, tau=tau)[0]
-        mean, _ = m.predict_stack_slice(stack, z - a, w, False)
+        # The blind network's noise level is the whole volume's (chunked: its statistics).
+        sigma = (info["state"].get("sigmas") or [None])[0]
+        mean, _ = m.predict_stack_slice(stack, z - a, w, False, sigma)
         ref = norm.inverse(mean)
         errors.append(float(np.abs(np.asarray(grp["0"][z]) - ref).max()))
     return {"complete": bool(info.get("complete")), "slices": zs,

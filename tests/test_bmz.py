@@ -250,6 +250,7 @@ def test_packaged_unet_is_napari_duets_unet(one_torch_thread):
     assert "napari_duet" not in (source.replace("napari_duet.core.networks.unet", "")
                                  .replace("napari_duet.core.wiener", "")
                                  .replace("napari_duet.core.blockmatch", "")
+                                 .replace("napari_duet.core.noiselevel", "")
                                  .replace("napari_duet.nsn2n._context", ""))
     namespace: dict = {"__name__": "packaged"}
     exec(compile(source, "nsn2n_network.py", "exec"), namespace)

@@ -353,7 +353,9 @@ def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> 
     ringing, and the 3D windows help only where neighbouring slices share
     structure (thin slices).  Which one wins is measured without clean data, by
     recorruption (Pang et al., CVPR 2021): with ``n`` white noise of each
-    slice's level ``sigma``, ``y1 = x + ALPHA sigma n`` and
+    slice's level ``sigma`` (the stack's, :func:`~napari_duet.core.noiselevel.white_noise_sigma`:
+    the check is biased towards stronger filters when it is too high),
+    ``y1 = x + ALPHA sigma n`` and
     ``y2 = x - sigma n / ALPHA`` have independent noises, so
     ``mean((f(y1) - y2)^2)`` is the error of ``f`` on ``y1`` against the clean
     slices plus a constant that is the same for every candidate.  Every
@@ -364,6 +366,7 @@ def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> 
     Returns ``{"mode", "use", "losses": {mode: loss}, "loss_blend",
     "loss_wiener", "slices"}`` (``use``: any stage; ``loss_wiener``: the 2d one).
     """
+    from ..core.noiselevel import white_noise_sigma
     from ._guide import _noise_sigma
 
     rng = np.random.default_rng([seed, 2021])  # a stream apart from any seed-only one
@@ -376,7 +379,8 @@ def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> 
     for s in np.unique(np.linspace(0, n_s - 1, n_stacks).round().astype(int)):
         stack = np.array(stacks[s], np.float32)  # a writable copy, recorrupted in place
         x = stack[z0:z0 + run].copy()
-        sigma = np.array([_noise_sigma(v) for v in x])
+        level = white_noise_sigma(stack)  # the stack's, as denoising uses
+        sigma = np.array([_noise_sigma(v) if level is None else level for v in x])
         n = rng.standard_normal(x.shape).astype(np.float32)
         stack[z0:z0 + run] = x + ALPHA * sigma[:, None, None] * n
         target = x - (sigma / ALPHA)[:, None, None] * n

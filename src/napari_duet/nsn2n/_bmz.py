@@ -90,7 +90,7 @@ def network_source() -> str:
     (``neighbour_index`` of ``nsn2n/_context.py``) in place of their imports."""
     import inspect
 
-    from ..core import blockmatch, wiener
+    from ..core import blockmatch, noiselevel, wiener
     from ..core.networks import unet
     from . import _context
 
@@ -105,6 +105,8 @@ def network_source() -> str:
                    (blockmatch._starts, blockmatch.block_reach, blockmatch.match_blocks,
                     blockmatch.collaborative_filter, blockmatch.two_step_blocks,
                     blockmatch.guided_wiener, blockmatch.light_mu2, blockmatch.two_step)),
+               "white_noise_sigma": ("white_noise_sigma (napari_duet.core.noiselevel)",
+                                     (noiselevel._mad_var, noiselevel.white_noise_sigma)),
                "neighbour_index": ("neighbour_index (napari_duet.nsn2n._context)",
                                    (_context.neighbour_index,))}
     source = Path(__file__).with_name("bmz_network.py").read_text(encoding="utf-8")

@@ -286,16 +286,38 @@ def _statistics(runner: TaskRunner, source, layout: StackLayout, slab: int, mode
     return norms, taus
 
 
+class _NormalisedSlices:
+    """Slices of stack ``s`` of ``source``, read one at a time and normalised as for
+    denoising: the lazy stack that :meth:`NSN2NModel.noise_level` reads (a few
+    slices), so that the noise level is the in-memory path's."""
+
+    def __init__(self, source, layout: StackLayout, s: int, norm: Normalizer, noise) -> None:
+        self.io, self.source, self.s = StackIO(layout), source, s
+        self.norm, self.noise = norm, noise
+        self.shape = (layout.shape[layout.axis],
+                      layout.shape[layout.plane_axes[0]], layout.shape[layout.plane_axes[1]])
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        raw = self.io.read(resolve(self.source), self.s, int(z), int(z) + 1)
+        return np.asarray(self.norm.forward(self.noise.forward(raw))[0], np.float32)
+
+
+def _noise_levels(model, source, layout: StackLayout, norms: list[Normalizer]) -> list:
+    """The blind network's noise level of each stack (None for the other networks)."""
+    return [model.noise_level(_NormalisedSlices(source, layout, s, n, model.noise))
+            for s, n in enumerate(norms)]
+
+
 def _task_denoise(task, model, source, out, uncertainty, layout: StackLayout, halo: int,
                   by_stack: dict, tta: bool) -> tuple[int, int]:
     """Denoise slices ``z0..z1-1`` of stack ``s`` (read with the halo) into ``out``.
 
-    ``by_stack[s]`` is the stack's normaliser (as a dict) and tau.
+    ``by_stack[s]`` is the stack's normaliser (as a dict), tau and noise level.
     """
     import torch
 
     s, z0, z1 = task
-    norm, tau = by_stack[s]
+    norm, tau, sigma = by_stack[s]
     worker_threads()
     model = resolve_model(model)
     io = StackIO(layout)
@@ -311,7 +333,7 @@ def _task_denoise(task, model, source, out, uncertainty, layout: StackLayout, ha
     den = np.empty((z1 - z0, *sub.shape[1:]), np.float32)
     std = np.empty_like(den) if (tta and uncertainty is not None) else None
     with torch.inference_mode():
-        for item in model.iter_slices(sub, z0 - a, z1 - a, w, tta):
+        for item in model.iter_slices(sub, z0 - a, z1 - a, w, tta, sigma):
             if item is None:
                 continue
             z, mean, sd = item[0] + a, item[1], item[2]
@@ -368,7 +390,8 @@ def iter_denoise_chunked(
     device : str
         Device the workers load the model on (dask only).
 
-    Returns the final state (``normalizers``, ``taus``, ``done``, ``slab``).
+    Returns the final state (``normalizers``, ``taus``, ``sigmas`` (the blind
+    network's noise levels), ``done``, ``slab``).
     """
     layout = layout_for(tuple(int(s) for s in source.shape), axis)
     tta = model.config.tta if tta is None else bool(tta)
@@ -387,9 +410,11 @@ def iter_denoise_chunked(
     with_std = tta and uncertainty is not None
 
     # 1. Statistics (skipped when resuming: the saved ones give the same result).
-    if "normalizers" not in state or ("taus" not in state and model.is_context):
+    if ("normalizers" not in state or ("taus" not in state and model.is_context)
+            or ("sigmas" not in state and model.is_blind)):
         norms, taus = yield from _statistics(runner, src, layout, slab, model, t0)
-        state.update(slab=slab, normalizers=[n.to_dict() for n in norms], taus=taus, done=[])
+        state.update(slab=slab, normalizers=[n.to_dict() for n in norms], taus=taus, done=[],
+                     sigmas=_noise_levels(model, src, layout, norms))
         if save_state is not None:
             save_state(dict(state))
     norm_dicts = list(state["normalizers"])
@@ -404,7 +429,8 @@ def iter_denoise_chunked(
     t1 = time.perf_counter()
     todo = [(s, z0, z1) for s in range(n_s) for k, (z0, z1) in enumerate(blocks(n_z, slab))
             if s * n_slabs + k not in done]
-    by_stack = {s: (norm_dicts[s], taus[s] if taus else None) for s in range(n_s)}
+    sigmas = list(state.get("sigmas") or [None] * n_s)
+    by_stack = {s: (norm_dicts[s], taus[s] if taus else None, sigmas[s]) for s in range(n_s)}
     payload = runner.model(model, device) if todo else None
     dst, unc = runner.ref(out, "output"), runner.ref(uncertainty if with_std else None, "output")
     for (s, z0, z1), _ in runner.run(_task_denoise, todo, payload, src, dst, unc, layout,

@@ -193,7 +193,8 @@ class NSN2NModel:
         with torch.inference_mode():
             for s, stack in enumerate(stacks):
                 w = self.pair_weights(stack) if self.is_context else None  # blind: none
-                for item in self.iter_slices(stack, 0, stack.shape[0], w, tta):
+                sigma = self.noise_level(stack)
+                for item in self.iter_slices(stack, 0, stack.shape[0], w, tta, sigma):
                     if item is not None:
                         z, mean, std = item
                         d = norms[s].inverse(mean)
@@ -282,6 +283,20 @@ class NSN2NModel:
 
         return weight_maps(guide_stack(stack, self.config), self.config)[0]
 
+    def noise_level(self, stack) -> float | None:
+        """The blind network's white-noise level in a normalised (Z, Y, X) stack.
+
+        :func:`~napari_duet.core.noiselevel.white_noise_sigma` (its flattest
+        pixels; ``stack`` may be a lazy reader of slices).  None for the other
+        networks, and where the stack is too small to tell (then each slice's
+        own estimate is used).
+        """
+        if not self.is_blind:
+            return None
+        from ..core.noiselevel import white_noise_sigma
+
+        return white_noise_sigma(stack)
+
     def predict_normalized(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
         """Denoise one normalised (Y, X) slice with the 2D network; returns normalised float32.
 
@@ -299,20 +314,25 @@ class NSN2NModel:
             return self._predict_slice(img, tta)[0]
 
     def predict_stack_slice(
-        self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
+        self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool,
+        sigma: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Denoise slice ``z`` of a normalised (Z, Y, X) stack: mean and TTA spread.
 
         The network's estimate (:meth:`network_estimate`), then the second stage
         (:attr:`wiener_mode`).  A stage that reads neighbouring slices' estimates
         computes them too (:meth:`iter_slices`: to denoise many slices, use it).
+        ``sigma``: the blind network's noise level (default: :meth:`noise_level`
+        of ``stack``).
         """
         from ._blind import stage_stack
 
+        if sigma is None:
+            sigma = self.noise_level(stack)
         if not self._per_slice_stage:
-            item = next(i for i in self.iter_slices(stack, z, z + 1, w, tta) if i)
+            item = next(i for i in self.iter_slices(stack, z, z + 1, w, tta, sigma) if i)
             return item[1], item[2]
-        mean, std, sigma = self.network_estimate(stack, z, w, tta)
+        mean, std, sigma = self.network_estimate(stack, z, w, tta, sigma)
         if self.wiener_mode != "off":  # the blind network's 2d stage
             mean = stage_stack(stack[z][None], mean[None], "2d", [sigma])[0]
         return mean, std
@@ -324,7 +344,8 @@ class NSN2NModel:
         return mode == "off" or (self.is_blind and mode == "2d")
 
     def iter_slices(
-        self, stack: np.ndarray, z0: int, z1: int, w: np.ndarray | None, tta: bool
+        self, stack: np.ndarray, z0: int, z1: int, w: np.ndarray | None, tta: bool,
+        sigma: float | None = None,
     ) -> Generator[tuple[int, np.ndarray, np.ndarray] | None, None, None]:
         """Denoise slices ``z0..z1-1`` of a normalised (Z, Y, X) stack, in order.
 
@@ -335,32 +356,39 @@ class NSN2NModel:
         stack), yielding ``None`` after each (a point to report progress or
         stop), then runs the stage.  Slices ``z0..z1-1`` come out the same
         whichever run of the stack is given, as long as it holds ``self.halo``
-        slices on each side of them (or the stack's end).
+        slices on each side of them (or the stack's end) and the same ``sigma``
+        (the blind network's noise level, :meth:`noise_level` of the whole stack;
+        None: each slice's own, see :meth:`network_estimate`).
         """
         from ._blind import stage_reach, stage_stack
 
         if self._per_slice_stage:
             for z in range(z0, z1):
-                yield (z, *self.predict_stack_slice(stack, z, w, tta))
+                yield (z, *self.predict_stack_slice(stack, z, w, tta, sigma))
             return
         mode = self.wiener_mode
         reach = stage_reach(mode)
         lo, hi = max(0, z0 - reach), min(stack.shape[0], z1 + reach)
         means, stds, sigmas = [], [], []
         for z in range(lo, hi):
-            mean, std, sigma = self.network_estimate(stack, z, w, tta)
+            mean, std, sig = self.network_estimate(stack, z, w, tta, sigma)
             means.append(mean)
             stds.append(std)
-            sigmas.append(sigma)
+            sigmas.append(sig)
             yield None
         white = self.is_blind  # the 2.5D network's noise may be correlated: spectra
         out = stage_stack(stack[lo:hi], np.stack(means), mode, sigmas if white else None)
         for z in range(z0, z1):
             yield z, out[z - lo], stds[z - lo]
 
-    def network_estimate(self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool
-                     ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    def network_estimate(self, stack: np.ndarray, z: int, w: np.ndarray | None, tta: bool,
+                         sigma: float | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, float | None]:
         """The network's estimate of slice ``z``, its TTA spread and (blind) the noise level.
+
+        ``sigma``: the blind network's noise level (:meth:`noise_level`); None:
+        the slice's own (Immerkaer's estimator, which counts texture as noise:
+        the training previews use it).
 
         For the 2.5D network both parity modes run; their mean is taken where
         slice z matches its neighbours (``w``, pair maps), the ``self`` mode's
@@ -372,7 +400,7 @@ class NSN2NModel:
 
         with torch.inference_mode():
             if self.is_blind:
-                return self._blind_blend(stack, z, tta)
+                return self._blind_blend(stack, z, tta, sigma)
             if not self.is_context:
                 return (*self._predict_slice(np.asarray(stack[z], np.float32), tta), None)
             preds = {}
@@ -387,7 +415,7 @@ class NSN2NModel:
         std = np.concatenate([p_self, p_gap]).std(axis=0)
         return mean.astype(np.float32), std.astype(np.float32), None
 
-    def _blind_blend(self, stack: np.ndarray, z: int, tta: bool
+    def _blind_blend(self, stack: np.ndarray, z: int, tta: bool, sigma: float | None = None
                      ) -> tuple[np.ndarray, np.ndarray, float]:
         """Blind-spot network: J-invariant estimate, combined with the pixel itself.
 
@@ -402,7 +430,8 @@ class NSN2NModel:
 
         mus = predict_mu(self._predict_all, stack, z, tta)
         x = np.asarray(stack[z], np.float32)
-        sigma = _noise_sigma(x)  # one estimate for the blend and the second stage
+        if sigma is None:  # one estimate for the blend and the second stage
+            sigma = _noise_sigma(x)
         mean = posterior(x, mus.mean(0), sigma)
         std = mus.std(axis=0) if len(mus) > 1 else np.zeros_like(mean)
         return mean.astype(np.float32), std.astype(np.float32), sigma

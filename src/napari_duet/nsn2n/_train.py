@@ -479,6 +479,8 @@ def iter_train(
         "train_shape": list(layout.shape), "axis": layout.axis,
     }
 
+    if model.is_blind:  # the white-noise level of each stack (the blend and stages use it)
+        model.training["noise_level"] = [model.noise_level(st) for st in stacks]
     if model.is_blind and config.wiener == "auto":
         from ._blind import choose_wiener
 

@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from ..core.blockmatch import guided_wiener, light_mu2, two_step  # bmz: drop
 from ..core.networks.unet import UNet2D  # bmz: drop
+from ..core.noiselevel import white_noise_sigma  # bmz: drop
 from ..core.wiener import dct_wiener, dct_wiener_stack, noise_spectrum  # bmz: drop
 from ._context import neighbour_index  # bmz: drop
 
@@ -207,13 +208,13 @@ def noise_sigma(img: torch.Tensor) -> float:
     return float(max(math.sqrt(math.pi / 2) * float(r.abs().mean()) / 6.0, 1e-4))
 
 
-def posterior(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+def posterior(x: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.Tensor:
     """``mu + k (x - mu)``, ``k = clip(1 - sigma^2 / mean((x - mu)^2), 0, 1)``."""
     r = x - mu
     ms = float((r * r).mean())
     if ms <= 0:
         return mu
-    k = min(max(1.0 - noise_sigma(x) ** 2 / ms, 0.0), 1.0)
+    k = min(max(1.0 - sigma ** 2 / ms, 0.0), 1.0)
     return mu + k * r
 
 
@@ -303,17 +304,20 @@ class NSN2NDenoiser(nn.Module):
             scale = 1.0  # a constant stack still round-trips
         norm = (stack - lo) / scale
         w = self.pair_weights(norm) if self.context else None
+        # The blind network's noise level: the stack's (napari_duet.core.noiselevel),
+        # each slice's own where the stack is too small to tell.
+        level = white_noise_sigma(norm) if self.blind else None
+        sigmas = [noise_sigma(s) if level is None else level for s in norm]
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
-            out[z] = self.denoise_slice(norm, z, w)
+            out[z] = self.denoise_slice(norm, z, w, sigmas[z])
         if self.wiener == "bmw":  # block-matched Wiener guided by the network itself
             if self.blind:
-                out = guided_wiener(norm, [noise_sigma(s) for s in norm], out)
+                out = guided_wiener(norm, sigmas, out)
             else:
                 out = guided_wiener(norm, 1.0, out, torch.stack(
                     [noise_spectrum(norm[z], out[z], 8) for z in range(norm.shape[0])]))
-        elif self.wiener.startswith("bm"):  # blind network only: white noise per slice
-            sigmas = [noise_sigma(s) for s in norm]
+        elif self.wiener.startswith("bm"):  # blind network only: white noise
             light = {"s": light_mu2()} if self.wiener.endswith("-light") else None
             pilot = None if self.wiener.startswith("bmht") else out
             out = two_step(norm, sigmas, {"s": pilot}, light)["s"]
@@ -322,7 +326,7 @@ class NSN2NDenoiser(nn.Module):
             # the blind network white noise of each slice's level, after the 2.5D
             # network each slice's noise spectrum; 3 x 8 x 8 windows (2d: 1 x 8 x 8).
             if self.blind:
-                kw = {"sigmas": [noise_sigma(s) for s in norm]}
+                kw = {"sigmas": sigmas}
             else:
                 kw = {"spectra": torch.stack([noise_spectrum(norm[z], out[z], 8)
                                               for z in range(norm.shape[0])])}
@@ -345,10 +349,12 @@ class NSN2NDenoiser(nn.Module):
             tau = max(self.tau_factor * sigma, 1e-4)
         return (diffs <= tau).float()
 
-    def denoise_slice(self, norm: torch.Tensor, z: int, w: torch.Tensor | None) -> torch.Tensor:
-        """Denoised normalised slice ``z`` of a normalised (Z, Y, X) stack."""
+    def denoise_slice(self, norm: torch.Tensor, z: int, w: torch.Tensor | None,
+                      sigma: float = 0.0) -> torch.Tensor:
+        """Denoised normalised slice ``z`` of a normalised (Z, Y, X) stack (``sigma``:
+        the blind network's noise level)."""
         if self.blind:
-            return self.denoise_blind(norm, z)
+            return self.denoise_blind(norm, z, sigma)
         if not self.context:
             return self._predict(norm[z][None]).mean(0)
         p_self = self._predict(context_input(norm, z, "self")).mean(0)
@@ -360,16 +366,16 @@ class NSN2NDenoiser(nn.Module):
                     m = m * w[min(z, j)]
         return m * 0.5 * (p_self + p_gap) + (1 - m) * p_self
 
-    def denoise_blind(self, norm: torch.Tensor, z: int) -> torch.Tensor:
+    def denoise_blind(self, norm: torch.Tensor, z: int, sigma: float) -> torch.Tensor:
         """Blind-spot network: each pixel predicted with its own value hidden, then the blend."""
         mu = None
         for phase in range(GRID * GRID):
             mask = phase_mask(norm.shape[1:], phase, norm.device)
             pred = self._predict(blind_input(norm, z, mask))  # (T, Y, X)
             mu = torch.where(mask, pred, torch.zeros_like(pred) if mu is None else mu)
-        out = posterior(norm[z], mu.mean(0))
+        out = posterior(norm[z], mu.mean(0), sigma)
         if self.wiener == "2d":  # the second stage (napari_duet.core.wiener); 3D: denoise_stack
-            out = dct_wiener(norm[z], out, noise_sigma(norm[z]))
+            out = dct_wiener(norm[z], out, sigma)
         return out
 
     def _predict(self, img: torch.Tensor) -> torch.Tensor:
