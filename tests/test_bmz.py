@@ -160,8 +160,12 @@ def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
         test_in = np.load(zf.open("test_input.npy"))
         test_out = np.load(zf.open("test_output.npy"))
     arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
-    assert arch["kwargs"] == {"arch": "nsn2n-blind", "width": 8, "depth": 1, "tta": True,
-                              "wiener": NSN2NModel.load(model).wiener_mode}
+    loaded = NSN2NModel.load(model)
+    expected = {"arch": "nsn2n-blind", "width": 8, "depth": 1, "tta": True,
+                "wiener": loaded.wiener_mode}
+    if loaded.mix_weights is not None:  # the check's weighted sum of the stages
+        expected["mix_weights"] = loaded.mix_weights
+    assert arch["kwargs"] == expected
     assert "blind-spot" in rdf["description"] and "blind-spot" in readme
     # White noise: the output is smoother than the input.
     assert test_in.shape == (1, 8, 48, 48)
@@ -170,7 +174,7 @@ def test_blind_model_exports_and_passes(tmp_path, one_torch_thread):
 
 @pytest.mark.parametrize(("tta", "wiener"), [(False, "off"), (True, "off"), (False, "on"),
                                              (False, "3d2"), (False, "bm"),
-                                             (False, "bmht-light")])
+                                             (False, "bmht-light"), (False, "mix")])
 def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thread):
     """``NSN2NDenoiser(arch="nsn2n-blind")`` computes what ``NSN2NModel.predict`` computes:
     hidden-pixel filling with mirrored borders (odd sides), mirrored neighbour slices
@@ -187,9 +191,15 @@ def test_standalone_blind_module_equals_the_predictor(tta, wiener, one_torch_thr
     torch.manual_seed(0)
     net = BlindNet(width=8, depth=2)
     torch.nn.init.normal_(net.unet.head.weight, std=0.1)  # not the identity start
+    training = {}
+    if wiener == "mix":  # only the check records it: every kind of stage, one weight 0
+        training = {"wiener": {"mode": "mix", "use": True, "slices": [[0, 2]], "weights": {
+            "off": 0.3, "2d": -0.1, "3d": 0.2, "3d2": 0.0, "bm": 0.25, "bmht": -0.15,
+            "bm-light": 0.3, "bmht-light": 0.2}}}
     cfg = dataclasses.replace(NSN2NConfig(context="blind", width=8, depth=2), tta=tta,
-                              wiener=wiener)
-    model = NSN2NModel(net, cfg, [], device="cpu")
+                              wiener="auto" if wiener == "mix" else wiener)
+    model = NSN2NModel(net, cfg, [], training, device="cpu")
+    assert model.wiener_mode == ("mix" if wiener == "mix" else cfg.wiener.replace("on", "2d"))
     assert model.use_wiener == (wiener != "off")
     module = standalone_module(model)
     vol = _white_noise_volume((5, 27, 21))

@@ -43,7 +43,8 @@ def test_too_small_to_tell():
     assert white_noise_sigma(np.zeros((1, 9, 9), np.float32)) is None  # < 200 pixels per band
 
 
-def test_blind_model_blends_with_the_stacks_level(monkeypatch, one_torch_thread):
+@pytest.mark.parametrize("stage", ["3d", "mix"])
+def test_blind_model_blends_with_the_stacks_level(stage, monkeypatch, one_torch_thread):
     """The blind network's blend and second stage use the stack's level, not each slice's
     Immerkaer estimate (which counts texture as noise); the chunked path gets the same."""
     import zarr
@@ -55,8 +56,13 @@ def test_blind_model_blends_with_the_stacks_level(monkeypatch, one_torch_thread)
     torch.manual_seed(0)
     net = BlindNet(width=8, depth=2)
     torch.nn.init.normal_(net.unet.head.weight, std=0.05)
-    model = NSN2NModel(net, NSN2NConfig(width=8, device="cpu", context="blind", wiener="3d"),
-                       [], {}, device="cpu")
+    training = {"wiener": {"mode": "mix", "use": True, "slices": [[0, 2]], "weights": {
+        "off": 0.3, "2d": 0.1, "3d": 0.2, "3d2": 0.1, "bm": 0.1, "bmht": 0.0, "bm-light": 0.2,
+        "bmht-light": 0.0}}} if stage == "mix" else {}
+    cfg = NSN2NConfig(width=8, device="cpu", context="blind",
+                      wiener="auto" if stage == "mix" else stage)
+    model = NSN2NModel(net, cfg, [], training, device="cpu")
+    assert model.wiener_mode == stage
     noisy, _ = _textured((8, 48, 40))
     noisy = noisy.astype(np.float32)
 

@@ -150,3 +150,45 @@ def test_moving_content_does_not_break_the_blind_mode():
              for z in range(8)]
     assert min(gains[3], gains[4]) > 4.0, gains  # measured 6.0 and 5.4 dB (others 5.3-6.2)
     assert min(gains[3], gains[4]) > np.median(gains) - 1.5, gains
+
+
+# ---------------------------------------------------------------------- the mix stage
+def test_fit_mix_recovers_weights_and_prefers_a_single_stage_when_it_is_exact():
+    from napari_duet.nsn2n._blind import STAGES, fit_mix
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    clean = rng.standard_normal(n)
+    # eight estimates of ``clean`` with partly shared, partly own errors
+    shared = rng.standard_normal(n)
+    a = np.stack([clean + 0.3 * shared * (k % 3 - 1) + 0.3 * rng.standard_normal(n)
+                  for k in range(len(STAGES))], 1)
+    noise = 2.0 * rng.standard_normal(n)  # the recorruption target's noise: large
+    half = (np.arange(n) // 1000) % 2
+    mix = fit_mix(a, clean + noise, half)
+    w = np.array(list(mix["weights"].values()))
+    assert abs(w.sum() - 1) < 0.05  # unbiased estimates: the weights add up to 1
+    assert mix["loss_cv"] < mix["loss_best_cv"]  # averaging independent errors wins
+    # One candidate is the clean signal itself: the sum cannot beat it out of sample.
+    a[:, 3] = clean
+    exact = fit_mix(a, clean + noise, half)
+    assert exact["weights"]["3d2"] > 0.95
+    assert exact["loss_cv"] >= exact["loss_best_cv"]
+
+
+def test_mix_stage_is_the_weighted_sum_of_the_stages():
+    from napari_duet.nsn2n._blind import STAGES, stage_stack
+
+    rng = np.random.default_rng(1)
+    clean = np.cumsum(rng.standard_normal((6, 24, 20)), axis=2) * 0.05
+    x = (clean + 0.1 * rng.standard_normal(clean.shape)).astype(np.float32)
+    pilot = (clean + 0.03 * rng.standard_normal(clean.shape)).astype(np.float32)
+    sig = [0.1] * 6
+    weights = dict(zip(STAGES, (0.2, -0.1, 0.3, 0.0, 0.25, -0.05, 0.3, 0.1), strict=True))
+    got = stage_stack(x, pilot, "mix", sig, weights)
+    expected = sum(w * stage_stack(x, pilot, m, sig) for m, w in weights.items())
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        stage_stack(x, pilot, "mix", sig)
+    with pytest.raises(ValueError, match="white noise"):
+        stage_stack(x, pilot, "mix", None, weights)

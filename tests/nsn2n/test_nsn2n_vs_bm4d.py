@@ -68,8 +68,13 @@ def test_nsn2n_beats_bm4d_on_white_noise(clean):
     print("white: noisy, BM4D est, NS-N2N", p_noisy, p_bm4d, p_ours)
     # measured: blind 29.88 dB, BM4D 29.04 dB, the 2.5D network 28.08 dB (600 steps)
     assert p_ours > p_bm4d + 0.3, (p_noisy, p_bm4d, p_ours)
-    # Piecewise-flat blobs: the network alone is sharper than the Wiener stage (28.15 dB
-    # with it); the recorruption check after training must see that and leave it off.
+    # Piecewise-flat blobs: the network alone is sharper than the 2d Wiener stage (28.15
+    # dB with it); the recorruption check after training must see that, and what it
+    # keeps must not lose to the network alone (measured: the mix 30.26 dB, the network
+    # alone 29.87, bm alone 29.08).
     check = res.model.training["wiener"]
-    assert check["use"] is False and check["loss_wiener"] > check["loss_blend"]
+    assert check["loss_wiener"] > check["loss_blend"]
     assert res.report()["training"]["wiener"] == check
+    res.model.training["wiener"] = dict(check, mode="off")
+    p_off = psnr(res.model.predict(noisy).denoised, clean, 1.0)
+    assert p_ours > p_off - 0.05, (p_ours, p_off, check["mode"])

@@ -55,9 +55,12 @@ def architecture_kwargs(model: NSN2NModel) -> dict[str, Any]:
     cfg = model.config
     net = model.net.config()
     if model.is_blind:  # no guide images, no threshold: only the network and the TTA
-        return {"arch": "nsn2n-blind", "width": int(net["width"]),
-                "depth": int(net["depth"]), "tta": bool(cfg.tta),
-                "wiener": model.wiener_mode}
+        kwargs = {"arch": "nsn2n-blind", "width": int(net["width"]),
+                  "depth": int(net["depth"]), "tta": bool(cfg.tta),
+                  "wiener": model.wiener_mode}
+        if model.mix_weights is not None:
+            kwargs["mix_weights"] = model.mix_weights
+        return kwargs
     kwargs: dict[str, Any] = {
         "arch": "nsn2n-context" if model.is_context else "unet2d",
         "width": int(net["width"]), "depth": int(net["depth"]),

@@ -29,7 +29,8 @@ WIENER_CHOICES = ("auto", "off", "2d", "3d", "3d2", "bm", "bmht", "bm-light", "b
 BLOCK_STAGES = ("bm", "bmht", "bm-light", "bmht-light")
 # Every stage that matches blocks ("bmw": the Wiener step alone, guided by the network;
 # with each slice's noise spectrum after the 2.5D network): discontinuous where blocks tie.
-MATCHED_STAGES = (*BLOCK_STAGES, "bmw")
+# "mix": the check's weighted sum of every candidate, the block-matched ones included.
+MATCHED_STAGES = (*BLOCK_STAGES, "bmw", "mix")
 MAX_SIGMA, MAX_MEDIAN, MAX_TILE = 100.0, 51, 16384
 
 

@@ -234,6 +234,13 @@ class NSN2NModel:
         return check.get("mode", "2d" if check.get("use") else "off")
 
     @property
+    def mix_weights(self) -> dict[str, float] | None:
+        """The ``mix`` stage's weights of each candidate (None for any other stage)."""
+        if self.wiener_mode != "mix":
+            return None
+        return dict((self.training.get("wiener") or {}).get("weights") or {})
+
+    @property
     def use_wiener(self) -> bool:
         """Whether the network's output goes through a second stage."""
         return self.wiener_mode != "off"
@@ -251,6 +258,11 @@ class NSN2NModel:
             return f"{state} (model trained before the stage existed)"
         if "reason" in check:
             return f"{state}: {check['reason']}"
+        if mode == "mix":
+            parts = ", ".join(f"{m} {w:+.2f}" for m, w in self.mix_weights.items())
+            return (f"{state}: the weighted sum of the candidates closest to "
+                    f"{len(check['slices'])} recorrupted slices ({parts}), ahead of the best "
+                    f"one on the slices it was not fitted on")
         if "losses" not in check:  # saved before the 3D stages
             better = "lowers" if check["use"] else "does not lower"
             return (f"{state}: it {better} the error on {len(check['slices'])} "
@@ -377,7 +389,8 @@ class NSN2NModel:
             sigmas.append(sig)
             yield None
         white = self.is_blind  # the 2.5D network's noise may be correlated: spectra
-        out = stage_stack(stack[lo:hi], np.stack(means), mode, sigmas if white else None)
+        out = stage_stack(stack[lo:hi], np.stack(means), mode, sigmas if white else None,
+                          self.mix_weights)
         for z in range(z0, z1):
             yield z, out[z - lo], stds[z - lo]
 

@@ -264,7 +264,8 @@ class NSN2NDenoiser(nn.Module):
     def __init__(self, arch: str = CONTEXT_ARCH, width: int = 32, depth: int = 2,
                  in_channels: int = 1, out_channels: int = 1, residual: bool = True,
                  guide_sigma: float = 2.0, median_size: int = 5, tau: float | None = None,
-                 tau_factor: float = 3.0, tta: bool = True, wiener: bool | str = False) -> None:
+                 tau_factor: float = 3.0, tta: bool = True, wiener: bool | str = False,
+                 mix_weights: dict | None = None) -> None:
         super().__init__()
         if arch not in (CONTEXT_ARCH, BLIND_ARCH, UNET_ARCH):
             raise ValueError(f"unknown arch {arch!r}")
@@ -283,13 +284,17 @@ class NSN2NDenoiser(nn.Module):
         self.tau_factor = float(tau_factor)
         self.tta = bool(tta)
         # The second stage: "off", "2d", "3d", "3d2", "bm", "bmht", "bm-light",
-        # "bmht-light" or "bmw" (True/False:
-        # "2d"/"off", the values of packages written before the 3D stages).
+        # "bmht-light", "bmw" or "mix", the weighted sum (``mix_weights``) of the
+        # others but bmw (True/False: "2d"/"off", the values of packages written
+        # before the 3D stages).
         self.wiener = {True: "2d", False: "off"}.get(wiener, wiener) if isinstance(
             wiener, bool) else str(wiener)
         if self.wiener not in ("off", "2d", "3d", "3d2", "bm", "bmht", "bm-light",
-                               "bmht-light", "bmw"):
+                               "bmht-light", "bmw", "mix"):
             raise ValueError(f"unknown second stage {wiener!r}")
+        self.mix_weights = {str(k): float(v) for k, v in (mix_weights or {}).items()}
+        if self.wiener == "mix" and not (self.blind and self.mix_weights):
+            raise ValueError("the mix stage needs the blind network and its weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, Z, Y, X), Z >= 3; returns float32 of the same shape."""
@@ -311,7 +316,9 @@ class NSN2NDenoiser(nn.Module):
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
             out[z] = self.denoise_slice(norm, z, w, sigmas[z])
-        if self.wiener == "bmw":  # block-matched Wiener guided by the network itself
+        if self.wiener == "mix":
+            out = self.mix(norm, out, sigmas)
+        elif self.wiener == "bmw":  # block-matched Wiener guided by the network itself
             if self.blind:
                 out = guided_wiener(norm, sigmas, out)
             else:
@@ -334,6 +341,30 @@ class NSN2NDenoiser(nn.Module):
             for stride in ((2, 1) if self.wiener == "3d2" else (1,)):  # the last pass: stride 1
                 out = dct_wiener_stack(norm, out, depth=depth, size=8, stride=stride, **kw)
         return out * scale + lo
+
+    def mix(self, norm: torch.Tensor, blend: torch.Tensor, sigmas: list) -> torch.Tensor:
+        """The ``mix`` stage: the weighted sum of the candidate stages after the blind
+        network (as ``mix_stages`` of napari-duet's ``nsn2n/_blind.py``)."""
+        blocks = [m for m in ("bm", "bmht", "bm-light", "bmht-light") if self.mix_weights.get(m)]
+        outs = two_step(norm, sigmas, {m: None if m.startswith("bmht") else blend for m in blocks},
+                        {m: light_mu2() for m in blocks if m.endswith("-light")}) if blocks else {}
+        total = torch.zeros_like(blend, dtype=torch.float64)
+        for m, wt in self.mix_weights.items():
+            if not wt:
+                continue
+            if m in outs:
+                o = outs[m]
+            elif m == "off":
+                o = blend
+            elif m == "2d":
+                o = torch.stack([dct_wiener(norm[z], blend[z], sigmas[z])
+                                 for z in range(norm.shape[0])])
+            else:  # "3d", "3d2": 3 x 8 x 8 windows, the last pass stride 1
+                o = blend
+                for stride in ((2, 1) if m == "3d2" else (1,)):
+                    o = dct_wiener_stack(norm, o, depth=3, size=8, stride=stride, sigmas=sigmas)
+            total = total + wt * o.double()
+        return total.float()
 
     def pair_weights(self, norm: torch.Tensor) -> torch.Tensor:
         """(Z-1, Y, X) maps: 1 where neighbouring guides agree within the threshold."""
