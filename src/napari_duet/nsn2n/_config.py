@@ -130,10 +130,13 @@ class NSN2NConfig(EngineConfig):
         ``mu2 = 0.4``), which keeps fine texture the thresholded pilot lost;
         ``bmw``: the block-matched Wiener step alone, guided by the network's
         estimate, with each slice's noise spectrum after the 2.5D network.
-        After the 2.5D network the noise level is each slice's noise
-        spectrum.  ``auto``: the stage chosen after training
-        (:func:`._blind.choose_wiener` for the blind-spot network,
-        :data:`._blind.CONTEXT_STAGE` for the 2.5D one), stored in the model.
+        After the blind-spot network the noise level is the stack's
+        (:func:`napari_duet.core.noiselevel.white_noise_sigma`), after the 2.5D
+        network each slice's noise spectrum.  ``auto``: the stage chosen after
+        training (:func:`._blind.choose_wiener` for the blind-spot network: one
+        of these, or ``mix``, the weighted sum of all of them that the check
+        fits; :data:`._blind.CONTEXT_STAGE` for the 2.5D one), stored in the
+        model.
     tile : int
         Tile side for inference on large slices.
     device : str
