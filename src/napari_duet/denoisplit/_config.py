@@ -224,6 +224,9 @@ class TrainConfig(EngineConfig):
         ReduceLROnPlateau on the validation loss.
     early_stopping : int
         Stop after this many epochs without a better checkpoint score (a plateau).
+    plateau_min_fraction : float
+        The plateau stops training only after this share of the step cap (0: any
+        time).
     checkpoint_rule : {"min_learned", "min_gain", "sum_gain", "val_loss"}
         Which epoch's weights to keep (and what the plateau waits for): the largest
         smallest per-structure PSNR gain over the constant split on the validation
@@ -309,6 +312,7 @@ class TrainConfig(EngineConfig):
     lr_patience: int = param(30, lo=0)
     lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
     early_stopping: int = param(30, lo=1)
+    plateau_min_fraction: float = param(0.0, lo=0, hi=1)
     checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
     checkpoint_window: int = param(3, lo=1)
     weight_average: float = param(0.0, lo=0, hi=1, hi_open=True)
