@@ -61,6 +61,11 @@ class Composite:
     corner: bool = False
 
 
+#: A Composite's "file" for FMD's clean (averaged) images, channels 0 / 1 / 2 = G / R / B
+#: (actin, mito, nuclei); noise is added to them as to the multichannel files.
+FMD_CLEAN = "fmd_confocal clean"
+
+
 # Development set: name -> (file, Composite or FMD letters, structure names).  Defaults were
 # chosen on "tune"; "confirm" was only run to confirm them.
 DEVSET = {
@@ -86,13 +91,32 @@ DEVSET = {
                                             ("xyc_8bit__dapi_tublin.tif", 1)), side=350,
                                            corner=True),
                                  ("membranes", "nuclei", "tubulin")),
+    # Tune-half three-structure images from tune-half sources only (nuclei + golgi,
+    # nuclei + tubulin, FMD actin + mito), 214 x 204 fields as the held-out failure's
+    # small field: an epoch is 10 steps there.
+    "tubulin_nuclei_golgi": (Composite((("xyc_16bit__nuclei_tubulin.tif", 1),
+                                        ("xyc_16bit__nuclei_tubulin.tif", 0),
+                                        ("xyc_16bit__nuclei_golgi.tif", 1)), corner=True),
+                             ("tubulin", "nuclei", "golgi")),
+    "actin_mito_tubulin": (Composite(((FMD_CLEAN, 0), (FMD_CLEAN, 1),
+                                      ("xyc_16bit__nuclei_tubulin.tif", 1))),
+                           ("actin", "mito", "tubulin")),
+    # The held-out failure's structures (DNA, microtubules, actin).
+    "nuclei_tubulin_actin": (Composite((("xyc_16bit__nuclei_tubulin.tif", 0),
+                                        ("xyc_16bit__nuclei_tubulin.tif", 1),
+                                        (FMD_CLEAN, 0))),
+                             ("nuclei", "tubulin", "actin")),
 }
 DEVSET_HALVES = {"tune": ("nuclei_golgi", "nuclei_tubulin", "fmd_actin_mito",
-                          "nuclei_golgi_tubulin", "nup_nuclei_tubulin"),
+                          "nuclei_golgi_tubulin", "nup_nuclei_tubulin",
+                          "tubulin_nuclei_golgi", "actin_mito_tubulin",
+                          "nuclei_tubulin_actin"),
                  "confirm": ("nup_nuclei", "membranes_nuclei", "dapi_tubulin",
                              "fmd_actin_mito_nuclei", "membranes_nuclei_tubulin")}
 # The three-structure images of each half (the case with the least data per structure).
-DEVSET_HALVES["tune3"] = ("nuclei_golgi_tubulin", "nup_nuclei_tubulin")
+DEVSET_HALVES["tune3"] = ("nuclei_golgi_tubulin", "nup_nuclei_tubulin",
+                          "tubulin_nuclei_golgi", "actin_mito_tubulin",
+                          "nuclei_tubulin_actin")
 DEVSET_HALVES["confirm3"] = ("fmd_actin_mito_nuclei", "membranes_nuclei_tubulin")
 # Largest side of a development image (the 730 x 968 one is cropped at its centre).
 DEVSET_MAX_SIDE = 512
@@ -249,10 +273,12 @@ def _composite(src: Composite) -> np.ndarray | None:
 
     from napari_duet.denoisplit._data import replace_hot_pixels
 
-    files = {f: MULTI / f for f, _ in src.channels}
-    if not all(p.is_file() for p in files.values()):
+    files = {f: [DATA / "clean" / f"BPAE_{x}.tif" for x in "GRB"] if f == FMD_CLEAN
+             else [MULTI / f] for f, _ in src.channels}
+    if not all(p.is_file() for ps in files.values() for p in ps):
         return None
-    imgs = {f: tifffile.imread(p).astype(np.float32) for f, p in files.items()}
+    imgs = {f: (np.stack([tifffile.imread(p) for p in ps]) if f == FMD_CLEAN
+                else tifffile.imread(ps[0])).astype(np.float32) for f, ps in files.items()}
     h = min(a.shape[1] for a in imgs.values())
     w = min(a.shape[2] for a in imgs.values())
     if src.side:
@@ -345,7 +371,9 @@ def devset(args, results: dict) -> None:
                              **({} if args.checkpoint_rule is None else
                                 {"checkpoint_rule": args.checkpoint_rule}),
                              **({} if args.weight_average is None else
-                                {"weight_average": args.weight_average}))
+                                {"weight_average": args.weight_average}),
+                             **({} if args.plateau_min_fraction is None else
+                                {"plateau_min_fraction": args.plateau_min_fraction}))
             t = time.perf_counter()
             result = train(train_ch, cfg, tc, noise_models=nms, channel_names=names)
             model = result.model
@@ -691,6 +719,9 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-rule", default=None,
                     help="checkpoint rule of the development-set runs (default: the "
                     "engine's; all are measured)")
+    ap.add_argument("--plateau-min-fraction", type=float, default=None,
+                    help="TrainConfig.plateau_min_fraction of the development-set runs "
+                    "(default: the engine's)")
     ap.add_argument("--weight-average", type=float, default=None,
                     help="TrainConfig.weight_average of the development-set runs "
                     "(default: the engine's)")

@@ -40,11 +40,11 @@ def test_a_structure_not_learned_yet_does_not_decide_the_kept_epoch():
     """Structure C stays a little below the constant split (the fallback will give it
     that split) while A and B keep improving: ``min_learned`` keeps the last epoch,
     where A and B gain most, and keeps finding better epochs (so no plateau);
-    ``min_gain`` (the default) keeps epoch 2, where C's estimate happened to be least
-    negative, and finds nothing better after it."""
+    ``min_gain`` (the default before) keeps epoch 2, where C's estimate happened to be
+    least negative, and finds nothing better after it."""
     history = [(1.0, [0.3, 0.2, -0.09]), (1.0, [0.5, 0.5, -0.01]), (1.0, [1.0, 1.1, -0.3]),
                (1.0, [1.5, 1.6, -0.4]), (1.0, [2.0, 2.4, -0.35]), (1.0, [2.6, 3.1, -0.3])]
-    assert TrainConfig().checkpoint_rule == "min_gain"
+    assert TrainConfig().checkpoint_rule == "min_learned"
     assert _pick(history, "min_gain") == 2
     assert _pick(history, "min_learned") == 6
     # Every structure learned: the smallest gain decides, as with min_gain.
@@ -73,13 +73,30 @@ def test_training_stops_on_a_plateau_and_records_why():
     epoch: training stops after ``early_stopping`` more epochs, keeps epoch 1 and says
     so in the model."""
     res = train(_data(), SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0, batchnorm=False),
-                _tc(epochs=50, early_stopping=3, lr=1e-12))
+                _tc(epochs=50, early_stopping=3, lr=1e-12, plateau_min_fraction=0.0))
     tr = res.model.training
     assert tr["stop_reason"] == "plateau"
     assert tr["epochs_run"] == 4 and tr["best_epoch"] == 1 and tr["steps_run"] == 12
     assert len(res.history) == 4 and res.history[-1]["steps"] == 12
-    assert tr["checkpoint_rule"] == "min_gain" and set(tr["best_epoch_by_rule"]) >= {
+    assert tr["checkpoint_rule"] == "min_learned" and set(tr["best_epoch_by_rule"]) >= {
         "min_learned", "min_gain", "sum_gain", "val_loss", "min_gain@1 noise model"}
+
+
+def test_the_plateau_waits_for_half_the_step_cap():
+    """On a small field an epoch is 10 steps, so the plateau's 30 epochs can be 300 of
+    1500 steps (the development set's nuclei + tubulin + actin stopped after 380-480,
+    actin +0.67 dB).  Nothing improves after epoch 1 here (learning rate 1e-12): by
+    default the plateau waits for half of the 40-step cap (epoch 7, 21 steps) instead of
+    stopping after 3 more epochs (12 steps, as before and with 0)."""
+    cfg = SplitConfig(n_levels=2, z_dims=4, filters=8, dropout=0.0, batchnorm=False)
+    tr = train(_data(), cfg, _tc(epochs=50, early_stopping=3, lr=1e-12,
+                                 max_steps=40)).model.training
+    assert (tr["stop_reason"], tr["steps_run"], tr["epochs_run"]) == ("plateau", 21, 7)
+    assert tr["best_epoch"] == 1
+    assert tr["train_config"]["plateau_min_fraction"] == 0.5  # recorded in the model
+    tr = train(_data(), cfg, _tc(epochs=50, early_stopping=3, lr=1e-12, max_steps=40,
+                                 plateau_min_fraction=0.0)).model.training
+    assert (tr["stop_reason"], tr["steps_run"]) == ("plateau", 12)
 
 
 def test_training_stops_at_the_step_cap_inside_an_epoch():

@@ -224,12 +224,19 @@ class TrainConfig(EngineConfig):
         ReduceLROnPlateau on the validation loss.
     early_stopping : int
         Stop after this many epochs without a better checkpoint score (a plateau).
+    plateau_min_fraction : float
+        The plateau stops training only after this share of the step cap (0: any
+        time).  On a small field an epoch is 10 steps, so 30 epochs can be 300 of
+        1500 steps, before a structure learned late has started; with 0.5 and
+        ``min_learned`` the development set's tune-half nuclei + tubulin + actin (seed 1)
+        went from actin +0.67 to +1.12 dB over the constant split.
     checkpoint_rule : {"min_learned", "min_gain", "sum_gain", "val_loss"}
         Which epoch's weights to keep (and what the plateau waits for): the largest
         smallest per-structure PSNR gain over the constant split on the validation
-        data (``min_gain``); the same with a structure below 0 dB counting as 0 dB
-        (the fallback gives it the constant split), ties broken by the sum
-        (``min_learned``: not the default, see the development-set notes); the
+        data, a structure below 0 dB counting as 0 dB (the fallback gives it the
+        constant split), ties broken by the sum (``min_learned``, the default, with
+        ``plateau_min_fraction`` chosen on the development set's tune half); the same
+        without counting a negative gain as 0 (``min_gain``, the default before); the
         largest sum of those gains; or the least validation loss over all channels.
     checkpoint_window : int
         The gain rules judge an epoch by the mean of its per-structure gains and
@@ -309,7 +316,8 @@ class TrainConfig(EngineConfig):
     lr_patience: int = param(30, lo=0)
     lr_factor: float = param(0.5, lo=0, hi=1, lo_open=True, hi_open=True)
     early_stopping: int = param(30, lo=1)
-    checkpoint_rule: str = param("min_gain", choices=CHECKPOINT_RULES)
+    plateau_min_fraction: float = param(0.5, lo=0, hi=1)
+    checkpoint_rule: str = param("min_learned", choices=CHECKPOINT_RULES)
     checkpoint_window: int = param(3, lo=1)
     weight_average: float = param(0.0, lo=0, hi=1, hi_open=True)
     grad_clip: float = param(0.5, lo=0)
