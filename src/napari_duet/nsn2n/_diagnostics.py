@@ -304,6 +304,6 @@ def recommend_method(
             f"{thick} slices ({frac:.0%} of pixels match): NS-N2N's blind-spot network "
             "(chosen automatically) uses each slice and its neighbours, and a Wiener stage "
             "chosen on the volume puts back the detail it smoothed; on real volumes with such "
-            "noise it measured above BM4D (noise level estimated) on fluorescence and EM "
-            "stacks, within 0.3 dB of it on real MRI and CT (ahead on some, behind on others; "
-            "docs/nsn2n.md, Measured): there, compare with BM4D" + advice)
+            "noise it measured above BM4D (noise level estimated) on fluorescence, EM and CT "
+            "stacks and on EPI MRI, and within 0.1 dB of it on a T1 brain MRI (docs/nsn2n.md, "
+            "Measured): on MRI, compare with BM4D" + advice)

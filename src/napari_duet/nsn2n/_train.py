@@ -124,7 +124,8 @@ class NSN2NResult:
             "pairs": self.pairs,
             "training": {k: self.model.training.get(k) for k in
                          ("iterations_done", "budget_s", "width", "context",
-                          "noise_correlation", "wiener", "device", "world_size")},
+                          "noise_correlation", "noise_level", "wiener", "device",
+                          "world_size")},
             "noise_model": self.model.noise.to_dict(),
             "final_losses": final,
             "loss_history": self.loss_history,
