@@ -373,7 +373,8 @@ def stage_stack(x: np.ndarray, pilot: np.ndarray, mode: str, sigmas=None,
     return out
 
 
-def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> dict:
+def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0,
+                  levels: list | None = None) -> dict:
     """Which second stage (:data:`STAGES`) lowers the error on these (S, Z, Y, X) stacks?
 
     No stage wins everywhere: where the network alone is sharper than any
@@ -405,6 +406,7 @@ def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> 
     Returns ``{"mode", "use", "losses": {mode: loss}, "loss_blend",
     "loss_wiener", "slices", "weights", "loss_mix_cv", "loss_best_cv"}``
     (``use``: any stage; ``loss_wiener``: the 2d one; ``weights``: the mix's).
+    ``levels``: each stack's noise level when already measured (``NSN2NModel.noise_level``).
     """
     from ..core.noiselevel import white_noise_sigma
     from ._guide import _noise_sigma
@@ -419,7 +421,8 @@ def choose_wiener(predict_all, stacks: np.ndarray, tta: bool, seed: int = 0) -> 
     for s in np.unique(np.linspace(0, n_s - 1, n_stacks).round().astype(int)):
         stack = np.array(stacks[s], np.float32)  # a writable copy, recorrupted in place
         x = stack[z0:z0 + run].copy()
-        level = white_noise_sigma(stack)  # the stack's, as denoising uses
+        # the stack's, as denoising uses (``levels``: already measured, one per stack)
+        level = white_noise_sigma(stack) if levels is None else levels[s]
         sigma = np.array([_noise_sigma(v) if level is None else level for v in x])
         n = rng.standard_normal(x.shape).astype(np.float32)
         stack[z0:z0 + run] = x + ALPHA * sigma[:, None, None] * n

@@ -487,6 +487,7 @@ def iter_train(
 
         with torch.inference_mode():
             model.training["wiener"] = choose_wiener(model._predict_all, stacks, config.tta,
+                                                     levels=model.training["noise_level"],
                                                      seed=config.seed)
     elif model.is_context and config.wiener == "auto":
         from ._blind import CONTEXT_STAGE

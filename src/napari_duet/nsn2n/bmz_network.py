@@ -311,11 +311,13 @@ class NSN2NDenoiser(nn.Module):
         w = self.pair_weights(norm) if self.context else None
         # The blind network's noise level: the stack's (napari_duet.core.noiselevel),
         # each slice's own where the stack is too small to tell.
-        level = white_noise_sigma(norm) if self.blind else None
-        sigmas = [noise_sigma(s) if level is None else level for s in norm]
+        sigmas = None  # the 2.5D network's stages read noise spectra instead
+        if self.blind:
+            level = white_noise_sigma(norm)
+            sigmas = [noise_sigma(s) if level is None else level for s in norm]
         out = torch.empty_like(norm)
         for z in range(norm.shape[0]):
-            out[z] = self.denoise_slice(norm, z, w, sigmas[z])
+            out[z] = self.denoise_slice(norm, z, w, sigmas[z] if sigmas else 0.0)
         if self.wiener == "mix":
             out = self.mix(norm, out, sigmas)
         elif self.wiener == "bmw":  # block-matched Wiener guided by the network itself
